@@ -1,0 +1,306 @@
+"""The ``dblocks`` command line.
+
+dblocks train --preset NAME [--set key=value ...] [--out DIR] [--resume] [--dry-run]
+dblocks eval --run DIR [--steps N ...] [--json]
+dblocks schedule --blocks B [--overlap G] [--partition NAME] [--json]
+dblocks compare --preset NAME [--set key=value ...] [--out DIR]
+dblocks presets
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .config import ConfigError, parse_assignments
+from .data.images import DataError
+from .diffusion import PARTITIONS, BlockPartition, NoiseSchedule
+from .registry import PRESETS, make_config, preset_names
+from .training.checkpoint import CheckpointError, atomic_write_json, atomic_write_text
+
+
+class UsageError(ValueError):
+    """Bad command-line input that argparse cannot catch."""
+
+
+# ---------------------------------------------------------------------- train
+def cmd_train(args: argparse.Namespace) -> int:
+    from .runs import prepare_run_dir, read_run_config, train_run
+
+    overrides = parse_assignments(args.set or [])
+    if args.resume and args.out is None:
+        raise UsageError("--resume needs --out DIR (the run folder to continue)")
+    if args.preset is None and not args.resume:
+        raise UsageError(f"--preset is required; choose one of {', '.join(preset_names())}")
+    if args.preset is not None:
+        config = make_config(args.preset, overrides)
+    else:
+        if overrides:
+            raise UsageError("--set needs --preset (resuming keeps the run's saved config)")
+        config = None
+    if args.dry_run:
+        if config is None:
+            config = read_run_config(args.out)
+        print_plan(config, args.preset)
+        return 0
+    out = Path(args.out) if args.out else default_run_dir(args.preset, config)
+    if args.resume:
+        config = prepare_run_dir(config, out, resume=True)
+    results = train_run(
+        config, out, resume=args.resume, progress=not args.no_progress, preset=args.preset
+    )
+    print_results(results)
+    print(f"run folder: {out}")
+    return 0
+
+
+def default_run_dir(preset: str, config) -> Path:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    blocks = f"-B{config.num_blocks}" if config.method == "dblocks" else ""
+    return Path("runs") / f"{preset}-{config.method}{blocks}-s{config.seed}-{stamp}"
+
+
+def print_plan(config, preset: str | None) -> None:
+    docs = type(config).field_docs()
+    print(f"# preset: {preset}   task: {config.task}")
+    for key, value in config.to_dict().items():
+        print(f"{key:>18} = {value!s:<24} # {docs.get(key, '')}")
+    if config.method == "dblocks":
+        print()
+        print_schedule(config.block_partition())
+
+
+def print_results(results: dict[str, Any]) -> None:
+    ev, acc, tim, mem = results["eval"], results["accounting"], results["timing"], results["memory"]
+    print()
+    print(f"test accuracy      {ev['accuracy']:.4f}  ({ev['test_examples']} test examples)")
+    for steps, value in ev.get("steps_sweep", {}).items():
+        print(f"  {steps:>3} inference steps: {value:.4f}")
+    for row in ev.get("per_block", []):
+        chain = row["chain_accuracy"]
+        chain_s = "  -   " if chain is None else f"{chain:.4f}"
+        print(
+            f"  block {row['block']} sigma [{row['sigma_interval'][0]:.4g}, "
+            f"{row['sigma_interval'][1]:.4g}]: chain acc {chain_s}  "
+            f"own-interval CE {row['denoise_ce']:.4f}  CE@sigma_max {row['ce_at_sigma_max']:.4f}"
+        )
+    print(
+        f"steps              {acc['steps']} ({acc['steps_per_unit']} per unit); "
+        f"layer evaluations {acc['layer_evaluations']:,}"
+    )
+    if tim["median_step_seconds"] is not None:
+        print(f"median step time   {tim['median_step_seconds'] * 1000:.1f} ms")
+    print(f"train peak RSS     {mem['train_peak_rss_bytes'] / 2**20:.1f} MiB above the start")
+
+
+# ---------------------------------------------------------------------- eval
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .runs import evaluate_run
+
+    if args.steps and any(s < 1 for s in args.steps):
+        raise UsageError(f"--steps must be >= 1, got {args.steps}")
+    result = evaluate_run(args.run, args.steps, args.device)
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    print(f"run {args.run} (checkpoint step {result['checkpoint_step']})")
+    print(f"test accuracy {result['accuracy']:.4f} on {result['test_examples']} examples")
+    for steps, value in result.get("steps_sweep", {}).items():
+        print(f"  {steps:>3} inference steps: {value:.4f}")
+    for row in result.get("per_block", []):
+        chain = row["chain_accuracy"]
+        print(
+            f"  block {row['block']}: chain acc {'-' if chain is None else f'{chain:.4f}'}, "
+            f"own-interval CE {row['denoise_ce']:.4f}, CE@sigma_max {row['ce_at_sigma_max']:.4f}"
+        )
+    return 0
+
+
+# ---------------------------------------------------------------------- schedule
+def cmd_schedule(args: argparse.Namespace) -> int:
+    if args.blocks < 1:
+        raise UsageError(f"--blocks must be >= 1, got {args.blocks}")
+    if not 0 <= args.overlap <= 1:
+        raise UsageError(f"--overlap must be in [0, 1], got {args.overlap}")
+    try:
+        schedule = NoiseSchedule(args.p_mean, args.p_std, args.sigma_min, args.sigma_max)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    partition = BlockPartition.create(args.blocks, schedule, args.partition, args.overlap)
+    if args.json:
+        print(json.dumps(partition.describe()))
+    else:
+        print_schedule(partition)
+    return 0
+
+
+def print_schedule(partition: BlockPartition) -> None:
+    d = partition.describe()
+    print(f"partition {d['partition']}, overlap {d['overlap']}, block 0 = noisiest")
+    print(
+        f"{'block':>5} {'sigma_lo':>10} {'sigma_hi':>10} {'train_lo':>10} {'train_hi':>10}"
+        f" {'mass':>7}"
+    )
+    for b in d["blocks"]:
+        print(
+            f"{b['block']:>5} {b['sigma_lo']:>10.4g} {b['sigma_hi']:>10.4g} "
+            f"{b['train_lo']:>10.4g} {b['train_hi']:>10.4g} {b['mass']:>7.4f}"
+        )
+
+
+# ---------------------------------------------------------------------- compare
+def cmd_compare(args: argparse.Namespace) -> int:
+    """Train each method in its own fresh process (so peak memory is per method), then print
+    one table."""
+    base = parse_assignments(args.set or [])
+    make_config(args.preset, base)  # validate before any work starts
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    for m in methods:
+        make_config(args.preset, {**base, "method": m})
+    out = Path(args.out or f"runs/compare-{args.preset}-{time.strftime('%Y%m%d-%H%M%S')}")
+    if (out / "comparison.json").exists():
+        raise UsageError(f"{out} already holds a comparison; choose another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for m in methods:
+        run_dir = out / m
+        cmd = [sys.executable, "-m", "diffusionblocks", "train", "--preset", args.preset]
+        for k, v in {**base, "method": m}.items():
+            cmd += ["--set", f"{k}={v}"]
+        cmd += ["--out", str(run_dir)]
+        if args.no_progress:
+            cmd.append("--no-progress")
+        print(f"\n=== {m}: {' '.join(cmd[1:])}", flush=True)
+        proc = subprocess.run(cmd, env=os.environ.copy())
+        if proc.returncode != 0:
+            raise UsageError(f"training {m} failed (exit code {proc.returncode})")
+        results = json.loads((run_dir / "results.json").read_text())
+        rows.append(comparison_row(m, results, " ".join(["dblocks", *cmd[3:]])))
+    e2e = next((r for r in rows if r["method"] == "e2e"), None)
+    for r in rows:
+        if e2e:
+            r["step_time_vs_e2e"] = r["median_step_ms"] / e2e["median_step_ms"]
+            r["train_peak_rss_vs_e2e"] = r["train_peak_rss_mib"] / max(
+                e2e["train_peak_rss_mib"], 1e-9
+            )
+    table = format_comparison(rows)
+    print("\n" + table)
+    atomic_write_json(
+        out / "comparison.json", {"preset": args.preset, "overrides": base, "rows": rows}
+    )
+    atomic_write_text(out / "comparison.md", table + "\n")
+    print(f"\nwritten: {out}/comparison.json, {out}/comparison.md")
+    return 0
+
+
+def comparison_row(method: str, results: dict[str, Any], command: str) -> dict[str, Any]:
+    cfg = results["config"]
+    return {
+        "method": method,
+        "num_blocks": cfg["num_blocks"] if method == "dblocks" else 1,
+        "accuracy": results["eval"]["accuracy"],
+        "steps": results["accounting"]["steps"],
+        "layer_evaluations": results["accounting"]["layer_evaluations"],
+        "median_step_ms": results["timing"]["median_step_seconds"] * 1000,
+        "train_seconds": results["timing"]["train_seconds"],
+        "train_peak_rss_mib": results["memory"]["train_peak_rss_bytes"] / 2**20,
+        "command": command,
+    }
+
+
+def format_comparison(rows: list[dict[str, Any]]) -> str:
+    head = (
+        "| method | B | test acc | steps | layer evals | median step | step vs e2e "
+        "| train time | train peak RSS | RSS vs e2e |"
+    )
+    lines = [head, "|" + "---|" * 10]
+    for r in rows:
+        lines.append(
+            f"| {r['method']} | {r['num_blocks']} | {r['accuracy']:.4f} | {r['steps']} "
+            f"| {r['layer_evaluations']:.3g} | {r['median_step_ms']:.1f} ms "
+            f"| {r.get('step_time_vs_e2e', float('nan')):.2f}x | {r['train_seconds']:.0f} s "
+            f"| {r['train_peak_rss_mib']:.0f} MiB "
+            f"| {r.get('train_peak_rss_vs_e2e', float('nan')):.2f}x |"
+        )
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------- presets
+def cmd_presets(args: argparse.Namespace) -> int:
+    for name in preset_names():
+        task, _, text = PRESETS[name]
+        print(f"{name:<18} {task:<15} {text}")
+    return 0
+
+
+# ---------------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="dblocks",
+        description="Train deep networks block by block as diffusion denoisers (DiffusionBlocks).",
+    )
+    p.add_argument("--version", action="version", version=f"dblocks {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train a model from a preset")
+    t.add_argument("--preset", choices=preset_names(), help="named configuration")
+    t.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key")
+    t.add_argument("--out", help="run folder (default runs/<preset>-<method>-...)")
+    t.add_argument("--resume", action="store_true", help="continue the run in --out")
+    t.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("eval", help="evaluate a trained run")
+    e.add_argument("--run", required=True, help="run folder")
+    e.add_argument("--steps", type=int, nargs="+", help="inference step counts to sweep")
+    e.add_argument("--device", help="override the run's device")
+    e.add_argument("--json", action="store_true", help="print one JSON object")
+    e.set_defaults(func=cmd_eval)
+
+    s = sub.add_parser("schedule", help="print the noise partition into blocks")
+    s.add_argument("--blocks", type=int, required=True, help="number of blocks B")
+    s.add_argument("--overlap", type=float, default=0.0, help="interval widening gamma")
+    s.add_argument("--partition", choices=PARTITIONS, default="equi-probability")
+    s.add_argument("--p-mean", type=float, default=-1.2)
+    s.add_argument("--p-std", type=float, default=1.2)
+    s.add_argument("--sigma-min", type=float, default=0.002)
+    s.add_argument("--sigma-max", type=float, default=80.0)
+    s.add_argument("--json", action="store_true", help="print one JSON object")
+    s.set_defaults(func=cmd_schedule)
+
+    c = sub.add_parser("compare", help="train e2e and dblocks from one preset and compare")
+    c.add_argument("--preset", choices=preset_names(), required=True)
+    c.add_argument("--set", action="append", metavar="KEY=VALUE", help="override for every run")
+    c.add_argument("--methods", default="e2e,dblocks", help="comma-separated methods")
+    c.add_argument("--out", help="folder for the runs and the table")
+    c.add_argument("--no-progress", action="store_true")
+    c.set_defaults(func=cmd_compare)
+
+    ps = sub.add_parser("presets", help="list presets")
+    ps.set_defaults(func=cmd_presets)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except (ConfigError, DataError, CheckpointError, UsageError) as err:
+        print(f"dblocks {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"dblocks {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,33 @@
+"""The math layer: noise distribution, partition of the noise range into blocks, EDM
+preconditioning and loss weights, samplers. Knows nothing about images, tokens or networks."""
+
+from .noise import (
+    NoiseSchedule,
+    edm_loss_weight,
+    edm_preconditioning,
+    lognormal_cdf,
+    lognormal_icdf,
+    max_edm_weight,
+)
+from .partition import PARTITIONS, BlockPartition, partition_boundaries, widen_interval
+from .samplers import GRIDS, euler_sample, euler_step, sigma_grid
+from .weighting import WEIGHTINGS, weighted_loss
+
+__all__ = [
+    "GRIDS",
+    "PARTITIONS",
+    "WEIGHTINGS",
+    "BlockPartition",
+    "NoiseSchedule",
+    "edm_loss_weight",
+    "edm_preconditioning",
+    "euler_sample",
+    "euler_step",
+    "lognormal_cdf",
+    "lognormal_icdf",
+    "max_edm_weight",
+    "partition_boundaries",
+    "sigma_grid",
+    "weighted_loss",
+    "widen_interval",
+]

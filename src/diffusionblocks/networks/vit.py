@@ -1,0 +1,88 @@
+"""Vision transformer with adaLN-Zero conditioning in every layer, its layers grouped into blocks.
+
+Shared modules (used by every block): the patch stem with position embedding, the label embedding
+table, the conditioning embedder and the output head. ``blocks[b]`` holds the layers of block b.
+The network knows nothing about noise levels: it takes a conditioning scalar per example and a
+vector for the first token slot.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .layers import AdaLNLayer, AdaLNOutput, ScalarEmbedding, group_layers
+
+
+@dataclass(frozen=True)
+class ViTShape:
+    """Everything needed to build a :class:`ViT`."""
+
+    image_channels: int  # input channels (1 for grey images)
+    image_height: int  # pixels
+    image_width: int  # pixels
+    patch_size: int  # square patches; must divide height and width
+    num_classes: int  # size of the label table and of the logits
+    hidden: int  # token width
+    depth: int  # total number of transformer layers
+    heads: int  # attention heads
+    mlp_ratio: float = 4.0  # MLP width / hidden
+    num_blocks: int = 1  # groups the layers are split into
+
+    @property
+    def num_patches(self) -> int:
+        return (self.image_height // self.patch_size) * (self.image_width // self.patch_size)
+
+
+class ViT(nn.Module):
+    """Patch stem -> [slot token; patch tokens] -> blocks of adaLN layers -> adaLN head.
+
+    Token 0 is the *slot*: the noisy label for DiffusionBlocks, nothing (zeros) end to end; its
+    learned position embedding plays the role of a CLS token.
+    """
+
+    def __init__(self, shape: ViTShape):
+        super().__init__()
+        s = shape
+        if s.image_height % s.patch_size or s.image_width % s.patch_size:
+            raise ValueError(
+                f"patch_size {s.patch_size} does not divide the image size "
+                f"{s.image_height}x{s.image_width}"
+            )
+        self.shape = s
+        self.patch_embed = nn.Conv2d(s.image_channels, s.hidden, s.patch_size, s.patch_size)
+        self.pos_embed = nn.Parameter(torch.zeros(1, 1 + s.num_patches, s.hidden))
+        self.label_embed = nn.Embedding(s.num_classes, s.hidden)
+        self.cond_embed = ScalarEmbedding(s.hidden)
+        self.blocks = group_layers(
+            s.depth, s.num_blocks, lambda: AdaLNLayer(s.hidden, s.heads, s.mlp_ratio)
+        )
+        self.head = AdaLNOutput(s.hidden, s.num_classes, zero_init=True)
+        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        nn.init.normal_(self.label_embed.weight, std=1.0)
+
+    def embed_patches(self, images: torch.Tensor) -> torch.Tensor:
+        """images (N, C, H, W) -> patch tokens with position embedding (N, P, hidden)."""
+        x = self.patch_embed(images).flatten(2).transpose(1, 2)  # (N, P, hidden)
+        return x + self.pos_embed[:, 1:]
+
+    def label_table(self) -> torch.Tensor:
+        """The L2-normalised label embeddings (num_classes, hidden): the clean targets."""
+        return F.normalize(self.label_embed.weight, dim=-1)
+
+    def run_block(
+        self, block: int, slot: torch.Tensor, patches: torch.Tensor, cond: torch.Tensor
+    ) -> torch.Tensor:
+        """Run one block on [slot; patches]; return the output at the slot (N, hidden)."""
+        x = torch.cat([slot[:, None] + self.pos_embed[:, :1], patches], dim=1)  # (N, 1+P, C)
+        return self.blocks[block](x, cond)[:, 0]
+
+    def run_all(self, slot: torch.Tensor, patches: torch.Tensor, cond: torch.Tensor):
+        """Run every block in order (end-to-end network); return the slot output (N, hidden)."""
+        x = torch.cat([slot[:, None] + self.pos_embed[:, :1], patches], dim=1)
+        for group in self.blocks:
+            x = group(x, cond)
+        return x[:, 0]

@@ -1,0 +1,118 @@
+"""Names -> classes, in one place: tasks, methods and presets. Strings from the command line
+become classes here and nowhere else."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from .config import ConfigError, RunConfig, build_config
+from .tasks.base import Task
+from .tasks.classification import (
+    BlockwiseClassification,
+    ClassificationConfig,
+    EndToEndClassification,
+)
+
+# task name -> (config class, {method: task class})
+TASKS: dict[str, tuple[type[RunConfig], dict[str, type[Task]]]] = {
+    "classification": (
+        ClassificationConfig,
+        {"dblocks": BlockwiseClassification, "e2e": EndToEndClassification},
+    ),
+}
+
+# preset name -> (task, overrides, one-line description)
+PRESETS: dict[str, tuple[str, dict[str, Any], str]] = {
+    "tiny": (
+        "classification",
+        dict(
+            data="digits",
+            depth=4,
+            hidden=32,
+            heads=2,
+            patch_size=2,
+            num_blocks=2,
+            epochs=1,
+            batch_size=64,
+            lr=2e-3,
+            log_every=5,
+            eval_subset=200,
+            eval_batch_size=200,
+        ),
+        "seconds on a CPU: 8x8 digits, 4-layer ViT (hidden 32), B=2; for tests",
+    ),
+    "vit-fmnist": (
+        "classification",
+        dict(
+            data="fashion-mnist",
+            depth=6,
+            hidden=128,
+            heads=4,
+            patch_size=4,
+            num_blocks=3,
+            epochs=5,
+            batch_size=128,
+            lr=1e-3,
+            log_every=50,
+            eval_every=0,
+        ),
+        "paper-like: Fashion-MNIST, 6-layer ViT (hidden 128, patch 4), B=3, 5 epochs per block",
+    ),
+    "vit-fmnist-quick": (
+        "classification",
+        dict(
+            data="fashion-mnist",
+            depth=6,
+            hidden=64,
+            heads=4,
+            patch_size=7,
+            num_blocks=3,
+            epochs=2,
+            batch_size=128,
+            lr=2e-3,
+            train_subset=20000,
+            log_every=20,
+        ),
+        "a few CPU minutes per method: Fashion-MNIST (20k images), 6-layer ViT (hidden 64, "
+        "patch 7), B=3",
+    ),
+}
+
+
+def preset_names() -> list[str]:
+    return sorted(PRESETS)
+
+
+def make_config(preset: str, overrides: dict[str, Any] | None = None) -> RunConfig:
+    """The config of ``preset`` with ``overrides`` (strings or typed values) applied."""
+    if preset not in PRESETS:
+        raise ConfigError(f"unknown preset {preset!r}; choose one of {', '.join(preset_names())}")
+    task, values, _ = PRESETS[preset]
+    config_cls = TASKS[task][0]
+    return build_config(config_cls, {**values, **(overrides or {})})
+
+
+def config_class(task: str) -> type[RunConfig]:
+    if task not in TASKS:
+        raise ConfigError(f"unknown task {task!r}; this version knows {', '.join(TASKS)}")
+    return TASKS[task][0]
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> cuda if available, else cpu. A CUDA device that is not there is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"invalid value for 'device': {name!r} (CUDA is not available here)")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"invalid value for 'device': {name!r} (MPS is not available here)")
+    return device
+
+
+def make_task(config: RunConfig, device: torch.device | None = None) -> Task:
+    """Build the task (data and network) that ``config`` describes."""
+    _, methods = TASKS[config.task]
+    return methods[config.method](config, device or resolve_device(config.device))

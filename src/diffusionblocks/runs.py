@@ -1,0 +1,176 @@
+"""Run folders: create, train, resume, load and evaluate.
+
+A run folder holds ``config.json`` (the resolved config), ``metrics.jsonl``, ``checkpoints/``,
+``results.json`` (accounting, timing, memory and the final evaluation) and ``loss.png``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import __version__
+from .config import ConfigError, RunConfig, config_diff, config_from_dict
+from .registry import config_class, make_task, resolve_device
+from .tasks.base import Task
+from .training.checkpoint import Checkpoint, CheckpointError, atomic_write_json, latest_checkpoint
+from .training.metrics import plot_losses
+from .training.trainer import Trainer, load_model_weights
+
+DEFAULT_SWEEP = (1, 2, 4, 8)
+
+
+def read_run_config(run_dir: str | os.PathLike) -> RunConfig:
+    """The config saved in a run folder."""
+    path = Path(run_dir) / "config.json"
+    if not Path(run_dir).is_dir():
+        raise ConfigError(f"run folder {run_dir} does not exist")
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path} is missing: {run_dir} is not a run folder") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{path} is corrupt: {err}") from None
+    if not isinstance(data, dict) or "config" not in data:
+        raise ConfigError(f"{path} has no 'config' entry: not written by dblocks")
+    cfg = data["config"]
+    if not isinstance(cfg, dict) or "task" not in cfg:
+        raise ConfigError(f"{path}: the config names no task")
+    return config_from_dict(config_class(cfg["task"]), cfg)
+
+
+def prepare_run_dir(
+    config: RunConfig, run_dir: str | os.PathLike, resume: bool, preset: str | None = None
+) -> RunConfig:
+    """Create ``run_dir`` for a new run, or check it for ``--resume``; returns the config to use.
+
+    A new run refuses a folder that already holds a run. A resumed run keeps the folder's saved
+    config; an explicitly different config is refused, naming the keys that differ.
+    """
+    run_dir = Path(run_dir)
+    has_run = (run_dir / "config.json").exists()
+    if resume:
+        if not has_run:
+            raise ConfigError(f"--resume: {run_dir} holds no run (no config.json)")
+        saved = read_run_config(run_dir)
+        if config is not None:
+            diff = config_diff(saved, config)
+            if diff:
+                keys = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in diff.items())
+                raise ConfigError(
+                    f"--resume: the requested config differs from the one in {run_dir} ({keys}); "
+                    "resume without --set/--preset changes, or start a new --out"
+                )
+        return saved
+    if has_run:
+        raise ConfigError(
+            f"{run_dir} already holds a run; pass --resume to continue it or choose another --out"
+        )
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / ".write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise ConfigError(f"cannot write to the run folder {run_dir}: {err.strerror}") from None
+    atomic_write_json(
+        run_dir / "config.json",
+        {
+            "config": config.to_dict(),
+            "preset": preset,
+            "config_hash": config.config_hash(),
+            "version": __version__,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        },
+    )
+    return config
+
+
+def train_run(
+    config: RunConfig,
+    run_dir: str | os.PathLike,
+    resume: bool = False,
+    progress: bool = True,
+    preset: str | None = None,
+    sweep: tuple[int, ...] = DEFAULT_SWEEP,
+    log=print,
+) -> dict[str, Any]:
+    """Train (or resume) a run, evaluate it, and write ``results.json`` and ``loss.png``."""
+    run_dir = Path(run_dir)
+    config = prepare_run_dir(config, run_dir, resume, preset)
+    device = resolve_device(config.device)
+    task = make_task(config, device)
+    trainer = Trainer(task, run_dir, progress=progress, log=log)
+    if resume and trainer.resume():
+        log(f"resumed {run_dir} at step {trainer.step}/{trainer.total_steps}")
+    info = task.describe()
+    log(
+        f"{config.task}/{config.method}: {info.get('parameters', 0):,} parameters, "
+        f"{trainer.total_steps} steps ({trainer.steps_per_unit} per unit x "
+        f"{len(trainer.units)} units) on {device}"
+    )
+    fitted = trainer.fit()
+    evaluation = task.evaluate(quick=False, steps=list(sweep))
+    results = {
+        "run_dir": str(run_dir),
+        "preset": preset,
+        "config": config.to_dict(),
+        "task": info,
+        **fitted,
+        "eval": evaluation,
+        "environment": environment(device),
+    }
+    atomic_write_json(run_dir / "results.json", results)
+    trainer.metrics.write({"step": trainer.step, **{f"test_{k}": v for k, v in _flat(evaluation)}})
+    plot_losses(run_dir / "metrics.jsonl", run_dir / "loss.png")
+    return results
+
+
+def load_run(run_dir: str | os.PathLike, device: str | None = None) -> tuple[Task, Checkpoint]:
+    """The task of a run folder with the weights of its latest checkpoint loaded."""
+    config = read_run_config(run_dir)
+    task = make_task(config, resolve_device(device or config.device))
+    path = latest_checkpoint(Path(run_dir) / "checkpoints")
+    if path is None:
+        raise CheckpointError(f"{run_dir} has no checkpoint yet (train it first)")
+    ckpt = Checkpoint(path)
+    if ckpt.meta.get("task") != config.task or ckpt.meta.get("units") != len(task.model.blocks):
+        raise CheckpointError(
+            f"{path} is for task {ckpt.meta.get('task')!r} with {ckpt.meta.get('units')} units, "
+            f"but {run_dir}/config.json describes {config.task!r} with {len(task.model.blocks)}"
+        )
+    load_model_weights(task.model, ckpt)
+    return task, ckpt
+
+
+def evaluate_run(
+    run_dir: str | os.PathLike, steps: list[int] | None = None, device: str | None = None
+) -> dict[str, Any]:
+    task, ckpt = load_run(run_dir, device)
+    result = task.evaluate(quick=False, steps=steps or list(DEFAULT_SWEEP))
+    return {"run_dir": str(run_dir), "checkpoint_step": ckpt.step, **result}
+
+
+def environment(device: torch.device) -> dict[str, Any]:
+    env = {
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "cpu_threads": torch.get_num_threads(),
+        "device": str(device),
+    }
+    if device.type == "cuda":
+        env["gpu"] = torch.cuda.get_device_name(device)
+    return env
+
+
+def _flat(d: dict[str, Any]):
+    for k, v in d.items():
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            yield k, v

@@ -1,0 +1,66 @@
+"""What the trainer needs from a task.
+
+A task owns the data, the network and the loss. The network exposes ``model.blocks`` (a
+``ModuleList`` with one entry per separately trained *unit*: B blocks for DiffusionBlocks, one
+group of all layers end to end); every parameter outside ``model.blocks`` is *shared* and is
+updated at every step. The trainer only ever calls the methods below.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..config import RunConfig
+
+
+class Task:
+    """Base class for tasks. Subclasses set ``config_class`` and implement the abstract methods."""
+
+    config_class: type[RunConfig] = RunConfig
+    model: nn.Module
+
+    def __init__(self, config: RunConfig, device: torch.device):
+        self.config = config
+        self.device = device
+
+    # -- data -------------------------------------------------------------------------------
+    def train_size(self) -> int:
+        """Number of training examples (one epoch)."""
+        raise NotImplementedError
+
+    def train_batch(self, indices: torch.Tensor) -> Any:
+        """The training examples at ``indices`` (CPU LongTensor), on the task's device."""
+        raise NotImplementedError
+
+    # -- training ---------------------------------------------------------------------------
+    def loss(
+        self, unit: int, batch: Any, generator: torch.Generator
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """Scalar loss for one step that trains ``unit``, and floats to log. All randomness comes
+        from ``generator`` (a CPU generator)."""
+        raise NotImplementedError
+
+    def layers_in_unit(self, unit: int) -> int:
+        """Transformer layers one step of ``unit`` runs forward (for compute accounting)."""
+        return len(self.model.blocks[unit])
+
+    # -- evaluation -------------------------------------------------------------------------
+    def evaluate(self, quick: bool = False, steps: list[int] | None = None) -> dict[str, Any]:
+        """Held-out metrics. ``quick`` uses a small subset (for evaluation during training);
+        ``steps`` lists inference step counts to sweep where the task has such a knob."""
+        raise NotImplementedError
+
+    def describe(self) -> dict[str, Any]:
+        """Plain-data facts about the task for logs and results (dataset sizes, shapes...)."""
+        return {}
+
+    # -- helpers ----------------------------------------------------------------------------
+    def unit_parameters(self, unit: int) -> list[nn.Parameter]:
+        return list(self.model.blocks[unit].parameters())
+
+    def shared_parameters(self) -> list[nn.Parameter]:
+        in_blocks = {id(p) for p in self.model.blocks.parameters()}
+        return [p for p in self.model.parameters() if id(p) not in in_blocks]

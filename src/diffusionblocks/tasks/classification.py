@@ -1,0 +1,311 @@
+"""Image classification with a ViT: DiffusionBlocks (SPEC §6, first row) and the end-to-end
+baseline.
+
+DiffusionBlocks: the clean target is the L2-normalised embedding of the label. Block b sees the
+image patches and the noisy label ``c_in * z`` in the slot token, conditioned on c_noise by adaLN;
+its slot output F gives ``D = c_skip * z + c_out * F``, and the shared adaLN head turns D into
+logits. Loss: cross-entropy, weighted over sigma (``weighting``). Inference: B Euler steps from
+sigma_max, each through the block that owns sigma, with the soft bridge
+``D = softmax(logits) @ normalize(E)``, then a final call at sigma_min whose logits are the
+prediction.
+
+End to end: the same ViT (all layers in one unit, the slot token left empty, the conditioning
+embedder fed c_noise = 0) trained with plain cross-entropy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from ..config import ConfigError, RunConfig, _check
+from ..data.images import ImageDataset, load_image_dataset
+from ..diffusion import edm_preconditioning, euler_sample, sigma_grid, weighted_loss
+from ..networks.vit import ViT, ViTShape
+from .base import Task
+
+
+@dataclass
+class ClassificationConfig(RunConfig):
+    """Image classification with a ViT."""
+
+    task: str = "classification"  # fixed
+    data: str = "fashion-mnist"  # fashion-mnist | digits | path to a .npz with x, y
+    data_dir: str | None = None  # Fashion-MNIST folder (default /usr/share/datasets/fashion-mnist)
+    train_subset: int = 0  # use only the first N training images (0 = all)
+    test_subset: int = 0  # use only the first N test images (0 = all)
+    test_fraction: float = 0.1  # held-out fraction for a .npz without x_test/y_test
+    depth: int = 6  # transformer layers in total
+    hidden: int = 128  # token width (= label embedding size)
+    heads: int = 4  # attention heads
+    patch_size: int = 4  # square patch side in pixels
+    mlp_ratio: float = 4.0  # MLP width / hidden
+    eval_batch_size: int = 500  # test images per evaluation batch
+    eval_subset: int = 1000  # test images used by quick evaluations during training
+
+    def validate(self) -> None:
+        super().validate()
+        _check(self, "train_subset", self.train_subset >= 0, "an integer >= 0 (0 = all)")
+        _check(self, "test_subset", self.test_subset >= 0, "an integer >= 0 (0 = all)")
+        _check(self, "test_fraction", 0 < self.test_fraction < 1, "a fraction in (0, 1)")
+        _check(self, "depth", 1 <= self.depth <= 256, "an integer in [1, 256]")
+        _check(self, "hidden", 1 <= self.hidden <= 65536, "an integer >= 1")
+        _check(self, "heads", 1 <= self.heads <= self.hidden, "an integer in [1, hidden]")
+        _check(self, "patch_size", 1 <= self.patch_size <= 1024, "an integer >= 1")
+        _check(self, "mlp_ratio", 0 < self.mlp_ratio <= 64, "a number in (0, 64]")
+        _check(self, "eval_batch_size", self.eval_batch_size >= 1, "an integer >= 1")
+        _check(self, "eval_subset", self.eval_subset >= 1, "an integer >= 1")
+        _check(self, "data", bool(self.data), "a dataset name or a path")
+        if self.hidden % self.heads:
+            raise ConfigError(
+                f"invalid value for 'heads': {self.heads} (must divide hidden={self.hidden})"
+            )
+        if self.method == "dblocks" and self.depth % self.num_blocks:
+            raise ConfigError(
+                f"invalid value for 'num_blocks': {self.num_blocks} (must divide "
+                f"depth={self.depth} so that every block has the same number of layers)"
+            )
+
+
+class _ImageClassification(Task):
+    """Data, network and evaluation loop shared by both methods."""
+
+    config_class = ClassificationConfig
+    config: ClassificationConfig
+
+    def __init__(self, config: ClassificationConfig, device: torch.device):
+        super().__init__(config, device)
+        full = load_image_dataset(config.data, config.data_dir, config.test_fraction)
+        data = full.subset(config.train_subset, config.test_subset)
+        self.data: ImageDataset = data
+        c, h, w = data.image_shape
+        if h % config.patch_size or w % config.patch_size:
+            raise ConfigError(
+                f"invalid value for 'patch_size': {config.patch_size} (must divide the "
+                f"{h}x{w} images of {data.name})"
+            )
+        if config.batch_size > len(data.train_y):
+            raise ConfigError(
+                f"invalid value for 'batch_size': {config.batch_size} (larger than the "
+                f"{len(data.train_y)} training images)"
+            )
+        # Standardise pixels with the training set's mean and std.
+        self.pixel_mean = float(data.train_x.mean())
+        self.pixel_std = float(data.train_x.std()) or 1.0
+        torch.manual_seed(config.seed)
+        self.model = ViT(
+            ViTShape(
+                image_channels=c,
+                image_height=h,
+                image_width=w,
+                patch_size=config.patch_size,
+                num_classes=data.num_classes,
+                hidden=config.hidden,
+                depth=config.depth,
+                heads=config.heads,
+                mlp_ratio=config.mlp_ratio,
+                num_blocks=config.units,
+            )
+        ).to(device)
+
+    # -- data -------------------------------------------------------------------------------
+    def train_size(self) -> int:
+        return len(self.data.train_y)
+
+    def _prepare(self, images: torch.Tensor) -> torch.Tensor:
+        return ((images - self.pixel_mean) / self.pixel_std).to(self.device, non_blocking=True)
+
+    def train_batch(self, indices: torch.Tensor):
+        return self._prepare(self.data.train_x[indices]), self.data.train_y[indices].to(self.device)
+
+    def _test_batches(self, limit: int | None = None):
+        n = len(self.data.test_y) if limit is None else min(limit, len(self.data.test_y))
+        bs = self.config.eval_batch_size
+        for start in range(0, n, bs):
+            stop = min(start + bs, n)
+            yield (
+                self._prepare(self.data.test_x[start:stop]),
+                self.data.test_y[start:stop].to(self.device),
+            )
+
+    def describe(self) -> dict[str, Any]:
+        d = self.data
+        return {
+            "dataset": d.name,
+            "train_examples": len(d.train_y),
+            "test_examples": len(d.test_y),
+            "image_shape": list(d.image_shape),
+            "num_classes": d.num_classes,
+            "parameters": sum(p.numel() for p in self.model.parameters()),
+        }
+
+    def _null_cond(self, n: int) -> torch.Tensor:
+        return self.model.cond_embed(torch.zeros(n, device=self.device))
+
+
+class EndToEndClassification(_ImageClassification):
+    """The baseline: all layers in one unit, plain cross-entropy."""
+
+    def logits(self, images: torch.Tensor) -> torch.Tensor:
+        m = self.model
+        patches = m.embed_patches(images)  # (N, P, C)
+        cond = self._null_cond(len(images))  # (N, C)
+        slot = torch.zeros(len(images), m.shape.hidden, device=images.device)
+        return m.head(m.run_all(slot, patches, cond), cond)  # (N, classes)
+
+    def loss(self, unit, batch, generator):
+        images, labels = batch
+        logits = self.logits(images)
+        loss = F.cross_entropy(logits, labels)
+        acc = (logits.argmax(-1) == labels).float().mean()
+        return loss, {"loss": loss.item(), "ce": loss.item(), "acc": acc.item()}
+
+    @torch.no_grad()
+    def evaluate(self, quick=False, steps=None):
+        self.model.eval()
+        correct = total = 0
+        ce = 0.0
+        for images, labels in self._test_batches(self.config.eval_subset if quick else None):
+            logits = self.logits(images)
+            correct += int((logits.argmax(-1) == labels).sum())
+            ce += float(F.cross_entropy(logits, labels, reduction="sum"))
+            total += len(labels)
+        self.model.train()
+        return {
+            "accuracy": correct / total,
+            "test_ce": ce / total,
+            "test_examples": total,
+            "layer_evals_per_image": self.config.depth,
+        }
+
+
+class BlockwiseClassification(_ImageClassification):
+    """DiffusionBlocks: every block a denoiser of the label embedding over its sigma interval."""
+
+    def __init__(self, config: ClassificationConfig, device: torch.device):
+        super().__init__(config, device)
+        self.partition = config.block_partition()
+        self.schedule = self.partition.schedule
+
+    def block_logits(
+        self, block: int, z: torch.Tensor, sigma: torch.Tensor, patches: torch.Tensor
+    ) -> torch.Tensor:
+        """Logits of block ``block`` for noisy label embeddings z (N, C) at levels sigma (N,)."""
+        m = self.model
+        c_skip, c_out, c_in, c_noise = edm_preconditioning(sigma[:, None], self.schedule.sigma_data)
+        cond = m.cond_embed(c_noise[:, 0])  # (N, C)
+        out = m.run_block(block, c_in * z, patches, cond)  # F: (N, C)
+        denoised = c_skip * z + c_out * out  # D (SPEC §2)
+        return m.head(denoised, cond)  # (N, classes)
+
+    def loss(self, unit, batch, generator):
+        images, labels = batch
+        n = len(labels)
+        sigma = self.partition.sample_sigma(unit, n, generator, self.device)  # (N,)
+        target = self.model.label_table()[labels]  # y: (N, C), unit norm
+        noise = torch.randn(target.shape, generator=generator).to(self.device)
+        z = target + sigma[:, None] * noise  # z = y + sigma * eps
+        logits = self.block_logits(unit, z, sigma, self.model.embed_patches(images))
+        ce = F.cross_entropy(logits, labels, reduction="none")  # (N,)
+        c = self.config
+        loss = weighted_loss(ce, sigma, c.weighting, c.sigma_data, c.weight_clamp)
+        acc = (logits.argmax(-1) == labels).float().mean()
+        return loss, {"loss": loss.item(), "ce": ce.mean().item(), "acc": acc.item()}
+
+    @torch.no_grad()
+    def predict(
+        self, images: torch.Tensor, steps: int, generator: torch.Generator, grid: str | None = None
+    ) -> tuple[torch.Tensor, list[tuple[int, float, torch.Tensor]]]:
+        """Classify by sampling the label embedding (SPEC §5, §6).
+
+        Returns the final logits (N, classes) and, per denoiser call, (block, sigma, logits).
+        """
+        m = self.model
+        n = len(images)
+        patches = m.embed_patches(images)
+        table = m.label_table()  # the same normalised table as training (soft bridge)
+        calls: list[tuple[int, float, torch.Tensor]] = []
+
+        def denoise(z, sigma, block):
+            logits = self.block_logits(block, z, torch.full((n,), sigma, device=z.device), patches)
+            calls.append((block, sigma, logits))
+            return logits.softmax(-1) @ table  # D = softmax(logits) @ normalize(E)
+
+        z = self.schedule.sigma_max * torch.randn(n, m.shape.hidden, generator=generator)
+        sigmas = sigma_grid(steps, self.schedule, grid or self.config.grid)
+        z = euler_sample(denoise, z.to(self.device), sigmas, route=self._route)
+        sigma_min = self.schedule.sigma_min
+        final = self.block_logits(
+            self._route(sigma_min), z, torch.full((n,), sigma_min, device=z.device), patches
+        )
+        calls.append((self._route(sigma_min), sigma_min, final))
+        return final, calls
+
+    def _route(self, sigma: float) -> int:
+        return int(self.partition.block_of(sigma))
+
+    @torch.no_grad()
+    def evaluate(self, quick=False, steps=None):
+        c = self.config
+        B = c.num_blocks
+        default = c.steps_at_inference
+        sweep = sorted({default, *(steps or [])}) if not quick else [default]
+        self.model.eval()
+        gen = torch.Generator().manual_seed(c.seed + 1_000_003)
+        correct = dict.fromkeys(sweep, 0)
+        after_block = [0] * B  # chain stopped after block b (default steps)
+        called: set[int] = set()
+        ce_sigma_max = [0.0] * B
+        denoise_ce = [0.0] * B
+        total = 0
+        for images, labels in self._test_batches(c.eval_subset if quick else None):
+            n = len(labels)
+            total += n
+            for s in sweep:
+                final, calls = self.predict(images, s, gen)
+                correct[s] += int((final.argmax(-1) == labels).sum())
+                if s == default:
+                    last = {}
+                    for block, _, logits in calls[:-1]:
+                        last[block] = logits
+                    called.update(last)
+                    for block, logits in last.items():
+                        after_block[block] += int((logits.argmax(-1) == labels).sum())
+            if quick:
+                continue
+            patches = self.model.embed_patches(images)
+            target = self.model.label_table()[labels]
+            for b in range(B):
+                s_max = torch.full((n,), self.schedule.sigma_max, device=self.device)
+                z = s_max[:, None] * torch.randn(target.shape, generator=gen).to(self.device)
+                logits = self.block_logits(b, z, s_max, patches)
+                ce_sigma_max[b] += float(F.cross_entropy(logits, labels, reduction="sum"))
+                sigma = self.partition.sample_sigma(b, n, gen, self.device)
+                z = target + sigma[:, None] * torch.randn(target.shape, generator=gen).to(
+                    self.device
+                )
+                logits = self.block_logits(b, z, sigma, patches)
+                denoise_ce[b] += float(F.cross_entropy(logits, labels, reduction="sum"))
+        self.model.train()
+        result: dict[str, Any] = {
+            "accuracy": correct[default] / total,
+            "steps": default,
+            "test_examples": total,
+            "layer_evals_per_image": (default + 1) * c.depth // B,
+        }
+        if not quick:
+            result["steps_sweep"] = {str(s): correct[s] / total for s in sweep}
+            result["per_block"] = [
+                {
+                    "block": b,
+                    "sigma_interval": list(self.partition.interval(b)),
+                    "chain_accuracy": after_block[b] / total if b in called else None,
+                    "ce_at_sigma_max": ce_sigma_max[b] / total,
+                    "denoise_ce": denoise_ce[b] / total,
+                }
+                for b in range(B)
+            ]
+        return result

@@ -1,0 +1,365 @@
+"""The block-wise trainer: one primitive, "train one unit for one step", and schedules over it.
+
+A *unit* is an entry of ``task.model.blocks``: one DiffusionBlocks block, or the whole layer stack
+for the end-to-end baseline. Each unit has its own AdamW optimizer, created when the unit first
+trains, so a unit that does not train this step cannot move (no momentum or weight-decay drift).
+The shared modules have one optimizer that steps at every step (SPEC §4).
+
+Budget (SPEC §4): every trained unit gets ``ceil(epochs * steps_per_epoch)`` updates, so a
+DiffusionBlocks run with B blocks takes B times the steps of the end-to-end run, each running 1/B
+of the layers: equal total layer evaluations.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from ..config import RunConfig
+from ..tasks.base import Task
+from .checkpoint import Checkpoint, CheckpointError, latest_checkpoint, save_checkpoint
+from .metrics import MetricsWriter, current_rss_bytes, peak_rss_bytes
+
+
+# ---------------------------------------------------------------------- schedules
+def block_sequence(
+    schedule: str, units: tuple[int, ...], steps_per_unit: int, seed: int
+) -> torch.Tensor:
+    """The unit trained at each global step (LongTensor of length len(units) * steps_per_unit).
+
+    - ``random``: each step draws a unit uniformly at random, independently (the paper);
+    - ``cycle``: round robin;
+    - ``sequential``: the first unit to completion, then the next, ...
+    """
+    k = len(units)
+    total = k * steps_per_unit
+    table = torch.tensor(units, dtype=torch.long)
+    if schedule == "random":
+        gen = torch.Generator().manual_seed(seed * 7919 + 2)
+        return table[torch.randint(k, (total,), generator=gen)]
+    if schedule == "cycle":
+        return table[torch.arange(total) % k]
+    if schedule == "sequential":
+        return table[torch.arange(total) // steps_per_unit]
+    raise ValueError(f"unknown schedule {schedule!r}")
+
+
+def learning_rate(step: int, total: int, peak: float, warmup: float, min_ratio: float) -> float:
+    """Linear warm-up over ``warmup * total`` steps, then cosine decay to ``peak * min_ratio``."""
+    warm = int(warmup * total)
+    if step < warm:
+        return peak * (step + 1) / warm
+    progress = min(1.0, (step - warm) / max(1, total - warm))
+    return peak * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def make_optimizer(params: list[torch.nn.Parameter], config: RunConfig) -> torch.optim.AdamW:
+    """AdamW with weight decay on matrices only (not on biases, norms, or vectors)."""
+    decay = [p for p in params if p.dim() >= 2]
+    other = [p for p in params if p.dim() < 2]
+    groups = [
+        {"params": decay, "weight_decay": config.weight_decay},
+        {"params": other, "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=config.lr, betas=(0.9, 0.999))
+
+
+def batch_indices(step: int, steps_per_epoch: int, n: int, batch: int, seed: int) -> torch.Tensor:
+    """Indices of the examples of global step ``step``: epoch e = step // steps_per_epoch uses its
+    own seeded permutation, so the data order is a pure function of (seed, step)."""
+    epoch, pos = divmod(step, steps_per_epoch)
+    gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(n, generator=gen)[pos * batch : (pos + 1) * batch]
+
+
+# ---------------------------------------------------------------------- trainer
+class Trainer:
+    """Trains a task's units according to its config; writes metrics and checkpoints to
+    ``run_dir`` (or nothing when ``run_dir`` is None)."""
+
+    def __init__(
+        self,
+        task: Task,
+        run_dir: str | Path | None = None,
+        progress: bool = True,
+        log: Callable[[str], None] = print,
+    ):
+        self.task = task
+        self.config = c = task.config
+        self.model = task.model
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        if self.run_dir is not None:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.progress = progress
+        self.log = log
+        self.num_units = len(self.model.blocks)
+        self.units = c.trained_units
+        if any(u >= self.num_units for u in self.units):
+            raise ValueError(f"blocks {self.units} out of range for {self.num_units} units")
+        n = task.train_size()
+        self.steps_per_epoch = n // c.batch_size
+        if self.steps_per_epoch < 1:
+            raise ValueError(f"batch_size {c.batch_size} is larger than the {n} training examples")
+        self.steps_per_unit = max(1, math.ceil(c.epochs * self.steps_per_epoch))
+        self.total_steps = self.steps_per_unit * len(self.units)
+        self.sequence = block_sequence(c.schedule, self.units, self.steps_per_unit, c.seed)
+        self.generator = torch.Generator().manual_seed(c.seed + 1)
+        self.step = 0
+        self.unit_steps = [0] * self.num_units
+        self.shared_params = task.shared_parameters()
+        self.shared_optimizer = make_optimizer(self.shared_params, c)
+        self.optimizers: dict[int, torch.optim.AdamW] = {}
+        self.step_times: dict[int, list[float]] = defaultdict(list)
+        self.train_seconds = 0.0
+        self.metrics = MetricsWriter(self.run_dir / "metrics.jsonl" if self.run_dir else None)
+
+    # -- the primitive ----------------------------------------------------------------------
+    def optimizer_for(self, unit: int) -> torch.optim.AdamW:
+        if unit not in self.optimizers:
+            self.optimizers[unit] = make_optimizer(self.task.unit_parameters(unit), self.config)
+        return self.optimizers[unit]
+
+    def train_step(self, unit: int, batch: Any) -> dict[str, float]:
+        """One optimizer step on ``unit`` (and the shared modules) with ``batch``."""
+        c = self.config
+        opt = self.optimizer_for(unit)
+        params = self.task.unit_parameters(unit) + self.shared_params
+        for p in params:
+            p.grad = None
+        loss, logs = self.task.loss(unit, batch, self.generator)
+        loss.backward()
+        if c.grad_clip > 0:
+            logs["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, c.grad_clip))
+        lr = learning_rate(
+            self.unit_steps[unit], self.steps_per_unit, c.lr, c.warmup, c.min_lr_ratio
+        )
+        for group in opt.param_groups:
+            group["lr"] = lr
+        shared_lr = learning_rate(self.step, self.total_steps, c.lr, c.warmup, c.min_lr_ratio)
+        for group in self.shared_optimizer.param_groups:
+            group["lr"] = shared_lr
+        opt.step()
+        self.shared_optimizer.step()
+        for p in params:
+            p.grad = None
+        self.unit_steps[unit] += 1
+        self.step += 1
+        logs["lr"] = lr
+        return logs
+
+    # -- the loop ---------------------------------------------------------------------------
+    def fit(self, stop_at: int | None = None) -> dict[str, Any]:
+        """Train until every unit has its budget (or until global step ``stop_at``, then save a
+        checkpoint as an interruption would); returns accounting, timing and memory."""
+        c = self.config
+        device = next(self.model.parameters()).device
+        cuda = device.type == "cuda"
+        n = self.task.train_size()
+        self.model.train()
+        rss_before = current_rss_bytes()
+        if cuda:
+            torch.cuda.reset_peak_memory_stats(device)
+        accum: dict[str, list[float]] = defaultdict(list)
+        bar = tqdm(
+            total=self.total_steps,
+            initial=self.step,
+            disable=not self.progress,
+            desc=f"{c.method}",
+            unit="step",
+            dynamic_ncols=True,
+        )
+        last_log = time.perf_counter()
+        examples_since = 0
+        end = self.total_steps if stop_at is None else min(stop_at, self.total_steps)
+        while self.step < end:
+            unit = int(self.sequence[self.step])
+            self._drop_finished_optimizers(unit)
+            idx = batch_indices(self.step, self.steps_per_epoch, n, c.batch_size, c.seed)
+            batch = self.task.train_batch(idx)
+            if cuda:
+                torch.cuda.synchronize(device)
+            t0 = time.perf_counter()
+            logs = self.train_step(unit, batch)
+            if cuda:
+                torch.cuda.synchronize(device)
+            dt = time.perf_counter() - t0
+            self.train_seconds += dt
+            self.step_times[unit].append(dt)
+            examples_since += c.batch_size
+            for k, v in logs.items():
+                accum[k].append(v)
+            accum[f"loss_block_{unit}"].append(logs["loss"])
+            bar.update(1)
+            if self.step % self.log_every == 0 or self.step == self.total_steps:
+                now = time.perf_counter()
+                rate = examples_since / max(now - last_log, 1e-9)
+                record = {
+                    "step": self.step,
+                    "epoch": self.step / self.steps_per_epoch,
+                    "block": unit,
+                    **{k: sum(v) / len(v) for k, v in accum.items()},
+                    "examples_per_sec": rate,
+                }
+                self.metrics.write(record)
+                bar.set_postfix(loss=f"{record['loss']:.4f}", block=unit, ex_s=f"{rate:.0f}")
+                accum.clear()
+                last_log, examples_since = now, 0
+            if c.eval_every and self.step % c.eval_every == 0 and self.step < self.total_steps:
+                quick = self.task.evaluate(quick=True)
+                self.metrics.write(
+                    {"step": self.step, **{f"eval_{k}": v for k, v in quick.items()}}
+                )
+            if (
+                self.run_dir is not None
+                and c.checkpoint_every
+                and self.step % c.checkpoint_every == 0
+                and self.step < self.total_steps
+            ):
+                self.save()
+        bar.close()
+        peak = peak_rss_bytes()
+        memory = {
+            "rss_before_first_step_bytes": rss_before,
+            "peak_rss_bytes": peak,
+            "train_peak_rss_bytes": max(0, peak - rss_before),
+        }
+        if cuda:
+            memory["cuda_max_allocated_bytes"] = torch.cuda.max_memory_allocated(device)
+        if self.run_dir is not None:
+            self.save()
+        return {"accounting": self.accounting(), "timing": self.timing(), "memory": memory}
+
+    @property
+    def log_every(self) -> int:
+        return self.config.log_every
+
+    def _drop_finished_optimizers(self, unit: int) -> None:
+        """In sequential mode a finished unit's optimizer state is freed for good."""
+        if self.config.schedule != "sequential":
+            return
+        for u in list(self.optimizers):
+            if u != unit and self.unit_steps[u] >= self.steps_per_unit:
+                del self.optimizers[u]
+
+    # -- accounting -------------------------------------------------------------------------
+    def accounting(self) -> dict[str, Any]:
+        c = self.config
+        layers = [self.task.layers_in_unit(u) for u in range(self.num_units)]
+        evals = sum(s * l for s, l in zip(self.unit_steps, layers, strict=True)) * c.batch_size
+        return {
+            "method": c.method,
+            "units": self.num_units,
+            "trained_units": list(self.units),
+            "steps": self.step,
+            "total_steps": self.total_steps,
+            "steps_per_epoch": self.steps_per_epoch,
+            "steps_per_unit_budget": self.steps_per_unit,
+            "steps_per_unit": list(self.unit_steps),
+            "layers_per_unit": layers,
+            "layer_evaluations": evals,  # forward layer passes x examples
+            "examples_seen": self.step * c.batch_size,
+        }
+
+    def timing(self) -> dict[str, Any]:
+        per_unit = {
+            str(u): _median(times[5:] if len(times) > 10 else times)
+            for u, times in sorted(self.step_times.items())
+        }
+        every = [t for times in self.step_times.values() for t in times]
+        return {
+            "train_seconds": self.train_seconds,
+            "median_step_seconds": _median(every[5:] if len(every) > 10 else every),
+            "median_step_seconds_per_unit": per_unit,
+        }
+
+    # -- checkpoints ------------------------------------------------------------------------
+    def save(self) -> Path:
+        """Write a checkpoint of every unit, the shared modules, optimizers and trainer state."""
+        assert self.run_dir is not None
+        tensors = {"shared": self._shared_state()}
+        for u in range(self.num_units):
+            tensors[f"block-{u}"] = self.model.blocks[u].state_dict()
+        objects: dict[str, Any] = {
+            "optimizer-shared": self.shared_optimizer.state_dict(),
+            "trainer": {
+                "step": self.step,
+                "unit_steps": list(self.unit_steps),
+                "generator": self.generator.get_state(),
+                "train_seconds": self.train_seconds,
+                "step_times": {str(u): list(t) for u, t in self.step_times.items()},
+            },
+        }
+        for u, opt in self.optimizers.items():
+            objects[f"optimizer-block-{u}"] = opt.state_dict()
+        meta = {
+            "task": self.config.task,
+            "method": self.config.method,
+            "units": self.num_units,
+            "config_hash": self.config.config_hash(),
+            "total_steps": self.total_steps,
+        }
+        return save_checkpoint(
+            self.run_dir / "checkpoints",
+            self.step,
+            tensors,
+            objects,
+            meta,
+            self.config.keep_checkpoints,
+        )
+
+    def _shared_state(self) -> dict[str, torch.Tensor]:
+        return {k: v for k, v in self.model.state_dict().items() if not k.startswith("blocks.")}
+
+    def resume(self) -> bool:
+        """Load the latest checkpoint of ``run_dir`` if there is one; True if it did."""
+        assert self.run_dir is not None
+        path = latest_checkpoint(self.run_dir / "checkpoints")
+        if path is None:
+            return False
+        ckpt = Checkpoint(path)
+        expect = self.config.config_hash()
+        if ckpt.meta.get("config_hash") != expect:
+            raise CheckpointError(
+                f"{path} was written with a different configuration (hash "
+                f"{ckpt.meta.get('config_hash')}, this run {expect})"
+            )
+        load_model_weights(self.model, ckpt)
+        self.shared_optimizer.load_state_dict(ckpt.obj("optimizer-shared"))
+        for u in range(self.num_units):
+            if ckpt.has(f"optimizer-block-{u}.pt"):
+                self.optimizer_for(u).load_state_dict(ckpt.obj(f"optimizer-block-{u}"))
+        state = ckpt.obj("trainer")
+        self.step = int(state["step"])
+        self.unit_steps = [int(s) for s in state["unit_steps"]]
+        self.generator.set_state(state["generator"])
+        self.train_seconds = float(state.get("train_seconds", 0.0))
+        for u, times in state.get("step_times", {}).items():
+            self.step_times[int(u)] = [float(t) for t in times]
+        return True
+
+
+def load_model_weights(model: torch.nn.Module, ckpt: Checkpoint) -> None:
+    """Load the shared and per-block tensors of ``ckpt`` into ``model`` (strict)."""
+    state = dict(ckpt.tensors("shared"))
+    for u in range(len(model.blocks)):
+        for k, v in ckpt.tensors(f"block-{u}").items():
+            state[f"blocks.{u}.{k}"] = v
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        raise CheckpointError(f"{ckpt.path} does not fit this model: {err}") from None
+
+
+def _median(values: list[float]) -> float | None:
+    if not values:
+        return None
+    s = sorted(values)
+    mid = len(s) // 2
+    return s[mid] if len(s) % 2 else 0.5 * (s[mid - 1] + s[mid])

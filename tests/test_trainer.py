@@ -1,0 +1,146 @@
+"""The block-wise trainer: isolation, schedules, budget, determinism, resume."""
+
+import pytest
+import torch
+from helpers import optimizer_snapshot, same_state, snapshot, tiny_task
+
+from diffusionblocks.training import Trainer, block_sequence, learning_rate
+from diffusionblocks.training.trainer import batch_indices
+
+
+def _warm_up_all(trainer, steps_each=2):
+    for _ in range(steps_each):
+        for u in range(trainer.num_units):
+            idx = torch.arange(trainer.config.batch_size)
+            trainer.train_step(u, trainer.task.train_batch(idx))
+
+
+@pytest.mark.parametrize("block", [0, 1, 2])
+def test_a_step_on_one_block_moves_nothing_else(block):
+    task = tiny_task(num_blocks=3, depth=6, weight_decay=0.1)
+    trainer = Trainer(task, None, progress=False)
+    _warm_up_all(trainer)  # every block has weights, gradients history and optimizer state
+    blocks_before = [snapshot(b) for b in task.model.blocks]
+    opt_before = {u: optimizer_snapshot(o) for u, o in trainer.optimizers.items()}
+    shared_before = {
+        k: v.clone() for k, v in task.model.state_dict().items() if not k.startswith("blocks.")
+    }
+
+    batch = task.train_batch(torch.arange(64, 128))
+    trainer.train_step(block, batch)
+
+    for u, b in enumerate(task.model.blocks):
+        changed = not same_state(blocks_before[u], snapshot(b))
+        assert changed == (u == block), f"block {u} moved={changed} after a step on {block}"
+        if u != block:
+            after = optimizer_snapshot(trainer.optimizers[u])
+            assert all(same_state(x, y) for x, y in zip(opt_before[u], after, strict=True))
+    shared_after = {k: v for k, v in task.model.state_dict().items() if not k.startswith("blocks.")}
+    assert not same_state(shared_before, shared_after), "shared modules should train every step"
+
+
+def test_gradients_reach_only_the_active_block():
+    task = tiny_task(num_blocks=2)
+    _warm_up_all(Trainer(task, None, progress=False), 1)  # the zero-initialised head opens up
+    loss, _ = task.loss(1, task.train_batch(torch.arange(32)), torch.Generator().manual_seed(0))
+    loss.backward()
+    assert all(p.grad is None for p in task.model.blocks[0].parameters())
+    assert any(
+        p.grad is not None and p.grad.abs().sum() > 0 for p in task.model.blocks[1].parameters()
+    )
+
+
+def test_schedules():
+    units = (0, 1, 2)
+    assert block_sequence("cycle", units, 2, 0).tolist() == [0, 1, 2, 0, 1, 2]
+    assert block_sequence("sequential", units, 2, 0).tolist() == [0, 0, 1, 1, 2, 2]
+    r = block_sequence("random", units, 3000, 0)
+    counts = torch.bincount(r, minlength=3).float() / len(r)
+    assert torch.allclose(counts, torch.full((3,), 1 / 3), atol=0.02)
+    assert torch.equal(r, block_sequence("random", units, 3000, 0))
+    assert block_sequence("cycle", (2,), 3, 0).tolist() == [2, 2, 2]
+
+
+def test_learning_rate_schedule():
+    lrs = [learning_rate(s, 100, 1.0, 0.1, 0.01) for s in range(100)]
+    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
+    assert lrs[10] == pytest.approx(1.0) and lrs[-1] == pytest.approx(0.01, abs=1e-3)
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:], strict=False))
+
+
+def test_batches_cover_each_epoch_once():
+    seen = torch.cat([batch_indices(s, 5, 50, 10, seed=3) for s in range(5)])
+    assert sorted(seen.tolist()) == list(range(50))
+    assert not torch.equal(batch_indices(0, 5, 50, 10, 3), batch_indices(5, 5, 50, 10, 3))
+
+
+def test_budget_equal_compute_and_accounting():
+    e2e = Trainer(tiny_task(method="e2e", depth=4), None, progress=False)
+    db = Trainer(
+        tiny_task(method="dblocks", num_blocks=2, depth=4, schedule="cycle"), None, progress=False
+    )
+    assert db.steps_per_unit == e2e.steps_per_unit
+    assert db.total_steps == 2 * e2e.total_steps
+    a, b = e2e.fit()["accounting"], db.fit()["accounting"]
+    assert a["layer_evaluations"] == b["layer_evaluations"]
+    assert b["steps_per_unit"] == [db.steps_per_unit] * 2
+
+
+def test_blocks_subset_trains_only_those():
+    task = tiny_task(num_blocks=2, blocks=(1,))
+    before = snapshot(task.model.blocks[0])
+    trainer = Trainer(task, None, progress=False)
+    out = trainer.fit()
+    assert out["accounting"]["steps_per_unit"][0] == 0
+    assert out["accounting"]["steps_per_unit"][1] == trainer.steps_per_unit
+    assert same_state(before, snapshot(task.model.blocks[0]))
+    assert set(trainer.optimizers) == {1}
+
+
+def test_sequential_keeps_only_the_active_optimizer():
+    task = tiny_task(num_blocks=2, schedule="sequential")
+    trainer = Trainer(task, None, progress=False)
+    seen = []
+    original = trainer.train_step
+
+    def spy(unit, batch):
+        seen.append(set(trainer.optimizers))
+        return original(unit, batch)
+
+    trainer.train_step = spy
+    trainer.fit()
+    assert all(s <= {0} for s in seen[: trainer.steps_per_unit])
+    assert all(s <= {1} for s in seen[trainer.steps_per_unit :])
+
+
+def test_same_seed_same_result_different_seed_differs():
+    def run(seed):
+        task = tiny_task(seed=seed)
+        Trainer(task, None, progress=False).fit()
+        return snapshot(task.model)
+
+    assert same_state(run(0), run(0))
+    assert not same_state(run(0), run(1))
+
+
+@pytest.mark.parametrize("schedule", ["random", "sequential"])
+def test_resume_continues_identically(tmp_path, schedule):
+    full_task = tiny_task(schedule=schedule)
+    Trainer(full_task, tmp_path / "full", progress=False).fit()
+
+    first = tiny_task(schedule=schedule)
+    t1 = Trainer(first, tmp_path / "split", progress=False)
+    stop = t1.total_steps // 2 + 1
+    t1.fit(stop_at=stop)
+    t1.save()
+    second = tiny_task(schedule=schedule)
+    t2 = Trainer(second, tmp_path / "split", progress=False)
+    assert t2.resume() and t2.step == stop
+    t2.fit()
+    assert same_state(snapshot(full_task.model), snapshot(second.model))
+
+
+def test_e2e_trainer_learns_digits():
+    task = tiny_task(method="e2e", epochs=10)
+    Trainer(task, None, progress=False).fit()
+    assert task.evaluate()["accuracy"] > 0.7
