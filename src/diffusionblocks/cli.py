@@ -54,11 +54,23 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.resume:
         config = prepare_run_dir(config, out, resume=True)
     results = train_run(
-        config, out, resume=args.resume, progress=not args.no_progress, preset=args.preset
+        config,
+        out,
+        resume=args.resume,
+        progress=not args.no_progress,
+        preset=args.preset,
+        command=command_line(args.argv),
     )
     print_results(results)
     print(f"run folder: {out}")
     return 0
+
+
+def command_line(argv: list[str]) -> str:
+    """The command as a user would type it (``dblocks ...``), shell-quoted."""
+    import shlex
+
+    return " ".join(["dblocks", *(shlex.quote(a) for a in argv)])
 
 
 def default_run_dir(preset: str, config) -> Path:
@@ -106,7 +118,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     if args.steps and any(s < 1 for s in args.steps):
         raise UsageError(f"--steps must be >= 1, got {args.steps}")
-    result = evaluate_run(args.run, args.steps, args.device)
+    result = evaluate_run(args.run, args.steps, args.device, parse_assignments(args.set or []))
     if args.json:
         print(json.dumps(result))
         return 0
@@ -262,6 +274,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--run", required=True, help="run folder")
     e.add_argument("--steps", type=int, nargs="+", help="inference step counts to sweep")
     e.add_argument("--device", help="override the run's device")
+    e.add_argument(
+        "--set", action="append", metavar="KEY=VALUE", help="override an inference-only key"
+    )
     e.add_argument("--json", action="store_true", help="print one JSON object")
     e.set_defaults(func=cmd_eval)
 
@@ -291,7 +306,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
+    args.argv = argv
     try:
         return args.func(args)
     except (ConfigError, DataError, CheckpointError, UsageError) as err:

@@ -46,7 +46,11 @@ def read_run_config(run_dir: str | os.PathLike) -> RunConfig:
 
 
 def prepare_run_dir(
-    config: RunConfig, run_dir: str | os.PathLike, resume: bool, preset: str | None = None
+    config: RunConfig,
+    run_dir: str | os.PathLike,
+    resume: bool,
+    preset: str | None = None,
+    command: str | None = None,
 ) -> RunConfig:
     """Create ``run_dir`` for a new run, or check it for ``--resume``; returns the config to use.
 
@@ -84,6 +88,7 @@ def prepare_run_dir(
         {
             "config": config.to_dict(),
             "preset": preset,
+            "command": command,
             "config_hash": config.config_hash(),
             "version": __version__,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -100,10 +105,11 @@ def train_run(
     preset: str | None = None,
     sweep: tuple[int, ...] = DEFAULT_SWEEP,
     log=print,
+    command: str | None = None,
 ) -> dict[str, Any]:
     """Train (or resume) a run, evaluate it, and write ``results.json`` and ``loss.png``."""
     run_dir = Path(run_dir)
-    config = prepare_run_dir(config, run_dir, resume, preset)
+    config = prepare_run_dir(config, run_dir, resume, preset, command)
     device = resolve_device(config.device)
     task = make_task(config, device)
     trainer = Trainer(task, run_dir, progress=progress, log=log)
@@ -120,6 +126,7 @@ def train_run(
     results = {
         "run_dir": str(run_dir),
         "preset": preset,
+        "command": command or _saved_command(run_dir),
         "config": config.to_dict(),
         "task": info,
         **fitted,
@@ -132,9 +139,34 @@ def train_run(
     return results
 
 
-def load_run(run_dir: str | os.PathLike, device: str | None = None) -> tuple[Task, Checkpoint]:
-    """The task of a run folder with the weights of its latest checkpoint loaded."""
+# Keys that only change inference or evaluation; `dblocks eval --set` may override them.
+INFERENCE_KEYS = (
+    "inference_steps",
+    "grid",
+    "bridge_temperature",
+    "eval_batch_size",
+    "test_subset",
+    "device",
+)
+
+
+def load_run(
+    run_dir: str | os.PathLike,
+    device: str | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> tuple[Task, Checkpoint]:
+    """The task of a run folder with the weights of its latest checkpoint loaded. ``overrides``
+    may change inference-only keys (:data:`INFERENCE_KEYS`)."""
     config = read_run_config(run_dir)
+    if overrides:
+        bad = [k for k in overrides if k not in INFERENCE_KEYS]
+        if bad:
+            raise ConfigError(
+                f"eval --set can only change inference keys ({', '.join(INFERENCE_KEYS)}); "
+                f"got {', '.join(bad)}"
+            )
+        values = {**config.to_dict(), **overrides}
+        config = config_from_dict(type(config), values)
     task = make_task(config, resolve_device(device or config.device))
     path = latest_checkpoint(Path(run_dir) / "checkpoints")
     if path is None:
@@ -150,11 +182,21 @@ def load_run(run_dir: str | os.PathLike, device: str | None = None) -> tuple[Tas
 
 
 def evaluate_run(
-    run_dir: str | os.PathLike, steps: list[int] | None = None, device: str | None = None
+    run_dir: str | os.PathLike,
+    steps: list[int] | None = None,
+    device: str | None = None,
+    overrides: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    task, ckpt = load_run(run_dir, device)
+    task, ckpt = load_run(run_dir, device, overrides)
     result = task.evaluate(quick=False, steps=steps or list(DEFAULT_SWEEP))
     return {"run_dir": str(run_dir), "checkpoint_step": ckpt.step, **result}
+
+
+def _saved_command(run_dir: Path) -> str | None:
+    try:
+        return json.loads((run_dir / "config.json").read_text()).get("command")
+    except (OSError, json.JSONDecodeError):
+        return None
 
 
 def environment(device: torch.device) -> dict[str, Any]:

@@ -45,6 +45,7 @@ class ClassificationConfig(RunConfig):
     mlp_ratio: float = 4.0  # MLP width / hidden
     eval_batch_size: int = 500  # test images per evaluation batch
     eval_subset: int = 1000  # test images used by quick evaluations during training
+    bridge_temperature: float = 1.0  # soft bridge softmax(logits / T) @ E at inference (1 = SPEC)
 
     def validate(self) -> None:
         super().validate()
@@ -58,6 +59,7 @@ class ClassificationConfig(RunConfig):
         _check(self, "mlp_ratio", 0 < self.mlp_ratio <= 64, "a number in (0, 64]")
         _check(self, "eval_batch_size", self.eval_batch_size >= 1, "an integer >= 1")
         _check(self, "eval_subset", self.eval_subset >= 1, "an integer >= 1")
+        _check(self, "bridge_temperature", 0 <= self.bridge_temperature <= 100, "in [0, 100]")
         _check(self, "data", bool(self.data), "a dataset name or a path")
         if self.hidden % self.heads:
             raise ConfigError(
@@ -68,6 +70,13 @@ class ClassificationConfig(RunConfig):
                 f"invalid value for 'num_blocks': {self.num_blocks} (must divide "
                 f"depth={self.depth} so that every block has the same number of layers)"
             )
+
+
+def soft_bridge(logits: torch.Tensor, table: torch.Tensor, temperature: float = 1.0):
+    """D = softmax(logits / T) @ normalize(E) (SPEC §6); T = 0 picks the argmax row."""
+    if temperature == 0:
+        return table[logits.argmax(-1)]
+    return (logits / temperature).softmax(-1) @ table
 
 
 class _ImageClassification(Task):
@@ -232,7 +241,7 @@ class BlockwiseClassification(_ImageClassification):
         def denoise(z, sigma, block):
             logits = self.block_logits(block, z, torch.full((n,), sigma, device=z.device), patches)
             calls.append((block, sigma, logits))
-            return logits.softmax(-1) @ table  # D = softmax(logits) @ normalize(E)
+            return soft_bridge(logits, table, self.config.bridge_temperature)
 
         z = self.schedule.sigma_max * torch.randn(n, m.shape.hidden, generator=generator)
         sigmas = sigma_grid(steps, self.schedule, grid or self.config.grid)
