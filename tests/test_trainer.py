@@ -4,7 +4,13 @@ import pytest
 import torch
 from helpers import optimizer_snapshot, same_state, snapshot, tiny_task
 
-from diffusionblocks.training import Trainer, block_sequence, learning_rate
+from diffusionblocks.training import (
+    Checkpoint,
+    Trainer,
+    block_sequence,
+    latest_checkpoint,
+    learning_rate,
+)
 from diffusionblocks.training.trainer import batch_indices
 
 
@@ -87,14 +93,29 @@ def test_budget_equal_compute_and_accounting():
 
 
 def test_blocks_subset_trains_only_those():
-    task = tiny_task(num_blocks=2, blocks=(1,))
-    before = snapshot(task.model.blocks[0])
+    task = tiny_task(num_blocks=3, depth=6, blocks=(0, 2), schedule="cycle")
+    before = snapshot(task.model.blocks[1])
     trainer = Trainer(task, None, progress=False)
     out = trainer.fit()
-    assert out["accounting"]["steps_per_unit"][0] == 0
-    assert out["accounting"]["steps_per_unit"][1] == trainer.steps_per_unit
-    assert same_state(before, snapshot(task.model.blocks[0]))
+    assert out["accounting"]["steps_per_unit"] == [
+        trainer.steps_per_unit,
+        0,
+        trainer.steps_per_unit,
+    ]
+    assert same_state(before, snapshot(task.model.blocks[1]))
+    assert set(trainer.optimizers) == {0, 2}
+
+
+def test_one_block_run_is_resident_and_leaves_the_others_at_init(tmp_path):
+    task = tiny_task(num_blocks=2, blocks=(1,))
+    trainer = Trainer(task, tmp_path, progress=False)
+    assert trainer.resident
+    out = trainer.fit()
+    assert out["accounting"]["steps_per_unit"] == [0, trainer.steps_per_unit]
+    assert not task.model.block_is_materialized(0)  # never in memory
     assert set(trainer.optimizers) == {1}
+    ckpt = Checkpoint(latest_checkpoint(tmp_path / "checkpoints"))
+    assert same_state(ckpt.tensors("block-0"), task.model.build_block(0).state_dict())
 
 
 def test_sequential_keeps_only_the_active_optimizer():
@@ -126,7 +147,9 @@ def test_same_seed_same_result_different_seed_differs():
 @pytest.mark.parametrize("schedule", ["random", "sequential"])
 def test_resume_continues_identically(tmp_path, schedule):
     full_task = tiny_task(schedule=schedule)
-    Trainer(full_task, tmp_path / "full", progress=False).fit()
+    full = Trainer(full_task, tmp_path / "full", progress=False)
+    full.fit()
+    full.materialize_all()  # sequential runs are block-resident: blocks come back from disk
 
     first = tiny_task(schedule=schedule)
     t1 = Trainer(first, tmp_path / "split", progress=False)
@@ -137,10 +160,54 @@ def test_resume_continues_identically(tmp_path, schedule):
     t2 = Trainer(second, tmp_path / "split", progress=False)
     assert t2.resume() and t2.step == stop
     t2.fit()
+    t2.materialize_all()
+    assert t2.resident == (schedule == "sequential")
     assert same_state(snapshot(full_task.model), snapshot(second.model))
 
 
 def test_e2e_trainer_learns_digits():
-    task = tiny_task(method="e2e", epochs=10)
+    task = tiny_task(method="e2e", epochs=20)
     Trainer(task, None, progress=False).fit()
     assert task.evaluate()["accuracy"] > 0.7
+
+
+def test_resident_training_holds_only_the_active_block(tmp_path):
+    task = tiny_task(num_blocks=3, depth=6, schedule="sequential")
+    trainer = Trainer(task, tmp_path, progress=False)
+    assert trainer.resident
+    assert not any(task.model.block_is_materialized(u) for u in range(3))
+    seen = []
+    original = trainer.train_step
+
+    def spy(unit, batch):
+        resident = [u for u in range(3) if task.model.block_is_materialized(u)]
+        seen.append((unit, resident, sorted(trainer.optimizers), trainer.resident_bytes()))
+        return original(unit, batch)
+
+    trainer.train_step = spy
+    trainer.fit()
+    one_block = sum(p.numel() * 4 for p in task.model.build_block(0).parameters())
+    shared = sum(p.numel() * 4 for p in task.shared_parameters())
+    for unit, resident, optimizers, nbytes in seen:
+        assert resident == [unit]
+        assert optimizers in ([], [unit])
+        assert nbytes["param_bytes"] == shared + one_block
+        assert nbytes["optimizer_bytes"] <= 2 * (shared + one_block) + 1024
+    assert [s[0] for s in seen] == [0] * trainer.steps_per_unit + [1] * trainer.steps_per_unit + [
+        2
+    ] * trainer.steps_per_unit
+
+
+def test_resident_and_in_memory_training_give_the_same_weights(tmp_path):
+    def run(resident):
+        task = tiny_task(num_blocks=2, schedule="sequential")
+        trainer = Trainer(task, tmp_path / str(resident), progress=False)
+        if not resident:
+            for u in range(2):
+                task.model.materialize_block(u, "cpu")
+            trainer.resident = False
+        trainer.fit()
+        trainer.materialize_all()
+        return snapshot(task.model)
+
+    assert same_state(run(True), run(False))

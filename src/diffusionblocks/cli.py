@@ -244,6 +244,59 @@ def format_comparison(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+# ---------------------------------------------------------------------- bench
+def _int_list(text: str, name: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise UsageError(f"{name} expects comma-separated integers, got {text!r}") from None
+    if not values or any(v < 1 for v in values):
+        raise UsageError(f"{name} expects integers >= 1, got {text!r}")
+    return values
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from . import bench
+
+    overrides: dict[str, Any] = dict(parse_assignments(args.set or []))
+    if args.batch_size is not None:
+        if args.batch_size < 1:
+            raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
+        overrides["batch_size"] = args.batch_size
+    blocks = _int_list(args.blocks, "--blocks")
+    if args.kind == "memory" and args.steps < 1:
+        raise UsageError(f"--steps must be >= 1, got {args.steps}")
+    if args.kind == "speed" and args.repeats < 1:
+        raise UsageError(f"--repeats must be >= 1, got {args.repeats}")
+    configs = bench.MEMORY_CONFIGS if args.kind == "memory" else bench.SPEED_CONFIGS
+    for name in configs:  # validate every configuration before any work starts
+        for b in [1] if name.startswith("e2e") else blocks:
+            make_config(args.preset, {**overrides, **bench.config_overrides(name, b)})
+    if args.kind == "memory":
+        print(f"memory benchmark, preset {args.preset}, each configuration in a fresh process")
+        if args.malloc_mmap_threshold < 0:
+            raise UsageError("--malloc-mmap-threshold must be >= 0 (0 = glibc default)")
+        records = bench.run_memory_bench(
+            args.preset, blocks, overrides, args.steps, mmap_threshold=args.malloc_mmap_threshold
+        )
+        table = bench.format_memory_table(records)
+    else:
+        print(f"speed benchmark, preset {args.preset}, interleaved repeats in one process")
+        records = bench.run_speed_bench(args.preset, blocks, overrides, args.repeats)
+        table = bench.format_speed_table(records)
+    print("\n" + table)
+    command = command_line(args.argv)
+    if args.json:
+        atomic_write_json(args.json, {"command": command, "records": records})
+        print(f"written: {args.json}")
+    if args.kind == "memory" and args.plot:
+        if bench.plot_memory(records, args.plot) is None:
+            print("note: matplotlib is not installed; no plot written", file=sys.stderr)
+        else:
+            print(f"written: {args.plot}")
+    return 0
+
+
 # ---------------------------------------------------------------------- presets
 def cmd_presets(args: argparse.Namespace) -> int:
     for name in preset_names():
@@ -298,6 +351,31 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--out", help="folder for the runs and the table")
     c.add_argument("--no-progress", action="store_true")
     c.set_defaults(func=cmd_compare)
+
+    b = sub.add_parser("bench", help="memory and speed benchmarks")
+    bsub = b.add_subparsers(dest="kind", required=True)
+    for kind, default_blocks, text in (
+        ("memory", "1,2,3,4,6", "peak training memory per configuration, one process each"),
+        ("speed", "2,3,4", "training-step and inference time, interleaved in one process"),
+    ):
+        k = bsub.add_parser(kind, help=text)
+        k.add_argument("--preset", choices=preset_names(), default="bench")
+        k.add_argument("--blocks", default=default_blocks, help="comma-separated block counts")
+        k.add_argument("--batch-size", type=int, help="override the preset's batch size")
+        k.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a key")
+        k.add_argument("--json", help="write the records to this JSON file")
+        if kind == "memory":
+            k.add_argument("--steps", type=int, default=3, help="training steps before measuring")
+            k.add_argument("--plot", help="write a PNG plot here")
+            k.add_argument(
+                "--malloc-mmap-threshold",
+                type=int,
+                default=131072,
+                help="glibc MALLOC_MMAP_THRESHOLD_ for the workers (0 = allocator default)",
+            )
+        else:
+            k.add_argument("--repeats", type=int, default=10, help="timed repeats per config")
+        k.set_defaults(func=cmd_bench)
 
     ps = sub.add_parser("presets", help="list presets")
     ps.set_defaults(func=cmd_presets)

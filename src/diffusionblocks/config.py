@@ -45,6 +45,7 @@ class RunConfig:
     grad_clip: float = 1.0  # max gradient norm per step (0 = no clipping)
     seed: int = 0  # seed for initialisation, data order, block order and noise
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+    checkpointing: bool = False  # activation checkpointing per layer (recompute in backward)
     # Noise (SPEC §2-3)
     partition: str = "equi-probability"  # equi-probability | uniform-log | uniform
     overlap: float = 0.05  # gamma: interval widening in ln sigma on each side
@@ -122,6 +123,14 @@ class RunConfig:
     def units(self) -> int:
         """How many separately trained units the network has (B for dblocks, 1 for e2e)."""
         return self.num_blocks if self.method == "dblocks" else 1
+
+    @property
+    def block_resident(self) -> bool:
+        """Whether only the active block lives in memory: DiffusionBlocks trained one block at a
+        time (``schedule=sequential``, or ``blocks`` naming a single block)."""
+        return self.method == "dblocks" and (
+            self.schedule == "sequential" or len(self.trained_units) == 1
+        )
 
     @property
     def trained_units(self) -> tuple[int, ...]:

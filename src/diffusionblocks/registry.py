@@ -78,6 +78,24 @@ PRESETS: dict[str, tuple[str, dict[str, Any], str]] = {
         "a few CPU minutes per method: Fashion-MNIST (20k images), 6-layer ViT (hidden 64, "
         "patch 7), B=3",
     ),
+    "bench": (
+        "classification",
+        dict(
+            data="fashion-mnist",
+            depth=12,
+            hidden=128,
+            heads=4,
+            patch_size=4,
+            num_blocks=3,
+            epochs=1,
+            batch_size=128,
+            lr=1e-3,
+            train_subset=2048,
+            test_subset=512,
+            log_every=10,
+        ),
+        "memory/speed benchmark: 12-layer ViT (hidden 128, patch 4, 50 tokens), batch 128",
+    ),
 }
 
 

@@ -122,6 +122,7 @@ def train_run(
         f"{len(trainer.units)} units) on {device}"
     )
     fitted = trainer.fit()
+    trainer.materialize_all()  # block-resident runs: bring every block back for evaluation
     evaluation = task.evaluate(quick=False, steps=list(sweep))
     results = {
         "run_dir": str(run_dir),

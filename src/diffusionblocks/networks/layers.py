@@ -9,9 +9,11 @@ schedules: they see a conditioning scalar and vectors.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import nn
 
 
@@ -106,26 +108,118 @@ class AdaLNOutput(nn.Module):
 
 
 class LayerGroup(nn.Module):
-    """A block: consecutive adaLN layers run as one unit."""
+    """A block: consecutive layers run as one unit. With ``checkpointing`` on (and gradients
+    enabled), each layer keeps only its input and recomputes its activations in the backward
+    pass (``torch.utils.checkpoint``)."""
 
     def __init__(self, layers: list[nn.Module]):
         super().__init__()
         self.layers = nn.ModuleList(layers)
+        self.checkpointing = False
 
     def forward(
         self, x: torch.Tensor, cond: torch.Tensor, mask: torch.Tensor | None = None
     ) -> torch.Tensor:
         for layer in self.layers:
-            x = layer(x, cond, mask)
+            if self.checkpointing and torch.is_grad_enabled() and x.requires_grad:
+                # Reentrant mode saves the layer input through autograd's saved tensors, so the
+                # activation accounting (saved-tensor hooks) sees exactly what is kept.
+                x = torch.utils.checkpoint.checkpoint(layer, x, cond, mask, use_reentrant=True)
+            else:
+                x = layer(x, cond, mask)
         return x
 
     def __len__(self) -> int:
         return len(self.layers)
 
 
-def group_layers(depth: int, num_groups: int, make_layer) -> nn.ModuleList:
-    """``depth`` layers from ``make_layer()`` split into ``num_groups`` equal consecutive groups."""
-    if num_groups < 1 or depth % num_groups:
-        raise ValueError(f"depth {depth} cannot be split into {num_groups} equal blocks")
-    per = depth // num_groups
-    return nn.ModuleList(LayerGroup([make_layer() for _ in range(per)]) for _ in range(num_groups))
+class BlockStack(nn.Module):
+    """Base for networks whose layers are grouped into blocks (``self.blocks``).
+
+    Every block is initialised from its own seed, so block b can be built alone, later, and come
+    out identical to the block b of a network built whole. Blocks can live on the ``meta`` device
+    (no storage) until :meth:`materialize_block` builds or loads them, and go back there with
+    :meth:`release_block`: block-resident training keeps one block in memory at a time.
+    """
+
+    blocks: nn.ModuleList
+
+    def _init_blocks(
+        self,
+        depth: int,
+        num_blocks: int,
+        make_layer: Callable[[], nn.Module],
+        seed: int,
+        materialize: bool = True,
+    ) -> None:
+        if num_blocks < 1 or depth % num_blocks:
+            raise ValueError(f"depth {depth} cannot be split into {num_blocks} equal blocks")
+        self._make_layer = make_layer
+        self._layers_per_block = depth // num_blocks
+        self._block_seed = seed
+        if materialize:
+            self.blocks = nn.ModuleList(self.build_block(b) for b in range(num_blocks))
+        else:
+            with torch.device("meta"):
+                self.blocks = nn.ModuleList(
+                    LayerGroup([make_layer() for _ in range(self._layers_per_block)])
+                    for _ in range(num_blocks)
+                )
+
+    def build_block(self, block: int) -> LayerGroup:
+        """A freshly initialised block ``block`` on the CPU (same weights every time)."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self._block_seed * 10_007 + 1_000 + block)
+            return LayerGroup([self._make_layer() for _ in range(self._layers_per_block)])
+
+    @property
+    def device(self) -> torch.device:
+        """Device of the shared modules (blocks on the meta device do not count)."""
+        for p in self.parameters():
+            if not p.is_meta:
+                return p.device
+        return torch.device("cpu")
+
+    def block_is_materialized(self, block: int) -> bool:
+        return not any(p.is_meta for p in self.blocks[block].parameters())
+
+    def materialize_block(
+        self,
+        block: int,
+        device: torch.device | str,
+        state: dict[str, torch.Tensor] | None = None,
+    ) -> LayerGroup:
+        """Give block ``block`` real storage on ``device``: its initial weights, or ``state``."""
+        checkpointing = self.blocks[block].checkpointing
+        if state is None:
+            new = self.build_block(block).to(device)
+        else:
+            with torch.device("meta"):
+                new = LayerGroup([self._make_layer() for _ in range(self._layers_per_block)])
+            new = new.to_empty(device=device)
+            new.load_state_dict(state, strict=True)
+        new.checkpointing = checkpointing
+        self.blocks[block] = new
+        return new
+
+    def release_block(self, block: int) -> None:
+        """Drop the storage of block ``block`` (its parameters move to the meta device)."""
+        checkpointing = self.blocks[block].checkpointing
+        self.blocks[block] = self.blocks[block].to("meta")
+        self.blocks[block].checkpointing = checkpointing
+
+    def to_device(self, device: torch.device | str) -> BlockStack:
+        """Move the shared modules and every materialised block to ``device`` (blocks on the
+        meta device stay there)."""
+        blocks = self.blocks
+        self.blocks = nn.ModuleList()
+        self.to(device)
+        for b, group in enumerate(blocks):
+            if not any(p.is_meta for p in group.parameters()):
+                blocks[b] = group.to(device)
+        self.blocks = blocks
+        return self
+
+    def set_checkpointing(self, enabled: bool) -> None:
+        for group in self.blocks:
+            group.checkpointing = enabled

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import AdaLNLayer, AdaLNOutput, ScalarEmbedding, group_layers
+from .layers import AdaLNLayer, AdaLNOutput, BlockStack, ScalarEmbedding
 
 
 @dataclass(frozen=True)
@@ -31,20 +31,21 @@ class ViTShape:
     heads: int  # attention heads
     mlp_ratio: float = 4.0  # MLP width / hidden
     num_blocks: int = 1  # groups the layers are split into
+    seed: int = 0  # seed of the per-block initialisation
 
     @property
     def num_patches(self) -> int:
         return (self.image_height // self.patch_size) * (self.image_width // self.patch_size)
 
 
-class ViT(nn.Module):
+class ViT(BlockStack):
     """Patch stem -> [slot token; patch tokens] -> blocks of adaLN layers -> adaLN head.
 
     Token 0 is the *slot*: the noisy label for DiffusionBlocks, nothing (zeros) end to end; its
     learned position embedding plays the role of a CLS token.
     """
 
-    def __init__(self, shape: ViTShape):
+    def __init__(self, shape: ViTShape, materialize_blocks: bool = True):
         super().__init__()
         s = shape
         if s.image_height % s.patch_size or s.image_width % s.patch_size:
@@ -57,8 +58,12 @@ class ViT(nn.Module):
         self.pos_embed = nn.Parameter(torch.zeros(1, 1 + s.num_patches, s.hidden))
         self.label_embed = nn.Embedding(s.num_classes, s.hidden)
         self.cond_embed = ScalarEmbedding(s.hidden)
-        self.blocks = group_layers(
-            s.depth, s.num_blocks, lambda: AdaLNLayer(s.hidden, s.heads, s.mlp_ratio)
+        self._init_blocks(
+            s.depth,
+            s.num_blocks,
+            lambda: AdaLNLayer(s.hidden, s.heads, s.mlp_ratio),
+            s.seed,
+            materialize_blocks,
         )
         self.head = AdaLNOutput(s.hidden, s.num_classes, zero_init=True)
         nn.init.trunc_normal_(self.pos_embed, std=0.02)

@@ -117,8 +117,11 @@ class _ImageClassification(Task):
                 heads=config.heads,
                 mlp_ratio=config.mlp_ratio,
                 num_blocks=config.units,
-            )
-        ).to(device)
+                seed=config.seed,
+            ),
+            materialize_blocks=not config.block_resident,
+        ).to_device(device)
+        self.model.set_checkpointing(config.checkpointing)
 
     # -- data -------------------------------------------------------------------------------
     def train_size(self) -> int:

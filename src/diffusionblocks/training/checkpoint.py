@@ -79,6 +79,14 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 # ---------------------------------------------------------------------- encoding
 def encode_tensors(state: dict[str, torch.Tensor]) -> bytes:
     return st_save({k: v.detach().cpu().contiguous() for k, v in state.items()})
@@ -98,12 +106,15 @@ def save_checkpoint(
     objects: dict[str, Any],
     meta: dict[str, Any],
     keep: int = 2,
+    links: dict[str, Path] | None = None,
 ) -> Path:
     """Save one checkpoint under ``root`` and point ``root/latest`` at it.
 
     ``tensors`` maps a file stem to a state dict (written as safetensors), ``objects`` a file stem
-    to a picklable-free object of tensors and numbers (written with ``torch.save``). Older
-    checkpoints beyond the ``keep`` most recent are removed.
+    to an object of tensors and numbers (written with ``torch.save``), ``links`` a file stem to an
+    existing safetensors file that goes in as it is (hard-linked where possible, else copied; a
+    block that lives on disk is never loaded to be saved). Older checkpoints beyond the ``keep``
+    most recent are removed.
     """
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
@@ -115,6 +126,13 @@ def save_checkpoint(
             data = encode_tensors(state)
             _write_synced(tmp / f"{stem}.safetensors", data)
             files[f"{stem}.safetensors"] = sha256_bytes(data)
+        for stem, source in (links or {}).items():
+            dest = tmp / f"{stem}.safetensors"
+            try:
+                os.link(source, dest)
+            except OSError:
+                shutil.copyfile(source, dest)
+            files[dest.name] = sha256_file(dest)
         for stem, obj in objects.items():
             data = encode_object(obj)
             _write_synced(tmp / f"{stem}.pt", data)
@@ -216,6 +234,25 @@ class Checkpoint:
             return torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
         except Exception as err:
             raise CheckpointError(f"{self.path / stem}.pt is unreadable: {err}") from None
+
+    def export(self, stem: str, dest: str | os.PathLike) -> Path:
+        """Place a verified copy (hard link where possible) of ``stem.safetensors`` at ``dest``."""
+        filename = f"{stem}.safetensors"
+        if filename not in self.meta["files"]:
+            raise CheckpointError(f"{self.path} has no {filename}")
+        src, dest = self.path / filename, Path(dest)
+        if not src.is_file():
+            raise CheckpointError(f"{src} is missing")
+        if sha256_file(src) != self.meta["files"][filename]:
+            raise CheckpointError(f"{src} is corrupt (checksum mismatch)")
+        tmp = dest.with_name(f".{dest.name}.tmp")
+        tmp.unlink(missing_ok=True)
+        try:
+            os.link(src, tmp)
+        except OSError:
+            shutil.copyfile(src, tmp)
+        os.replace(tmp, dest)
+        return dest
 
     def verify(self) -> None:
         """Check every file's checksum."""

@@ -5,6 +5,12 @@ for the end-to-end baseline. Each unit has its own AdamW optimizer, created when
 trains, so a unit that does not train this step cannot move (no momentum or weight-decay drift).
 The shared modules have one optimizer that steps at every step (SPEC §4).
 
+Block-resident mode (``config.block_resident``: DiffusionBlocks trained one block at a time) keeps
+only the active block's weights, gradients and optimizer state in memory. The other blocks live in
+files (``run_dir/blocks/block-{b}.safetensors``, atomically replaced) and go into checkpoints as
+hard links, so the full B-fold saving of the paper's memory formula is realised, not only the
+activation part.
+
 Budget (SPEC §4): every trained unit gets ``ceil(epochs * steps_per_epoch)`` updates, so a
 DiffusionBlocks run with B blocks takes B times the steps of the end-to-end run, each running 1/B
 of the layers: equal total layer evaluations.
@@ -13,6 +19,7 @@ of the layers: equal total layer evaluations.
 from __future__ import annotations
 
 import math
+import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -24,7 +31,14 @@ from tqdm.auto import tqdm
 
 from ..config import RunConfig
 from ..tasks.base import Task
-from .checkpoint import Checkpoint, CheckpointError, latest_checkpoint, save_checkpoint
+from .checkpoint import (
+    Checkpoint,
+    CheckpointError,
+    atomic_write_bytes,
+    encode_tensors,
+    latest_checkpoint,
+    save_checkpoint,
+)
 from .metrics import MetricsWriter, current_rss_bytes, peak_rss_bytes
 
 
@@ -116,6 +130,10 @@ class Trainer:
         self.shared_params = task.shared_parameters()
         self.shared_optimizer = make_optimizer(self.shared_params, c)
         self.optimizers: dict[int, torch.optim.AdamW] = {}
+        self._pending_optimizer: dict[int, dict] = {}  # loaded state for not-yet-built optimizers
+        self.resident = c.block_resident
+        self.block_files: dict[int, Path] = {}  # where blocks that are not in memory live
+        self._offload_dir: Path | None = None
         self.step_times: dict[int, list[float]] = defaultdict(list)
         self.train_seconds = 0.0
         self.metrics = MetricsWriter(self.run_dir / "metrics.jsonl" if self.run_dir else None)
@@ -123,8 +141,82 @@ class Trainer:
     # -- the primitive ----------------------------------------------------------------------
     def optimizer_for(self, unit: int) -> torch.optim.AdamW:
         if unit not in self.optimizers:
-            self.optimizers[unit] = make_optimizer(self.task.unit_parameters(unit), self.config)
+            opt = make_optimizer(self.task.unit_parameters(unit), self.config)
+            if unit in self._pending_optimizer:
+                opt.load_state_dict(self._pending_optimizer.pop(unit))
+            self.optimizers[unit] = opt
         return self.optimizers[unit]
+
+    # -- block residency --------------------------------------------------------------------
+    @property
+    def offload_dir(self) -> Path:
+        if self._offload_dir is None:
+            if self.run_dir is not None:
+                self._offload_dir = self.run_dir / "blocks"
+                self._offload_dir.mkdir(parents=True, exist_ok=True)
+            else:
+                self._offload_dir = Path(tempfile.mkdtemp(prefix="dblocks-blocks-"))
+        return self._offload_dir
+
+    def _block_path(self, unit: int) -> Path:
+        return self.offload_dir / f"block-{unit}.safetensors"
+
+    def _write_block_file(self, unit: int, state: dict[str, torch.Tensor]) -> None:
+        path = self._block_path(unit)
+        atomic_write_bytes(path, encode_tensors(state))
+        self.block_files[unit] = path
+
+    def prepare_resident(self) -> None:
+        """Give every block that is neither in memory nor on disk a file with its initial
+        weights, one block at a time (so checkpoints always hold every block)."""
+        for u in range(self.num_units):
+            if u not in self.block_files and not self.model.block_is_materialized(u):
+                self._write_block_file(u, self.model.build_block(u).state_dict())
+
+    def activate(self, unit: int) -> None:
+        """Resident mode: make ``unit`` the only block in memory (others go to their files)."""
+        if self.model.block_is_materialized(unit):
+            return
+        for u in range(self.num_units):
+            if u != unit and self.model.block_is_materialized(u):
+                self.offload(u)
+        state = None
+        if unit in self.block_files:
+            from safetensors.torch import load_file
+
+            state = load_file(self.block_files[unit])
+        self.model.materialize_block(unit, self.model.device, state)
+
+    def offload(self, unit: int) -> None:
+        """Write block ``unit`` to its file and free its weights and optimizer state."""
+        self._write_block_file(unit, self.model.blocks[unit].state_dict())
+        self.optimizers.pop(unit, None)
+        self.model.release_block(unit)
+
+    def materialize_all(self) -> None:
+        """Load every block that lives on disk back into memory (for evaluation)."""
+        from safetensors.torch import load_file
+
+        for u in range(self.num_units):
+            if not self.model.block_is_materialized(u):
+                self.model.materialize_block(u, self.model.device, load_file(self.block_files[u]))
+
+    def resident_bytes(self) -> dict[str, int]:
+        """Bytes of parameters, gradients and optimizer state that exist right now."""
+        params = [p for p in self.model.parameters() if not p.is_meta]
+        opt_bytes = 0
+        for opt in [self.shared_optimizer, *self.optimizers.values()]:
+            for state in opt.state.values():
+                opt_bytes += sum(
+                    v.numel() * v.element_size() for v in state.values() if torch.is_tensor(v)
+                )
+        return {
+            "param_bytes": sum(p.numel() * p.element_size() for p in params),
+            "grad_bytes": sum(
+                p.grad.numel() * p.grad.element_size() for p in params if p.grad is not None
+            ),
+            "optimizer_bytes": opt_bytes,
+        }
 
     def train_step(self, unit: int, batch: Any) -> dict[str, float]:
         """One optimizer step on ``unit`` (and the shared modules) with ``batch``."""
@@ -159,13 +251,20 @@ class Trainer:
         """Train until every unit has its budget (or until global step ``stop_at``, then save a
         checkpoint as an interruption would); returns accounting, timing and memory."""
         c = self.config
-        device = next(self.model.parameters()).device
+        device = self.model.device
         cuda = device.type == "cuda"
         n = self.task.train_size()
         self.model.train()
+        end = self.total_steps if stop_at is None else min(stop_at, self.total_steps)
+        if self.resident:
+            self.prepare_resident()
+            if self.step < end:  # the first block is in memory before the baseline, as in e2e
+                self.activate(int(self.sequence[self.step]))
         rss_before = current_rss_bytes()
+        params_before = self.resident_bytes()["param_bytes"]
         if cuda:
             torch.cuda.reset_peak_memory_stats(device)
+            allocated_before = torch.cuda.memory_allocated(device)
         accum: dict[str, list[float]] = defaultdict(list)
         bar = tqdm(
             total=self.total_steps,
@@ -177,10 +276,11 @@ class Trainer:
         )
         last_log = time.perf_counter()
         examples_since = 0
-        end = self.total_steps if stop_at is None else min(stop_at, self.total_steps)
         while self.step < end:
             unit = int(self.sequence[self.step])
             self._drop_finished_optimizers(unit)
+            if self.resident:
+                self.activate(unit)
             idx = batch_indices(self.step, self.steps_per_epoch, n, c.batch_size, c.seed)
             batch = self.task.train_batch(idx)
             if cuda:
@@ -229,9 +329,12 @@ class Trainer:
             "rss_before_first_step_bytes": rss_before,
             "peak_rss_bytes": peak,
             "train_peak_rss_bytes": max(0, peak - rss_before),
+            "params_at_first_step_bytes": params_before,
         }
         if cuda:
-            memory["cuda_max_allocated_bytes"] = torch.cuda.max_memory_allocated(device)
+            max_allocated = torch.cuda.max_memory_allocated(device)
+            memory["cuda_max_allocated_bytes"] = max_allocated
+            memory["cuda_peak_bytes"] = max_allocated - allocated_before
         if self.run_dir is not None:
             self.save()
         return {"accounting": self.accounting(), "timing": self.timing(), "memory": memory}
@@ -284,8 +387,14 @@ class Trainer:
         """Write a checkpoint of every unit, the shared modules, optimizers and trainer state."""
         assert self.run_dir is not None
         tensors = {"shared": self._shared_state()}
+        links: dict[str, Path] = {}
         for u in range(self.num_units):
-            tensors[f"block-{u}"] = self.model.blocks[u].state_dict()
+            if self.model.block_is_materialized(u):
+                tensors[f"block-{u}"] = self.model.blocks[u].state_dict()
+            elif u in self.block_files:
+                links[f"block-{u}"] = self.block_files[u]
+            else:  # never built (resident mode before fit): its initial weights
+                tensors[f"block-{u}"] = self.model.build_block(u).state_dict()
         objects: dict[str, Any] = {
             "optimizer-shared": self.shared_optimizer.state_dict(),
             "trainer": {
@@ -296,6 +405,8 @@ class Trainer:
                 "step_times": {str(u): list(t) for u, t in self.step_times.items()},
             },
         }
+        for u, state in self._pending_optimizer.items():
+            objects[f"optimizer-block-{u}"] = state
         for u, opt in self.optimizers.items():
             objects[f"optimizer-block-{u}"] = opt.state_dict()
         meta = {
@@ -312,6 +423,7 @@ class Trainer:
             objects,
             meta,
             self.config.keep_checkpoints,
+            links,
         )
 
     def _shared_state(self) -> dict[str, torch.Tensor]:
@@ -330,11 +442,18 @@ class Trainer:
                 f"{path} was written with a different configuration (hash "
                 f"{ckpt.meta.get('config_hash')}, this run {expect})"
             )
-        load_model_weights(self.model, ckpt)
+        if self.resident:  # blocks stay on disk; each is loaded when it becomes active
+            load_shared_weights(self.model, ckpt)
+            for u in range(self.num_units):
+                self.model.release_block(u) if self.model.block_is_materialized(u) else None
+                self.block_files[u] = ckpt.export(f"block-{u}", self._block_path(u))
+        else:
+            load_model_weights(self.model, ckpt)
+        self.optimizers.clear()
         self.shared_optimizer.load_state_dict(ckpt.obj("optimizer-shared"))
         for u in range(self.num_units):
             if ckpt.has(f"optimizer-block-{u}.pt"):
-                self.optimizer_for(u).load_state_dict(ckpt.obj(f"optimizer-block-{u}"))
+                self._pending_optimizer[u] = ckpt.obj(f"optimizer-block-{u}")
         state = ckpt.obj("trainer")
         self.step = int(state["step"])
         self.unit_steps = [int(s) for s in state["unit_steps"]]
@@ -345,16 +464,32 @@ class Trainer:
         return True
 
 
-def load_model_weights(model: torch.nn.Module, ckpt: Checkpoint) -> None:
-    """Load the shared and per-block tensors of ``ckpt`` into ``model`` (strict)."""
-    state = dict(ckpt.tensors("shared"))
-    for u in range(len(model.blocks)):
-        for k, v in ckpt.tensors(f"block-{u}").items():
-            state[f"blocks.{u}.{k}"] = v
+def load_shared_weights(model: torch.nn.Module, ckpt: Checkpoint) -> None:
+    """Load the shared (non-block) tensors of ``ckpt`` into ``model``; every key must match."""
+    shared = ckpt.tensors("shared")
+    expected = {k for k in model.state_dict() if not k.startswith("blocks.")}
+    missing, extra = expected - set(shared), set(shared) - expected
+    if missing or extra:
+        raise CheckpointError(
+            f"{ckpt.path} does not fit this model: shared tensors missing {sorted(missing)}, "
+            f"unexpected {sorted(extra)}"
+        )
     try:
-        model.load_state_dict(state, strict=True)
+        model.load_state_dict(shared, strict=False)
     except RuntimeError as err:
         raise CheckpointError(f"{ckpt.path} does not fit this model: {err}") from None
+
+
+def load_model_weights(model: torch.nn.Module, ckpt: Checkpoint) -> None:
+    """Load the shared and per-block tensors of ``ckpt`` into ``model``; blocks on the meta
+    device are materialised."""
+    load_shared_weights(model, ckpt)
+    for u in range(len(model.blocks)):
+        state = ckpt.tensors(f"block-{u}")
+        try:
+            model.materialize_block(u, model.device, state)
+        except RuntimeError as err:
+            raise CheckpointError(f"{ckpt.path} block {u} does not fit this model: {err}") from None
 
 
 def _median(values: list[float]) -> float | None:

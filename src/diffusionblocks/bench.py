@@ -1,0 +1,425 @@
+"""Memory and speed benchmarks: ``dblocks bench memory`` and ``dblocks bench speed``.
+
+Memory: every configuration runs in its own fresh Python process (peak counters only go up), with
+the real trainer. For each one we record
+
+- ``peak_bytes``: peak memory above the moment just before the first training step (CPU: peak RSS
+  minus RSS then; CUDA: ``max_memory_allocated`` minus the bytes allocated then). The weights that
+  exist at that moment are not in it;
+- ``peak_with_weights_bytes``: ``peak_bytes`` plus the parameter bytes that existed at that moment,
+  so configurations that hold different weights compare fairly;
+- ``activation_bytes``: bytes autograd saves for the backward pass in one training step, counted
+  exactly with ``torch.autograd.graph.saved_tensors_hooks`` (unique storages, parameters excluded);
+- ``param_bytes``, ``grad_bytes``, ``optimizer_bytes``: tensors resident after that step's backward;
+- ``predicted_bytes``: the paper's analytic formula (SPEC §4) with P and A per layer taken from the
+  model and from the end-to-end measurement, plus 4x the shared modules' parameters.
+
+Speed: one process, all configurations built side by side, repeats interleaved so that machine
+noise hits every configuration alike; medians and ratios to ``e2e``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+
+MEMORY_CONFIGS = ("e2e", "e2e+ckpt", "dblocks", "dblocks-resident", "dblocks-resident+ckpt")
+SPEED_CONFIGS = ("e2e", "e2e+ckpt", "dblocks", "dblocks+ckpt")
+
+
+def config_overrides(name: str, blocks: int) -> dict[str, Any]:
+    """Config keys that turn a preset into benchmark configuration ``name`` with B = ``blocks``."""
+    ckpt = name.endswith("+ckpt")
+    base = name.removesuffix("+ckpt")
+    if base == "e2e":
+        return {"method": "e2e", "checkpointing": ckpt}
+    if base == "dblocks":  # the paper's schedule, every block and optimizer resident
+        return {
+            "method": "dblocks",
+            "num_blocks": blocks,
+            "schedule": "cycle",
+            "checkpointing": ckpt,
+        }
+    if base == "dblocks-resident":  # one block at a time, the others on disk
+        return {
+            "method": "dblocks",
+            "num_blocks": blocks,
+            "schedule": "sequential",
+            "checkpointing": ckpt,
+        }
+    raise ValueError(f"unknown benchmark configuration {name!r}")
+
+
+class SavedTensorCounter:
+    """Counts the bytes autograd saves for backward while active: unique storages, parameters
+    excluded (they are weights, not activations)."""
+
+    def __init__(self, params: list[torch.Tensor]):
+        self._skip = {p.untyped_storage().data_ptr() for p in params if not p.is_meta}
+        self._seen: dict[int, int] = {}
+
+    def _pack(self, t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        ptr = storage.data_ptr()
+        if ptr not in self._skip:
+            self._seen[ptr] = max(self._seen.get(ptr, 0), storage.nbytes())
+        return t
+
+    @property
+    def bytes(self) -> int:
+        return sum(self._seen.values())
+
+    @contextmanager
+    def counting(self):
+        with torch.autograd.graph.saved_tensors_hooks(self._pack, lambda t: t):
+            yield self
+
+
+# ---------------------------------------------------------------------- memory worker
+def warm_runtime(device: torch.device) -> None:
+    """Run a tiny forward, backward and AdamW step so that one-time runtime costs (autograd
+    engine threads, BLAS and attention workspaces, optimizer code paths) are paid before the
+    baseline is read, and do not count as training memory of the configuration."""
+    layer = torch.nn.TransformerEncoderLayer(32, 2, 64, batch_first=True).to(device)
+    x = torch.randn(4, 8, 32, device=device, requires_grad=True)
+    layer(x).square().mean().backward()
+    torch.optim.AdamW(layer.parameters()).step()
+    del layer, x
+
+
+def measure_memory(preset: str, overrides: dict[str, Any], steps: int) -> dict[str, Any]:
+    """Train ``steps`` steps of one configuration in this process and measure it. Meant to run in
+    a fresh process (``python -m diffusionblocks.bench worker ...``)."""
+    from .registry import make_config, make_task
+    from .training.metrics import current_rss_bytes
+    from .training.trainer import Trainer, batch_indices
+
+    config = make_config(preset, overrides)
+    task = make_task(config)
+    trainer = Trainer(task, None, progress=False)
+    device = task.model.device
+    warm_runtime(device)
+    # Enough steps that every block trained in this configuration has its optimizer state.
+    steps = max(steps, len(trainer.units) if config.schedule == "cycle" else steps)
+    fitted = trainer.fit(stop_at=steps)
+    mem = fitted["memory"]
+    baseline_params = mem["params_at_first_step_bytes"]
+
+    # One more step, with saved-tensor accounting, on the unit the schedule trains next.
+    unit = int(trainer.sequence[trainer.step % trainer.total_steps])
+    if trainer.resident:
+        trainer.activate(unit)
+    n = task.train_size()
+    idx = batch_indices(trainer.step, trainer.steps_per_epoch, n, config.batch_size, config.seed)
+    batch = task.train_batch(idx)
+    params = [p for p in task.model.parameters()]
+    counter = SavedTensorCounter(params)
+    with counter.counting():
+        loss, _ = task.loss(unit, batch, trainer.generator)
+    loss.backward()
+    resident = trainer.resident_bytes()
+    peak = mem["cuda_peak_bytes"] if device.type == "cuda" else mem["train_peak_rss_bytes"]
+    return {
+        "preset": preset,
+        "overrides": {k: v for k, v in overrides.items()},
+        "device": str(device),
+        "steps": trainer.step,
+        "peak_bytes": peak,
+        "peak_with_weights_bytes": peak + baseline_params,
+        "activation_bytes": counter.bytes,
+        **resident,
+        "rss_before_first_step_bytes": mem["rss_before_first_step_bytes"],
+        "peak_rss_bytes": mem["peak_rss_bytes"],
+        "layer_param_bytes": _layer_param_bytes(task),
+        "shared_param_bytes": sum(p.numel() * p.element_size() for p in task.shared_parameters()),
+        "depth": sum(task.layers_in_unit(u) for u in range(len(task.model.blocks))),
+        "current_rss_bytes": current_rss_bytes(),
+    }
+
+
+def _layer_param_bytes(task) -> int:
+    block = task.model.build_block(0)
+    return sum(p.numel() * p.element_size() for p in block.parameters()) // len(block)
+
+
+def predicted_bytes(name: str, blocks: int, depth: int, p_layer: int, a_layer: float, shared: int):
+    """The paper's formulas (SPEC §4) in bytes: P = parameter bytes per layer (x4: weights,
+    gradients, two Adam moments), A = saved-activation bytes per layer; shared modules add 4x
+    their parameters everywhere."""
+    L, B, P, A = depth, blocks, p_layer, a_layer
+    table = {
+        "e2e": (4 * P + A) * L,
+        "e2e+ckpt": 4 * P * L + A,
+        "dblocks": 4 * P * L + A * L / B,  # the authors' code: only the activation part shrinks
+        "dblocks-resident": (4 * P + A) * L / B,
+        "dblocks-resident+ckpt": 4 * P * L / B + A,
+    }
+    return int(table[name] + 4 * shared)
+
+
+DEFAULT_MMAP_THRESHOLD = 131072
+
+
+def run_memory_bench(
+    preset: str,
+    blocks: list[int],
+    overrides: dict[str, Any],
+    steps: int = 3,
+    configs: tuple[str, ...] = MEMORY_CONFIGS,
+    mmap_threshold: int = DEFAULT_MMAP_THRESHOLD,
+    log=print,
+) -> list[dict[str, Any]]:
+    """Run every configuration in its own subprocess; return one record per configuration and B
+    (the end-to-end configurations once, with ``blocks`` = 1).
+
+    ``mmap_threshold`` > 0 sets glibc's ``MALLOC_MMAP_THRESHOLD_`` in the workers: every
+    allocation above it gets its own mapping and goes back to the OS when freed. Without it, glibc
+    raises the threshold dynamically and keeps freed tensor memory in the heap, so peak RSS also
+    measures fragmentation (much more so with activation checkpointing, which frees and
+    reallocates a layer's activations many times). 0 keeps the allocator's default behaviour."""
+    jobs: list[tuple[str, int]] = []
+    for name in configs:
+        if name.startswith("e2e"):
+            jobs.append((name, 1))
+        else:
+            jobs.extend((name, b) for b in blocks)
+    records = []
+    for name, b in jobs:
+        ov = {**overrides, **config_overrides(name, b)}
+        cmd = [
+            sys.executable,
+            "-m",
+            "diffusionblocks.bench",
+            "worker",
+            "--preset",
+            preset,
+            "--steps",
+            str(steps),
+            "--overrides",
+            json.dumps(ov),
+        ]
+        log(f"  measuring {name} B={b} ...")
+        env = os.environ.copy()
+        if mmap_threshold > 0:
+            env["MALLOC_MMAP_THRESHOLD_"] = str(mmap_threshold)
+        else:
+            env.pop("MALLOC_MMAP_THRESHOLD_", None)
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        if proc.returncode != 0:
+            raise RuntimeError(f"benchmark worker for {name} B={b} failed:\n{proc.stderr[-3000:]}")
+        rec = json.loads(proc.stdout.strip().splitlines()[-1])
+        rec["malloc_mmap_threshold"] = mmap_threshold or None
+        records.append({"config": name, "blocks": b, **rec})
+    e2e = next((r for r in records if r["config"] == "e2e"), None)
+    for r in records:
+        if e2e is not None:
+            a_layer = e2e["activation_bytes"] / e2e["depth"]
+            r["predicted_bytes"] = predicted_bytes(
+                r["config"],
+                r["blocks"],
+                r["depth"],
+                r["layer_param_bytes"],
+                a_layer,
+                r["shared_param_bytes"],
+            )
+            r["peak_ratio_to_e2e"] = r["peak_bytes"] / max(e2e["peak_bytes"], 1)
+            r["peak_with_weights_ratio_to_e2e"] = r["peak_with_weights_bytes"] / max(
+                e2e["peak_with_weights_bytes"], 1
+            )
+            r["activation_ratio_to_e2e"] = r["activation_bytes"] / max(e2e["activation_bytes"], 1)
+    return records
+
+
+def format_memory_table(records: list[dict[str, Any]]) -> str:
+    mib = 2**20
+    lines = [
+        "| config | B | peak | peak+weights | vs e2e | predicted | activations | params | grads "
+        "| optimizer |",
+        "|" + "---|" * 10,
+    ]
+    for r in records:
+        lines.append(
+            f"| {r['config']} | {r['blocks']} | {r['peak_bytes'] / mib:.1f} MiB "
+            f"| {r['peak_with_weights_bytes'] / mib:.1f} MiB "
+            f"| {r.get('peak_with_weights_ratio_to_e2e', float('nan')):.3f}x "
+            f"| {r.get('predicted_bytes', 0) / mib:.1f} MiB "
+            f"| {r['activation_bytes'] / mib:.1f} MiB | {r['param_bytes'] / mib:.2f} MiB "
+            f"| {r['grad_bytes'] / mib:.2f} MiB | {r['optimizer_bytes'] / mib:.2f} MiB |"
+        )
+    return "\n".join(lines)
+
+
+def plot_memory(records: list[dict[str, Any]], out: str | os.PathLike) -> Path | None:
+    """Peak training memory (with weights) per configuration and B, with the paper's prediction."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    mib = 2**20
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    e2e_rows = [r for r in records if r["config"].startswith("e2e")]
+    for r in e2e_rows:
+        style = "-" if r["config"] == "e2e" else "--"
+        ax.axhline(r["peak_with_weights_bytes"] / mib, color="k", ls=style, lw=1, label=r["config"])
+    for name in sorted({r["config"] for r in records} - {r["config"] for r in e2e_rows}):
+        rows = sorted((r for r in records if r["config"] == name), key=lambda r: r["blocks"])
+        xs = [r["blocks"] for r in rows]
+        line = ax.plot(xs, [r["peak_with_weights_bytes"] / mib for r in rows], "o-", label=name)[0]
+        if all("predicted_bytes" in r for r in rows):
+            ax.plot(xs, [r["predicted_bytes"] / mib for r in rows], "x:", color=line.get_color())
+    ax.set_xlabel("blocks B")
+    ax.set_ylabel("peak training memory incl. weights (MiB)")
+    ax.set_title("measured (o) and paper formula (x)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    out = Path(out)
+    tmp = out.with_name(f".{out.name}.tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, out)
+    return out
+
+
+# ---------------------------------------------------------------------- speed
+def run_speed_bench(
+    preset: str,
+    blocks: list[int],
+    overrides: dict[str, Any],
+    repeats: int = 10,
+    warmup: int = 2,
+    configs: tuple[str, ...] = SPEED_CONFIGS,
+    log=print,
+) -> list[dict[str, Any]]:
+    """Median training-step time of every configuration, interleaved in one process, and the
+    inference latency of the classification chain vs one end-to-end forward."""
+    from .registry import make_config, make_task
+    from .training.trainer import Trainer
+
+    entries = []
+    for name in configs:
+        for b in [1] if name.startswith("e2e") else blocks:
+            ov = {**overrides, **config_overrides(name, b)}
+            config = make_config(preset, ov)
+            task = make_task(config)
+            entries.append(
+                {
+                    "config": name,
+                    "blocks": b,
+                    "task": task,
+                    "trainer": Trainer(task, None, progress=False),
+                }
+            )
+    batch = entries[0]["task"].train_batch(torch.arange(entries[0]["task"].config.batch_size))
+    device = entries[0]["task"].model.device
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+
+    def timed(fn) -> float:
+        sync()
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        return time.perf_counter() - t0
+
+    step_times: dict[int, list[float]] = {i: [] for i in range(len(entries))}
+    infer_times: dict[int, list[float]] = {i: [] for i in range(len(entries))}
+    images = batch[0]
+    log(f"  {len(entries)} configurations x {repeats} interleaved repeats ...")
+    for r in range(warmup + repeats):
+        for i, e in enumerate(entries):
+            unit = r % e["trainer"].num_units
+            t = timed(lambda e=e, unit=unit: e["trainer"].train_step(unit, batch))
+            if r >= warmup:
+                step_times[i].append(t)
+        for i, e in enumerate(entries):
+            if e["config"].endswith("+ckpt"):
+                continue  # inference is the same with or without activation checkpointing
+            task = e["task"]
+            with torch.no_grad():
+                if e["config"] == "e2e":
+                    t = timed(lambda task=task: task.logits(images))
+                else:
+                    gen = torch.Generator().manual_seed(r)
+                    t = timed(
+                        lambda task=task, gen=gen: task.predict(images, task.config.num_blocks, gen)
+                    )
+            if r >= warmup:
+                infer_times[i].append(t)
+    records = []
+    for i, e in enumerate(entries):
+        rec = {
+            "config": e["config"],
+            "blocks": e["blocks"],
+            "device": str(device),
+            "batch_size": e["task"].config.batch_size,
+            "repeats": repeats,
+            "median_step_seconds": statistics.median(step_times[i]),
+            "step_seconds": step_times[i],
+        }
+        if infer_times[i]:
+            rec["median_inference_seconds"] = statistics.median(infer_times[i])
+            rec["inference_seconds"] = infer_times[i]
+        records.append(rec)
+    e2e = next(r for r in records if r["config"] == "e2e")
+    for r in records:
+        r["step_ratio_to_e2e"] = r["median_step_seconds"] / e2e["median_step_seconds"]
+        # Ratio of medians and median of per-repeat ratios (repeats are interleaved, so each
+        # repeat's ratio compares two steps taken moments apart).
+        r["median_paired_step_ratio"] = statistics.median(
+            a / b for a, b in zip(r["step_seconds"], e2e["step_seconds"], strict=True)
+        )
+        if "median_inference_seconds" in r:
+            r["inference_ratio_to_e2e"] = (
+                r["median_inference_seconds"] / e2e["median_inference_seconds"]
+            )
+    return records
+
+
+def format_speed_table(records: list[dict[str, Any]]) -> str:
+    lines = [
+        "| config | B | median step | vs e2e | paired ratio | inference | vs e2e forward |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in records:
+        inf = r.get("median_inference_seconds")
+        inf_text = "-" if inf is None else f"{inf * 1000:.1f} ms"
+        ratio_text = "-" if inf is None else f"{r['inference_ratio_to_e2e']:.3f}x"
+        lines.append(
+            f"| {r['config']} | {r['blocks']} | {r['median_step_seconds'] * 1000:.1f} ms "
+            f"| {r['step_ratio_to_e2e']:.3f}x | {r['median_paired_step_ratio']:.3f}x "
+            f"| {inf_text} | {ratio_text} |"
+        )
+    return "\n".join(lines)
+
+
+def _worker(argv: list[str]) -> int:
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m diffusionblocks.bench worker")
+    p.add_argument("--preset", required=True)
+    p.add_argument("--steps", type=int, default=3)
+    p.add_argument("--overrides", default="{}")
+    args = p.parse_args(argv)
+    record = measure_memory(args.preset, json.loads(args.overrides), args.steps)
+    print(json.dumps(record))
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover - subprocess entry point
+    if len(sys.argv) > 1 and sys.argv[1] == "worker":
+        sys.exit(_worker(sys.argv[2:]))
+    sys.exit(
+        "usage: python -m diffusionblocks.bench worker --preset P [--steps N] [--overrides JSON]"
+    )
