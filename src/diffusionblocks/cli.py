@@ -22,6 +22,7 @@ from . import __version__
 from .config import ConfigError, parse_assignments
 from .data.images import DataError
 from .diffusion import PARTITIONS, BlockPartition, NoiseSchedule
+from .fid import EvaluatorError
 from .registry import PRESETS, make_config, preset_names
 from .training.checkpoint import CheckpointError, atomic_write_json, atomic_write_text
 
@@ -92,17 +93,7 @@ def print_plan(config, preset: str | None) -> None:
 def print_results(results: dict[str, Any]) -> None:
     ev, acc, tim, mem = results["eval"], results["accounting"], results["timing"], results["memory"]
     print()
-    print(f"test accuracy      {ev['accuracy']:.4f}  ({ev['test_examples']} test examples)")
-    for steps, value in ev.get("steps_sweep", {}).items():
-        print(f"  {steps:>3} inference steps: {value:.4f}")
-    for row in ev.get("per_block", []):
-        chain = row["chain_accuracy"]
-        chain_s = "  -   " if chain is None else f"{chain:.4f}"
-        print(
-            f"  block {row['block']} sigma [{row['sigma_interval'][0]:.4g}, "
-            f"{row['sigma_interval'][1]:.4g}]: chain acc {chain_s}  "
-            f"own-interval CE {row['denoise_ce']:.4f}  CE@sigma_max {row['ce_at_sigma_max']:.4f}"
-        )
+    print_evaluation(ev)
     print(
         f"steps              {acc['steps']} ({acc['steps_per_unit']} per unit); "
         f"layer evaluations {acc['layer_evaluations']:,}"
@@ -115,26 +106,112 @@ def print_results(results: dict[str, Any]) -> None:
         print(f"train peak RSS     {mem['train_peak_rss_bytes'] / 2**20:.1f} MiB above the start")
 
 
+def print_evaluation(ev: dict[str, Any]) -> None:
+    """Human-readable evaluation of any task."""
+    if "accuracy" in ev:
+        print(f"test accuracy      {ev['accuracy']:.4f}  ({ev['test_examples']} test examples)")
+        for steps, value in ev.get("steps_sweep", {}).items():
+            print(f"  {steps:>3} inference steps: {value:.4f}")
+        for row in ev.get("per_block", []):
+            chain = row["chain_accuracy"]
+            chain_s = "  -   " if chain is None else f"{chain:.4f}"
+            print(
+                f"  block {row['block']} sigma [{row['sigma_interval'][0]:.4g}, "
+                f"{row['sigma_interval'][1]:.4g}]: chain acc {chain_s}  own-interval CE "
+                f"{row['denoise_ce']:.4f}  CE@sigma_max {row['ce_at_sigma_max']:.4f}"
+            )
+    if "heldout_mse_per_unit" in ev:
+        mse = ", ".join(f"{v:.4f}" for v in ev["heldout_mse_per_unit"])
+        print(f"held-out denoising MSE per unit (own sigma range): {mse}")
+    if "fid" in ev:
+        for steps, e in ev["steps_sweep"].items():
+            line = (
+                f"FID ({e['samples']} samples, {steps} steps, CFG {e['cfg_scale']}): {e['fid']:.3f}"
+            )
+            if "fid_inception" in e:
+                line += f"; Inception FID {e['fid_inception']:.3f}"
+            print(line)
+            print(
+                f"  layer evaluations per image {e['layer_evals_per_image']}, denoiser calls per "
+                f"unit {e['calls_per_unit']}; evaluator agrees with the requested class "
+                f"{e['class_agreement']:.3f}; samples per class as judged {e['class_counts']}"
+            )
+
+
 # ---------------------------------------------------------------------- eval
 def cmd_eval(args: argparse.Namespace) -> int:
     from .runs import evaluate_run
 
     if args.steps and any(s < 1 for s in args.steps):
         raise UsageError(f"--steps must be >= 1, got {args.steps}")
-    result = evaluate_run(args.run, args.steps, args.device, parse_assignments(args.set or []))
+    if args.fid is not None and args.fid < 2:
+        raise UsageError(f"--fid needs at least 2 samples, got {args.fid}")
+    result = evaluate_run(
+        args.run,
+        args.steps,
+        args.device,
+        parse_assignments(args.set or []),
+        fid_samples=args.fid,
+        inception=args.inception,
+    )
     if args.json:
         print(json.dumps(result))
         return 0
     print(f"run {args.run} (checkpoint step {result['checkpoint_step']})")
-    print(f"test accuracy {result['accuracy']:.4f} on {result['test_examples']} examples")
-    for steps, value in result.get("steps_sweep", {}).items():
-        print(f"  {steps:>3} inference steps: {value:.4f}")
-    for row in result.get("per_block", []):
-        chain = row["chain_accuracy"]
-        print(
-            f"  block {row['block']}: chain acc {'-' if chain is None else f'{chain:.4f}'}, "
-            f"own-interval CE {row['denoise_ce']:.4f}, CE@sigma_max {row['ce_at_sigma_max']:.4f}"
+    print_evaluation(result)
+    return 0
+
+
+# ---------------------------------------------------------------------- sample
+def cmd_sample(args: argparse.Namespace) -> int:
+    import torch
+
+    from .png import image_grid, save_png
+    from .runs import load_run
+
+    if args.n < 1:
+        raise UsageError(f"--n must be >= 1, got {args.n}")
+    if args.steps is not None and args.steps < 1:
+        raise UsageError(f"--steps must be >= 1, got {args.steps}")
+    if args.cfg is not None and not 0 <= args.cfg <= 100:
+        raise UsageError(f"--cfg must be in [0, 100], got {args.cfg}")
+    task, _ = load_run(args.run, args.device)
+    if not hasattr(task, "generate"):
+        raise UsageError(
+            f"{args.run} is a {task.config.task} run; `dblocks sample` needs a generative run"
         )
+    if args.out is None:
+        raise UsageError("--out FILE.png is required for image samples")
+    classes = task.data.num_classes
+    if args.class_ is not None:
+        if not 0 <= args.class_ < classes:
+            raise UsageError(f"unknown class {args.class_}: classes are 0..{classes - 1}")
+        labels, rows = torch.full((args.n,), args.class_), 1
+    else:
+        labels, rows = torch.arange(classes).repeat_interleave(args.n), classes
+    gen = torch.Generator().manual_seed(args.seed)
+    images, info = [], {}
+    for start in range(0, len(labels), task.config.eval_batch_size):
+        out, info = task.generate(
+            labels[start : start + task.config.eval_batch_size], gen, args.steps, args.cfg
+        )
+        images.append(out)
+    images = torch.cat(images)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    save_png(image_grid(images, rows), args.out)
+    print(f"wrote {len(images)} samples ({rows} rows) to {args.out}")
+    if args.npz:
+        import numpy as np
+
+        pixels = (images * 255).round().to(torch.uint8).numpy()
+        tmp = Path(args.npz).with_name(f".{Path(args.npz).name}.tmp.npz")
+        np.savez(tmp, x=pixels, y=labels.numpy())
+        os.replace(tmp, args.npz)
+        print(f"wrote raw samples (uint8 x, labels y) to {args.npz}")
+    print(
+        f"{info['steps']} Euler steps, CFG {info['cfg_scale']}: {info['layer_evals_per_image']} "
+        f"layer evaluations per image (denoiser calls per unit {info['calls_per_unit']})"
+    )
     return 0
 
 
@@ -302,6 +379,32 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------- evaluator
+def cmd_evaluator(args: argparse.Namespace) -> int:
+    """Train the Fashion-MNIST classifier whose features FID uses; write its weights and card."""
+    from safetensors.torch import save_file
+
+    from .fid import train_evaluator
+
+    if args.epochs < 1:
+        raise UsageError(f"--epochs must be >= 1, got {args.epochs}")
+    out = Path(args.out)
+    if out.suffix != ".safetensors":
+        raise UsageError(f"--out must end in .safetensors, got {out}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    model, card = train_evaluator(
+        args.data_dir, epochs=args.epochs, seed=args.seed, device=args.device
+    )
+    card["command"] = command_line(args.argv)
+    card["date"] = time.strftime("%Y-%m-%d")
+    tmp = out.with_name(f".{out.name}.tmp")
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp))
+    os.replace(tmp, out)
+    atomic_write_json(out.with_suffix(".json"), card)
+    print(f"evaluator test accuracy {card['test_accuracy']:.4f}; written {out}")
+    return 0
+
+
 # ---------------------------------------------------------------------- presets
 def cmd_presets(args: argparse.Namespace) -> int:
     for name in preset_names():
@@ -335,8 +438,24 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument(
         "--set", action="append", metavar="KEY=VALUE", help="override an inference-only key"
     )
+    e.add_argument("--fid", type=int, metavar="N", help="image generation: FID from N samples")
+    e.add_argument(
+        "--inception", action="store_true", help="with --fid: also Inception FID (optional extra)"
+    )
     e.add_argument("--json", action="store_true", help="print one JSON object")
     e.set_defaults(func=cmd_eval)
+
+    sm = sub.add_parser("sample", help="generate samples from a trained run")
+    sm.add_argument("--run", required=True, help="run folder")
+    sm.add_argument("--n", type=int, default=8, help="samples per class (or in total with --class)")
+    sm.add_argument("--class", dest="class_", type=int, help="only this class")
+    sm.add_argument("--steps", type=int, help="Euler steps (default: the run's inference_steps)")
+    sm.add_argument("--cfg", type=float, help="classifier-free guidance weight")
+    sm.add_argument("--seed", type=int, default=0)
+    sm.add_argument("--out", help="image grid (.png), one row per class")
+    sm.add_argument("--npz", help="also write the raw samples here (x uint8, y labels)")
+    sm.add_argument("--device", help="override the run's device")
+    sm.set_defaults(func=cmd_sample)
 
     s = sub.add_parser("schedule", help="print the noise partition into blocks")
     s.add_argument("--blocks", type=int, required=True, help="number of blocks B")
@@ -382,6 +501,16 @@ def build_parser() -> argparse.ArgumentParser:
             k.add_argument("--repeats", type=int, default=10, help="timed repeats per config")
         k.set_defaults(func=cmd_bench)
 
+    ev = sub.add_parser("evaluator", help="train the Fashion-MNIST classifier used for FID")
+    ev.add_argument(
+        "--out", required=True, help="weights file (.safetensors); a .json card beside it"
+    )
+    ev.add_argument("--epochs", type=int, default=6)
+    ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--data-dir", help="Fashion-MNIST folder (default: the apt package's)")
+    ev.add_argument("--device", default="cpu", help="cpu or cuda")
+    ev.set_defaults(func=cmd_evaluator)
+
     ps = sub.add_parser("presets", help="list presets")
     ps.set_defaults(func=cmd_presets)
     return p
@@ -394,7 +523,7 @@ def main(argv: list[str] | None = None) -> int:
     args.argv = argv
     try:
         return args.func(args)
-    except (ConfigError, DataError, CheckpointError, UsageError) as err:
+    except (ConfigError, DataError, CheckpointError, UsageError, EvaluatorError) as err:
         print(f"dblocks {args.command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -14,12 +14,17 @@ from .tasks.classification import (
     ClassificationConfig,
     EndToEndClassification,
 )
+from .tasks.generation import BlockwiseGeneration, EndToEndGeneration, GenerationConfig
 
 # task name -> (config class, {method: task class})
 TASKS: dict[str, tuple[type[RunConfig], dict[str, type[Task]]]] = {
     "classification": (
         ClassificationConfig,
         {"dblocks": BlockwiseClassification, "e2e": EndToEndClassification},
+    ),
+    "generation": (
+        GenerationConfig,
+        {"dblocks": BlockwiseGeneration, "e2e": EndToEndGeneration},
     ),
 }
 
@@ -46,8 +51,18 @@ PRESETS: dict[str, tuple[str, dict[str, Any], str]] = {
     "vit-fmnist": (
         "classification",
         dict(
-            data="fashion-mnist", depth=6, hidden=64, heads=4, patch_size=7, num_blocks=3,
-            epochs=5, batch_size=128, lr=2e-3, p_mean=1.0, weighting="none", log_every=50,
+            data="fashion-mnist",
+            depth=6,
+            hidden=64,
+            heads=4,
+            patch_size=7,
+            num_blocks=3,
+            epochs=5,
+            batch_size=128,
+            lr=2e-3,
+            p_mean=1.0,
+            weighting="none",
+            log_every=50,
         ),
         "paper-like: Fashion-MNIST (60k), 6-layer ViT (hidden 64, patch 7), B=3, 5 epochs per "
         "block; P_mean=1 and no loss weighting (measured, see docs/experiments.md)",
@@ -55,8 +70,18 @@ PRESETS: dict[str, tuple[str, dict[str, Any], str]] = {
     "vit-fmnist-quick": (
         "classification",
         dict(
-            data="fashion-mnist", depth=6, hidden=64, heads=4, patch_size=7, num_blocks=3,
-            epochs=3, batch_size=128, lr=2e-3, p_mean=1.0, weighting="none", train_subset=20000,
+            data="fashion-mnist",
+            depth=6,
+            hidden=64,
+            heads=4,
+            patch_size=7,
+            num_blocks=3,
+            epochs=3,
+            batch_size=128,
+            lr=2e-3,
+            p_mean=1.0,
+            weighting="none",
+            train_subset=20000,
             log_every=20,
         ),
         "a few CPU minutes per method: as vit-fmnist on 20k training images, 3 epochs",
@@ -78,6 +103,37 @@ PRESETS: dict[str, tuple[str, dict[str, Any], str]] = {
             log_every=10,
         ),
         "memory/speed benchmark: 12-layer ViT (hidden 128, patch 4, 50 tokens), batch 128",
+    ),
+    "dit-fmnist": (
+        "generation",
+        dict(
+            data="fashion-mnist", depth=12, hidden=64, heads=4, patch_size=4, num_blocks=3,
+            epochs=3, batch_size=128, lr=1e-3, overlap=0.05, inference_steps=50, cfg_scale=2.0,
+            fid_samples=2000, log_every=50,
+        ),  # fmt: skip
+        "paper-like: class-conditional DiT on Fashion-MNIST, 12 layers (hidden 64, patch 4), "
+        "B=3, 3 epochs per block, Euler 50 steps, CFG 2 (sized for a CPU; about 20 min a run)",
+    ),
+    "dit-tiny": (
+        "generation",
+        dict(
+            data="fashion-mnist",
+            train_subset=512,
+            test_subset=200,
+            depth=2,
+            hidden=32,
+            heads=2,
+            patch_size=7,
+            num_blocks=2,
+            epochs=1,
+            batch_size=64,
+            lr=1e-3,
+            inference_steps=6,
+            fid_samples=100,
+            eval_batch_size=100,
+            log_every=4,
+        ),
+        "seconds on a CPU: 512 Fashion-MNIST images, 2-layer DiT, B=2; for tests",
     ),
 }
 

@@ -123,7 +123,9 @@ def train_run(
     )
     fitted = trainer.fit()
     trainer.materialize_all()  # block-resident runs: bring every block back for evaluation
-    evaluation = task.evaluate(quick=False, steps=list(sweep))
+    evaluation = task.evaluate(
+        quick=False, steps=list(sweep) if config.task == "classification" else None
+    )
     results = {
         "run_dir": str(run_dir),
         "preset": preset,
@@ -143,6 +145,8 @@ def train_run(
 # Keys that only change inference or evaluation; `dblocks eval --set` may override them.
 INFERENCE_KEYS = (
     "inference_steps",
+    "cfg_scale",
+    "fid_samples",
     "grid",
     "bridge_temperature",
     "eval_batch_size",
@@ -187,9 +191,15 @@ def evaluate_run(
     steps: list[int] | None = None,
     device: str | None = None,
     overrides: dict[str, Any] | None = None,
+    **options: Any,
 ) -> dict[str, Any]:
+    """Evaluate the latest checkpoint of a run. ``options`` go to the task (e.g. ``fid_samples``,
+    ``inception`` for image generation)."""
     task, ckpt = load_run(run_dir, device, overrides)
-    result = task.evaluate(quick=False, steps=steps or list(DEFAULT_SWEEP))
+    if steps is None and task.config.task == "classification":
+        steps = list(DEFAULT_SWEEP)
+    options = {k: v for k, v in options.items() if v not in (None, False)}
+    result = task.evaluate(quick=False, steps=steps, **options)
     return {"run_dir": str(run_dir), "checkpoint_step": ckpt.step, **result}
 
 

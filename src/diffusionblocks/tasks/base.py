@@ -48,9 +48,13 @@ class Task:
         return len(self.model.blocks[unit])
 
     # -- evaluation -------------------------------------------------------------------------
-    def evaluate(self, quick: bool = False, steps: list[int] | None = None) -> dict[str, Any]:
+    def evaluate(
+        self, quick: bool = False, steps: list[int] | None = None, **options: Any
+    ) -> dict[str, Any]:
         """Held-out metrics. ``quick`` uses a small subset (for evaluation during training);
-        ``steps`` lists inference step counts to sweep where the task has such a knob."""
+        ``steps`` lists inference step counts to sweep where the task has such a knob; tasks may
+        accept further ``options`` (e.g. ``fid_samples`` for image generation) and must refuse
+        the ones they do not know."""
         raise NotImplementedError
 
     def describe(self) -> dict[str, Any]:
