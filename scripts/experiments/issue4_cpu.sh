@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 4 results on the CPU: preset dit-fmnist (12-layer DiT, hidden 64, patch 4, 3 epochs per
+# Issue 4 results on the CPU: preset dit-fmnist (12-layer DiT, hidden 64, patch 7, 3 epochs per
 # block = equal total layer evaluations), seed 0: end to end (= B=1), DiffusionBlocks B=2, 3, 4,
 # and B=3 with the uniform-log partition. FID from 2000 samples (50 Euler steps, CFG 2) in the
 # Fashion-MNIST evaluator's feature space. Then sample grids of e2e and B=3.

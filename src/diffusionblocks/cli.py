@@ -120,6 +120,18 @@ def print_evaluation(ev: dict[str, Any]) -> None:
                 f"{row['sigma_interval'][1]:.4g}]: chain acc {chain_s}  own-interval CE "
                 f"{row['denoise_ce']:.4f}  CE@sigma_max {row['ce_at_sigma_max']:.4f}"
             )
+    if "bpc" in ev:
+        print(
+            f"held-out BPC       {ev['bpc']:.4f} +/- {ev['bpc_stderr']:.4f} (standard error; "
+            f"{ev['sequences']} sequences x {ev['draws_per_sequence']} masking times; "
+            f"held out: {ev['held_out']})"
+        )
+        for row in ev.get("per_unit", []):
+            lo, hi = row["t_interval"]
+            print(
+                f"  block {row['block']} t in [{lo:.3f}, {hi:.3f}]: "
+                f"BPC share {row['bpc_share']:.4f}"
+            )
     if "heldout_mse_per_unit" in ev:
         mse = ", ".join(f"{v:.4f}" for v in ev["heldout_mse_per_unit"])
         print(f"held-out denoising MSE per unit (own sigma range): {mse}")
@@ -176,6 +188,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
     if args.cfg is not None and not 0 <= args.cfg <= 100:
         raise UsageError(f"--cfg must be in [0, 100], got {args.cfg}")
     task, _ = load_run(args.run, args.device)
+    if hasattr(task, "generate_text"):
+        return sample_text(task, args)
     if not hasattr(task, "generate"):
         raise UsageError(
             f"{args.run} is a {task.config.task} run; `dblocks sample` needs a generative run"
@@ -212,6 +226,27 @@ def cmd_sample(args: argparse.Namespace) -> int:
         f"{info['steps']} Euler steps, CFG {info['cfg_scale']}: {info['layer_evals_per_image']} "
         f"layer evaluations per image (denoiser calls per unit {info['calls_per_unit']})"
     )
+    return 0
+
+
+def sample_text(task, args: argparse.Namespace) -> int:
+    import torch
+
+    if args.length is None or args.length < 1:
+        raise UsageError(f"--length must be >= 1 for a text sample, got {args.length}")
+    if args.prompt is not None and not args.prompt:
+        raise UsageError("--prompt is empty; leave it out to sample without a prompt")
+    if not 0 < args.temperature <= 100:
+        raise UsageError(f"--temperature must be in (0, 100], got {args.temperature}")
+    prompt = args.prompt or ""
+    try:
+        task.vocab.encode(prompt)
+    except DataError as err:
+        raise UsageError(f"--prompt has {err}") from None
+    gen = torch.Generator().manual_seed(args.seed)
+    text, info = task.generate_text(args.length, gen, prompt, args.steps, args.temperature)
+    print(prompt + text)
+    print(f"\n[{info['steps']} steps, calls per unit {info['calls_per_unit']}]", file=sys.stderr)
     return 0
 
 
@@ -452,8 +487,11 @@ def build_parser() -> argparse.ArgumentParser:
     sm.add_argument("--steps", type=int, help="Euler steps (default: the run's inference_steps)")
     sm.add_argument("--cfg", type=float, help="classifier-free guidance weight")
     sm.add_argument("--seed", type=int, default=0)
-    sm.add_argument("--out", help="image grid (.png), one row per class")
+    sm.add_argument("--out", help="images: the grid (.png), one row per class")
     sm.add_argument("--npz", help="also write the raw samples here (x uint8, y labels)")
+    sm.add_argument("--length", type=int, help="text: characters to generate")
+    sm.add_argument("--prompt", help="text: characters to start from")
+    sm.add_argument("--temperature", type=float, default=1.0, help="text: sampling temperature")
     sm.add_argument("--device", help="override the run's device")
     sm.set_defaults(func=cmd_sample)
 

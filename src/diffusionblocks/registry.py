@@ -15,6 +15,7 @@ from .tasks.classification import (
     EndToEndClassification,
 )
 from .tasks.generation import BlockwiseGeneration, EndToEndGeneration, GenerationConfig
+from .tasks.masked_lm import BlockwiseMaskedLM, EndToEndMaskedLM, MaskedLMConfig
 
 # task name -> (config class, {method: task class})
 TASKS: dict[str, tuple[type[RunConfig], dict[str, type[Task]]]] = {
@@ -25,6 +26,10 @@ TASKS: dict[str, tuple[type[RunConfig], dict[str, type[Task]]]] = {
     "generation": (
         GenerationConfig,
         {"dblocks": BlockwiseGeneration, "e2e": EndToEndGeneration},
+    ),
+    "masked-lm": (
+        MaskedLMConfig,
+        {"dblocks": BlockwiseMaskedLM, "e2e": EndToEndMaskedLM},
     ),
 }
 
@@ -107,12 +112,23 @@ PRESETS: dict[str, tuple[str, dict[str, Any], str]] = {
     "dit-fmnist": (
         "generation",
         dict(
-            data="fashion-mnist", depth=12, hidden=64, heads=4, patch_size=4, num_blocks=3,
-            epochs=3, batch_size=128, lr=1e-3, overlap=0.05, inference_steps=50, cfg_scale=2.0,
-            fid_samples=2000, log_every=50,
+            data="fashion-mnist",
+            depth=12,
+            hidden=64,
+            heads=4,
+            patch_size=4,
+            num_blocks=3,
+            epochs=3,
+            batch_size=128,
+            lr=1e-3,
+            overlap=0.05,
+            inference_steps=50,
+            cfg_scale=2.0,
+            fid_samples=2000,
+            log_every=50,
         ),  # fmt: skip
-        "paper-like: class-conditional DiT on Fashion-MNIST, 12 layers (hidden 64, patch 4), "
-        "B=3, 3 epochs per block, Euler 50 steps, CFG 2 (sized for a CPU; about 20 min a run)",
+        "paper-like: class-conditional DiT on Fashion-MNIST, 12 layers (hidden 64, patch 7), "
+        "B=3, 3 epochs per block, Euler 50 steps, CFG 2 (sized for a CPU)",
     ),
     "dit-tiny": (
         "generation",
@@ -134,6 +150,48 @@ PRESETS: dict[str, tuple[str, dict[str, Any], str]] = {
             log_every=4,
         ),
         "seconds on a CPU: 512 Fashion-MNIST images, 2-layer DiT, B=2; for tests",
+    ),
+    "mdm-shakespeare": (
+        "masked-lm",
+        dict(
+            data="shakespeare",
+            seq_len=128,
+            depth=6,
+            hidden=128,
+            heads=4,
+            num_blocks=3,
+            overlap=0.05,
+            epochs=1,
+            batch_size=64,
+            lr=1e-3,
+            eval_draws=8,
+            eval_sequences=512,
+            inference_steps=128,
+            log_every=50,
+        ),  # fmt: skip
+        "paper-like masked diffusion LM: Shakespeare characters (Hamlet held out), sequences "
+        "of 128, 6-layer bidirectional transformer (hidden 128), B=3, gamma 0.05",
+    ),
+    "mdm-tiny": (
+        "masked-lm",
+        dict(
+            data="shakespeare",
+            seq_len=32,
+            train_subset=256,
+            depth=2,
+            hidden=32,
+            heads=2,
+            num_blocks=2,
+            epochs=1,
+            batch_size=32,
+            lr=2e-3,
+            eval_draws=2,
+            eval_sequences=32,
+            eval_subset=16,
+            inference_steps=8,
+            log_every=4,
+        ),  # fmt: skip
+        "seconds on a CPU: 256 Shakespeare sequences of 32 characters, 2 layers, B=2; for tests",
     ),
 }
 
