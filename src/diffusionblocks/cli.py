@@ -132,6 +132,23 @@ def print_evaluation(ev: dict[str, Any]) -> None:
                 f"  block {row['block']} t in [{lo:.3f}, {hi:.3f}]: "
                 f"BPC share {row['bpc_share']:.4f}"
             )
+    if "heldout_ce" in ev:
+        kind = (
+            "a likelihood" if ev["ce_is_likelihood"] else "final denoising step, not a likelihood"
+        )
+        print(
+            f"held-out next-char CE {ev['heldout_ce']:.4f} nats ({kind}), accuracy "
+            f"{ev['heldout_accuracy']:.4f} on {ev['heldout_characters']} characters"
+        )
+        if "distinct_1" in ev:
+            judge = f", judge perplexity {ev['judge_perplexity']:.3f}" if "judge" in ev else ""
+            print(
+                f"continuations: distinct-1/2 (words) {ev['distinct_1']:.3f}/"
+                f"{ev['distinct_2']:.3f}, distinct-4 (chars) {ev['distinct_4_chars']:.3f}, "
+                f"repetition {ev['repetition_4_chars']:.3f}{judge}"
+            )
+            for sample in ev["samples"][:2]:
+                print("  " + sample.replace("\n", " / ")[:120])
     if "heldout_mse_per_unit" in ev:
         mse = ", ".join(f"{v:.4f}" for v in ev["heldout_mse_per_unit"])
         print(f"held-out denoising MSE per unit (own sigma range): {mse}")
@@ -165,6 +182,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         parse_assignments(args.set or []),
         fid_samples=args.fid,
         inception=args.inception,
+        judge=args.judge,
     )
     if args.json:
         print(json.dumps(result))
@@ -236,8 +254,8 @@ def sample_text(task, args: argparse.Namespace) -> int:
         raise UsageError(f"--length must be >= 1 for a text sample, got {args.length}")
     if args.prompt is not None and not args.prompt:
         raise UsageError("--prompt is empty; leave it out to sample without a prompt")
-    if not 0 < args.temperature <= 100:
-        raise UsageError(f"--temperature must be in (0, 100], got {args.temperature}")
+    if not 0 <= args.temperature <= 100:
+        raise UsageError(f"--temperature must be in [0, 100] (0 = greedy), got {args.temperature}")
     prompt = args.prompt or ""
     try:
         task.vocab.encode(prompt)
@@ -477,6 +495,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument(
         "--inception", action="store_true", help="with --fid: also Inception FID (optional extra)"
     )
+    e.add_argument("--judge", help="language models: an end-to-end run that scores continuations")
     e.add_argument("--json", action="store_true", help="print one JSON object")
     e.set_defaults(func=cmd_eval)
 

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 
 from .config import ConfigError, RunConfig, build_config
+from .tasks.autoregressive import ARConfig, BlockwiseAR, EndToEndAR
 from .tasks.base import Task
 from .tasks.classification import (
     BlockwiseClassification,
@@ -31,6 +32,7 @@ TASKS: dict[str, tuple[type[RunConfig], dict[str, type[Task]]]] = {
         MaskedLMConfig,
         {"dblocks": BlockwiseMaskedLM, "e2e": EndToEndMaskedLM},
     ),
+    "autoregressive": (ARConfig, {"dblocks": BlockwiseAR, "e2e": EndToEndAR}),
 }
 
 # preset name -> (task, overrides, one-line description)
@@ -192,6 +194,48 @@ PRESETS: dict[str, tuple[str, dict[str, Any], str]] = {
             log_every=4,
         ),  # fmt: skip
         "seconds on a CPU: 256 Shakespeare sequences of 32 characters, 2 layers, B=2; for tests",
+    ),
+    "ar-shakespeare": (
+        "autoregressive",
+        dict(
+            data="shakespeare",
+            seq_len=128,
+            depth=8,
+            hidden=128,
+            heads=4,
+            num_blocks=4,
+            overlap=0.1,
+            epochs=1,
+            batch_size=64,
+            lr=1e-3,
+            eval_sequences=256,
+            gen_prompts=16,
+            log_every=50,
+        ),  # fmt: skip
+        "paper-like autoregressive LM: Shakespeare characters (Hamlet held out), sequences of "
+        "128, 8-layer causal transformer (hidden 128), B=4, gamma 0.1",
+    ),
+    "ar-tiny": (
+        "autoregressive",
+        dict(
+            data="shakespeare",
+            seq_len=32,
+            train_subset=256,
+            depth=4,
+            hidden=32,
+            heads=2,
+            num_blocks=2,
+            epochs=1,
+            batch_size=32,
+            lr=2e-3,
+            eval_sequences=16,
+            eval_subset=8,
+            gen_prompts=2,
+            gen_prompt_len=8,
+            gen_length=12,
+            log_every=4,
+        ),  # fmt: skip
+        "seconds on a CPU: 256 Shakespeare sequences of 32 characters, 4 layers, B=2; for tests",
     ),
 }
 

@@ -145,6 +145,12 @@ def train_run(
 # Keys that only change inference or evaluation; `dblocks eval --set` may override them.
 INFERENCE_KEYS = (
     "inference_steps",
+    "temperature",
+    "judge",
+    "gen_prompts",
+    "gen_prompt_len",
+    "gen_length",
+    "eval_sequences",
     "cfg_scale",
     "fid_samples",
     "grid",

@@ -75,3 +75,32 @@ class TokenTransformer(BlockStack):
         for group in self.blocks:
             x = group(x, cond, mask)
         return self.head(x, cond)
+
+
+class TwoStreamTransformer(TokenTransformer):
+    """A :class:`TokenTransformer` that also takes a second stream of continuous vectors (for
+    DiffusionBlocks' autoregressive model: noisy target embeddings beside the clean tokens).
+
+    Adds a learned offset per stream (clean, noisy) and a learned conditioning vector for clean
+    tokens, so that clean tokens never depend on the noise level (their keys and values can be
+    cached while the noisy token is denoised).
+    """
+
+    def __init__(self, shape: TokenShape, materialize_blocks: bool = True):
+        super().__init__(shape, materialize_blocks)
+        self.stream_embed = nn.Parameter(torch.zeros(2, shape.hidden))
+        self.clean_cond = nn.Parameter(torch.zeros(shape.hidden))
+        nn.init.normal_(self.stream_embed, std=0.02)
+
+    def clean_inputs(self, ids: torch.Tensor, start: int = 0) -> torch.Tensor:
+        """Clean token embeddings (N, T, C) for positions start.. start+T-1."""
+        t = ids.shape[1]
+        return self.token_embed(ids) + self.pos_embed[:, start : start + t] + self.stream_embed[0]
+
+    def noisy_inputs(self, vectors: torch.Tensor, start: int = 0) -> torch.Tensor:
+        """Noisy vectors (N, T, C) (already scaled by the task) for positions start.."""
+        t = vectors.shape[1]
+        return vectors + self.pos_embed[:, start : start + t] + self.stream_embed[1]
+
+    def clean_condition(self, n: int, t: int) -> torch.Tensor:
+        return self.clean_cond.expand(n, t, -1)
