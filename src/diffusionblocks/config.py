@@ -70,7 +70,7 @@ class RunConfig:
 
     def validate(self) -> None:
         """Check every field; raise :class:`ConfigError` naming the first bad one."""
-        _choice(self, "method", METHODS)
+        _choice(self, "method", self.methods())
         _choice(self, "schedule", SCHEDULES)
         _choice(self, "partition", PARTITIONS)
         _choice(self, "weighting", WEIGHTINGS)
@@ -117,6 +117,11 @@ class RunConfig:
                     f"invalid value for 'blocks': {_show(self.blocks)} (need distinct block "
                     f"indices in 0..{self.num_blocks - 1})"
                 )
+
+    @classmethod
+    def methods(cls) -> tuple[str, ...]:
+        """Values ``method`` may take for this task."""
+        return METHODS
 
     # ------------------------------------------------------------------ derived objects
     @property

@@ -17,6 +17,7 @@ from .tasks.classification import (
 )
 from .tasks.generation import BlockwiseGeneration, EndToEndGeneration, GenerationConfig
 from .tasks.masked_lm import BlockwiseMaskedLM, EndToEndMaskedLM, MaskedLMConfig
+from .tasks.recurrent import BlockwiseRecurrent, RecurrentConfig, TruncatedBPTTRecurrent
 
 # task name -> (config class, {method: task class})
 TASKS: dict[str, tuple[type[RunConfig], dict[str, type[Task]]]] = {
@@ -33,6 +34,10 @@ TASKS: dict[str, tuple[type[RunConfig], dict[str, type[Task]]]] = {
         {"dblocks": BlockwiseMaskedLM, "e2e": EndToEndMaskedLM},
     ),
     "autoregressive": (ARConfig, {"dblocks": BlockwiseAR, "e2e": EndToEndAR}),
+    "recurrent": (
+        RecurrentConfig,
+        {"dblocks": BlockwiseRecurrent, "bptt": TruncatedBPTTRecurrent},
+    ),
 }
 
 # preset name -> (task, overrides, one-line description)
@@ -236,6 +241,57 @@ PRESETS: dict[str, tuple[str, dict[str, Any], str]] = {
             log_every=4,
         ),  # fmt: skip
         "seconds on a CPU: 256 Shakespeare sequences of 32 characters, 4 layers, B=2; for tests",
+    ),
+    "recurrent-shakespeare": (
+        "recurrent",
+        dict(
+            data="shakespeare",
+            seq_len=128,
+            hidden=128,
+            heads=4,
+            prelude=2,
+            core=4,
+            coda=2,
+            depth=8,
+            mean_iterations=16,
+            truncation=4,
+            inference_steps=16,
+            epochs=1,
+            batch_size=64,
+            lr=1e-3,
+            eval_sequences=256,
+            gen_prompts=16,
+            log_every=50,
+        ),  # fmt: skip
+        "paper-like recurrent depth: 2 prelude, 4-layer core, 2 coda (hidden 128), Shakespeare "
+        "characters; bptt: 16 iterations on average, backprop through 4",
+    ),
+    "recurrent-tiny": (
+        "recurrent",
+        dict(
+            data="shakespeare",
+            seq_len=32,
+            train_subset=256,
+            hidden=32,
+            heads=2,
+            prelude=1,
+            core=2,
+            coda=1,
+            depth=4,
+            mean_iterations=4,
+            truncation=2,
+            inference_steps=4,
+            epochs=1,
+            batch_size=32,
+            lr=2e-3,
+            eval_sequences=16,
+            eval_subset=8,
+            gen_prompts=2,
+            gen_prompt_len=8,
+            gen_length=12,
+            log_every=4,
+        ),  # fmt: skip
+        "seconds on a CPU: 1 prelude, 2-layer core, 1 coda (hidden 32); for tests",
     ),
 }
 

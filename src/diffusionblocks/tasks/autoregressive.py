@@ -161,21 +161,25 @@ class _CharLM(Task):
                 f"{len(self.train_seqs)} training sequences of {config.seq_len} characters)"
             )
         torch.manual_seed(config.seed)
-        self.model = TwoStreamTransformer(
+        self.model = self.build_model()
+        self.model.set_checkpointing(config.checkpointing)
+
+    def build_model(self):
+        c = self.config
+        return TwoStreamTransformer(
             TokenShape(
                 vocab_in=self.vocab.size,
                 vocab_out=self.vocab.size,
-                max_len=config.seq_len,
-                hidden=config.hidden,
-                depth=config.depth,
-                heads=config.heads,
-                mlp_ratio=config.mlp_ratio,
-                num_blocks=config.units,
-                seed=config.seed,
+                max_len=c.seq_len,
+                hidden=c.hidden,
+                depth=c.depth,
+                heads=c.heads,
+                mlp_ratio=c.mlp_ratio,
+                num_blocks=c.units,
+                seed=c.seed,
             ),
-            materialize_blocks=not config.block_resident,
-        ).to_device(device)
-        self.model.set_checkpointing(config.checkpointing)
+            materialize_blocks=not c.block_resident,
+        ).to_device(self.device)
 
     def train_size(self) -> int:
         return len(self.train_seqs)

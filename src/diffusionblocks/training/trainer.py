@@ -136,6 +136,8 @@ class Trainer:
         self._offload_dir: Path | None = None
         self.step_times: dict[int, list[float]] = defaultdict(list)
         self.train_seconds = 0.0
+        self.layer_evals = 0  # forward layer evaluations per example, summed over steps
+        self.backward_layer_evals = 0  # layers that ran a backward pass, per example
         self.metrics = MetricsWriter(self.run_dir / "metrics.jsonl" if self.run_dir else None)
 
     # -- the primitive ----------------------------------------------------------------------
@@ -293,6 +295,12 @@ class Trainer:
             self.train_seconds += dt
             self.step_times[unit].append(dt)
             examples_since += c.batch_size
+            # Tasks whose step cost varies (e.g. a random number of recurrent iterations) report
+            # the layer evaluations per example they ran; otherwise units x layers is exact.
+            self.layer_evals += logs.pop("layer_evals", self.task.layers_in_unit(unit))
+            self.backward_layer_evals += logs.pop(
+                "backward_layer_evals", self.task.layers_in_unit(unit)
+            )
             for k, v in logs.items():
                 accum[k].append(v)
             accum[f"loss_block_{unit}"].append(logs["loss"])
@@ -355,7 +363,8 @@ class Trainer:
     def accounting(self) -> dict[str, Any]:
         c = self.config
         layers = [self.task.layers_in_unit(u) for u in range(self.num_units)]
-        evals = sum(s * l for s, l in zip(self.unit_steps, layers, strict=True)) * c.batch_size
+        evals = self.layer_evals * c.batch_size
+        backward = self.backward_layer_evals * c.batch_size
         return {
             "method": c.method,
             "units": self.num_units,
@@ -367,6 +376,9 @@ class Trainer:
             "steps_per_unit": list(self.unit_steps),
             "layers_per_unit": layers,
             "layer_evaluations": evals,  # forward layer passes x examples
+            "backward_layer_evaluations": backward,  # layers that ran backward x examples
+            # Training compute in forward-layer units: a backward pass costs about two forwards.
+            "compute_layer_units": evals + 2 * backward,
             "examples_seen": self.step * c.batch_size,
         }
 
@@ -403,6 +415,8 @@ class Trainer:
                 "generator": self.generator.get_state(),
                 "train_seconds": self.train_seconds,
                 "step_times": {str(u): list(t) for u, t in self.step_times.items()},
+                "layer_evals": self.layer_evals,
+                "backward_layer_evals": self.backward_layer_evals,
             },
         }
         for u, state in self._pending_optimizer.items():
@@ -459,6 +473,8 @@ class Trainer:
         self.unit_steps = [int(s) for s in state["unit_steps"]]
         self.generator.set_state(state["generator"])
         self.train_seconds = float(state.get("train_seconds", 0.0))
+        self.layer_evals = int(state.get("layer_evals", 0))
+        self.backward_layer_evals = int(state.get("backward_layer_evals", 0))
         for u, times in state.get("step_times", {}).items():
             self.step_times[int(u)] = [float(t) for t in times]
         return True
