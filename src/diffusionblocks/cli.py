@@ -62,6 +62,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         preset=args.preset,
         command=command_line(args.argv),
     )
+    if "eval" not in results:  # a non-zero rank of a block-parallel run
+        print(f"rank {results['rank']}: block {results['block']} done")
+        return 0
     print_results(results)
     print(f"run folder: {out}")
     return 0
@@ -98,7 +101,7 @@ def print_results(results: dict[str, Any]) -> None:
         f"steps              {acc['steps']} ({acc['steps_per_unit']} per unit); "
         f"layer evaluations {acc['layer_evaluations']:,}"
     )
-    if tim["median_step_seconds"] is not None:
+    if tim.get("median_step_seconds") is not None:
         print(f"median step time   {tim['median_step_seconds'] * 1000:.1f} ms")
     if "cuda_peak_bytes" in mem:
         print(f"train peak CUDA    {mem['cuda_peak_bytes'] / 2**20:.1f} MiB above the first step")
@@ -458,6 +461,15 @@ def cmd_evaluator(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------- assemble
+def cmd_assemble(args: argparse.Namespace) -> int:
+    from .assemble import assemble
+
+    out = assemble(args.run_dir, args.out)
+    print(f"assembled {args.run_dir} -> {out} (model.safetensors, config.json, README.md)")
+    return 0
+
+
 # ---------------------------------------------------------------------- presets
 def cmd_presets(args: argparse.Namespace) -> int:
     for name in preset_names():
@@ -567,6 +579,11 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--data-dir", help="Fashion-MNIST folder (default: the apt package's)")
     ev.add_argument("--device", default="cpu", help="cpu or cuda")
     ev.set_defaults(func=cmd_evaluator)
+
+    a = sub.add_parser("assemble", help="join per-block checkpoints into one model folder")
+    a.add_argument("run_dir", help="run folder")
+    a.add_argument("--out", help="model folder (default RUN_DIR/model)")
+    a.set_defaults(func=cmd_assemble)
 
     ps = sub.add_parser("presets", help="list presets")
     ps.set_defaults(func=cmd_presets)

@@ -20,7 +20,8 @@ from typing import Any
 from .diffusion import GRIDS, PARTITIONS, WEIGHTINGS, BlockPartition, NoiseSchedule
 
 METHODS = ("dblocks", "e2e")
-SCHEDULES = ("random", "cycle", "sequential")
+SCHEDULES = ("random", "cycle", "sequential", "synchronous")
+SHARED_POLICIES = ("sync", "frozen", "per-block")
 
 
 class ConfigError(ValueError):
@@ -34,7 +35,7 @@ class RunConfig:
     task: str = ""  # task name (set by the task's config class)
     method: str = "dblocks"  # dblocks (block-wise denoisers) or e2e (plain end-to-end baseline)
     num_blocks: int = 3  # B: number of blocks the layers are split into (dblocks only)
-    schedule: str = "random"  # block order: random (paper) | cycle | sequential
+    schedule: str = "random"  # block order: random (paper) | cycle | sequential | synchronous
     blocks: tuple[int, ...] | None = None  # train only these blocks, e.g. "0,2" (None = all)
     epochs: float = 1.0  # epochs of updates per block (= end-to-end epochs at equal compute)
     batch_size: int = 128  # examples per optimizer step
@@ -63,6 +64,10 @@ class RunConfig:
     eval_every: int = 0  # steps between quick evaluations (0 = only at the end)
     checkpoint_every: int = 0  # steps between checkpoints (0 = only at the end)
     keep_checkpoints: int = 2  # how many recent checkpoints to keep
+    # Block-parallel training (torchrun; see docs/parallel.md)
+    parallel: bool = False  # one process per block (x data-parallel degree), torch.distributed
+    shared: str = "sync"  # shared modules when parallel: sync | frozen | per-block
+    shared_init: str | None = None  # run folder whose shared modules start (and, frozen, stay)
 
     # ------------------------------------------------------------------ validation
     def __post_init__(self) -> None:
@@ -75,6 +80,21 @@ class RunConfig:
         _choice(self, "partition", PARTITIONS)
         _choice(self, "weighting", WEIGHTINGS)
         _choice(self, "grid", GRIDS)
+        _choice(self, "shared", SHARED_POLICIES)
+        if self.schedule == "synchronous" and self.method != "dblocks":
+            raise ConfigError(
+                "schedule=synchronous trains blocks side by side; it needs method=dblocks"
+            )
+        if self.parallel and self.schedule not in ("random", "synchronous"):
+            raise ConfigError(
+                f"parallel training is synchronous (every block steps at once); schedule="
+                f"{self.schedule} does not apply"
+            )
+        if self.parallel and self.method != "dblocks":
+            raise ConfigError(
+                f"parallel=true trains DiffusionBlocks blocks in separate processes; method "
+                f"{self.method!r} has no blocks to spread"
+            )
         _check(self, "num_blocks", 1 <= self.num_blocks <= 64, "an integer in [1, 64]")
         _check(self, "epochs", 0 < self.epochs <= 1e6, "a number in (0, 1e6]")
         _check(self, "batch_size", 1 <= self.batch_size <= 1 << 20, "an integer >= 1")
@@ -134,7 +154,7 @@ class RunConfig:
         """Whether only the active block lives in memory: DiffusionBlocks trained one block at a
         time (``schedule=sequential``, or ``blocks`` naming a single block)."""
         return self.method == "dblocks" and (
-            self.schedule == "sequential" or len(self.trained_units) == 1
+            self.schedule == "sequential" or len(self.trained_units) == 1 or self.parallel
         )
 
     @property

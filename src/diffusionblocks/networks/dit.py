@@ -90,6 +90,7 @@ class DiT(BlockStack):
         self, block: int, x: torch.Tensor, scalar: torch.Tensor, labels: torch.Tensor
     ) -> torch.Tensor:
         """One block as a whole network: image (N, C, H, W) -> output image (N, C, H, W)."""
+        self.use_shared(block)
         cond = self.condition(scalar, labels)
         return self._image(self.blocks[block](self._tokens(x), cond), cond)
 

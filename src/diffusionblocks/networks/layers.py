@@ -266,3 +266,15 @@ class BlockStack(nn.Module):
     def set_checkpointing(self, enabled: bool) -> None:
         for group in self.blocks:
             group.checkpointing = enabled
+
+    def set_shared_variants(self, variants: dict[int, dict[str, torch.Tensor]]) -> None:
+        """Per-block copies of the shared modules (block-parallel ``shared=per-block``): running
+        block b first loads copy b."""
+        self._shared_variants = variants
+        self._shared_current: int | None = None
+
+    def use_shared(self, block: int) -> None:
+        variants = getattr(self, "_shared_variants", None)
+        if variants and self._shared_current != block:
+            self.load_state_dict(variants[block], strict=False)
+            self._shared_current = block

@@ -65,6 +65,7 @@ class TokenTransformer(BlockStack):
         mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """One block as a whole network: ids (N, T), scalar (N,) -> logits (N, T, vocab_out)."""
+        self.use_shared(block)
         cond = self.cond_embed(scalar)
         return self.head(self.blocks[block](self.embed(ids), cond, mask), cond)
 

@@ -57,6 +57,13 @@ class Task:
         the ones they do not know."""
         raise NotImplementedError
 
+    per_block_shared = False  # may each block own a copy of the shared modules? (parallel)
+
+    def block_interval(self, block: int) -> list[float] | None:
+        """The noise (or masking-time) interval ``block`` owns, for checkpoint metadata."""
+        partition = getattr(self, "partition", None)
+        return list(partition.interval(block)) if partition is not None else None
+
     def describe(self) -> dict[str, Any]:
         """Plain-data facts about the task for logs and results (dataset sizes, shapes...)."""
         return {}

@@ -76,6 +76,10 @@ class MaskedLMConfig(RunConfig):
 
 
 class _MaskedLM(Task):
+    # The targets (pixels, characters) do not depend on the shared modules, so block-parallel
+    # training may give every block its own copy of them (shared=per-block).
+    per_block_shared = True
+
     config_class = MaskedLMConfig
     config: MaskedLMConfig
 

@@ -62,6 +62,8 @@ def block_sequence(
         return table[torch.arange(total) % k]
     if schedule == "sequential":
         return table[torch.arange(total) // steps_per_unit]
+    if schedule == "synchronous":  # every step trains every unit; the sequence is not used
+        return table[torch.zeros(total, dtype=torch.long)]
     raise ValueError(f"unknown schedule {schedule!r}")
 
 
@@ -122,9 +124,17 @@ class Trainer:
         if self.steps_per_epoch < 1:
             raise ValueError(f"batch_size {c.batch_size} is larger than the {n} training examples")
         self.steps_per_unit = max(1, math.ceil(c.epochs * self.steps_per_epoch))
-        self.total_steps = self.steps_per_unit * len(self.units)
+        self.synchronous = c.schedule == "synchronous"
+        # Synchronous: each global step trains every unit on the same batch.
+        self.total_steps = self.steps_per_unit * (1 if self.synchronous else len(self.units))
         self.sequence = block_sequence(c.schedule, self.units, self.steps_per_unit, c.seed)
         self.generator = torch.Generator().manual_seed(c.seed + 1)
+        # Synchronous training draws each unit's noise from its own generator, so that a
+        # block-parallel run (one process per block) makes exactly the same draws.
+        self.unit_generators = {
+            u: torch.Generator().manual_seed((c.seed + 1) * 1_000_003 + u) for u in self.units
+        }
+        self.local_units = list(self.units)  # units this process trains (parallel: one)
         self.step = 0
         self.unit_steps = [0] * self.num_units
         self.shared_params = task.shared_parameters()
@@ -248,6 +258,64 @@ class Trainer:
         logs["lr"] = lr
         return logs
 
+    def synchronous_step(self, units: list[int], batch: Any) -> dict[str, float]:
+        """One step of every unit in ``units`` on the same batch, each with its own noise
+        generator; the shared modules take the mean of the units' gradients (across processes
+        when block-parallel). Gradients are clipped per unit and for the shared modules."""
+        c = self.config
+        for p in self.shared_params:
+            p.grad = None
+        logs: dict[str, float] = {}
+        unit_params = {}
+        for u in units:
+            unit_params[u] = self.task.unit_parameters(u)
+            for p in unit_params[u]:
+                p.grad = None
+            loss, unit_logs = self.task.loss(u, batch, self.unit_generators[u])
+            loss.backward()
+            for k, v in unit_logs.items():
+                logs[k] = logs.get(k, 0.0) + v / len(units)
+            logs[f"loss_block_{u}"] = unit_logs["loss"]
+        self.reduce_gradients(units, unit_params)
+        for u in units:
+            if c.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(unit_params[u], c.grad_clip)
+            opt = self.optimizer_for(u)
+            lr = learning_rate(
+                self.unit_steps[u], self.steps_per_unit, c.lr, c.warmup, c.min_lr_ratio
+            )
+            for group in opt.param_groups:
+                group["lr"] = lr
+            opt.step()
+            self.unit_steps[u] += 1
+            logs["lr"] = lr
+        if self.shared_trainable:
+            if c.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(self.shared_params, c.grad_clip)
+            shared_lr = learning_rate(self.step, self.total_steps, c.lr, c.warmup, c.min_lr_ratio)
+            for group in self.shared_optimizer.param_groups:
+                group["lr"] = shared_lr
+            self.shared_optimizer.step()
+        for p in [*self.shared_params, *(q for ps in unit_params.values() for q in ps)]:
+            p.grad = None
+        self.step += 1
+        return logs
+
+    @property
+    def shared_trainable(self) -> bool:
+        return True
+
+    def reduce_gradients(self, units: list[int], unit_params: dict[int, list]) -> None:
+        """Single process: the shared gradients were summed over ``units``; take their mean."""
+        if len(units) > 1:
+            for p in self.shared_params:
+                if p.grad is not None:
+                    p.grad /= len(units)
+
+    def units_at(self, step: int) -> list[int]:
+        """The units trained at global step ``step``."""
+        return list(self.local_units) if self.synchronous else [int(self.sequence[step])]
+
     # -- the loop ---------------------------------------------------------------------------
     def fit(self, stop_at: int | None = None) -> dict[str, Any]:
         """Train until every unit has its budget (or until global step ``stop_at``, then save a
@@ -261,7 +329,7 @@ class Trainer:
         if self.resident:
             self.prepare_resident()
             if self.step < end:  # the first block is in memory before the baseline, as in e2e
-                self.activate(int(self.sequence[self.step]))
+                self.activate(self.units_at(self.step)[0])
         rss_before = current_rss_bytes()
         params_before = self.resident_bytes()["param_bytes"]
         if cuda:
@@ -279,7 +347,8 @@ class Trainer:
         last_log = time.perf_counter()
         examples_since = 0
         while self.step < end:
-            unit = int(self.sequence[self.step])
+            units = self.units_at(self.step)
+            unit = units[0]
             self._drop_finished_optimizers(unit)
             if self.resident:
                 self.activate(unit)
@@ -288,7 +357,10 @@ class Trainer:
             if cuda:
                 torch.cuda.synchronize(device)
             t0 = time.perf_counter()
-            logs = self.train_step(unit, batch)
+            if self.synchronous:
+                logs = self.synchronous_step(units, batch)
+            else:
+                logs = self.train_step(unit, batch)
             if cuda:
                 torch.cuda.synchronize(device)
             dt = time.perf_counter() - t0
@@ -297,13 +369,13 @@ class Trainer:
             examples_since += c.batch_size
             # Tasks whose step cost varies (e.g. a random number of recurrent iterations) report
             # the layer evaluations per example they ran; otherwise units x layers is exact.
-            self.layer_evals += logs.pop("layer_evals", self.task.layers_in_unit(unit))
-            self.backward_layer_evals += logs.pop(
-                "backward_layer_evals", self.task.layers_in_unit(unit)
-            )
+            default = sum(self.task.layers_in_unit(u) for u in units)
+            self.layer_evals += logs.pop("layer_evals", default)
+            self.backward_layer_evals += logs.pop("backward_layer_evals", default)
             for k, v in logs.items():
                 accum[k].append(v)
-            accum[f"loss_block_{unit}"].append(logs["loss"])
+            if not self.synchronous:
+                accum[f"loss_block_{unit}"].append(logs["loss"])
             bar.update(1)
             if self.step % self.log_every == 0 or self.step == self.total_steps:
                 now = time.perf_counter()
@@ -415,6 +487,7 @@ class Trainer:
                 "generator": self.generator.get_state(),
                 "train_seconds": self.train_seconds,
                 "step_times": {str(u): list(t) for u, t in self.step_times.items()},
+                "unit_generators": {str(u): g.get_state() for u, g in self.unit_generators.items()},
                 "layer_evals": self.layer_evals,
                 "backward_layer_evals": self.backward_layer_evals,
             },
@@ -473,6 +546,9 @@ class Trainer:
         self.unit_steps = [int(s) for s in state["unit_steps"]]
         self.generator.set_state(state["generator"])
         self.train_seconds = float(state.get("train_seconds", 0.0))
+        for u, gstate in state.get("unit_generators", {}).items():
+            if int(u) in self.unit_generators:
+                self.unit_generators[int(u)].set_state(gstate)
         self.layer_evals = int(state.get("layer_evals", 0))
         self.backward_layer_evals = int(state.get("backward_layer_evals", 0))
         for u, times in state.get("step_times", {}).items():
