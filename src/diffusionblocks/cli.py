@@ -25,6 +25,7 @@ from .diffusion import PARTITIONS, BlockPartition, NoiseSchedule
 from .fid import EvaluatorError
 from .registry import PRESETS, make_config, preset_names
 from .training.checkpoint import CheckpointError, atomic_write_json, atomic_write_text
+from .training.trainer import NumericalFault, TrainingInterrupted
 
 
 class UsageError(ValueError):
@@ -52,8 +53,14 @@ def cmd_train(args: argparse.Namespace) -> int:
         print_plan(config, args.preset)
         return 0
     out = Path(args.out) if args.out else default_run_dir(args.preset, config)
+    args.out = str(out)
     if args.resume:
-        config = prepare_run_dir(config, out, resume=True)
+        config = prepare_run_dir(
+            config, out, resume=True, command=command_line(args.argv),
+            allow_safe_changes=args.allow_safe_changes,
+        )  # fmt: skip
+    elif args.allow_safe_changes:
+        raise UsageError("--allow-safe-changes applies to --resume")
     results = train_run(
         config,
         out,
@@ -492,6 +499,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key")
     t.add_argument("--out", help="run folder (default runs/<preset>-<method>-...)")
     t.add_argument("--resume", action="store_true", help="continue the run in --out")
+    t.add_argument(
+        "--allow-safe-changes",
+        action="store_true",
+        help="with --resume: accept changes to safe keys (epochs, logging, evaluation)",
+    )
     t.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     t.set_defaults(func=cmd_train)
@@ -600,6 +612,16 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, DataError, CheckpointError, UsageError, EvaluatorError) as err:
         print(f"dblocks {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except NumericalFault as err:
+        print(f"dblocks {args.command}: numerical fault: {err}", file=sys.stderr)
+        return 3
+    except TrainingInterrupted as err:
+        out = getattr(args, "out", None)
+        hint = (
+            f"; resume with: dblocks train --out {out} --resume" if out and err.checkpoint else ""
+        )
+        print(f"dblocks {args.command}: interrupted by {err}{hint}", file=sys.stderr)
+        return 128 + err.signum
     except KeyboardInterrupt:
         print(f"dblocks {args.command}: interrupted", file=sys.stderr)
         return 130

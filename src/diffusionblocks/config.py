@@ -22,6 +22,15 @@ from .diffusion import GRIDS, PARTITIONS, WEIGHTINGS, BlockPartition, NoiseSched
 METHODS = ("dblocks", "e2e")
 SCHEDULES = ("random", "cycle", "sequential", "synchronous")
 SHARED_POLICIES = ("sync", "frozen", "per-block")
+NAN_POLICIES = ("skip", "abort")
+# Keys a resumed run may change (with --allow-safe-changes): bookkeeping, evaluation, inference,
+# and the training length. Everything else would make the checkpoint describe another run.
+SAFE_RESUME_KEYS = (
+    "epochs", "log_every", "eval_every", "checkpoint_every", "keep_checkpoints", "device",
+    "nan_policy", "nan_max_skips", "eval_batch_size", "eval_subset", "eval_sequences",
+    "eval_draws", "fid_samples", "inference_steps", "grid", "bridge_temperature", "cfg_scale",
+    "temperature", "judge", "gen_prompts", "gen_prompt_len", "gen_length", "test_subset",
+)  # fmt: skip
 
 
 class ConfigError(ValueError):
@@ -64,6 +73,9 @@ class RunConfig:
     eval_every: int = 0  # steps between quick evaluations (0 = only at the end)
     checkpoint_every: int = 0  # steps between checkpoints (0 = only at the end)
     keep_checkpoints: int = 2  # how many recent checkpoints to keep
+    # Faults
+    nan_policy: str = "skip"  # a non-finite loss or gradient: skip the update, or abort
+    nan_max_skips: int = 10  # abort after this many skipped steps
     # Block-parallel training (torchrun; see docs/parallel.md)
     parallel: bool = False  # one process per block (x data-parallel degree), torch.distributed
     shared: str = "sync"  # shared modules when parallel: sync | frozen | per-block
@@ -81,6 +93,8 @@ class RunConfig:
         _choice(self, "weighting", WEIGHTINGS)
         _choice(self, "grid", GRIDS)
         _choice(self, "shared", SHARED_POLICIES)
+        _choice(self, "nan_policy", NAN_POLICIES)
+        _check(self, "nan_max_skips", 0 <= self.nan_max_skips <= 1_000_000, "an integer >= 0")
         if self.schedule == "synchronous" and self.method != "dblocks":
             raise ConfigError(
                 "schedule=synchronous trains blocks side by side; it needs method=dblocks"
@@ -373,6 +387,7 @@ __all__ = [
     "METHODS",
     "SCHEDULES",
     "ConfigError",
+    "SAFE_RESUME_KEYS",
     "RunConfig",
     "build_config",
     "coerce",

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from . import __version__
-from .config import ConfigError, RunConfig, config_diff, config_from_dict
+from .config import SAFE_RESUME_KEYS, ConfigError, RunConfig, config_diff, config_from_dict
 from .registry import config_class, make_task, resolve_device
 from .tasks.base import Task
 from .training.checkpoint import Checkpoint, CheckpointError, atomic_write_json, latest_checkpoint
@@ -64,6 +64,7 @@ def prepare_run_dir(
     resume: bool,
     preset: str | None = None,
     command: str | None = None,
+    allow_safe_changes: bool = False,
 ) -> RunConfig:
     """Create ``run_dir`` for a new run, or check it for ``--resume``; returns the config to use.
 
@@ -76,15 +77,31 @@ def prepare_run_dir(
         if not has_run:
             raise ConfigError(f"--resume: {run_dir} holds no run (no config.json)")
         saved = read_run_config(run_dir)
-        if config is not None:
-            diff = config_diff(saved, config)
-            if diff:
-                keys = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in diff.items())
-                raise ConfigError(
-                    f"--resume: the requested config differs from the one in {run_dir} ({keys}); "
-                    "resume without --set/--preset changes, or start a new --out"
-                )
-        return saved
+        if config is None:
+            return saved
+        diff = config_diff(saved, config)
+        if not diff:
+            return saved
+        keys = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in diff.items())
+        unsafe = [k for k in diff if k not in SAFE_RESUME_KEYS]
+        if unsafe:
+            raise ConfigError(
+                f"--resume: the requested config differs from the one in {run_dir} ({keys}); "
+                f"{', '.join(unsafe)} cannot change in a resumed run (the checkpoint would "
+                "describe another run); resume without those changes, or start a new --out"
+            )
+        if not allow_safe_changes:
+            raise ConfigError(
+                f"--resume: the requested config differs from the one in {run_dir} ({keys}); "
+                "these changes are safe: pass --allow-safe-changes to resume with them"
+            )
+        update = json.loads((run_dir / "config.json").read_text())
+        update["config"] = config.to_dict()
+        update.setdefault("changes", []).append(
+            {"at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "changed": keys, "command": command}
+        )
+        atomic_write_json(run_dir / "config.json", update)
+        return config
     if has_run:
         raise ConfigError(
             f"{run_dir} already holds a run; pass --resume to continue it or choose another --out"
@@ -114,6 +131,7 @@ def train_run(
     config: RunConfig,
     run_dir: str | os.PathLike,
     resume: bool = False,
+    allow_safe_changes: bool = False,
     progress: bool = True,
     preset: str | None = None,
     sweep: tuple[int, ...] = DEFAULT_SWEEP,
@@ -124,9 +142,10 @@ def train_run(
     run_dir = Path(run_dir)
     if config.parallel:
         return train_parallel(config, run_dir, resume, progress, preset, log, command)
-    config = prepare_run_dir(config, run_dir, resume, preset, command)
+    config = prepare_run_dir(config, run_dir, resume, preset, command, allow_safe_changes)
     device = resolve_device(config.device)
     task = make_task(config, device)
+    check_disk_space(run_dir, task, config)
     trainer = Trainer(task, run_dir, progress=progress, log=log)
     if resume and trainer.resume():
         log(f"resumed {run_dir} at step {trainer.step}/{trainer.total_steps}")
@@ -174,6 +193,23 @@ INFERENCE_KEYS = (
     "test_subset",
     "device",
 )
+
+
+def check_disk_space(run_dir: Path, task: Task, config: RunConfig) -> None:
+    """Fail before training when the folder cannot hold the checkpoints: each one holds the
+    weights and two Adam moments (3x the parameters), ``keep_checkpoints`` + 1 of them at once."""
+    import shutil
+
+    params = sum(p.numel() * p.element_size() for p in task.model.parameters() if not p.is_meta)
+    if not params:  # block-resident models: count one block's worth per block
+        params = 1
+    need = 3 * params * (config.keep_checkpoints + 1) + (16 << 20)
+    free = shutil.disk_usage(run_dir).free
+    if free < need:
+        raise ConfigError(
+            f"not enough free disk space for checkpoints in {run_dir}: about "
+            f"{need / 2**20:.0f} MiB needed, {free / 2**20:.0f} MiB free"
+        )
 
 
 def train_parallel(config, run_dir: Path, resume, progress, preset, log, command):

@@ -121,6 +121,8 @@ def tensors_version(state: dict[str, torch.Tensor]) -> str:
 class ParallelTrainer(Trainer):
     """A :class:`Trainer` for one rank of a block-parallel run."""
 
+    can_evaluate = False
+
     def __init__(self, task, run_dir, ctx: ParallelContext, progress=True, log=print):
         super().__init__(task, run_dir, progress=progress and ctx.rank == 0, log=log)
         c = self.config
@@ -215,7 +217,7 @@ class ParallelTrainer(Trainer):
         assert self.run_dir is not None
         return self.run_dir / "blocks" / f"block-{self.ctx.block if block is None else block}"
 
-    def save(self) -> Path:
+    def _save(self) -> Path:
         """Each block's leader writes its block; rank 0 (per-block: each leader) the shared
         modules. Returns this rank's block checkpoint folder."""
         ctx, c = self.ctx, self.config
