@@ -26,6 +26,7 @@ def _write_idx(path, array, compress=True):
 
 
 def _fake_fashion(tmp_path, n_train=20, n_test=10, compress=True):
+    tmp_path.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
     suffix = ".gz" if compress else ""
     for prefix, n in (("train", n_train), ("t10k", n_test)):

@@ -46,8 +46,12 @@ def speed_table(name: str) -> str:
 
 def main() -> None:
     template = (BASE / "README.template.md").read_text()
-    for name in ("bench-memory-cpu", "bench-memory-cuda", "bench-memory-cpu-glibc-default",
-                 "bench-memory-cpu-batch8"):
+    for name in (
+        "bench-memory-cpu",
+        "bench-memory-cuda",
+        "bench-memory-cpu-glibc-default",
+        "bench-memory-cpu-batch8",
+    ):
         if (BASE / f"{name}.json").exists():
             template = template.replace("{{" + name + "}}", mem_table(name))
     for name in ("bench-speed-cpu", "bench-speed-cuda"):

@@ -9,3 +9,11 @@ Layers of the package:
 """
 
 __version__ = "0.1.0"
+
+
+def load_pretrained(path, device=None):
+    """The task (data and network with weights) of a model folder (``dblocks assemble``) or a
+    run folder. See :func:`diffusionblocks.assemble.load_pretrained`."""
+    from .assemble import load_pretrained as _load
+
+    return _load(path, device)

@@ -22,8 +22,10 @@ from . import __version__
 from .config import ConfigError, parse_assignments
 from .data.images import DataError
 from .diffusion import PARTITIONS, BlockPartition, NoiseSchedule
+from .fid import EvaluatorError
 from .registry import PRESETS, make_config, preset_names
 from .training.checkpoint import CheckpointError, atomic_write_json, atomic_write_text
+from .training.trainer import NumericalFault, TrainingInterrupted
 
 
 class UsageError(ValueError):
@@ -51,8 +53,14 @@ def cmd_train(args: argparse.Namespace) -> int:
         print_plan(config, args.preset)
         return 0
     out = Path(args.out) if args.out else default_run_dir(args.preset, config)
+    args.out = str(out)
     if args.resume:
-        config = prepare_run_dir(config, out, resume=True)
+        config = prepare_run_dir(
+            config, out, resume=True, command=command_line(args.argv),
+            allow_safe_changes=args.allow_safe_changes,
+        )  # fmt: skip
+    elif args.allow_safe_changes:
+        raise UsageError("--allow-safe-changes applies to --resume")
     results = train_run(
         config,
         out,
@@ -61,6 +69,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         preset=args.preset,
         command=command_line(args.argv),
     )
+    if "eval" not in results:  # a non-zero rank of a block-parallel run
+        print(f"rank {results['rank']}: block {results['block']} done")
+        return 0
     print_results(results)
     print(f"run folder: {out}")
     return 0
@@ -92,27 +103,78 @@ def print_plan(config, preset: str | None) -> None:
 def print_results(results: dict[str, Any]) -> None:
     ev, acc, tim, mem = results["eval"], results["accounting"], results["timing"], results["memory"]
     print()
-    print(f"test accuracy      {ev['accuracy']:.4f}  ({ev['test_examples']} test examples)")
-    for steps, value in ev.get("steps_sweep", {}).items():
-        print(f"  {steps:>3} inference steps: {value:.4f}")
-    for row in ev.get("per_block", []):
-        chain = row["chain_accuracy"]
-        chain_s = "  -   " if chain is None else f"{chain:.4f}"
-        print(
-            f"  block {row['block']} sigma [{row['sigma_interval'][0]:.4g}, "
-            f"{row['sigma_interval'][1]:.4g}]: chain acc {chain_s}  "
-            f"own-interval CE {row['denoise_ce']:.4f}  CE@sigma_max {row['ce_at_sigma_max']:.4f}"
-        )
+    print_evaluation(ev)
     print(
         f"steps              {acc['steps']} ({acc['steps_per_unit']} per unit); "
         f"layer evaluations {acc['layer_evaluations']:,}"
     )
-    if tim["median_step_seconds"] is not None:
+    if tim.get("median_step_seconds") is not None:
         print(f"median step time   {tim['median_step_seconds'] * 1000:.1f} ms")
     if "cuda_peak_bytes" in mem:
         print(f"train peak CUDA    {mem['cuda_peak_bytes'] / 2**20:.1f} MiB above the first step")
     else:
         print(f"train peak RSS     {mem['train_peak_rss_bytes'] / 2**20:.1f} MiB above the start")
+
+
+def print_evaluation(ev: dict[str, Any]) -> None:
+    """Human-readable evaluation of any task."""
+    if "accuracy" in ev:
+        print(f"test accuracy      {ev['accuracy']:.4f}  ({ev['test_examples']} test examples)")
+        for steps, value in ev.get("steps_sweep", {}).items():
+            print(f"  {steps:>3} inference steps: {value:.4f}")
+        for row in ev.get("per_block", []):
+            chain = row["chain_accuracy"]
+            chain_s = "  -   " if chain is None else f"{chain:.4f}"
+            print(
+                f"  block {row['block']} sigma [{row['sigma_interval'][0]:.4g}, "
+                f"{row['sigma_interval'][1]:.4g}]: chain acc {chain_s}  own-interval CE "
+                f"{row['denoise_ce']:.4f}  CE@sigma_max {row['ce_at_sigma_max']:.4f}"
+            )
+    if "bpc" in ev:
+        print(
+            f"held-out BPC       {ev['bpc']:.4f} +/- {ev['bpc_stderr']:.4f} (standard error; "
+            f"{ev['sequences']} sequences x {ev['draws_per_sequence']} masking times; "
+            f"held out: {ev['held_out']})"
+        )
+        for row in ev.get("per_unit", []):
+            lo, hi = row["t_interval"]
+            print(
+                f"  block {row['block']} t in [{lo:.3f}, {hi:.3f}]: "
+                f"BPC share {row['bpc_share']:.4f}"
+            )
+    if "heldout_ce" in ev:
+        kind = (
+            "a likelihood" if ev["ce_is_likelihood"] else "final denoising step, not a likelihood"
+        )
+        print(
+            f"held-out next-char CE {ev['heldout_ce']:.4f} nats ({kind}), accuracy "
+            f"{ev['heldout_accuracy']:.4f} on {ev['heldout_characters']} characters"
+        )
+        if "distinct_1" in ev:
+            judge = f", judge perplexity {ev['judge_perplexity']:.3f}" if "judge" in ev else ""
+            print(
+                f"continuations: distinct-1/2 (words) {ev['distinct_1']:.3f}/"
+                f"{ev['distinct_2']:.3f}, distinct-4 (chars) {ev['distinct_4_chars']:.3f}, "
+                f"repetition {ev['repetition_4_chars']:.3f}{judge}"
+            )
+            for sample in ev["samples"][:2]:
+                print("  " + sample.replace("\n", " / ")[:120])
+    if "heldout_mse_per_unit" in ev:
+        mse = ", ".join(f"{v:.4f}" for v in ev["heldout_mse_per_unit"])
+        print(f"held-out denoising MSE per unit (own sigma range): {mse}")
+    if "fid" in ev:
+        for steps, e in ev["steps_sweep"].items():
+            line = (
+                f"FID ({e['samples']} samples, {steps} steps, CFG {e['cfg_scale']}): {e['fid']:.3f}"
+            )
+            if "fid_inception" in e:
+                line += f"; Inception FID {e['fid_inception']:.3f}"
+            print(line)
+            print(
+                f"  layer evaluations per image {e['layer_evals_per_image']}, denoiser calls per "
+                f"unit {e['calls_per_unit']}; evaluator agrees with the requested class "
+                f"{e['class_agreement']:.3f}; samples per class as judged {e['class_counts']}"
+            )
 
 
 # ---------------------------------------------------------------------- eval
@@ -121,20 +183,98 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     if args.steps and any(s < 1 for s in args.steps):
         raise UsageError(f"--steps must be >= 1, got {args.steps}")
-    result = evaluate_run(args.run, args.steps, args.device, parse_assignments(args.set or []))
+    if args.fid is not None and args.fid < 2:
+        raise UsageError(f"--fid needs at least 2 samples, got {args.fid}")
+    result = evaluate_run(
+        args.run,
+        args.steps,
+        args.device,
+        parse_assignments(args.set or []),
+        fid_samples=args.fid,
+        inception=args.inception,
+        judge=args.judge,
+    )
     if args.json:
         print(json.dumps(result))
         return 0
     print(f"run {args.run} (checkpoint step {result['checkpoint_step']})")
-    print(f"test accuracy {result['accuracy']:.4f} on {result['test_examples']} examples")
-    for steps, value in result.get("steps_sweep", {}).items():
-        print(f"  {steps:>3} inference steps: {value:.4f}")
-    for row in result.get("per_block", []):
-        chain = row["chain_accuracy"]
-        print(
-            f"  block {row['block']}: chain acc {'-' if chain is None else f'{chain:.4f}'}, "
-            f"own-interval CE {row['denoise_ce']:.4f}, CE@sigma_max {row['ce_at_sigma_max']:.4f}"
+    print_evaluation(result)
+    return 0
+
+
+# ---------------------------------------------------------------------- sample
+def cmd_sample(args: argparse.Namespace) -> int:
+    import torch
+
+    from .png import image_grid, save_png
+    from .runs import load_run
+
+    if args.n < 1:
+        raise UsageError(f"--n must be >= 1, got {args.n}")
+    if args.steps is not None and args.steps < 1:
+        raise UsageError(f"--steps must be >= 1, got {args.steps}")
+    if args.cfg is not None and not 0 <= args.cfg <= 100:
+        raise UsageError(f"--cfg must be in [0, 100], got {args.cfg}")
+    task, _ = load_run(args.run, args.device)
+    if hasattr(task, "generate_text"):
+        return sample_text(task, args)
+    if not hasattr(task, "generate"):
+        raise UsageError(
+            f"{args.run} is a {task.config.task} run; `dblocks sample` needs a generative run"
         )
+    if args.out is None:
+        raise UsageError("--out FILE.png is required for image samples")
+    classes = task.data.num_classes
+    if args.class_ is not None:
+        if not 0 <= args.class_ < classes:
+            raise UsageError(f"unknown class {args.class_}: classes are 0..{classes - 1}")
+        labels, rows = torch.full((args.n,), args.class_), 1
+    else:
+        labels, rows = torch.arange(classes).repeat_interleave(args.n), classes
+    gen = torch.Generator().manual_seed(args.seed)
+    images, info = [], {}
+    for start in range(0, len(labels), task.config.eval_batch_size):
+        out, info = task.generate(
+            labels[start : start + task.config.eval_batch_size], gen, args.steps, args.cfg
+        )
+        images.append(out)
+    images = torch.cat(images)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    save_png(image_grid(images, rows), args.out)
+    print(f"wrote {len(images)} samples ({rows} rows) to {args.out}")
+    if args.npz:
+        import numpy as np
+
+        pixels = (images * 255).round().to(torch.uint8).numpy()
+        tmp = Path(args.npz).with_name(f".{Path(args.npz).name}.tmp.npz")
+        np.savez(tmp, x=pixels, y=labels.numpy())
+        os.replace(tmp, args.npz)
+        print(f"wrote raw samples (uint8 x, labels y) to {args.npz}")
+    print(
+        f"{info['steps']} Euler steps, CFG {info['cfg_scale']}: {info['layer_evals_per_image']} "
+        f"layer evaluations per image (denoiser calls per unit {info['calls_per_unit']})"
+    )
+    return 0
+
+
+def sample_text(task, args: argparse.Namespace) -> int:
+    import torch
+
+    if args.length is None or args.length < 1:
+        raise UsageError(f"--length must be >= 1 for a text sample, got {args.length}")
+    if args.prompt is not None and not args.prompt:
+        raise UsageError("--prompt is empty; leave it out to sample without a prompt")
+    if not 0 <= args.temperature <= 100:
+        raise UsageError(f"--temperature must be in [0, 100] (0 = greedy), got {args.temperature}")
+    prompt = args.prompt or ""
+    try:
+        task.vocab.encode(prompt)
+    except DataError as err:
+        raise UsageError(f"--prompt has {err}") from None
+    gen = torch.Generator().manual_seed(args.seed)
+    text, info = task.generate_text(args.length, gen, prompt, args.steps, args.temperature)
+    print(prompt + text)
+    print(f"\n[{info['steps']} steps, calls per unit {info['calls_per_unit']}]", file=sys.stderr)
     return 0
 
 
@@ -302,6 +442,41 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------- evaluator
+def cmd_evaluator(args: argparse.Namespace) -> int:
+    """Train the Fashion-MNIST classifier whose features FID uses; write its weights and card."""
+    from safetensors.torch import save_file
+
+    from .fid import train_evaluator
+
+    if args.epochs < 1:
+        raise UsageError(f"--epochs must be >= 1, got {args.epochs}")
+    out = Path(args.out)
+    if out.suffix != ".safetensors":
+        raise UsageError(f"--out must end in .safetensors, got {out}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    model, card = train_evaluator(
+        args.data_dir, epochs=args.epochs, seed=args.seed, device=args.device
+    )
+    card["command"] = command_line(args.argv)
+    card["date"] = time.strftime("%Y-%m-%d")
+    tmp = out.with_name(f".{out.name}.tmp")
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp))
+    os.replace(tmp, out)
+    atomic_write_json(out.with_suffix(".json"), card)
+    print(f"evaluator test accuracy {card['test_accuracy']:.4f}; written {out}")
+    return 0
+
+
+# ---------------------------------------------------------------------- assemble
+def cmd_assemble(args: argparse.Namespace) -> int:
+    from .assemble import assemble
+
+    out = assemble(args.run_dir, args.out)
+    print(f"assembled {args.run_dir} -> {out} (model.safetensors, config.json, README.md)")
+    return 0
+
+
 # ---------------------------------------------------------------------- presets
 def cmd_presets(args: argparse.Namespace) -> int:
     for name in preset_names():
@@ -324,6 +499,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key")
     t.add_argument("--out", help="run folder (default runs/<preset>-<method>-...)")
     t.add_argument("--resume", action="store_true", help="continue the run in --out")
+    t.add_argument(
+        "--allow-safe-changes",
+        action="store_true",
+        help="with --resume: accept changes to safe keys (epochs, logging, evaluation)",
+    )
     t.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     t.set_defaults(func=cmd_train)
@@ -335,8 +515,28 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument(
         "--set", action="append", metavar="KEY=VALUE", help="override an inference-only key"
     )
+    e.add_argument("--fid", type=int, metavar="N", help="image generation: FID from N samples")
+    e.add_argument(
+        "--inception", action="store_true", help="with --fid: also Inception FID (optional extra)"
+    )
+    e.add_argument("--judge", help="language models: an end-to-end run that scores continuations")
     e.add_argument("--json", action="store_true", help="print one JSON object")
     e.set_defaults(func=cmd_eval)
+
+    sm = sub.add_parser("sample", help="generate samples from a trained run")
+    sm.add_argument("--run", required=True, help="run folder")
+    sm.add_argument("--n", type=int, default=8, help="samples per class (or in total with --class)")
+    sm.add_argument("--class", dest="class_", type=int, help="only this class")
+    sm.add_argument("--steps", type=int, help="Euler steps (default: the run's inference_steps)")
+    sm.add_argument("--cfg", type=float, help="classifier-free guidance weight")
+    sm.add_argument("--seed", type=int, default=0)
+    sm.add_argument("--out", help="images: the grid (.png), one row per class")
+    sm.add_argument("--npz", help="also write the raw samples here (x uint8, y labels)")
+    sm.add_argument("--length", type=int, help="text: characters to generate")
+    sm.add_argument("--prompt", help="text: characters to start from")
+    sm.add_argument("--temperature", type=float, default=1.0, help="text: sampling temperature")
+    sm.add_argument("--device", help="override the run's device")
+    sm.set_defaults(func=cmd_sample)
 
     s = sub.add_parser("schedule", help="print the noise partition into blocks")
     s.add_argument("--blocks", type=int, required=True, help="number of blocks B")
@@ -382,6 +582,21 @@ def build_parser() -> argparse.ArgumentParser:
             k.add_argument("--repeats", type=int, default=10, help="timed repeats per config")
         k.set_defaults(func=cmd_bench)
 
+    ev = sub.add_parser("evaluator", help="train the Fashion-MNIST classifier used for FID")
+    ev.add_argument(
+        "--out", required=True, help="weights file (.safetensors); a .json card beside it"
+    )
+    ev.add_argument("--epochs", type=int, default=6)
+    ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--data-dir", help="Fashion-MNIST folder (default: the apt package's)")
+    ev.add_argument("--device", default="cpu", help="cpu or cuda")
+    ev.set_defaults(func=cmd_evaluator)
+
+    a = sub.add_parser("assemble", help="join per-block checkpoints into one model folder")
+    a.add_argument("run_dir", help="run folder")
+    a.add_argument("--out", help="model folder (default RUN_DIR/model)")
+    a.set_defaults(func=cmd_assemble)
+
     ps = sub.add_parser("presets", help="list presets")
     ps.set_defaults(func=cmd_presets)
     return p
@@ -394,9 +609,19 @@ def main(argv: list[str] | None = None) -> int:
     args.argv = argv
     try:
         return args.func(args)
-    except (ConfigError, DataError, CheckpointError, UsageError) as err:
+    except (ConfigError, DataError, CheckpointError, UsageError, EvaluatorError) as err:
         print(f"dblocks {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except NumericalFault as err:
+        print(f"dblocks {args.command}: numerical fault: {err}", file=sys.stderr)
+        return 3
+    except TrainingInterrupted as err:
+        out = getattr(args, "out", None)
+        hint = (
+            f"; resume with: dblocks train --out {out} --resume" if out and err.checkpoint else ""
+        )
+        print(f"dblocks {args.command}: interrupted by {err}{hint}", file=sys.stderr)
+        return 128 + err.signum
     except KeyboardInterrupt:
         print(f"dblocks {args.command}: interrupted", file=sys.stderr)
         return 130

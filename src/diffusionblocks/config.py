@@ -20,7 +20,17 @@ from typing import Any
 from .diffusion import GRIDS, PARTITIONS, WEIGHTINGS, BlockPartition, NoiseSchedule
 
 METHODS = ("dblocks", "e2e")
-SCHEDULES = ("random", "cycle", "sequential")
+SCHEDULES = ("random", "cycle", "sequential", "synchronous")
+SHARED_POLICIES = ("sync", "frozen", "per-block")
+NAN_POLICIES = ("skip", "abort")
+# Keys a resumed run may change (with --allow-safe-changes): bookkeeping, evaluation, inference,
+# and the training length. Everything else would make the checkpoint describe another run.
+SAFE_RESUME_KEYS = (
+    "epochs", "log_every", "eval_every", "checkpoint_every", "keep_checkpoints", "device",
+    "nan_policy", "nan_max_skips", "eval_batch_size", "eval_subset", "eval_sequences",
+    "eval_draws", "fid_samples", "inference_steps", "grid", "bridge_temperature", "cfg_scale",
+    "temperature", "judge", "gen_prompts", "gen_prompt_len", "gen_length", "test_subset",
+)  # fmt: skip
 
 
 class ConfigError(ValueError):
@@ -34,7 +44,7 @@ class RunConfig:
     task: str = ""  # task name (set by the task's config class)
     method: str = "dblocks"  # dblocks (block-wise denoisers) or e2e (plain end-to-end baseline)
     num_blocks: int = 3  # B: number of blocks the layers are split into (dblocks only)
-    schedule: str = "random"  # block order: random (paper) | cycle | sequential
+    schedule: str = "random"  # block order: random (paper) | cycle | sequential | synchronous
     blocks: tuple[int, ...] | None = None  # train only these blocks, e.g. "0,2" (None = all)
     epochs: float = 1.0  # epochs of updates per block (= end-to-end epochs at equal compute)
     batch_size: int = 128  # examples per optimizer step
@@ -63,6 +73,13 @@ class RunConfig:
     eval_every: int = 0  # steps between quick evaluations (0 = only at the end)
     checkpoint_every: int = 0  # steps between checkpoints (0 = only at the end)
     keep_checkpoints: int = 2  # how many recent checkpoints to keep
+    # Faults
+    nan_policy: str = "skip"  # a non-finite loss or gradient: skip the update, or abort
+    nan_max_skips: int = 10  # abort after this many skipped steps
+    # Block-parallel training (torchrun; see docs/parallel.md)
+    parallel: bool = False  # one process per block (x data-parallel degree), torch.distributed
+    shared: str = "sync"  # shared modules when parallel: sync | frozen | per-block
+    shared_init: str | None = None  # run folder whose shared modules start (and, frozen, stay)
 
     # ------------------------------------------------------------------ validation
     def __post_init__(self) -> None:
@@ -70,11 +87,28 @@ class RunConfig:
 
     def validate(self) -> None:
         """Check every field; raise :class:`ConfigError` naming the first bad one."""
-        _choice(self, "method", METHODS)
+        _choice(self, "method", self.methods())
         _choice(self, "schedule", SCHEDULES)
         _choice(self, "partition", PARTITIONS)
         _choice(self, "weighting", WEIGHTINGS)
         _choice(self, "grid", GRIDS)
+        _choice(self, "shared", SHARED_POLICIES)
+        _choice(self, "nan_policy", NAN_POLICIES)
+        _check(self, "nan_max_skips", 0 <= self.nan_max_skips <= 1_000_000, "an integer >= 0")
+        if self.schedule == "synchronous" and self.method != "dblocks":
+            raise ConfigError(
+                "schedule=synchronous trains blocks side by side; it needs method=dblocks"
+            )
+        if self.parallel and self.schedule not in ("random", "synchronous"):
+            raise ConfigError(
+                f"parallel training is synchronous (every block steps at once); schedule="
+                f"{self.schedule} does not apply"
+            )
+        if self.parallel and self.method != "dblocks":
+            raise ConfigError(
+                f"parallel=true trains DiffusionBlocks blocks in separate processes; method "
+                f"{self.method!r} has no blocks to spread"
+            )
         _check(self, "num_blocks", 1 <= self.num_blocks <= 64, "an integer in [1, 64]")
         _check(self, "epochs", 0 < self.epochs <= 1e6, "a number in (0, 1e6]")
         _check(self, "batch_size", 1 <= self.batch_size <= 1 << 20, "an integer >= 1")
@@ -118,6 +152,11 @@ class RunConfig:
                     f"indices in 0..{self.num_blocks - 1})"
                 )
 
+    @classmethod
+    def methods(cls) -> tuple[str, ...]:
+        """Values ``method`` may take for this task."""
+        return METHODS
+
     # ------------------------------------------------------------------ derived objects
     @property
     def units(self) -> int:
@@ -129,7 +168,7 @@ class RunConfig:
         """Whether only the active block lives in memory: DiffusionBlocks trained one block at a
         time (``schedule=sequential``, or ``blocks`` naming a single block)."""
         return self.method == "dblocks" and (
-            self.schedule == "sequential" or len(self.trained_units) == 1
+            self.schedule == "sequential" or len(self.trained_units) == 1 or self.parallel
         )
 
     @property
@@ -348,6 +387,7 @@ __all__ = [
     "METHODS",
     "SCHEDULES",
     "ConfigError",
+    "SAFE_RESUME_KEYS",
     "RunConfig",
     "build_config",
     "coerce",

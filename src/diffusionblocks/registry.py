@@ -8,18 +8,35 @@ from typing import Any
 import torch
 
 from .config import ConfigError, RunConfig, build_config
+from .tasks.autoregressive import ARConfig, BlockwiseAR, EndToEndAR
 from .tasks.base import Task
 from .tasks.classification import (
     BlockwiseClassification,
     ClassificationConfig,
     EndToEndClassification,
 )
+from .tasks.generation import BlockwiseGeneration, EndToEndGeneration, GenerationConfig
+from .tasks.masked_lm import BlockwiseMaskedLM, EndToEndMaskedLM, MaskedLMConfig
+from .tasks.recurrent import BlockwiseRecurrent, RecurrentConfig, TruncatedBPTTRecurrent
 
 # task name -> (config class, {method: task class})
 TASKS: dict[str, tuple[type[RunConfig], dict[str, type[Task]]]] = {
     "classification": (
         ClassificationConfig,
         {"dblocks": BlockwiseClassification, "e2e": EndToEndClassification},
+    ),
+    "generation": (
+        GenerationConfig,
+        {"dblocks": BlockwiseGeneration, "e2e": EndToEndGeneration},
+    ),
+    "masked-lm": (
+        MaskedLMConfig,
+        {"dblocks": BlockwiseMaskedLM, "e2e": EndToEndMaskedLM},
+    ),
+    "autoregressive": (ARConfig, {"dblocks": BlockwiseAR, "e2e": EndToEndAR}),
+    "recurrent": (
+        RecurrentConfig,
+        {"dblocks": BlockwiseRecurrent, "bptt": TruncatedBPTTRecurrent},
     ),
 }
 
@@ -46,8 +63,18 @@ PRESETS: dict[str, tuple[str, dict[str, Any], str]] = {
     "vit-fmnist": (
         "classification",
         dict(
-            data="fashion-mnist", depth=6, hidden=64, heads=4, patch_size=7, num_blocks=3,
-            epochs=5, batch_size=128, lr=2e-3, p_mean=1.0, weighting="none", log_every=50,
+            data="fashion-mnist",
+            depth=6,
+            hidden=64,
+            heads=4,
+            patch_size=7,
+            num_blocks=3,
+            epochs=5,
+            batch_size=128,
+            lr=2e-3,
+            p_mean=1.0,
+            weighting="none",
+            log_every=50,
         ),
         "paper-like: Fashion-MNIST (60k), 6-layer ViT (hidden 64, patch 7), B=3, 5 epochs per "
         "block; P_mean=1 and no loss weighting (measured, see docs/experiments.md)",
@@ -55,8 +82,18 @@ PRESETS: dict[str, tuple[str, dict[str, Any], str]] = {
     "vit-fmnist-quick": (
         "classification",
         dict(
-            data="fashion-mnist", depth=6, hidden=64, heads=4, patch_size=7, num_blocks=3,
-            epochs=3, batch_size=128, lr=2e-3, p_mean=1.0, weighting="none", train_subset=20000,
+            data="fashion-mnist",
+            depth=6,
+            hidden=64,
+            heads=4,
+            patch_size=7,
+            num_blocks=3,
+            epochs=3,
+            batch_size=128,
+            lr=2e-3,
+            p_mean=1.0,
+            weighting="none",
+            train_subset=20000,
             log_every=20,
         ),
         "a few CPU minutes per method: as vit-fmnist on 20k training images, 3 epochs",
@@ -78,6 +115,183 @@ PRESETS: dict[str, tuple[str, dict[str, Any], str]] = {
             log_every=10,
         ),
         "memory/speed benchmark: 12-layer ViT (hidden 128, patch 4, 50 tokens), batch 128",
+    ),
+    "dit-fmnist": (
+        "generation",
+        dict(
+            data="fashion-mnist",
+            depth=12,
+            hidden=64,
+            heads=4,
+            patch_size=4,
+            num_blocks=3,
+            epochs=3,
+            batch_size=128,
+            lr=1e-3,
+            overlap=0.05,
+            inference_steps=50,
+            cfg_scale=2.0,
+            fid_samples=2000,
+            log_every=50,
+        ),  # fmt: skip
+        "paper-like: class-conditional DiT on Fashion-MNIST, 12 layers (hidden 64, patch 7), "
+        "B=3, 3 epochs per block, Euler 50 steps, CFG 2 (sized for a CPU)",
+    ),
+    "dit-tiny": (
+        "generation",
+        dict(
+            data="fashion-mnist",
+            train_subset=512,
+            test_subset=200,
+            depth=2,
+            hidden=32,
+            heads=2,
+            patch_size=7,
+            num_blocks=2,
+            epochs=1,
+            batch_size=64,
+            lr=1e-3,
+            inference_steps=6,
+            fid_samples=100,
+            eval_batch_size=100,
+            log_every=4,
+        ),
+        "seconds on a CPU: 512 Fashion-MNIST images, 2-layer DiT, B=2; for tests",
+    ),
+    "mdm-shakespeare": (
+        "masked-lm",
+        dict(
+            data="shakespeare",
+            seq_len=128,
+            depth=6,
+            hidden=128,
+            heads=4,
+            num_blocks=3,
+            overlap=0.05,
+            epochs=1,
+            batch_size=64,
+            lr=1e-3,
+            eval_draws=8,
+            eval_sequences=512,
+            inference_steps=128,
+            log_every=50,
+        ),  # fmt: skip
+        "paper-like masked diffusion LM: Shakespeare characters (Hamlet held out), sequences "
+        "of 128, 6-layer bidirectional transformer (hidden 128), B=3, gamma 0.05",
+    ),
+    "mdm-tiny": (
+        "masked-lm",
+        dict(
+            data="shakespeare",
+            seq_len=32,
+            train_subset=256,
+            depth=2,
+            hidden=32,
+            heads=2,
+            num_blocks=2,
+            epochs=1,
+            batch_size=32,
+            lr=2e-3,
+            eval_draws=2,
+            eval_sequences=32,
+            eval_subset=16,
+            inference_steps=8,
+            log_every=4,
+        ),  # fmt: skip
+        "seconds on a CPU: 256 Shakespeare sequences of 32 characters, 2 layers, B=2; for tests",
+    ),
+    "ar-shakespeare": (
+        "autoregressive",
+        dict(
+            data="shakespeare",
+            seq_len=128,
+            depth=8,
+            hidden=128,
+            heads=4,
+            num_blocks=4,
+            overlap=0.1,
+            epochs=1,
+            batch_size=64,
+            lr=1e-3,
+            eval_sequences=256,
+            gen_prompts=16,
+            log_every=50,
+        ),  # fmt: skip
+        "paper-like autoregressive LM: Shakespeare characters (Hamlet held out), sequences of "
+        "128, 8-layer causal transformer (hidden 128), B=4, gamma 0.1",
+    ),
+    "ar-tiny": (
+        "autoregressive",
+        dict(
+            data="shakespeare",
+            seq_len=32,
+            train_subset=256,
+            depth=4,
+            hidden=32,
+            heads=2,
+            num_blocks=2,
+            epochs=1,
+            batch_size=32,
+            lr=2e-3,
+            eval_sequences=16,
+            eval_subset=8,
+            gen_prompts=2,
+            gen_prompt_len=8,
+            gen_length=12,
+            log_every=4,
+        ),  # fmt: skip
+        "seconds on a CPU: 256 Shakespeare sequences of 32 characters, 4 layers, B=2; for tests",
+    ),
+    "recurrent-shakespeare": (
+        "recurrent",
+        dict(
+            data="shakespeare",
+            seq_len=128,
+            hidden=128,
+            heads=4,
+            prelude=2,
+            core=4,
+            coda=2,
+            depth=8,
+            mean_iterations=16,
+            truncation=4,
+            inference_steps=16,
+            epochs=1,
+            batch_size=64,
+            lr=1e-3,
+            eval_sequences=256,
+            gen_prompts=16,
+            log_every=50,
+        ),  # fmt: skip
+        "paper-like recurrent depth: 2 prelude, 4-layer core, 2 coda (hidden 128), Shakespeare "
+        "characters; bptt: 16 iterations on average, backprop through 4",
+    ),
+    "recurrent-tiny": (
+        "recurrent",
+        dict(
+            data="shakespeare",
+            seq_len=32,
+            train_subset=256,
+            hidden=32,
+            heads=2,
+            prelude=1,
+            core=2,
+            coda=1,
+            depth=4,
+            mean_iterations=4,
+            truncation=2,
+            inference_steps=4,
+            epochs=1,
+            batch_size=32,
+            lr=2e-3,
+            eval_sequences=16,
+            eval_subset=8,
+            gen_prompts=2,
+            gen_prompt_len=8,
+            gen_length=12,
+            log_every=4,
+        ),  # fmt: skip
+        "seconds on a CPU: 1 prelude, 2-layer core, 1 coda (hidden 32); for tests",
     ),
 }
 

@@ -16,12 +16,25 @@ from typing import Any
 import torch
 
 from . import __version__
-from .config import ConfigError, RunConfig, config_diff, config_from_dict
+from .config import SAFE_RESUME_KEYS, ConfigError, RunConfig, config_diff, config_from_dict
 from .registry import config_class, make_task, resolve_device
 from .tasks.base import Task
 from .training.checkpoint import Checkpoint, CheckpointError, atomic_write_json, latest_checkpoint
 from .training.metrics import plot_losses
 from .training.trainer import Trainer, load_model_weights
+
+
+def is_model_folder(path) -> bool:
+    from .assemble import is_model_folder as check
+
+    return check(path)
+
+
+def load_model_folder(task, path) -> None:
+    from .assemble import load_model_folder as load
+
+    load(task, path)
+
 
 DEFAULT_SWEEP = (1, 2, 4, 8)
 
@@ -51,6 +64,7 @@ def prepare_run_dir(
     resume: bool,
     preset: str | None = None,
     command: str | None = None,
+    allow_safe_changes: bool = False,
 ) -> RunConfig:
     """Create ``run_dir`` for a new run, or check it for ``--resume``; returns the config to use.
 
@@ -63,15 +77,31 @@ def prepare_run_dir(
         if not has_run:
             raise ConfigError(f"--resume: {run_dir} holds no run (no config.json)")
         saved = read_run_config(run_dir)
-        if config is not None:
-            diff = config_diff(saved, config)
-            if diff:
-                keys = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in diff.items())
-                raise ConfigError(
-                    f"--resume: the requested config differs from the one in {run_dir} ({keys}); "
-                    "resume without --set/--preset changes, or start a new --out"
-                )
-        return saved
+        if config is None:
+            return saved
+        diff = config_diff(saved, config)
+        if not diff:
+            return saved
+        keys = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in diff.items())
+        unsafe = [k for k in diff if k not in SAFE_RESUME_KEYS]
+        if unsafe:
+            raise ConfigError(
+                f"--resume: the requested config differs from the one in {run_dir} ({keys}); "
+                f"{', '.join(unsafe)} cannot change in a resumed run (the checkpoint would "
+                "describe another run); resume without those changes, or start a new --out"
+            )
+        if not allow_safe_changes:
+            raise ConfigError(
+                f"--resume: the requested config differs from the one in {run_dir} ({keys}); "
+                "these changes are safe: pass --allow-safe-changes to resume with them"
+            )
+        update = json.loads((run_dir / "config.json").read_text())
+        update["config"] = config.to_dict()
+        update.setdefault("changes", []).append(
+            {"at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "changed": keys, "command": command}
+        )
+        atomic_write_json(run_dir / "config.json", update)
+        return config
     if has_run:
         raise ConfigError(
             f"{run_dir} already holds a run; pass --resume to continue it or choose another --out"
@@ -101,6 +131,7 @@ def train_run(
     config: RunConfig,
     run_dir: str | os.PathLike,
     resume: bool = False,
+    allow_safe_changes: bool = False,
     progress: bool = True,
     preset: str | None = None,
     sweep: tuple[int, ...] = DEFAULT_SWEEP,
@@ -109,9 +140,12 @@ def train_run(
 ) -> dict[str, Any]:
     """Train (or resume) a run, evaluate it, and write ``results.json`` and ``loss.png``."""
     run_dir = Path(run_dir)
-    config = prepare_run_dir(config, run_dir, resume, preset, command)
+    if config.parallel:
+        return train_parallel(config, run_dir, resume, progress, preset, log, command)
+    config = prepare_run_dir(config, run_dir, resume, preset, command, allow_safe_changes)
     device = resolve_device(config.device)
     task = make_task(config, device)
+    check_disk_space(run_dir, task, config)
     trainer = Trainer(task, run_dir, progress=progress, log=log)
     if resume and trainer.resume():
         log(f"resumed {run_dir} at step {trainer.step}/{trainer.total_steps}")
@@ -123,7 +157,9 @@ def train_run(
     )
     fitted = trainer.fit()
     trainer.materialize_all()  # block-resident runs: bring every block back for evaluation
-    evaluation = task.evaluate(quick=False, steps=list(sweep))
+    evaluation = task.evaluate(
+        quick=False, steps=list(sweep) if config.task == "classification" else None
+    )
     results = {
         "run_dir": str(run_dir),
         "preset": preset,
@@ -143,12 +179,145 @@ def train_run(
 # Keys that only change inference or evaluation; `dblocks eval --set` may override them.
 INFERENCE_KEYS = (
     "inference_steps",
+    "temperature",
+    "judge",
+    "gen_prompts",
+    "gen_prompt_len",
+    "gen_length",
+    "eval_sequences",
+    "cfg_scale",
+    "fid_samples",
     "grid",
     "bridge_temperature",
     "eval_batch_size",
     "test_subset",
     "device",
 )
+
+
+def check_disk_space(run_dir: Path, task: Task, config: RunConfig) -> None:
+    """Fail before training when the folder cannot hold the checkpoints: each one holds the
+    weights and two Adam moments (3x the parameters), ``keep_checkpoints`` + 1 of them at once."""
+    import shutil
+
+    params = sum(p.numel() * p.element_size() for p in task.model.parameters() if not p.is_meta)
+    if not params:  # block-resident models: count one block's worth per block
+        params = 1
+    need = 3 * params * (config.keep_checkpoints + 1) + (16 << 20)
+    free = shutil.disk_usage(run_dir).free
+    if free < need:
+        raise ConfigError(
+            f"not enough free disk space for checkpoints in {run_dir}: about "
+            f"{need / 2**20:.0f} MiB needed, {free / 2**20:.0f} MiB free"
+        )
+
+
+def train_parallel(config, run_dir: Path, resume, progress, preset, log, command):
+    """One rank of a block-parallel run (see :mod:`diffusionblocks.training.parallel`). Rank 0
+    prepares the folder; at the end it assembles the blocks and evaluates the model."""
+    import torch.distributed as dist
+
+    from .assemble import PARALLEL_HASH_IGNORE, assemble
+    from .training.parallel import ParallelTrainer, barrier, init_distributed, shutdown
+
+    ctx = init_distributed(config)
+    try:
+        if ctx.rank == 0:
+            existing = (run_dir / "config.json").exists()
+            if existing and not resume:
+                saved = read_run_config(run_dir)
+                if saved.config_hash(ignore=PARALLEL_HASH_IGNORE) != config.config_hash(
+                    ignore=PARALLEL_HASH_IGNORE
+                ):
+                    raise ConfigError(
+                        f"{run_dir} holds a run with another config; choose another --out"
+                    )  # same config: (re)train the selected blocks into it
+            else:
+                prepare_run_dir(config, run_dir, resume, preset, command)
+        barrier(ctx)
+        if resume:
+            config = _resumable(config, run_dir)
+        local = config.device
+        if config.device in ("auto", "cuda") and torch.cuda.is_available():
+            local = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+        task = make_task(config, resolve_device(local))
+        trainer = ParallelTrainer(task, run_dir, ctx, progress=progress, log=log)
+        if resume and trainer.resume():
+            log(f"rank {ctx.rank}: resumed block {ctx.block} at step {trainer.step}")
+        log(
+            f"rank {ctx.rank}/{ctx.world}: block {ctx.block} (data shard {ctx.dp_rank}/{ctx.dp}), "
+            f"{trainer.total_steps} synchronous steps, shared={config.shared}"
+        )
+        fitted = trainer.fit()
+        record = {
+            "rank": ctx.rank,
+            "block": ctx.block,
+            # What this process held: its own block only (checked by the tests).
+            "materialized_blocks": [
+                u for u in range(len(task.model.blocks)) if task.model.block_is_materialized(u)
+            ],
+            "optimizer_units": sorted(trainer.optimizers),
+            **fitted,
+        }
+        if ctx.world > 1:
+            gathered = [None] * ctx.world
+            dist.all_gather_object(gathered, record)
+        else:
+            gathered = [record]
+        if ctx.rank != 0:
+            return {"rank": ctx.rank, **record}
+        model_dir = assemble(run_dir)
+        model_task, _ = load_run(model_dir)
+        evaluation = model_task.evaluate(
+            quick=False, steps=list(DEFAULT_SWEEP) if config.task == "classification" else None
+        )
+        results = {
+            "run_dir": str(run_dir),
+            "preset": preset,
+            "command": command or _saved_command(run_dir),
+            "config": config.to_dict(),
+            "task": task.describe(),
+            "parallel": {"world": ctx.world, "dp": ctx.dp, "shared": config.shared},
+            "ranks": gathered,
+            "accounting": _merge_accounting([r["accounting"] for r in gathered]),
+            "timing": {
+                "train_seconds": max(r["timing"]["train_seconds"] for r in gathered),
+                "median_step_seconds": gathered[0]["timing"]["median_step_seconds"],
+            },
+            "memory": {
+                "train_peak_rss_bytes": max(r["memory"]["train_peak_rss_bytes"] for r in gathered),
+                "per_rank_train_peak_rss_bytes": [
+                    r["memory"]["train_peak_rss_bytes"] for r in gathered
+                ],
+            },
+            "eval": evaluation,
+            "environment": environment(task.model.device),
+        }
+        atomic_write_json(run_dir / "results.json", results)
+        return results
+    finally:
+        shutdown(ctx)
+
+
+def _merge_accounting(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """One run's accounting from its ranks: steps per block from the ranks that trained it,
+    layer evaluations summed over ranks."""
+    merged = dict(records[0])
+    per_rank = [r["steps_per_unit"] for r in records]
+    merged["steps_per_unit"] = [max(col) for col in zip(*per_rank, strict=True)]
+    for key in ("layer_evaluations", "backward_layer_evaluations", "compute_layer_units",
+                "examples_seen"):  # fmt: skip
+        merged[key] = sum(r[key] for r in records)
+    merged["trained_units"] = sorted({u for r in records for u in r["trained_units"]})
+    return merged
+
+
+def _resumable(config, run_dir: Path):
+    """Resuming keeps the folder's config (the selected blocks may differ)."""
+    saved = read_run_config(run_dir)
+    values = {**saved.to_dict(), "blocks": config.blocks, "parallel": True,
+              "shared_init": config.shared_init}  # fmt: skip
+    return config_from_dict(type(config), values)
 
 
 def load_run(
@@ -169,9 +338,23 @@ def load_run(
         values = {**config.to_dict(), **overrides}
         config = config_from_dict(type(config), values)
     task = make_task(config, resolve_device(device or config.device))
-    path = latest_checkpoint(Path(run_dir) / "checkpoints")
+    folder = Path(run_dir)
+    no_checkpoint = latest_checkpoint(folder / "checkpoints") is None
+    if not is_model_folder(folder) and is_model_folder(folder / "model") and no_checkpoint:
+        folder = folder / "model"  # a block-parallel run: its assembled model
+    if is_model_folder(folder):
+        load_model_folder(task, folder)
+        card = json.loads((folder / "config.json").read_text())
+        steps = [b["step"] for b in card.get("blocks", {}).values()] or [card.get("step", 0)]
+        return task, ModelFolder(folder, int(max(steps)))
+    path = latest_checkpoint(folder / "checkpoints")
     if path is None:
-        raise CheckpointError(f"{run_dir} has no checkpoint yet (train it first)")
+        hint = (
+            " (a block-parallel run: assemble it with `dblocks assemble`)"
+            if (folder / "blocks").is_dir()
+            else " (train it first)"
+        )
+        raise CheckpointError(f"{run_dir} has no checkpoint yet{hint}")
     ckpt = Checkpoint(path)
     if ckpt.meta.get("task") != config.task or ckpt.meta.get("units") != len(task.model.blocks):
         raise CheckpointError(
@@ -182,14 +365,27 @@ def load_run(
     return task, ckpt
 
 
+class ModelFolder:
+    """Stands in for a checkpoint when a model folder is loaded."""
+
+    def __init__(self, path: Path, step: int):
+        self.path, self.step = path, step
+
+
 def evaluate_run(
     run_dir: str | os.PathLike,
     steps: list[int] | None = None,
     device: str | None = None,
     overrides: dict[str, Any] | None = None,
+    **options: Any,
 ) -> dict[str, Any]:
+    """Evaluate the latest checkpoint of a run. ``options`` go to the task (e.g. ``fid_samples``,
+    ``inception`` for image generation)."""
     task, ckpt = load_run(run_dir, device, overrides)
-    result = task.evaluate(quick=False, steps=steps or list(DEFAULT_SWEEP))
+    if steps is None and task.config.task == "classification":
+        steps = list(DEFAULT_SWEEP)
+    options = {k: v for k, v in options.items() if v not in (None, False)}
+    result = task.evaluate(quick=False, steps=steps, **options)
     return {"run_dir": str(run_dir), "checkpoint_step": ckpt.step, **result}
 
 

@@ -1,7 +1,8 @@
 """Transformer pieces with adaLN-Zero conditioning (Peebles & Xie 2023, DiT).
 
-A conditioning vector ``cond`` (N, C) modulates every layer: LayerNorm without affine parameters,
-then ``x * (1 + scale) + shift``, and a gate on each residual branch. The modulation projections
+A conditioning vector ``cond`` (N, C), or one per token (N, T, C), modulates every layer:
+LayerNorm without affine parameters, then ``x * (1 + scale) + shift``, and a gate on each
+residual branch. The modulation projections
 start at zero, so every layer starts as the identity. These modules know nothing about noise
 schedules: they see a conditioning scalar and vectors.
 """
@@ -15,6 +16,11 @@ import torch
 import torch.nn.functional as F
 import torch.utils.checkpoint
 from torch import nn
+
+
+def _per_token(cond: torch.Tensor) -> torch.Tensor:
+    """Conditioning (N, C) for a whole sequence becomes (N, 1, C); (N, T, C) is per token."""
+    return cond[:, None, :] if cond.dim() == 2 else cond
 
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -43,7 +49,8 @@ class ScalarEmbedding(nn.Module):
 
 
 class Attention(nn.Module):
-    """Multi-head self-attention through ``scaled_dot_product_attention``."""
+    """Multi-head self-attention through ``scaled_dot_product_attention``. ``prefix`` lets new
+    tokens attend to the cached keys and values of earlier ones as well as to themselves."""
 
     def __init__(self, dim: int, heads: int):
         super().__init__()
@@ -53,10 +60,24 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    def heads_qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         n, t, c = x.shape
         qkv = self.qkv(x).view(n, t, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv[0], qkv[1], qkv[2]  # (N, H, T, C/H)
+        return qkv[0], qkv[1], qkv[2]  # (N, H, T, C/H) each
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        prefix: tuple[torch.Tensor, torch.Tensor] | None = None,
+        kv_out: list | None = None,
+    ) -> torch.Tensor:
+        n, t, c = x.shape
+        q, k, v = self.heads_qkv(x)
+        if kv_out is not None:
+            kv_out.append((k, v))
+        if prefix is not None:  # keys/values of earlier tokens come first
+            k, v = torch.cat([prefix[0], k], dim=2), torch.cat([prefix[1], v], dim=2)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (N, H, T, C/H)
         return self.proj(y.transpose(1, 2).reshape(n, t, c))
 
@@ -78,11 +99,19 @@ class AdaLNLayer(nn.Module):
         nn.init.zeros_(self.modulation[1].bias)
 
     def forward(
-        self, x: torch.Tensor, cond: torch.Tensor, mask: torch.Tensor | None = None
+        self,
+        x: torch.Tensor,
+        cond: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        prefix: tuple[torch.Tensor, torch.Tensor] | None = None,
+        kv_out: list | None = None,
     ) -> torch.Tensor:
-        mods = self.modulation(cond)[:, None, :].chunk(6, dim=-1)  # 6 x (N, 1, C)
+        """``prefix``: cached (keys, values) of earlier tokens that x also attends to;
+        ``kv_out``: a list that receives this layer's (keys, values) of x."""
+        mods = self.modulation(_per_token(cond)).chunk(6, dim=-1)  # 6 x (N, 1 or T, C)
         shift1, scale1, gate1, shift2, scale2, gate2 = mods
-        x = x + gate1 * self.attn(modulate(self.norm1(x), shift1, scale1), mask)
+        h = modulate(self.norm1(x), shift1, scale1)
+        x = x + gate1 * self.attn(h, mask, prefix, kv_out)
         return x + gate2 * self.mlp(modulate(self.norm2(x), shift2, scale2))
 
 
@@ -101,9 +130,9 @@ class AdaLNOutput(nn.Module):
             nn.init.zeros_(self.linear.bias)
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        shift, scale = self.modulation(cond).chunk(2, dim=-1)  # (N, C) each
-        if x.dim() == 3:  # (N, T, C): broadcast over tokens
-            shift, scale = shift[:, None], scale[:, None]
+        if x.dim() == 3:  # (N, T, C): one conditioning per sequence, or one per token
+            cond = _per_token(cond)
+        shift, scale = self.modulation(cond).chunk(2, dim=-1)
         return self.linear(modulate(self.norm(x), shift, scale))
 
 
@@ -116,6 +145,20 @@ class LayerGroup(nn.Module):
         super().__init__()
         self.layers = nn.ModuleList(layers)
         self.checkpointing = False
+
+    def forward_cached(
+        self,
+        x: torch.Tensor,
+        cond: torch.Tensor,
+        prefix: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
+        mask: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
+        """Run without checkpointing, attending to ``prefix[l]`` (cached keys/values of earlier
+        tokens) at layer l; returns the output and every layer's (keys, values) of x."""
+        kvs: list[tuple[torch.Tensor, torch.Tensor]] = []
+        for i, layer in enumerate(self.layers):
+            x = layer(x, cond, mask, prefix[i] if prefix is not None else None, kvs)
+        return x, kvs
 
     def forward(
         self, x: torch.Tensor, cond: torch.Tensor, mask: torch.Tensor | None = None
@@ -223,3 +266,15 @@ class BlockStack(nn.Module):
     def set_checkpointing(self, enabled: bool) -> None:
         for group in self.blocks:
             group.checkpointing = enabled
+
+    def set_shared_variants(self, variants: dict[int, dict[str, torch.Tensor]]) -> None:
+        """Per-block copies of the shared modules (block-parallel ``shared=per-block``): running
+        block b first loads copy b."""
+        self._shared_variants = variants
+        self._shared_current: int | None = None
+
+    def use_shared(self, block: int) -> None:
+        variants = getattr(self, "_shared_variants", None)
+        if variants and self._shared_current != block:
+            self.load_state_dict(variants[block], strict=False)
+            self._shared_current = block

@@ -82,6 +82,7 @@ class ViT(BlockStack):
         self, block: int, slot: torch.Tensor, patches: torch.Tensor, cond: torch.Tensor
     ) -> torch.Tensor:
         """Run one block on [slot; patches]; return the output at the slot (N, hidden)."""
+        self.use_shared(block)
         x = torch.cat([slot[:, None] + self.pos_embed[:, :1], patches], dim=1)  # (N, 1+P, C)
         return self.blocks[block](x, cond)[:, 0]
 

@@ -48,10 +48,21 @@ class Task:
         return len(self.model.blocks[unit])
 
     # -- evaluation -------------------------------------------------------------------------
-    def evaluate(self, quick: bool = False, steps: list[int] | None = None) -> dict[str, Any]:
+    def evaluate(
+        self, quick: bool = False, steps: list[int] | None = None, **options: Any
+    ) -> dict[str, Any]:
         """Held-out metrics. ``quick`` uses a small subset (for evaluation during training);
-        ``steps`` lists inference step counts to sweep where the task has such a knob."""
+        ``steps`` lists inference step counts to sweep where the task has such a knob; tasks may
+        accept further ``options`` (e.g. ``fid_samples`` for image generation) and must refuse
+        the ones they do not know."""
         raise NotImplementedError
+
+    per_block_shared = False  # may each block own a copy of the shared modules? (parallel)
+
+    def block_interval(self, block: int) -> list[float] | None:
+        """The noise (or masking-time) interval ``block`` owns, for checkpoint metadata."""
+        partition = getattr(self, "partition", None)
+        return list(partition.interval(block)) if partition is not None else None
 
     def describe(self) -> dict[str, Any]:
         """Plain-data facts about the task for logs and results (dataset sizes, shapes...)."""

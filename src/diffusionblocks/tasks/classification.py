@@ -72,6 +72,15 @@ class ClassificationConfig(RunConfig):
             )
 
 
+def _no_options(options: dict) -> None:
+    given = [k for k, v in options.items() if v not in (None, False)]
+    if given:
+        raise ConfigError(
+            f"classification evaluation has no option {', '.join(given)} "
+            "(--fid and --inception apply to image generation runs)"
+        )
+
+
 def soft_bridge(logits: torch.Tensor, table: torch.Tensor, temperature: float = 1.0):
     """D = softmax(logits / T) @ normalize(E) (SPEC §6); T = 0 picks the argmax row."""
     if temperature == 0:
@@ -176,7 +185,8 @@ class EndToEndClassification(_ImageClassification):
         return loss, {"loss": loss.item(), "ce": loss.item(), "acc": acc.item()}
 
     @torch.no_grad()
-    def evaluate(self, quick=False, steps=None):
+    def evaluate(self, quick=False, steps=None, **options):
+        _no_options(options)
         self.model.eval()
         correct = total = 0
         ce = 0.0
@@ -260,7 +270,8 @@ class BlockwiseClassification(_ImageClassification):
         return int(self.partition.block_of(sigma))
 
     @torch.no_grad()
-    def evaluate(self, quick=False, steps=None):
+    def evaluate(self, quick=False, steps=None, **options):
+        _no_options(options)
         c = self.config
         B = c.num_blocks
         default = c.steps_at_inference

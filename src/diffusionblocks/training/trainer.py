@@ -18,8 +18,11 @@ of the layers: equal total layer evaluations.
 
 from __future__ import annotations
 
+import json
 import math
+import signal
 import tempfile
+import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -29,7 +32,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from ..config import RunConfig
+from ..config import SAFE_RESUME_KEYS, RunConfig
 from ..tasks.base import Task
 from .checkpoint import (
     Checkpoint,
@@ -40,6 +43,25 @@ from .checkpoint import (
     save_checkpoint,
 )
 from .metrics import MetricsWriter, current_rss_bytes, peak_rss_bytes
+
+
+class NumericalFault(RuntimeError):
+    """A non-finite loss or gradient under nan_policy=abort (or too many skips)."""
+
+
+class TrainingInterrupted(RuntimeError):
+    """SIGINT/SIGTERM stopped training after a checkpoint was saved."""
+
+    def __init__(self, signum: int, step: int, checkpoint: Path | None):
+        self.signum, self.step, self.checkpoint = signum, step, checkpoint
+        name = signal.Signals(signum).name
+        where = f"checkpoint {checkpoint}" if checkpoint else "no run folder, nothing saved"
+        super().__init__(f"{name} at step {step}; {where}")
+
+
+def resume_hash(config: RunConfig) -> str:
+    """The config hash that checkpoints carry: keys that may change on resume are left out."""
+    return config.config_hash(ignore=SAFE_RESUME_KEYS)
 
 
 # ---------------------------------------------------------------------- schedules
@@ -62,6 +84,8 @@ def block_sequence(
         return table[torch.arange(total) % k]
     if schedule == "sequential":
         return table[torch.arange(total) // steps_per_unit]
+    if schedule == "synchronous":  # every step trains every unit; the sequence is not used
+        return table[torch.zeros(total, dtype=torch.long)]
     raise ValueError(f"unknown schedule {schedule!r}")
 
 
@@ -122,9 +146,17 @@ class Trainer:
         if self.steps_per_epoch < 1:
             raise ValueError(f"batch_size {c.batch_size} is larger than the {n} training examples")
         self.steps_per_unit = max(1, math.ceil(c.epochs * self.steps_per_epoch))
-        self.total_steps = self.steps_per_unit * len(self.units)
+        self.synchronous = c.schedule == "synchronous"
+        # Synchronous: each global step trains every unit on the same batch.
+        self.total_steps = self.steps_per_unit * (1 if self.synchronous else len(self.units))
         self.sequence = block_sequence(c.schedule, self.units, self.steps_per_unit, c.seed)
         self.generator = torch.Generator().manual_seed(c.seed + 1)
+        # Synchronous training draws each unit's noise from its own generator, so that a
+        # block-parallel run (one process per block) makes exactly the same draws.
+        self.unit_generators = {
+            u: torch.Generator().manual_seed((c.seed + 1) * 1_000_003 + u) for u in self.units
+        }
+        self.local_units = list(self.units)  # units this process trains (parallel: one)
         self.step = 0
         self.unit_steps = [0] * self.num_units
         self.shared_params = task.shared_parameters()
@@ -136,6 +168,10 @@ class Trainer:
         self._offload_dir: Path | None = None
         self.step_times: dict[int, list[float]] = defaultdict(list)
         self.train_seconds = 0.0
+        self.skipped_steps = 0  # steps whose update was skipped for a non-finite loss/gradient
+        self._stop_signal: int | None = None
+        self.layer_evals = 0  # forward layer evaluations per example, summed over steps
+        self.backward_layer_evals = 0  # layers that ran a backward pass, per example
         self.metrics = MetricsWriter(self.run_dir / "metrics.jsonl" if self.run_dir else None)
 
     # -- the primitive ----------------------------------------------------------------------
@@ -227,8 +263,11 @@ class Trainer:
             p.grad = None
         loss, logs = self.task.loss(unit, batch, self.generator)
         loss.backward()
-        if c.grad_clip > 0:
-            logs["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, c.grad_clip))
+        norm = torch.nn.utils.clip_grad_norm_(params, c.grad_clip if c.grad_clip > 0 else math.inf)
+        logs["grad_norm"] = float(norm)
+        loss_value = float(loss.detach())
+        if not (math.isfinite(loss_value) and math.isfinite(float(norm))):
+            return self._fault([unit], params, loss_value, logs)
         lr = learning_rate(
             self.unit_steps[unit], self.steps_per_unit, c.lr, c.warmup, c.min_lr_ratio
         )
@@ -246,6 +285,104 @@ class Trainer:
         logs["lr"] = lr
         return logs
 
+    def synchronous_step(self, units: list[int], batch: Any) -> dict[str, float]:
+        """One step of every unit in ``units`` on the same batch, each with its own noise
+        generator; the shared modules take the mean of the units' gradients (across processes
+        when block-parallel). Gradients are clipped per unit and for the shared modules."""
+        c = self.config
+        for p in self.shared_params:
+            p.grad = None
+        logs: dict[str, float] = {}
+        unit_params = {}
+        for u in units:
+            unit_params[u] = self.task.unit_parameters(u)
+            for p in unit_params[u]:
+                p.grad = None
+            loss, unit_logs = self.task.loss(u, batch, self.unit_generators[u])
+            loss.backward()
+            for k, v in unit_logs.items():
+                logs[k] = logs.get(k, 0.0) + v / len(units)
+            logs[f"loss_block_{u}"] = unit_logs["loss"]
+        self.reduce_gradients(units, unit_params)
+        every = [*self.shared_params, *(q for ps in unit_params.values() for q in ps)]
+        grads = [p.grad for p in every if p.grad is not None]
+        total = torch.linalg.vector_norm(torch.stack([g.float().norm() for g in grads]))
+        if not (math.isfinite(logs.get("loss", 0.0)) and math.isfinite(float(total))):
+            return self._fault(units, every, logs.get("loss", math.nan), logs)
+        for u in units:
+            if c.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(unit_params[u], c.grad_clip)
+            opt = self.optimizer_for(u)
+            lr = learning_rate(
+                self.unit_steps[u], self.steps_per_unit, c.lr, c.warmup, c.min_lr_ratio
+            )
+            for group in opt.param_groups:
+                group["lr"] = lr
+            opt.step()
+            self.unit_steps[u] += 1
+            logs["lr"] = lr
+        if self.shared_trainable:
+            if c.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(self.shared_params, c.grad_clip)
+            shared_lr = learning_rate(self.step, self.total_steps, c.lr, c.warmup, c.min_lr_ratio)
+            for group in self.shared_optimizer.param_groups:
+                group["lr"] = shared_lr
+            self.shared_optimizer.step()
+        for p in [*self.shared_params, *(q for ps in unit_params.values() for q in ps)]:
+            p.grad = None
+        self.step += 1
+        return logs
+
+    def _fault(self, units: list[int], params, loss: float, logs: dict) -> dict[str, float]:
+        """A non-finite loss or gradient: drop the update (the batch counts as used), report it
+        with the block, its noise interval and the step; abort under nan_policy=abort or after
+        nan_max_skips skips."""
+        c = self.config
+        for p in params:
+            p.grad = None
+        what = "loss" if not math.isfinite(loss) else "gradient"
+        where = ", ".join(
+            f"block {u} (noise interval {self.task.block_interval(u)})" for u in units
+        )
+        message = f"non-finite {what} at step {self.step} on {where}"
+        self.skipped_steps += 1
+        self.metrics.write(
+            {"step": self.step, "fault": message, "skipped_steps": self.skipped_steps}
+        )
+        if c.nan_policy == "abort" or self.skipped_steps > c.nan_max_skips:
+            last = latest_checkpoint(self.run_dir / "checkpoints") if self.run_dir else None
+            reason = (
+                "nan_policy=abort"
+                if c.nan_policy == "abort"
+                else (f"more than nan_max_skips={c.nan_max_skips} skipped steps")
+            )
+            raise NumericalFault(
+                f"{message}; stopping ({reason}); the last good checkpoint is "
+                f"{last or 'none (no checkpoint written yet)'}"
+            )
+        self.log(f"warning: {message}; update skipped ({self.skipped_steps} so far)")
+        for u in units:
+            self.unit_steps[u] += 1
+        self.step += 1
+        return {"loss": math.nan, "skipped": 1.0, **{k: v for k, v in logs.items() if k == "lr"}}
+
+    can_evaluate = True  # a block-parallel rank holds one block and cannot evaluate the chain
+
+    @property
+    def shared_trainable(self) -> bool:
+        return True
+
+    def reduce_gradients(self, units: list[int], unit_params: dict[int, list]) -> None:
+        """Single process: the shared gradients were summed over ``units``; take their mean."""
+        if len(units) > 1:
+            for p in self.shared_params:
+                if p.grad is not None:
+                    p.grad /= len(units)
+
+    def units_at(self, step: int) -> list[int]:
+        """The units trained at global step ``step``."""
+        return list(self.local_units) if self.synchronous else [int(self.sequence[step])]
+
     # -- the loop ---------------------------------------------------------------------------
     def fit(self, stop_at: int | None = None) -> dict[str, Any]:
         """Train until every unit has its budget (or until global step ``stop_at``, then save a
@@ -259,7 +396,7 @@ class Trainer:
         if self.resident:
             self.prepare_resident()
             if self.step < end:  # the first block is in memory before the baseline, as in e2e
-                self.activate(int(self.sequence[self.step]))
+                self.activate(self.units_at(self.step)[0])
         rss_before = current_rss_bytes()
         params_before = self.resident_bytes()["param_bytes"]
         if cuda:
@@ -276,8 +413,31 @@ class Trainer:
         )
         last_log = time.perf_counter()
         examples_since = 0
+        restore = self._catch_signals()
+        try:
+            self._loop(end, n, cuda, device, bar, accum, last_log, examples_since)
+        finally:
+            restore()
+        bar.close()
+        return self._finish(rss_before, params_before, cuda, device,
+                            allocated_before if cuda else 0)  # fmt: skip
+
+    def _catch_signals(self):
+        """SIGINT/SIGTERM set a flag; the loop saves a checkpoint after the current step."""
+        if threading.current_thread() is not threading.main_thread():
+            return lambda: None
+
+        def handler(signum, frame):
+            self._stop_signal = signum
+
+        old = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+        return lambda: [signal.signal(sig, h) for sig, h in old.items()]
+
+    def _loop(self, end, n, cuda, device, bar, accum, last_log, examples_since) -> None:
+        c = self.config
         while self.step < end:
-            unit = int(self.sequence[self.step])
+            units = self.units_at(self.step)
+            unit = units[0]
             self._drop_finished_optimizers(unit)
             if self.resident:
                 self.activate(unit)
@@ -286,16 +446,25 @@ class Trainer:
             if cuda:
                 torch.cuda.synchronize(device)
             t0 = time.perf_counter()
-            logs = self.train_step(unit, batch)
+            if self.synchronous:
+                logs = self.synchronous_step(units, batch)
+            else:
+                logs = self.train_step(unit, batch)
             if cuda:
                 torch.cuda.synchronize(device)
             dt = time.perf_counter() - t0
             self.train_seconds += dt
             self.step_times[unit].append(dt)
             examples_since += c.batch_size
+            # Tasks whose step cost varies (e.g. a random number of recurrent iterations) report
+            # the layer evaluations per example they ran; otherwise units x layers is exact.
+            default = sum(self.task.layers_in_unit(u) for u in units)
+            self.layer_evals += logs.pop("layer_evals", default)
+            self.backward_layer_evals += logs.pop("backward_layer_evals", default)
             for k, v in logs.items():
                 accum[k].append(v)
-            accum[f"loss_block_{unit}"].append(logs["loss"])
+            if not self.synchronous:
+                accum[f"loss_block_{unit}"].append(logs["loss"])
             bar.update(1)
             if self.step % self.log_every == 0 or self.step == self.total_steps:
                 now = time.perf_counter()
@@ -311,7 +480,12 @@ class Trainer:
                 bar.set_postfix(loss=f"{record['loss']:.4f}", block=unit, ex_s=f"{rate:.0f}")
                 accum.clear()
                 last_log, examples_since = now, 0
-            if c.eval_every and self.step % c.eval_every == 0 and self.step < self.total_steps:
+            if (
+                c.eval_every
+                and self.can_evaluate
+                and self.step % c.eval_every == 0
+                and self.step < self.total_steps
+            ):
                 quick = self.task.evaluate(quick=True)
                 self.metrics.write(
                     {"step": self.step, **{f"eval_{k}": v for k, v in quick.items()}}
@@ -323,7 +497,12 @@ class Trainer:
                 and self.step < self.total_steps
             ):
                 self.save()
-        bar.close()
+            if self._stop_signal is not None:
+                bar.close()
+                path = self.save() if self.run_dir is not None else None
+                raise TrainingInterrupted(self._stop_signal, self.step, path)
+
+    def _finish(self, rss_before, params_before, cuda, device, allocated_before):
         peak = peak_rss_bytes()
         memory = {
             "rss_before_first_step_bytes": rss_before,
@@ -337,7 +516,9 @@ class Trainer:
             memory["cuda_peak_bytes"] = max_allocated - allocated_before
         if self.run_dir is not None:
             self.save()
-        return {"accounting": self.accounting(), "timing": self.timing(), "memory": memory}
+        accounting = self.accounting()
+        accounting["skipped_steps"] = self.skipped_steps
+        return {"accounting": accounting, "timing": self.timing(), "memory": memory}
 
     @property
     def log_every(self) -> int:
@@ -355,7 +536,8 @@ class Trainer:
     def accounting(self) -> dict[str, Any]:
         c = self.config
         layers = [self.task.layers_in_unit(u) for u in range(self.num_units)]
-        evals = sum(s * l for s, l in zip(self.unit_steps, layers, strict=True)) * c.batch_size
+        evals = self.layer_evals * c.batch_size
+        backward = self.backward_layer_evals * c.batch_size
         return {
             "method": c.method,
             "units": self.num_units,
@@ -367,6 +549,9 @@ class Trainer:
             "steps_per_unit": list(self.unit_steps),
             "layers_per_unit": layers,
             "layer_evaluations": evals,  # forward layer passes x examples
+            "backward_layer_evaluations": backward,  # layers that ran backward x examples
+            # Training compute in forward-layer units: a backward pass costs about two forwards.
+            "compute_layer_units": evals + 2 * backward,
             "examples_seen": self.step * c.batch_size,
         }
 
@@ -384,8 +569,28 @@ class Trainer:
 
     # -- checkpoints ------------------------------------------------------------------------
     def save(self) -> Path:
-        """Write a checkpoint of every unit, the shared modules, optimizers and trainer state."""
+        """Write a checkpoint of every unit, the shared modules, optimizers and trainer state.
+        Refuses non-finite weights; a failed write (disk full...) leaves the previous
+        checkpoint as it was."""
         assert self.run_dir is not None
+        bad = [n for n, p in self.model.named_parameters() if not p.is_meta and not bool(
+            torch.isfinite(p).all()
+        )]  # fmt: skip
+        if bad:
+            raise NumericalFault(
+                f"refusing to write a checkpoint at step {self.step}: non-finite weights in "
+                f"{', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''}"
+            )
+        try:
+            return self._save()
+        except OSError as err:
+            last = latest_checkpoint(self.run_dir / "checkpoints")
+            raise CheckpointError(
+                f"could not write a checkpoint to {self.run_dir / 'checkpoints'}: "
+                f"{err.strerror or err}; the previous checkpoint ({last or 'none'}) is intact"
+            ) from None
+
+    def _save(self) -> Path:
         tensors = {"shared": self._shared_state()}
         links: dict[str, Path] = {}
         for u in range(self.num_units):
@@ -403,6 +608,10 @@ class Trainer:
                 "generator": self.generator.get_state(),
                 "train_seconds": self.train_seconds,
                 "step_times": {str(u): list(t) for u, t in self.step_times.items()},
+                "skipped_steps": self.skipped_steps,
+                "unit_generators": {str(u): g.get_state() for u, g in self.unit_generators.items()},
+                "layer_evals": self.layer_evals,
+                "backward_layer_evals": self.backward_layer_evals,
             },
         }
         for u, state in self._pending_optimizer.items():
@@ -413,7 +622,7 @@ class Trainer:
             "task": self.config.task,
             "method": self.config.method,
             "units": self.num_units,
-            "config_hash": self.config.config_hash(),
+            "config_hash": resume_hash(self.config),
             "total_steps": self.total_steps,
         }
         return save_checkpoint(
@@ -436,7 +645,13 @@ class Trainer:
         if path is None:
             return False
         ckpt = Checkpoint(path)
-        expect = self.config.config_hash()
+        expect = resume_hash(self.config)
+        if ckpt.meta.get("task") != self.config.task or ckpt.meta.get("units") != self.num_units:
+            raise CheckpointError(
+                f"{path} is a checkpoint of task {ckpt.meta.get('task')!r} with "
+                f"{ckpt.meta.get('units')} units; this run is {self.config.task!r} with "
+                f"{self.num_units}"
+            )
         if ckpt.meta.get("config_hash") != expect:
             raise CheckpointError(
                 f"{path} was written with a different configuration (hash "
@@ -459,9 +674,34 @@ class Trainer:
         self.unit_steps = [int(s) for s in state["unit_steps"]]
         self.generator.set_state(state["generator"])
         self.train_seconds = float(state.get("train_seconds", 0.0))
+        for u, gstate in state.get("unit_generators", {}).items():
+            if int(u) in self.unit_generators:
+                self.unit_generators[int(u)].set_state(gstate)
+        self.layer_evals = int(state.get("layer_evals", 0))
+        self.backward_layer_evals = int(state.get("backward_layer_evals", 0))
         for u, times in state.get("step_times", {}).items():
             self.step_times[int(u)] = [float(t) for t in times]
+        self.skipped_steps = int(state.get("skipped_steps", 0))
+        self.truncate_metrics(self.step)
         return True
+
+    def truncate_metrics(self, step: int) -> None:
+        """Keep the metrics records up to ``step`` (those after the checkpoint will be written
+        again), dropping a line torn by a crash; rewritten atomically."""
+        path = self.metrics.path
+        if path is None or not path.exists():
+            return
+        from .checkpoint import atomic_write_text
+
+        keep = []
+        for line in path.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if record.get("step", 0) <= step:
+                keep.append(line)
+        atomic_write_text(path, "".join(k + "\n" for k in keep))
 
 
 def load_shared_weights(model: torch.nn.Module, ckpt: Checkpoint) -> None:

@@ -1,0 +1,166 @@
+"""Fault campaign (issue 9): many SIGKILLs at random moments with resume, corrupted and foreign
+checkpoint files, and random bad inputs; writes a JSON record and a Markdown table.
+
+    .venv/bin/python scripts/experiments/fault_campaign.py --kills 30 --corruptions 40 \
+        --bad-inputs 2000 --out docs/results/issue9
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "src")]
+
+from faults import TRAIN, dblocks, final_weights, kill_and_resume  # noqa: E402
+
+from diffusionblocks.config import ConfigError, build_config  # noqa: E402
+from diffusionblocks.registry import TASKS, make_task  # noqa: E402
+from diffusionblocks.training.checkpoint import CheckpointError  # noqa: E402
+from diffusionblocks.training.trainer import Trainer  # noqa: E402
+
+
+def corruption_trials(n: int, rng: random.Random, work: Path) -> list[dict]:
+    """Flip bytes in, truncate, or swap in a foreign file for a random checkpoint file, then
+    load: every one must be refused with a message naming the file."""
+    base = work / "corrupt-base"
+    proc = dblocks("train", *TRAIN, "--out", str(base))
+    assert proc.wait(timeout=600) == 0
+    foreign = work / "foreign"
+    proc = dblocks("train", *TRAIN, "--set", "method=e2e", "--out", str(foreign))
+    assert proc.wait(timeout=600) == 0
+    records = []
+    for i in range(n):
+        run = work / f"corrupt-{i}"
+        shutil.copytree(base, run)
+        ckpt_dir = run / "checkpoints" / (run / "checkpoints" / "latest").read_text().strip()
+        files = sorted(p for p in ckpt_dir.iterdir() if p.name != "meta.json")
+        target = rng.choice(files)
+        kind = rng.choice(["flip", "truncate", "foreign", "meta"])
+        data = bytearray(target.read_bytes())
+        if kind == "flip":
+            for _ in range(rng.randint(1, 4)):
+                data[rng.randrange(len(data))] ^= 1 << rng.randrange(8)
+            target.write_bytes(bytes(data))
+        elif kind == "truncate":
+            target.write_bytes(bytes(data[: rng.randrange(len(data))]))
+        elif kind == "meta":
+            target = ckpt_dir / "meta.json"
+            target.write_text(target.read_text()[: rng.randrange(20, 200)])
+        else:  # another task's checkpoint in place of this one
+            shutil.rmtree(run / "checkpoints")
+            shutil.copytree(foreign / "checkpoints", run / "checkpoints")
+            target = run / "checkpoints"
+        try:  # what --resume does: every file of the checkpoint is read and checked
+            from diffusionblocks.runs import read_run_config
+
+            trainer = Trainer(make_task(read_run_config(run)), run, progress=False)
+            trainer.resume()
+            refused, message = False, "resumed"
+        except CheckpointError as err:
+            refused, message = True, str(err)
+        named = target.name in message or str(target) in message or "step-" in message
+        records.append({"kind": kind, "file": target.name, "refused": refused,
+                        "names_the_file": named, "message": message[:160]})  # fmt: skip
+        shutil.rmtree(run)
+    return records
+
+
+def bad_input_trials(n: int, rng: random.Random) -> list[dict]:
+    """Random keys and values through every task's config class: each must build or raise a
+    ConfigError naming a key."""
+    classes = [cls for cls, _ in TASKS.values()]
+    from dataclasses import fields
+
+    names = sorted({f.name for cls in classes for f in fields(cls)})
+    pool = [None, True, -1, 0, 10**30, -(10**30), float("nan"), float("inf"), 1.5, "", "x",
+            "nan", "-3", "1e999", "all", "0,99", [1, 2], [-1], {"a": 1}, "cuda:99",
+            "../../etc"]  # fmt: skip
+    records = []
+    for _ in range(n):
+        cls = rng.choice(classes)
+        data = {rng.choice(names + ["bogus", "lrr"]): rng.choice(pool)
+                for _ in range(rng.randint(1, 4))}  # fmt: skip
+        try:
+            build_config(cls, data)
+            outcome = "built"
+        except ConfigError as err:
+            outcome = "named error" if "'" in str(err) or "--" in str(err) else "unnamed error"
+        except Exception as err:  # noqa: BLE001 - the point is to catch anything else
+            outcome = f"CRASH {type(err).__name__}: {err}"
+        records.append({"outcome": outcome})
+    return records
+
+
+def main() -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("--kills", type=int, default=20)
+    p.add_argument("--corruptions", type=int, default=40)
+    p.add_argument("--bad-inputs", type=int, default=2000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="docs/results/issue9")
+    args = p.parse_args()
+    rng = random.Random(args.seed)
+    work = Path(tempfile.mkdtemp(prefix="dblocks-faults-"))
+    start = time.time()
+    ref_run = work / "reference"
+    t0 = time.time()
+    proc = dblocks("train", *TRAIN, "--out", str(ref_run))
+    assert proc.wait(timeout=600) == 0, proc.stderr.read()
+    duration = time.time() - t0  # kills land uniformly over a whole run, start-up included
+    reference = final_weights(ref_run)
+    kills = [
+        kill_and_resume(work / f"kill-{i}", reference, rng, max_delay=duration)
+        for i in range(args.kills)
+    ]
+    corruptions = corruption_trials(args.corruptions, rng, work)
+    bad = bad_input_trials(args.bad_inputs, rng)
+    shutil.rmtree(work, ignore_errors=True)
+    summary = {
+        "command": "python scripts/experiments/fault_campaign.py " + " ".join(sys.argv[1:]),
+        "date": time.strftime("%Y-%m-%d"),
+        "seconds": round(time.time() - start),
+        "reference_run_seconds": round(duration, 1),
+        "kills": len(kills),
+        "kills_resumed_bit_exact": sum(k["bit_exact"] for k in kills),
+        "kills_with_torn_files": sum(bool(k["problems"]) for k in kills),
+        "kills_leaving_temporary_files_after_resume": sum(
+            bool(k["leftover_temporary"]) for k in kills
+        ),
+        "kills_resumed_from_a_checkpoint": sum(k["resumed_from"] is not None for k in kills),
+        "corruptions": len(corruptions),
+        "corruptions_refused": sum(c["refused"] for c in corruptions),
+        "corruptions_refused_naming_the_file": sum(
+            c["refused"] and c["names_the_file"] for c in corruptions
+        ),
+        "bad_inputs": len(bad),
+        "bad_inputs_named_errors": sum(b["outcome"] == "named error" for b in bad),
+        "bad_inputs_built": sum(b["outcome"] == "built" for b in bad),
+        "bad_inputs_crashes": sum(b["outcome"].startswith("CRASH") for b in bad),
+        "bad_inputs_unnamed_errors": sum(b["outcome"] == "unnamed error" for b in bad),
+    }
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    record = {"summary": summary, "kills": kills, "corruptions": corruptions}
+    (out / "faults.json").write_text(json.dumps(record, indent=1) + "\n")
+    rows = "\n".join(f"| {k} | {v} |" for k, v in summary.items() if k not in ("command", "date"))
+    (out / "faults.md").write_text(
+        f"# Fault campaign ({summary['date']})\n\n`{summary['command']}`\n\n| measure | value |\n"
+        f"|---|---|\n{rows}\n"
+    )
+    print(json.dumps(summary, indent=1))
+    ok = (summary["kills_resumed_bit_exact"] == summary["kills"]
+          and summary["corruptions_refused"] == summary["corruptions"]
+          and summary["bad_inputs_crashes"] == 0)  # fmt: skip
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,147 @@
+"""Recurrent-depth language model (Huginn-style): a prelude, a weight-tied core applied K times, a
+coda.
+
+The prelude turns tokens into a clean stream e (causal attention). The core and the coda work on
+two streams, [e ; one state per position]: position j's state sees the clean stream up to j and
+itself, never another position's state (so every position's recurrence is independent and the
+clean stream can be shared). The core's input at each application is
+``adapter([state ; e])``; adaLN conditions the state stream per token (on sigma for
+DiffusionBlocks, on a learned constant for the truncated-backprop baseline).
+
+The whole network is one trained unit: ``blocks[0]`` holds prelude, core and coda. The network
+knows nothing about noise: the task scales states and passes conditioning vectors.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .layers import AdaLNLayer, AdaLNOutput, LayerGroup, ScalarEmbedding
+
+
+@dataclass(frozen=True)
+class RecurrentShape:
+    vocab: int  # characters
+    max_len: int  # longest sequence
+    hidden: int  # token width
+    heads: int  # attention heads
+    prelude: int = 2  # layers before the loop
+    core: int = 4  # layers in the weight-tied core
+    coda: int = 2  # layers after the loop
+    mlp_ratio: float = 4.0  # MLP width / hidden
+    seed: int = 0  # initialisation seed of the layers
+
+
+def prelude_mask(t: int, device=None) -> torch.Tensor:
+    i = torch.arange(t, device=device)
+    return i[:, None] >= i[None, :]
+
+
+def state_mask(t: int, device=None) -> torch.Tensor:
+    """(2t, 2t) for [clean 0..t-1 ; state 0..t-1]: clean i -> clean <= i; state i -> clean <= i
+    and state i; clean never -> state."""
+    i = torch.arange(t, device=device)
+    causal = i[:, None] >= i[None, :]
+    top = torch.cat([causal, torch.zeros(t, t, dtype=torch.bool, device=device)], 1)
+    bottom = torch.cat([causal, torch.eye(t, dtype=torch.bool, device=device)], 1)
+    return torch.cat([top, bottom], 0)
+
+
+class RecurrentStack(nn.Module):
+    """The trained unit: prelude, core (applied K times with the same weights), coda."""
+
+    def __init__(self, s: RecurrentShape):
+        super().__init__()
+
+        def group(n: int) -> LayerGroup:
+            return LayerGroup([AdaLNLayer(s.hidden, s.heads, s.mlp_ratio) for _ in range(n)])
+
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(s.seed * 10_007 + 1_000)
+            self.prelude, self.core, self.coda = group(s.prelude), group(s.core), group(s.coda)
+        self.adapter = nn.Linear(2 * s.hidden, s.hidden)
+
+    def __len__(self) -> int:
+        return len(self.prelude) + len(self.core) + len(self.coda)
+
+
+class RecurrentDepthLM(nn.Module):
+    """Embeddings, the recurrent stack (``blocks[0]``), the conditioning embedder and the head."""
+
+    def __init__(self, shape: RecurrentShape):
+        super().__init__()
+        s = shape
+        self.shape = s
+        self.token_embed = nn.Embedding(s.vocab, s.hidden)
+        self.pos_embed = nn.Parameter(torch.zeros(1, s.max_len, s.hidden))
+        self.stream_embed = nn.Parameter(torch.zeros(2, s.hidden))
+        self.clean_cond = nn.Parameter(torch.zeros(s.hidden))
+        self.state_cond = nn.Parameter(torch.zeros(s.hidden))  # the baseline's constant condition
+        self.cond_embed = ScalarEmbedding(s.hidden)
+        self.blocks = nn.ModuleList([RecurrentStack(s)])
+        self.head = AdaLNOutput(s.hidden, s.vocab, zero_init=True)
+        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        nn.init.normal_(self.token_embed.weight, std=0.02)
+        nn.init.normal_(self.stream_embed, std=0.02)
+
+    # The trainer's block interface: one unit, always in memory.
+    @property
+    def device(self) -> torch.device:
+        return self.pos_embed.device
+
+    def block_is_materialized(self, block: int) -> bool:
+        return True
+
+    def materialize_block(self, block: int, device, state=None):
+        """Load ``state`` into the unit (it always has storage)."""
+        if state is not None:
+            self.blocks[block].load_state_dict(state, strict=True)
+        return self.blocks[block]
+
+    def set_checkpointing(self, enabled: bool) -> None:
+        for g in (self.stack.prelude, self.stack.core, self.stack.coda):
+            g.checkpointing = enabled
+
+    @property
+    def stack(self) -> RecurrentStack:
+        return self.blocks[0]
+
+    # -- passes -----------------------------------------------------------------------------
+    def encode(self, ids: torch.Tensor) -> torch.Tensor:
+        """Prelude: ids (N, T) -> clean stream e (N, T, C)."""
+        n, t = ids.shape
+        x = self.token_embed(ids) + self.pos_embed[:, :t] + self.stream_embed[0]
+        return self.stack.prelude(x, self.clean_cond.expand(n, t, -1), prelude_mask(t, ids.device))
+
+    def _two_stream(self, group, e, states, cond, mask):
+        n, t, _ = e.shape
+        x = torch.cat([e, states], 1)
+        c = torch.cat([self.clean_cond.expand(n, t, -1), cond], 1)
+        return group(x, c, mask)[:, t:]
+
+    def core_step(self, e: torch.Tensor, state: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """One core application: state (N, T, C) -> new state (N, T, C). cond (N, T, C)."""
+        t = e.shape[1]
+        u = (
+            self.stack.adapter(torch.cat([state, e], -1))
+            + self.pos_embed[:, :t]
+            + self.stream_embed[1]
+        )
+        return self._two_stream(self.stack.core, e, u, cond, state_mask(t, e.device))
+
+    def readout(self, e: torch.Tensor, state: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """Coda and head: the state stream -> logits (N, T, V)."""
+        t = e.shape[1]
+        h = self._two_stream(self.stack.coda, e, state, cond, state_mask(t, e.device))
+        return self.head(h, cond)
+
+    def condition(self, c_noise: torch.Tensor) -> torch.Tensor:
+        """Per-token conditioning from c_noise (N, T)."""
+        n, t = c_noise.shape
+        return self.cond_embed(c_noise.reshape(-1)).view(n, t, -1)
+
+    def constant_condition(self, n: int, t: int) -> torch.Tensor:
+        return self.state_cond.expand(n, t, -1)

@@ -1,0 +1,511 @@
+"""Autoregressive character language model: DiffusionBlocks (SPEC §6, fourth row) and the plain
+next-token baseline.
+
+DiffusionBlocks. The clean target of position i is y_i = normalize(E)[token_i] (E: the token
+embedding table). A training sequence of T characters becomes 2T tokens: the clean embeddings of
+tokens 0..T-1, then the noisy targets z_i = y_i + sigma_i * eps_i. Attention: clean token i sees
+clean tokens <= i; noisy token i sees clean tokens < i and itself, nothing else; clean tokens never
+see noisy ones. Noisy token i is paired with target token i (never i+1). Clean tokens are
+conditioned by a learned vector, noisy ones by their sigma (adaLN per token), so the clean prefix
+does not depend on the noise level and can be cached while a new token is denoised. Loss: CE of
+the logits from D = c_skip z + c_out F, weighted over sigma (``weighting``), plus optionally
+``aux_ce`` x the clean stream's next-token CE. Generation: each new token starts from noise and
+takes K denoising steps (default K = B) routed across blocks, soft bridge between steps, and the
+last call's logits pick the token.
+
+End to end: the same transformer on the clean stream with a causal mask, trained to predict the
+next character.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from ..config import ConfigError, RunConfig, _check
+from ..data.images import DataError
+from ..data.text import TextCorpus, load_text_corpus
+from ..diffusion import edm_preconditioning, euler_step, sigma_grid, weighted_loss
+from ..networks.token_transformer import TokenShape, TwoStreamTransformer
+from .base import Task
+
+SIGMA_SAMPLING = ("token", "example")
+
+
+@dataclass
+class ARConfig(RunConfig):
+    """Autoregressive character language model."""
+
+    task: str = "autoregressive"  # fixed
+    num_blocks: int = 4  # B
+    overlap: float = 0.1  # gamma (paper: 0.1 for text generation)
+    weighting: str = "none"  # CE weighting over sigma: edm | batch | clamped | none
+    p_mean: float = 1.0  # mean of ln sigma (see docs/experiments.md: label-like targets)
+    data: str = "shakespeare"  # shakespeare | path to a UTF-8 text file
+    test_fraction: float = 0.1  # held-out tail of a user text file
+    seq_len: int = 128  # characters per training sequence
+    train_subset: int = 0  # use only the first N training sequences (0 = all)
+    depth: int = 8  # transformer layers in total
+    hidden: int = 128  # token width
+    heads: int = 4  # attention heads
+    mlp_ratio: float = 4.0  # MLP width / hidden
+    sigma_sampling: str = "token"  # one sigma per noisy token, or one per sequence ("example")
+    aux_ce: float = 0.0  # weight of the clean stream's next-token CE (0 = pure DiffusionBlocks)
+    bridge_temperature: float = 1.0  # soft bridge softmax(logits / T) @ normalize(E)
+    temperature: float = 1.0  # sampling temperature of generated characters (0 = greedy)
+    eval_sequences: int = 0  # held-out sequences for CE/accuracy (0 = all)
+    eval_batch_size: int = 64  # sequences per evaluation batch
+    eval_subset: int = 32  # held-out sequences for quick estimates during training
+    gen_prompts: int = 16  # continuations generated for the diversity/judge metrics
+    gen_prompt_len: int = 32  # characters of held-out text used as each prompt
+    gen_length: int = 96  # characters generated per prompt
+    judge: str | None = None  # run folder of an end-to-end model that scores continuations
+
+    def validate(self) -> None:
+        super().validate()
+        _check(self, "test_fraction", 0 < self.test_fraction < 1, "a fraction in (0, 1)")
+        _check(self, "seq_len", 2 <= self.seq_len <= 65536, "an integer in [2, 65536]")
+        _check(self, "train_subset", self.train_subset >= 0, "an integer >= 0 (0 = all)")
+        _check(self, "depth", 1 <= self.depth <= 256, "an integer in [1, 256]")
+        _check(self, "hidden", 1 <= self.hidden <= 65536, "an integer >= 1")
+        _check(self, "heads", 1 <= self.heads <= self.hidden, "an integer in [1, hidden]")
+        _check(self, "mlp_ratio", 0 < self.mlp_ratio <= 64, "a number in (0, 64]")
+        if self.sigma_sampling not in SIGMA_SAMPLING:
+            raise ConfigError(
+                f"invalid value for 'sigma_sampling': {self.sigma_sampling!r} (choose one of "
+                f"{', '.join(SIGMA_SAMPLING)})"
+            )
+        _check(self, "aux_ce", 0 <= self.aux_ce <= 100, "a number in [0, 100]")
+        _check(self, "bridge_temperature", 0 <= self.bridge_temperature <= 100, "in [0, 100]")
+        _check(self, "temperature", 0 <= self.temperature <= 100, "in [0, 100] (0 = greedy)")
+        _check(self, "eval_sequences", self.eval_sequences >= 0, "an integer >= 0 (0 = all)")
+        _check(self, "eval_batch_size", self.eval_batch_size >= 1, "an integer >= 1")
+        _check(self, "eval_subset", self.eval_subset >= 1, "an integer >= 1")
+        _check(self, "gen_prompts", self.gen_prompts >= 0, "an integer >= 0")
+        _check(self, "gen_prompt_len", self.gen_prompt_len >= 1, "an integer >= 1")
+        _check(self, "gen_length", self.gen_length >= 1, "an integer >= 1")
+        if self.gen_prompts and self.gen_prompt_len + self.gen_length > self.seq_len:
+            raise ConfigError(
+                f"invalid value for 'gen_length': {self.gen_length} (gen_prompt_len + gen_length "
+                f"must fit in seq_len={self.seq_len})"
+            )
+        if self.hidden % self.heads:
+            raise ConfigError(
+                f"invalid value for 'heads': {self.heads} (must divide hidden={self.hidden})"
+            )
+        if self.method == "dblocks" and self.depth % self.num_blocks:
+            raise ConfigError(
+                f"invalid value for 'num_blocks': {self.num_blocks} (must divide "
+                f"depth={self.depth} so that every block has the same number of layers)"
+            )
+
+
+def causal_mask(t: int, device=None) -> torch.Tensor:
+    """(t, t) bool, True where attention is allowed: position i sees j <= i."""
+    i = torch.arange(t, device=device)
+    return i[:, None] >= i[None, :]
+
+
+def two_stream_mask(t: int, device=None) -> torch.Tensor:
+    """(2t, 2t) bool mask for [clean 0..t-1; noisy 0..t-1] (True = may attend):
+    clean i -> clean j <= i; noisy i -> clean j < i and noisy i; clean never -> noisy."""
+    i = torch.arange(t, device=device)
+    clean_clean = i[:, None] >= i[None, :]
+    noisy_clean = i[:, None] > i[None, :]
+    top = torch.cat([clean_clean, torch.zeros(t, t, dtype=torch.bool, device=device)], 1)
+    bottom = torch.cat([noisy_clean, torch.eye(t, dtype=torch.bool, device=device)], 1)
+    return torch.cat([top, bottom], 0)
+
+
+# ---------------------------------------------------------------------- text metrics
+def distinct_n(texts: list[str], n: int, words: bool = False) -> float:
+    """Unique n-grams / all n-grams over the texts (characters, or whitespace words)."""
+    grams: list[tuple] = []
+    for text in texts:
+        units = text.split() if words else list(text)
+        grams += [tuple(units[i : i + n]) for i in range(len(units) - n + 1)]
+    return len(set(grams)) / len(grams) if grams else 0.0
+
+
+def repetition(texts: list[str], n: int = 4) -> float:
+    """Mean over texts of the fraction of character n-grams that occur more than once."""
+    scores = []
+    for text in texts:
+        grams = [text[i : i + n] for i in range(len(text) - n + 1)]
+        if grams:
+            counts = Counter(grams)
+            scores.append(sum(c for c in counts.values() if c > 1) / len(grams))
+    return sum(scores) / len(scores) if scores else 0.0
+
+
+# ---------------------------------------------------------------------- the tasks
+class _CharLM(Task):
+    config_class = ARConfig
+    config: ARConfig
+
+    def __init__(self, config: ARConfig, device: torch.device):
+        super().__init__(config, device)
+        self.corpus: TextCorpus = load_text_corpus(config.data, config.test_fraction)
+        self.vocab = self.corpus.vocab
+        train = self.corpus.chunks("train", config.seq_len)
+        self.train_seqs = train[: config.train_subset] if config.train_subset else train
+        self.test_seqs = self.corpus.chunks("test", config.seq_len)
+        if config.batch_size > len(self.train_seqs):
+            raise ConfigError(
+                f"invalid value for 'batch_size': {config.batch_size} (larger than the "
+                f"{len(self.train_seqs)} training sequences of {config.seq_len} characters)"
+            )
+        torch.manual_seed(config.seed)
+        self.model = self.build_model()
+        self.model.set_checkpointing(config.checkpointing)
+
+    def build_model(self):
+        c = self.config
+        return TwoStreamTransformer(
+            TokenShape(
+                vocab_in=self.vocab.size,
+                vocab_out=self.vocab.size,
+                max_len=c.seq_len,
+                hidden=c.hidden,
+                depth=c.depth,
+                heads=c.heads,
+                mlp_ratio=c.mlp_ratio,
+                num_blocks=c.units,
+                seed=c.seed,
+            ),
+            materialize_blocks=not c.block_resident,
+        ).to_device(self.device)
+
+    def train_size(self) -> int:
+        return len(self.train_seqs)
+
+    def train_batch(self, indices: torch.Tensor) -> torch.Tensor:
+        return self.train_seqs[indices].to(self.device)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "dataset": self.corpus.name,
+            "held_out": self.corpus.held_out,
+            "vocab_size": self.vocab.size,
+            "train_sequences": len(self.train_seqs),
+            "test_sequences": len(self.test_seqs),
+            "parameters": sum(p.numel() for p in self.model.parameters() if not p.is_meta),
+        }
+
+    def encode_prompt(self, prompt: str) -> torch.Tensor:
+        if not prompt:
+            raise ConfigError("the prompt is empty: give at least one character")
+        try:
+            return self.vocab.encode(prompt)
+        except DataError as err:
+            raise ConfigError(f"prompt has {err}") from None
+
+    # -- next-character predictions for evaluation ------------------------------------------
+    def predict_logits(self, ids: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """Logits (N, T-1, V) for characters 1..T-1 of ids (N, T), each from its prefix."""
+        raise NotImplementedError
+
+    def generate_text(
+        self,
+        length: int,
+        generator: torch.Generator,
+        prompt: str = "",
+        steps: int | None = None,
+        temperature: float | None = None,
+        cache: bool = True,
+    ) -> tuple[str, dict[str, Any]]:
+        raise NotImplementedError
+
+    def _pick(self, logits: torch.Tensor, temperature: float, generator) -> int:
+        if temperature == 0:
+            return int(logits.argmax())
+        probs = (logits.float() / temperature).softmax(-1).cpu()
+        return int(torch.multinomial(probs, 1, generator=generator))
+
+    def _check_generation(self, length: int, prompt_len: int, temperature: float) -> None:
+        if length < 1:
+            raise ConfigError(f"length must be >= 1, got {length}")
+        if not 0 <= temperature <= 100:
+            raise ConfigError(f"temperature must be in [0, 100], got {temperature}")
+        if prompt_len + length > self.config.seq_len:
+            raise ConfigError(
+                f"prompt ({prompt_len}) + length ({length}) exceeds the model's sequence length "
+                f"{self.config.seq_len}"
+            )
+
+    @torch.no_grad()
+    def evaluate(self, quick=False, steps=None, judge=None, **options):
+        given = [k for k, v in options.items() if v not in (None, False)]
+        if given:
+            raise ConfigError(f"language-model evaluation has no option {', '.join(given)}")
+        c = self.config
+        seqs = self.test_seqs[: c.eval_subset] if quick else self.test_seqs
+        if not quick and c.eval_sequences:
+            seqs = seqs[: c.eval_sequences]
+        gen = torch.Generator().manual_seed(c.seed + 1_000_003)
+        self.model.eval()
+        nll, correct, count = 0.0, 0, 0
+        for start in range(0, len(seqs), c.eval_batch_size):
+            ids = seqs[start : start + c.eval_batch_size].to(self.device)
+            logits = self.predict_logits(ids, gen)
+            target = ids[:, 1:]
+            nll += float(F.cross_entropy(logits.transpose(1, 2), target, reduction="sum"))
+            correct += int((logits.argmax(-1) == target).sum())
+            count += target.numel()
+        self.model.train()
+        result: dict[str, Any] = {
+            "heldout_ce": nll / count,
+            "heldout_accuracy": correct / count,
+            "heldout_characters": count,
+            "held_out": self.corpus.held_out,
+            "ce_is_likelihood": isinstance(self, EndToEndAR),
+        }
+        if quick or c.gen_prompts == 0:
+            return result
+        result.update(self.generation_metrics(gen, judge or c.judge, steps))
+        return result
+
+    def generation_metrics(self, gen, judge_dir: str | None, steps=None) -> dict[str, Any]:
+        """Continue ``gen_prompts`` held-out prompts; diversity of the continuations and, with a
+        judge (an end-to-end run folder), their perplexity under it."""
+        c = self.config
+        prompts, continuations = [], []
+        for k in range(min(c.gen_prompts, len(self.test_seqs))):
+            prompt = self.vocab.decode(self.test_seqs[k, : c.gen_prompt_len].tolist())
+            text, _ = self.generate_text(c.gen_length, gen, prompt, steps, c.temperature)
+            prompts.append(prompt)
+            continuations.append(text)
+        out: dict[str, Any] = {
+            "generated": len(continuations),
+            "distinct_1": distinct_n(continuations, 1, words=True),
+            "distinct_2": distinct_n(continuations, 2, words=True),
+            "distinct_4_chars": distinct_n(continuations, 4),
+            "repetition_4_chars": repetition(continuations, 4),
+            "samples": [p + "|" + t for p, t in zip(prompts[:4], continuations[:4], strict=True)],
+        }
+        if judge_dir:
+            out["judge"] = str(judge_dir)
+            out["judge_perplexity"] = judge_perplexity(
+                judge_dir, prompts, continuations, self.device, self.vocab.chars
+            )
+        return out
+
+
+class EndToEndAR(_CharLM):
+    """The baseline: a causal transformer trained to predict the next character."""
+
+    def clean_logits(self, ids: torch.Tensor) -> torch.Tensor:
+        m = self.model
+        n, t = ids.shape
+        x, cond = m.clean_inputs(ids), m.clean_condition(n, t)
+        mask = causal_mask(t, ids.device)
+        for group in m.blocks:
+            x = group(x, cond, mask)
+        return m.head(x, cond)  # (N, T, V): position i predicts character i+1
+
+    def loss(self, unit, batch, generator):
+        logits = self.clean_logits(batch)[:, :-1]
+        loss = F.cross_entropy(logits.transpose(1, 2), batch[:, 1:])
+        return loss, {"loss": loss.item(), "ce": loss.item()}
+
+    def predict_logits(self, ids, generator):
+        return self.clean_logits(ids)[:, :-1]
+
+    @torch.no_grad()
+    def generate_text(self, length, generator, prompt="", steps=None, temperature=None, cache=True):
+        temperature = self.config.temperature if temperature is None else temperature
+        ids = self.encode_prompt(prompt)
+        self._check_generation(length, len(ids), temperature)
+        ids = ids[None].to(self.device)
+        self.model.eval()
+        for _ in range(length):
+            logits = self.clean_logits(ids)[0, -1]
+            token = self._pick(logits, temperature, generator)
+            ids = torch.cat([ids, torch.tensor([[token]], device=self.device)], 1)
+        self.model.train()
+        return self.vocab.decode(ids[0, len(prompt) :].tolist()), {"layer_calls": length}
+
+    @torch.no_grad()
+    def continuation_nll(self, prompt: str, continuation: str) -> tuple[float, int]:
+        """Summed NLL (nats) of the continuation's characters given the prompt, and their count."""
+        ids = self.vocab.encode(prompt + continuation)[None].to(self.device)
+        if ids.shape[1] > self.config.seq_len:
+            raise ConfigError(f"judge sequence length {self.config.seq_len} is too short")
+        logits = self.clean_logits(ids)[0, :-1]
+        nll = F.cross_entropy(logits, ids[0, 1:], reduction="none")[len(prompt) - 1 :]
+        return float(nll.sum()), len(continuation)
+
+
+class BlockwiseAR(_CharLM):
+    """DiffusionBlocks: block b denoises target embeddings for sigma in its interval."""
+
+    def __init__(self, config: ARConfig, device: torch.device):
+        super().__init__(config, device)
+        self.partition = config.block_partition()
+        self.schedule = self.partition.schedule
+
+    def table(self) -> torch.Tensor:
+        """The L2-normalised embedding table: the clean targets."""
+        return F.normalize(self.model.token_embed.weight, dim=-1)
+
+    def route(self, sigma: float) -> int:
+        return int(self.partition.block_of(sigma))
+
+    def denoise_logits(
+        self, unit: int, ids: torch.Tensor, z: torch.Tensor, sigma: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Full two-stream pass of block ``unit``: ids (N, T), noisy targets z (N, T, C) at
+        levels sigma (N, T). Returns logits (N, T, V) for every noisy position, and the clean
+        stream's output (N, T, C)."""
+        m = self.model
+        n, t = ids.shape
+        c_skip, c_out, c_in, c_noise = edm_preconditioning(
+            sigma[..., None], self.schedule.sigma_data
+        )
+        x = torch.cat([m.clean_inputs(ids), m.noisy_inputs(c_in * z)], 1)  # (N, 2T, C)
+        noisy_cond = m.cond_embed(c_noise.reshape(-1)).view(n, t, -1)
+        cond = torch.cat([m.clean_condition(n, t), noisy_cond], 1)
+        h = m.blocks[unit](x, cond, two_stream_mask(t, ids.device))
+        denoised = c_skip * z + c_out * h[:, t:]  # D (SPEC §2)
+        return m.head(denoised, noisy_cond), h[:, :t]
+
+    def _sigmas(self, unit: int, n: int, t: int, generator) -> torch.Tensor:
+        if self.config.sigma_sampling == "token":
+            return self.partition.sample_sigma(unit, n * t, generator, self.device).view(n, t)
+        return self.partition.sample_sigma(unit, n, generator, self.device)[:, None].expand(n, t)
+
+    def loss(self, unit, batch, generator):
+        n, t = batch.shape
+        target = self.table()[batch]  # y_i = normalize(E)[token_i]: (N, T, C)
+        sigma = self._sigmas(unit, n, t, generator)
+        noise = torch.randn(target.shape, generator=generator).to(self.device)
+        z = target + sigma[..., None] * noise
+        logits, clean = self.denoise_logits(unit, batch, z, sigma)
+        ce = F.cross_entropy(logits.transpose(1, 2), batch, reduction="none")  # token i -> i
+        c = self.config
+        loss = weighted_loss(ce.reshape(-1), sigma.reshape(-1), c.weighting, c.sigma_data,
+                             c.weight_clamp)  # fmt: skip
+        logs = {"ce": ce.mean().item()}
+        if c.aux_ce > 0:
+            m = self.model
+            aux_logits = m.head(clean[:, :-1], m.clean_condition(n, t - 1))
+            aux = F.cross_entropy(aux_logits.transpose(1, 2), batch[:, 1:])
+            loss = loss + c.aux_ce * aux
+            logs["aux_ce"] = aux.item()
+        logs["loss"] = loss.item()
+        return loss, logs
+
+    def bridge(self, logits: torch.Tensor) -> torch.Tensor:
+        temperature = self.config.bridge_temperature
+        if temperature == 0:
+            return self.table()[logits.argmax(-1)]
+        return (logits / temperature).softmax(-1) @ self.table()
+
+    def chain_steps(self, steps: int | None) -> list[tuple[float, float, int]]:
+        """(sigma, sigma_next, block) of each denoising step, then (sigma_min, -, block) last."""
+        k = steps or self.config.steps_at_inference
+        if not isinstance(k, int) or k < 1:
+            raise ConfigError(f"steps must be an integer >= 1, got {k!r}")
+        grid = [float(s) for s in sigma_grid(k, self.schedule, self.config.grid)]
+        return [(s, s_next, self.route(s)) for s, s_next in zip(grid[:-1], grid[1:], strict=True)]
+
+    def predict_logits(self, ids, generator, steps=None):
+        """Every position at once: the chain from noise for each noisy token (they do not see
+        each other), then a final call at sigma_min whose logits predict the character."""
+        n, t = ids.shape
+        z = self.schedule.sigma_max * torch.randn(
+            n, t, self.model.shape.hidden, generator=generator
+        )
+        z = z.to(self.device)
+        for sigma, sigma_next, unit in self.chain_steps(steps):
+            s = torch.full((n, t), sigma, device=self.device)
+            logits, _ = self.denoise_logits(unit, ids, z, s)
+            z = euler_step(z, self.bridge(logits), sigma, sigma_next)
+        s_min = self.schedule.sigma_min
+        logits, _ = self.denoise_logits(
+            self.route(s_min), ids, z, torch.full((n, t), s_min, device=self.device)
+        )
+        return logits[:, 1:]  # position i's final prediction is character i (i >= 1)
+
+    # -- generation with a cached clean prefix ----------------------------------------------
+    def _noisy_logits(self, unit, prefix, z, sigma, caches, cached):
+        """Logits (V,) for the noisy token right after ``prefix`` (1, P) at level sigma."""
+        m = self.model
+        p = prefix.shape[1]
+        c_skip, c_out, c_in, c_noise = edm_preconditioning(
+            torch.tensor(sigma, device=self.device), self.schedule.sigma_data
+        )
+        noisy = m.noisy_inputs(c_in * z, start=p)  # (1, 1, C)
+        noisy_cond = m.cond_embed(c_noise.reshape(1)).view(1, 1, -1)
+        block = m.blocks[unit]
+        if cached:
+            if unit not in caches:  # the clean prefix through this block, once per token
+                clean = m.clean_inputs(prefix)
+                _, caches[unit] = block.forward_cached(
+                    clean, m.clean_condition(1, p), mask=causal_mask(p, self.device)
+                )
+            h, _ = block.forward_cached(noisy, noisy_cond, prefix=caches[unit])
+            out = h[:, -1:]
+        else:  # the whole [prefix; noisy] sequence with the two-stream mask, every step
+            x = torch.cat([m.clean_inputs(prefix), noisy], 1)
+            cond = torch.cat([m.clean_condition(1, p), noisy_cond], 1)
+            mask = torch.ones(p + 1, p + 1, dtype=torch.bool, device=self.device)
+            mask[:p, :p] = causal_mask(p, self.device)
+            mask[:p, p] = False
+            out = block(x, cond, mask)[:, -1:]
+        denoised = c_skip * z + c_out * out
+        return m.head(denoised, noisy_cond)[0, 0]
+
+    @torch.no_grad()
+    def generate_text(self, length, generator, prompt="", steps=None, temperature=None, cache=True):
+        temperature = self.config.temperature if temperature is None else temperature
+        ids = self.encode_prompt(prompt)
+        self._check_generation(length, len(ids), temperature)
+        ids = ids[None].to(self.device)
+        chain = self.chain_steps(steps)
+        calls = [0] * len(self.model.blocks)
+        hidden = self.model.shape.hidden
+        self.model.eval()
+        for _ in range(length):
+            caches: dict[int, list] = {}
+            z = self.schedule.sigma_max * torch.randn(1, 1, hidden, generator=generator)
+            z = z.to(self.device)
+            for sigma, sigma_next, unit in chain:
+                logits = self._noisy_logits(unit, ids, z, sigma, caches, cache)
+                calls[unit] += 1
+                z = euler_step(z, self.bridge(logits)[None, None], sigma, sigma_next)
+            s_min = self.schedule.sigma_min
+            unit = self.route(s_min)
+            logits = self._noisy_logits(unit, ids, z, s_min, caches, cache)
+            calls[unit] += 1
+            token = self._pick(logits, temperature, generator)
+            ids = torch.cat([ids, torch.tensor([[token]], device=self.device)], 1)
+        self.model.train()
+        return self.vocab.decode(ids[0, len(prompt) :].tolist()), {
+            "steps": len(chain),
+            "calls_per_unit": calls,
+        }
+
+
+def judge_perplexity(
+    judge_dir, prompts: list[str], continuations: list[str], device, chars: str
+) -> float:
+    """Perplexity (per character) of the continuations under an end-to-end model's run folder."""
+    from ..runs import load_run
+
+    judge, _ = load_run(judge_dir, str(device))
+    if not isinstance(judge, EndToEndAR):
+        raise ConfigError(f"judge {judge_dir} is not an end-to-end autoregressive run")
+    if judge.vocab.chars != chars:
+        raise ConfigError(f"judge {judge_dir} was trained on another vocabulary")
+    judge.model.eval()
+    total, count = 0.0, 0
+    for prompt, text in zip(prompts, continuations, strict=True):
+        nll, n = judge.continuation_nll(prompt, text)
+        total, count = total + nll, count + n
+    return math.exp(total / max(count, 1))

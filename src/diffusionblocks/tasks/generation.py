@@ -1,0 +1,355 @@
+"""Class-conditional image generation with a DiT: DiffusionBlocks (SPEC §6, second row) and the
+end-to-end EDM baseline.
+
+The clean target is the image, standardised and scaled so that its standard deviation is
+sigma_data. DiffusionBlocks: block b is an EDM denoiser
+``D = c_skip * z + c_out * F_b(c_in * z, c_noise, class)`` trained on its (widened) noise interval
+with the L2 loss weighted by w(sigma). End to end: the whole DiT is one such denoiser over the full
+noise range. Labels are dropped (replaced by the "no class" token) with probability
+``label_dropout`` for classifier-free guidance. Sampling: Euler from sigma_max to sigma_min; with
+DiffusionBlocks each step runs only the block that owns its sigma.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ..config import ConfigError, RunConfig, _check
+from ..data.images import ImageDataset, load_image_dataset
+from ..diffusion import edm_preconditioning, euler_sample, sigma_grid, weighted_loss
+from ..networks.dit import DiT, DiTShape
+from .base import Task
+
+
+@dataclass
+class GenerationConfig(RunConfig):
+    """Class-conditional image generation with a DiT."""
+
+    task: str = "generation"  # fixed
+    weighting: str = "edm"  # L2 loss x w(sigma) (EDM); edm | batch | clamped | none
+    inference_steps: int = 50  # Euler steps when sampling
+    data: str = "fashion-mnist"  # fashion-mnist | digits | path to a .npz with x, y
+    data_dir: str | None = None  # Fashion-MNIST folder (default /usr/share/datasets/fashion-mnist)
+    train_subset: int = 0  # use only the first N training images (0 = all)
+    test_subset: int = 0  # use only the first N test images for the held-out loss (0 = all)
+    test_fraction: float = 0.1  # held-out fraction for a .npz without x_test/y_test
+    depth: int = 6  # transformer layers in total
+    hidden: int = 128  # token width
+    heads: int = 4  # attention heads
+    patch_size: int = 4  # square patch side in pixels
+    mlp_ratio: float = 4.0  # MLP width / hidden
+    label_dropout: float = 0.1  # probability of training with the "no class" token (for CFG)
+    cfg_scale: float = 2.0  # guidance weight w: D = D_uncond + w (D_cond - D_uncond); 1 = none
+    fid_samples: int = 1000  # samples for the FID at the end of training (0 = skip)
+    eval_batch_size: int = 500  # images per sampling / evaluation batch
+    eval_subset: int = 1000  # test images for quick held-out losses during training
+
+    def validate(self) -> None:
+        super().validate()
+        _check(self, "train_subset", self.train_subset >= 0, "an integer >= 0 (0 = all)")
+        _check(self, "test_subset", self.test_subset >= 0, "an integer >= 0 (0 = all)")
+        _check(self, "test_fraction", 0 < self.test_fraction < 1, "a fraction in (0, 1)")
+        _check(self, "depth", 1 <= self.depth <= 256, "an integer in [1, 256]")
+        _check(self, "hidden", 1 <= self.hidden <= 65536, "an integer >= 1")
+        _check(self, "heads", 1 <= self.heads <= self.hidden, "an integer in [1, hidden]")
+        _check(self, "patch_size", 1 <= self.patch_size <= 1024, "an integer >= 1")
+        _check(self, "mlp_ratio", 0 < self.mlp_ratio <= 64, "a number in (0, 64]")
+        _check(self, "label_dropout", 0 <= self.label_dropout < 1, "a probability in [0, 1)")
+        _check(self, "cfg_scale", 0 <= self.cfg_scale <= 100, "a number in [0, 100]")
+        _check(self, "fid_samples", 0 <= self.fid_samples <= 1_000_000, "an integer >= 0")
+        _check(self, "inference_steps", self.inference_steps >= 1, "an integer >= 1")
+        _check(self, "eval_batch_size", self.eval_batch_size >= 1, "an integer >= 1")
+        _check(self, "eval_subset", self.eval_subset >= 1, "an integer >= 1")
+        if self.hidden % self.heads:
+            raise ConfigError(
+                f"invalid value for 'heads': {self.heads} (must divide hidden={self.hidden})"
+            )
+        if self.method == "dblocks" and self.depth % self.num_blocks:
+            raise ConfigError(
+                f"invalid value for 'num_blocks': {self.num_blocks} (must divide "
+                f"depth={self.depth} so that every block has the same number of layers)"
+            )
+
+
+class _ImageGeneration(Task):
+    # The targets (pixels, characters) do not depend on the shared modules, so block-parallel
+    # training may give every block its own copy of them (shared=per-block).
+    per_block_shared = True
+
+    """Data, network, the EDM denoiser, sampling and evaluation shared by both methods."""
+
+    config_class = GenerationConfig
+    config: GenerationConfig
+
+    def __init__(self, config: GenerationConfig, device: torch.device):
+        super().__init__(config, device)
+        full = load_image_dataset(config.data, config.data_dir, config.test_fraction)
+        self.data: ImageDataset = full.subset(config.train_subset, config.test_subset)
+        self.reference = full  # the full test split is the FID reference
+        c, h, w = self.data.image_shape
+        if h % config.patch_size or w % config.patch_size:
+            raise ConfigError(
+                f"invalid value for 'patch_size': {config.patch_size} (must divide the "
+                f"{h}x{w} images of {self.data.name})"
+            )
+        if config.batch_size > len(self.data.train_y):
+            raise ConfigError(
+                f"invalid value for 'batch_size': {config.batch_size} (larger than the "
+                f"{len(self.data.train_y)} training images)"
+            )
+        self.pixel_mean = float(self.data.train_x.mean())
+        self.pixel_std = float(self.data.train_x.std()) or 1.0
+        self.schedule = config.noise_schedule()
+        torch.manual_seed(config.seed)
+        self.model = DiT(
+            DiTShape(
+                image_channels=c,
+                image_height=h,
+                image_width=w,
+                patch_size=config.patch_size,
+                num_classes=self.data.num_classes,
+                hidden=config.hidden,
+                depth=config.depth,
+                heads=config.heads,
+                mlp_ratio=config.mlp_ratio,
+                num_blocks=config.units,
+                seed=config.seed,
+            ),
+            materialize_blocks=not config.block_resident,
+        ).to_device(device)
+        self.model.set_checkpointing(config.checkpointing)
+
+    # -- data: pixels in [0, 1] <-> targets with std sigma_data ------------------------------
+    def to_target(self, images: torch.Tensor) -> torch.Tensor:
+        scale = self.schedule.sigma_data / self.pixel_std
+        return ((images - self.pixel_mean) * scale).to(self.device, non_blocking=True)
+
+    def to_pixels(self, target: torch.Tensor) -> torch.Tensor:
+        return (target * (self.pixel_std / self.schedule.sigma_data) + self.pixel_mean).clamp(0, 1)
+
+    def train_size(self) -> int:
+        return len(self.data.train_y)
+
+    def train_batch(self, indices: torch.Tensor):
+        return self.to_target(self.data.train_x[indices]), self.data.train_y[indices].to(
+            self.device
+        )
+
+    def describe(self) -> dict[str, Any]:
+        d = self.data
+        return {
+            "dataset": d.name,
+            "train_examples": len(d.train_y),
+            "test_examples": len(d.test_y),
+            "image_shape": list(d.image_shape),
+            "num_classes": d.num_classes,
+            "parameters": sum(p.numel() for p in self.model.parameters() if not p.is_meta),
+        }
+
+    # -- method-specific pieces ---------------------------------------------------------------
+    def sample_sigma(self, unit: int, n: int, generator: torch.Generator) -> torch.Tensor:
+        raise NotImplementedError
+
+    def network(self, unit: int, x: torch.Tensor, scalar: torch.Tensor, labels: torch.Tensor):
+        raise NotImplementedError
+
+    def route(self, sigma: float) -> int:
+        raise NotImplementedError
+
+    def layers_per_call(self, unit: int) -> int:
+        raise NotImplementedError
+
+    # -- the denoiser and the loss ------------------------------------------------------------
+    def denoise(self, unit: int, z: torch.Tensor, sigma: torch.Tensor, labels: torch.Tensor):
+        """EDM denoiser D(z, sigma, class) of ``unit`` (SPEC §2). z (N, C, H, W), sigma (N,)."""
+        c_skip, c_out, c_in, c_noise = edm_preconditioning(
+            sigma[:, None, None, None], self.schedule.sigma_data
+        )
+        out = self.network(unit, c_in * z, c_noise.flatten(), labels)
+        return c_skip * z + c_out * out
+
+    def loss(self, unit, batch, generator):
+        target, labels = batch
+        n = len(labels)
+        sigma = self.sample_sigma(unit, n, generator)  # (N,)
+        noise = torch.randn(target.shape, generator=generator).to(self.device)
+        z = target + sigma[:, None, None, None] * noise
+        drop = (torch.rand(n, generator=generator) < self.config.label_dropout).to(self.device)
+        labels = torch.where(drop, torch.full_like(labels, self.model.null_class), labels)
+        denoised = self.denoise(unit, z, sigma, labels)
+        l2 = (denoised - target).square().flatten(1).mean(1)  # (N,)
+        c = self.config
+        loss = weighted_loss(l2, sigma, c.weighting, c.sigma_data, c.weight_clamp)
+        return loss, {"loss": loss.item(), "mse": l2.mean().item()}
+
+    # -- sampling -----------------------------------------------------------------------------
+    @torch.no_grad()
+    def generate(
+        self,
+        labels: torch.Tensor,
+        generator: torch.Generator,
+        steps: int | None = None,
+        cfg_scale: float | None = None,
+        grid: str | None = None,
+    ) -> tuple[torch.Tensor, dict[str, Any]]:
+        """Sample one image per label. Returns pixels (N, C, H, W) in [0, 1] and accounting:
+        denoiser calls per block and transformer-layer evaluations per image."""
+        c = self.config
+        steps = c.inference_steps if steps is None else steps
+        w = c.cfg_scale if cfg_scale is None else cfg_scale
+        if not isinstance(steps, int) or steps < 1:
+            raise ConfigError(f"steps must be an integer >= 1, got {steps!r}")
+        if not 0 <= w <= 100:
+            raise ConfigError(f"cfg scale must be in [0, 100], got {w}")
+        bad = [int(v) for v in labels.tolist() if not 0 <= v < self.data.num_classes]
+        if bad:
+            raise ConfigError(f"unknown class {bad[0]}: classes are 0..{self.data.num_classes - 1}")
+        self.model.eval()
+        labels = labels.to(self.device)
+        n = len(labels)
+        null = torch.full_like(labels, self.model.null_class)
+        calls = [0] * len(self.model.blocks)
+        layer_evals = 0
+
+        def denoise(z, sigma, unit):
+            nonlocal layer_evals
+            calls[unit] += 1
+            s = torch.full((n,), sigma, device=self.device)
+            if w == 1.0:
+                layer_evals += self.layers_per_call(unit)
+                return self.denoise(unit, z, s, labels)
+            layer_evals += 2 * self.layers_per_call(unit)
+            both = self.denoise(
+                unit, torch.cat([z, z]), torch.cat([s, s]), torch.cat([labels, null])
+            )
+            cond, uncond = both.chunk(2)
+            return uncond + w * (cond - uncond)
+
+        shape = (n, *self.data.image_shape)
+        z = self.schedule.sigma_max * torch.randn(shape, generator=generator)
+        sigmas = sigma_grid(steps, self.schedule, grid or c.grid)
+        z = euler_sample(denoise, z.to(self.device), sigmas, route=self.route)
+        self.model.train()
+        info = {"steps": steps, "cfg_scale": w, "calls_per_unit": calls,
+                "layer_evals_per_image": layer_evals}  # fmt: skip
+        return self.to_pixels(z).cpu(), info
+
+    def generate_balanced(
+        self, n: int, generator: torch.Generator, **kwargs
+    ) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
+        """n samples, classes in turn (0, 1, ..., K-1, 0, ...), in batches of eval_batch_size."""
+        labels = torch.arange(n) % self.data.num_classes
+        images, info = [], {}
+        for start in range(0, n, self.config.eval_batch_size):
+            out, info = self.generate(labels[start : start + self.config.eval_batch_size],
+                                      generator, **kwargs)  # fmt: skip
+            images.append(out)
+        return torch.cat(images), labels, info
+
+    # -- evaluation ---------------------------------------------------------------------------
+    @torch.no_grad()
+    def heldout_mse(self, generator: torch.Generator, limit: int | None = None) -> dict[str, Any]:
+        """Held-out denoising MSE of every unit on its own noise range (fixed draws)."""
+        x, y = self.data.test_x, self.data.test_y
+        if limit:
+            x, y = x[:limit], y[:limit]
+        self.model.eval()
+        out = []
+        for unit in range(len(self.model.blocks)):
+            total, count = 0.0, 0
+            for start in range(0, len(y), self.config.eval_batch_size):
+                target = self.to_target(x[start : start + self.config.eval_batch_size])
+                labels = y[start : start + self.config.eval_batch_size].to(self.device)
+                sigma = self.sample_sigma(unit, len(labels), generator)
+                noise = torch.randn(target.shape, generator=generator).to(self.device)
+                z = target + sigma[:, None, None, None] * noise
+                err = (self.denoise(unit, z, sigma, labels) - target).square()
+                total += float(err.flatten(1).mean(1).sum())
+                count += len(labels)
+            out.append(total / count)
+        self.model.train()
+        return {"heldout_mse_per_unit": out}
+
+    def evaluate(self, quick=False, steps=None, fid_samples=None, inception=False, **options):
+        if options:
+            raise ConfigError(f"generation evaluation has no option {', '.join(options)}")
+        c = self.config
+        gen = torch.Generator().manual_seed(c.seed + 1_000_003)
+        result: dict[str, Any] = self.heldout_mse(gen, c.eval_subset if quick else None)
+        n = c.fid_samples if fid_samples is None else fid_samples
+        if quick or n == 0:
+            return result
+        from .. import fid
+
+        if self.reference.name != "fashion-mnist" or self.data.image_shape != (1, 28, 28):
+            raise fid.EvaluatorError(
+                f"FID uses the Fashion-MNIST evaluator and test set; this run's data is "
+                f"{self.data.name} {self.data.image_shape} (set fid_samples=0 to skip)"
+            )
+        evaluator = fid.EvaluatorFeatures(self.device)
+        ref = self.reference.test_x
+        ref_stats = fid.feature_stats(fid.extract(evaluator, ref))
+        for s in sorted({c.inference_steps, *(steps or [])}):
+            samples, labels, info = self.generate_balanced(
+                n, torch.Generator().manual_seed(c.seed + 7), steps=s
+            )
+            score = fid.frechet_distance(
+                *fid.feature_stats(fid.extract(evaluator, samples)), *ref_stats
+            )
+            predicted = torch.cat([evaluator.predict(samples[i : i + 1000])
+                                   for i in range(0, n, 1000)])  # fmt: skip
+            counts = torch.bincount(predicted, minlength=self.data.num_classes).tolist()
+            entry = {
+                "fid": score,
+                "samples": n,
+                "class_counts": counts,
+                "class_agreement": float((predicted == labels).float().mean()),
+                **info,
+            }
+            if inception:
+                entry["fid_inception"] = fid.fid_against(fid.InceptionFeatures(self.device),
+                                                         samples, ref)  # fmt: skip
+            if s == c.inference_steps:
+                result.update(entry)
+            result.setdefault("steps_sweep", {})[str(s)] = entry
+        return result
+
+
+class EndToEndGeneration(_ImageGeneration):
+    """The baseline: the whole DiT is one EDM denoiser over the full noise range."""
+
+    def sample_sigma(self, unit, n, generator):
+        return self.schedule.sample(n, generator, device=self.device)
+
+    def network(self, unit, x, scalar, labels):
+        return self.model.run_all(x, scalar, labels)
+
+    def route(self, sigma):
+        return 0
+
+    def layers_per_call(self, unit):
+        return self.config.depth
+
+
+class BlockwiseGeneration(_ImageGeneration):
+    """DiffusionBlocks: block b denoises over its own sigma interval; sampling runs one block per
+    step, the one that owns the step's sigma."""
+
+    def __init__(self, config: GenerationConfig, device: torch.device):
+        super().__init__(config, device)
+        self.partition = config.block_partition()
+
+    def sample_sigma(self, unit, n, generator):
+        return self.partition.sample_sigma(unit, n, generator, self.device)
+
+    def network(self, unit, x, scalar, labels):
+        return self.model.run_block(unit, x, scalar, labels)
+
+    def route(self, sigma):
+        return int(self.partition.block_of(sigma))
+
+    def layers_per_call(self, unit):
+        return len(self.model.blocks[unit])

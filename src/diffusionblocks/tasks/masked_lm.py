@@ -1,0 +1,327 @@
+"""Masked-diffusion language model (MD4-style) over characters: DiffusionBlocks (SPEC §6, third row)
+and the end-to-end baseline.
+
+DiffusionBlocks: block b is a bidirectional transformer that predicts the masked characters of
+x_t for masking times t in its interval (block 0 = most masked), trained with the continuous-time
+ELBO ``(1/t) * sum_{masked} CE``. End to end: the whole network over t ~ U(t_min, 1). Held-out
+bits per character come from the same ELBO estimator for both (each t routed to its block).
+Sampling: ancestral unmasking from t = 1 to 0 over S steps, each step run by the block owning t.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from ..config import ConfigError, RunConfig, _check
+from ..data.images import DataError
+from ..data.text import TextCorpus, load_text_corpus
+from ..diffusion.masking import (
+    T_MIN,
+    TimePartition,
+    elbo_weight,
+    mask_tokens,
+    sample_t_full,
+)
+from ..networks.token_transformer import TokenShape, TokenTransformer
+from .base import Task
+
+
+@dataclass
+class MaskedLMConfig(RunConfig):
+    """Masked-diffusion character language model."""
+
+    task: str = "masked-lm"  # fixed
+    inference_steps: int = 128  # ancestral unmasking steps when sampling
+    data: str = "shakespeare"  # shakespeare | path to a UTF-8 text file
+    test_fraction: float = 0.1  # held-out tail of a user text file
+    seq_len: int = 128  # characters per training sequence
+    train_subset: int = 0  # use only the first N training sequences (0 = all)
+    depth: int = 6  # transformer layers in total
+    hidden: int = 128  # token width
+    heads: int = 4  # attention heads
+    mlp_ratio: float = 4.0  # MLP width / hidden
+    eval_draws: int = 8  # masking times per held-out sequence for the BPC estimate
+    eval_sequences: int = 0  # held-out sequences for the BPC estimate (0 = all)
+    eval_batch_size: int = 256  # sequences per evaluation batch
+    eval_subset: int = 64  # held-out sequences for quick estimates during training
+
+    def validate(self) -> None:
+        super().validate()
+        _check(self, "test_fraction", 0 < self.test_fraction < 1, "a fraction in (0, 1)")
+        _check(self, "seq_len", 2 <= self.seq_len <= 65536, "an integer in [2, 65536]")
+        _check(self, "train_subset", self.train_subset >= 0, "an integer >= 0 (0 = all)")
+        _check(self, "depth", 1 <= self.depth <= 256, "an integer in [1, 256]")
+        _check(self, "hidden", 1 <= self.hidden <= 65536, "an integer >= 1")
+        _check(self, "heads", 1 <= self.heads <= self.hidden, "an integer in [1, hidden]")
+        _check(self, "mlp_ratio", 0 < self.mlp_ratio <= 64, "a number in (0, 64]")
+        _check(self, "eval_draws", 1 <= self.eval_draws <= 10_000, "an integer in [1, 10000]")
+        _check(self, "eval_sequences", self.eval_sequences >= 0, "an integer >= 0 (0 = all)")
+        _check(self, "eval_batch_size", self.eval_batch_size >= 1, "an integer >= 1")
+        _check(self, "eval_subset", self.eval_subset >= 1, "an integer >= 1")
+        _check(self, "inference_steps", self.inference_steps >= 1, "an integer >= 1")
+        if self.hidden % self.heads:
+            raise ConfigError(
+                f"invalid value for 'heads': {self.heads} (must divide hidden={self.hidden})"
+            )
+        if self.method == "dblocks" and self.depth % self.num_blocks:
+            raise ConfigError(
+                f"invalid value for 'num_blocks': {self.num_blocks} (must divide "
+                f"depth={self.depth} so that every block has the same number of layers)"
+            )
+
+
+class _MaskedLM(Task):
+    # The targets (pixels, characters) do not depend on the shared modules, so block-parallel
+    # training may give every block its own copy of them (shared=per-block).
+    per_block_shared = True
+
+    config_class = MaskedLMConfig
+    config: MaskedLMConfig
+
+    def __init__(self, config: MaskedLMConfig, device: torch.device):
+        super().__init__(config, device)
+        self.corpus: TextCorpus = load_text_corpus(config.data, config.test_fraction)
+        self.vocab = self.corpus.vocab
+        train = self.corpus.chunks("train", config.seq_len)
+        self.train_seqs = train[: config.train_subset] if config.train_subset else train
+        self.test_seqs = self.corpus.chunks("test", config.seq_len)
+        if config.batch_size > len(self.train_seqs):
+            raise ConfigError(
+                f"invalid value for 'batch_size': {config.batch_size} (larger than the "
+                f"{len(self.train_seqs)} training sequences of {config.seq_len} characters)"
+            )
+        torch.manual_seed(config.seed)
+        self.model = TokenTransformer(
+            TokenShape(
+                vocab_in=self.vocab.size + 1,  # + mask token
+                vocab_out=self.vocab.size,
+                max_len=config.seq_len,
+                hidden=config.hidden,
+                depth=config.depth,
+                heads=config.heads,
+                mlp_ratio=config.mlp_ratio,
+                num_blocks=config.units,
+                seed=config.seed,
+            ),
+            materialize_blocks=not config.block_resident,
+        ).to_device(device)
+        self.model.set_checkpointing(config.checkpointing)
+
+    # -- method-specific --------------------------------------------------------------------
+    def sample_t(self, unit: int, n: int, generator: torch.Generator) -> torch.Tensor:
+        raise NotImplementedError
+
+    def network(self, unit: int, ids: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def route(self, t: float) -> int:
+        raise NotImplementedError
+
+    # -- data -------------------------------------------------------------------------------
+    def train_size(self) -> int:
+        return len(self.train_seqs)
+
+    def train_batch(self, indices: torch.Tensor) -> torch.Tensor:
+        return self.train_seqs[indices].to(self.device)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "dataset": self.corpus.name,
+            "held_out": self.corpus.held_out,
+            "vocab_size": self.vocab.size,
+            "train_characters": len(self.corpus.train_ids),
+            "test_characters": len(self.corpus.test_ids),
+            "train_sequences": len(self.train_seqs),
+            "test_sequences": len(self.test_seqs),
+            "parameters": sum(p.numel() for p in self.model.parameters() if not p.is_meta),
+        }
+
+    # -- the ELBO ---------------------------------------------------------------------------
+    def elbo_terms(
+        self, unit: int, ids: torch.Tensor, t: torch.Tensor, generator: torch.Generator
+    ) -> torch.Tensor:
+        """Per-sequence ELBO term in nats per character: (1/t) * sum_{masked} CE / T."""
+        x_t, masked = mask_tokens(ids, t.float(), self.vocab.mask_id, generator)
+        logits = self.network(unit, x_t, t.float().to(self.device))  # (N, T, V)
+        ce = F.cross_entropy(logits.transpose(1, 2), ids, reduction="none")  # (N, T)
+        weight = elbo_weight(t.to(self.device).float())  # (N,)
+        return weight * (ce * masked).sum(1) / ids.shape[1]
+
+    def loss(self, unit, batch, generator):
+        t = self.sample_t(unit, len(batch), generator)
+        terms = self.elbo_terms(unit, batch, t, generator)
+        loss = terms.mean()
+        return loss, {"loss": loss.item(), "bpc_term": loss.item() / math.log(2)}
+
+    @torch.no_grad()
+    def estimate_bpc(self, sequences: torch.Tensor, draws: int, seed: int) -> dict[str, Any]:
+        """Held-out bits per character from the ELBO: for each sequence, ``draws`` masking times
+        stratified over (t_min, 1] (draw k in [k/K, (k+1)/K), unbiased for the integral), each
+        routed to the block that owns it. Returns the mean, its standard error over sequences,
+        and the counts."""
+        gen = torch.Generator().manual_seed(seed)
+        self.model.eval()
+        per_seq = []
+        bs = self.config.eval_batch_size
+        for start in range(0, len(sequences), bs):
+            ids = sequences[start : start + bs].to(self.device)
+            n = len(ids)
+            total = torch.zeros(n, device=self.device)
+            for k in range(draws):
+                u = torch.rand(n, generator=gen, dtype=torch.float64)
+                t = (k + u) / draws
+                t = t.clamp(min=T_MIN)
+                owners = self._owners(t)
+                for unit in owners.unique().tolist():
+                    sel = owners == unit
+                    total[sel.to(self.device)] += self.elbo_terms(
+                        unit, ids[sel.to(self.device)], t[sel], gen
+                    )
+            per_seq.append((total / draws).cpu())
+        self.model.train()
+        values = torch.cat(per_seq).double() / math.log(2)
+        return {
+            "bpc": float(values.mean()),
+            "bpc_stderr": float(values.std() / math.sqrt(len(values))) if len(values) > 1 else 0.0,
+            "sequences": len(values),
+            "draws_per_sequence": draws,
+            "characters": len(values) * sequences.shape[1],
+        }
+
+    def _owners(self, t: torch.Tensor) -> torch.Tensor:
+        return torch.tensor([self.route(float(x)) for x in t], dtype=torch.long)
+
+    def evaluate(self, quick=False, steps=None, **options):
+        given = [k for k, v in options.items() if v not in (None, False)]
+        if given:
+            raise ConfigError(f"masked-LM evaluation has no option {', '.join(given)}")
+        c = self.config
+        seqs = self.test_seqs
+        if quick:
+            seqs = seqs[: c.eval_subset]
+        elif c.eval_sequences:
+            seqs = seqs[: c.eval_sequences]
+        result = self.estimate_bpc(seqs, c.eval_draws, c.seed + 1_000_003)
+        result["held_out"] = self.corpus.held_out
+        if not quick:
+            # Per-unit ELBO share: the estimate restricted to each unit's own interval.
+            result["per_unit"] = self.per_unit_terms(seqs[: min(len(seqs), 256)], c.seed + 17)
+        return result
+
+    def per_unit_terms(self, seqs: torch.Tensor, seed: int) -> list[dict[str, Any]]:
+        raise NotImplementedError
+
+    # -- sampling ---------------------------------------------------------------------------
+    @torch.no_grad()
+    def generate_text(
+        self,
+        length: int,
+        generator: torch.Generator,
+        prompt: str = "",
+        steps: int | None = None,
+        temperature: float = 1.0,
+    ) -> tuple[str, dict[str, Any]]:
+        """Ancestral unmasking: start from ``prompt`` followed by ``length`` masks; over S steps
+        t goes 1 -> 0; at the step from t to s each masked position is revealed with probability
+        (t - s)/t, drawn from the network that owns t. The last step (s = 0) reveals the rest."""
+        c = self.config
+        steps = c.inference_steps if steps is None else steps
+        if not isinstance(steps, int) or steps < 1:
+            raise ConfigError(f"steps must be an integer >= 1, got {steps!r}")
+        if length < 1:
+            raise ConfigError(f"length must be >= 1, got {length}")
+        if not 0 < temperature <= 100:
+            raise ConfigError(f"temperature must be in (0, 100], got {temperature}")
+        prefix = self.vocab.encode(prompt) if prompt else torch.zeros(0, dtype=torch.long)
+        total = len(prefix) + length
+        if total > c.seq_len:
+            raise ConfigError(
+                f"prompt ({len(prefix)}) + length ({length}) = {total} exceeds the model's "
+                f"sequence length {c.seq_len}"
+            )
+        ids = torch.cat([prefix, torch.full((length,), self.vocab.mask_id)])[None]
+        ids = ids.to(self.device)
+        calls = [0] * len(self.model.blocks)
+        self.model.eval()
+        grid = [1 - k / steps for k in range(steps + 1)]
+        for t, s in zip(grid[:-1], grid[1:], strict=True):
+            masked = ids == self.vocab.mask_id
+            if not masked.any():
+                break
+            unit = self.route(t)
+            calls[unit] += 1
+            logits = self.network(unit, ids, torch.full((1,), t, device=self.device))
+            probs = (logits / temperature).softmax(-1)[0].cpu()  # (T, V)
+            draw = torch.multinomial(probs, 1, generator=generator)[:, 0].to(self.device)
+            reveal = torch.rand(ids.shape[1], generator=generator).to(self.device) < (t - s) / t
+            ids = torch.where(masked & reveal[None], draw[None], ids)
+        self.model.train()
+        out = ids[0].cpu()
+        assert not (out == self.vocab.mask_id).any(), "a mask survived the last step"
+        return self.vocab.decode(out[len(prefix) :].tolist()), {
+            "steps": steps,
+            "calls_per_unit": calls,
+        }
+
+
+class EndToEndMaskedLM(_MaskedLM):
+    """The baseline: one network over all masking times."""
+
+    def sample_t(self, unit, n, generator):
+        return sample_t_full(n, generator)
+
+    def network(self, unit, ids, t):
+        return self.model.run_all(ids, t)
+
+    def route(self, t):
+        return 0
+
+    def per_unit_terms(self, seqs, seed):
+        return []
+
+
+class BlockwiseMaskedLM(_MaskedLM):
+    """DiffusionBlocks: block b predicts masked characters for t in its interval."""
+
+    def __init__(self, config: MaskedLMConfig, device: torch.device):
+        super().__init__(config, device)
+        self.partition = TimePartition(config.num_blocks, config.overlap)
+
+    def sample_t(self, unit, n, generator):
+        return self.partition.sample_t(unit, n, generator)
+
+    def network(self, unit, ids, t):
+        return self.model.run_block(unit, ids, t)
+
+    def route(self, t):
+        return int(self.partition.block_of(t))
+
+    @torch.no_grad()
+    def per_unit_terms(self, seqs, seed):
+        """Each block's share of the held-out ELBO (t uniform in its own interval, times the
+        interval's width): the shares add up to the BPC."""
+        gen = torch.Generator().manual_seed(seed)
+        out = []
+        self.model.eval()
+        for unit in range(self.config.num_blocks):
+            lo, hi = self.partition.interval(unit)
+            ids = seqs.to(self.device)
+            lo_t = max(lo, T_MIN)
+            t = lo_t + (hi - lo_t) * torch.rand(len(ids), generator=gen, dtype=torch.float64)
+            terms = self.elbo_terms(unit, ids, t, gen)
+            share = float(terms.mean()) * (hi - lo) / math.log(2)
+            out.append({"block": unit, "t_interval": [lo, hi], "bpc_share": share})
+        self.model.train()
+        return out
+
+
+def _check_prompt(vocab, prompt: str) -> None:  # used by the CLI for a clear error
+    try:
+        vocab.encode(prompt)
+    except DataError as err:
+        raise ConfigError(f"prompt has {err}") from None

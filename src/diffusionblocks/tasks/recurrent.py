@@ -1,0 +1,288 @@
+"""Recurrent-depth character language model (Huginn-style), two ways (SPEC §6, fifth row):
+
+- ``bptt`` (baseline): the state starts from noise, the weight-tied core runs a random number of
+  iterations (uniform in 1..2*mean_iterations-1) and gradients flow only through the last
+  ``truncation`` of them; the coda reads the final state.
+- ``dblocks``: the state is the noisy embedding of the next character, z = y + sigma * eps with
+  sigma from the whole range; ONE core application is trained as the EDM denoiser
+  D = c_skip z + c_out core(c_in z) and the coda reads D into logits (CE weighted over sigma).
+  Inference runs K core applications as an Euler chain from sigma_max (soft bridge between them),
+  the last one at sigma_min giving the prediction.
+
+Same corpus, same evaluation and generation metrics as the autoregressive model, so tables line
+up. Every step reports the layer evaluations it ran (forward and backward), for the compute
+accounting.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ..config import ConfigError, _check
+from ..diffusion import edm_preconditioning, euler_step, sigma_grid, weighted_loss
+from ..networks.recurrent import RecurrentDepthLM, RecurrentShape
+from .autoregressive import ARConfig, _CharLM
+
+RECURRENT_METHODS = ("dblocks", "bptt")
+
+
+@dataclass
+class RecurrentConfig(ARConfig):
+    """Recurrent-depth character language model."""
+
+    task: str = "recurrent"  # fixed
+    num_blocks: int = 1  # one trained unit (the whole recurrent network)
+    overlap: float = 0.0  # unused: the core is one denoiser over the whole sigma range
+    depth: int = 8  # distinct layers: prelude + core + coda
+    prelude: int = 2  # layers before the loop
+    core: int = 4  # layers of the weight-tied core
+    coda: int = 2  # layers after the loop
+    mean_iterations: int = 16  # bptt: mean number of core iterations per training step
+    truncation: int = 4  # bptt: backpropagate through the last k iterations only
+    init_std: float = 1.0  # bptt: std of the initial state noise
+    inference_steps: int = 16  # K: core applications at inference (both methods)
+
+    @classmethod
+    def methods(cls) -> tuple[str, ...]:
+        return RECURRENT_METHODS
+
+    @property
+    def units(self) -> int:
+        return 1
+
+    @property
+    def block_resident(self) -> bool:
+        return False
+
+    def validate(self) -> None:
+        super().validate()
+        for name in ("prelude", "core", "coda"):
+            _check(self, name, 1 <= getattr(self, name) <= 64, "an integer in [1, 64]")
+        if self.depth != self.prelude + self.core + self.coda:
+            raise ConfigError(
+                f"invalid value for 'depth': {self.depth} (must equal prelude + core + coda = "
+                f"{self.prelude + self.core + self.coda})"
+            )
+        _check(self, "num_blocks", self.num_blocks == 1, "1 (the recurrent model is one unit)")
+        _check(self, "aux_ce", self.aux_ce == 0, "0 (aux_ce applies to the autoregressive task)")
+        _check(self, "mean_iterations", 1 <= self.mean_iterations <= 1000, "in [1, 1000]")
+        _check(self, "truncation", 1 <= self.truncation <= 1000, "an integer in [1, 1000]")
+        _check(self, "init_std", 0 < self.init_std <= 100, "a number in (0, 100]")
+        _check(self, "inference_steps", self.inference_steps >= 1, "an integer >= 1")
+
+
+class _RecurrentLM(_CharLM):
+    config_class = RecurrentConfig
+    config: RecurrentConfig
+    model: RecurrentDepthLM
+
+    def build_model(self):
+        c = self.config
+        shape = RecurrentShape(
+            vocab=self.vocab.size, max_len=c.seq_len, hidden=c.hidden, heads=c.heads,
+            prelude=c.prelude, core=c.core, coda=c.coda, mlp_ratio=c.mlp_ratio, seed=c.seed,
+        )  # fmt: skip
+        return RecurrentDepthLM(shape).to(self.device)
+
+    def layers_in_unit(self, unit: int) -> int:
+        c = self.config
+        return c.prelude + c.core + c.coda
+
+    def unit_parameters(self, unit: int):
+        return list(self.model.blocks[0].parameters())
+
+    def inference_layer_evals(self, k: int) -> int:
+        """Layer evaluations per predicted character with k core applications."""
+        raise NotImplementedError
+
+    def states(self, e: torch.Tensor, k: int, generator, last_only: bool) -> torch.Tensor:
+        """Logits after k core applications for every position of e (N, T, C), or only the last
+        position (last_only)."""
+        raise NotImplementedError
+
+    def predict_logits(self, ids, generator, steps=None):
+        k = steps or self.config.inference_steps
+        e = self.model.encode(ids)[:, :-1]  # position j predicts character j+1
+        return self.states(e, k, generator, last_only=False)
+
+    @torch.no_grad()
+    def generate_text(self, length, generator, prompt="", steps=None, temperature=None, cache=True):
+        temperature = self.config.temperature if temperature is None else temperature
+        ids = self.encode_prompt(prompt)
+        self._check_generation(length, len(ids), temperature)
+        ids = ids[None].to(self.device)
+        k = steps or self.config.inference_steps
+        self.model.eval()
+        for _ in range(length):
+            e = self.model.encode(ids)
+            logits = self.states(e, k, generator, last_only=True)[0, -1]
+            token = self._pick(logits, temperature, generator)
+            ids = torch.cat([ids, torch.tensor([[token]], device=self.device)], 1)
+        self.model.train()
+        return self.vocab.decode(ids[0, len(prompt) :].tolist()), {"core_applications": k}
+
+    @torch.no_grad()
+    def evaluate(self, quick=False, steps=None, judge=None, **options):
+        result = super().evaluate(quick=quick, steps=None, judge=judge, **options)
+        result["inference_steps"] = self.config.inference_steps
+        result["inference_layer_evals_per_char"] = self.inference_layer_evals(
+            self.config.inference_steps
+        )
+        if quick or not steps:
+            return result
+        # Test-time depth: held-out CE/accuracy with k core applications.
+        c = self.config
+        seqs = self.test_seqs[: c.eval_sequences] if c.eval_sequences else self.test_seqs
+        self.model.eval()
+        sweep = {}
+        for k in sorted(set(steps)):
+            gen = torch.Generator().manual_seed(c.seed + 1_000_003)
+            nll, correct, count = 0.0, 0, 0
+            for start in range(0, len(seqs), c.eval_batch_size):
+                ids = seqs[start : start + c.eval_batch_size].to(self.device)
+                logits = self.predict_logits(ids, gen, steps=k)
+                target = ids[:, 1:]
+                nll += float(F.cross_entropy(logits.transpose(1, 2), target, reduction="sum"))
+                correct += int((logits.argmax(-1) == target).sum())
+                count += target.numel()
+            sweep[str(k)] = {
+                "heldout_ce": nll / count,
+                "heldout_accuracy": correct / count,
+                "layer_evals_per_char": self.inference_layer_evals(k),
+            }
+        self.model.train()
+        result["depth_sweep"] = sweep
+        return result
+
+
+class TruncatedBPTTRecurrent(_RecurrentLM):
+    """The baseline: random depth, truncated backprop through the last k iterations."""
+
+    def loss(self, unit, batch, generator):
+        c, m = self.config, self.model
+        e = m.encode(batch)[:, :-1]
+        n, t, h = e.shape
+        k_total = int(torch.randint(1, 2 * c.mean_iterations, (1,), generator=generator))
+        state = c.init_std * torch.randn(n, t, h, generator=generator).to(self.device)
+        cond = m.constant_condition(n, t)
+        with_grad = min(c.truncation, k_total)
+        with torch.no_grad():
+            for _ in range(k_total - with_grad):
+                state = m.core_step(e.detach(), state, cond.detach())
+        for _ in range(with_grad):
+            state = m.core_step(e, state, cond)
+        logits = m.readout(e, state, cond)
+        loss = F.cross_entropy(logits.transpose(1, 2), batch[:, 1:])
+        return loss, {
+            "loss": loss.item(),
+            "ce": loss.item(),
+            "iterations": k_total,
+            "layer_evals": c.prelude + k_total * c.core + c.coda,
+            "backward_layer_evals": c.prelude + with_grad * c.core + c.coda,
+        }
+
+    def inference_layer_evals(self, k):
+        c = self.config
+        return c.prelude + k * c.core + c.coda
+
+    def states(self, e, k, generator, last_only):
+        c, m = self.config, self.model
+        n, t, h = e.shape
+        if last_only:
+            e_state = e
+            state = c.init_std * torch.randn(n, 1, h, generator=generator).to(self.device)
+            cond = m.constant_condition(n, 1)
+            for _ in range(k):
+                state = self._last(m.core_step, e_state, state, cond)
+            return self._last(m.readout, e_state, state, cond)
+        state = c.init_std * torch.randn(n, t, h, generator=generator).to(self.device)
+        cond = m.constant_condition(n, t)
+        for _ in range(k):
+            state = m.core_step(e, state, cond)
+        return m.readout(e, state, cond)
+
+    @staticmethod
+    def _last(fn, e, state, cond):
+        """Apply ``fn`` to the last position only: its state sees the whole clean prefix. Padding
+        the earlier positions with copies keeps the two-stream mask unchanged (states never see
+        each other)."""
+        t = e.shape[1]
+        full_state = state.expand(-1, t, -1)
+        full_cond = cond.expand(-1, t, -1)
+        return fn(e, full_state, full_cond)[:, -1:]
+
+
+class BlockwiseRecurrent(_RecurrentLM):
+    """DiffusionBlocks: one core application, trained as a denoiser over all sigma."""
+
+    def __init__(self, config: RecurrentConfig, device: torch.device):
+        super().__init__(config, device)
+        self.schedule = config.noise_schedule()
+
+    def table(self) -> torch.Tensor:
+        return F.normalize(self.model.token_embed.weight, dim=-1)
+
+    def denoise(self, e, z, sigma):
+        """Logits (N, T, V) from one core application at levels sigma (N, T)."""
+        m = self.model
+        c_skip, c_out, c_in, c_noise = edm_preconditioning(
+            sigma[..., None], self.schedule.sigma_data
+        )
+        cond = m.condition(c_noise[..., 0])
+        out = m.core_step(e, c_in * z, cond)
+        return m.readout(e, c_skip * z + c_out * out, cond)
+
+    def loss(self, unit, batch, generator):
+        c, m = self.config, self.model
+        e = m.encode(batch)[:, :-1]
+        n, t, _ = e.shape
+        target = self.table()[batch[:, 1:]]  # the next character's embedding
+        if c.sigma_sampling == "token":
+            sigma = self.schedule.sample(n * t, generator, device=self.device).view(n, t)
+        else:
+            sigma = self.schedule.sample(n, generator, device=self.device)[:, None].expand(n, t)
+        z = target + sigma[..., None] * torch.randn(target.shape, generator=generator).to(
+            self.device
+        )
+        logits = self.denoise(e, z, sigma)
+        ce = F.cross_entropy(logits.transpose(1, 2), batch[:, 1:], reduction="none")
+        loss = weighted_loss(ce.reshape(-1), sigma.reshape(-1), c.weighting, c.sigma_data,
+                             c.weight_clamp)  # fmt: skip
+        layers = c.prelude + c.core + c.coda
+        return loss, {"loss": loss.item(), "ce": ce.mean().item(), "layer_evals": layers,
+                      "backward_layer_evals": layers}  # fmt: skip
+
+    def inference_layer_evals(self, k):
+        c = self.config
+        return c.prelude + k * (c.core + c.coda)  # every application reads out for the bridge
+
+    def bridge(self, logits):
+        temperature = self.config.bridge_temperature
+        if temperature == 0:
+            return self.table()[logits.argmax(-1)]
+        return (logits / temperature).softmax(-1) @ self.table()
+
+    def states(self, e, k, generator, last_only):
+        n, t, h = e.shape
+        positions = 1 if last_only else t
+        z = self.schedule.sigma_max * torch.randn(n, positions, h, generator=generator)
+        z = z.to(self.device)
+        if k == 1:
+            levels = [self.schedule.sigma_max]
+        else:
+            levels = [float(s) for s in sigma_grid(k - 1, self.schedule, self.config.grid)]
+
+        def logits_at(z, sigma):
+            s = torch.full((n, positions), sigma, device=self.device)
+            if not last_only:
+                return self.denoise(e, z, s)
+            return TruncatedBPTTRecurrent._last(
+                lambda e_, z_, s_: self.denoise(e_, z_, s_[..., 0]), e, z, s[..., None]
+            )
+
+        for sigma, sigma_next in zip(levels[:-1], levels[1:], strict=True):
+            z = euler_step(z, self.bridge(logits_at(z, sigma)), sigma, sigma_next)
+        return logits_at(z, levels[-1])

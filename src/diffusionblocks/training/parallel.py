@@ -1,0 +1,305 @@
+"""Block-parallel training on ``torch.distributed``.
+
+Launch: ``torchrun --nproc-per-node N -m diffusionblocks train --preset P --set parallel=true``.
+World size = (number of trained blocks) x (data-parallel degree). Rank r trains block
+``units[r // dp]`` on data shard ``r % dp``; it builds **only its block** (the others stay on the
+meta device) plus the shared modules. Every step is one step of the ``synchronous`` schedule:
+the same global batch for every block, each block's noise from its own generator, so a parallel
+run computes what a single-process ``schedule=synchronous`` run computes.
+
+Shared modules (``shared``):
+- ``sync``: their gradients are averaged over all ranks every step (all-reduce); every rank holds
+  the same copy. In expectation this is the paper's random schedule with a B-times larger batch.
+- ``frozen``: not updated (their initial values, or those of ``shared_init``).
+- ``per-block``: every block trains its own copy, no communication between blocks. Only for tasks
+  whose target space does not depend on the shared modules (image generation, masked LM).
+
+Checkpoints: ``RUN/blocks/block-{b}/step-*`` (the block's tensors, optimizer, RNG and trainer
+state; written by the block's first rank) and ``RUN/shared/step-*`` (or ``RUN/shared-block-{b}``
+for per-block), each with metadata naming the config hash, the block, its noise interval and the
+version (sha256) of the shared modules it trained with. ``dblocks assemble`` joins them.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from ..config import ConfigError
+from .checkpoint import Checkpoint, encode_tensors, latest_checkpoint, save_checkpoint
+from .trainer import Trainer
+
+# Keys that may differ between the processes that trained the blocks of one model: which blocks a
+# process trains, whether it ran under torchrun, and how it treated the shared modules (retraining
+# one block against the final shared modules is shared=frozen + shared_init).
+PARALLEL_HASH_IGNORE = ("blocks", "parallel", "shared", "shared_init")
+
+
+@dataclass
+class ParallelContext:
+    rank: int
+    world: int
+    dp: int  # data-parallel degree within a block group
+    block: int  # the block this rank trains
+    dp_rank: int
+    units: tuple[int, ...]  # all trained blocks
+    block_group: Any = None  # process group of this block's ranks (None: world 1 or dp 1)
+    initialized: bool = False  # whether this module initialised torch.distributed
+
+    @property
+    def is_block_leader(self) -> bool:
+        return self.dp_rank == 0
+
+
+def layout(units: tuple[int, ...], world: int, rank: int) -> ParallelContext:
+    """Assign ranks to blocks; refuse a world size that does not fit."""
+    k = len(units)
+    if world < k or world % k:
+        raise ConfigError(
+            f"parallel training of {k} block(s) {list(units)} needs a world size that is a "
+            f"multiple of {k} (one or more processes per block), got {world}; launch with "
+            f"torchrun --nproc-per-node {k} (or 2x, 3x ... for data parallelism within blocks), "
+            "or select fewer blocks with --set blocks=..."
+        )
+    dp = world // k
+    return ParallelContext(rank, world, dp, units[rank // dp], rank % dp, tuple(units))
+
+
+def init_distributed(config) -> ParallelContext:
+    """Read torchrun's environment, initialise the process group (gloo on CPU, NCCL on CUDA)
+    and the per-block groups. A single process training a single block needs no torchrun."""
+    units = config.trained_units
+    if "WORLD_SIZE" not in os.environ:
+        if len(units) == 1:
+            return layout(units, 1, 0)
+        raise ConfigError(
+            f"parallel=true with {len(units)} blocks needs torchrun (no WORLD_SIZE in the "
+            f"environment): torchrun --nproc-per-node {len(units)} -m diffusionblocks train ..."
+        )
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    ctx = layout(units, world, rank)
+    device = config.device
+    cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+    if world > 1 and not dist.is_initialized():
+        backend = "nccl" if cuda else "gloo"
+        if cuda:
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+        dist.init_process_group(backend, timeout=datetime.timedelta(minutes=30))
+        ctx.initialized = True
+    if world > 1 and ctx.dp > 1:
+        for u in units:  # every rank creates every group, in the same order
+            ranks = [r for r in range(world) if units[r // ctx.dp] == u]
+            group = dist.new_group(ranks)
+            if u == ctx.block:
+                ctx.block_group = group
+    return ctx
+
+
+def shutdown(ctx: ParallelContext) -> None:
+    if ctx.initialized and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+def barrier(ctx: ParallelContext) -> None:
+    if ctx.world > 1 and dist.is_initialized():
+        dist.barrier()
+
+
+def tensors_version(state: dict[str, torch.Tensor]) -> str:
+    """sha256 (16 hex digits) of a state dict's safetensors encoding."""
+    return hashlib.sha256(encode_tensors(state)).hexdigest()[:16]
+
+
+class ParallelTrainer(Trainer):
+    """A :class:`Trainer` for one rank of a block-parallel run."""
+
+    can_evaluate = False
+
+    def __init__(self, task, run_dir, ctx: ParallelContext, progress=True, log=print):
+        super().__init__(task, run_dir, progress=progress and ctx.rank == 0, log=log)
+        c = self.config
+        self.ctx = ctx
+        self.synchronous = True
+        self.total_steps = self.steps_per_unit
+        self.local_units = [ctx.block]
+        self.resident = False  # the other blocks are never built here, nothing to offload
+        if c.shared == "per-block" and not getattr(task, "per_block_shared", False):
+            raise ConfigError(
+                f"shared=per-block is not allowed for task {c.task!r}: its target space depends "
+                "on the shared modules (label/token embeddings), so blocks must share them; use "
+                "shared=sync or shared=frozen"
+            )
+        if self.run_dir is not None:
+            name = f"metrics-block-{ctx.block}.jsonl" if ctx.is_block_leader else None
+            self.metrics.path = self.run_dir / name if name else None
+        # Different data shards within a block group; same batches across blocks.
+        if ctx.dp > 1:
+            base = dict(self.unit_generators)
+            self.unit_generators = {
+                u: torch.Generator().manual_seed(base[u].initial_seed() + 7919 * ctx.dp_rank)
+                for u in base
+            }
+        if c.shared_init:
+            self._load_shared_from(c.shared_init)
+        if c.shared == "frozen":
+            for p in self.shared_params:
+                p.requires_grad_(False)
+        self.model.materialize_block(ctx.block, self.model.device)
+
+    @property
+    def shared_trainable(self) -> bool:
+        return self.config.shared != "frozen"
+
+    def units_at(self, step: int) -> list[int]:
+        return [self.ctx.block]
+
+    def _load_shared_from(self, run_dir: str) -> None:
+        """Shared modules from a block-parallel run's latest shared checkpoint, or from any run
+        or model folder that ``dblocks eval`` accepts."""
+        path = latest_checkpoint(Path(run_dir) / "shared")
+        if path is not None:
+            state = Checkpoint(path).tensors("shared")
+        else:
+            from ..runs import load_run
+
+            other, _ = load_run(run_dir, str(self.model.device))
+            state = {
+                k: v for k, v in other.model.state_dict().items() if not k.startswith("blocks.")
+            }
+        expected = {k for k in self.model.state_dict() if not k.startswith("blocks.")}
+        if set(state) != expected:
+            raise ConfigError(f"shared_init={run_dir}: its shared modules do not fit this model")
+        self.model.load_state_dict(state, strict=False)
+
+    # -- gradients ---------------------------------------------------------------------------
+    def reduce_gradients(self, units, unit_params) -> None:
+        ctx, c = self.ctx, self.config
+        if ctx.world == 1:
+            return
+        if ctx.dp > 1:
+            for p in unit_params[ctx.block]:
+                if p.grad is not None:
+                    dist.all_reduce(p.grad, group=ctx.block_group)
+                    p.grad /= ctx.dp
+        if c.shared == "sync":
+            for p in self.shared_params:
+                grad = p.grad if p.grad is not None else torch.zeros_like(p)
+                dist.all_reduce(grad)
+                p.grad = grad / ctx.world
+        elif c.shared == "per-block" and ctx.dp > 1:
+            for p in self.shared_params:
+                grad = p.grad if p.grad is not None else torch.zeros_like(p)
+                dist.all_reduce(grad, group=ctx.block_group)
+                p.grad = grad / ctx.dp
+
+    def synchronous_step(self, units, batch):
+        if self.config.shared == "frozen":
+            for p in self.shared_params:
+                p.grad = None
+        return super().synchronous_step(units, batch)
+
+    # -- checkpoints --------------------------------------------------------------------------
+    def shared_dir(self) -> Path:
+        assert self.run_dir is not None
+        if self.config.shared == "per-block":
+            return self.run_dir / f"shared-block-{self.ctx.block}"
+        return self.run_dir / "shared"
+
+    def block_dir(self, block: int | None = None) -> Path:
+        assert self.run_dir is not None
+        return self.run_dir / "blocks" / f"block-{self.ctx.block if block is None else block}"
+
+    def _save(self) -> Path:
+        """Each block's leader writes its block; rank 0 (per-block: each leader) the shared
+        modules. Returns this rank's block checkpoint folder."""
+        ctx, c = self.ctx, self.config
+        shared = self._shared_state()
+        version = tensors_version(shared)
+        path = self.block_dir()
+        if ctx.is_block_leader:
+            b = ctx.block
+            meta = {
+                "task": c.task,
+                "method": c.method,
+                "config_hash": c.config_hash(ignore=PARALLEL_HASH_IGNORE),
+                "block": b,
+                "units": len(self.model.blocks),
+                "noise_interval": self.task.block_interval(b),
+                "shared_policy": c.shared,
+                "shared_version": version,
+                "total_steps": self.total_steps,
+            }
+            objects = {
+                "optimizer": self.optimizer_for(b).state_dict(),
+                "trainer": {
+                    "step": self.step,
+                    "unit_steps": list(self.unit_steps),
+                    "generator": self.unit_generators[b].get_state(),
+                    "train_seconds": self.train_seconds,
+                    "layer_evals": self.layer_evals,
+                    "backward_layer_evals": self.backward_layer_evals,
+                    "step_times": {str(u): list(t) for u, t in self.step_times.items()},
+                },
+            }
+            path = save_checkpoint(
+                path, self.step, {"block": self.model.blocks[b].state_dict()}, objects, meta,
+                c.keep_checkpoints,
+            )  # fmt: skip
+        shared_writer = ctx.is_block_leader if c.shared == "per-block" else ctx.rank == 0
+        if shared_writer:
+            objects = {}
+            if self.shared_trainable:
+                objects["optimizer"] = self.shared_optimizer.state_dict()
+            meta = {
+                "task": c.task,
+                "config_hash": c.config_hash(ignore=PARALLEL_HASH_IGNORE),
+                "shared_policy": c.shared,
+                "shared_version": version,
+                "block": ctx.block if c.shared == "per-block" else None,
+            }
+            save_checkpoint(self.shared_dir(), self.step, {"shared": shared}, objects, meta,
+                            c.keep_checkpoints)  # fmt: skip
+        barrier(ctx)
+        return path
+
+    def resume(self) -> bool:
+        """Load this block's latest checkpoint and the shared modules it trained with."""
+        ctx = self.ctx
+        path = latest_checkpoint(self.block_dir())
+        if path is None:
+            return False
+        ckpt = Checkpoint(path)
+        from .checkpoint import CheckpointError
+
+        expect = self.config.config_hash(ignore=PARALLEL_HASH_IGNORE)
+        if ckpt.meta.get("config_hash") != expect or ckpt.meta.get("block") != ctx.block:
+            raise CheckpointError(
+                f"{path} is block {ckpt.meta.get('block')} of config {ckpt.meta.get('config_hash')}"
+                f"; this rank trains block {ctx.block} of config {expect}"
+            )
+        shared_path = latest_checkpoint(self.shared_dir())
+        if shared_path is None:
+            raise CheckpointError(f"{self.shared_dir()} has no checkpoint for block {ctx.block}")
+        shared_ckpt = Checkpoint(shared_path)
+        self.model.load_state_dict(shared_ckpt.tensors("shared"), strict=False)
+        if shared_ckpt.has("optimizer.pt") and self.shared_trainable:
+            self.shared_optimizer.load_state_dict(shared_ckpt.obj("optimizer"))
+        self.model.materialize_block(ctx.block, self.model.device, ckpt.tensors("block"))
+        self.optimizers.clear()
+        self._pending_optimizer[ctx.block] = ckpt.obj("optimizer")
+        state = ckpt.obj("trainer")
+        self.step = int(state["step"])
+        self.unit_steps = [int(s) for s in state["unit_steps"]]
+        self.unit_generators[ctx.block].set_state(state["generator"])
+        self.train_seconds = float(state.get("train_seconds", 0.0))
+        self.layer_evals = int(state.get("layer_evals", 0))
+        self.backward_layer_evals = int(state.get("backward_layer_evals", 0))
+        return True

@@ -1,0 +1,92 @@
+"""Fault injection helpers shared by the tests and scripts/experiments/fault_campaign.py."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+TRAIN = ["--preset", "tiny", "--set", "epochs=3", "--set", "checkpoint_every=3",
+         "--set", "device=cpu", "--no-progress"]  # fmt: skip
+
+
+def dblocks(*args: str, **kw) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "diffusionblocks", *args]
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, **kw)  # fmt: skip
+
+
+def final_weights(run: Path) -> dict[str, bytes]:
+    """The bytes of every tensor file of the run's latest checkpoint."""
+    ckpt = run / "checkpoints" / (run / "checkpoints" / "latest").read_text().strip()
+    return {p.name: p.read_bytes() for p in ckpt.iterdir() if p.suffix == ".safetensors"}
+
+
+def check_complete(run: Path) -> list[str]:
+    """Problems with the files a killed run left: every non-temporary file must be whole."""
+    from diffusionblocks.training.checkpoint import Checkpoint, latest_checkpoint
+
+    problems = []
+    if (run / "config.json").exists():
+        try:
+            json.loads((run / "config.json").read_text())
+        except json.JSONDecodeError:
+            problems.append("config.json is torn")
+    if (run / "results.json").exists():
+        try:
+            json.loads((run / "results.json").read_text())
+        except json.JSONDecodeError:
+            problems.append("results.json is torn")
+    if (run / "checkpoints").exists():
+        path = latest_checkpoint(run / "checkpoints")
+        if path is not None:
+            try:
+                Checkpoint(path).verify()
+            except Exception as err:  # noqa: BLE001 - any failure is a problem to report
+                problems.append(f"latest checkpoint does not verify: {err}")
+    return problems
+
+
+def kill_and_resume(run: Path, reference: dict[str, bytes], rng: random.Random,
+                    max_delay: float = 9.0) -> dict:  # fmt: skip
+    """Start training, SIGKILL it after a random delay, check what is on disk, resume to the end
+    and compare the final weights with an uninterrupted run's."""
+    proc = dblocks("train", *TRAIN, "--out", str(run))
+    delay = rng.uniform(0.5, max_delay)
+    time.sleep(delay)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    record = {"delay_s": round(delay, 2), "problems": check_complete(run)}
+    latest = run / "checkpoints" / "latest"
+    record["resumed_from"] = latest.read_text().strip() if latest.exists() else None
+    args = (
+        ["train", "--out", str(run), "--resume", "--no-progress"]
+        if (run / "config.json").exists()
+        else ["train", *TRAIN, "--out", str(run)]
+    )
+    resumed = dblocks(*args)
+    out, err = resumed.communicate(timeout=600)
+    record["resume_exit"] = resumed.returncode
+    record["resume_stderr"] = err[-500:] if resumed.returncode else ""
+    leftovers = [p.name for p in run.rglob(".*") if p.name not in (".", "..")]
+    record["leftover_temporary"] = leftovers
+    metrics_ok = True
+    for line in (run / "metrics.jsonl").read_text().splitlines():
+        try:
+            json.loads(line)
+        except json.JSONDecodeError:
+            metrics_ok = False
+    record["metrics_whole"] = metrics_ok
+    record["bit_exact"] = resumed.returncode == 0 and final_weights(run) == reference
+    record["ok"] = (
+        not record["problems"] and resumed.returncode == 0 and not leftovers and metrics_ok
+        and record["bit_exact"]
+    )  # fmt: skip
+    return record

@@ -1,0 +1,99 @@
+"""Autoregressive LM with DiffusionBlocks: the two-stream mask, target alignment, cached
+generation, metrics, CLI and bad input."""
+
+import json
+
+import pytest
+import torch
+
+from diffusionblocks.cli import main
+from diffusionblocks.registry import make_config, make_task
+from diffusionblocks.tasks.autoregressive import distinct_n, repetition, two_stream_mask
+
+
+def ar_task(**overrides):
+    return make_task(make_config("ar-tiny", {"device": "cpu", **overrides}), torch.device("cpu"))
+
+
+def test_two_stream_mask():
+    t = 5
+    m = two_stream_mask(t)
+    for i in range(t):
+        # clean token i: clean tokens <= i, never a noisy one
+        assert m[i, :t].tolist() == [j <= i for j in range(t)]
+        assert not m[i, t:].any()
+        # noisy token i: clean tokens < i and itself only
+        assert m[t + i, :t].tolist() == [j < i for j in range(t)]
+        assert m[t + i, t:].tolist() == [j == i for j in range(t)]
+
+
+def test_noisy_token_i_is_paired_with_target_token_i():
+    """With almost no noise, z_i is target i's embedding. An oracle that reads the token off z
+    has zero loss only if the loss pairs noisy position i with character i (not i+1)."""
+    task = ar_task(sigma_min=0.0005, sigma_max=0.001, p_mean=-7.0, overlap=0.0)
+    batch = task.train_batch(torch.arange(8))
+    seen = {}
+
+    def oracle(unit, ids, z, sigma):
+        seen["z"] = z
+        logits = 1000 * z @ task.table().T
+        return logits, torch.zeros(*ids.shape, task.model.shape.hidden)
+
+    task.denoise_logits = oracle
+    loss, logs = task.loss(0, batch, torch.Generator().manual_seed(0))
+    assert torch.equal((seen["z"] @ task.table().T).argmax(-1), batch)
+    assert logs["ce"] < 1e-3
+
+
+def test_cached_and_uncached_generation_give_identical_tokens():
+    task = ar_task()
+    from diffusionblocks.training import Trainer
+
+    Trainer(task, None, progress=False).fit()  # non-trivial weights
+    a, info = task.generate_text(10, torch.Generator().manual_seed(3), "ROMEO", temperature=0)
+    b, _ = task.generate_text(10, torch.Generator().manual_seed(3), "ROMEO", temperature=0,
+                              cache=False)  # fmt: skip
+    assert a == b and len(a) == 10
+    assert sum(info["calls_per_unit"]) == 10 * (2 + 1)  # K = B steps + the final call
+    c, _ = task.generate_text(10, torch.Generator().manual_seed(5), "ROMEO", temperature=1.0)
+    d, _ = task.generate_text(10, torch.Generator().manual_seed(5), "ROMEO", temperature=1.0,
+                              cache=False)  # fmt: skip
+    assert c == d
+
+
+def test_text_metrics():
+    assert distinct_n(["a b a b"], 1, words=True) == pytest.approx(2 / 4)
+    assert distinct_n(["abcd"], 2) == 1.0
+    assert repetition(["abababab"], 2) == 1.0 and repetition(["abcdefgh"], 2) == 0.0
+
+
+def test_aux_ce_adds_the_clean_next_token_term():
+    task = ar_task(aux_ce=0.5)
+    _, logs = task.loss(0, task.train_batch(torch.arange(8)), torch.Generator().manual_seed(0))
+    assert "aux_ce" in logs and logs["aux_ce"] > 0
+
+
+def test_cli_end_to_end_with_judge_and_bad_input(tmp_path, capsys):
+    judge, run = str(tmp_path / "judge"), str(tmp_path / "db")
+    assert main(["train", "--preset", "ar-tiny", "--set", "method=e2e", "--out", judge,
+                 "--no-progress"]) == 0  # fmt: skip
+    assert main(["train", "--preset", "ar-tiny", "--out", run, "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["eval", "--run", run, "--judge", judge, "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["judge_perplexity"] > 1 and not out["ce_is_likelihood"]
+    assert 0 <= out["heldout_accuracy"] <= 1 and "distinct_1" in out
+    assert main(["sample", "--run", run, "--prompt", "KING", "--length", "8",
+                 "--temperature", "0"]) == 0  # fmt: skip
+    assert capsys.readouterr().out.startswith("KING")
+    for argv, message in (
+        (["--length", "5", "--prompt", ""], "--prompt is empty"),
+        (["--length", "5"], "the prompt is empty"),
+        (["--length", "5", "--prompt", "\u4e2d\u6587"], "outside the vocabulary"),
+        (["--length", "0", "--prompt", "A"], "--length must be >= 1"),
+        (["--length", "-3", "--prompt", "A"], "--length must be >= 1"),
+    ):
+        assert main(["sample", "--run", run, *argv]) == 2, argv
+        assert message in capsys.readouterr().err
+    assert main(["eval", "--run", run, "--judge", run]) == 2
+    assert "not an end-to-end" in capsys.readouterr().err

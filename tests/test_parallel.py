@@ -1,0 +1,175 @@
+"""Block-parallel training (torchrun + gloo on 127.0.0.1), per-block checkpoints, assembly."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from diffusionblocks.assemble import AssembleError, assemble
+from diffusionblocks.cli import main
+from diffusionblocks.training.checkpoint import Checkpoint, latest_checkpoint
+
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+
+
+def torchrun(nproc: int, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": SRC}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+           f"--nproc-per-node={nproc}", "-m", "diffusionblocks", "train", "--no-progress",
+           *args]  # fmt: skip
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def two_block_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("par") / "run"
+    proc = torchrun(2, "--preset", "tiny", "--set", "parallel=true", "--set", "device=cpu",
+                    "--out", str(out))  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out
+
+
+def test_each_rank_holds_only_its_block(two_block_run):
+    results = json.loads((two_block_run / "results.json").read_text())
+    assert results["parallel"]["world"] == 2
+    for rank in results["ranks"]:
+        assert rank["materialized_blocks"] == [rank["block"]]
+        assert rank["optimizer_units"] == [rank["block"]]
+    assert sorted(r["block"] for r in results["ranks"]) == [0, 1]
+    assert results["accounting"]["steps_per_unit"] == [22, 22]
+    assert 0 <= results["eval"]["accuracy"] <= 1
+
+
+def test_parallel_equals_the_single_process_synchronous_run(two_block_run, tmp_path):
+    single = tmp_path / "single"
+    assert main(["train", "--preset", "tiny", "--set", "schedule=synchronous", "--set",
+                 "device=cpu", "--out", str(single), "--no-progress"]) == 0  # fmt: skip
+    a = load_file(assemble(single) / "model.safetensors")
+    b = load_file(two_block_run / "model" / "model.safetensors")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=1e-6), k
+
+
+def test_assembled_model_is_the_union_of_the_blocks_bitwise(two_block_run):
+    model = load_file(two_block_run / "model" / "model.safetensors")
+    for b in (0, 1):
+        block = Checkpoint(latest_checkpoint(two_block_run / "blocks" / f"block-{b}"))
+        for k, v in block.tensors("block").items():
+            assert torch.equal(model[f"blocks.{b}.{k}"], v)
+        assert block.meta["noise_interval"] and block.meta["block"] == b
+    shared = Checkpoint(latest_checkpoint(two_block_run / "shared")).tensors("shared")
+    for k, v in shared.items():
+        assert torch.equal(model[k], v)
+    card = json.loads((two_block_run / "model" / "config.json").read_text())
+    assert card["shared_policy"] == "sync" and set(card["blocks"]) == {"0", "1"}
+
+
+def _copy(run: Path, tmp_path: Path) -> Path:
+    dest = tmp_path / "copy"
+    shutil.copytree(run, dest)
+    shutil.rmtree(dest / "model")
+    return dest
+
+
+def _edit_meta(folder: Path, **changes):
+    meta_path = latest_checkpoint(folder) / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    meta.update(changes)
+    meta_path.write_text(json.dumps(meta))
+
+
+def test_assemble_errors(two_block_run, tmp_path):
+    run = _copy(two_block_run, tmp_path)
+    shutil.rmtree(run / "blocks" / "block-1")
+    with pytest.raises(AssembleError, match=r"blocks \[1\] are missing"):
+        assemble(run)
+
+    run = _copy(two_block_run, tmp_path / "b")
+    shutil.copytree(run / "blocks" / "block-0", run / "blocks" / "block-0-old")
+    with pytest.raises(AssembleError, match="block 0 is present more than once"):
+        assemble(run)
+
+    run = _copy(two_block_run, tmp_path / "c")
+    _edit_meta(run / "blocks" / "block-1", config_hash="0000000000000000")
+    with pytest.raises(AssembleError, match="block 1 .* belongs to another config"):
+        assemble(run)
+
+    run = _copy(two_block_run, tmp_path / "d")
+    _edit_meta(run / "blocks" / "block-0", shared_version="feedfeedfeedfeed")
+    with pytest.raises(AssembleError, match=r"blocks \[0\] trained with another version"):
+        assemble(run)
+
+    run = _copy(two_block_run, tmp_path / "e")
+    _edit_meta(run / "blocks" / "block-1", block=5)
+    with pytest.raises(AssembleError, match=r"blocks \[5\] do not exist"):
+        assemble(run)
+
+    run = _copy(two_block_run, tmp_path / "f")
+    shutil.rmtree(run / "shared")
+    with pytest.raises(AssembleError, match="no checkpoint of the shared modules"):
+        assemble(run)
+
+
+def test_retrain_one_block_alone_against_frozen_shared(two_block_run, tmp_path):
+    run = _copy(two_block_run, tmp_path)
+    before = {
+        p.name: p.read_bytes() for p in latest_checkpoint(run / "blocks" / "block-0").iterdir()
+    }
+    code = main(["train", "--preset", "tiny", "--set", "parallel=true", "--set", "blocks=1",
+                 "--set", "shared=frozen", "--set", f"shared_init={run}", "--set", "device=cpu",
+                 "--set", "seed=0", "--out", str(run), "--no-progress"])  # fmt: skip
+    assert code == 0
+    after = {
+        p.name: p.read_bytes() for p in latest_checkpoint(run / "blocks" / "block-0").iterdir()
+    }
+    assert before == after  # block 0 untouched
+    model = load_file(assemble(run) / "model.safetensors")
+    old = load_file(two_block_run / "model" / "model.safetensors")
+    assert not torch.equal(model["blocks.1.layers.0.attn.qkv.weight"],
+                           old["blocks.1.layers.0.attn.qkv.weight"])  # fmt: skip
+    for k in old:
+        if not k.startswith("blocks.1."):
+            assert torch.equal(model[k], old[k]), k
+
+
+def test_three_processes_and_a_bad_world_size(tmp_path):
+    out = tmp_path / "three"
+    proc = torchrun(3, "--preset", "tiny", "--set", "depth=6", "--set", "num_blocks=3",
+                    "--set", "parallel=true", "--set", "device=cpu", "--out", str(out))  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((out / "results.json").read_text())
+    assert sorted(r["block"] for r in results["ranks"]) == [0, 1, 2]
+    assert all(r["materialized_blocks"] == [r["block"]] for r in results["ranks"])
+    proc = torchrun(3, "--preset", "tiny", "--set", "parallel=true", "--set", "device=cpu",
+                    "--out", str(tmp_path / "bad"))  # fmt: skip
+    assert proc.returncode != 0 and "needs a world size that is a multiple of 2" in proc.stderr
+
+
+def test_per_block_shared_policy(tmp_path, capsys):
+    assert main(["train", "--preset", "tiny", "--set", "parallel=true", "--set", "blocks=0",
+                 "--set", "shared=per-block", "--out", str(tmp_path / "x")]) == 2  # fmt: skip
+    assert "shared=per-block is not allowed for task 'classification'" in capsys.readouterr().err
+    out = tmp_path / "mdm"
+    proc = torchrun(2, "--preset", "mdm-tiny", "--set", "parallel=true", "--set",
+                    "shared=per-block", "--set", "device=cpu", "--out", str(out))  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    model = load_file(out / "model" / "model.safetensors")
+    assert "shared_per_block.0.token_embed.weight" in model
+    assert not torch.equal(model["shared_per_block.0.token_embed.weight"],
+                           model["shared_per_block.1.token_embed.weight"])  # fmt: skip
+    capsys.readouterr()
+    assert main(["eval", "--run", str(out), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["bpc"] > 0
+
+
+def test_parallel_without_torchrun_needs_one_block(tmp_path, capsys):
+    assert main(["train", "--preset", "tiny", "--set", "parallel=true",
+                 "--out", str(tmp_path / "r")]) == 2  # fmt: skip
+    assert "needs torchrun" in capsys.readouterr().err

@@ -1,0 +1,108 @@
+"""Recurrent depth: weight tying, truncated backprop, one core application per DiffusionBlocks
+step, exact compute accounting, test-time depth, CLI."""
+
+import json
+
+import torch
+
+from diffusionblocks.cli import main
+from diffusionblocks.registry import make_config, make_task
+from diffusionblocks.training import Trainer
+
+
+def rec_task(**overrides):
+    return make_task(
+        make_config("recurrent-tiny", {"device": "cpu", **overrides}), torch.device("cpu")
+    )
+
+
+def _count_core_calls(task):
+    calls = []
+    task.model.stack.core.register_forward_hook(
+        lambda mod, inp, out: calls.append(out.requires_grad)
+    )
+    return calls
+
+
+def test_one_set_of_core_weights_whatever_k():
+    a = rec_task(mean_iterations=2, inference_steps=2)
+    b = rec_task(mean_iterations=32, inference_steps=32)
+    count = lambda t: sum(p.numel() for p in t.model.parameters())  # noqa: E731
+    assert count(a) == count(b)
+    assert len(list(a.model.stack.core.layers)) == 2  # core = 2 layers, applied K times
+
+
+def test_truncated_backprop_stops_beyond_k_iterations():
+    task = rec_task(method="bptt", mean_iterations=6, truncation=2)
+    calls = _count_core_calls(task)
+    for seed in range(5):
+        calls.clear()
+        loss, logs = task.loss(
+            0, task.train_batch(torch.arange(4)), torch.Generator().manual_seed(seed)
+        )
+        k = logs["iterations"]
+        assert len(calls) == k
+        assert calls == [False] * (k - min(2, k)) + [True] * min(2, k)
+        assert logs["backward_layer_evals"] == 1 + min(2, k) * 2 + 1
+        assert logs["layer_evals"] == 1 + k * 2 + 1
+
+
+def test_dblocks_step_runs_the_core_exactly_once():
+    task = rec_task(method="dblocks")
+    calls = _count_core_calls(task)
+    loss, logs = task.loss(0, task.train_batch(torch.arange(4)), torch.Generator().manual_seed(0))
+    loss.backward()
+    assert calls == [True] and logs["layer_evals"] == 4
+    assert all(p.grad is not None for p in task.model.stack.core.parameters())
+
+
+def test_compute_accounting_is_exact():
+    for method in ("bptt", "dblocks"):
+        task = rec_task(method=method)
+        trainer = Trainer(task, None, progress=False)
+        per_step = []
+        original = task.loss
+
+        def spy(unit, batch, gen, original=original, per_step=per_step):
+            loss, logs = original(unit, batch, gen)
+            per_step.append((logs["layer_evals"], logs["backward_layer_evals"]))
+            return loss, logs
+
+        task.loss = spy
+        acc = trainer.fit()["accounting"]
+        bs = task.config.batch_size
+        assert acc["layer_evaluations"] == sum(f for f, _ in per_step) * bs
+        assert acc["backward_layer_evaluations"] == sum(b for _, b in per_step) * bs
+        assert (
+            acc["compute_layer_units"]
+            == acc["layer_evaluations"] + 2 * acc["backward_layer_evaluations"]
+        )
+
+
+def test_inference_depth_changes_the_cost_and_runs():
+    for method in ("bptt", "dblocks"):
+        task = rec_task(method=method)
+        ids = task.test_seqs[:2]
+        for k in (1, 3):
+            logits = task.predict_logits(ids, torch.Generator().manual_seed(0), steps=k)
+            assert logits.shape == (2, ids.shape[1] - 1, task.vocab.size)
+        assert task.inference_layer_evals(8) > task.inference_layer_evals(2)
+        text, _ = task.generate_text(5, torch.Generator().manual_seed(0), "KING", temperature=0)
+        assert len(text) == 5
+
+
+def test_cli_end_to_end_with_depth_sweep(tmp_path, capsys):
+    for method in ("bptt", "dblocks"):
+        run = str(tmp_path / method)
+        assert main(["train", "--preset", "recurrent-tiny", "--set", f"method={method}",
+                     "--out", run, "--no-progress"]) == 0  # fmt: skip
+        capsys.readouterr()
+        assert main(["eval", "--run", run, "--steps", "1", "2", "4", "--json"]) == 0
+        out = json.loads(capsys.readouterr().out)
+        assert set(out["depth_sweep"]) == {"1", "2", "4"}
+        results = json.loads((tmp_path / method / "results.json").read_text())
+        assert results["accounting"]["compute_layer_units"] > 0
+    assert main(["train", "--preset", "recurrent-tiny", "--set", "method=e2e"]) == 2
+    assert "choose one of dblocks, bptt" in capsys.readouterr().err
+    assert main(["train", "--preset", "recurrent-tiny", "--set", "core=3"]) == 2
+    assert "prelude + core + coda" in capsys.readouterr().err
