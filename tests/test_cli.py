@@ -151,6 +151,8 @@ def test_bad_input_is_a_named_error(tmp_path, capsys, monkeypatch, argv, message
     assert code == 2
     assert __import__("re").search(message, err), err
     assert "Traceback" not in err
+    # Refused before anything was written: the same command, corrected, can reuse its --out.
+    assert not (tmp_path / "runs").exists()
 
 
 def test_resume_with_changed_config_is_refused(tmp_path, capsys):

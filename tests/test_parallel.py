@@ -155,7 +155,12 @@ def test_three_processes_and_a_bad_world_size(tmp_path):
 def test_per_block_shared_policy(tmp_path, capsys):
     assert main(["train", "--preset", "tiny", "--set", "parallel=true", "--set", "blocks=0",
                  "--set", "shared=per-block", "--out", str(tmp_path / "x")]) == 2  # fmt: skip
-    assert "shared=per-block is not allowed for task 'classification'" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "invalid value for 'shared': 'per-block'" in err and "label embeddings" in err
+    assert not (tmp_path / "x").exists()  # refused before the run folder was created
+    assert main(["train", "--preset", "recurrent-tiny", "--set", "parallel=true",
+                 "--out", str(tmp_path / "rec")]) == 2  # fmt: skip
+    assert "invalid value for 'parallel'" in capsys.readouterr().err
     out = tmp_path / "mdm"
     proc = torchrun(2, "--preset", "mdm-tiny", "--set", "parallel=true", "--set",
                     "shared=per-block", "--set", "device=cpu", "--out", str(out))  # fmt: skip

@@ -58,6 +58,14 @@ def read_run_config(run_dir: str | os.PathLike) -> RunConfig:
     return config_from_dict(config_class(cfg["task"]), cfg)
 
 
+def refuse_existing_run(run_dir: Path) -> None:
+    """A new run never writes into a folder that holds another run."""
+    if (Path(run_dir) / "config.json").exists():
+        raise ConfigError(
+            f"{run_dir} already holds a run; pass --resume to continue it or choose another --out"
+        )
+
+
 def prepare_run_dir(
     config: RunConfig,
     run_dir: str | os.PathLike,
@@ -102,10 +110,7 @@ def prepare_run_dir(
         )
         atomic_write_json(run_dir / "config.json", update)
         return config
-    if has_run:
-        raise ConfigError(
-            f"{run_dir} already holds a run; pass --resume to continue it or choose another --out"
-        )
+    refuse_existing_run(run_dir)
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         probe = run_dir / ".write-test"
@@ -142,9 +147,17 @@ def train_run(
     run_dir = Path(run_dir)
     if config.parallel:
         return train_parallel(config, run_dir, resume, progress, preset, log, command)
-    config = prepare_run_dir(config, run_dir, resume, preset, command, allow_safe_changes)
-    device = resolve_device(config.device)
-    task = make_task(config, device)
+    if resume:
+        config = prepare_run_dir(config, run_dir, resume, preset, command, allow_safe_changes)
+        device = resolve_device(config.device)
+        task = make_task(config, device)
+    else:
+        # Everything bad input can break (device, data, model) fails before the folder exists,
+        # so a corrected command can reuse the same --out.
+        refuse_existing_run(run_dir)
+        device = resolve_device(config.device)
+        task = make_task(config, device)
+        config = prepare_run_dir(config, run_dir, resume, preset, command, allow_safe_changes)
     check_disk_space(run_dir, task, config)
     trainer = Trainer(task, run_dir, progress=progress, log=log)
     if resume and trainer.resume():
@@ -212,6 +225,13 @@ def check_disk_space(run_dir: Path, task: Task, config: RunConfig) -> None:
         )
 
 
+def _rank_device(config) -> str:
+    """This rank's device: ``cuda:LOCAL_RANK`` under torchrun when the config asks for CUDA."""
+    if config.device in ("auto", "cuda") and torch.cuda.is_available():
+        return f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+    return config.device
+
+
 def train_parallel(config, run_dir: Path, resume, progress, preset, log, command):
     """One rank of a block-parallel run (see :mod:`diffusionblocks.training.parallel`). Rank 0
     prepares the folder; at the end it assembles the blocks and evaluates the model."""
@@ -222,6 +242,8 @@ def train_parallel(config, run_dir: Path, resume, progress, preset, log, command
 
     ctx = init_distributed(config)
     try:
+        if not resume:  # bad input (device, data, model) fails before the folder is touched
+            task = make_task(config, resolve_device(_rank_device(config)))
         if ctx.rank == 0:
             existing = (run_dir / "config.json").exists()
             if existing and not resume:
@@ -237,10 +259,8 @@ def train_parallel(config, run_dir: Path, resume, progress, preset, log, command
         barrier(ctx)
         if resume:
             config = _resumable(config, run_dir)
-        local = config.device
-        if config.device in ("auto", "cuda") and torch.cuda.is_available():
-            local = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
-        task = make_task(config, resolve_device(local))
+            task = make_task(config, resolve_device(_rank_device(config)))
+        check_disk_space(run_dir, task, config)
         trainer = ParallelTrainer(task, run_dir, ctx, progress=progress, log=log)
         if resume and trainer.resume():
             log(f"rank {ctx.rank}: resumed block {ctx.block} at step {trainer.step}")

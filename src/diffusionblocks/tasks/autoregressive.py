@@ -68,6 +68,9 @@ class ARConfig(RunConfig):
 
     def validate(self) -> None:
         super().validate()
+        _check(self, "shared", self.shared != "per-block",
+               "sync or frozen for this task: the token embeddings are the targets, so all blocks "
+               "must share them")  # fmt: skip
         _check(self, "test_fraction", 0 < self.test_fraction < 1, "a fraction in (0, 1)")
         _check(self, "seq_len", 2 <= self.seq_len <= 65536, "an integer in [2, 65536]")
         _check(self, "train_subset", self.train_subset >= 0, "an integer >= 0 (0 = all)")

@@ -49,6 +49,9 @@ class ClassificationConfig(RunConfig):
 
     def validate(self) -> None:
         super().validate()
+        _check(self, "shared", self.shared != "per-block",
+               "sync or frozen for this task: the label embeddings are the targets, so all blocks "
+               "must share them")  # fmt: skip
         _check(self, "train_subset", self.train_subset >= 0, "an integer >= 0 (0 = all)")
         _check(self, "test_subset", self.test_subset >= 0, "an integer >= 0 (0 = all)")
         _check(self, "test_fraction", 0 < self.test_fraction < 1, "a fraction in (0, 1)")

@@ -75,11 +75,11 @@ class GenerationConfig(RunConfig):
 
 
 class _ImageGeneration(Task):
-    # The targets (pixels, characters) do not depend on the shared modules, so block-parallel
-    # training may give every block its own copy of them (shared=per-block).
-    per_block_shared = True
-
     """Data, network, the EDM denoiser, sampling and evaluation shared by both methods."""
+
+    # The targets (pixels) do not depend on the shared modules, so block-parallel training may
+    # give every block its own copy of them (shared=per-block).
+    per_block_shared = True
 
     config_class = GenerationConfig
     config: GenerationConfig

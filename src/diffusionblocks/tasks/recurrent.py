@@ -59,6 +59,9 @@ class RecurrentConfig(ARConfig):
 
     def validate(self) -> None:
         super().validate()
+        _check(self, "parallel", not self.parallel,
+               "false: a recurrent-depth model is one trained unit, there are no blocks to spread "
+               "over processes")  # fmt: skip
         for name in ("prelude", "core", "coda"):
             _check(self, name, 1 <= getattr(self, name) <= 64, "an integer in [1, 64]")
         if self.depth != self.prelude + self.core + self.coda:
