@@ -83,6 +83,16 @@ def test_cli_end_to_end_with_judge_and_bad_input(tmp_path, capsys):
     out = json.loads(capsys.readouterr().out)
     assert out["judge_perplexity"] > 1 and not out["ce_is_likelihood"]
     assert 0 <= out["heldout_accuracy"] <= 1 and "distinct_1" in out
+    # The sweep's B-step entry is the default chain with the same noise: identical numbers.
+    assert main(["eval", "--run", run, "--steps", "1", "2", "--json"]) == 0
+    swept = json.loads(capsys.readouterr().out)
+    assert set(swept["steps_sweep"]) == {"1", "2"}
+    assert swept["steps_sweep"]["2"]["heldout_ce"] == swept["heldout_ce"]  # ar-tiny: B=2
+    assert swept["steps_sweep"]["1"]["heldout_ce"] != swept["heldout_ce"]
+    first = swept["sigma_max_call"]
+    assert 0 < first["heldout_ce"] < 20 and 0 <= first["heldout_accuracy"] <= 1
+    assert main(["eval", "--run", run, "--steps", "1"]) == 0
+    assert "1 denoising steps: CE" in capsys.readouterr().out
     assert main(["sample", "--run", run, "--prompt", "KING", "--length", "8",
                  "--temperature", "0"]) == 0  # fmt: skip
     assert capsys.readouterr().out.startswith("KING")

@@ -150,6 +150,18 @@ def print_evaluation(ev: dict[str, Any]) -> None:
             f"held-out next-char CE {ev['heldout_ce']:.4f} nats ({kind}), accuracy "
             f"{ev['heldout_accuracy']:.4f} on {ev['heldout_characters']} characters"
         )
+        if "sigma_max_call" in ev:
+            e = ev["sigma_max_call"]
+            print(
+                f"  one call at sigma_max (predictive, comparable with a likelihood): CE "
+                f"{e['heldout_ce']:.4f}, accuracy {e['heldout_accuracy']:.4f}"
+            )
+        for key, label in (("steps_sweep", "denoising steps"), ("depth_sweep", "core iterations")):
+            for k, e in ev.get(key, {}).items():
+                print(
+                    f"  {k:>3} {label}: CE {e['heldout_ce']:.4f}, accuracy "
+                    f"{e['heldout_accuracy']:.4f}"
+                )
         if "distinct_1" in ev:
             judge = f", judge perplexity {ev['judge_perplexity']:.3f}" if "judge" in ev else ""
             print(

@@ -247,33 +247,46 @@ class _CharLM(Task):
         if given:
             raise ConfigError(f"language-model evaluation has no option {', '.join(given)}")
         c = self.config
-        seqs = self.test_seqs[: c.eval_subset] if quick else self.test_seqs
-        if not quick and c.eval_sequences:
-            seqs = seqs[: c.eval_sequences]
+        seqs = self.eval_sequences(quick)
         gen = torch.Generator().manual_seed(c.seed + 1_000_003)
-        self.model.eval()
-        nll, correct, count = 0.0, 0, 0
-        for start in range(0, len(seqs), c.eval_batch_size):
-            ids = seqs[start : start + c.eval_batch_size].to(self.device)
-            logits = self.predict_logits(ids, gen)
-            target = ids[:, 1:]
-            nll += float(F.cross_entropy(logits.transpose(1, 2), target, reduction="sum"))
-            correct += int((logits.argmax(-1) == target).sum())
-            count += target.numel()
-        self.model.train()
+        scored = self.score(seqs, lambda ids: self.predict_logits(ids, gen))
         result: dict[str, Any] = {
-            "heldout_ce": nll / count,
-            "heldout_accuracy": correct / count,
-            "heldout_characters": count,
+            "heldout_ce": scored["heldout_ce"],
+            "heldout_accuracy": scored["heldout_accuracy"],
+            "heldout_characters": scored["characters"],
             "held_out": self.corpus.held_out,
             "ce_is_likelihood": isinstance(self, EndToEndAR),
         }
         if quick or c.gen_prompts == 0:
             return result
-        result.update(self.generation_metrics(gen, judge or c.judge, steps))
+        result.update(self.generation_metrics(gen, judge or c.judge))
         return result
 
-    def generation_metrics(self, gen, judge_dir: str | None, steps=None) -> dict[str, Any]:
+    def eval_sequences(self, quick: bool = False) -> torch.Tensor:
+        c = self.config
+        seqs = self.test_seqs[: c.eval_subset] if quick else self.test_seqs
+        if not quick and c.eval_sequences:
+            seqs = seqs[: c.eval_sequences]
+        return seqs
+
+    @torch.no_grad()
+    def score(self, seqs: torch.Tensor, predict) -> dict[str, float]:
+        """Held-out CE (nats/char) and accuracy of ``predict(ids) -> logits (N, T-1, V)`` for
+        characters 1..T-1 of every sequence."""
+        c = self.config
+        self.model.eval()
+        nll, correct, count = 0.0, 0, 0
+        for start in range(0, len(seqs), c.eval_batch_size):
+            ids = seqs[start : start + c.eval_batch_size].to(self.device)
+            logits = predict(ids)
+            target = ids[:, 1:]
+            nll += float(F.cross_entropy(logits.transpose(1, 2), target, reduction="sum"))
+            correct += int((logits.argmax(-1) == target).sum())
+            count += target.numel()
+        self.model.train()
+        return {"heldout_ce": nll / count, "heldout_accuracy": correct / count, "characters": count}
+
+    def generation_metrics(self, gen, judge_dir: str | None, steps: int | None = None) -> dict:
         """Continue ``gen_prompts`` held-out prompts; diversity of the continuations and, with a
         judge (an end-to-end run folder), their perplexity under it."""
         c = self.config
@@ -358,6 +371,45 @@ class BlockwiseAR(_CharLM):
 
     def route(self, sigma: float) -> int:
         return int(self.partition.block_of(sigma))
+
+    @torch.no_grad()
+    def evaluate(self, quick=False, steps=None, judge=None, **options):
+        """As the baseline's, plus two diagnostics: ``sigma_max_call`` scores the logits of ONE
+        call of the noisiest block on pure noise at sigma_max (the noisy token carries almost no
+        information, so this is the model's predictive distribution of the next character given
+        the prefix: a CE comparable with a likelihood), and, with ``steps``, ``steps_sweep``
+        scores the chain's final prediction for each number of denoising steps."""
+        result = super().evaluate(quick=quick, steps=None, judge=judge, **options)
+        if quick:
+            return result
+        seqs = self.eval_sequences()
+
+        def fresh() -> torch.Generator:  # the same noise as the main evaluation
+            return torch.Generator().manual_seed(self.config.seed + 1_000_003)
+
+        gen = fresh()
+        result["sigma_max_call"] = self.score(seqs, lambda ids: self.sigma_max_logits(ids, gen))
+        if steps:
+            sweep = {}
+            for k in sorted(set(steps)):
+                g = fresh()
+                sweep[str(k)] = self.score(
+                    seqs, lambda ids, k=k, g=g: self.predict_logits(ids, g, k)
+                )
+            result["steps_sweep"] = sweep
+        return result
+
+    def sigma_max_logits(self, ids: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """Logits (N, T-1, V) of the noisiest block, called once on z ~ sigma_max N(0, I)."""
+        n, t = ids.shape
+        s_max = self.schedule.sigma_max
+        z = (s_max * torch.randn(n, t, self.model.shape.hidden, generator=generator)).to(
+            self.device
+        )
+        logits, _ = self.denoise_logits(
+            self.route(s_max), ids, z, torch.full((n, t), s_max, device=self.device)
+        )
+        return logits[:, 1:]
 
     def denoise_logits(
         self, unit: int, ids: torch.Tensor, z: torch.Tensor, sigma: torch.Tensor

@@ -137,26 +137,16 @@ class _RecurrentLM(_CharLM):
         if quick or not steps:
             return result
         # Test-time depth: held-out CE/accuracy with k core applications.
-        c = self.config
-        seqs = self.test_seqs[: c.eval_sequences] if c.eval_sequences else self.test_seqs
-        self.model.eval()
+        seqs = self.eval_sequences()
         sweep = {}
         for k in sorted(set(steps)):
-            gen = torch.Generator().manual_seed(c.seed + 1_000_003)
-            nll, correct, count = 0.0, 0, 0
-            for start in range(0, len(seqs), c.eval_batch_size):
-                ids = seqs[start : start + c.eval_batch_size].to(self.device)
-                logits = self.predict_logits(ids, gen, steps=k)
-                target = ids[:, 1:]
-                nll += float(F.cross_entropy(logits.transpose(1, 2), target, reduction="sum"))
-                correct += int((logits.argmax(-1) == target).sum())
-                count += target.numel()
+            gen = torch.Generator().manual_seed(self.config.seed + 1_000_003)
+            scored = self.score(seqs, lambda ids, k=k, gen=gen: self.predict_logits(ids, gen, k))
             sweep[str(k)] = {
-                "heldout_ce": nll / count,
-                "heldout_accuracy": correct / count,
+                "heldout_ce": scored["heldout_ce"],
+                "heldout_accuracy": scored["heldout_accuracy"],
                 "layer_evals_per_char": self.inference_layer_evals(k),
             }
-        self.model.train()
         result["depth_sweep"] = sweep
         return result
 
