@@ -171,3 +171,32 @@ def test_eval_of_a_folder_without_checkpoint(tmp_path, capsys):
     prepare_run_dir(make_config("tiny"), tmp_path / "r", resume=False)
     code, _, err = run(capsys, "eval", "--run", str(tmp_path / "r"))
     assert code == 2 and "no checkpoint" in err
+
+
+def test_compare_trains_each_method_in_its_own_process_and_writes_one_table(tmp_path, capsys):
+    """The README's main job (`dblocks compare`), on the tiny preset."""
+    out = tmp_path / "cmp"
+    code, stdout, _ = run(capsys, "compare", "--preset", "tiny", "--out", str(out),
+                          "--no-progress", "--set", "device=cpu")  # fmt: skip
+    assert code == 0
+    table = json.loads((out / "comparison.json").read_text())
+    assert [r["method"] for r in table["rows"]] == ["e2e", "dblocks"]
+    e2e, db = table["rows"]
+    assert e2e["step_time_vs_e2e"] == 1.0 and db["num_blocks"] == 2
+    assert all(
+        0 <= r["accuracy"] <= 1 and r["command"].startswith("dblocks train") for r in table["rows"]
+    )
+    assert (out / "comparison.md").read_text().strip() in stdout
+    assert (out / "e2e" / "results.json").is_file() and (out / "dblocks" / "results.json").is_file()
+    code, _, err = run(capsys, "compare", "--preset", "tiny", "--out", str(out))
+    assert code == 2 and "already holds a comparison" in err
+
+
+def test_compare_works_for_a_language_model(tmp_path, capsys):
+    out = tmp_path / "cmp"
+    code, stdout, _ = run(capsys, "compare", "--preset", "mdm-tiny", "--out", str(out),
+                          "--no-progress", "--set", "device=cpu")  # fmt: skip
+    assert code == 0
+    rows = json.loads((out / "comparison.json").read_text())["rows"]
+    assert [r["metric"] for r in rows] == ["held-out BPC"] * 2
+    assert all(r["bpc"] > 0 for r in rows) and "| held-out BPC |" in stdout
