@@ -96,6 +96,9 @@ def test_cli_end_to_end_with_judge_and_bad_input(tmp_path, capsys):
     assert main(["sample", "--run", run, "--prompt", "KING", "--length", "8",
                  "--temperature", "0"]) == 0  # fmt: skip
     assert capsys.readouterr().out.startswith("KING")
+    assert main(["sample", "--run", judge, "--prompt", "KING", "--length", "8"]) == 0  # baseline
+    out, err = capsys.readouterr()
+    assert out.startswith("KING") and "model calls 8" in err
     for argv, message in (
         (["--length", "5", "--prompt", ""], "--prompt is empty"),
         (["--length", "5"], "the prompt is empty"),

@@ -102,6 +102,10 @@ def test_cli_end_to_end_with_depth_sweep(tmp_path, capsys):
         assert set(out["depth_sweep"]) == {"1", "2", "4"}
         results = json.loads((tmp_path / method / "results.json").read_text())
         assert results["accounting"]["compute_layer_units"] > 0
+        assert main(["sample", "--run", run, "--prompt", "KING", "--length", "6",
+                     "--steps", "2"]) == 0  # fmt: skip
+        out, err = capsys.readouterr()
+        assert out.startswith("KING") and "core applications per character 2" in err
     assert main(["train", "--preset", "recurrent-tiny", "--set", "method=e2e"]) == 2
     assert "choose one of dblocks, bptt" in capsys.readouterr().err
     assert main(["train", "--preset", "recurrent-tiny", "--set", "core=3"]) == 2

@@ -286,8 +286,15 @@ def sample_text(task, args: argparse.Namespace) -> int:
     gen = torch.Generator().manual_seed(args.seed)
     text, info = task.generate_text(args.length, gen, prompt, args.steps, args.temperature)
     print(prompt + text)
-    print(f"\n[{info['steps']} steps, calls per unit {info['calls_per_unit']}]", file=sys.stderr)
+    print(f"\n[{describe_generation(info)}]", file=sys.stderr)
     return 0
+
+
+def describe_generation(info: dict[str, Any]) -> str:
+    """One line on what a text generation ran (its keys differ per task and method)."""
+    names = {"steps": "steps", "calls_per_unit": "calls per unit", "layer_calls": "model calls",
+             "core_applications": "core applications per character"}  # fmt: skip
+    return ", ".join(f"{names.get(k, k.replace('_', ' '))} {v}" for k, v in info.items())
 
 
 # ---------------------------------------------------------------------- schedule
