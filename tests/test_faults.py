@@ -173,3 +173,54 @@ def test_resume_with_changed_config(tmp_path, capsys):
     assert results["accounting"]["steps"] == 88 and results["config"]["epochs"] == 2.0
     saved = json.loads((tmp_path / "run" / "config.json").read_text())
     assert saved["changes"][0]["changed"].startswith("epochs")
+
+
+KILL_IN_WRITE = """
+import sys, time
+from pathlib import Path
+import diffusionblocks.training.checkpoint as ck
+marker, target = Path(sys.argv[1]), sys.argv[2]
+original = ck._write_synced
+
+def slow(path, data):
+    original(path, data)
+    if Path(path).parent.name.startswith(target):  # inside the temporary folder of that save
+        marker.write_text(str(path))
+        time.sleep(120)
+
+ck._write_synced = slow
+from diffusionblocks.cli import main
+sys.exit(main(sys.argv[3:]))
+"""
+
+
+def test_sigkill_in_the_middle_of_a_checkpoint_write(tmp_path, reference):
+    """Stop the second checkpoint's save after its first file, SIGKILL there: the previous
+    checkpoint stays the latest and verifies, resume is bit-exact and cleans the half-save."""
+    import subprocess
+    import sys
+
+    from faults import SRC, check_complete
+
+    run, marker = tmp_path / "run", tmp_path / "marker"
+    env = {"PYTHONPATH": SRC, "OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", KILL_IN_WRITE, str(marker), ".step-00000006",
+         "train", *TRAIN, "--out", str(run)],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    deadline = time.time() + 300
+    while not marker.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert marker.exists(), proc.stderr.read()
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    half = [p for p in (run / "checkpoints").iterdir() if p.name.startswith(".step-00000006")]
+    assert half, "the kill did not land inside the save"
+    assert (run / "checkpoints" / "latest").read_text().strip() == "step-00000003"
+    assert check_complete(run) == []
+    resumed = dblocks("train", "--out", str(run), "--resume", "--no-progress")
+    _, err = resumed.communicate(timeout=600)
+    assert resumed.returncode == 0, err
+    assert final_weights(run) == reference
+    assert not [p for p in run.rglob(".*")], "temporary files left after the resume"

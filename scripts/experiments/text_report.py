@@ -22,6 +22,8 @@ def load(run: Path) -> dict:
     r = json.loads((run / "results.json").read_text())
     judged = run / "eval-judged.json"
     r["judged"] = json.loads(judged.read_text()) if judged.is_file() else None
+    sweep = run / "eval-sweep.json"
+    r["sweep"] = json.loads(sweep.read_text()) if sweep.is_file() else None
     samples = run / "samples.txt"
     r["samples_text"] = samples.read_text() if samples.is_file() else ""
     return r
@@ -102,6 +104,20 @@ def masked(runs: Path) -> None:
             print(f"{method}: mean {mean:.3f} sd {sd:.3f} n={len(v)}")
 
 
+def ar_extra(sweep: dict | None) -> dict:
+    """One-call-at-sigma_max CE/accuracy and the steps sweep, from eval-sweep.json."""
+    if not sweep:
+        return {}
+    out = {
+        "sigma_max_call_ce": round(sweep["sigma_max_call"]["heldout_ce"], 4),
+        "sigma_max_call_accuracy": round(sweep["sigma_max_call"]["heldout_accuracy"], 4),
+    }
+    for k, e in sweep.get("steps_sweep", {}).items():
+        out[f"ce_steps_{k}"] = round(e["heldout_ce"], 4)
+        out[f"accuracy_steps_{k}"] = round(e["heldout_accuracy"], 4)
+    return out
+
+
 def autoregressive(runs: Path) -> None:
     rows, samples = [], {}
     for run in sorted(runs.glob("ar-*/")):
@@ -115,12 +131,25 @@ def autoregressive(runs: Path) -> None:
             "sigma_sampling": cfg.get("sigma_sampling", "") if cfg["method"] == "dblocks" else "",
             "aux_ce": cfg.get("aux_ce", 0) if cfg["method"] == "dblocks" else "",
             **lm_metrics(ev),
+            **ar_extra(r["sweep"]),
             "samples": ev["samples"],
             "command": r["command"],
             "eval_command": f"dblocks eval --run {runs}/{run.name} --judge {runs}/ar-e2e-s0 --json",
         })  # fmt: skip
         samples[run.name] = "\n".join(ev["samples"]) + "\n\n" + r["samples_text"]
     write("issue6", rows, samples)
+    swept = [row for row in rows if "sigma_max_call_ce" in row]
+    if swept:
+        ks = sorted(
+            {int(k.split("_")[-1]) for row in swept for k in row if k.startswith("ce_steps_")}
+        )
+        print("\n| run | one call at sigma_max: CE / acc | "
+              + " | ".join(f"{k} steps: CE / acc" for k in ks) + " |")  # fmt: skip
+        print("|---|---|" + "---|" * len(ks))
+        for row in swept:
+            cells = [f"{row[f'ce_steps_{k}']:.3f} / {row[f'accuracy_steps_{k}']:.3f}" for k in ks]
+            first = f"{row['sigma_max_call_ce']:.3f} / {row['sigma_max_call_accuracy']:.3f}"
+            print(f"| {row['run']} | {first} | " + " | ".join(cells) + " |")
     print("\n| run | held-out CE | accuracy | judge ppl | distinct-1/2 | distinct-4 (chars) "
           "| repetition-4 | train time |")  # fmt: skip
     print("|---|---|---|---|---|---|---|---|")
