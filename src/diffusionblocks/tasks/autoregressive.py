@@ -29,10 +29,10 @@ import torch.nn.functional as F
 
 from ..config import ConfigError, RunConfig, _check
 from ..data.images import DataError
-from ..data.text import TextCorpus, load_text_corpus
+from ..data.text import TextCorpus
 from ..diffusion import edm_preconditioning, euler_step, sigma_grid, weighted_loss
 from ..networks.token_transformer import TokenShape, TwoStreamTransformer
-from .base import Task
+from .base import Task, load_text_sequences
 
 SIGMA_SAMPLING = ("token", "example")
 
@@ -153,16 +153,9 @@ class _CharLM(Task):
 
     def __init__(self, config: ARConfig, device: torch.device):
         super().__init__(config, device)
-        self.corpus: TextCorpus = load_text_corpus(config.data, config.test_fraction)
+        self.corpus: TextCorpus
+        self.corpus, self.train_seqs, self.test_seqs = load_text_sequences(config)
         self.vocab = self.corpus.vocab
-        train = self.corpus.chunks("train", config.seq_len)
-        self.train_seqs = train[: config.train_subset] if config.train_subset else train
-        self.test_seqs = self.corpus.chunks("test", config.seq_len)
-        if config.batch_size > len(self.train_seqs):
-            raise ConfigError(
-                f"invalid value for 'batch_size': {config.batch_size} (larger than the "
-                f"{len(self.train_seqs)} training sequences of {config.seq_len} characters)"
-            )
         torch.manual_seed(config.seed)
         self.model = self.build_model()
         self.model.set_checkpointing(config.checkpointing)

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..config import RunConfig
+from ..config import ConfigError, RunConfig
 
 
 class Task:
@@ -75,3 +75,20 @@ class Task:
     def shared_parameters(self) -> list[nn.Parameter]:
         in_blocks = {id(p) for p in self.model.blocks.parameters()}
         return [p for p in self.model.parameters() if id(p) not in in_blocks]
+
+
+def load_text_sequences(config: Any):
+    """The character corpus of a text task and its training / held-out sequences of
+    ``config.seq_len`` characters (the first ``train_subset`` for training when set). A batch
+    larger than the training set is refused, naming ``batch_size``."""
+    from ..data.text import load_text_corpus
+
+    corpus = load_text_corpus(config.data, config.test_fraction)
+    train = corpus.chunks("train", config.seq_len)
+    train = train[: config.train_subset] if config.train_subset else train
+    if config.batch_size > len(train):
+        raise ConfigError(
+            f"invalid value for 'batch_size': {config.batch_size} (larger than the "
+            f"{len(train)} training sequences of {config.seq_len} characters)"
+        )
+    return corpus, train, corpus.chunks("test", config.seq_len)
