@@ -226,6 +226,20 @@ def _show(value: Any) -> str:
     return repr(value) if isinstance(value, str) else str(value)
 
 
+def check_layer_split(cfg: Any) -> None:
+    """A transformer config's heads must divide its width, and (DiffusionBlocks) its blocks its
+    depth, so that every block has the same number of layers."""
+    if cfg.hidden % cfg.heads:
+        raise ConfigError(
+            f"invalid value for 'heads': {cfg.heads} (must divide hidden={cfg.hidden})"
+        )
+    if cfg.method == "dblocks" and cfg.depth % cfg.num_blocks:
+        raise ConfigError(
+            f"invalid value for 'num_blocks': {cfg.num_blocks} (must divide "
+            f"depth={cfg.depth} so that every block has the same number of layers)"
+        )
+
+
 def _check(cfg: Any, name: str, ok: bool, allowed: str) -> None:
     if not ok:
         raise ConfigError(

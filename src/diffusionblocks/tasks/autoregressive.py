@@ -27,7 +27,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ..config import ConfigError, RunConfig, _check
+from ..config import ConfigError, RunConfig, _check, check_layer_split
 from ..data.images import DataError
 from ..data.text import TextCorpus
 from ..diffusion import edm_preconditioning, euler_step, sigma_grid, weighted_loss
@@ -97,15 +97,7 @@ class ARConfig(RunConfig):
                 f"invalid value for 'gen_length': {self.gen_length} (gen_prompt_len + gen_length "
                 f"must fit in seq_len={self.seq_len})"
             )
-        if self.hidden % self.heads:
-            raise ConfigError(
-                f"invalid value for 'heads': {self.heads} (must divide hidden={self.hidden})"
-            )
-        if self.method == "dblocks" and self.depth % self.num_blocks:
-            raise ConfigError(
-                f"invalid value for 'num_blocks': {self.num_blocks} (must divide "
-                f"depth={self.depth} so that every block has the same number of layers)"
-            )
+        check_layer_split(self)
 
 
 def causal_mask(t: int, device=None) -> torch.Tensor:

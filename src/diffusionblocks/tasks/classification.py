@@ -21,7 +21,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ..config import ConfigError, RunConfig, _check
+from ..config import ConfigError, RunConfig, _check, check_layer_split
 from ..data.images import ImageDataset, load_image_dataset
 from ..diffusion import edm_preconditioning, euler_sample, sigma_grid, weighted_loss
 from ..networks.vit import ViT, ViTShape
@@ -64,15 +64,7 @@ class ClassificationConfig(RunConfig):
         _check(self, "eval_subset", self.eval_subset >= 1, "an integer >= 1")
         _check(self, "bridge_temperature", 0 <= self.bridge_temperature <= 100, "in [0, 100]")
         _check(self, "data", bool(self.data), "a dataset name or a path")
-        if self.hidden % self.heads:
-            raise ConfigError(
-                f"invalid value for 'heads': {self.heads} (must divide hidden={self.hidden})"
-            )
-        if self.method == "dblocks" and self.depth % self.num_blocks:
-            raise ConfigError(
-                f"invalid value for 'num_blocks': {self.num_blocks} (must divide "
-                f"depth={self.depth} so that every block has the same number of layers)"
-            )
+        check_layer_split(self)
 
 
 def _no_options(options: dict) -> None:

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ..config import ConfigError, RunConfig, _check
+from ..config import ConfigError, RunConfig, _check, check_layer_split
 from ..data.images import DataError
 from ..data.text import TextCorpus
 from ..diffusion.masking import (
@@ -64,15 +64,7 @@ class MaskedLMConfig(RunConfig):
         _check(self, "eval_batch_size", self.eval_batch_size >= 1, "an integer >= 1")
         _check(self, "eval_subset", self.eval_subset >= 1, "an integer >= 1")
         _check(self, "inference_steps", self.inference_steps >= 1, "an integer >= 1")
-        if self.hidden % self.heads:
-            raise ConfigError(
-                f"invalid value for 'heads': {self.heads} (must divide hidden={self.hidden})"
-            )
-        if self.method == "dblocks" and self.depth % self.num_blocks:
-            raise ConfigError(
-                f"invalid value for 'num_blocks': {self.num_blocks} (must divide "
-                f"depth={self.depth} so that every block has the same number of layers)"
-            )
+        check_layer_split(self)
 
 
 class _MaskedLM(Task):
