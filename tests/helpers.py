@@ -31,3 +31,26 @@ def optimizer_snapshot(opt: torch.optim.Optimizer) -> list[dict[str, torch.Tenso
 
 def same_state(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+class count_layer_calls:
+    """Context manager counting forward calls of every transformer layer of ``model``
+    (``AdaLNLayer``) with forward hooks: ``counted.layers`` after the block."""
+
+    def __init__(self, model: torch.nn.Module):
+        self.model, self.layers, self.handles = model, 0, []
+
+    def _hook(self, module, inputs, output):
+        self.layers += 1
+
+    def __enter__(self):
+        from diffusionblocks.networks.layers import AdaLNLayer
+
+        for m in self.model.modules():
+            if isinstance(m, AdaLNLayer):
+                self.handles.append(m.register_forward_hook(self._hook))
+        return self
+
+    def __exit__(self, *exc):
+        for h in self.handles:
+            h.remove()

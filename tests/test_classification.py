@@ -3,7 +3,7 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import tiny_task
+from helpers import count_layer_calls, tiny_task
 
 from diffusionblocks.diffusion import edm_preconditioning, weighted_loss
 from diffusionblocks.tasks.classification import soft_bridge
@@ -50,15 +50,41 @@ def test_block_loss_equals_the_inline_formula(weighting):
     assert torch.allclose(loss, weighted_loss(ce, sigma, weighting, 0.5), rtol=1e-5)
 
 
-def test_chain_calls_each_block_once_then_a_final_call():
-    task = tiny_task(num_blocks=2)
+@pytest.mark.parametrize("num_blocks", [2, 4])
+def test_default_chain_calls_each_block_once_at_the_cost_of_one_forward(num_blocks):
+    """B denoiser calls by default (the paper's procedure): every block once, the last call at
+    sigma_min; layer evaluations counted by forward hooks equal one end-to-end forward."""
+    task = tiny_task(num_blocks=num_blocks, depth=4)
     images, _ = task.train_batch(torch.arange(4))
-    final, calls = task.predict(images, 2, torch.Generator().manual_seed(0))
-    assert [b for b, _, _ in calls] == [0, 1, 1]
+    with count_layer_calls(task.model) as counted:
+        final, calls = task.predict(images)
+    assert [b for b, _, _ in calls] == list(range(num_blocks))
     assert calls[0][1] == 80.0 and calls[-1][1] == 0.002
     assert torch.equal(final, calls[-1][2])
-    _, calls = task.predict(images, 6, torch.Generator().manual_seed(0))
-    assert [b for b, _, _ in calls] == [0, 0, 0, 1, 1, 1, 1]
+    assert counted.layers == 4  # one call per layer of the 4-layer network
+    e2e = tiny_task(method="e2e", depth=4)
+    with count_layer_calls(e2e.model) as counted_e2e:
+        e2e.logits(images)
+    assert counted.layers == counted_e2e.layers
+
+
+def test_steps_count_denoiser_calls():
+    task = tiny_task(num_blocks=2)
+    images, _ = task.train_batch(torch.arange(4))
+    for steps in (1, 3, 6):
+        with count_layer_calls(task.model) as counted:
+            _, calls = task.predict(images, steps, torch.Generator().manual_seed(0))
+        assert len(calls) == steps and counted.layers == steps * 2
+    assert [b for b, _, _ in calls] == [0, 0, 0, 1, 1, 1]
+    _, calls = task.predict(images, 1)
+    assert [(b, s) for b, s, _ in calls] == [(0, 80.0)]  # one call: pure noise at sigma_max
+
+
+def test_reported_layer_evaluations_match_the_hooks():
+    task = tiny_task(num_blocks=2, depth=4, eval_subset=8, eval_batch_size=8)
+    with count_layer_calls(task.model) as counted:
+        result = task.evaluate(quick=True)
+    assert counted.layers == result["layer_evals_per_image"]  # per batch of images: one call
 
 
 def test_e2e_evaluation_is_one_forward():

@@ -1,6 +1,7 @@
 """The math layer: noise distribution, partition of the noise range into blocks, EDM
 preconditioning and loss weights, samplers. Knows nothing about images, tokens or networks."""
 
+from .bridge import soft_bridge, unit_table
 from .noise import (
     NoiseSchedule,
     edm_loss_weight,
@@ -10,7 +11,7 @@ from .noise import (
     max_edm_weight,
 )
 from .partition import PARTITIONS, BlockPartition, partition_boundaries, widen_interval
-from .samplers import GRIDS, euler_sample, euler_step, sigma_grid
+from .samplers import GRIDS, chain, chain_levels, euler_sample, euler_step, sigma_grid
 from .weighting import WEIGHTINGS, weighted_loss
 
 __all__ = [
@@ -19,6 +20,8 @@ __all__ = [
     "WEIGHTINGS",
     "BlockPartition",
     "NoiseSchedule",
+    "chain",
+    "chain_levels",
     "edm_loss_weight",
     "edm_preconditioning",
     "euler_sample",
@@ -28,6 +31,8 @@ __all__ = [
     "max_edm_weight",
     "partition_boundaries",
     "sigma_grid",
+    "soft_bridge",
+    "unit_table",
     "weighted_loss",
     "widen_interval",
 ]

@@ -1,8 +1,12 @@
-"""Sampling: noise-level grids and the block-routed Euler sampler (SPEC §5).
+"""Sampling: noise-level grids, the block-routed chain of denoiser calls, the Euler step.
 
-A denoiser is any callable ``denoise(z, sigma, block) -> D`` that returns the estimate of the clean
-target. The sampler walks a descending grid of noise levels and asks ``route`` which block owns the
-level of each step, so the same code samples from one end-to-end denoiser (route to 0) or from B
+Every task's inference is one :func:`chain`: ``calls`` denoiser calls at descending noise levels
+from sigma_max to sigma_min, an Euler step of the probability-flow ODE between consecutive calls,
+and the last call's output as the prediction. "Steps" means denoiser calls everywhere in this
+library, the last call included: with the CDF grid and the equi-probability partition, ``calls =
+B`` calls every block exactly once, which costs one forward pass of the whole network, as the
+paper's procedure (B - 1 Euler steps, then a final call at sigma_min). ``route`` says which block
+owns each level, so the same code samples from one end-to-end denoiser (route to 0) or from B
 blocks.
 """
 
@@ -17,6 +21,7 @@ from .noise import NoiseSchedule
 GRIDS = ("cdf", "karras")
 
 Denoiser = Callable[[torch.Tensor, float, int], torch.Tensor]
+Call = Callable[[torch.Tensor, float, int], torch.Tensor]
 Router = Callable[[float], int]
 
 
@@ -74,3 +79,42 @@ def euler_sample(
             on_step(i, sigma, block, denoised)
         z = euler_step(z, denoised, sigma, sigma_next)
     return z
+
+
+def chain_levels(
+    calls: int, schedule: NoiseSchedule, kind: str = "cdf", rho: float = 7.0
+) -> list[float]:
+    """Noise levels of a chain of ``calls`` denoiser calls, descending: ``[sigma_max]`` for one
+    call (a single prediction from pure noise), otherwise ``calls`` levels from sigma_max to
+    sigma_min inclusive on the ``kind`` grid (:func:`sigma_grid` with ``calls - 1`` steps)."""
+    if not isinstance(calls, int) or isinstance(calls, bool) or calls < 1:
+        raise ValueError(f"steps (denoiser calls) must be an integer >= 1, got {calls!r}")
+    if calls == 1:
+        return [float(schedule.sigma_max)]
+    return [float(s) for s in sigma_grid(calls - 1, schedule, kind, rho)]
+
+
+@torch.no_grad()
+def chain(
+    call: Call,
+    z: torch.Tensor,
+    levels: list[float],
+    route: Router | None = None,
+    bridge: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """Run the inference chain; returns the output of the last call.
+
+    Call i evaluates ``out = call(z, levels[i], route(levels[i]))``; ``bridge(out)`` turns it
+    into the denoised estimate D (identity when ``out`` already is D; the soft bridge when it is
+    logits over a table of targets), and the Euler step ``z <- z + (sigma_next - sigma) (z - D) /
+    sigma`` (the paper's Eqs. 3-5, sign corrected) moves z to the next level. No step follows the
+    last call: its output is the prediction (logits, or the clean estimate D).
+    """
+    route = route or (lambda sigma: 0)
+    bridge = bridge or (lambda out: out)
+    out = z
+    for i, sigma in enumerate(levels):
+        out = call(z, sigma, int(route(sigma)))
+        if i + 1 < len(levels):
+            z = euler_step(z, bridge(out), sigma, levels[i + 1])
+    return out

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from ..config import ConfigError, RunConfig, _check, check_layer_split
 from ..data.images import DataError
 from ..data.text import TextCorpus
-from ..diffusion import edm_preconditioning, euler_step, sigma_grid, weighted_loss
+from ..diffusion import chain, chain_levels, edm_preconditioning, soft_bridge, weighted_loss
 from ..networks.token_transformer import TokenShape, TwoStreamTransformer
 from .base import Task, load_text_sequences
 
@@ -350,6 +350,9 @@ class BlockwiseAR(_CharLM):
         self.partition = config.block_partition()
         self.schedule = self.partition.schedule
 
+    def target_prefixes(self) -> tuple[str, ...]:
+        return ("token_embed.",)
+
     def table(self) -> torch.Tensor:
         """The L2-normalised embedding table: the clean targets."""
         return F.normalize(self.model.token_embed.weight, dim=-1)
@@ -385,16 +388,9 @@ class BlockwiseAR(_CharLM):
         return result
 
     def sigma_max_logits(self, ids: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """Logits (N, T-1, V) of the noisiest block, called once on z ~ sigma_max N(0, I)."""
-        n, t = ids.shape
-        s_max = self.schedule.sigma_max
-        z = (s_max * torch.randn(n, t, self.model.shape.hidden, generator=generator)).to(
-            self.device
-        )
-        logits, _ = self.denoise_logits(
-            self.route(s_max), ids, z, torch.full((n, t), s_max, device=self.device)
-        )
-        return logits[:, 1:]
+        """Logits (N, T-1, V) of the noisiest block, called once on z ~ sigma_max N(0, I): the
+        chain with a single call."""
+        return self.predict_logits(ids, generator, 1)
 
     def denoise_logits(
         self, unit: int, ids: torch.Tensor, z: torch.Tensor, sigma: torch.Tensor
@@ -441,35 +437,30 @@ class BlockwiseAR(_CharLM):
         return loss, logs
 
     def bridge(self, logits: torch.Tensor) -> torch.Tensor:
-        temperature = self.config.bridge_temperature
-        if temperature == 0:
-            return self.table()[logits.argmax(-1)]
-        return (logits / temperature).softmax(-1) @ self.table()
+        """The soft bridge over the normalised token table (the training targets)."""
+        return soft_bridge(logits, self.table(), self.config.bridge_temperature)
 
-    def chain_steps(self, steps: int | None) -> list[tuple[float, float, int]]:
-        """(sigma, sigma_next, block) of each denoising step, then (sigma_min, -, block) last."""
-        k = steps or self.config.steps_at_inference
-        if not isinstance(k, int) or k < 1:
-            raise ConfigError(f"steps must be an integer >= 1, got {k!r}")
-        grid = [float(s) for s in sigma_grid(k, self.schedule, self.config.grid)]
-        return [(s, s_next, self.route(s)) for s, s_next in zip(grid[:-1], grid[1:], strict=True)]
+    def levels(self, steps: int | None) -> list[float]:
+        """Noise levels of the chain: ``steps`` denoiser calls (default B, every block once)."""
+        k = self.config.steps_at_inference if steps is None else steps
+        try:
+            return chain_levels(k, self.schedule, self.config.grid)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
 
     def predict_logits(self, ids, generator, steps=None):
         """Every position at once: the chain from noise for each noisy token (they do not see
-        each other), then a final call at sigma_min whose logits predict the character."""
+        each other); the last call's logits predict the character."""
         n, t = ids.shape
         z = self.schedule.sigma_max * torch.randn(
             n, t, self.model.shape.hidden, generator=generator
         )
-        z = z.to(self.device)
-        for sigma, sigma_next, unit in self.chain_steps(steps):
-            s = torch.full((n, t), sigma, device=self.device)
-            logits, _ = self.denoise_logits(unit, ids, z, s)
-            z = euler_step(z, self.bridge(logits), sigma, sigma_next)
-        s_min = self.schedule.sigma_min
-        logits, _ = self.denoise_logits(
-            self.route(s_min), ids, z, torch.full((n, t), s_min, device=self.device)
-        )
+
+        def call(z, sigma, unit):
+            levels = torch.full((n, t), sigma, device=self.device)
+            return self.denoise_logits(unit, ids, z, levels)[0]
+
+        logits = chain(call, z.to(self.device), self.levels(steps), self.route, self.bridge)
         return logits[:, 1:]  # position i's final prediction is character i (i >= 1)
 
     # -- generation with a cached clean prefix ----------------------------------------------
@@ -507,27 +498,25 @@ class BlockwiseAR(_CharLM):
         ids = self.encode_prompt(prompt)
         self._check_generation(length, len(ids), temperature)
         ids = ids[None].to(self.device)
-        chain = self.chain_steps(steps)
+        levels = self.levels(steps)
         calls = [0] * len(self.model.blocks)
         hidden = self.model.shape.hidden
         self.model.eval()
         for _ in range(length):
             caches: dict[int, list] = {}
             z = self.schedule.sigma_max * torch.randn(1, 1, hidden, generator=generator)
-            z = z.to(self.device)
-            for sigma, sigma_next, unit in chain:
-                logits = self._noisy_logits(unit, ids, z, sigma, caches, cache)
+
+            def call(z, sigma, unit, caches=caches, ids=ids):
                 calls[unit] += 1
-                z = euler_step(z, self.bridge(logits)[None, None], sigma, sigma_next)
-            s_min = self.schedule.sigma_min
-            unit = self.route(s_min)
-            logits = self._noisy_logits(unit, ids, z, s_min, caches, cache)
-            calls[unit] += 1
+                return self._noisy_logits(unit, ids, z, sigma, caches, cache)
+
+            logits = chain(call, z.to(self.device), levels, self.route,
+                           lambda logits: self.bridge(logits)[None, None])  # fmt: skip
             token = self._pick(logits, temperature, generator)
             ids = torch.cat([ids, torch.tensor([[token]], device=self.device)], 1)
         self.model.train()
         return self.vocab.decode(ids[0, len(prompt) :].tolist()), {
-            "steps": len(chain),
+            "steps": len(levels),
             "calls_per_unit": calls,
         }
 

@@ -19,7 +19,7 @@ import torch
 
 from ..config import ConfigError, RunConfig, _check, check_layer_split
 from ..data.images import ImageDataset, load_image_dataset
-from ..diffusion import edm_preconditioning, euler_sample, sigma_grid, weighted_loss
+from ..diffusion import chain, chain_levels, edm_preconditioning, weighted_loss
 from ..networks.dit import DiT, DiTShape
 from .base import Task
 
@@ -30,7 +30,7 @@ class GenerationConfig(RunConfig):
 
     task: str = "generation"  # fixed
     weighting: str = "edm"  # L2 loss x w(sigma) (EDM); edm | batch | clamped | none
-    inference_steps: int = 50  # Euler steps when sampling
+    inference_steps: int = 50  # denoiser calls per sample (Euler steps between them)
     data: str = "fashion-mnist"  # fashion-mnist | digits | path to a .npz with x, y
     data_dir: str | None = None  # Fashion-MNIST folder (default /usr/share/datasets/fashion-mnist)
     train_subset: int = 0  # use only the first N training images (0 = all)
@@ -222,8 +222,8 @@ class _ImageGeneration(Task):
 
         shape = (n, *self.data.image_shape)
         z = self.schedule.sigma_max * torch.randn(shape, generator=generator)
-        sigmas = sigma_grid(steps, self.schedule, grid or c.grid)
-        z = euler_sample(denoise, z.to(self.device), sigmas, route=self.route)
+        levels = chain_levels(steps, self.schedule, grid or c.grid)
+        z = chain(denoise, z.to(self.device), levels, self.route)  # the last call's D
         self.model.train()
         info = {"steps": steps, "cfg_scale": w, "calls_per_unit": calls,
                 "layer_evals_per_image": layer_evals}  # fmt: skip

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from ..config import ConfigError, _check
-from ..diffusion import edm_preconditioning, euler_step, sigma_grid, weighted_loss
+from ..diffusion import chain, chain_levels, edm_preconditioning, soft_bridge, weighted_loss
 from ..networks.recurrent import RecurrentDepthLM, RecurrentShape
 from .autoregressive import ARConfig, _CharLM
 
@@ -253,22 +253,19 @@ class BlockwiseRecurrent(_RecurrentLM):
         return c.prelude + k * (c.core + c.coda)  # every application reads out for the bridge
 
     def bridge(self, logits):
-        temperature = self.config.bridge_temperature
-        if temperature == 0:
-            return self.table()[logits.argmax(-1)]
-        return (logits / temperature).softmax(-1) @ self.table()
+        return soft_bridge(logits, self.table(), self.config.bridge_temperature)
 
     def states(self, e, k, generator, last_only):
+        """The chain of k core applications (k denoiser calls, the last one's logits)."""
         n, t, h = e.shape
         positions = 1 if last_only else t
         z = self.schedule.sigma_max * torch.randn(n, positions, h, generator=generator)
-        z = z.to(self.device)
-        if k == 1:
-            levels = [self.schedule.sigma_max]
-        else:
-            levels = [float(s) for s in sigma_grid(k - 1, self.schedule, self.config.grid)]
+        try:
+            levels = chain_levels(k, self.schedule, self.config.grid)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
 
-        def logits_at(z, sigma):
+        def call(z, sigma, unit):
             s = torch.full((n, positions), sigma, device=self.device)
             if not last_only:
                 return self.denoise(e, z, s)
@@ -276,6 +273,4 @@ class BlockwiseRecurrent(_RecurrentLM):
                 lambda e_, z_, s_: self.denoise(e_, z_, s_[..., 0]), e, z, s[..., None]
             )
 
-        for sigma, sigma_next in zip(levels[:-1], levels[1:], strict=True):
-            z = euler_step(z, self.bridge(logits_at(z, sigma)), sigma, sigma_next)
-        return logits_at(z, levels[-1])
+        return chain(call, z.to(self.device), levels, bridge=self.bridge)
