@@ -158,7 +158,7 @@ def test_foreign_checkpoint_is_refused(tmp_path, capsys):
     capsys.readouterr()
     assert main(["train", "--out", str(run), "--resume"]) == 2
     err = capsys.readouterr().err
-    assert "checkpoints/step-00000022 is a checkpoint of task 'classification' with 1 units" in err
+    assert "checkpoints/step-00000020 is a checkpoint of task 'classification' with 1 units" in err
     assert "this run is 'classification' with 2" in err
 
 
@@ -170,13 +170,17 @@ def test_resume_with_changed_config(tmp_path, capsys):
     base = ["train", "--preset", "tiny", "--set", "device=cpu", "--out", run, "--resume"]
     assert main([*base, "--set", "lr=0.1"]) == 2
     assert "lr cannot change in a resumed run" in capsys.readouterr().err
+    # epochs sets every block's learning-rate schedule: a resumed run with another value would
+    # equal no fresh run, so it is refused like any training key.
     assert main([*base, "--set", "epochs=2"]) == 2
+    assert "epochs cannot change in a resumed run" in capsys.readouterr().err
+    assert main([*base, "--set", "log_every=7"]) == 2
     assert "--allow-safe-changes" in capsys.readouterr().err
-    assert main([*base, "--set", "epochs=2", "--allow-safe-changes", "--no-progress"]) == 0
+    assert main([*base, "--set", "log_every=7", "--allow-safe-changes", "--no-progress"]) == 0
     results = json.loads((tmp_path / "run" / "results.json").read_text())
-    assert results["accounting"]["steps"] == 88 and results["config"]["epochs"] == 2.0
+    assert results["accounting"]["steps"] == 40 and results["config"]["log_every"] == 7
     saved = json.loads((tmp_path / "run" / "config.json").read_text())
-    assert saved["changes"][0]["changed"].startswith("epochs")
+    assert saved["changes"][0]["changed"].startswith("log_every")
 
 
 KILL_IN_WRITE = """

@@ -128,6 +128,9 @@ def assemble(run_dir: str | os.PathLike, out: str | os.PathLike | None = None) -
         for b in range(config.units):
             for k, v in ckpt.tensors(f"block-{b}").items():
                 state[f"blocks.{b}.{k}"] = v
+            if ckpt.has("shared-copy-0.safetensors"):  # shared=block-copies
+                for k, v in ckpt.tensors(f"shared-copy-{b}").items():
+                    state[f"shared_per_block.{b}.{k}"] = v
         info = {"layout": "single-process checkpoint", "step": ckpt.step}
     card = {
         "format": "diffusionblocks-model",

@@ -119,9 +119,11 @@ def print_results(results: dict[str, Any]) -> None:
 def print_evaluation(ev: dict[str, Any]) -> None:
     """Human-readable evaluation of any task."""
     if "accuracy" in ev:
-        print(f"test accuracy      {ev['accuracy']:.4f}  ({ev['test_examples']} test examples)")
+        split = ev.get("split", "test")
+        print(f"{split} accuracy{' ' * (9 - len(split))}{ev['accuracy']:.4f}  "
+              f"({ev['examples']} {split} examples)")  # fmt: skip
         for steps, value in ev.get("steps_sweep", {}).items():
-            print(f"  {steps:>3} inference steps: {value:.4f}")
+            print(f"  {steps:>3} block calls: {value:.4f}")
         for row in ev.get("per_block", []):
             chain = row["chain_accuracy"]
             chain_s = "  -   " if chain is None else f"{chain:.4f}"
@@ -202,6 +204,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         args.steps,
         args.device,
         parse_assignments(args.set or []),
+        split=args.split,
         fid_samples=args.fid,
         inception=args.inception,
         judge=args.judge,
@@ -548,7 +551,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("eval", help="evaluate a trained run")
     e.add_argument("--run", required=True, help="run folder")
-    e.add_argument("--steps", type=int, nargs="+", help="inference step counts to sweep")
+    e.add_argument(
+        "--steps", type=int, nargs="+", help="inference step counts (denoiser calls) to sweep"
+    )
+    e.add_argument(
+        "--split",
+        choices=("val", "test"),
+        help="classification: evaluate on the validation split (make every choice there) or "
+        "the test split (default; read once for final tables)",
+    )
     e.add_argument("--device", help="override the run's device")
     e.add_argument(
         "--set", action="append", metavar="KEY=VALUE", help="override an inference-only key"
@@ -565,7 +576,9 @@ def build_parser() -> argparse.ArgumentParser:
     sm.add_argument("--run", required=True, help="run folder")
     sm.add_argument("--n", type=int, default=8, help="samples per class (or in total with --class)")
     sm.add_argument("--class", dest="class_", type=int, help="only this class")
-    sm.add_argument("--steps", type=int, help="Euler steps (default: the run's inference_steps)")
+    sm.add_argument(
+        "--steps", type=int, help="denoiser calls per sample (default: the run's inference_steps)"
+    )
     sm.add_argument("--cfg", type=float, help="classifier-free guidance weight")
     sm.add_argument("--seed", type=int, default=0)
     sm.add_argument("--out", help="images: the grid (.png), one row per class")

@@ -21,12 +21,13 @@ from .diffusion import GRIDS, PARTITIONS, WEIGHTINGS, BlockPartition, NoiseSched
 
 METHODS = ("dblocks", "e2e")
 SCHEDULES = ("random", "cycle", "sequential", "synchronous")
-SHARED_POLICIES = ("sync", "frozen", "per-block")
+SHARED_POLICIES = ("auto", "sync", "frozen", "first-block", "block-copies", "per-block")
 NAN_POLICIES = ("skip", "abort")
-# Keys a resumed run may change (with --allow-safe-changes): bookkeeping, evaluation, inference,
-# and the training length. Everything else would make the checkpoint describe another run.
+# Keys a resumed run may change (with --allow-safe-changes): bookkeeping, evaluation and
+# inference. Everything else would make the checkpoint describe another run; ``epochs`` too, since
+# it sets every block's learning-rate schedule (a changed resume would equal no fresh run).
 SAFE_RESUME_KEYS = (
-    "epochs", "log_every", "eval_every", "checkpoint_every", "keep_checkpoints", "device",
+    "log_every", "eval_every", "checkpoint_every", "keep_checkpoints", "device",
     "nan_policy", "nan_max_skips", "eval_batch_size", "eval_subset", "eval_sequences",
     "eval_draws", "fid_samples", "inference_steps", "grid", "bridge_temperature", "cfg_scale",
     "temperature", "judge", "gen_prompts", "gen_prompt_len", "gen_length", "test_subset",
@@ -78,7 +79,8 @@ class RunConfig:
     nan_max_skips: int = 10  # abort after this many skipped steps
     # Block-parallel training (torchrun; see docs/parallel.md)
     parallel: bool = False  # one process per block (x data-parallel degree), torch.distributed
-    shared: str = "sync"  # shared modules when parallel: sync | frozen | per-block
+    # Shared modules (stem, label/token embeddings, sigma embedder, head; docs/shared-modules.md)
+    shared: str = "auto"  # auto | sync | frozen | first-block | block-copies | per-block
     shared_init: str | None = None  # run folder whose shared modules start (and, frozen, stay)
 
     # ------------------------------------------------------------------ validation
@@ -108,6 +110,19 @@ class RunConfig:
             raise ConfigError(
                 f"parallel=true trains DiffusionBlocks blocks in separate processes; method "
                 f"{self.method!r} has no blocks to spread"
+            )
+        if self.shared in ("first-block", "block-copies") and (
+            self.parallel or not self.block_resident
+        ):
+            raise ConfigError(
+                f"invalid value for 'shared': {self.shared!r} (a policy for blocks trained one "
+                "after another) needs block-resident training: schedule=sequential or blocks "
+                "naming one block, without parallel=true"
+            )
+        if self.shared == "per-block" and not self.parallel:
+            raise ConfigError(
+                "invalid value for 'shared': 'per-block' gives each block-parallel process its "
+                "own copy of the shared modules; it needs parallel=true"
             )
         _check(self, "num_blocks", 1 <= self.num_blocks <= 64, "an integer in [1, 64]")
         _check(self, "epochs", 0 < self.epochs <= 1e6, "a number in (0, 1e6]")
@@ -170,6 +185,24 @@ class RunConfig:
         return self.method == "dblocks" and (
             self.schedule == "sequential" or len(self.trained_units) == 1 or self.parallel
         )
+
+    @property
+    def shared_policy(self) -> str:
+        """The policy for the shared modules, with ``auto`` resolved: ``block-copies`` when blocks
+        train one after another in one process (block-resident), ``sync`` otherwise.
+
+        - ``sync``: updated at every step by whichever block trains (random/cycle schedules; the
+          gradients are averaged over blocks in synchronous and parallel runs);
+        - ``first-block``: trained together with the first trained block, then frozen, so every
+          block trains and is evaluated against the same shared weights and targets;
+        - ``block-copies``: each block trains its own copy (started from the previous block's),
+          except the target table, which trains with the first block and then stays frozen;
+        - ``frozen``: never updated (their initial weights, or those of ``shared_init``);
+        - ``per-block``: each block-parallel process trains its own copy.
+        """
+        if self.shared != "auto":
+            return self.shared
+        return "block-copies" if self.block_resident and not self.parallel else "sync"
 
     @property
     def trained_units(self) -> tuple[int, ...]:

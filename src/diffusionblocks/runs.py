@@ -169,7 +169,7 @@ def train_run(
         f"{len(trainer.units)} units) on {device}"
     )
     fitted = trainer.fit()
-    trainer.materialize_all()  # block-resident runs: bring every block back for evaluation
+    trainer.prepare_evaluation()  # every block in memory, with its own shared copy if any
     evaluation = task.evaluate(
         quick=False, steps=list(sweep) if config.task == "classification" else None
     )
@@ -266,7 +266,7 @@ def train_parallel(config, run_dir: Path, resume, progress, preset, log, command
             log(f"rank {ctx.rank}: resumed block {ctx.block} at step {trainer.step}")
         log(
             f"rank {ctx.rank}/{ctx.world}: block {ctx.block} (data shard {ctx.dp_rank}/{ctx.dp}), "
-            f"{trainer.total_steps} synchronous steps, shared={config.shared}"
+            f"{trainer.total_steps} synchronous steps, shared={config.shared_policy}"
         )
         fitted = trainer.fit()
         record = {
@@ -297,7 +297,7 @@ def train_parallel(config, run_dir: Path, resume, progress, preset, log, command
             "command": command or _saved_command(run_dir),
             "config": config.to_dict(),
             "task": task.describe(),
-            "parallel": {"world": ctx.world, "dp": ctx.dp, "shared": config.shared},
+            "parallel": {"world": ctx.world, "dp": ctx.dp, "shared": config.shared_policy},
             "ranks": gathered,
             "accounting": _merge_accounting([r["accounting"] for r in gathered]),
             "timing": {
@@ -405,6 +405,14 @@ def evaluate_run(
     if steps is None and task.config.task == "classification":
         steps = list(DEFAULT_SWEEP)
     options = {k: v for k, v in options.items() if v not in (None, False)}
+    split = options.pop("split", None)
+    if split is not None and split not in task.splits:
+        raise ConfigError(
+            f"invalid value for 'split': {split!r} ({task.config.task} runs have the splits "
+            f"{', '.join(task.splits)}; validation splits for every task are still to come)"
+        )
+    if split is not None and len(task.splits) > 1:
+        options["split"] = split
     result = task.evaluate(quick=False, steps=steps, **options)
     return {"run_dir": str(run_dir), "checkpoint_step": ckpt.step, **result}
 

@@ -7,6 +7,7 @@ how to get it. There is no silent fallback to another dataset.
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import os
 import struct
@@ -52,6 +53,35 @@ class ImageDataset:
     test_y: torch.Tensor
     num_classes: int
     class_names: tuple[str, ...] | None = None
+    val_x: torch.Tensor | None = None  # validation split (held out of training), if any
+    val_y: torch.Tensor | None = None
+
+    def hold_out(self, fraction: float) -> ImageDataset:
+        """Move the last ``round(fraction * N)`` training examples to the validation split (the
+        split every model choice is made on; the test split is read once for final tables)."""
+        n_val = int(round(len(self.train_y) * fraction))
+        if n_val == 0:
+            return self
+        if n_val >= len(self.train_y):
+            raise DataError(
+                f"{self.name}: val_fraction={fraction} leaves no training examples "
+                f"out of {len(self.train_y)}"
+            )
+        return dataclasses.replace(
+            self,
+            train_x=self.train_x[:-n_val],
+            train_y=self.train_y[:-n_val],
+            val_x=self.train_x[-n_val:],
+            val_y=self.train_y[-n_val:],
+        )
+
+    def split(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images and labels of ``name``: ``train``, ``val`` or ``test``."""
+        if name == "val" and self.val_y is None:
+            raise DataError(f"{self.name} has no validation split (val_fraction is 0)")
+        x, y = {"train": (self.train_x, self.train_y), "val": (self.val_x, self.val_y),
+                "test": (self.test_x, self.test_y)}[name]  # fmt: skip
+        return x, y
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -64,14 +94,12 @@ class ImageDataset:
         def take(x: torch.Tensor, n: int) -> torch.Tensor:
             return x[:n] if n else x
 
-        return ImageDataset(
-            self.name,
-            take(self.train_x, train),
-            take(self.train_y, train),
-            take(self.test_x, test),
-            take(self.test_y, test),
-            self.num_classes,
-            self.class_names,
+        return dataclasses.replace(
+            self,
+            train_x=take(self.train_x, train),
+            train_y=take(self.train_y, train),
+            test_x=take(self.test_x, test),
+            test_y=take(self.test_y, test),
         )
 
 

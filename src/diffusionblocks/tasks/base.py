@@ -57,6 +57,8 @@ class Task:
         the ones they do not know."""
         raise NotImplementedError
 
+    splits: tuple[str, ...] = ("test",)  # held-out splits ``evaluate(split=...)`` can read
+
     per_block_shared = False  # may each block own a copy of the shared modules? (parallel)
 
     def block_interval(self, block: int) -> list[float] | None:
@@ -71,6 +73,11 @@ class Task:
     # -- helpers ----------------------------------------------------------------------------
     def unit_parameters(self, unit: int) -> list[nn.Parameter]:
         return list(self.model.blocks[unit].parameters())
+
+    def target_prefixes(self) -> tuple[str, ...]:
+        """State-dict prefixes of the shared modules that define the denoising targets (a label
+        or token embedding table): every block must see the same ones."""
+        return ()
 
     def shared_parameters(self) -> list[nn.Parameter]:
         in_blocks = {id(p) for p in self.model.blocks.parameters()}

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from ..config import ConfigError, RunConfig, _check, check_layer_split
 from ..data.images import ImageDataset, load_image_dataset
-from ..diffusion import edm_preconditioning, euler_sample, sigma_grid, weighted_loss
+from ..diffusion import chain, chain_levels, edm_preconditioning, soft_bridge, weighted_loss
 from ..networks.vit import ViT, ViTShape
 from .base import Task
 
@@ -38,6 +38,7 @@ class ClassificationConfig(RunConfig):
     train_subset: int = 0  # use only the first N training images (0 = all)
     test_subset: int = 0  # use only the first N test images (0 = all)
     test_fraction: float = 0.1  # held-out fraction for a .npz without x_test/y_test
+    val_fraction: float = 0.1  # last fraction of the training images held out for validation
     depth: int = 6  # transformer layers in total
     hidden: int = 128  # token width (= label embedding size)
     heads: int = 4  # attention heads
@@ -55,6 +56,7 @@ class ClassificationConfig(RunConfig):
         _check(self, "train_subset", self.train_subset >= 0, "an integer >= 0 (0 = all)")
         _check(self, "test_subset", self.test_subset >= 0, "an integer >= 0 (0 = all)")
         _check(self, "test_fraction", 0 < self.test_fraction < 1, "a fraction in (0, 1)")
+        _check(self, "val_fraction", 0 <= self.val_fraction < 1, "a fraction in [0, 1)")
         _check(self, "depth", 1 <= self.depth <= 256, "an integer in [1, 256]")
         _check(self, "hidden", 1 <= self.hidden <= 65536, "an integer >= 1")
         _check(self, "heads", 1 <= self.heads <= self.hidden, "an integer in [1, hidden]")
@@ -76,23 +78,17 @@ def _no_options(options: dict) -> None:
         )
 
 
-def soft_bridge(logits: torch.Tensor, table: torch.Tensor, temperature: float = 1.0):
-    """D = softmax(logits / T) @ normalize(E) (SPEC §6); T = 0 picks the argmax row."""
-    if temperature == 0:
-        return table[logits.argmax(-1)]
-    return (logits / temperature).softmax(-1) @ table
-
-
 class _ImageClassification(Task):
     """Data, network and evaluation loop shared by both methods."""
 
     config_class = ClassificationConfig
     config: ClassificationConfig
+    splits = ("val", "test")
 
     def __init__(self, config: ClassificationConfig, device: torch.device):
         super().__init__(config, device)
         full = load_image_dataset(config.data, config.data_dir, config.test_fraction)
-        data = full.subset(config.train_subset, config.test_subset)
+        data = full.hold_out(config.val_fraction).subset(config.train_subset, config.test_subset)
         self.data: ImageDataset = data
         c, h, w = data.image_shape
         if h % config.patch_size or w % config.patch_size:
@@ -137,21 +133,35 @@ class _ImageClassification(Task):
     def train_batch(self, indices: torch.Tensor):
         return self._prepare(self.data.train_x[indices]), self.data.train_y[indices].to(self.device)
 
-    def _test_batches(self, limit: int | None = None):
-        n = len(self.data.test_y) if limit is None else min(limit, len(self.data.test_y))
+    def _eval_batches(self, split: str, limit: int | None = None):
+        """(images, labels) batches of the ``val`` or ``test`` split (the first ``limit``)."""
+        if split not in ("val", "test"):
+            raise ConfigError(f"invalid value for 'split': {split!r} (choose one of val, test)")
+        if split == "val" and self.data.val_y is None:
+            raise ConfigError(
+                "invalid value for 'split': 'val' (this run holds out no validation images: "
+                "val_fraction is 0)"
+            )
+        x, y = self.data.split(split)
+        n = len(y) if limit is None else min(limit, len(y))
         bs = self.config.eval_batch_size
         for start in range(0, n, bs):
             stop = min(start + bs, n)
-            yield (
-                self._prepare(self.data.test_x[start:stop]),
-                self.data.test_y[start:stop].to(self.device),
-            )
+            yield self._prepare(x[start:stop]), y[start:stop].to(self.device)
+
+    def target_prefixes(self) -> tuple[str, ...]:
+        return ("label_embed.",)
+
+    def default_split(self, quick: bool) -> str:
+        """Quick evaluations during training read the validation split when there is one."""
+        return "val" if quick and self.data.val_y is not None else "test"
 
     def describe(self) -> dict[str, Any]:
         d = self.data
         return {
             "dataset": d.name,
             "train_examples": len(d.train_y),
+            "val_examples": 0 if d.val_y is None else len(d.val_y),
             "test_examples": len(d.test_y),
             "image_shape": list(d.image_shape),
             "num_classes": d.num_classes,
@@ -180,21 +190,23 @@ class EndToEndClassification(_ImageClassification):
         return loss, {"loss": loss.item(), "ce": loss.item(), "acc": acc.item()}
 
     @torch.no_grad()
-    def evaluate(self, quick=False, steps=None, **options):
+    def evaluate(self, quick=False, steps=None, split=None, **options):
         _no_options(options)
+        split = split or self.default_split(quick)
         self.model.eval()
         correct = total = 0
         ce = 0.0
-        for images, labels in self._test_batches(self.config.eval_subset if quick else None):
+        for images, labels in self._eval_batches(split, self.config.eval_subset if quick else None):
             logits = self.logits(images)
             correct += int((logits.argmax(-1) == labels).sum())
             ce += float(F.cross_entropy(logits, labels, reduction="sum"))
             total += len(labels)
         self.model.train()
         return {
+            "split": split,
             "accuracy": correct / total,
-            "test_ce": ce / total,
-            "test_examples": total,
+            "ce": ce / total,
+            "examples": total,
             "layer_evals_per_image": self.config.depth,
         }
 
@@ -234,39 +246,45 @@ class BlockwiseClassification(_ImageClassification):
 
     @torch.no_grad()
     def predict(
-        self, images: torch.Tensor, steps: int, generator: torch.Generator, grid: str | None = None
+        self,
+        images: torch.Tensor,
+        steps: int | None = None,
+        generator: torch.Generator | None = None,
+        grid: str | None = None,
     ) -> tuple[torch.Tensor, list[tuple[int, float, torch.Tensor]]]:
-        """Classify by sampling the label embedding (SPEC §5, §6).
+        """Classify normalised images by sampling the label embedding: a chain of ``steps``
+        block calls (default ``inference_steps``, i.e. B: every block once, the cost of one
+        forward pass) from pure noise at sigma_max, the soft bridge between calls.
 
-        Returns the final logits (N, classes) and, per denoiser call, (block, sigma, logits).
+        Returns the last call's logits (N, classes) and, per call, (block, sigma, logits).
         """
-        m = self.model
+        c, m = self.config, self.model
+        steps = c.steps_at_inference if steps is None else steps
+        if generator is None:
+            generator = torch.Generator().manual_seed(c.seed + 1_000_003)
         n = len(images)
         patches = m.embed_patches(images)
         table = m.label_table()  # the same normalised table as training (soft bridge)
         calls: list[tuple[int, float, torch.Tensor]] = []
 
-        def denoise(z, sigma, block):
+        def call(z, sigma, block):
             logits = self.block_logits(block, z, torch.full((n,), sigma, device=z.device), patches)
             calls.append((block, sigma, logits))
-            return soft_bridge(logits, table, self.config.bridge_temperature)
+            return logits
 
         z = self.schedule.sigma_max * torch.randn(n, m.shape.hidden, generator=generator)
-        sigmas = sigma_grid(steps, self.schedule, grid or self.config.grid)
-        z = euler_sample(denoise, z.to(self.device), sigmas, route=self._route)
-        sigma_min = self.schedule.sigma_min
-        final = self.block_logits(
-            self._route(sigma_min), z, torch.full((n,), sigma_min, device=z.device), patches
-        )
-        calls.append((self._route(sigma_min), sigma_min, final))
+        levels = chain_levels(steps, self.schedule, grid or c.grid)
+        final = chain(call, z.to(self.device), levels, self._route,
+                      lambda logits: soft_bridge(logits, table, c.bridge_temperature))  # fmt: skip
         return final, calls
 
     def _route(self, sigma: float) -> int:
         return int(self.partition.block_of(sigma))
 
     @torch.no_grad()
-    def evaluate(self, quick=False, steps=None, **options):
+    def evaluate(self, quick=False, steps=None, split=None, **options):
         _no_options(options)
+        split = split or self.default_split(quick)
         c = self.config
         B = c.num_blocks
         default = c.steps_at_inference
@@ -279,7 +297,7 @@ class BlockwiseClassification(_ImageClassification):
         ce_sigma_max = [0.0] * B
         denoise_ce = [0.0] * B
         total = 0
-        for images, labels in self._test_batches(c.eval_subset if quick else None):
+        for images, labels in self._eval_batches(split, c.eval_subset if quick else None):
             n = len(labels)
             total += n
             for s in sweep:
@@ -287,7 +305,7 @@ class BlockwiseClassification(_ImageClassification):
                 correct[s] += int((final.argmax(-1) == labels).sum())
                 if s == default:
                     last = {}
-                    for block, _, logits in calls[:-1]:
+                    for block, _, logits in calls:
                         last[block] = logits
                     called.update(last)
                     for block, logits in last.items():
@@ -309,10 +327,11 @@ class BlockwiseClassification(_ImageClassification):
                 denoise_ce[b] += float(F.cross_entropy(logits, labels, reduction="sum"))
         self.model.train()
         result: dict[str, Any] = {
+            "split": split,
             "accuracy": correct[default] / total,
             "steps": default,
-            "test_examples": total,
-            "layer_evals_per_image": (default + 1) * c.depth // B,
+            "examples": total,
+            "layer_evals_per_image": default * c.depth // B,
         }
         if not quick:
             result["steps_sweep"] = {str(s): correct[s] / total for s in sweep}

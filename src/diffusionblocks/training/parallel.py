@@ -131,7 +131,7 @@ class ParallelTrainer(Trainer):
         self.total_steps = self.steps_per_unit
         self.local_units = [ctx.block]
         self.resident = False  # the other blocks are never built here, nothing to offload
-        if c.shared == "per-block" and not getattr(task, "per_block_shared", False):
+        if c.shared_policy == "per-block" and not getattr(task, "per_block_shared", False):
             raise ConfigError(
                 f"shared=per-block is not allowed for task {c.task!r}: its target space depends "
                 "on the shared modules (label/token embeddings), so blocks must share them; use "
@@ -147,37 +147,10 @@ class ParallelTrainer(Trainer):
                 u: torch.Generator().manual_seed(base[u].initial_seed() + 7919 * ctx.dp_rank)
                 for u in base
             }
-        if c.shared_init:
-            self._load_shared_from(c.shared_init)
-        if c.shared == "frozen":
-            for p in self.shared_params:
-                p.requires_grad_(False)
         self.model.materialize_block(ctx.block, self.model.device)
-
-    @property
-    def shared_trainable(self) -> bool:
-        return self.config.shared != "frozen"
 
     def units_at(self, step: int) -> list[int]:
         return [self.ctx.block]
-
-    def _load_shared_from(self, run_dir: str) -> None:
-        """Shared modules from a block-parallel run's latest shared checkpoint, or from any run
-        or model folder that ``dblocks eval`` accepts."""
-        path = latest_checkpoint(Path(run_dir) / "shared")
-        if path is not None:
-            state = Checkpoint(path).tensors("shared")
-        else:
-            from ..runs import load_run
-
-            other, _ = load_run(run_dir, str(self.model.device))
-            state = {
-                k: v for k, v in other.model.state_dict().items() if not k.startswith("blocks.")
-            }
-        expected = {k for k in self.model.state_dict() if not k.startswith("blocks.")}
-        if set(state) != expected:
-            raise ConfigError(f"shared_init={run_dir}: its shared modules do not fit this model")
-        self.model.load_state_dict(state, strict=False)
 
     # -- gradients ---------------------------------------------------------------------------
     def reduce_gradients(self, units, unit_params) -> None:
@@ -189,19 +162,19 @@ class ParallelTrainer(Trainer):
                 if p.grad is not None:
                     dist.all_reduce(p.grad, group=ctx.block_group)
                     p.grad /= ctx.dp
-        if c.shared == "sync":
+        if c.shared_policy == "sync":
             for p in self.shared_params:
                 grad = p.grad if p.grad is not None else torch.zeros_like(p)
                 dist.all_reduce(grad)
                 p.grad = grad / ctx.world
-        elif c.shared == "per-block" and ctx.dp > 1:
+        elif c.shared_policy == "per-block" and ctx.dp > 1:
             for p in self.shared_params:
                 grad = p.grad if p.grad is not None else torch.zeros_like(p)
                 dist.all_reduce(grad, group=ctx.block_group)
                 p.grad = grad / ctx.dp
 
     def synchronous_step(self, units, batch):
-        if self.config.shared == "frozen":
+        if self.config.shared_policy == "frozen":
             for p in self.shared_params:
                 p.grad = None
         return super().synchronous_step(units, batch)
@@ -209,7 +182,7 @@ class ParallelTrainer(Trainer):
     # -- checkpoints --------------------------------------------------------------------------
     def shared_dir(self) -> Path:
         assert self.run_dir is not None
-        if self.config.shared == "per-block":
+        if self.config.shared_policy == "per-block":
             return self.run_dir / f"shared-block-{self.ctx.block}"
         return self.run_dir / "shared"
 
@@ -233,7 +206,7 @@ class ParallelTrainer(Trainer):
                 "block": b,
                 "units": len(self.model.blocks),
                 "noise_interval": self.task.block_interval(b),
-                "shared_policy": c.shared,
+                "shared_policy": c.shared_policy,
                 "shared_version": version,
                 "total_steps": self.total_steps,
             }
@@ -253,7 +226,7 @@ class ParallelTrainer(Trainer):
                 path, self.step, {"block": self.model.blocks[b].state_dict()}, objects, meta,
                 c.keep_checkpoints,
             )  # fmt: skip
-        shared_writer = ctx.is_block_leader if c.shared == "per-block" else ctx.rank == 0
+        shared_writer = ctx.is_block_leader if c.shared_policy == "per-block" else ctx.rank == 0
         if shared_writer:
             objects = {}
             if self.shared_trainable:
@@ -261,9 +234,9 @@ class ParallelTrainer(Trainer):
             meta = {
                 "task": c.task,
                 "config_hash": c.config_hash(ignore=PARALLEL_HASH_IGNORE),
-                "shared_policy": c.shared,
+                "shared_policy": c.shared_policy,
                 "shared_version": version,
-                "block": ctx.block if c.shared == "per-block" else None,
+                "block": ctx.block if c.shared_policy == "per-block" else None,
             }
             save_checkpoint(self.shared_dir(), self.step, {"shared": shared}, objects, meta,
                             c.keep_checkpoints)  # fmt: skip

@@ -43,6 +43,7 @@ from .checkpoint import (
     save_checkpoint,
 )
 from .metrics import MetricsWriter, current_rss_bytes, peak_rss_bytes
+from .shared import SharedModules
 
 
 class NumericalFault(RuntimeError):
@@ -70,7 +71,10 @@ def block_sequence(
 ) -> torch.Tensor:
     """The unit trained at each global step (LongTensor of length len(units) * steps_per_unit).
 
-    - ``random``: each step draws a unit uniformly at random, independently (the paper);
+    - ``random``: a random order in which every unit appears exactly ``steps_per_unit`` times
+      (the paper draws a block uniformly per step; drawing without replacement keeps that
+      marginal and gives each block exactly its budget, so its cosine schedule ends where it
+      should);
     - ``cycle``: round robin;
     - ``sequential``: the first unit to completion, then the next, ...
     """
@@ -79,7 +83,7 @@ def block_sequence(
     table = torch.tensor(units, dtype=torch.long)
     if schedule == "random":
         gen = torch.Generator().manual_seed(seed * 7919 + 2)
-        return table[torch.randint(k, (total,), generator=gen)]
+        return table.repeat_interleave(steps_per_unit)[torch.randperm(total, generator=gen)]
     if schedule == "cycle":
         return table[torch.arange(total) % k]
     if schedule == "sequential":
@@ -160,7 +164,12 @@ class Trainer:
         self.step = 0
         self.unit_steps = [0] * self.num_units
         self.shared_params = task.shared_parameters()
-        self.shared_optimizer = make_optimizer(self.shared_params, c)
+        self.shared_policy = c.shared_policy
+        if c.shared_init:
+            self._load_shared_from(c.shared_init)
+        self.shared = SharedModules(task, self.shared_policy, self.units[0])
+        self.shared_optimizer: torch.optim.AdamW | None = None
+        self._prepare_shared(self.units[0])
         self.optimizers: dict[int, torch.optim.AdamW] = {}
         self._pending_optimizer: dict[int, dict] = {}  # loaded state for not-yet-built optimizers
         self.resident = c.block_resident
@@ -229,6 +238,12 @@ class Trainer:
         self.optimizers.pop(unit, None)
         self.model.release_block(unit)
 
+    def prepare_evaluation(self) -> None:
+        """After training: every block in memory, each with its own copy of the shared modules
+        where the policy gives blocks copies."""
+        self.materialize_all()
+        self.shared.install()
+
     def materialize_all(self) -> None:
         """Load every block that lives on disk back into memory (for evaluation)."""
         from safetensors.torch import load_file
@@ -242,6 +257,8 @@ class Trainer:
         params = [p for p in self.model.parameters() if not p.is_meta]
         opt_bytes = 0
         for opt in [self.shared_optimizer, *self.optimizers.values()]:
+            if opt is None:
+                continue
             for state in opt.state.values():
                 opt_bytes += sum(
                     v.numel() * v.element_size() for v in state.values() if torch.is_tensor(v)
@@ -254,11 +271,41 @@ class Trainer:
             "optimizer_bytes": opt_bytes,
         }
 
+    # -- shared modules ---------------------------------------------------------------------
+    def _prepare_shared(self, unit: int) -> list[torch.nn.Parameter]:
+        """Apply the shared policy before a step of ``unit``; a changed set of trainable shared
+        parameters gets a fresh optimizer (a frozen module's optimizer state is freed)."""
+        if self.shared.prepare(unit):
+            params = self.shared.trainable(unit)
+            self.shared_optimizer = make_optimizer(params, self.config) if params else None
+        return self.shared.trainable(unit)
+
+    def _load_shared_from(self, run_dir: str) -> None:
+        """Shared modules from a block-parallel run's latest shared checkpoint, or from any run
+        or model folder that ``dblocks eval`` accepts."""
+        from ..config import ConfigError
+
+        path = latest_checkpoint(Path(run_dir) / "shared")
+        if path is not None:
+            state = Checkpoint(path).tensors("shared")
+        else:
+            from ..runs import load_run
+
+            other, _ = load_run(run_dir, str(self.model.device))
+            state = {
+                k: v for k, v in other.model.state_dict().items() if not k.startswith("blocks.")
+            }
+        expected = {k for k in self.model.state_dict() if not k.startswith("blocks.")}
+        if set(state) != expected:
+            raise ConfigError(f"shared_init={run_dir}: its shared modules do not fit this model")
+        self.model.load_state_dict(state, strict=False)
+
     def train_step(self, unit: int, batch: Any) -> dict[str, float]:
-        """One optimizer step on ``unit`` (and the shared modules) with ``batch``."""
+        """One optimizer step on ``unit`` (and, if the policy says so, the shared modules)."""
         c = self.config
         opt = self.optimizer_for(unit)
-        params = self.task.unit_parameters(unit) + self.shared_params
+        shared = self._prepare_shared(unit)
+        params = self.task.unit_parameters(unit) + shared
         for p in params:
             p.grad = None
         loss, logs = self.task.loss(unit, batch, self.generator)
@@ -273,11 +320,17 @@ class Trainer:
         )
         for group in opt.param_groups:
             group["lr"] = lr
-        shared_lr = learning_rate(self.step, self.total_steps, c.lr, c.warmup, c.min_lr_ratio)
-        for group in self.shared_optimizer.param_groups:
-            group["lr"] = shared_lr
         opt.step()
-        self.shared_optimizer.step()
+        if self.shared_optimizer is not None and shared:
+            # Shared modules that belong to one block at a time follow that block's schedule.
+            shared_lr = (
+                lr
+                if self.shared_policy in ("first-block", "block-copies")
+                else learning_rate(self.step, self.total_steps, c.lr, c.warmup, c.min_lr_ratio)
+            )
+            for group in self.shared_optimizer.param_groups:
+                group["lr"] = shared_lr
+            self.shared_optimizer.step()
         for p in params:
             p.grad = None
         self.unit_steps[unit] += 1
@@ -321,7 +374,7 @@ class Trainer:
             opt.step()
             self.unit_steps[u] += 1
             logs["lr"] = lr
-        if self.shared_trainable:
+        if self.shared_trainable and self.shared_optimizer is not None:
             if c.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(self.shared_params, c.grad_clip)
             shared_lr = learning_rate(self.step, self.total_steps, c.lr, c.warmup, c.min_lr_ratio)
@@ -370,7 +423,7 @@ class Trainer:
 
     @property
     def shared_trainable(self) -> bool:
-        return True
+        return self.shared_policy != "frozen"
 
     def reduce_gradients(self, units: list[int], unit_params: dict[int, list]) -> None:
         """Single process: the shared gradients were summed over ``units``; take their mean."""
@@ -486,7 +539,9 @@ class Trainer:
                 and self.step % c.eval_every == 0
                 and self.step < self.total_steps
             ):
+                restore = self.shared.install()
                 quick = self.task.evaluate(quick=True)
+                restore()
                 self.metrics.write(
                     {"step": self.step, **{f"eval_{k}": v for k, v in quick.items()}}
                 )
@@ -591,7 +646,8 @@ class Trainer:
             ) from None
 
     def _save(self) -> Path:
-        tensors = {"shared": self._shared_state()}
+        copies, shared_info = self.shared.state()
+        tensors = {"shared": self._shared_state(), **copies}
         links: dict[str, Path] = {}
         for u in range(self.num_units):
             if self.model.block_is_materialized(u):
@@ -601,7 +657,9 @@ class Trainer:
             else:  # never built (resident mode before fit): its initial weights
                 tensors[f"block-{u}"] = self.model.build_block(u).state_dict()
         objects: dict[str, Any] = {
-            "optimizer-shared": self.shared_optimizer.state_dict(),
+            "optimizer-shared": (
+                self.shared_optimizer.state_dict() if self.shared_optimizer else None
+            ),
             "trainer": {
                 "step": self.step,
                 "unit_steps": list(self.unit_steps),
@@ -612,6 +670,7 @@ class Trainer:
                 "unit_generators": {str(u): g.get_state() for u, g in self.unit_generators.items()},
                 "layer_evals": self.layer_evals,
                 "backward_layer_evals": self.backward_layer_evals,
+                "shared": shared_info,
             },
         }
         for u, state in self._pending_optimizer.items():
@@ -665,7 +724,18 @@ class Trainer:
         else:
             load_model_weights(self.model, ckpt)
         self.optimizers.clear()
-        self.shared_optimizer.load_state_dict(ckpt.obj("optimizer-shared"))
+        state = ckpt.obj("trainer")
+        self.shared.load(ckpt, state.get("shared", {}))
+        # The shared optimizer covers what trained at the last saved step; the next step
+        # switches the set (and the optimizer) exactly as an uninterrupted run would.
+        step = int(state["step"])
+        last_unit = self.units_at(step - 1)[0] if step > 0 else self.units[0]
+        self.shared._trainable = None
+        params = self._prepare_shared(last_unit)
+        self.shared_optimizer = make_optimizer(params, self.config) if params else None
+        saved = ckpt.obj("optimizer-shared")
+        if self.shared_optimizer is not None and saved is not None:
+            self.shared_optimizer.load_state_dict(saved)
         for u in range(self.num_units):
             if ckpt.has(f"optimizer-block-{u}.pt"):
                 self._pending_optimizer[u] = ckpt.obj(f"optimizer-block-{u}")
@@ -722,8 +792,13 @@ def load_shared_weights(model: torch.nn.Module, ckpt: Checkpoint) -> None:
 
 def load_model_weights(model: torch.nn.Module, ckpt: Checkpoint) -> None:
     """Load the shared and per-block tensors of ``ckpt`` into ``model``; blocks on the meta
-    device are materialised."""
+    device are materialised; per-block copies of the shared modules (``shared=block-copies``)
+    are installed so that each block runs with its own."""
     load_shared_weights(model, ckpt)
+    if ckpt.has("shared-copy-0.safetensors"):
+        model.set_shared_variants(
+            {u: ckpt.tensors(f"shared-copy-{u}") for u in range(len(model.blocks))}
+        )
     for u in range(len(model.blocks)):
         state = ckpt.tensors(f"block-{u}")
         try:
