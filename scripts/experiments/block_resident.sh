@@ -1,20 +1,25 @@
 #!/usr/bin/env bash
 # Issue 13.1: quality and memory of block-resident training (one block in memory at a time)
-# against the random schedule (all blocks resident), vit-fmnist-quick, B=3, 3 seeds, from the
-# same runs. Shared-module policies compared in block-resident (sequential) training:
-#   first-block (the default: shared modules train with block 0, then freeze),
-#   sync (the old behaviour: they keep training with every block, so block 0 drifts),
-#   frozen (never trained: initial weights).
+# against all-resident schedules, vit-fmnist-quick, B=3, 3 seeds, accuracy and memory from the
+# same runs. Variants:
+#   random, cycle          all blocks resident, shared modules trained by every block (sync)
+#   seq-copies             block-resident, shared=block-copies (the default for block-resident)
+#   seq-first              block-resident, shared=first-block (train with block 0, then freeze)
+#   seq-sync               block-resident, shared=sync (the old behaviour: block 0 drifts)
+#   seq-frozen             block-resident, shared=frozen (never trained)
 # Two single-threaded runs at a time (2 cores). Runs land in runs/block-resident/.
 # Collect: python scripts/experiments/block_resident_report.py
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-runs/block-resident}
+SEEDS=${SEEDS:-0 1 2}
 mkdir -p "$OUT"
 jobs=()
-for seed in 0 1 2; do
+for seed in $SEEDS; do
   jobs+=("random-s$seed --set schedule=random --set seed=$seed")
-  jobs+=("seq-first-s$seed --set schedule=sequential --set seed=$seed")
+  jobs+=("seq-copies-s$seed --set schedule=sequential --set shared=block-copies --set seed=$seed")
+  jobs+=("cycle-s$seed --set schedule=cycle --set seed=$seed")
+  jobs+=("seq-first-s$seed --set schedule=sequential --set shared=first-block --set seed=$seed")
   jobs+=("seq-sync-s$seed --set schedule=sequential --set shared=sync --set seed=$seed")
   jobs+=("seq-frozen-s$seed --set schedule=sequential --set shared=frozen --set seed=$seed")
 done

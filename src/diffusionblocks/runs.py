@@ -173,6 +173,9 @@ def train_run(
     evaluation = task.evaluate(
         quick=False, steps=list(sweep) if config.task == "classification" else None
     )
+    extra = {}
+    if "val" in task.splits:  # the split every choice is made on, reported beside the test split
+        extra["eval_val"] = task.evaluate(quick=False, steps=list(sweep), split="val")
     results = {
         "run_dir": str(run_dir),
         "preset": preset,
@@ -181,6 +184,7 @@ def train_run(
         "task": info,
         **fitted,
         "eval": evaluation,
+        **extra,
         "environment": environment(device),
     }
     atomic_write_json(run_dir / "results.json", results)
