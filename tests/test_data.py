@@ -6,6 +6,7 @@ import struct
 import numpy as np
 import pytest
 import torch
+from helpers import needs_fmnist
 
 from diffusionblocks.data.images import (
     DataError,
@@ -149,10 +150,7 @@ def test_unreadable_and_missing_npz(tmp_path):
         load_image_dataset("cifar-100")
 
 
-@pytest.mark.skipif(
-    not __import__("os").path.exists("/usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz"),
-    reason="Fashion-MNIST (apt-get install dataset-fashion-mnist) not installed",
-)
+@needs_fmnist
 def test_real_fashion_mnist():
     ds = load_fashion_mnist()
     assert len(ds.train_y) == 60_000 and len(ds.test_y) == 10_000

@@ -15,7 +15,7 @@ from diffusionblocks.data.images import DataError, load_npz, read_idx
 from diffusionblocks.data.text import load_text_file
 from diffusionblocks.registry import TASKS
 
-FAST = settings(max_examples=150, deadline=2000, suppress_health_check=[HealthCheck.too_slow])
+FAST = settings(max_examples=300, deadline=2000, suppress_health_check=[HealthCheck.too_slow])
 CONFIGS = [cls for cls, _ in TASKS.values()]
 KEYS = sorted({f.name for cls in CONFIGS for f in fields(cls)})
 
@@ -41,11 +41,18 @@ def test_config_values_give_a_config_or_a_named_error(cls, data):
     try:
         config = build_config(cls, data)
     except ConfigError as err:
-        assert str(err)
+        # every refusal names the offending key: one of the keys that were given
+        message = str(err)
+        assert any(_names(message, key) for key in data), (message, sorted(data))
         return
     for f in fields(config):  # a config that built is valid: no NaN sneaks in
         v = getattr(config, f.name)
         assert not (isinstance(v, float) and not math.isfinite(v)), f.name
+
+
+def _names(message: str, key: str) -> bool:
+    """Whether ``message`` names config key ``key`` (quoted, or as key=value)."""
+    return f"'{key}'" in message or (bool(key) and f"{key}=" in message)
 
 
 @FAST

@@ -1,11 +1,10 @@
 """Image generation: the DiT, the EDM loss, the block-routed sampler, FID, the sample command."""
 
 import json
-import os
 
 import pytest
 import torch
-from helpers import same_state, snapshot
+from helpers import count_layer_calls, needs_fmnist, same_state, snapshot, synthetic_images
 
 from diffusionblocks.cli import main
 from diffusionblocks.diffusion import edm_loss_weight, edm_preconditioning
@@ -18,14 +17,19 @@ from diffusionblocks.fid import (
 from diffusionblocks.registry import make_config, make_task
 from diffusionblocks.training import Trainer
 
-FMNIST = "/usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz"
-needs_fmnist = pytest.mark.skipif(
-    not os.path.exists(FMNIST), reason="needs Fashion-MNIST (apt-get install dataset-fashion-mnist)"
-)
-
 
 def dit_task(**overrides):
     return make_task(make_config("dit-tiny", {"device": "cpu", **overrides}), torch.device("cpu"))
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory):
+    """A synthetic 28x28 image set (no Fashion-MNIST needed): these tests never skip."""
+    return synthetic_images(tmp_path_factory.mktemp("synth") / "images.npz")
+
+
+def synth_task(synth, **overrides):
+    return dit_task(data=synth, train_subset=0, test_subset=0, **overrides)
 
 
 def test_frechet_distance_closed_form():
@@ -64,66 +68,6 @@ class TestWithFashionMNIST:
 
         card = json.loads(EVALUATOR_CARD.read_text())
         assert card["test_accuracy"] > 0.9 and "command" in card
-
-    def test_block_l2_loss_equals_the_inline_formula(self):
-        task = dit_task()
-        target, labels = task.train_batch(torch.arange(8))
-        loss, _ = task.loss(1, (target, labels), torch.Generator().manual_seed(3))
-
-        gen = torch.Generator().manual_seed(3)
-        sigma = task.partition.sample_sigma(1, 8, gen)
-        z = target + sigma[:, None, None, None] * torch.randn(target.shape, generator=gen)
-        drop = torch.rand(8, generator=gen) < 0.1
-        labels = torch.where(drop, torch.full_like(labels, 10), labels)
-        s = sigma[:, None, None, None]
-        c_skip, c_out, c_in, c_noise = edm_preconditioning(s, 0.5)
-        out = task.model.run_block(1, c_in * z, c_noise.flatten(), labels)
-        d = c_skip * z + c_out * out
-        per_example = (d - target).square().flatten(1).mean(1)
-        expect = (edm_loss_weight(sigma, 0.5) * per_example).mean()
-        assert torch.allclose(loss, expect, rtol=1e-5)
-
-    def test_targets_have_std_sigma_data(self):
-        task = dit_task(train_subset=0, test_subset=10)
-        assert task.to_target(task.data.train_x[:5000]).std().item() == pytest.approx(0.5, rel=0.02)
-        x = task.data.train_x[:4]
-        assert torch.allclose(task.to_pixels(task.to_target(x)), x, atol=1e-6)
-
-    def test_sampler_with_an_oracle_denoiser_gives_the_right_statistics(self):
-        """Replace the network by the exact denoiser of Gaussian targets N(0, s^2): the sampled
-        targets must have std s, whatever the block routing and the CFG weight."""
-        task = dit_task()
-        s = 0.5
-        task.denoise = lambda unit, z, sigma, labels: (
-            s**2 / (s**2 + sigma[:, None, None, None] ** 2) * z
-        )
-        task.to_pixels = lambda target: target  # look at the targets themselves
-        images, info = task.generate(
-            torch.zeros(2000, dtype=torch.long), torch.Generator().manual_seed(0), steps=300
-        )
-        assert images.std().item() == pytest.approx(s, rel=0.02)
-        assert info["calls_per_unit"] == [150, 150]
-
-    def test_dblocks_sampling_costs_one_over_b_of_e2e(self):
-        labels = torch.arange(4)
-        e2e = dit_task(method="e2e", depth=4)
-        db = dit_task(num_blocks=4, depth=4)
-        _, a = e2e.generate(labels, torch.Generator().manual_seed(0), steps=8)
-        _, b = db.generate(labels, torch.Generator().manual_seed(0), steps=8)
-        assert a["layer_evals_per_image"] == 8 * 4 * 2  # 8 steps x 4 layers x (cond + uncond)
-        assert b["layer_evals_per_image"] * 4 == a["layer_evals_per_image"]
-        _, c = db.generate(labels, torch.Generator().manual_seed(0), steps=8, cfg_scale=1.0)
-        assert c["layer_evals_per_image"] == 8
-
-    def test_a_step_on_one_block_moves_nothing_else(self):
-        task = dit_task(num_blocks=2)
-        trainer = Trainer(task, None, progress=False)
-        batch = task.train_batch(torch.arange(32))
-        for u in (0, 1, 0, 1):
-            trainer.train_step(u, batch)
-        before = snapshot(task.model.blocks[0])
-        trainer.train_step(1, batch)
-        assert same_state(before, snapshot(task.model.blocks[0]))
 
     def test_train_sample_and_eval_fid_end_to_end(self, tmp_path, capsys):
         run = str(tmp_path / "run")
@@ -207,3 +151,73 @@ def test_missing_inception_extra_is_a_clear_error(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
     with pytest.raises(EvaluatorError, match=r"diffusionblocks\[inception\]"):
         InceptionFeatures()
+
+
+def test_block_l2_loss_equals_the_inline_formula(synth):
+    task = synth_task(synth)
+    target, labels = task.train_batch(torch.arange(8))
+    loss, _ = task.loss(1, (target, labels), torch.Generator().manual_seed(3))
+
+    gen = torch.Generator().manual_seed(3)
+    sigma = task.partition.sample_sigma(1, 8, gen)
+    z = target + sigma[:, None, None, None] * torch.randn(target.shape, generator=gen)
+    drop = torch.rand(8, generator=gen) < 0.1
+    labels = torch.where(drop, torch.full_like(labels, 10), labels)
+    s = sigma[:, None, None, None]
+    c_skip, c_out, c_in, c_noise = edm_preconditioning(s, 0.5)
+    out = task.model.run_block(1, c_in * z, c_noise.flatten(), labels)
+    d = c_skip * z + c_out * out
+    per_example = (d - target).square().flatten(1).mean(1)
+    expect = (edm_loss_weight(sigma, 0.5) * per_example).mean()
+    assert torch.allclose(loss, expect, rtol=1e-5)
+
+
+def test_targets_have_std_sigma_data(synth):
+    task = synth_task(synth)
+    assert task.to_target(task.data.train_x).std().item() == pytest.approx(0.5, rel=0.02)
+    x = task.data.train_x[:4]
+    assert torch.allclose(task.to_pixels(task.to_target(x)), x, atol=1e-6)
+
+
+def test_sampler_with_an_oracle_denoiser_gives_the_right_statistics(synth):
+    """Replace the network by the exact denoiser of Gaussian targets N(0, s^2): the sampled
+    targets must have std s, whatever the block routing and the CFG weight."""
+    task = synth_task(synth)
+    s = 0.5
+    task.denoise = lambda unit, z, sigma, labels: (
+        s**2 / (s**2 + sigma[:, None, None, None] ** 2) * z
+    )
+    task.to_pixels = lambda target: target  # look at the targets themselves
+    images, info = task.generate(
+        torch.zeros(2000, dtype=torch.long), torch.Generator().manual_seed(0), steps=300
+    )
+    assert images.std().item() == pytest.approx(s, rel=0.02)
+    assert info["calls_per_unit"] == [150, 150]
+
+
+def test_dblocks_sampling_costs_one_over_b_of_e2e(synth):
+    labels = torch.arange(4)
+    e2e = synth_task(synth, method="e2e", depth=4)
+    db = synth_task(synth, num_blocks=4, depth=4)
+    with count_layer_calls(e2e.model) as hooks_e2e:
+        _, a = e2e.generate(labels, torch.Generator().manual_seed(0), steps=8)
+    with count_layer_calls(db.model) as hooks_db:
+        _, b = db.generate(labels, torch.Generator().manual_seed(0), steps=8)
+    assert hooks_e2e.layers == 8 * 4  # 8 denoiser calls x 4 layers (cond + uncond in one batch)
+    assert hooks_db.layers == 8 * 1  # each call runs one block of 1 layer
+    assert a["layer_evals_per_image"] == 2 * hooks_e2e.layers  # per image: cond and uncond
+    assert b["layer_evals_per_image"] == 2 * hooks_db.layers
+    with count_layer_calls(db.model) as hooks:
+        _, c = db.generate(labels, torch.Generator().manual_seed(0), steps=8, cfg_scale=1.0)
+    assert c["layer_evals_per_image"] == hooks.layers == 8
+
+
+def test_a_step_on_one_block_moves_nothing_else(synth):
+    task = synth_task(synth, num_blocks=2)
+    trainer = Trainer(task, None, progress=False)
+    batch = task.train_batch(torch.arange(32))
+    for u in (0, 1, 0, 1):
+        trainer.train_step(u, batch)
+    before = snapshot(task.model.blocks[0])
+    trainer.train_step(1, batch)
+    assert same_state(before, snapshot(task.model.blocks[0]))

@@ -178,3 +178,27 @@ def test_parallel_without_torchrun_needs_one_block(tmp_path, capsys):
     assert main(["train", "--preset", "tiny", "--set", "parallel=true",
                  "--out", str(tmp_path / "r")]) == 2  # fmt: skip
     assert "needs torchrun" in capsys.readouterr().err
+
+
+def test_data_parallel_ranks_of_a_block_read_disjoint_shards(tmp_path):
+    """2 blocks x 2 data-parallel ranks: over one epoch the two ranks of a block train on
+    disjoint examples that together make the epoch (all but the remainder of a global batch)."""
+    out = tmp_path / "dp"
+    proc = torchrun(4, "--preset", "tiny", "--set", "parallel=true", "--set", "device=cpu",
+                    "--set", "epochs=1", "--out", str(out))  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((out / "results.json").read_text())
+    n = results["task"]["train_examples"]
+    global_batch = 2 * 64
+    for block in (0, 1):
+        ranks = [r for r in results["ranks"] if r["block"] == block]
+        assert sorted(r["data_shard"][0] for r in ranks) == [0, 1]
+        a, b = (set(r["first_epoch_indices"]) for r in ranks)
+        assert len(a) == len(b) == (n // global_batch) * 64
+        assert not a & b
+        assert len(a | b) == (n // global_batch) * global_batch > n - global_batch
+        assert all(0 <= i < n for i in a | b)
+    # the blocks read the same batches: block 0's rank r and block 1's rank r see the same data
+    by = {(r["block"], r["data_shard"][0]): r["first_epoch_indices"] for r in results["ranks"]}
+    assert by[(0, 0)] == by[(1, 0)] and by[(0, 1)] == by[(1, 1)]
+    assert results["accounting"]["steps_per_unit"] == [n // global_batch] * 2

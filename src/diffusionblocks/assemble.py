@@ -147,9 +147,21 @@ def assemble(run_dir: str | os.PathLike, out: str | os.PathLike | None = None) -
         save_file({k: v.contiguous() for k, v in state.items()}, str(tmp / "model.safetensors"))
         (tmp / "config.json").write_text(json.dumps(card, indent=2) + "\n")
         (tmp / "README.md").write_text(_model_card(card))
+        # Replace atomically: the old model is renamed aside (one rename), the new one renamed
+        # into place (another); at every moment `out` is a complete model or, between the two
+        # renames, absent with the old one intact beside it. Only then is the old one deleted.
+        old = None
         if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
+            old = out.with_name(f".{out.name}.old-{os.getpid()}")
+            os.replace(out, old)
+        try:
+            os.replace(tmp, out)
+        except BaseException:
+            if old is not None:
+                os.replace(old, out)
+            raise
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -147,7 +147,7 @@ class RunConfig:
             self,
             "sigma_max",
             self.sigma_max > self.sigma_min,
-            f"a number > sigma_min ({self.sigma_min})",
+            f"a number > sigma_min={self.sigma_min}",
         )
         _check(self, "sigma_data", self.sigma_data > 0, "a number > 0")
         _check(self, "inference_steps", 0 <= self.inference_steps <= 10_000, "in [0, 10000]")

@@ -281,6 +281,9 @@ def train_parallel(config, run_dir: Path, resume, progress, preset, log, command
                 u for u in range(len(task.model.blocks)) if task.model.block_is_materialized(u)
             ],
             "optimizer_units": sorted(trainer.optimizers),
+            "data_shard": [ctx.dp_rank, ctx.dp],
+            # The examples this process trained on in its first epoch (the data shards' audit).
+            "first_epoch_indices": sorted(trainer.first_epoch_indices),
             **fitted,
         }
         if ctx.world > 1:

@@ -75,6 +75,16 @@ class TextCorpus:
         k = len(ids) // length
         return ids[: k * length].view(k, length)
 
+    def unigram_bits_per_char(self, ids: torch.Tensor | None = None) -> float:
+        """The trivial baseline: bits per character of ``ids`` (default: the held-out text)
+        under the training text's character frequencies (add-one smoothed over the vocabulary,
+        so no held-out character has probability 0). A language model that has learned anything
+        beats it; in nats, multiply by ln 2."""
+        ids = self.test_ids if ids is None else ids
+        counts = torch.bincount(self.train_ids, minlength=self.vocab.size).double() + 1.0
+        log_p = (counts / counts.sum()).log2()
+        return float(-log_p[ids.flatten()].mean())
+
 
 def _build(name: str, train: str, test: str, held_out: str) -> TextCorpus:
     if not train.strip():

@@ -76,7 +76,12 @@ class ARConfig(RunConfig):
         _check(self, "train_subset", self.train_subset >= 0, "an integer >= 0 (0 = all)")
         _check(self, "depth", 1 <= self.depth <= 256, "an integer in [1, 256]")
         _check(self, "hidden", 1 <= self.hidden <= 65536, "an integer >= 1")
-        _check(self, "heads", 1 <= self.heads <= self.hidden, "an integer in [1, hidden]")
+        _check(
+            self,
+            "heads",
+            1 <= self.heads <= self.hidden,
+            f"an integer in [1, hidden={self.hidden}]",
+        )
         _check(self, "mlp_ratio", 0 < self.mlp_ratio <= 64, "a number in (0, 64]")
         if self.sigma_sampling not in SIGMA_SAMPLING:
             raise ConfigError(
@@ -94,8 +99,8 @@ class ARConfig(RunConfig):
         _check(self, "gen_length", self.gen_length >= 1, "an integer >= 1")
         if self.gen_prompts and self.gen_prompt_len + self.gen_length > self.seq_len:
             raise ConfigError(
-                f"invalid value for 'gen_length': {self.gen_length} (gen_prompt_len + gen_length "
-                f"must fit in seq_len={self.seq_len})"
+                f"invalid value for 'gen_length': {self.gen_length} (gen_prompt_len="
+                f"{self.gen_prompt_len} + gen_length must fit in seq_len={self.seq_len})"
             )
         check_layer_split(self)
 
@@ -399,6 +404,7 @@ class BlockwiseAR(_CharLM):
         levels sigma (N, T). Returns logits (N, T, V) for every noisy position, and the clean
         stream's output (N, T, C)."""
         m = self.model
+        m.use_shared(unit)  # block-copies: the block's own copy of the shared modules
         n, t = ids.shape
         c_skip, c_out, c_in, c_noise = edm_preconditioning(
             sigma[..., None], self.schedule.sigma_data
@@ -467,6 +473,7 @@ class BlockwiseAR(_CharLM):
     def _noisy_logits(self, unit, prefix, z, sigma, caches, cached):
         """Logits (V,) for the noisy token right after ``prefix`` (1, P) at level sigma."""
         m = self.model
+        m.use_shared(unit)
         p = prefix.shape[1]
         c_skip, c_out, c_in, c_noise = edm_preconditioning(
             torch.tensor(sigma, device=self.device), self.schedule.sigma_data

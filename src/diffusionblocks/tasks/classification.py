@@ -59,7 +59,12 @@ class ClassificationConfig(RunConfig):
         _check(self, "val_fraction", 0 <= self.val_fraction < 1, "a fraction in [0, 1)")
         _check(self, "depth", 1 <= self.depth <= 256, "an integer in [1, 256]")
         _check(self, "hidden", 1 <= self.hidden <= 65536, "an integer >= 1")
-        _check(self, "heads", 1 <= self.heads <= self.hidden, "an integer in [1, hidden]")
+        _check(
+            self,
+            "heads",
+            1 <= self.heads <= self.hidden,
+            f"an integer in [1, hidden={self.hidden}]",
+        )
         _check(self, "patch_size", 1 <= self.patch_size <= 1024, "an integer >= 1")
         _check(self, "mlp_ratio", 0 < self.mlp_ratio <= 64, "a number in (0, 64]")
         _check(self, "eval_batch_size", self.eval_batch_size >= 1, "an integer >= 1")
@@ -222,13 +227,21 @@ class BlockwiseClassification(_ImageClassification):
     def block_logits(
         self, block: int, z: torch.Tensor, sigma: torch.Tensor, patches: torch.Tensor
     ) -> torch.Tensor:
-        """Logits of block ``block`` for noisy label embeddings z (N, C) at levels sigma (N,)."""
+        """Logits of block ``block`` for noisy label embeddings z (N, C) at levels sigma (N,).
+        ``patches`` must come from :meth:`block_patches` of the same block (blocks may own
+        copies of the stem: ``shared=block-copies``)."""
         m = self.model
+        m.use_shared(block)
         c_skip, c_out, c_in, c_noise = edm_preconditioning(sigma[:, None], self.schedule.sigma_data)
         cond = m.cond_embed(c_noise[:, 0])  # (N, C)
         out = m.run_block(block, c_in * z, patches, cond)  # F: (N, C)
         denoised = c_skip * z + c_out * out  # D (SPEC §2)
         return m.head(denoised, cond)  # (N, classes)
+
+    def block_patches(self, block: int, images: torch.Tensor) -> torch.Tensor:
+        """Patch tokens of ``images`` through the stem block ``block`` runs with."""
+        self.model.use_shared(block)
+        return self.model.embed_patches(images)
 
     def loss(self, unit, batch, generator):
         images, labels = batch
@@ -237,7 +250,7 @@ class BlockwiseClassification(_ImageClassification):
         target = self.model.label_table()[labels]  # y: (N, C), unit norm
         noise = torch.randn(target.shape, generator=generator).to(self.device)
         z = target + sigma[:, None] * noise  # z = y + sigma * eps
-        logits = self.block_logits(unit, z, sigma, self.model.embed_patches(images))
+        logits = self.block_logits(unit, z, sigma, self.block_patches(unit, images))
         ce = F.cross_entropy(logits, labels, reduction="none")  # (N,)
         c = self.config
         loss = weighted_loss(ce, sigma, c.weighting, c.sigma_data, c.weight_clamp)
@@ -263,12 +276,15 @@ class BlockwiseClassification(_ImageClassification):
         if generator is None:
             generator = torch.Generator().manual_seed(c.seed + 1_000_003)
         n = len(images)
-        patches = m.embed_patches(images)
+        patches: dict[int, torch.Tensor] = {}  # per block: its own stem under block-copies
         table = m.label_table()  # the same normalised table as training (soft bridge)
         calls: list[tuple[int, float, torch.Tensor]] = []
 
         def call(z, sigma, block):
-            logits = self.block_logits(block, z, torch.full((n,), sigma, device=z.device), patches)
+            if block not in patches:
+                patches[block] = self.block_patches(block, images)
+            sigmas = torch.full((n,), sigma, device=z.device)
+            logits = self.block_logits(block, z, sigmas, patches[block])
             calls.append((block, sigma, logits))
             return logits
 
@@ -312,9 +328,9 @@ class BlockwiseClassification(_ImageClassification):
                         after_block[block] += int((logits.argmax(-1) == labels).sum())
             if quick:
                 continue
-            patches = self.model.embed_patches(images)
             target = self.model.label_table()[labels]
             for b in range(B):
+                patches = self.block_patches(b, images)
                 s_max = torch.full((n,), self.schedule.sigma_max, device=self.device)
                 z = s_max[:, None] * torch.randn(target.shape, generator=gen).to(self.device)
                 logits = self.block_logits(b, z, s_max, patches)

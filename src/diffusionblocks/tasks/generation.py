@@ -54,7 +54,12 @@ class GenerationConfig(RunConfig):
         _check(self, "test_fraction", 0 < self.test_fraction < 1, "a fraction in (0, 1)")
         _check(self, "depth", 1 <= self.depth <= 256, "an integer in [1, 256]")
         _check(self, "hidden", 1 <= self.hidden <= 65536, "an integer >= 1")
-        _check(self, "heads", 1 <= self.heads <= self.hidden, "an integer in [1, hidden]")
+        _check(
+            self,
+            "heads",
+            1 <= self.heads <= self.hidden,
+            f"an integer in [1, hidden={self.hidden}]",
+        )
         _check(self, "patch_size", 1 <= self.patch_size <= 1024, "an integer >= 1")
         _check(self, "mlp_ratio", 0 < self.mlp_ratio <= 64, "a number in (0, 64]")
         _check(self, "label_dropout", 0 <= self.label_dropout < 1, "a probability in [0, 1)")

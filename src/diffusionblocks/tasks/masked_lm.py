@@ -57,7 +57,12 @@ class MaskedLMConfig(RunConfig):
         _check(self, "train_subset", self.train_subset >= 0, "an integer >= 0 (0 = all)")
         _check(self, "depth", 1 <= self.depth <= 256, "an integer in [1, 256]")
         _check(self, "hidden", 1 <= self.hidden <= 65536, "an integer >= 1")
-        _check(self, "heads", 1 <= self.heads <= self.hidden, "an integer in [1, hidden]")
+        _check(
+            self,
+            "heads",
+            1 <= self.heads <= self.hidden,
+            f"an integer in [1, hidden={self.hidden}]",
+        )
         _check(self, "mlp_ratio", 0 < self.mlp_ratio <= 64, "a number in (0, 64]")
         _check(self, "eval_draws", 1 <= self.eval_draws <= 10_000, "an integer in [1, 10000]")
         _check(self, "eval_sequences", self.eval_sequences >= 0, "an integer >= 0 (0 = all)")

@@ -66,8 +66,8 @@ class RecurrentConfig(ARConfig):
             _check(self, name, 1 <= getattr(self, name) <= 64, "an integer in [1, 64]")
         if self.depth != self.prelude + self.core + self.coda:
             raise ConfigError(
-                f"invalid value for 'depth': {self.depth} (must equal prelude + core + coda = "
-                f"{self.prelude + self.core + self.coda})"
+                f"invalid value for 'depth': {self.depth} (must equal prelude={self.prelude} + "
+                f"core={self.core} + coda={self.coda})"
             )
         _check(self, "num_blocks", self.num_blocks == 1, "1 (the recurrent model is one unit)")
         _check(self, "aux_ce", self.aux_ce == 0, "0 (aux_ce applies to the autoregressive task)")

@@ -7,6 +7,7 @@ import math
 import os
 import resource
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -44,13 +45,21 @@ def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
     return records
 
 
-def current_rss_bytes() -> int:
-    """Resident set size of this process now (Linux: /proc/self/statm; else the peak)."""
+def current_rss_bytes(statm: str = "/proc/self/statm") -> int:
+    """Resident set size of this process now (Linux: /proc/self/statm). Where that file cannot
+    be read (macOS, Windows) the peak so far stands in, with a warning: memory figures measured
+    from it (training peak above the start) then under-count."""
     try:
-        with open("/proc/self/statm") as fh:
+        with open(statm) as fh:
             pages = int(fh.read().split()[1])
         return pages * os.sysconf("SC_PAGE_SIZE")
     except (OSError, ValueError, IndexError):
+        warnings.warn(
+            f"cannot read the current resident set size from {statm}; using the peak so far "
+            "instead, so memory figures relative to the start of training under-count",
+            RuntimeWarning,
+            stacklevel=2,
+        )
         return peak_rss_bytes()
 
 

@@ -124,7 +124,8 @@ class ParallelTrainer(Trainer):
     can_evaluate = False
 
     def __init__(self, task, run_dir, ctx: ParallelContext, progress=True, log=print):
-        super().__init__(task, run_dir, progress=progress and ctx.rank == 0, log=log)
+        super().__init__(task, run_dir, progress=progress and ctx.rank == 0, log=log,
+                         data_shard=(ctx.dp_rank, ctx.dp))  # fmt: skip
         c = self.config
         self.ctx = ctx
         self.synchronous = True
@@ -140,7 +141,8 @@ class ParallelTrainer(Trainer):
         if self.run_dir is not None:
             name = f"metrics-block-{ctx.block}.jsonl" if ctx.is_block_leader else None
             self.metrics.path = self.run_dir / name if name else None
-        # Different data shards within a block group; same batches across blocks.
+        # Different data shards within a block group (batch_indices with the data-parallel
+        # rank), the same batches across blocks; and different noise per data-parallel rank.
         if ctx.dp > 1:
             base = dict(self.unit_generators)
             self.unit_generators = {

@@ -113,12 +113,20 @@ def make_optimizer(params: list[torch.nn.Parameter], config: RunConfig) -> torch
     return torch.optim.AdamW([g for g in groups if g["params"]], lr=config.lr, betas=(0.9, 0.999))
 
 
-def batch_indices(step: int, steps_per_epoch: int, n: int, batch: int, seed: int) -> torch.Tensor:
+def batch_indices(
+    step: int, steps_per_epoch: int, n: int, batch: int, seed: int, shard: int = 0, shards: int = 1
+) -> torch.Tensor:
     """Indices of the examples of global step ``step``: epoch e = step // steps_per_epoch uses its
-    own seeded permutation, so the data order is a pure function of (seed, step)."""
+    own seeded permutation, so the data order is a pure function of (seed, step).
+
+    Data parallelism: with ``shards`` ranks, each step of an epoch takes ``shards`` consecutive
+    batches of the permutation and rank ``shard`` the shard-th of them, so the ranks' batches are
+    disjoint and together they cover what one rank with a ``shards`` times larger batch sees.
+    """
     epoch, pos = divmod(step, steps_per_epoch)
     gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    return torch.randperm(n, generator=gen)[pos * batch : (pos + 1) * batch]
+    start = (pos * shards + shard) * batch
+    return torch.randperm(n, generator=gen)[start : start + batch]
 
 
 # ---------------------------------------------------------------------- trainer
@@ -132,6 +140,7 @@ class Trainer:
         run_dir: str | Path | None = None,
         progress: bool = True,
         log: Callable[[str], None] = print,
+        data_shard: tuple[int, int] = (0, 1),
     ):
         self.task = task
         self.config = c = task.config
@@ -146,9 +155,15 @@ class Trainer:
         if any(u >= self.num_units for u in self.units):
             raise ValueError(f"blocks {self.units} out of range for {self.num_units} units")
         n = task.train_size()
-        self.steps_per_epoch = n // c.batch_size
+        # (rank, ranks) of data parallelism: each rank reads its own part of every epoch.
+        self.data_shard, self.data_shards = data_shard
+        self.steps_per_epoch = n // (c.batch_size * self.data_shards)
         if self.steps_per_epoch < 1:
-            raise ValueError(f"batch_size {c.batch_size} is larger than the {n} training examples")
+            raise ValueError(
+                f"batch_size {c.batch_size} x {self.data_shards} data-parallel rank(s) is larger "
+                f"than the {n} training examples"
+            )
+        self.first_epoch_indices: list[int] = []  # examples this process trained on in epoch 0
         self.steps_per_unit = max(1, math.ceil(c.epochs * self.steps_per_epoch))
         self.synchronous = c.schedule == "synchronous"
         # Synchronous: each global step trains every unit on the same batch.
@@ -494,7 +509,10 @@ class Trainer:
             self._drop_finished_optimizers(unit)
             if self.resident:
                 self.activate(unit)
-            idx = batch_indices(self.step, self.steps_per_epoch, n, c.batch_size, c.seed)
+            idx = batch_indices(self.step, self.steps_per_epoch, n, c.batch_size, c.seed,
+                                self.data_shard, self.data_shards)  # fmt: skip
+            if self.step < self.steps_per_epoch:
+                self.first_epoch_indices.extend(idx.tolist())
             batch = self.task.train_batch(idx)
             if cuda:
                 torch.cuda.synchronize(device)
