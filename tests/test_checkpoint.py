@@ -84,3 +84,42 @@ def test_keep_prunes_old_checkpoints(tmp_path):
         save_checkpoint(tmp_path, step, {"w": {"a": torch.ones(2) * step}}, {}, {}, keep=2)
     assert sorted(p.name for p in tmp_path.glob("step-*")) == ["step-00000003", "step-00000004"]
     assert Checkpoint(latest_checkpoint(tmp_path)).tensors("w")["a"][0] == 4
+
+
+def test_assemble_replaces_a_model_atomically(tmp_path, monkeypatch):
+    """The old model folder stays whole until the new one is in place: a failure of the final
+    rename leaves the old model intact (it used to be deleted first)."""
+    import os
+
+    from helpers import tiny_config
+
+    from diffusionblocks import assemble as assemble_module
+    from diffusionblocks.runs import prepare_run_dir
+
+    run = tmp_path / "run"
+    prepare_run_dir(tiny_config(), run, resume=False)
+    Trainer(tiny_task(), run, progress=False).fit()
+    model = assemble_module.assemble(run)
+    before = (model / "model.safetensors").read_bytes()
+    real = os.replace
+
+    def failing(src, dst):
+        if str(src).startswith(str(model.parent / ".model.")) and "old" not in str(src):
+            raise OSError(28, "No space left on device")
+        return real(src, dst)
+
+    monkeypatch.setattr(assemble_module.os, "replace", failing)
+    with pytest.raises(OSError):
+        assemble_module.assemble(run)
+    assert (model / "model.safetensors").read_bytes() == before
+    assert [p.name for p in model.parent.iterdir() if p.name.startswith(".model")] == []
+    monkeypatch.setattr(assemble_module.os, "replace", real)
+    assert assemble_module.assemble(run) == model and (model / "config.json").exists()
+
+
+def test_rss_reading_warns_when_it_falls_back_to_the_peak(tmp_path):
+    from diffusionblocks.training.metrics import current_rss_bytes, peak_rss_bytes
+
+    with pytest.warns(RuntimeWarning, match="under-count"):
+        value = current_rss_bytes(str(tmp_path / "no-statm"))
+    assert value >= peak_rss_bytes() // 2
