@@ -46,6 +46,8 @@ class RunConfig:
     method: str = "dblocks"  # dblocks (block-wise denoisers) or e2e (plain end-to-end baseline)
     num_blocks: int = 3  # B: number of blocks the layers are split into (dblocks only)
     schedule: str = "random"  # block order: random (paper) | cycle | sequential | synchronous
+    cycle_steps: int = 1  # schedule=cycle: consecutive steps per visit of a block
+    resident: bool = False  # keep only the active block in memory (implied by sequential)
     blocks: tuple[int, ...] | None = None  # train only these blocks, e.g. "0,2" (None = all)
     epochs: float = 1.0  # epochs of updates per block (= end-to-end epochs at equal compute)
     batch_size: int = 128  # examples per optimizer step
@@ -111,14 +113,18 @@ class RunConfig:
                 f"parallel=true trains DiffusionBlocks blocks in separate processes; method "
                 f"{self.method!r} has no blocks to spread"
             )
-        if self.shared in ("first-block", "block-copies") and (
-            self.parallel or not self.block_resident
-        ):
+        if self.shared in ("first-block", "block-copies") and not self.one_after_another:
             raise ConfigError(
                 f"invalid value for 'shared': {self.shared!r} (a policy for blocks trained one "
-                "after another) needs block-resident training: schedule=sequential or blocks "
-                "naming one block, without parallel=true"
+                "after another) needs schedule=sequential or blocks naming one block, without "
+                "parallel=true"
             )
+        if self.resident and self.method != "dblocks":
+            raise ConfigError(
+                f"invalid value for 'resident': true (keeps one DiffusionBlocks block in memory; "
+                f"method {self.method!r} trains all layers together)"
+            )
+        _check(self, "cycle_steps", 1 <= self.cycle_steps <= 1 << 30, "an integer >= 1")
         if self.shared == "per-block" and not self.parallel:
             raise ConfigError(
                 "invalid value for 'shared': 'per-block' gives each block-parallel process its "
@@ -181,15 +187,26 @@ class RunConfig:
     @property
     def block_resident(self) -> bool:
         """Whether only the active block lives in memory: DiffusionBlocks trained one block at a
-        time (``schedule=sequential``, or ``blocks`` naming a single block)."""
+        time (``schedule=sequential``, ``blocks`` naming a single block, one process per block),
+        or any schedule with ``resident=true`` (a block that is swapped out takes its optimizer
+        state to disk with it)."""
         return self.method == "dblocks" and (
-            self.schedule == "sequential" or len(self.trained_units) == 1 or self.parallel
+            self.one_after_another or self.parallel or self.resident
+        )
+
+    @property
+    def one_after_another(self) -> bool:
+        """Whether blocks train one after another in this process (each to its whole budget)."""
+        return (
+            self.method == "dblocks"
+            and not self.parallel
+            and (self.schedule == "sequential" or len(self.trained_units) == 1)
         )
 
     @property
     def shared_policy(self) -> str:
         """The policy for the shared modules, with ``auto`` resolved: ``block-copies`` when blocks
-        train one after another in one process (block-resident), ``sync`` otherwise.
+        train one after another in one process (sequential), ``sync`` otherwise.
 
         - ``sync``: updated at every step by whichever block trains (random/cycle schedules; the
           gradients are averaged over blocks in synchronous and parallel runs);
@@ -202,7 +219,7 @@ class RunConfig:
         """
         if self.shared != "auto":
             return self.shared
-        return "block-copies" if self.block_resident and not self.parallel else "sync"
+        return "block-copies" if self.one_after_another else "sync"
 
     @property
     def trained_units(self) -> tuple[int, ...]:

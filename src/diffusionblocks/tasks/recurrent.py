@@ -57,11 +57,17 @@ class RecurrentConfig(ARConfig):
     def block_resident(self) -> bool:
         return False
 
+    @property
+    def one_after_another(self) -> bool:
+        return False
+
     def validate(self) -> None:
         super().validate()
         _check(self, "parallel", not self.parallel,
                "false: a recurrent-depth model is one trained unit, there are no blocks to spread "
                "over processes")  # fmt: skip
+        _check(self, "resident", not self.resident,
+               "false: a recurrent-depth model is one trained unit")  # fmt: skip
         for name in ("prelude", "core", "coda"):
             _check(self, name, 1 <= getattr(self, name) <= 64, "an integer in [1, 64]")
         if self.depth != self.prelude + self.core + self.coda:

@@ -111,10 +111,10 @@ def save_checkpoint(
     """Save one checkpoint under ``root`` and point ``root/latest`` at it.
 
     ``tensors`` maps a file stem to a state dict (written as safetensors), ``objects`` a file stem
-    to an object of tensors and numbers (written with ``torch.save``), ``links`` a file stem to an
-    existing safetensors file that goes in as it is (hard-linked where possible, else copied; a
-    block that lives on disk is never loaded to be saved). Older checkpoints beyond the ``keep``
-    most recent are removed.
+    to an object of tensors and numbers (written with ``torch.save``), ``links`` a file name
+    (``block-0.safetensors``, ``optimizer-block-0.pt``) to an existing file that goes in as it is
+    (hard-linked where possible, else copied; a block or optimizer state that lives on disk is
+    never loaded to be saved). Older checkpoints beyond the ``keep`` most recent are removed.
     """
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
@@ -126,8 +126,8 @@ def save_checkpoint(
             data = encode_tensors(state)
             _write_synced(tmp / f"{stem}.safetensors", data)
             files[f"{stem}.safetensors"] = sha256_bytes(data)
-        for stem, source in (links or {}).items():
-            dest = tmp / f"{stem}.safetensors"
+        for filename, source in (links or {}).items():
+            dest = tmp / filename
             try:
                 os.link(source, dest)
             except OSError:
@@ -236,8 +236,9 @@ class Checkpoint:
             raise CheckpointError(f"{self.path / stem}.pt is unreadable: {err}") from None
 
     def export(self, stem: str, dest: str | os.PathLike) -> Path:
-        """Place a verified copy (hard link where possible) of ``stem.safetensors`` at ``dest``."""
-        filename = f"{stem}.safetensors"
+        """Place a verified copy (hard link where possible) of ``stem.safetensors`` (or of the
+        file ``stem`` when it has a suffix) at ``dest``."""
+        filename = stem if "." in stem else f"{stem}.safetensors"
         if filename not in self.meta["files"]:
             raise CheckpointError(f"{self.path} has no {filename}")
         src, dest = self.path / filename, Path(dest)

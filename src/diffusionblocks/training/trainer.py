@@ -38,6 +38,7 @@ from .checkpoint import (
     Checkpoint,
     CheckpointError,
     atomic_write_bytes,
+    encode_object,
     encode_tensors,
     latest_checkpoint,
     save_checkpoint,
@@ -67,7 +68,7 @@ def resume_hash(config: RunConfig) -> str:
 
 # ---------------------------------------------------------------------- schedules
 def block_sequence(
-    schedule: str, units: tuple[int, ...], steps_per_unit: int, seed: int
+    schedule: str, units: tuple[int, ...], steps_per_unit: int, seed: int, chunk: int = 1
 ) -> torch.Tensor:
     """The unit trained at each global step (LongTensor of length len(units) * steps_per_unit).
 
@@ -75,7 +76,8 @@ def block_sequence(
       (the paper draws a block uniformly per step; drawing without replacement keeps that
       marginal and gives each block exactly its budget, so its cosine schedule ends where it
       should);
-    - ``cycle``: round robin;
+    - ``cycle``: round robin, ``chunk`` consecutive steps per visit (fewer block swaps in
+      block-resident training);
     - ``sequential``: the first unit to completion, then the next, ...
     """
     k = len(units)
@@ -85,7 +87,9 @@ def block_sequence(
         gen = torch.Generator().manual_seed(seed * 7919 + 2)
         return table.repeat_interleave(steps_per_unit)[torch.randperm(total, generator=gen)]
     if schedule == "cycle":
-        return table[torch.arange(total) % k]
+        rounds = math.ceil(steps_per_unit / chunk)  # the last round may be short
+        lengths = [min(chunk, steps_per_unit - r * chunk) for r in range(rounds)]
+        return torch.tensor([u for n in lengths for u in units for _ in range(n)], dtype=torch.long)
     if schedule == "sequential":
         return table[torch.arange(total) // steps_per_unit]
     if schedule == "synchronous":  # every step trains every unit; the sequence is not used
@@ -168,7 +172,9 @@ class Trainer:
         self.synchronous = c.schedule == "synchronous"
         # Synchronous: each global step trains every unit on the same batch.
         self.total_steps = self.steps_per_unit * (1 if self.synchronous else len(self.units))
-        self.sequence = block_sequence(c.schedule, self.units, self.steps_per_unit, c.seed)
+        self.sequence = block_sequence(
+            c.schedule, self.units, self.steps_per_unit, c.seed, c.cycle_steps
+        )
         self.generator = torch.Generator().manual_seed(c.seed + 1)
         # Synchronous training draws each unit's noise from its own generator, so that a
         # block-parallel run (one process per block) makes exactly the same draws.
@@ -189,11 +195,14 @@ class Trainer:
         self._pending_optimizer: dict[int, dict] = {}  # loaded state for not-yet-built optimizers
         self.resident = c.block_resident
         self.block_files: dict[int, Path] = {}  # where blocks that are not in memory live
+        self.optimizer_files: dict[int, Path] = {}  # optimizer states of swapped-out blocks
+        self.swaps = 0  # blocks loaded into memory (block-resident I/O)
         self._offload_dir: Path | None = None
         self.step_times: dict[int, list[float]] = defaultdict(list)
         self.train_seconds = 0.0
         self.skipped_steps = 0  # steps whose update was skipped for a non-finite loss/gradient
         self._stop_signal: int | None = None
+        self.peak_state_bytes = 0  # max parameters + gradients + optimizer state at a step
         self.layer_evals = 0  # forward layer evaluations per example, summed over steps
         self.backward_layer_evals = 0  # layers that ran a backward pass, per example
         self.metrics = MetricsWriter(self.run_dir / "metrics.jsonl" if self.run_dir else None)
@@ -221,6 +230,9 @@ class Trainer:
     def _block_path(self, unit: int) -> Path:
         return self.offload_dir / f"block-{unit}.safetensors"
 
+    def _optimizer_path(self, unit: int) -> Path:
+        return self.offload_dir / f"optimizer-{unit}.pt"
+
     def _write_block_file(self, unit: int, state: dict[str, torch.Tensor]) -> None:
         path = self._block_path(unit)
         atomic_write_bytes(path, encode_tensors(state))
@@ -246,11 +258,21 @@ class Trainer:
 
             state = load_file(self.block_files[unit])
         self.model.materialize_block(unit, self.model.device, state)
+        path = self.optimizer_files.pop(unit, None)
+        if path is not None:  # a block swapped out mid-training: its optimizer comes back too
+            self._pending_optimizer[unit] = torch.load(path, weights_only=True, map_location="cpu")
+        self.swaps += 1
 
     def offload(self, unit: int) -> None:
-        """Write block ``unit`` to its file and free its weights and optimizer state."""
+        """Write block ``unit`` to its file and free its weights and optimizer state. A block
+        that has not finished (schedules that come back to it) keeps its optimizer state in a
+        file beside it; a finished block's is dropped."""
         self._write_block_file(unit, self.model.blocks[unit].state_dict())
-        self.optimizers.pop(unit, None)
+        opt = self.optimizers.pop(unit, None)
+        if opt is not None and self.unit_steps[unit] < self.steps_per_unit:
+            path = self._optimizer_path(unit)
+            atomic_write_bytes(path, encode_object(opt.state_dict()))
+            self.optimizer_files[unit] = path
         self.model.release_block(unit)
 
     def prepare_evaluation(self) -> None:
@@ -315,6 +337,11 @@ class Trainer:
             raise ConfigError(f"shared_init={run_dir}: its shared modules do not fit this model")
         self.model.load_state_dict(state, strict=False)
 
+    def _note_state_bytes(self) -> None:
+        """Track the peak of parameters + gradients + optimizer state held at once (exact
+        accounting, independent of the allocator; activations are not included)."""
+        self.peak_state_bytes = max(self.peak_state_bytes, sum(self.resident_bytes().values()))
+
     def train_step(self, unit: int, batch: Any) -> dict[str, float]:
         """One optimizer step on ``unit`` (and, if the policy says so, the shared modules)."""
         c = self.config
@@ -346,6 +373,7 @@ class Trainer:
             for group in self.shared_optimizer.param_groups:
                 group["lr"] = shared_lr
             self.shared_optimizer.step()
+        self._note_state_bytes()
         for p in params:
             p.grad = None
         self.unit_steps[unit] += 1
@@ -396,6 +424,7 @@ class Trainer:
             for group in self.shared_optimizer.param_groups:
                 group["lr"] = shared_lr
             self.shared_optimizer.step()
+        self._note_state_bytes()
         for p in [*self.shared_params, *(q for ps in unit_params.values() for q in ps)]:
             p.grad = None
         self.step += 1
@@ -582,6 +611,7 @@ class Trainer:
             "peak_rss_bytes": peak,
             "train_peak_rss_bytes": max(0, peak - rss_before),
             "params_at_first_step_bytes": params_before,
+            "peak_state_bytes": self.peak_state_bytes,  # params + grads + optimizer state
         }
         if cuda:
             max_allocated = torch.cuda.max_memory_allocated(device)
@@ -671,7 +701,7 @@ class Trainer:
             if self.model.block_is_materialized(u):
                 tensors[f"block-{u}"] = self.model.blocks[u].state_dict()
             elif u in self.block_files:
-                links[f"block-{u}"] = self.block_files[u]
+                links[f"block-{u}.safetensors"] = self.block_files[u]
             else:  # never built (resident mode before fit): its initial weights
                 tensors[f"block-{u}"] = self.model.build_block(u).state_dict()
         objects: dict[str, Any] = {
@@ -691,6 +721,8 @@ class Trainer:
                 "shared": shared_info,
             },
         }
+        for u, path in self.optimizer_files.items():  # optimizer states offloaded with a block
+            links[f"optimizer-block-{u}.pt"] = path
         for u, state in self._pending_optimizer.items():
             objects[f"optimizer-block-{u}"] = state
         for u, opt in self.optimizers.items():
@@ -755,7 +787,12 @@ class Trainer:
         if self.shared_optimizer is not None and saved is not None:
             self.shared_optimizer.load_state_dict(saved)
         for u in range(self.num_units):
-            if ckpt.has(f"optimizer-block-{u}.pt"):
+            if not ckpt.has(f"optimizer-block-{u}.pt"):
+                continue
+            if self.resident:  # stays on disk until its block becomes active
+                path = self._optimizer_path(u)
+                self.optimizer_files[u] = ckpt.export(f"optimizer-block-{u}.pt", path)
+            else:
                 self._pending_optimizer[u] = ckpt.obj(f"optimizer-block-{u}")
         state = ckpt.obj("trainer")
         self.step = int(state["step"])

@@ -1,0 +1,90 @@
+"""Collect the block-resident experiment (scripts/experiments/block_resident.sh): evaluate every
+run's final checkpoint on the validation and the test split with 1-4 block calls, read memory and
+time from the same run's results.json, and write docs/results/block-resident/.
+
+    python scripts/experiments/block_resident_report.py [--runs runs/block-resident]
+        [--out docs/results/block-resident]
+
+Choices (which policy, how many calls) are read on the validation split; the test columns are
+reported once, for the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import statistics
+from pathlib import Path
+
+from diffusionblocks.runs import evaluate_run
+
+CALLS = [1, 2, 3, 4]
+VARIANTS = {
+    "random": "all blocks resident, random order (the paper), shared=sync",
+    "cycle": "all blocks resident, round robin, shared=sync",
+    "seq-copies": "block-resident (sequential), shared=block-copies",
+    "seq-first": "block-resident (sequential), shared=first-block",
+    "seq-sync": "block-resident (sequential), shared=sync (drifts)",
+    "seq-frozen": "block-resident (sequential), shared=frozen at init",
+}
+
+
+def mean_sd(values: list[float]) -> tuple[float, float]:
+    return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--runs", default="runs/block-resident")
+    parser.add_argument("--out", default="docs/results/block-resident")
+    args = parser.parse_args(argv)
+    runs, out = Path(args.runs), Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for run in sorted(p for p in runs.iterdir() if (p / "results.json").exists()):
+        variant, seed = run.name.rsplit("-s", 1)
+        results = json.loads((run / "results.json").read_text())
+        row = {"variant": variant, "seed": int(seed), "run": run.name}
+        for split in ("val", "test"):
+            ev = evaluate_run(run, steps=CALLS, split=split)
+            for k in CALLS:
+                row[f"{split}_calls{k}"] = ev["steps_sweep"][str(k)]
+        mem, acc, tim = results["memory"], results["accounting"], results["timing"]
+        row.update(
+            train_peak_rss_mib=mem["train_peak_rss_bytes"] / 2**20,
+            peak_rss_mib=mem["peak_rss_bytes"] / 2**20,
+            peak_state_mib=mem.get("peak_state_bytes", 0) / 2**20,
+            train_seconds=tim["train_seconds"],
+            layer_evaluations=acc["layer_evaluations"],
+            shared_policy=results["config"].get("shared"),
+            schedule=results["config"]["schedule"],
+        )
+        rows.append(row)
+        print(run.name, {k: round(v, 4) for k, v in row.items() if isinstance(v, float)})
+    with open(out / "runs.csv", "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    summary = {}
+    for variant in VARIANTS:
+        mine = [r for r in rows if r["variant"] == variant]
+        if not mine:
+            continue
+        entry = {"what": VARIANTS[variant], "seeds": sorted(r["seed"] for r in mine)}
+        for key in [f"{s}_calls{k}" for s in ("val", "test") for k in CALLS] + [
+            "train_peak_rss_mib",
+            "peak_state_mib",
+            "train_seconds",
+        ]:
+            entry[key] = mean_sd([r[key] for r in mine])
+        summary[variant] = entry
+    config = json.loads((runs / rows[0]["run"] / "config.json").read_text())
+    (out / "summary.json").write_text(
+        json.dumps({"resolved_config_of_first_run": config, "variants": summary}, indent=2) + "\n"
+    )
+    print(json.dumps(summary, indent=1))
+
+
+if __name__ == "__main__":
+    main()
