@@ -109,4 +109,4 @@ def test_cli_end_to_end_with_depth_sweep(tmp_path, capsys):
     assert main(["train", "--preset", "recurrent-tiny", "--set", "method=e2e"]) == 2
     assert "choose one of dblocks, bptt" in capsys.readouterr().err
     assert main(["train", "--preset", "recurrent-tiny", "--set", "core=3"]) == 2
-    assert "prelude + core + coda" in capsys.readouterr().err
+    assert "prelude=1 + core=3 + coda=1" in capsys.readouterr().err
