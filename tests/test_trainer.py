@@ -235,8 +235,9 @@ def test_resident_swapping_equals_all_blocks_in_memory_bitwise(tmp_path, schedul
         original = trainer.train_step
 
         def spy(unit, batch):
-            seen.append(([u for u in range(3) if task.model.block_is_materialized(u)],
-                         sorted(trainer.optimizers), sorted(trainer._pending_optimizer), unit))  # fmt: skip
+            resident = [u for u in range(3) if task.model.block_is_materialized(u)]
+            seen.append((resident, sorted(trainer.optimizers), sorted(trainer._pending_optimizer),
+                         unit))  # fmt: skip
             return original(unit, batch)
 
         trainer.train_step = spy

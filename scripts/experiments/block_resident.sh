@@ -3,6 +3,8 @@
 # against all-resident schedules, vit-fmnist-quick, B=3, 3 seeds, accuracy and memory from the
 # same runs. Variants:
 #   random, cycle          all blocks resident, shared modules trained by every block (sync)
+#   res-cycle              block-resident round robin (resident=true): a block swapped out takes
+#                          its optimizer state to disk; computes what cycle computes, bitwise
 #   seq-copies             block-resident, shared=block-copies (the default for block-resident)
 #   seq-first              block-resident, shared=first-block (train with block 0, then freeze)
 #   seq-sync               block-resident, shared=sync (the old behaviour: block 0 drifts)
@@ -19,6 +21,7 @@ for seed in $SEEDS; do
   jobs+=("random-s$seed --set schedule=random --set seed=$seed")
   jobs+=("seq-copies-s$seed --set schedule=sequential --set shared=block-copies --set seed=$seed")
   jobs+=("cycle-s$seed --set schedule=cycle --set seed=$seed")
+  jobs+=("res-cycle-s$seed --set schedule=cycle --set resident=true --set seed=$seed")
   jobs+=("seq-first-s$seed --set schedule=sequential --set shared=first-block --set seed=$seed")
   jobs+=("seq-sync-s$seed --set schedule=sequential --set shared=sync --set seed=$seed")
   jobs+=("seq-frozen-s$seed --set schedule=sequential --set shared=frozen --set seed=$seed")
@@ -29,3 +32,16 @@ printf '%s\n' "${jobs[@]}" | xargs -P 2 -I{} bash -c '
   rm -rf '"$OUT"'/$name
   OMP_NUM_THREADS=1 .venv/bin/dblocks train --preset vit-fmnist-quick "$@" \
     --out '"$OUT"'/$name --no-progress > '"$OUT"'/$name.log 2>&1 || echo "FAILED $name"'
+
+# The I/O cost of swapping blocks in and out (12-layer ViT of the memory benchmark, B=3): training
+# time of the all-resident cycle schedule against block-resident cycles that swap every visit of
+# 1 or 8 steps, and the sequential order (one swap per block). One process at a time.
+for v in "cycle --set schedule=cycle" "res-cycle1 --set schedule=cycle --set resident=true" \
+         "res-cycle8 --set schedule=cycle --set resident=true --set cycle_steps=8" \
+         "seq --set schedule=sequential"; do
+  set -- $v; name=swap-$1; shift
+  [ -f "$OUT/$name/results.json" ] && continue
+  rm -rf "$OUT/$name"
+  .venv/bin/dblocks train --preset bench --set epochs=2 "$@" --out "$OUT/$name" --no-progress \
+    > "$OUT/$name.log" 2>&1 || echo "FAILED $name"
+done

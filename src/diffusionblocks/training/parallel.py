@@ -165,10 +165,20 @@ class ParallelTrainer(Trainer):
                     dist.all_reduce(p.grad, group=ctx.block_group)
                     p.grad /= ctx.dp
         if c.shared_policy == "sync":
+            # Gather every rank's gradient and add them in rank order, as a single process adds
+            # its blocks' gradients: the sum (and so the run) is bitwise the single-process
+            # synchronous one, whatever the number of blocks (an all-reduce may add in another
+            # order). The shared modules are small; the extra traffic is theirs only.
             for p in self.shared_params:
+                if not p.requires_grad:
+                    continue
                 grad = p.grad if p.grad is not None else torch.zeros_like(p)
-                dist.all_reduce(grad)
-                p.grad = grad / ctx.world
+                parts = [torch.empty_like(grad) for _ in range(ctx.world)]
+                dist.all_gather(parts, grad.contiguous())
+                total = parts[0].clone()
+                for part in parts[1:]:
+                    total += part
+                p.grad = total / ctx.world
         elif c.shared_policy == "per-block" and ctx.dp > 1:
             for p in self.shared_params:
                 grad = p.grad if p.grad is not None else torch.zeros_like(p)
