@@ -54,18 +54,36 @@ def check_complete(run: Path) -> list[str]:
     return problems
 
 
-def kill_and_resume(run: Path, reference: dict[str, bytes], rng: random.Random,
+def kill_phase(run: Path) -> str:
+    """When a kill landed, from what it left: ``before first checkpoint`` (nothing to resume
+    from), ``mid-training`` (a checkpoint before the last step), ``after training`` (the final
+    checkpoint was written)."""
+    latest = run / "checkpoints" / "latest"
+    if not latest.exists():
+        return "before first checkpoint"
+    meta = json.loads((run / "checkpoints" / latest.read_text().strip() / "meta.json").read_text())
+    return "after training" if meta["step"] >= meta["total_steps"] else "mid-training"
+
+
+def kill_and_resume(run: Path, reference: dict[str, bytes], rng: random.Random | None,
                     max_delay: float = 9.0) -> dict:  # fmt: skip
-    """Start training, SIGKILL it after a random delay, check what is on disk, resume to the end
-    and compare the final weights with an uninterrupted run's."""
+    """Start training, SIGKILL it after a random delay (``rng``), or as soon as the first
+    checkpoint exists (``rng=None``: a kill mid-training), check what is on disk, resume to the
+    end and compare the final weights with an uninterrupted run's."""
     proc = dblocks("train", *TRAIN, "--out", str(run))
-    delay = rng.uniform(0.5, max_delay)
-    time.sleep(delay)
+    start = time.time()
+    if rng is None:
+        while not (run / "checkpoints" / "latest").exists() and time.time() - start < 600:
+            time.sleep(0.01)
+    else:
+        time.sleep(rng.uniform(0.5, max_delay))
+    delay = time.time() - start
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     record = {"delay_s": round(delay, 2), "problems": check_complete(run)}
     latest = run / "checkpoints" / "latest"
     record["resumed_from"] = latest.read_text().strip() if latest.exists() else None
+    record["phase"] = kill_phase(run)
     args = (
         ["train", "--out", str(run), "--resume", "--no-progress"]
         if (run / "config.json").exists()

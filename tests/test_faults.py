@@ -36,6 +36,13 @@ def test_sigkill_at_a_random_moment_then_resume_is_bit_exact(tmp_path, reference
     assert record["ok"], record
 
 
+def test_sigkill_mid_training_then_resume_from_that_checkpoint_is_bit_exact(tmp_path, reference):
+    """Killed right after the first checkpoint: the resume really starts mid-training."""
+    record = kill_and_resume(tmp_path / "run", reference, None)
+    assert record["phase"] == "mid-training" and record["resumed_from"], record
+    assert record["ok"], record
+
+
 def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path, reference):
     run = tmp_path / "run"
     proc = dblocks("train", *TRAIN, "--set", "checkpoint_every=0", "--out", str(run))
