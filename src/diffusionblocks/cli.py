@@ -95,6 +95,12 @@ def print_plan(config, preset: str | None) -> None:
     print(f"# preset: {preset}   task: {config.task}")
     for key, value in config.to_dict().items():
         print(f"{key:>18} = {value!s:<24} # {docs.get(key, '')}")
+    resolved = config.resolved()
+    print(
+        f"# resolved: shared policy {resolved['shared_policy']}, block-resident "
+        f"{'yes' if resolved['block_resident'] else 'no'}, {resolved['inference_calls']} "
+        "denoiser calls at inference"
+    )
     if config.method == "dblocks":
         print()
         print_schedule(config.block_partition())

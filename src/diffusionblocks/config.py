@@ -247,6 +247,27 @@ class RunConfig:
             out[f.name] = list(value) if isinstance(value, tuple) else value
         return out
 
+    def resolved(self) -> dict[str, Any]:
+        """What the config's automatic values and derived settings came to: recorded beside the
+        config in ``results.json`` so that a result says exactly what ran."""
+        out: dict[str, Any] = {
+            "units": self.units,
+            "trained_units": list(self.trained_units),
+            "block_resident": self.block_resident,
+            "shared_policy": self.shared_policy,
+            "inference_calls": self.steps_at_inference,
+        }
+        if self.method == "dblocks" and self.units > 1:
+            try:
+                p = self.block_partition()
+                out["block_intervals"] = [list(p.interval(b)) for b in range(self.num_blocks)]
+                out["block_train_intervals"] = [
+                    list(p.train_interval(b)) for b in range(self.num_blocks)
+                ]
+            except (AttributeError, ValueError):  # tasks with their own partition (masked LM)
+                pass
+        return out
+
     def config_hash(self, ignore: tuple[str, ...] = ()) -> str:
         """sha256 (16 hex digits) of the canonical JSON of the config, minus ``ignore`` keys."""
         data = {k: v for k, v in self.to_dict().items() if k not in ignore}

@@ -50,6 +50,14 @@ class MaskedLMConfig(RunConfig):
     eval_batch_size: int = 256  # sequences per evaluation batch
     eval_subset: int = 64  # held-out sequences for quick estimates during training
 
+    def resolved(self) -> dict:
+        """As every config's, with the blocks' masking-time intervals instead of noise levels."""
+        out = {k: v for k, v in super().resolved().items() if "intervals" not in k}
+        if self.method == "dblocks":
+            p = TimePartition(self.num_blocks, self.overlap)
+            out["block_t_intervals"] = [list(p.interval(b)) for b in range(self.num_blocks)]
+        return out
+
     def validate(self) -> None:
         super().validate()
         _check(self, "test_fraction", 0 < self.test_fraction < 1, "a fraction in (0, 1)")

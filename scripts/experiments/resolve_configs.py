@@ -1,0 +1,66 @@
+"""Add the full resolved config to every published result row that carries its training command
+(docs/results/**/*.json rows with a "command": "dblocks train --preset P --set k=v ...").
+
+    python scripts/experiments/resolve_configs.py
+
+The config is rebuilt from the command with the presets and defaults of the code that runs this
+script (the commit is recorded with it); keys added to the library after a run was made take
+their defaults, which do not change what those runs computed (e.g. ``val_fraction`` for text
+tasks, which have none). Rows whose command does not parse are left as they are and listed.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import subprocess
+from pathlib import Path
+
+from diffusionblocks.config import parse_assignments
+from diffusionblocks.registry import make_config
+
+
+def config_of(command: str):
+    argv = shlex.split(command)
+    if argv[:2] != ["dblocks", "train"] or "--preset" not in argv:
+        return None
+    preset = argv[argv.index("--preset") + 1]
+    sets = [argv[i + 1] for i, a in enumerate(argv) if a == "--set"]
+    return make_config(preset, parse_assignments(sets))
+
+
+def rows_of(data):
+    if isinstance(data, list):
+        return data
+    for key in ("runs", "rows"):
+        if isinstance(data, dict) and isinstance(data.get(key), list):
+            return data[key]
+    return []
+
+
+def main() -> None:
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                            text=True).stdout.strip()  # fmt: skip
+    for path in sorted(Path("docs/results").rglob("*.json")):
+        data = json.loads(path.read_text())
+        changed = skipped = 0
+        for row in rows_of(data):
+            if not isinstance(row, dict) or "command" not in row:
+                continue
+            config = config_of(row["command"])
+            if config is None:
+                skipped += 1
+                continue
+            row["config"] = config.to_dict()
+            row["resolved"] = config.resolved()
+            row["config_resolved_with"] = (
+                f"diffusionblocks at commit {commit}; keys added later take their defaults"
+            )
+            changed += 1
+        if changed:
+            path.write_text(json.dumps(data, indent=1) + "\n")
+        print(f"{path}: {changed} rows resolved, {skipped} without a parsable train command")
+
+
+if __name__ == "__main__":
+    main()
