@@ -54,7 +54,10 @@ def main() -> None:
             row["config"] = config.to_dict()
             row["resolved"] = config.resolved()
             row["config_resolved_with"] = (
-                f"diffusionblocks at commit {commit}; keys added later take their defaults"
+                f"diffusionblocks at commit {commit}; keys added later take their defaults. "
+                "Evaluations dated before 2026-11-28 ran the chain of their day: classification "
+                "and autoregressive 'steps' then meant Euler steps followed by one more call at "
+                "sigma_min (B+1 denoiser calls by default, not the inference_calls above)"
             )
             changed += 1
         if changed:
