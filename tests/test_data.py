@@ -156,3 +156,30 @@ def test_real_fashion_mnist():
     assert len(ds.train_y) == 60_000 and len(ds.test_y) == 10_000
     assert ds.image_shape == (1, 28, 28)
     assert torch.bincount(ds.test_y).tolist() == [1000] * 10
+
+
+def test_validation_split_of_a_class_sorted_file_keeps_every_class(tmp_path):
+    """A user file with its own test split may be sorted by class: the validation examples are
+    drawn from a permutation, not the file's tail, so training keeps every class."""
+    x = np.zeros((200, 4, 4), dtype=np.uint8)
+    y = np.repeat(np.arange(10), 20)  # sorted by class
+    np.savez(tmp_path / "sorted.npz", x=x, y=y, x_test=x[:10], y_test=y[:10])
+    ds = load_npz(tmp_path / "sorted.npz").hold_out(0.1)
+    assert len(ds.val_y) == 20 and len(ds.train_y) == 180
+    assert len(torch.unique(ds.val_y)) > 3 and len(torch.unique(ds.train_y)) == 10
+    assert (ds.train_y[1:] >= ds.train_y[:-1]).all()  # training keeps the file's order
+    fashion_like = load_npz(tmp_path / "sorted.npz")
+    fashion_like.shuffled = True  # a shuffled source: the tail is the validation split
+    assert torch.equal(fashion_like.hold_out(0.1).val_y, torch.from_numpy(y[-20:]))
+
+
+def test_training_without_a_validation_split_completes(tmp_path):
+    from diffusionblocks.cli import main
+
+    out = tmp_path / "r"
+    assert main(["train", "--preset", "tiny", "--set", "val_fraction=0", "--out", str(out),
+                 "--no-progress"]) == 0  # fmt: skip
+    import json
+
+    results = json.loads((out / "results.json").read_text())
+    assert "eval_val" not in results and results["eval"]["split"] == "test"

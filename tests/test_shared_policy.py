@@ -122,3 +122,35 @@ def test_inference_runs_each_block_with_its_own_copy(tmp_path):
         ref = _model_as_block(task, block)
         want = ref.block_logits(block, z, sigma, ref.model.embed_patches(images))
         assert torch.equal(got, want)
+
+
+def test_every_block_copy_starts_with_a_fresh_optimizer():
+    """block-copies: block b's copy never inherits block b-1's Adam moments or step count."""
+    task = tiny_task(num_blocks=3, depth=6, schedule="sequential")
+    trainer = Trainer(task, None, progress=False)
+    first_state = {}
+    original = trainer.train_step
+
+    def spy(unit, batch):
+        logs = original(unit, batch)
+        if unit not in first_state:  # right after the block's first step
+            opt = trainer.shared_optimizer
+            first_state[unit] = max(int(v["step"]) for v in opt.state.values())
+        return logs
+
+    trainer.train_step = spy
+    trainer.fit()
+    assert first_state == {0: 1, 1: 1, 2: 1}
+
+
+@pytest.mark.parametrize(
+    "values, key",
+    [
+        ({"schedule": "sequential", "eval_every": 5}, "eval_every"),
+        ({"schedule": "synchronous", "resident": True}, "resident"),
+        ({"schedule": "random", "cycle_steps": 4}, "cycle_steps"),
+    ],
+)
+def test_resident_settings_that_cannot_work_are_refused(values, key):
+    with pytest.raises(ConfigError, match=f"'{key}'"):
+        tiny_config(num_blocks=2, **values)

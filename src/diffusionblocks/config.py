@@ -81,7 +81,7 @@ class RunConfig:
     nan_max_skips: int = 10  # abort after this many skipped steps
     # Block-parallel training (torchrun; see docs/parallel.md)
     parallel: bool = False  # one process per block (x data-parallel degree), torch.distributed
-    # Shared modules (stem, label/token embeddings, sigma embedder, head; docs/shared-modules.md)
+    # Shared modules (stem, label/token embeddings, sigma embedder, head; docs/block-resident.md)
     shared: str = "auto"  # auto | sync | frozen | first-block | block-copies | per-block
     shared_init: str | None = None  # run folder whose shared modules start (and, frozen, stay)
 
@@ -125,6 +125,22 @@ class RunConfig:
                 f"method {self.method!r} trains all layers together)"
             )
         _check(self, "cycle_steps", 1 <= self.cycle_steps <= 1 << 30, "an integer >= 1")
+        if self.cycle_steps != 1 and self.schedule != "cycle":
+            raise ConfigError(
+                f"invalid value for 'cycle_steps': {self.cycle_steps} (steps per visit of the "
+                f"cycle schedule; schedule={self.schedule} does not use it)"
+            )
+        if self.resident and self.schedule == "synchronous" and not self.parallel:
+            raise ConfigError(
+                "invalid value for 'resident': true (schedule=synchronous trains every block at "
+                "each step, so all of them are in memory; use parallel=true for one block per "
+                "process)"
+            )
+        if self.eval_every and self.block_resident:
+            raise ConfigError(
+                f"invalid value for 'eval_every': {self.eval_every} (evaluating the chain needs "
+                "every block in memory; block-resident runs evaluate when training ends)"
+            )
         if self.shared == "per-block" and not self.parallel:
             raise ConfigError(
                 "invalid value for 'shared': 'per-block' gives each block-parallel process its "

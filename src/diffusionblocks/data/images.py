@@ -55,24 +55,36 @@ class ImageDataset:
     class_names: tuple[str, ...] | None = None
     val_x: torch.Tensor | None = None  # validation split (held out of training), if any
     val_y: torch.Tensor | None = None
+    shuffled: bool = True  # whether the training examples are in random order (not by class)
 
     def hold_out(self, fraction: float) -> ImageDataset:
-        """Move the last ``round(fraction * N)`` training examples to the validation split (the
-        split every model choice is made on; the test split is read once for final tables)."""
-        n_val = int(round(len(self.train_y) * fraction))
+        """Move ``round(fraction * N)`` training examples to the validation split (the split every
+        model choice is made on; the test split is read once for final tables): the last ones
+        when the training set is in random order (Fashion-MNIST, digits, an ``.npz`` split by the
+        loader), otherwise the last ones of a seed-0 permutation, so that a file sorted by class
+        does not lose whole classes to validation. The training examples keep their order."""
+        n = len(self.train_y)
+        n_val = int(round(n * fraction))
         if n_val == 0:
             return self
-        if n_val >= len(self.train_y):
+        if n_val >= n:
             raise DataError(
-                f"{self.name}: val_fraction={fraction} leaves no training examples "
-                f"out of {len(self.train_y)}"
+                f"{self.name}: val_fraction={fraction} leaves no training examples out of {n}"
             )
+        if self.shuffled:
+            train, val = torch.arange(n - n_val), torch.arange(n - n_val, n)
+        else:
+            order = torch.randperm(n, generator=torch.Generator().manual_seed(0))
+            val = order[-n_val:].sort().values
+            keep = torch.ones(n, dtype=torch.bool)
+            keep[val] = False
+            train = torch.nonzero(keep)[:, 0]
         return dataclasses.replace(
             self,
-            train_x=self.train_x[:-n_val],
-            train_y=self.train_y[:-n_val],
-            val_x=self.train_x[-n_val:],
-            val_y=self.train_y[-n_val:],
+            train_x=self.train_x[train],
+            train_y=self.train_y[train],
+            val_x=self.train_x[val],
+            val_y=self.train_y[val],
         )
 
     def split(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -226,7 +238,9 @@ def load_npz(path: str | os.PathLike, test_fraction: float = 0.1) -> ImageDatase
     num_classes = int(max(y.max(), ty.max())) + 1
     if names is not None and len(names) < num_classes:
         raise DataError(f"{path}: {len(names)} class_names for labels up to {num_classes - 1}")
-    return ImageDataset(path.stem, x, y, tx, ty, num_classes, names)
+    # Training examples in the file's order (x_test given) may be sorted: say so.
+    return ImageDataset(path.stem, x, y, tx, ty, num_classes, names,
+                        shuffled="x_test" not in arrays)  # fmt: skip
 
 
 def _check_split(path: Path, xk: str, yk: str, x: np.ndarray, y: np.ndarray):

@@ -268,8 +268,9 @@ class BlockStack(nn.Module):
             group.checkpointing = enabled
 
     def set_shared_variants(self, variants: dict[int, dict[str, torch.Tensor]]) -> None:
-        """Per-block copies of the shared modules (block-parallel ``shared=per-block``): running
-        block b first loads copy b."""
+        """Per-block copies of the shared modules (``shared=block-copies`` in sequential
+        training, ``shared=per-block`` in block-parallel training): running block b first loads
+        copy b into the shared modules. An empty dict switches copies off."""
         self._shared_variants = variants
         self._shared_current: int | None = None
 

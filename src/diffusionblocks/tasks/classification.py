@@ -95,6 +95,7 @@ class _ImageClassification(Task):
         full = load_image_dataset(config.data, config.data_dir, config.test_fraction)
         data = full.hold_out(config.val_fraction).subset(config.train_subset, config.test_subset)
         self.data: ImageDataset = data
+        self.splits = ("val", "test") if data.val_y is not None else ("test",)
         c, h, w = data.image_shape
         if h % config.patch_size or w % config.patch_size:
             raise ConfigError(

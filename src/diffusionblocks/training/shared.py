@@ -57,15 +57,18 @@ class SharedModules:
 
     def prepare(self, unit: int) -> bool:
         """Before a step of ``unit``: hand the live copy over (block-copies) and switch gradients
-        on exactly for :meth:`trainable`. True when the trainable set changed (the caller then
-        gives it a fresh optimizer)."""
+        on exactly for :meth:`trainable`. True when the trainable set changed or a new block took
+        the copy over (the caller then gives it a fresh optimizer: a block's copy never inherits
+        another block's optimizer state)."""
+        handed_over = False
         if self.policy == "block-copies" and self.owner != unit:
             if self.owner is not None:
                 self.copies[self.owner] = self.live_copy()
+                handed_over = True  # the next block's copy starts with a fresh optimizer
             self.owner = unit
         train = self.trainable(unit)
         key = tuple(id(p) for p in train)
-        if key == self._trainable:
+        if key == self._trainable and not handed_over:
             return False
         on = set(key)
         for p in self.params:

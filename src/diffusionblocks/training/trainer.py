@@ -275,11 +275,12 @@ class Trainer:
             self.optimizer_files[unit] = path
         self.model.release_block(unit)
 
-    def prepare_evaluation(self) -> None:
+    def prepare_evaluation(self) -> Callable[[], None]:
         """After training: every block in memory, each with its own copy of the shared modules
-        where the policy gives blocks copies."""
+        where the policy gives blocks copies. Returns a function that puts the live training
+        copy back (call it before training or saving again)."""
         self.materialize_all()
-        self.shared.install()
+        return self.shared.install()
 
     def materialize_all(self) -> None:
         """Load every block that lives on disk back into memory (for evaluation)."""
@@ -586,9 +587,7 @@ class Trainer:
                 and self.step % c.eval_every == 0
                 and self.step < self.total_steps
             ):
-                restore = self.shared.install()
-                quick = self.task.evaluate(quick=True)
-                restore()
+                quick = self.task.evaluate(quick=True)  # not block-resident (refused there)
                 self.metrics.write(
                     {"step": self.step, **{f"eval_{k}": v for k, v in quick.items()}}
                 )
