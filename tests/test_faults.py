@@ -31,7 +31,10 @@ def reference(tmp_path_factory):
 @pytest.mark.parametrize(
     "seed", [0, pytest.param(1, marks=pytest.mark.slow), pytest.param(2, marks=pytest.mark.slow)]
 )
-def test_sigkill_at_a_random_moment_then_resume_is_bit_exact(tmp_path, reference, seed):
+def test_sigkill_at_a_random_moment_then_the_run_completes_bit_exact(tmp_path, reference, seed):
+    """Wherever the kill lands (before the first checkpoint: the command is run again; later:
+    --resume), the finished run equals an uninterrupted one. Resuming from a mid-training
+    checkpoint specifically: the next test."""
     record = kill_and_resume(tmp_path / "run", reference, random.Random(seed))
     assert record["ok"], record
 
