@@ -91,6 +91,7 @@ def test_bench_memory_end_to_end(tmp_path, capsys):
         "e2e+ckpt",
         "dblocks",
         "dblocks-resident",
+        "dblocks-swap",
         "dblocks-resident+ckpt",
     }
     for r in records:
@@ -109,6 +110,9 @@ def test_bench_memory_end_to_end(tmp_path, capsys):
     # Resident: only one block's weights and optimizer state exist; all-resident keeps them all.
     assert by["dblocks-resident"]["param_bytes"] < by["dblocks"]["param_bytes"]
     assert by["dblocks-resident"]["optimizer_bytes"] < by["dblocks"]["optimizer_bytes"]
+    # swapping blocks in and out holds one block like the sequential order
+    assert by["dblocks-swap"]["param_bytes"] == by["dblocks-resident"]["param_bytes"]
+    assert by["dblocks-swap"]["optimizer_bytes"] < by["dblocks"]["optimizer_bytes"]
     assert by["dblocks"]["activation_bytes"] < by["e2e"]["activation_bytes"]
     assert out_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

@@ -32,7 +32,8 @@ from typing import Any
 
 import torch
 
-MEMORY_CONFIGS = ("e2e", "e2e+ckpt", "dblocks", "dblocks-resident", "dblocks-resident+ckpt")
+MEMORY_CONFIGS = ("e2e", "e2e+ckpt", "dblocks", "dblocks-resident", "dblocks-swap",
+                  "dblocks-resident+ckpt")  # fmt: skip
 SPEED_CONFIGS = ("e2e", "e2e+ckpt", "dblocks", "dblocks+ckpt")
 
 
@@ -54,6 +55,14 @@ def config_overrides(name: str, blocks: int) -> dict[str, Any]:
             "method": "dblocks",
             "num_blocks": blocks,
             "schedule": "sequential",
+            "checkpointing": ckpt,
+        }
+    if base == "dblocks-swap":  # the paper's order, one block in memory, swapped at each visit
+        return {
+            "method": "dblocks",
+            "num_blocks": blocks,
+            "schedule": "cycle",
+            "resident": True,
             "checkpointing": ckpt,
         }
     raise ValueError(f"unknown benchmark configuration {name!r}")
@@ -161,6 +170,7 @@ def predicted_bytes(name: str, blocks: int, depth: int, p_layer: int, a_layer: f
         "e2e+ckpt": 4 * P * L + A,
         "dblocks": 4 * P * L + A * L / B,  # the authors' code: only the activation part shrinks
         "dblocks-resident": (4 * P + A) * L / B,
+        "dblocks-swap": (4 * P + A) * L / B,
         "dblocks-resident+ckpt": 4 * P * L / B + A,
     }
     return int(table[name] + 4 * shared)

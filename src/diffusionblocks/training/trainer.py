@@ -291,7 +291,8 @@ class Trainer:
                 self.model.materialize_block(u, self.model.device, load_file(self.block_files[u]))
 
     def resident_bytes(self) -> dict[str, int]:
-        """Bytes of parameters, gradients and optimizer state that exist right now."""
+        """Bytes of parameters, gradients and optimizer state that exist right now, and of the
+        finished blocks' copies of the shared modules (``shared=block-copies``)."""
         params = [p for p in self.model.parameters() if not p.is_meta]
         opt_bytes = 0
         for opt in [self.shared_optimizer, *self.optimizers.values()]:
@@ -307,6 +308,11 @@ class Trainer:
                 p.grad.numel() * p.grad.element_size() for p in params if p.grad is not None
             ),
             "optimizer_bytes": opt_bytes,
+            "shared_copy_bytes": sum(
+                v.numel() * v.element_size()
+                for c in self.shared.copies.values()
+                for v in c.values()
+            ),
         }
 
     # -- shared modules ---------------------------------------------------------------------
