@@ -197,6 +197,7 @@ class Trainer:
         self.block_files: dict[int, Path] = {}  # where blocks that are not in memory live
         self.optimizer_files: dict[int, Path] = {}  # optimizer states of swapped-out blocks
         self.swaps = 0  # blocks loaded into memory (block-resident I/O)
+        self.swap_seconds = 0.0  # time spent writing and reading swapped blocks
         self._offload_dir: Path | None = None
         self.step_times: dict[int, list[float]] = defaultdict(list)
         self.train_seconds = 0.0
@@ -249,6 +250,13 @@ class Trainer:
         """Resident mode: make ``unit`` the only block in memory (others go to their files)."""
         if self.model.block_is_materialized(unit):
             return
+        start = time.perf_counter()
+        try:
+            self._swap_in(unit)
+        finally:
+            self.swap_seconds += time.perf_counter() - start
+
+    def _swap_in(self, unit: int) -> None:
         for u in range(self.num_units):
             if u != unit and self.model.block_is_materialized(u):
                 self.offload(u)
@@ -670,7 +678,9 @@ class Trainer:
         }
         every = [t for times in self.step_times.values() for t in times]
         return {
-            "train_seconds": self.train_seconds,
+            "train_seconds": self.train_seconds,  # optimizer steps only
+            "swap_seconds": self.swap_seconds,  # block-resident: moving blocks in and out
+            "swaps": self.swaps,
             "median_step_seconds": _median(every[5:] if len(every) > 10 else every),
             "median_step_seconds_per_unit": per_unit,
         }
@@ -718,6 +728,8 @@ class Trainer:
                 "unit_steps": list(self.unit_steps),
                 "generator": self.generator.get_state(),
                 "train_seconds": self.train_seconds,
+                "swap_seconds": self.swap_seconds,
+                "swaps": self.swaps,
                 "step_times": {str(u): list(t) for u, t in self.step_times.items()},
                 "skipped_steps": self.skipped_steps,
                 "unit_generators": {str(u): g.get_state() for u, g in self.unit_generators.items()},
@@ -804,6 +816,8 @@ class Trainer:
         self.unit_steps = [int(s) for s in state["unit_steps"]]
         self.generator.set_state(state["generator"])
         self.train_seconds = float(state.get("train_seconds", 0.0))
+        self.swap_seconds = float(state.get("swap_seconds", 0.0))
+        self.swaps = int(state.get("swaps", 0))
         for u, gstate in state.get("unit_generators", {}).items():
             if int(u) in self.unit_generators:
                 self.unit_generators[int(u)].set_state(gstate)
