@@ -26,7 +26,8 @@ for seed in $SEEDS; do
   jobs+=("seq-sync-s$seed --set schedule=sequential --set shared=sync --set seed=$seed")
   jobs+=("seq-frozen-s$seed --set schedule=sequential --set shared=frozen --set seed=$seed")
 done
-printf '%s\n' "${jobs[@]}" | xargs -P 2 -I{} bash -c '
+[ -n "${SWAP_ONLY:-}" ] && jobs=()  # SWAP_ONLY=1: only the I/O measurement below
+[ ${#jobs[@]} -gt 0 ] && printf '%s\n' "${jobs[@]}" | xargs -P 2 -I{} bash -c '
   set -- {}; name=$1; shift
   [ -f '"$OUT"'/$name/results.json ] && exit 0
   rm -rf '"$OUT"'/$name
@@ -35,7 +36,8 @@ printf '%s\n' "${jobs[@]}" | xargs -P 2 -I{} bash -c '
 
 # The I/O cost of swapping blocks in and out (12-layer ViT of the memory benchmark, B=3): training
 # time of the all-resident cycle schedule against block-resident cycles that swap every visit of
-# 1 or 8 steps, and the sequential order (one swap per block). One process at a time.
+# 1 or 8 steps, and the sequential order (one swap per block). One process at a time, on an
+# otherwise idle machine (timing); swap_seconds in results.json is the time spent moving blocks.
 for v in "cycle --set schedule=cycle" "res-cycle1 --set schedule=cycle --set resident=true" \
          "res-cycle8 --set schedule=cycle --set resident=true --set cycle_steps=8" \
          "seq --set schedule=sequential"; do
