@@ -21,8 +21,10 @@ from diffusionblocks.runs import evaluate_run
 
 CALLS = [1, 2, 3, 4]
 VARIANTS = {
+    "e2e": "end to end, 6 layers (reference; one forward = 6 layer evaluations)",
     "random": "all blocks resident, random order (the paper), shared=sync",
     "cycle": "all blocks resident, round robin, shared=sync",
+    "res-cycle": "block-resident round robin (resident=true, swaps), shared=sync",
     "seq-copies": "block-resident (sequential), shared=block-copies",
     "seq-first": "block-resident (sequential), shared=first-block",
     "seq-sync": "block-resident (sequential), shared=sync (drifts)",
@@ -42,14 +44,15 @@ def main(argv: list[str] | None = None) -> None:
     runs, out = Path(args.runs), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     rows = []
-    for run in sorted(p for p in runs.iterdir() if (p / "results.json").exists()):
+    for run in sorted(p for p in runs.iterdir() if (p / "results.json").exists()
+                      and not p.name.startswith("swap-")):  # fmt: skip
         variant, seed = run.name.rsplit("-s", 1)
         results = json.loads((run / "results.json").read_text())
         row = {"variant": variant, "seed": int(seed), "run": run.name}
         for split in ("val", "test"):
             ev = evaluate_run(run, steps=CALLS, split=split)
-            for k in CALLS:
-                row[f"{split}_calls{k}"] = ev["steps_sweep"][str(k)]
+            for k in CALLS:  # end to end: one forward pass whatever k
+                row[f"{split}_calls{k}"] = ev.get("steps_sweep", {}).get(str(k), ev["accuracy"])
         mem, acc, tim = results["memory"], results["accounting"], results["timing"]
         row.update(
             train_peak_rss_mib=mem["train_peak_rss_bytes"] / 2**20,
@@ -79,9 +82,30 @@ def main(argv: list[str] | None = None) -> None:
         ]:
             entry[key] = mean_sd([r[key] for r in mine])
         summary[variant] = entry
+    swap = {}
+    for run in sorted(runs.glob("swap-*/results.json")):
+        r = json.loads(run.read_text())
+        swap[run.parent.name] = {
+            "command": r["command"],
+            "train_seconds": r["timing"]["train_seconds"],
+            "swap_seconds": r["timing"].get("swap_seconds"),
+            "swaps": r["timing"].get("swaps"),
+            "median_step_seconds": r["timing"]["median_step_seconds"],
+            "peak_state_mib": r["memory"].get("peak_state_bytes", 0) / 2**20,
+            "train_peak_rss_mib": r["memory"]["train_peak_rss_bytes"] / 2**20,
+            "test_accuracy": r["eval"]["accuracy"],
+        }
     config = json.loads((runs / rows[0]["run"] / "config.json").read_text())
     (out / "summary.json").write_text(
-        json.dumps({"resolved_config_of_first_run": config, "variants": summary}, indent=2) + "\n"
+        json.dumps(
+            {
+                "resolved_config_of_first_run": config,
+                "variants": summary,
+                "swap_cost_bench_preset": swap,
+            },
+            indent=2,
+        )
+        + "\n"  # fmt: skip
     )
     print(json.dumps(summary, indent=1))
 

@@ -138,8 +138,9 @@ def main() -> int:
         "seconds": round(time.time() - start),
         "reference_run_seconds": round(duration, 1),
         "kills": len(kills),
-        "kills_before_first_checkpoint": sum(k["phase"] == "before first checkpoint"
-                                             for k in kills),  # fmt: skip
+        "kills_before_first_checkpoint": sum(
+            k["phase"] == "before first checkpoint" for k in kills
+        ),  # fmt: skip
         "kills_after_training_finished": sum(k["phase"] == "after training" for k in kills),
         "kills_mid_training": len(mid),
         "mid_training_kills_resumed_bit_exact": sum(k["bit_exact"] for k in mid),
