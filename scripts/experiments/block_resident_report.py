@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     runs, out = Path(args.runs), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    rows = []
+    rows, configs = [], {}
     for run in sorted(p for p in runs.iterdir() if (p / "results.json").exists()
                       and not p.name.startswith("swap-")):  # fmt: skip
         variant, seed = run.name.rsplit("-s", 1)
@@ -63,6 +63,8 @@ def main(argv: list[str] | None = None) -> None:
             shared_policy=results["config"].get("shared"),
             schedule=results["config"]["schedule"],
         )
+        configs[run.name] = {"command": results["command"], "config": results["config"],
+                             "resolved": results.get("resolved")}  # fmt: skip
         rows.append(row)
         print(run.name, {k: round(v, 4) for k, v in row.items() if isinstance(v, float)})
     with open(out / "runs.csv", "w", newline="") as fh:
@@ -95,18 +97,8 @@ def main(argv: list[str] | None = None) -> None:
             "train_peak_rss_mib": r["memory"]["train_peak_rss_bytes"] / 2**20,
             "test_accuracy": r["eval"]["accuracy"],
         }
-    config = json.loads((runs / rows[0]["run"] / "config.json").read_text())
-    (out / "summary.json").write_text(
-        json.dumps(
-            {
-                "resolved_config_of_first_run": config,
-                "variants": summary,
-                "swap_cost_bench_preset": swap,
-            },
-            indent=2,
-        )
-        + "\n"  # fmt: skip
-    )
+    record = {"variants": summary, "swap_cost_bench_preset": swap, "runs": configs}
+    (out / "summary.json").write_text(json.dumps(record, indent=2) + "\n")
     print(json.dumps(summary, indent=1))
 
 
