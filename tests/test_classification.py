@@ -102,3 +102,10 @@ def test_eval_set_accepts_only_inference_keys(tmp_path, capsys):
     assert main(["eval", "--run", out, "--set", "bridge_temperature=0", "--json"]) == 0
     assert main(["eval", "--run", out, "--set", "lr=1"]) == 2
     assert "inference keys" in capsys.readouterr().err
+
+
+def test_a_step_count_scores_the_same_whatever_else_is_swept():
+    task = tiny_task(num_blocks=2, eval_subset=64, eval_batch_size=16)
+    alone = task.evaluate(steps=[3])["steps_sweep"]["3"]
+    swept = task.evaluate(steps=[1, 3, 8])["steps_sweep"]["3"]
+    assert alone == swept

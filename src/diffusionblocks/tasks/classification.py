@@ -307,6 +307,11 @@ class BlockwiseClassification(_ImageClassification):
         default = c.steps_at_inference
         sweep = sorted({default, *(steps or [])}) if not quick else [default]
         self.model.eval()
+        # One generator per step count, so that a step count's accuracy does not depend on which
+        # other step counts are swept with it; another for the per-block diagnostics.
+        chain_gens = {
+            s: torch.Generator().manual_seed(c.seed + 1_000_003 + 7919 * s) for s in sweep
+        }
         gen = torch.Generator().manual_seed(c.seed + 1_000_003)
         correct = dict.fromkeys(sweep, 0)
         after_block = [0] * B  # chain stopped after block b (default steps)
@@ -318,7 +323,7 @@ class BlockwiseClassification(_ImageClassification):
             n = len(labels)
             total += n
             for s in sweep:
-                final, calls = self.predict(images, s, gen)
+                final, calls = self.predict(images, s, chain_gens[s])
                 correct[s] += int((final.argmax(-1) == labels).sum())
                 if s == default:
                     last = {}
