@@ -310,6 +310,11 @@ class Trainer:
                 opt_bytes += sum(
                     v.numel() * v.element_size() for v in state.values() if torch.is_tensor(v)
                 )
+        for saved in self._pending_optimizer.values():  # loaded, not yet handed to an optimizer
+            for state in saved.get("state", {}).values():
+                opt_bytes += sum(
+                    v.numel() * v.element_size() for v in state.values() if torch.is_tensor(v)
+                )
         return {
             "param_bytes": sum(p.numel() * p.element_size() for p in params),
             "grad_bytes": sum(
