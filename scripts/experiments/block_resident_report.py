@@ -79,6 +79,7 @@ def main(argv: list[str] | None = None) -> None:
         entry = {"what": VARIANTS[variant], "seeds": sorted(r["seed"] for r in mine)}
         for key in [f"{s}_calls{k}" for s in ("val", "test") for k in CALLS] + [
             "train_peak_rss_mib",
+            "peak_rss_mib",
             "peak_state_mib",
             "train_seconds",
         ]:
@@ -99,7 +100,40 @@ def main(argv: list[str] | None = None) -> None:
         }
     record = {"variants": summary, "swap_cost_bench_preset": swap, "runs": configs}
     (out / "summary.json").write_text(json.dumps(record, indent=2) + "\n")
+    (out / "table.md").write_text(markdown(summary, swap))
     print(json.dumps(summary, indent=1))
+
+
+def markdown(summary: dict, swap: dict) -> str:
+    """The tables of the results page, from the summary."""
+
+    def cell(entry, key, digits=4):
+        m, sd = entry[key]
+        return f"{m:.{digits}f} ± {sd:.{digits}f}"
+
+    lines = [
+        "| training mode | val, B = 3 calls (default) | val, B+1 = 4 calls | val, 1 call (block "
+        "0 alone) | test, B = 3 calls | peak state (MiB) | process peak (MiB) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for variant, e in summary.items():
+        lines.append(
+            f"| {variant}: {e['what']} | {cell(e, 'val_calls3')} | {cell(e, 'val_calls4')} | "
+            f"{cell(e, 'val_calls1')} | {cell(e, 'test_calls3')} | "
+            f"{cell(e, 'peak_state_mib', 2)} | {cell(e, 'peak_rss_mib', 0)} |"
+        )
+    lines += [
+        "",
+        "| I/O run (preset bench, 2 epochs) | optimizer steps (s) | swapping (s) | swaps | "
+        "peak state (MiB) |",
+        "|---|---|---|---|---|",
+    ]
+    for name, r in swap.items():
+        lines.append(
+            f"| {name} | {r['train_seconds']:.1f} | {r['swap_seconds'] or 0:.1f} | "
+            f"{r['swaps'] or 0} | {r['peak_state_mib']:.1f} |"
+        )
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":
