@@ -277,15 +277,18 @@ class BlockwiseClassification(_ImageClassification):
         if generator is None:
             generator = torch.Generator().manual_seed(c.seed + 1_000_003)
         n = len(images)
-        patches: dict[int, torch.Tensor] = {}  # per block: its own stem under block-copies
+        # Patch tokens once, or once per block when blocks own copies of the stem (block-copies)
+        per_block = bool(getattr(m, "_shared_variants", None))
+        patches: dict[int, torch.Tensor] = {}
         table = m.label_table()  # the same normalised table as training (soft bridge)
         calls: list[tuple[int, float, torch.Tensor]] = []
 
         def call(z, sigma, block):
-            if block not in patches:
-                patches[block] = self.block_patches(block, images)
+            key = block if per_block else -1
+            if key not in patches:
+                patches[key] = self.block_patches(block, images)
             sigmas = torch.full((n,), sigma, device=z.device)
-            logits = self.block_logits(block, z, sigmas, patches[block])
+            logits = self.block_logits(block, z, sigmas, patches[key])
             calls.append((block, sigma, logits))
             return logits
 
