@@ -71,8 +71,14 @@ class ImageDataset:
             raise DataError(
                 f"{self.name}: val_fraction={fraction} leaves no training examples out of {n}"
             )
-        if self.shuffled:
-            train, val = torch.arange(n - n_val), torch.arange(n - n_val, n)
+        if self.shuffled:  # slices: views of the loaded images, no copy
+            return dataclasses.replace(
+                self,
+                train_x=self.train_x[: n - n_val],
+                train_y=self.train_y[: n - n_val],
+                val_x=self.train_x[n - n_val :],
+                val_y=self.train_y[n - n_val :],
+            )
         else:
             order = torch.randperm(n, generator=torch.Generator().manual_seed(0))
             val = order[-n_val:].sort().values
