@@ -3,13 +3,15 @@
 A *unit* is an entry of ``task.model.blocks``: one DiffusionBlocks block, or the whole layer stack
 for the end-to-end baseline. Each unit has its own AdamW optimizer, created when the unit first
 trains, so a unit that does not train this step cannot move (no momentum or weight-decay drift).
-The shared modules have one optimizer that steps at every step (SPEC §4).
+The shared modules (stem, sigma embedder, head, target table) have their own optimizer; which of
+them train at a step is the ``shared`` policy's decision (``shared.py``): with every step in the
+paper's schedules, with their own block only when blocks train one after another.
 
-Block-resident mode (``config.block_resident``: DiffusionBlocks trained one block at a time) keeps
-only the active block's weights, gradients and optimizer state in memory. The other blocks live in
-files (``run_dir/blocks/block-{b}.safetensors``, atomically replaced) and go into checkpoints as
-hard links, so the full B-fold saving of the paper's memory formula is realised, not only the
-activation part.
+Block-resident mode (``config.block_resident``) keeps only the active block's weights, gradients
+and optimizer state in memory. The other blocks live in files (``run_dir/blocks/block-{b}.
+safetensors``, atomically replaced; a block swapped out before it finished takes its optimizer
+state to ``optimizer-{b}.pt``) and go into checkpoints as hard links, so the full B-fold saving of
+the paper's memory formula is realised, not only the activation part.
 
 Budget (SPEC §4): every trained unit gets ``ceil(epochs * steps_per_epoch)`` updates, so a
 DiffusionBlocks run with B blocks takes B times the steps of the end-to-end run, each running 1/B
