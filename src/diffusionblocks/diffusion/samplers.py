@@ -20,8 +20,8 @@ from .noise import NoiseSchedule
 
 GRIDS = ("cdf", "karras")
 
+# ``call(z, sigma, block)``: a denoiser call; returns D, or logits that a bridge turns into D
 Denoiser = Callable[[torch.Tensor, float, int], torch.Tensor]
-Call = Callable[[torch.Tensor, float, int], torch.Tensor]
 Router = Callable[[float], int]
 
 
@@ -96,7 +96,7 @@ def chain_levels(
 
 @torch.no_grad()
 def chain(
-    call: Call,
+    call: Denoiser,
     z: torch.Tensor,
     levels: list[float],
     route: Router | None = None,

@@ -274,6 +274,11 @@ class BlockStack(nn.Module):
         self._shared_variants = variants
         self._shared_current: int | None = None
 
+    @property
+    def has_shared_variants(self) -> bool:
+        """Whether blocks run with their own copies of the shared modules."""
+        return bool(getattr(self, "_shared_variants", None))
+
     def use_shared(self, block: int) -> None:
         variants = getattr(self, "_shared_variants", None)
         if variants and self._shared_current != block:

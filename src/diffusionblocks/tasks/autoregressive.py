@@ -30,7 +30,14 @@ import torch.nn.functional as F
 from ..config import ConfigError, RunConfig, _check, check_layer_split
 from ..data.images import DataError
 from ..data.text import TextCorpus
-from ..diffusion import chain, chain_levels, edm_preconditioning, soft_bridge, weighted_loss
+from ..diffusion import (
+    chain,
+    chain_levels,
+    edm_preconditioning,
+    soft_bridge,
+    unit_table,
+    weighted_loss,
+)
 from ..networks.token_transformer import TokenShape, TwoStreamTransformer
 from .base import Task, load_text_sequences
 
@@ -347,20 +354,39 @@ class EndToEndAR(_CharLM):
         return float(nll.sum()), len(continuation)
 
 
-class BlockwiseAR(_CharLM):
-    """DiffusionBlocks: block b denoises target embeddings for sigma in its interval."""
-
-    def __init__(self, config: ARConfig, device: torch.device):
-        super().__init__(config, device)
-        self.partition = config.block_partition()
-        self.schedule = self.partition.schedule
+class TokenTargets:
+    """What the DiffusionBlocks language models (autoregressive and recurrent depth) share: the
+    unit-norm token table as the targets, the soft bridge over it, and the chain's noise levels.
+    Needs ``self.model.token_embed``, ``self.schedule`` and ``self.config``."""
 
     def target_prefixes(self) -> tuple[str, ...]:
         return ("token_embed.",)
 
     def table(self) -> torch.Tensor:
         """The L2-normalised embedding table: the clean targets."""
-        return F.normalize(self.model.token_embed.weight, dim=-1)
+        return unit_table(self.model.token_embed.weight)
+
+    def bridge(self, logits: torch.Tensor) -> torch.Tensor:
+        """The soft bridge over the normalised token table (the training targets)."""
+        return soft_bridge(logits, self.table(), self.config.bridge_temperature)
+
+    def levels(self, steps: int | None) -> list[float]:
+        """Noise levels of the chain: ``steps`` denoiser calls (default ``inference_steps``,
+        or B: every block once)."""
+        k = self.config.steps_at_inference if steps is None else steps
+        try:
+            return chain_levels(k, self.schedule, self.config.grid)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
+
+
+class BlockwiseAR(TokenTargets, _CharLM):
+    """DiffusionBlocks: block b denoises target embeddings for sigma in its interval."""
+
+    def __init__(self, config: ARConfig, device: torch.device):
+        super().__init__(config, device)
+        self.partition = config.block_partition()
+        self.schedule = self.partition.schedule
 
     def route(self, sigma: float) -> int:
         return int(self.partition.block_of(sigma))
@@ -441,18 +467,6 @@ class BlockwiseAR(_CharLM):
             logs["aux_ce"] = aux.item()
         logs["loss"] = loss.item()
         return loss, logs
-
-    def bridge(self, logits: torch.Tensor) -> torch.Tensor:
-        """The soft bridge over the normalised token table (the training targets)."""
-        return soft_bridge(logits, self.table(), self.config.bridge_temperature)
-
-    def levels(self, steps: int | None) -> list[float]:
-        """Noise levels of the chain: ``steps`` denoiser calls (default B, every block once)."""
-        k = self.config.steps_at_inference if steps is None else steps
-        try:
-            return chain_levels(k, self.schedule, self.config.grid)
-        except ValueError as err:
-            raise ConfigError(str(err)) from None
 
     def predict_logits(self, ids, generator, steps=None):
         """Every position at once: the chain from noise for each noisy token (they do not see

@@ -278,7 +278,7 @@ class BlockwiseClassification(_ImageClassification):
             generator = torch.Generator().manual_seed(c.seed + 1_000_003)
         n = len(images)
         # Patch tokens once, or once per block when blocks own copies of the stem (block-copies)
-        per_block = bool(getattr(m, "_shared_variants", None))
+        per_block = m.has_shared_variants
         patches: dict[int, torch.Tensor] = {}
         table = m.label_table()  # the same normalised table as training (soft bridge)
         calls: list[tuple[int, float, torch.Tensor]] = []

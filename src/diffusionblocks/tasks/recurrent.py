@@ -22,9 +22,9 @@ import torch
 import torch.nn.functional as F
 
 from ..config import ConfigError, _check
-from ..diffusion import chain, chain_levels, edm_preconditioning, soft_bridge, weighted_loss
+from ..diffusion import chain, edm_preconditioning, weighted_loss
 from ..networks.recurrent import RecurrentDepthLM, RecurrentShape
-from .autoregressive import ARConfig, _CharLM
+from .autoregressive import ARConfig, TokenTargets, _CharLM
 
 RECURRENT_METHODS = ("dblocks", "bptt")
 
@@ -214,15 +214,12 @@ class TruncatedBPTTRecurrent(_RecurrentLM):
         return fn(e, full_state, full_cond)[:, -1:]
 
 
-class BlockwiseRecurrent(_RecurrentLM):
+class BlockwiseRecurrent(TokenTargets, _RecurrentLM):
     """DiffusionBlocks: one core application, trained as a denoiser over all sigma."""
 
     def __init__(self, config: RecurrentConfig, device: torch.device):
         super().__init__(config, device)
         self.schedule = config.noise_schedule()
-
-    def table(self) -> torch.Tensor:
-        return F.normalize(self.model.token_embed.weight, dim=-1)
 
     def denoise(self, e, z, sigma):
         """Logits (N, T, V) from one core application at levels sigma (N, T)."""
@@ -258,18 +255,12 @@ class BlockwiseRecurrent(_RecurrentLM):
         c = self.config
         return c.prelude + k * (c.core + c.coda)  # every application reads out for the bridge
 
-    def bridge(self, logits):
-        return soft_bridge(logits, self.table(), self.config.bridge_temperature)
-
     def states(self, e, k, generator, last_only):
         """The chain of k core applications (k denoiser calls, the last one's logits)."""
         n, t, h = e.shape
         positions = 1 if last_only else t
         z = self.schedule.sigma_max * torch.randn(n, positions, h, generator=generator)
-        try:
-            levels = chain_levels(k, self.schedule, self.config.grid)
-        except ValueError as err:
-            raise ConfigError(str(err)) from None
+        levels = self.levels(k)
 
         def call(z, sigma, unit):
             s = torch.full((n, positions), sigma, device=self.device)
