@@ -41,6 +41,7 @@ class SharedModules:
         self.owner: int | None = None  # block-copies: the block whose copy is live
         self.copies: dict[int, dict[str, torch.Tensor]] = {}  # finished blocks' copies
         self._trainable: tuple[int, ...] | None = None
+        self.current: list[nn.Parameter] = []  # what trains now (set by prepare)
 
     # -- which parameters train --------------------------------------------------------------
     def trainable(self, unit: int) -> list[nn.Parameter]:
@@ -60,6 +61,8 @@ class SharedModules:
         on exactly for :meth:`trainable`. True when the trainable set changed or a new block took
         the copy over (the caller then gives it a fresh optimizer: a block's copy never inherits
         another block's optimizer state)."""
+        if self.policy == "block-copies" and self.owner == unit and self._trainable is not None:
+            return False  # the same block as the step before: nothing changes
         handed_over = False
         if self.policy == "block-copies" and self.owner != unit:
             if self.owner is not None:
@@ -74,8 +77,12 @@ class SharedModules:
         for p in self.params:
             p.requires_grad_(id(p) in on)
             p.grad = None
-        self._trainable = key
+        self._trainable, self.current = key, train
         return True
+
+    def forget(self) -> None:
+        """Make the next :meth:`prepare` apply its policy afresh (after loading a checkpoint)."""
+        self._trainable = None
 
     # -- per-block copies ----------------------------------------------------------------------
     def live_copy(self) -> dict[str, torch.Tensor]:
@@ -122,4 +129,4 @@ class SharedModules:
             return
         self.owner = info.get("owner")
         self.copies = {int(u): ckpt.tensors(f"shared-copy-{u}") for u in info.get("finished", [])}
-        self._trainable = None
+        self.forget()

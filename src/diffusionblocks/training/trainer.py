@@ -169,7 +169,7 @@ class Trainer:
                 f"batch_size {c.batch_size} x {self.data_shards} data-parallel rank(s) is larger "
                 f"than the {n} training examples"
             )
-        self.first_epoch_indices: list[int] = []  # examples this process trained on in epoch 0
+        self.first_epoch_indices: list[int] = []  # data-parallel: examples of this rank's epoch 0
         self.steps_per_unit = max(1, math.ceil(c.epochs * self.steps_per_epoch))
         self.synchronous = c.schedule == "synchronous"
         # Synchronous: each global step trains every unit on the same batch.
@@ -206,6 +206,7 @@ class Trainer:
         self.skipped_steps = 0  # steps whose update was skipped for a non-finite loss/gradient
         self._stop_signal: int | None = None
         self.peak_state_bytes = 0  # max parameters + gradients + optimizer state at a step
+        self._state_noted_for: int | None = None  # the block trained when it was last counted
         self.layer_evals = 0  # forward layer evaluations per example, summed over steps
         self.backward_layer_evals = 0  # layers that ran a backward pass, per example
         self.metrics = MetricsWriter(self.run_dir / "metrics.jsonl" if self.run_dir else None)
@@ -335,9 +336,9 @@ class Trainer:
         """Apply the shared policy before a step of ``unit``; a changed set of trainable shared
         parameters gets a fresh optimizer (a frozen module's optimizer state is freed)."""
         if self.shared.prepare(unit):
-            params = self.shared.trainable(unit)
+            params = self.shared.current
             self.shared_optimizer = make_optimizer(params, self.config) if params else None
-        return self.shared.trainable(unit)
+        return self.shared.current
 
     def _load_shared_from(self, run_dir: str) -> None:
         """Shared modules from a block-parallel run's latest shared checkpoint, or from any run
@@ -359,10 +360,13 @@ class Trainer:
             raise ConfigError(f"shared_init={run_dir}: its shared modules do not fit this model")
         self.model.load_state_dict(state, strict=False)
 
-    def _note_state_bytes(self) -> None:
+    def _note_state_bytes(self, unit: int) -> None:
         """Track the peak of parameters + gradients + optimizer state held at once (exact
-        accounting, independent of the allocator; activations are not included)."""
-        self.peak_state_bytes = max(self.peak_state_bytes, sum(self.resident_bytes().values()))
+        accounting, independent of the allocator; activations are not included). What is held
+        changes only when another block trains, so it is counted at the first step of a visit."""
+        if unit != self._state_noted_for:
+            self._state_noted_for = unit
+            self.peak_state_bytes = max(self.peak_state_bytes, sum(self.resident_bytes().values()))
 
     def train_step(self, unit: int, batch: Any) -> dict[str, float]:
         """One optimizer step on ``unit`` (and, if the policy says so, the shared modules)."""
@@ -395,7 +399,7 @@ class Trainer:
             for group in self.shared_optimizer.param_groups:
                 group["lr"] = shared_lr
             self.shared_optimizer.step()
-        self._note_state_bytes()
+        self._note_state_bytes(unit)
         for p in params:
             p.grad = None
         self.unit_steps[unit] += 1
@@ -446,7 +450,7 @@ class Trainer:
             for group in self.shared_optimizer.param_groups:
                 group["lr"] = shared_lr
             self.shared_optimizer.step()
-        self._note_state_bytes()
+        self._note_state_bytes(units[0])
         for p in [*self.shared_params, *(q for ps in unit_params.values() for q in ps)]:
             p.grad = None
         self.step += 1
@@ -562,7 +566,7 @@ class Trainer:
                 self.activate(unit)
             idx = batch_indices(self.step, self.steps_per_epoch, n, c.batch_size, c.seed,
                                 self.data_shard, self.data_shards)  # fmt: skip
-            if self.step < self.steps_per_epoch:
+            if self.data_shards > 1 and self.step < self.steps_per_epoch:  # the shards' audit
                 self.first_epoch_indices.extend(idx.tolist())
             batch = self.task.train_batch(idx)
             if cuda:
@@ -804,7 +808,7 @@ class Trainer:
         # switches the set (and the optimizer) exactly as an uninterrupted run would.
         step = int(state["step"])
         last_unit = self.units_at(step - 1)[0] if step > 0 else self.units[0]
-        self.shared._trainable = None
+        self.shared.forget()
         params = self._prepare_shared(last_unit)
         self.shared_optimizer = make_optimizer(params, self.config) if params else None
         saved = ckpt.obj("optimizer-shared")
