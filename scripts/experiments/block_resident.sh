@@ -18,6 +18,8 @@ SEEDS=${SEEDS:-0 1 2}
 mkdir -p "$OUT"
 jobs=()
 for seed in $SEEDS; do
+  jobs+=("e2e-s$seed --set method=e2e --set seed=$seed")
+  jobs+=("e2e-shallow-s$seed --set method=e2e --set depth=2 --set seed=$seed")
   jobs+=("random-s$seed --set schedule=random --set seed=$seed")
   jobs+=("seq-copies-s$seed --set schedule=sequential --set shared=block-copies --set seed=$seed")
   jobs+=("cycle-s$seed --set schedule=cycle --set seed=$seed")

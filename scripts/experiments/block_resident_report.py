@@ -22,6 +22,7 @@ from diffusionblocks.runs import evaluate_run
 CALLS = [1, 2, 3, 4]
 VARIANTS = {
     "e2e": "end to end, 6 layers (reference; one forward = 6 layer evaluations)",
+    "e2e-shallow": "end to end, 2 layers = L/B (the memory of one block)",
     "random": "all blocks resident, random order (the paper), shared=sync",
     "cycle": "all blocks resident, round robin, shared=sync",
     "res-cycle": "block-resident round robin (resident=true, swaps), shared=sync",
