@@ -109,7 +109,7 @@ BAD_NPZ = [
     (dict(x=np.zeros((4, 5, 5), np.uint8), y=-np.ones(4, int)), "negative labels"),
     (dict(x=np.full((4, 5, 5), 2.0), y=np.zeros(4, int)), "must lie in \\[0, 1\\]"),
     (dict(x=np.full((4, 5, 5), np.nan), y=np.zeros(4, int)), "NaN"),
-    (dict(x=np.zeros((4, 5, 5), np.int32), y=np.zeros(4, int)), "dtype int32"),
+    (dict(x=np.full((4, 5, 5), 300, np.int32), y=np.zeros(4, int)), "dtype int32"),
     (dict(x=np.zeros((0, 5, 5), np.uint8), y=np.zeros(0, int)), "empty"),
     (dict(x=np.zeros((4, 9, 5, 5), np.uint8), y=np.zeros(4, int)), "channels"),
     (

@@ -1,5 +1,5 @@
 """Datasets."""
 
-from .images import DataError, ImageDataset, load_image_dataset
+from .images import DataError, DataWarning, ImageDataset, load_image_dataset
 
-__all__ = ["DataError", "ImageDataset", "load_image_dataset"]
+__all__ = ["DataError", "DataWarning", "ImageDataset", "load_image_dataset"]

