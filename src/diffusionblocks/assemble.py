@@ -21,7 +21,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from . import __version__
-from .training.checkpoint import Checkpoint, CheckpointError, latest_checkpoint
+from .training.checkpoint import Checkpoint, CheckpointError, default_mode, latest_checkpoint
 from .training.parallel import PARALLEL_HASH_IGNORE
 
 
@@ -144,6 +144,7 @@ def assemble(run_dir: str | os.PathLike, out: str | os.PathLike | None = None) -
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
+        os.chmod(tmp, default_mode(directory=True))  # mkdtemp's folder is private (0o700)
         save_file({k: v.contiguous() for k, v in state.items()}, str(tmp / "model.safetensors"))
         (tmp / "config.json").write_text(json.dumps(card, indent=2) + "\n")
         (tmp / "README.md").write_text(_model_card(card))

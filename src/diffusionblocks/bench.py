@@ -249,6 +249,29 @@ def run_memory_bench(
     return records
 
 
+# What the columns of the two tables measure (printed above them by `dblocks bench`).
+MEMORY_TABLE_KEY = """\
+What the columns measure (one fresh process per row):
+  peak          training memory above the moment before the first step (CPU: RSS; CUDA: the
+                allocator's peak); the weights that exist then are not in it
+  peak+weights  peak plus those weights: the figure to compare configurations by
+  vs e2e        peak+weights / e2e's peak+weights: the ratio to trust (on CPU, RSS also holds
+                allocator slack; the exact columns further right show where the bytes go)
+  predicted     the paper's formula (SPEC 4) from the measured per-layer sizes
+  activations   bytes autograd saves for one step's backward (counted exactly)
+  params, grads, optimizer  tensors resident after one step's backward (counted exactly)"""
+
+SPEED_TABLE_KEY = """\
+What the columns measure (interleaved repeats in one process; medians):
+  median step   time of ONE training step: one block's forward, backward and update for
+                dblocks, the whole network for e2e
+  vs e2e        ratio of the median steps
+  paired ratio  median of the per-repeat ratios (repeats taken moments apart): the ratio to trust
+  inference     one prediction of a batch: the B-block chain for dblocks, one forward for e2e
+Per-step speed is not total training time: at equal compute a dblocks run takes B times the
+steps of e2e (each step runs 1/B of the layers); `dblocks compare` measures whole runs."""
+
+
 def format_memory_table(records: list[dict[str, Any]]) -> str:
     mib = 2**20
     lines = [
@@ -283,17 +306,27 @@ def plot_memory(records: list[dict[str, Any]], out: str | os.PathLike) -> Path |
     for r in e2e_rows:
         style = "-" if r["config"] == "e2e" else "--"
         ax.axhline(r["peak_with_weights_bytes"] / mib, color="k", ls=style, lw=1, label=r["config"])
+    measured_b: set[int] = set()
+    predicted = False
     for name in sorted({r["config"] for r in records} - {r["config"] for r in e2e_rows}):
         rows = sorted((r for r in records if r["config"] == name), key=lambda r: r["blocks"])
         xs = [r["blocks"] for r in rows]
+        measured_b.update(xs)
         line = ax.plot(xs, [r["peak_with_weights_bytes"] / mib for r in rows], "o-", label=name)[0]
         if all("predicted_bytes" in r for r in rows):
             ax.plot(xs, [r["predicted_bytes"] / mib for r in rows], "x:", color=line.get_color())
+            predicted = True
+    if predicted:  # one legend entry for every dotted line: they share their config's colour
+        ax.plot([], [], "x:", color="grey", label="paper formula (dotted, same colour)")
+    if measured_b:  # B is an integer: ticks at the measured values only
+        ax.set_xticks(sorted(measured_b))
+        ax.set_xticklabels([str(b) for b in sorted(measured_b)])
     ax.set_xlabel("blocks B")
     ax.set_ylabel("peak training memory incl. weights (MiB)")
-    ax.set_title("measured (o) and paper formula (x)")
+    ax.set_title("measured (o, solid) and paper formula (x, dotted)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
     fig.tight_layout()
     out = Path(out)
     tmp = out.with_name(f".{out.name}.tmp.png")

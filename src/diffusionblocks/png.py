@@ -32,10 +32,86 @@ def encode_png(pixels: torch.Tensor) -> bytes:
     )
 
 
-def image_grid(images: torch.Tensor, rows: int, pad: int = 2, scale: int = 2) -> torch.Tensor:
+# A 5x7 bitmap font (upper case, digits, some punctuation) for row labels: rows of 5 pixels,
+# top to bottom, '#' ink. Lower case is drawn as upper case, anything else as '?'.
+_FONT = {
+    "0": ".###. #...# #..## #.#.# ##..# #...# .###.",
+    "1": "..#.. .##.. ..#.. ..#.. ..#.. ..#.. .###.",
+    "2": ".###. #...# ....# ...#. ..#.. .#... #####",
+    "3": "##### ...#. ..#.. ...#. ....# #...# .###.",
+    "4": "...#. ..##. .#.#. #..#. ##### ...#. ...#.",
+    "5": "##### #.... ####. ....# ....# #...# .###.",
+    "6": "..##. .#... #.... ####. #...# #...# .###.",
+    "7": "##### ....# ...#. ..#.. .#... .#... .#...",
+    "8": ".###. #...# #...# .###. #...# #...# .###.",
+    "9": ".###. #...# #...# .#### ....# ...#. .##..",
+    "A": ".###. #...# #...# ##### #...# #...# #...#",
+    "B": "####. #...# #...# ####. #...# #...# ####.",
+    "C": ".###. #...# #.... #.... #.... #...# .###.",
+    "D": "###.. #..#. #...# #...# #...# #..#. ###..",
+    "E": "##### #.... #.... ####. #.... #.... #####",
+    "F": "##### #.... #.... ####. #.... #.... #....",
+    "G": ".###. #...# #.... #.### #...# #...# .####",
+    "H": "#...# #...# #...# ##### #...# #...# #...#",
+    "I": ".###. ..#.. ..#.. ..#.. ..#.. ..#.. .###.",
+    "J": "..### ...#. ...#. ...#. ...#. #..#. .##..",
+    "K": "#...# #..#. #.#.. ##... #.#.. #..#. #...#",
+    "L": "#.... #.... #.... #.... #.... #.... #####",
+    "M": "#...# ##.## #.#.# #.#.# #...# #...# #...#",
+    "N": "#...# #...# ##..# #.#.# #..## #...# #...#",
+    "O": ".###. #...# #...# #...# #...# #...# .###.",
+    "P": "####. #...# #...# ####. #.... #.... #....",
+    "Q": ".###. #...# #...# #...# #.#.# #..#. .##.#",
+    "R": "####. #...# #...# ####. #.#.. #..#. #...#",
+    "S": ".#### #.... #.... .###. ....# ....# ####.",
+    "T": "##### ..#.. ..#.. ..#.. ..#.. ..#.. ..#..",
+    "U": "#...# #...# #...# #...# #...# #...# .###.",
+    "V": "#...# #...# #...# #...# #...# .#.#. ..#..",
+    "W": "#...# #...# #...# #.#.# #.#.# #.#.# .#.#.",
+    "X": "#...# #...# .#.#. ..#.. .#.#. #...# #...#",
+    "Y": "#...# #...# #...# .#.#. ..#.. ..#.. ..#..",
+    "Z": "##### ....# ...#. ..#.. .#... #.... #####",
+    " ": "..... ..... ..... ..... ..... ..... .....",
+    "-": "..... ..... ..... ##### ..... ..... .....",
+    "+": "..... ..#.. ..#.. ##### ..#.. ..#.. .....",
+    "/": "..... ....# ...#. ..#.. .#... #.... .....",
+    ".": "..... ..... ..... ..... ..... .##.. .##..",
+    ":": "..... .##.. .##.. ..... .##.. .##.. .....",
+    "_": "..... ..... ..... ..... ..... ..... #####",
+    "'": "..#.. ..#.. .#... ..... ..... ..... .....",
+    "(": "...#. ..#.. .#... .#... .#... ..#.. ...#.",
+    ")": ".#... ..#.. ...#. ...#. ...#. ..#.. .#...",
+    "?": ".###. #...# ....# ...#. ..#.. ..... ..#..",
+}
+
+
+def text_mask(text: str, scale: int = 1) -> torch.Tensor:
+    """``text`` drawn in the built-in 5x7 font: a bool (7 * scale, (6 * len - 1) * scale) mask,
+    True where there is ink (one blank column between characters)."""
+    glyphs = []
+    for ch in text.upper():
+        rows = _FONT.get(ch, _FONT["?"]).split()
+        glyphs.append(torch.tensor([[c == "#" for c in row] for row in rows]))
+        glyphs.append(torch.zeros(7, 1, dtype=torch.bool))
+    mask = torch.cat(glyphs[:-1], 1) if glyphs else torch.zeros(7, 0, dtype=torch.bool)
+    return mask.repeat_interleave(scale, 0).repeat_interleave(scale, 1)
+
+
+def image_grid(
+    images: torch.Tensor,
+    rows: int,
+    pad: int = 2,
+    scale: int | None = None,
+    row_labels: list[str] | None = None,
+    min_side: int = 64,
+) -> torch.Tensor:
     """images (N, C, H, W) in [0, 1], C in (1, 3) -> one uint8 picture, ``rows`` rows, white
-    padding, each pixel repeated ``scale`` times."""
+    padding, each pixel repeated ``scale`` times (nearest neighbour; default: the smallest
+    factor that makes every image at least ``min_side`` pixels on its longer side).
+    ``row_labels``: one text per row, written in black at the left of its row."""
     n, c, h, w = images.shape
+    if scale is None:
+        scale = max(1, -(-min_side // max(h, w)))
     cols = -(-n // rows)
     canvas = torch.ones(c, rows * (h + pad) + pad, cols * (w + pad) + pad)
     for i in range(n):
@@ -43,6 +119,20 @@ def image_grid(images: torch.Tensor, rows: int, pad: int = 2, scale: int = 2) ->
         top, left = pad + r * (h + pad), pad + k * (w + pad)
         canvas[:, top : top + h, left : left + w] = images[i].clamp(0, 1)
     canvas = canvas.repeat_interleave(scale, 1).repeat_interleave(scale, 2)
+    if row_labels:
+        if len(row_labels) != rows:
+            raise ValueError(f"{len(row_labels)} row labels for {rows} rows")
+        cell = (h + pad) * scale
+        text_scale = max(1, min(3, cell // 30))
+        masks = [text_mask(label, text_scale) for label in row_labels]
+        margin = 3 * text_scale
+        width = max(m.shape[1] for m in masks) + 2 * margin
+        column = torch.ones(c, canvas.shape[1], width)
+        for r, m in enumerate(masks):
+            top = pad * scale + r * cell + max(0, (h * scale - m.shape[0]) // 2)
+            region = column[:, top : top + m.shape[0], margin : margin + m.shape[1]]
+            region[:, m[: region.shape[1], : region.shape[2]]] = 0.0
+        canvas = torch.cat([column, canvas], 2)
     out = (canvas * 255).round().to(torch.uint8)
     return out[0] if c == 1 else out.permute(1, 2, 0).contiguous()
 

@@ -21,7 +21,9 @@ import io
 import json
 import os
 import shutil
+import stat
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -51,11 +53,43 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+_UMASK_LOCK = threading.Lock()
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it where the system allows (Linux:
+    /proc/self/status); elsewhere set and restored at once under a lock."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    with _UMASK_LOCK:
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mask
+
+
+def default_mode(directory: bool = False) -> int:
+    """The mode ``open()`` (0o666) or ``mkdir()`` (0o777) gives a new file or folder under the
+    current umask. ``tempfile`` creates private ones (0o600 / 0o700) instead."""
+    return (0o777 if directory else 0o666) & ~current_umask()
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder, fsync, rename."""
+    """Write ``data`` to ``path`` through a temporary file in the same folder, fsync, rename.
+    The file gets the mode a plain ``open(path, "wb")`` would give it: that of the file it
+    replaces, else 0o666 less the umask."""
     path = Path(path)
+    try:
+        mode = stat.S_IMODE(os.stat(path).st_mode)
+    except OSError:
+        mode = default_mode()
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        _chmod_fd(fd, tmp, mode)
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
@@ -65,6 +99,16 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         Path(tmp).unlink(missing_ok=True)
         raise
     _fsync_dir(path.parent)
+
+
+def _chmod_fd(fd: int, path: str, mode: int) -> None:
+    try:
+        if hasattr(os, "fchmod"):
+            os.fchmod(fd, mode)
+        else:  # pragma: no cover - Windows
+            os.chmod(path, mode)
+    except OSError:  # a file system without modes: keep what it gave
+        pass
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
@@ -121,6 +165,7 @@ def save_checkpoint(
     name = f"step-{step:08d}"
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=root))
     try:
+        os.chmod(tmp, default_mode(directory=True))  # mkdtemp's folder is private (0o700)
         files: dict[str, str] = {}
         for stem, state in tensors.items():
             data = encode_tensors(state)
