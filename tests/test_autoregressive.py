@@ -100,13 +100,16 @@ def test_cli_end_to_end_with_judge_and_bad_input(tmp_path, capsys):
     out, err = capsys.readouterr()
     assert out.startswith("KING") and "model calls 8" in err
     for argv, message in (
-        (["--length", "5", "--prompt", ""], "--prompt is empty"),
-        (["--length", "5"], "the prompt is empty"),
         (["--length", "5", "--prompt", "\u4e2d\u6587"], "outside the vocabulary"),
         (["--length", "0", "--prompt", "A"], "--length must be >= 1"),
         (["--length", "-3", "--prompt", "A"], "--length must be >= 1"),
     ):
         assert main(["sample", "--run", run, *argv]) == 2, argv
         assert message in capsys.readouterr().err
+    # No prompt (or an empty one): generation starts from a newline, which is not printed.
+    for argv in (["--length", "5"], ["--length", "5", "--prompt", ""]):
+        assert main(["sample", "--run", run, *argv, "--temperature", "0"]) == 0, argv
+        out = capsys.readouterr().out
+        assert len(out) == 6 and out.endswith("\n"), repr(out)  # 5 characters, then the newline
     assert main(["eval", "--run", run, "--judge", run]) == 2
     assert "not an end-to-end" in capsys.readouterr().err

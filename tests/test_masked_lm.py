@@ -114,9 +114,10 @@ def test_cli_end_to_end_and_bad_input(tmp_path, capsys):
     assert out["bpc"] > 0 and out["bpc_stderr"] > 0 and "Hamlet" in out["held_out"]
     assert main(["sample", "--run", run, "--length", "12", "--prompt", "ROMEO"]) == 0
     assert capsys.readouterr().out.startswith("ROMEO")
+    assert main(["sample", "--run", run, "--length", "5", "--prompt", ""]) == 0  # = no prompt
+    assert len(capsys.readouterr().out) == 6  # 5 characters and the newline
     for argv, message in (
         (["--length", "0"], "--length must be >= 1"),
-        (["--length", "5", "--prompt", ""], "--prompt is empty"),
         (["--length", "5", "--prompt", "\u00e6\u00f8\u00e5\u4e2d"], "outside the vocabulary"),
         (["--length", "500"], "exceeds the model's sequence length"),
     ):

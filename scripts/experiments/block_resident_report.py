@@ -17,6 +17,7 @@ import json
 import statistics
 from pathlib import Path
 
+from diffusionblocks.data.images import load_image_dataset
 from diffusionblocks.runs import evaluate_run
 
 CALLS = [1, 2, 3, 4]
@@ -35,6 +36,22 @@ VARIANTS = {
 
 def mean_sd(values: list[float]) -> tuple[float, float]:
     return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def trivial(config: dict) -> dict:
+    """The trivial baseline: always answer the most frequent class of the training examples."""
+    data = load_image_dataset(config["data"], config["data_dir"], config["test_fraction"])
+    data = data.hold_out(config["val_fraction"]).subset(config["train_subset"], 0)
+    majority = int(data.train_y.bincount().argmax())
+    entry = {"what": f"trivial: always class {majority}, the most frequent in training",
+             "seeds": []}  # fmt: skip
+    for split in ("val", "test"):
+        rate = float((data.split(split)[1] == majority).float().mean())
+        for k in CALLS:
+            entry[f"{split}_calls{k}"] = (rate, 0.0)
+    for key in ("train_peak_rss_mib", "peak_rss_mib", "peak_state_mib", "train_seconds"):
+        entry[key] = (0.0, 0.0)
+    return entry
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -99,6 +116,7 @@ def main(argv: list[str] | None = None) -> None:
             "train_peak_rss_mib": r["memory"]["train_peak_rss_bytes"] / 2**20,
             "test_accuracy": r["eval"]["accuracy"],
         }
+    summary["trivial"] = trivial(configs[rows[0]["run"]]["config"])
     record = {"variants": summary, "swap_cost_bench_preset": swap, "runs": configs}
     (out / "summary.json").write_text(json.dumps(record, indent=2) + "\n")
     (out / "table.md").write_text(markdown(summary, swap))
@@ -118,6 +136,10 @@ def markdown(summary: dict, swap: dict) -> str:
         "|---|---|---|---|---|---|---|",
     ]
     for variant, e in summary.items():
+        if variant == "trivial":
+            lines.append(f"| {e['what']} | {cell(e, 'val_calls3')} | | | {cell(e, 'test_calls3')}"
+                         " | | |")  # fmt: skip
+            continue
         lines.append(
             f"| {variant}: {e['what']} | {cell(e, 'val_calls3')} | {cell(e, 'val_calls4')} | "
             f"{cell(e, 'val_calls1')} | {cell(e, 'test_calls3')} | "

@@ -1,5 +1,12 @@
 """diffusionblocks: train deep networks block by block as diffusion denoisers.
 
+Start here (docs in :mod:`diffusionblocks.api`)::
+
+    import diffusionblocks as db
+    model = db.train("images", data="my_images.npz", out="runs/mine")
+    model = db.load("runs/mine")
+    model.classify(images)
+
 Layers of the package:
 
 - :mod:`diffusionblocks.diffusion` -- the math (noise, partition, preconditioning, samplers);
@@ -9,6 +16,22 @@ Layers of the package:
 """
 
 __version__ = "0.1.0"
+
+
+def load(path, device=None, **overrides):
+    """The trained model of a run folder or an assembled model folder: ``classify``,
+    ``generate``, ``sample_text``, ``evaluate``. See :func:`diffusionblocks.api.load`."""
+    from .api import load as _load
+
+    return _load(path, device, **overrides)
+
+
+def train(preset, out=None, progress=True, **overrides):
+    """Train ``preset`` with config ``overrides`` into a run folder, as ``dblocks train`` does;
+    returns the model. See :func:`diffusionblocks.api.train`."""
+    from .api import train as _train
+
+    return _train(preset, out, progress, **overrides)
 
 
 def load_pretrained(path, device=None):

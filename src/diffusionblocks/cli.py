@@ -2,7 +2,7 @@
 
 dblocks train --preset NAME [--set key=value ...] [--out DIR] [--resume] [--dry-run]
 dblocks eval --run DIR [--steps N ...] [--json]
-dblocks schedule --blocks B [--overlap G] [--partition NAME] [--json]
+dblocks schedule (--blocks B | --preset NAME [--set key=value ...]) [--overlap G] [--json]
 dblocks compare --preset NAME [--set key=value ...] [--out DIR]
 dblocks presets
 """
@@ -43,14 +43,18 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise UsageError(f"--preset is required; choose one of {', '.join(preset_names())}")
     if args.preset is not None:
         config = make_config(args.preset, overrides)
+    elif overrides:  # --resume --set k=v: the run's saved config with those keys changed
+        from .config import config_from_dict
+
+        saved = read_run_config(args.out)
+        config = config_from_dict(type(saved), {**saved.to_dict(), **overrides})
     else:
-        if overrides:
-            raise UsageError("--set needs --preset (resuming keeps the run's saved config)")
         config = None
     if args.dry_run:
         if config is None:
             config = read_run_config(args.out)
         print_plan(config, args.preset)
+        check_plan(config)
         return 0
     out = Path(args.out) if args.out else default_run_dir(args.preset, config)
     args.out = str(out)
@@ -73,6 +77,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"rank {results['rank']}: block {results['block']} done")
         return 0
     print_results(results)
+    for note in results.get("warnings", []):
+        print(f"warning: {note}")
     print(f"run folder: {out}")
     return 0
 
@@ -106,12 +112,32 @@ def print_plan(config, preset: str | None) -> None:
         print_schedule(config.block_partition())
 
 
+def check_plan(config) -> None:
+    """Everything that can fail before training, checked now (``--dry-run``): the data is read
+    and the model built on the CPU, without training or writing anything."""
+    import torch
+
+    from .registry import make_task
+    from .runs import resolve_paths, run_warnings
+    from .training.trainer import Trainer
+
+    config = resolve_paths(config)
+    task = make_task(config, torch.device("cpu"))
+    trainer = Trainer(task, None, progress=False)
+    info = task.describe()
+    facts = ", ".join(f"{k} {v}" for k, v in info.items() if k != "parameters")
+    print(f"\n# checked: data and model build ({facts}); {info.get('parameters', 0):,} parameters; "
+          f"{trainer.total_steps} steps ({trainer.steps_per_unit} per block)")  # fmt: skip
+    for note in run_warnings(task, trainer):
+        print(f"warning: {note}")
+
+
 def print_results(results: dict[str, Any]) -> None:
     ev, acc, tim, mem = results["eval"], results["accounting"], results["timing"], results["memory"]
     print()
     print_evaluation(ev)
     print(
-        f"steps              {acc['steps']} ({acc['steps_per_unit']} per unit); "
+        f"steps              {acc['steps']} ({acc['steps_per_unit']} per block); "
         f"layer evaluations {acc['layer_evaluations']:,}"
     )
     if tim.get("median_step_seconds") is not None:
@@ -179,9 +205,11 @@ def print_evaluation(ev: dict[str, Any]) -> None:
             )
             for sample in ev["samples"][:2]:
                 print("  " + sample.replace("\n", " / ")[:120])
+    if "fid_skipped" in ev:
+        print(f"note: no FID ({ev['fid_skipped']})")
     if "heldout_mse_per_unit" in ev:
         mse = ", ".join(f"{v:.4f}" for v in ev["heldout_mse_per_unit"])
-        print(f"held-out denoising MSE per unit (own sigma range): {mse}")
+        print(f"held-out denoising MSE per block (own sigma range): {mse}")
     if "fid" in ev:
         for steps, e in ev["steps_sweep"].items():
             line = (
@@ -192,7 +220,7 @@ def print_evaluation(ev: dict[str, Any]) -> None:
             print(line)
             print(
                 f"  layer evaluations per image {e['layer_evals_per_image']}, denoiser calls per "
-                f"unit {e['calls_per_unit']}; evaluator agrees with the requested class "
+                f"block {e['calls_per_unit']}; evaluator agrees with the requested class "
                 f"{e['class_agreement']:.3f}; samples per class as judged {e['class_counts']}"
             )
 
@@ -230,13 +258,13 @@ def cmd_sample(args: argparse.Namespace) -> int:
     from .png import image_grid, save_png
     from .runs import load_run
 
-    if args.n < 1:
+    if args.n is not None and args.n < 1:
         raise UsageError(f"--n must be >= 1, got {args.n}")
     if args.steps is not None and args.steps < 1:
         raise UsageError(f"--steps must be >= 1, got {args.steps}")
     if args.cfg is not None and not 0 <= args.cfg <= 100:
         raise UsageError(f"--cfg must be in [0, 100], got {args.cfg}")
-    task, _ = load_run(args.run, args.device)
+    task, _ = load_run(args.run, args.device, parse_assignments(args.set or []))
     if hasattr(task, "generate_text"):
         return sample_text(task, args)
     if not hasattr(task, "generate"):
@@ -246,12 +274,17 @@ def cmd_sample(args: argparse.Namespace) -> int:
     if args.out is None:
         raise UsageError("--out FILE.png is required for image samples")
     classes = task.data.num_classes
+    n = SAMPLE_N_DEFAULT if args.n is None else args.n
     if args.class_ is not None:
         if not 0 <= args.class_ < classes:
             raise UsageError(f"unknown class {args.class_}: classes are 0..{classes - 1}")
-        labels, rows = torch.full((args.n,), args.class_), 1
+        labels, rows = torch.full((n,), args.class_), 1
+        row_classes = [args.class_]
     else:
-        labels, rows = torch.arange(classes).repeat_interleave(args.n), classes
+        labels, rows = torch.arange(classes).repeat_interleave(n), classes
+        row_classes = list(range(classes))
+    names = getattr(task.data, "class_names", None)
+    row_labels = [f"{k} {names[k]}" if names else str(k) for k in row_classes]
     gen = torch.Generator().manual_seed(args.seed)
     images, info = [], {}
     for start in range(0, len(labels), task.config.eval_batch_size):
@@ -261,8 +294,9 @@ def cmd_sample(args: argparse.Namespace) -> int:
         images.append(out)
     images = torch.cat(images)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    save_png(image_grid(images, rows), args.out)
+    save_png(image_grid(images, rows, row_labels=row_labels), args.out)
     print(f"wrote {len(images)} samples ({rows} rows) to {args.out}")
+    print(f"rows, top to bottom: {', '.join(row_labels)}")
     if args.npz:
         import numpy as np
 
@@ -273,9 +307,12 @@ def cmd_sample(args: argparse.Namespace) -> int:
         print(f"wrote raw samples (uint8 x, labels y) to {args.npz}")
     print(
         f"{info['steps']} Euler steps, CFG {info['cfg_scale']}: {info['layer_evals_per_image']} "
-        f"layer evaluations per image (denoiser calls per unit {info['calls_per_unit']})"
+        f"layer evaluations per image (denoiser calls per block {info['calls_per_unit']})"
     )
     return 0
+
+
+SAMPLE_N_DEFAULT = 8  # `dblocks sample --n`: image samples per class
 
 
 def sample_text(task, args: argparse.Namespace) -> int:
@@ -283,8 +320,6 @@ def sample_text(task, args: argparse.Namespace) -> int:
 
     if args.length is None or args.length < 1:
         raise UsageError(f"--length must be >= 1 for a text sample, got {args.length}")
-    if args.prompt is not None and not args.prompt:
-        raise UsageError("--prompt is empty; leave it out to sample without a prompt")
     if not 0 <= args.temperature <= 100:
         raise UsageError(f"--temperature must be in [0, 100] (0 = greedy), got {args.temperature}")
     prompt = args.prompt or ""
@@ -292,6 +327,12 @@ def sample_text(task, args: argparse.Namespace) -> int:
         task.vocab.encode(prompt)
     except DataError as err:
         raise UsageError(f"--prompt has {err}") from None
+    image_flags = {"--n": args.n, "--class": args.class_, "--cfg": args.cfg, "--out": args.out,
+                   "--npz": args.npz}  # fmt: skip
+    ignored = [flag for flag, value in image_flags.items() if value is not None]
+    if ignored:
+        print(f"note: {', '.join(ignored)} apply to image samples and are not used here; a text "
+              "sample is one continuation of --length characters", file=sys.stderr)  # fmt: skip
     gen = torch.Generator().manual_seed(args.seed)
     text, info = task.generate_text(args.length, gen, prompt, args.steps, args.temperature)
     print(prompt + text)
@@ -301,25 +342,66 @@ def sample_text(task, args: argparse.Namespace) -> int:
 
 def describe_generation(info: dict[str, Any]) -> str:
     """One line on what a text generation ran (its keys differ per task and method)."""
-    names = {"steps": "steps", "calls_per_unit": "calls per unit", "layer_calls": "model calls",
+    names = {"steps": "steps", "calls_per_unit": "calls per block", "layer_calls": "model calls",
              "core_applications": "core applications per character"}  # fmt: skip
     return ", ".join(f"{names.get(k, k.replace('_', ' '))} {v}" for k, v in info.items())
 
 
 # ---------------------------------------------------------------------- schedule
+# What `dblocks schedule` prints without --preset (the paper's EDM noise, no overlap).
+SCHEDULE_DEFAULTS = {
+    "blocks": None,
+    "overlap": 0.0,
+    "partition": "equi-probability",
+    "p_mean": -1.2,
+    "p_std": 1.2,
+    "sigma_min": 0.002,
+    "sigma_max": 80.0,
+}
+
+
 def cmd_schedule(args: argparse.Namespace) -> int:
-    if args.blocks < 1:
-        raise UsageError(f"--blocks must be >= 1, got {args.blocks}")
-    if not 0 <= args.overlap <= 1:
-        raise UsageError(f"--overlap must be in [0, 1], got {args.overlap}")
+    values = dict(SCHEDULE_DEFAULTS)
+    sigma_data = NoiseSchedule().sigma_data
+    if args.preset is not None:  # the preset's partition; explicit flags still override
+        overrides = parse_assignments(args.set or [])
+        if PRESETS[args.preset][1].get("data") == "":  # a preset for users' data
+            overrides.setdefault("data", "your data")  # the partition does not depend on it
+        config = make_config(args.preset, overrides)
+        if config.task == "masked-lm":
+            raise UsageError(
+                f"preset {args.preset} is a masked-lm run: its blocks split the masking time t, "
+                f"not sigma (t intervals {config.resolved().get('block_t_intervals')})"
+            )
+        values.update(blocks=config.num_blocks, overlap=config.overlap,
+                      partition=config.partition, p_mean=config.p_mean, p_std=config.p_std,
+                      sigma_min=config.sigma_min, sigma_max=config.sigma_max)  # fmt: skip
+        sigma_data = config.sigma_data
+    elif args.set:
+        raise UsageError("--set needs --preset (or give the flags: --blocks, --overlap, ...)")
+    values.update({k: getattr(args, k) for k in values if getattr(args, k) is not None})
+    if values["blocks"] is None:
+        raise UsageError("--blocks B is required (or --preset NAME for a preset's partition)")
+    if values["blocks"] < 1:
+        raise UsageError(f"--blocks must be >= 1, got {values['blocks']}")
+    if not 0 <= values["overlap"] <= 1:
+        raise UsageError(f"--overlap must be in [0, 1], got {values['overlap']}")
     try:
-        schedule = NoiseSchedule(args.p_mean, args.p_std, args.sigma_min, args.sigma_max)
+        schedule = NoiseSchedule(values["p_mean"], values["p_std"], values["sigma_min"],
+                                 values["sigma_max"], sigma_data)  # fmt: skip
     except ValueError as err:
         raise UsageError(str(err)) from None
-    partition = BlockPartition.create(args.blocks, schedule, args.partition, args.overlap)
+    partition = BlockPartition.create(
+        values["blocks"], schedule, values["partition"], values["overlap"]
+    )
     if args.json:
         print(json.dumps(partition.describe()))
     else:
+        source = f"preset {args.preset}" if args.preset else "flags"
+        print(
+            f"# {source}: B={values['blocks']}, ln sigma ~ N({values['p_mean']:g}, "
+            f"{values['p_std']:g}^2) on [{values['sigma_min']:g}, {values['sigma_max']:g}]"
+        )
         print_schedule(partition)
     return 0
 
@@ -412,6 +494,14 @@ HEADLINE = (
 
 
 def headline_metric(ev: dict[str, Any]) -> dict[str, Any]:
+    if "ce_is_likelihood" in ev:  # autoregressive: compare likelihoods with likelihoods
+        if ev["ce_is_likelihood"]:
+            return {"metric": "held-out CE (likelihood)", "value": ev["heldout_ce"],
+                    "heldout_ce": ev["heldout_ce"]}  # fmt: skip
+        one_call = ev["sigma_max_call"]["heldout_ce"]
+        # The chain's final-step CE is not a likelihood: its own column, never the headline.
+        return {"metric": "held-out CE (likelihood)", "value": one_call, "heldout_ce": one_call,
+                "chain_ce_not_likelihood": ev["heldout_ce"]}  # fmt: skip
     for key, label in HEADLINE:
         if key in ev:
             return {"metric": label, "value": ev[key], key: ev[key]}
@@ -420,14 +510,20 @@ def headline_metric(ev: dict[str, Any]) -> dict[str, Any]:
 
 def format_comparison(rows: list[dict[str, Any]]) -> str:
     metric = rows[0]["metric"] if rows else "-"
+    chain = any("chain_ce_not_likelihood" in r for r in rows)
+    extra = " chain's final-step CE (not a likelihood) |" if chain else ""
     head = (
-        f"| method | B | {metric} | steps | layer evals | median step | step vs e2e "
+        f"| method | B | {metric} |{extra} steps | layer evals | median step | step vs e2e "
         "| train time | train peak memory | memory vs e2e |"
     )
-    lines = [head, "|" + "---|" * 10]
+    lines = [head, "|" + "---|" * (11 if chain else 10)]
     for r in rows:
+        cell = ""
+        if chain:
+            value = r.get("chain_ce_not_likelihood")
+            cell = f" {value:.4f} |" if value is not None else " - |"
         lines.append(
-            f"| {r['method']} | {r['num_blocks']} | {r['value']:.4f} | {r['steps']} "
+            f"| {r['method']} | {r['num_blocks']} | {r['value']:.4f} |{cell} {r['steps']} "
             f"| {r['layer_evaluations']:.3g} | {r['median_step_ms']:.1f} ms "
             f"| {r.get('step_time_vs_e2e', float('nan')):.2f}x | {r['train_seconds']:.0f} s "
             f"| {r['train_peak_mib']:.0f} MiB "
@@ -476,7 +572,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         print(f"speed benchmark, preset {args.preset}, interleaved repeats in one process")
         records = bench.run_speed_bench(args.preset, blocks, overrides, args.repeats)
         table = bench.format_speed_table(records)
-    print("\n" + table)
+    key = bench.MEMORY_TABLE_KEY if args.kind == "memory" else bench.SPEED_TABLE_KEY
+    print("\n" + key + "\n\n" + table)
     command = command_line(args.argv)
     if args.json:
         atomic_write_json(args.json, {"command": command, "records": records})
@@ -580,7 +677,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     sm = sub.add_parser("sample", help="generate samples from a trained run")
     sm.add_argument("--run", required=True, help="run folder")
-    sm.add_argument("--n", type=int, default=8, help="samples per class (or in total with --class)")
+    sm.add_argument(
+        "--n",
+        type=int,
+        help=f"images: samples per class, or in total with --class (default "
+        f"{SAMPLE_N_DEFAULT}); text samples are one continuation (--length)",
+    )
     sm.add_argument("--class", dest="class_", type=int, help="only this class")
     sm.add_argument(
         "--steps", type=int, help="denoiser calls per sample (default: the run's inference_steps)"
@@ -590,19 +692,34 @@ def build_parser() -> argparse.ArgumentParser:
     sm.add_argument("--out", help="images: the grid (.png), one row per class")
     sm.add_argument("--npz", help="also write the raw samples here (x uint8, y labels)")
     sm.add_argument("--length", type=int, help="text: characters to generate")
-    sm.add_argument("--prompt", help="text: characters to start from")
+    sm.add_argument(
+        "--prompt",
+        help="text: characters to start from (default: autoregressive models start after a "
+        "newline, which is not printed)",
+    )
     sm.add_argument("--temperature", type=float, default=1.0, help="text: sampling temperature")
     sm.add_argument("--device", help="override the run's device")
+    sm.add_argument(
+        "--set", action="append", metavar="KEY=VALUE",
+        help="override an inference key, or point data=PATH at the run's moved data",
+    )  # fmt: skip
     sm.set_defaults(func=cmd_sample)
 
-    s = sub.add_parser("schedule", help="print the noise partition into blocks")
-    s.add_argument("--blocks", type=int, required=True, help="number of blocks B")
-    s.add_argument("--overlap", type=float, default=0.0, help="interval widening gamma")
-    s.add_argument("--partition", choices=PARTITIONS, default="equi-probability")
-    s.add_argument("--p-mean", type=float, default=-1.2)
-    s.add_argument("--p-std", type=float, default=1.2)
-    s.add_argument("--sigma-min", type=float, default=0.002)
-    s.add_argument("--sigma-max", type=float, default=80.0)
+    s = sub.add_parser(
+        "schedule",
+        help="print the noise partition into blocks",
+        description="Print the noise partition into blocks: a preset's (--preset, --set), or "
+        "one from the flags; a flag given with --preset overrides the preset's value.",
+    )
+    s.add_argument("--preset", choices=preset_names(), help="take B and the noise from a preset")
+    s.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a preset key")
+    s.add_argument("--blocks", type=int, help="number of blocks B (required without --preset)")
+    s.add_argument("--overlap", type=float, help="interval widening gamma (default 0)")
+    s.add_argument("--partition", choices=PARTITIONS, help="default equi-probability")
+    s.add_argument("--p-mean", type=float, help="mean of ln sigma (default -1.2)")
+    s.add_argument("--p-std", type=float, help="std of ln sigma (default 1.2)")
+    s.add_argument("--sigma-min", type=float, help="default 0.002")
+    s.add_argument("--sigma-max", type=float, help="default 80")
     s.add_argument("--json", action="store_true", help="print one JSON object")
     s.set_defaults(func=cmd_schedule)
 

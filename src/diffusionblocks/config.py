@@ -91,6 +91,11 @@ class RunConfig:
 
     def validate(self) -> None:
         """Check every field; raise :class:`ConfigError` naming the first bad one."""
+        if getattr(self, "data", None) == "":  # presets for users' data leave it to them
+            raise ConfigError(
+                "missing value for 'data': this preset trains on your data; pass --set "
+                "data=PATH (an .npz of images or a UTF-8 text file; formats in docs/data.md)"
+            )
         _choice(self, "method", self.methods())
         _choice(self, "schedule", SCHEDULES)
         _choice(self, "partition", PARTITIONS)

@@ -15,12 +15,18 @@ from typing import Any
 
 import torch
 
-from . import __version__
 from .config import SAFE_RESUME_KEYS, ConfigError, RunConfig, config_diff, config_from_dict
 from .registry import config_class, make_task, resolve_device
 from .tasks.base import Task
-from .training.checkpoint import Checkpoint, CheckpointError, atomic_write_json, latest_checkpoint
+from .training.checkpoint import (
+    Checkpoint,
+    CheckpointError,
+    atomic_write_json,
+    latest_checkpoint,
+    sha256_file,
+)
 from .training.metrics import plot_losses
+from .training.runfolder import write_run_config
 from .training.trainer import Trainer, load_model_weights
 
 
@@ -58,6 +64,59 @@ def read_run_config(run_dir: str | os.PathLike) -> RunConfig:
     return config_from_dict(config_class(cfg["task"]), cfg)
 
 
+PATH_KEYS = ("data", "data_dir", "shared_init", "judge")  # config keys that may name files
+BUILTIN_DATA = ("fashion-mnist", "digits", "shakespeare")  # dataset names, not paths
+
+
+def resolve_paths(config: RunConfig) -> RunConfig:
+    """``config`` with every file or folder it names as an absolute path (``~`` expanded), so
+    that the run folder keeps working from another directory. Built-in dataset names stay."""
+    values = config.to_dict()
+    changed = False
+    for key in PATH_KEYS:
+        value = values.get(key)
+        if not isinstance(value, str) or not value or value in BUILTIN_DATA:
+            continue
+        path = Path(value).expanduser()
+        if path.exists() or value.startswith("~"):
+            resolved = str(path.resolve())
+            changed |= resolved != value
+            values[key] = resolved
+    return config_from_dict(type(config), values) if changed else config
+
+
+def data_fingerprint(config: RunConfig) -> str | None:
+    """sha256 of the data file a config names (None for a built-in dataset or a folder)."""
+    data = getattr(config, "data", None)
+    if not data or data in BUILTIN_DATA or not Path(data).expanduser().is_file():
+        return None
+    return sha256_file(Path(data).expanduser())
+
+
+def _check_moved_data(run_dir, saved: RunConfig, config: RunConfig) -> None:
+    """A run whose data file moved: say how to point at it; a replacement must hold the same
+    bytes (the pixel normalisation, vocabulary and splits come from it)."""
+    data = getattr(config, "data", None)
+    if not data or data in BUILTIN_DATA:
+        return
+    if not Path(data).expanduser().exists():
+        raise ConfigError(
+            f"invalid value for 'data': {data} does not exist (the data this run was trained on "
+            "moved?); point at it with --set data=PATH"
+        )
+    if data == getattr(saved, "data", None):
+        return
+    try:
+        recorded = json.loads((Path(run_dir) / "config.json").read_text()).get("data_sha256")
+    except (OSError, json.JSONDecodeError):
+        recorded = None
+    if recorded is not None and data_fingerprint(config) != recorded:
+        raise ConfigError(
+            f"invalid value for 'data': {data} is not the file this run was trained on (its "
+            f"sha256 differs from the recorded {recorded[:12]}...); evaluate on the same data"
+        )
+
+
 def refuse_existing_run(run_dir: Path) -> None:
     """A new run never writes into a folder that holds another run."""
     if (Path(run_dir) / "config.json").exists():
@@ -87,16 +146,24 @@ def prepare_run_dir(
         saved = read_run_config(run_dir)
         if config is None:
             return saved
+        config = resolve_paths(config)
         diff = config_diff(saved, config)
         if not diff:
             return saved
         keys = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in diff.items())
         unsafe = [k for k in diff if k not in SAFE_RESUME_KEYS]
         if unsafe:
+            why = (
+                " ('epochs' sets each block's learning-rate schedule, a warm-up then a cosine "
+                "decay over all of the block's steps: a changed value would jump the learning "
+                "rate mid-run and the result would match no fresh run)"
+                if "epochs" in unsafe
+                else ""
+            )
             raise ConfigError(
                 f"--resume: the requested config differs from the one in {run_dir} ({keys}); "
                 f"{', '.join(unsafe)} cannot change in a resumed run (the checkpoint would "
-                "describe another run); resume without those changes, or start a new --out"
+                f"describe another run){why}; resume without those changes, or start a new --out"
             )
         if not allow_safe_changes:
             raise ConfigError(
@@ -118,17 +185,7 @@ def prepare_run_dir(
         probe.unlink()
     except OSError as err:
         raise ConfigError(f"cannot write to the run folder {run_dir}: {err.strerror}") from None
-    atomic_write_json(
-        run_dir / "config.json",
-        {
-            "config": config.to_dict(),
-            "preset": preset,
-            "command": command,
-            "config_hash": config.config_hash(),
-            "version": __version__,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        },
-    )
+    write_run_config(run_dir, config, preset, command, data_sha256=data_fingerprint(config))
     return config
 
 
@@ -145,6 +202,8 @@ def train_run(
 ) -> dict[str, Any]:
     """Train (or resume) a run, evaluate it, and write ``results.json`` and ``loss.png``."""
     run_dir = Path(run_dir)
+    if config is not None and not resume:
+        config = resolve_paths(config)
     if config.parallel:
         return train_parallel(config, run_dir, resume, progress, preset, log, command)
     if resume:
@@ -165,8 +224,8 @@ def train_run(
     info = task.describe()
     log(
         f"{config.task}/{config.method}: {info.get('parameters', 0):,} parameters, "
-        f"{trainer.total_steps} steps ({trainer.steps_per_unit} per unit x "
-        f"{len(trainer.units)} units) on {device}"
+        f"{trainer.total_steps} steps ({trainer.steps_per_unit} per block x "
+        f"{len(trainer.units)} block{'s' if len(trainer.units) != 1 else ''}) on {device}"
     )
     fitted = trainer.fit()
     trainer.prepare_evaluation()  # every block in memory, with its own shared copy if any
@@ -188,9 +247,14 @@ def train_run(
         **extra,
         "environment": environment(device),
     }
+    results["metrics_legend"] = metrics_legend(task)
+    results["warnings"] = run_warnings(task, trainer)
     atomic_write_json(run_dir / "results.json", results)
-    trainer.metrics.write({"step": trainer.step, **{f"test_{k}": v for k, v in _flat(evaluation)}})
-    plot_losses(run_dir / "metrics.jsonl", run_dir / "loss.png")
+    final = {"step": trainer.step, **split_record(evaluation)}
+    if "eval_val" in extra:
+        final.update(split_record(extra["eval_val"]))
+    trainer.metrics.write(final)
+    plot_losses(run_dir / "metrics.jsonl", run_dir / "loss.png", task.plot_key, task.plot_label)
     return results
 
 
@@ -211,6 +275,9 @@ INFERENCE_KEYS = (
     "test_subset",
     "device",
 )
+
+# Keys that say where a run's data lives; `dblocks eval/sample --set` may point them at moved data.
+DATA_KEYS = ("data", "data_dir")
 
 
 def check_disk_space(run_dir: Path, task: Task, config: RunConfig) -> None:
@@ -356,16 +423,17 @@ def load_run(
 ) -> tuple[Task, Checkpoint]:
     """The task of a run folder with the weights of its latest checkpoint loaded. ``overrides``
     may change inference-only keys (:data:`INFERENCE_KEYS`)."""
-    config = read_run_config(run_dir)
+    saved = config = read_run_config(run_dir)
     if overrides:
-        bad = [k for k in overrides if k not in INFERENCE_KEYS]
+        bad = [k for k in overrides if k not in INFERENCE_KEYS + DATA_KEYS]
         if bad:
             raise ConfigError(
-                f"eval --set can only change inference keys ({', '.join(INFERENCE_KEYS)}); "
-                f"got {', '.join(bad)}"
+                f"eval --set can only change inference keys ({', '.join(INFERENCE_KEYS)}) and "
+                f"where the data is ({', '.join(DATA_KEYS)}); got {', '.join(bad)}"
             )
         values = {**config.to_dict(), **overrides}
-        config = config_from_dict(type(config), values)
+        config = resolve_paths(config_from_dict(type(config), values))
+    _check_moved_data(run_dir, saved, config)
     task = make_task(config, resolve_device(device or config.device))
     folder = Path(run_dir)
     no_checkpoint = latest_checkpoint(folder / "checkpoints") is None
@@ -426,6 +494,45 @@ def evaluate_run(
     return {"run_dir": str(run_dir), "checkpoint_step": ckpt.step, **result}
 
 
+def metrics_legend(task: Task) -> dict[str, str]:
+    """What every key of ``metrics.jsonl`` measures (also in results.json)."""
+    key = task.plot_key
+    legend = {
+        "step": "global optimizer step (all blocks' steps together)",
+        "block": "the block trained at this step (end to end: 0, all layers)",
+        "epoch": "epochs of the block trained at this step (its own steps / steps per epoch)",
+        "data_epochs": "passes over the training data by all blocks together",
+        "examples_per_sec": "training examples per second since the previous record",
+        "loss_block_<b>": "block b's training objective, mean over its steps since the last record",
+        "val_<key>_block_<b>": "the logged quantity <key> of block b on a fixed batch of "
+        "validation examples with fixed noise (never trained on): the held-out curve",
+        "eval_<key>": "a quick evaluation during training (eval_every), on the validation split "
+        "when there is one",
+        "val_<metric> / test_<metric>": "the final evaluation of the whole model, written once "
+        "at the end",
+    }
+    if key != "loss":
+        legend[f"{key}_block_<b>"] = f"'{key}' of block b's training steps (plotted in loss.png)"
+    legend.update(task.log_legend)
+    return legend
+
+
+MIN_STEPS_PER_BLOCK = 200  # below this, a block's metrics are flagged (docs/results/user-images)
+
+
+def run_warnings(task: Task, trainer: Trainer) -> list[str]:
+    """What makes this run's numbers meaningless, in words (printed after training)."""
+    notes = []
+    steps = trainer.steps_per_unit
+    if steps < MIN_STEPS_PER_BLOCK:
+        who = "block" if task.config.method == "dblocks" else "the model"
+        notes.append(
+            f"only {steps} optimizer steps per {who} (fewer than {MIN_STEPS_PER_BLOCK}): "
+            "results this short are not meaningful; raise epochs (or lower batch_size)"
+        )
+    return notes
+
+
 def _saved_command(run_dir: Path) -> str | None:
     try:
         return json.loads((run_dir / "config.json").read_text()).get("command")
@@ -444,6 +551,14 @@ def environment(device: torch.device) -> dict[str, Any]:
     if device.type == "cuda":
         env["gpu"] = torch.cuda.get_device_name(device)
     return env
+
+
+def split_record(evaluation: dict[str, Any]) -> dict[str, Any]:
+    """The numbers of a final evaluation as one metrics record, each key prefixed with the split
+    it was measured on (``test_accuracy``, ``test_examples``); a key that already names the
+    split is not prefixed again (never ``test_test_examples``)."""
+    prefix = f"{evaluation.get('split', 'test')}_"
+    return {k if k.startswith(prefix) else prefix + k: v for k, v in _flat(evaluation)}
 
 
 def _flat(d: dict[str, Any]):

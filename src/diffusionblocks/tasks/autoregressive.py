@@ -154,6 +154,8 @@ def repetition(texts: list[str], n: int = 4) -> float:
 class _CharLM(Task):
     config_class = ARConfig
     config: ARConfig
+    plot_key = "ce"
+    plot_label = "next-character cross-entropy (unweighted, nats)"
 
     def __init__(self, config: ARConfig, device: torch.device):
         super().__init__(config, device)
@@ -197,11 +199,17 @@ class _CharLM(Task):
             "parameters": sum(p.numel() for p in self.model.parameters() if not p.is_meta),
         }
 
+    def start_text(self) -> str:
+        """What generation without a prompt starts from (not part of the generated text): a
+        newline when the vocabulary has one, otherwise the training text's first character."""
+        if "\n" in self.vocab.chars:
+            return "\n"
+        return self.vocab.decode(self.corpus.train_ids[:1].tolist())
+
     def encode_prompt(self, prompt: str) -> torch.Tensor:
-        if not prompt:
-            raise ConfigError("the prompt is empty: give at least one character")
+        """The ids generation starts from: the prompt, or :meth:`start_text` when it is empty."""
         try:
-            return self.vocab.encode(prompt)
+            return self.vocab.encode(prompt or self.start_text())
         except DataError as err:
             raise ConfigError(f"prompt has {err}") from None
 
@@ -341,7 +349,8 @@ class EndToEndAR(_CharLM):
             token = self._pick(logits, temperature, generator)
             ids = torch.cat([ids, torch.tensor([[token]], device=self.device)], 1)
         self.model.train()
-        return self.vocab.decode(ids[0, len(prompt) :].tolist()), {"layer_calls": length}
+        start = len(prompt or self.start_text())
+        return self.vocab.decode(ids[0, start:].tolist()), {"layer_calls": length}
 
     @torch.no_grad()
     def continuation_nll(self, prompt: str, continuation: str) -> tuple[float, int]:
@@ -536,7 +545,8 @@ class BlockwiseAR(TokenTargets, _CharLM):
             token = self._pick(logits, temperature, generator)
             ids = torch.cat([ids, torch.tensor([[token]], device=self.device)], 1)
         self.model.train()
-        return self.vocab.decode(ids[0, len(prompt) :].tolist()), {
+        start = len(prompt or self.start_text())
+        return self.vocab.decode(ids[0, start:].tolist()), {
             "steps": len(levels),
             "calls_per_unit": calls,
         }

@@ -59,6 +59,16 @@ class Task:
 
     splits: tuple[str, ...] = ("test",)  # held-out splits ``evaluate(split=...)`` can read
 
+    def heldout_batch(self) -> Any | None:
+        """A fixed batch of validation examples (as :meth:`train_batch` returns them) on which
+        the trainer logs each block's loss during training; None without a validation split."""
+        return None
+
+    # The logged number that is plotted per block (loss.png), and what every logged key means.
+    plot_key = "loss"
+    plot_label = "training loss"
+    log_legend: dict[str, str] = {"loss": "the training objective of the step"}
+
     per_block_shared = False  # may each block own a copy of the shared modules? (parallel)
 
     def block_interval(self, block: int) -> list[float] | None:

@@ -42,8 +42,9 @@ class ClassificationConfig(RunConfig):
     depth: int = 6  # transformer layers in total
     hidden: int = 128  # token width (= label embedding size)
     heads: int = 4  # attention heads
-    patch_size: int = 4  # square patch side in pixels
+    patch_size: int = 4  # square patch side in pixels (0 = auto: a 4x4 to 7x7 grid of patches)
     mlp_ratio: float = 4.0  # MLP width / hidden
+    sparse_labels: bool = False  # accept labels that skip values (one output per value up to max)
     eval_batch_size: int = 500  # test images per evaluation batch
     eval_subset: int = 1000  # test images used by quick evaluations during training
     bridge_temperature: float = 1.0  # soft bridge softmax(logits / T) @ E at inference (1 = SPEC)
@@ -65,13 +66,24 @@ class ClassificationConfig(RunConfig):
             1 <= self.heads <= self.hidden,
             f"an integer in [1, hidden={self.hidden}]",
         )
-        _check(self, "patch_size", 1 <= self.patch_size <= 1024, "an integer >= 1")
+        _check(self, "patch_size", 0 <= self.patch_size <= 1024, "an integer >= 1 (0 = auto)")
         _check(self, "mlp_ratio", 0 < self.mlp_ratio <= 64, "a number in (0, 64]")
         _check(self, "eval_batch_size", self.eval_batch_size >= 1, "an integer >= 1")
         _check(self, "eval_subset", self.eval_subset >= 1, "an integer >= 1")
         _check(self, "bridge_temperature", 0 <= self.bridge_temperature <= 100, "in [0, 100]")
-        _check(self, "data", bool(self.data), "a dataset name or a path")
+
         check_layer_split(self)
+
+
+def auto_patch_size(height: int, width: int) -> int:
+    """The patch side for ``patch_size=0``: the largest side that divides both image sides and
+    leaves at least 4 patches along each (28x28 -> 7, 16x16 -> 4, 8x8 -> 2, 32x32 -> 8); 1 when
+    no side does (tiny or prime-sized images)."""
+    best = 1
+    for p in range(1, min(height, width) // 4 + 1):
+        if height % p == 0 and width % p == 0:
+            best = p
+    return best
 
 
 def _no_options(options: dict) -> None:
@@ -92,15 +104,17 @@ class _ImageClassification(Task):
 
     def __init__(self, config: ClassificationConfig, device: torch.device):
         super().__init__(config, device)
-        full = load_image_dataset(config.data, config.data_dir, config.test_fraction)
+        full = load_image_dataset(config.data, config.data_dir, config.test_fraction,
+                                  allow_sparse_labels=config.sparse_labels)  # fmt: skip
         data = full.hold_out(config.val_fraction).subset(config.train_subset, config.test_subset)
         self.data: ImageDataset = data
         self.splits = ("val", "test") if data.val_y is not None else ("test",)
         c, h, w = data.image_shape
-        if h % config.patch_size or w % config.patch_size:
+        self.patch_size = config.patch_size or auto_patch_size(h, w)
+        if h % self.patch_size or w % self.patch_size:
             raise ConfigError(
                 f"invalid value for 'patch_size': {config.patch_size} (must divide the "
-                f"{h}x{w} images of {data.name})"
+                f"{h}x{w} images of {data.name}; 0 chooses one)"
             )
         if config.batch_size > len(data.train_y):
             raise ConfigError(
@@ -116,7 +130,7 @@ class _ImageClassification(Task):
                 image_channels=c,
                 image_height=h,
                 image_width=w,
-                patch_size=config.patch_size,
+                patch_size=self.patch_size,
                 num_classes=data.num_classes,
                 hidden=config.hidden,
                 depth=config.depth,
@@ -158,6 +172,15 @@ class _ImageClassification(Task):
     def target_prefixes(self) -> tuple[str, ...]:
         return ("label_embed.",)
 
+    plot_key = "ce"
+    plot_label = "cross-entropy (unweighted)"
+
+    def heldout_batch(self):
+        if self.data.val_y is None:
+            return None
+        n = min(self.config.batch_size, len(self.data.val_y))
+        return self._prepare(self.data.val_x[:n]), self.data.val_y[:n].to(self.device)
+
     def default_split(self, quick: bool) -> str:
         """Quick evaluations during training read the validation split when there is one."""
         return "val" if quick and self.data.val_y is not None else "test"
@@ -170,6 +193,7 @@ class _ImageClassification(Task):
             "val_examples": 0 if d.val_y is None else len(d.val_y),
             "test_examples": len(d.test_y),
             "image_shape": list(d.image_shape),
+            "patch_size": self.patch_size,
             "num_classes": d.num_classes,
             "parameters": sum(p.numel() for p in self.model.parameters()),
         }
@@ -194,6 +218,12 @@ class EndToEndClassification(_ImageClassification):
         loss = F.cross_entropy(logits, labels)
         acc = (logits.argmax(-1) == labels).float().mean()
         return loss, {"loss": loss.item(), "ce": loss.item(), "acc": acc.item()}
+
+    log_legend = {
+        "loss": "cross-entropy of the batch (the training objective)",
+        "ce": "cross-entropy of the batch",
+        "acc": "accuracy on the training batch",
+    }
 
     @torch.no_grad()
     def evaluate(self, quick=False, steps=None, split=None, **options):
@@ -255,8 +285,18 @@ class BlockwiseClassification(_ImageClassification):
         ce = F.cross_entropy(logits, labels, reduction="none")  # (N,)
         c = self.config
         loss = weighted_loss(ce, sigma, c.weighting, c.sigma_data, c.weight_clamp)
-        acc = (logits.argmax(-1) == labels).float().mean()
-        return loss, {"loss": loss.item(), "ce": ce.mean().item(), "acc": acc.item()}
+        hint_acc = (logits.argmax(-1) == labels).float().mean()
+        return loss, {"loss": loss.item(), "ce": ce.mean().item(),
+                      "noisy_label_acc": hint_acc.item()}  # fmt: skip
+
+    log_legend = {
+        "loss": "the block's training objective: cross-entropy weighted over sigma (weighting)",
+        "ce": "cross-entropy of the block's logits given the image and a noisy label embedding "
+        "at a sigma of its interval (unweighted)",
+        "noisy_label_acc": "accuracy of those logits: NOT a classification accuracy, the noisy "
+        "label gives the class away at small sigma; the held-out chain accuracy is "
+        "val_accuracy / test_accuracy",
+    }
 
     @torch.no_grad()
     def predict(

@@ -131,7 +131,8 @@ class _RecurrentLM(_CharLM):
             token = self._pick(logits, temperature, generator)
             ids = torch.cat([ids, torch.tensor([[token]], device=self.device)], 1)
         self.model.train()
-        return self.vocab.decode(ids[0, len(prompt) :].tolist()), {"core_applications": k}
+        start = len(prompt or self.start_text())
+        return self.vocab.decode(ids[0, start:].tolist()), {"core_applications": k}
 
     @torch.no_grad()
     def evaluate(self, quick=False, steps=None, judge=None, **options):

@@ -69,9 +69,16 @@ def peak_rss_bytes() -> int:
     return int(peak if sys.platform == "darwin" else peak * 1024)
 
 
-def plot_losses(metrics_path: str | os.PathLike, out_png: str | os.PathLike) -> Path | None:
-    """Training loss per block against step, saved as a PNG. Returns None (and does nothing)
-    when matplotlib is not installed."""
+def plot_losses(
+    metrics_path: str | os.PathLike,
+    out_png: str | os.PathLike,
+    key: str = "loss",
+    label: str | None = None,
+) -> Path | None:
+    """Per block against step: the logged quantity ``key`` of the training steps (left) and the
+    same quantity on a fixed batch of validation examples (right, ``val_<key>_block_<b>``, when
+    the run logged it), saved as a PNG. ``label`` names the quantity on the y axis. Returns None
+    (and does nothing) when matplotlib is not installed."""
     try:
         import matplotlib
 
@@ -80,18 +87,32 @@ def plot_losses(metrics_path: str | os.PathLike, out_png: str | os.PathLike) -> 
     except ImportError:
         return None
     records = read_metrics(metrics_path)
-    keys = sorted({k for r in records for k in r if k.startswith("loss_block_")})
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for key in keys:
-        pts = [(r["step"], r[key]) for r in records if isinstance(r.get(key), (int, float))]
-        if pts:
-            ax.plot(*zip(*pts, strict=True), label=key.replace("loss_", ""))
-    ax.set_xlabel("step")
-    ax.set_ylabel("training loss")
-    ax.set_yscale("log")
-    ax.grid(alpha=0.3)
-    if keys:
-        ax.legend()
+    train = _block_series(records, f"{key}_block_")
+    if not train and key != "loss":  # an older run, or a task that logs only the objective
+        key, label = "loss", None
+        train = _block_series(records, "loss_block_")
+    heldout = _block_series(records, f"val_{key}_block_")
+    panels = [("training steps", train)] + ([("validation batch (held out)", heldout)]
+                                            if heldout else [])  # fmt: skip
+    fig, axes = plt.subplots(1, len(panels), figsize=(7 * len(panels), 4), squeeze=False,
+                             sharey=True)  # fmt: skip
+    values = [v for _, series in panels for pts in series.values() for _, v in pts]
+    for ax, (title, series) in zip(axes[0], panels, strict=True):
+        for name, pts in series.items():
+            ax.plot(*zip(*pts, strict=True), "o-" if len(pts) == 1 else "-", label=name)
+        ax.set_xlabel("step")
+        ax.set_title(title)
+        # A log axis only when every value can go on one (a loss of exactly 0, e.g. a run whose
+        # data has a single class, would make matplotlib warn and drop the points).
+        if values and min(values) > 0:
+            ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+        if series:
+            ax.legend()
+        else:
+            ax.text(0.5, 0.5, "no training loss recorded", ha="center", va="center",
+                    transform=ax.transAxes)  # fmt: skip
+    axes[0][0].set_ylabel(label or ("training loss" if key == "loss" else key))
     fig.tight_layout()
     out = Path(out_png)
     tmp = out.with_name(f".{out.name}.tmp.png")
@@ -99,3 +120,17 @@ def plot_losses(metrics_path: str | os.PathLike, out_png: str | os.PathLike) -> 
     plt.close(fig)
     os.replace(tmp, out)
     return out
+
+
+def _block_series(records: list[dict[str, Any]], prefix: str) -> dict[str, list]:
+    """{"block_<b>": [(step, value), ...]} of the keys ``<prefix><b>``."""
+    series = {}
+    for k in sorted({k for r in records for k in r if k.startswith(prefix)}):
+        pts = [(r["step"], float(r[k])) for r in records if _plottable(r.get(k))]
+        if pts:
+            series["block_" + k[len(prefix) :]] = pts
+    return series
+
+
+def _plottable(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

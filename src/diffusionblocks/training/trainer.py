@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import math
 import signal
+import sys
 import tempfile
 import threading
 import time
@@ -46,6 +47,7 @@ from .checkpoint import (
     save_checkpoint,
 )
 from .metrics import MetricsWriter, current_rss_bytes, peak_rss_bytes
+from .runfolder import CONFIG_FILE, write_run_config
 from .shared import SharedModules
 
 
@@ -154,6 +156,8 @@ class Trainer:
         self.run_dir = Path(run_dir) if run_dir is not None else None
         if self.run_dir is not None:
             self.run_dir.mkdir(parents=True, exist_ok=True)
+            if not (self.run_dir / CONFIG_FILE).exists():  # trained from Python: a run folder
+                write_run_config(self.run_dir, c, command="python: Trainer(task, run_dir)")
         self.progress = progress
         self.log = log
         self.num_units = len(self.model.blocks)
@@ -210,6 +214,7 @@ class Trainer:
         self.layer_evals = 0  # forward layer evaluations per example, summed over steps
         self.backward_layer_evals = 0  # layers that ran a backward pass, per example
         self.metrics = MetricsWriter(self.run_dir / "metrics.jsonl" if self.run_dir else None)
+        self._heldout = task.heldout_batch()  # fixed validation examples for the held-out loss
 
     # -- the primitive ----------------------------------------------------------------------
     def optimizer_for(self, unit: int) -> torch.optim.AdamW:
@@ -526,10 +531,14 @@ class Trainer:
             torch.cuda.reset_peak_memory_stats(device)
             allocated_before = torch.cuda.memory_allocated(device)
         accum: dict[str, list[float]] = defaultdict(list)
+        # A bar on a terminal; piped or redirected output gets plain lines instead (a bar's
+        # carriage-return frames would flood a log file), see _plain_progress.
+        self._plain = self.progress and not _is_terminal(sys.stderr)
+        self._plain_last = -math.inf
         bar = tqdm(
             total=self.total_steps,
             initial=self.step,
-            disable=not self.progress,
+            disable=not self.progress or self._plain,
             desc=f"{c.method}",
             unit="step",
             dynamic_ncols=True,
@@ -591,19 +600,28 @@ class Trainer:
                 accum[k].append(v)
             if not self.synchronous:
                 accum[f"loss_block_{unit}"].append(logs["loss"])
+                key = self.task.plot_key
+                if key != "loss" and key in logs:
+                    accum[f"{key}_block_{unit}"].append(logs[key])
             bar.update(1)
             if self.step % self.log_every == 0 or self.step == self.total_steps:
                 now = time.perf_counter()
                 rate = examples_since / max(now - last_log, 1e-9)
                 record = {
                     "step": self.step,
-                    "epoch": self.step / self.steps_per_epoch,
+                    # Epochs of the block trained at this step (its own steps), and passes over
+                    # the training data by all blocks together (the global step).
+                    "epoch": self.unit_steps[unit] / self.steps_per_epoch,
                     "block": unit,
+                    "data_epochs": self.step / self.steps_per_epoch,
                     **{k: sum(v) / len(v) for k, v in accum.items()},
                     "examples_per_sec": rate,
+                    **self.heldout_record(units),
                 }
                 self.metrics.write(record)
-                bar.set_postfix(loss=f"{record['loss']:.4f}", block=unit, ex_s=f"{rate:.0f}")
+                bar.set_postfix(loss=f"{record['loss']:.4f}", block=unit,
+                                epoch=f"{record['epoch']:.2f}", ex_s=f"{rate:.0f}")  # fmt: skip
+                self._plain_progress(record, end)
                 accum.clear()
                 last_log, examples_since = now, 0
             if (
@@ -646,6 +664,42 @@ class Trainer:
         accounting = self.accounting()
         accounting["skipped_steps"] = self.skipped_steps
         return {"accounting": accounting, "timing": self.timing(), "memory": memory}
+
+    @torch.no_grad()
+    def heldout_record(self, units: list[int]) -> dict[str, float]:
+        """The loss of each unit trained at this step on a fixed batch of validation examples
+        with fixed noise (``val_<key>_block_<b>``), so that a block that only fits its training
+        batches shows. Empty when the task has no validation split. Uses its own generator:
+        training draws are unchanged."""
+        if self._heldout is None:
+            return {}
+        record = {}
+        for u in units:
+            generator = torch.Generator().manual_seed(self.config.seed + 7_000_003 + u)
+            _, logs = self.task.loss(u, self._heldout, generator)
+            for k, v in logs.items():
+                if k not in ("layer_evals", "backward_layer_evals"):
+                    record[f"val_{k}_block_{u}"] = v
+        return record
+
+    PLAIN_PROGRESS_SECONDS = 10.0  # least time between two plain progress lines
+
+    def _plain_progress(self, record: dict[str, Any], end: int) -> None:
+        """Without a terminal: one plain line per log record, at most every
+        ``PLAIN_PROGRESS_SECONDS`` (and always the last), on stderr where the bar would be."""
+        if not getattr(self, "_plain", False):
+            return
+        now = time.monotonic()
+        if self.step < end and now - self._plain_last < self.PLAIN_PROGRESS_SECONDS:
+            return
+        self._plain_last = now
+        print(
+            f"{self.config.method}: step {self.step}/{self.total_steps}, block {record['block']} "
+            f"epoch {record['epoch']:.2f}, loss {record['loss']:.4f}, "
+            f"{record['examples_per_sec']:.0f} examples/s",
+            file=sys.stderr,
+            flush=True,
+        )
 
     @property
     def log_every(self) -> int:
@@ -890,6 +944,17 @@ def load_model_weights(model: torch.nn.Module, ckpt: Checkpoint) -> None:
             model.materialize_block(u, model.device, state)
         except RuntimeError as err:
             raise CheckpointError(f"{ckpt.path} block {u} does not fit this model: {err}") from None
+
+
+def _is_terminal(stream) -> bool:
+    """Whether a progress bar can redraw itself on ``stream``: a terminal, or a notebook (where
+    ``tqdm.auto`` draws a widget)."""
+    if any(cls.__module__ == "tqdm.notebook" for cls in tqdm.__mro__):
+        return True
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):  # no stream, or a closed one
+        return False
 
 
 def _median(values: list[float]) -> float | None:

@@ -1,0 +1,241 @@
+"""The documented Python entry points: train a run, load it, and use it.
+
+    import diffusionblocks as db
+
+    model = db.train("images", data="my_images.npz", out="runs/mine")  # = dblocks train
+    model = db.load("runs/mine")                   # a run folder or an assembled model folder
+    labels = model.classify(images)                # uint8 0..255 or float 0..1 images
+    images = model.generate(labels=[0, 1, 2])      # image generation runs: floats in [0, 1]
+    text = model.sample_text(200, prompt="ROMEO:") # language-model runs
+    model.evaluate(split="val")                    # the same numbers as `dblocks eval`
+
+Inputs are converted the way the run's training data was: pixels scaled to [0, 1], then
+standardised with the training set's mean and std (recomputed from the run's data, so the data
+must be where the run says, or given with ``data=``). Defaults (inference steps, temperature) are
+the run's; every random draw comes from a generator seeded by ``seed``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .config import ConfigError
+from .data.images import DataError
+
+
+class Model:
+    """A trained run (or assembled model folder) ready for predictions. ``task`` is the
+    underlying task object (data, network with weights, evaluation); ``results`` the training
+    results when the model comes from :func:`train`."""
+
+    def __init__(self, task, path: Path, step: int, results: dict[str, Any] | None = None):
+        self.task = task
+        self.path = path
+        self.step = step
+        self.results = results
+
+    def __repr__(self) -> str:
+        c = self.config
+        return f"Model({str(self.path)!r}, task={c.task!r}, method={c.method!r}, step={self.step})"
+
+    @property
+    def config(self):
+        """The run's config (a dataclass; ``to_dict()`` for plain data)."""
+        return self.task.config
+
+    # -- classification ----------------------------------------------------------------------
+    @torch.no_grad()
+    def probabilities(
+        self,
+        images,
+        steps: int | None = None,
+        seed: int = 0,
+        batch_size: int | None = None,
+    ) -> torch.Tensor:
+        """Class probabilities (N, classes) of ``images``: an array or tensor of uint8 pixels
+        (0..255), other integers in 0..255, or floats in [0, 1]; laid out (N, H, W),
+        (N, C, H, W) or (N, H, W, C), or one image without the N axis. ``steps``: denoiser calls
+        of the DiffusionBlocks chain (default: the run's, B)."""
+        task = self._need("classification", "classify")
+        x = as_images(images, task.data.image_shape)
+        generator = torch.Generator().manual_seed(seed)
+        size = batch_size or task.config.eval_batch_size
+        out = []
+        task.model.eval()
+        try:
+            for start in range(0, len(x), size):
+                batch = task._prepare(x[start : start + size])
+                if hasattr(task, "predict"):  # DiffusionBlocks: the chain of blocks
+                    logits = task.predict(batch, steps, generator)[0]
+                else:
+                    if steps is not None:
+                        raise ConfigError("steps applies to DiffusionBlocks runs (method dblocks)")
+                    logits = task.logits(batch)
+                out.append(logits.float().softmax(-1).cpu())
+        finally:
+            task.model.train()
+        return torch.cat(out)
+
+    def classify(self, images, steps: int | None = None, seed: int = 0,
+                 batch_size: int | None = None) -> torch.Tensor:  # fmt: skip
+        """Predicted class index (N,) of each image; inputs as for :meth:`probabilities`.
+        ``class_names`` (when the data has them) turns indices into names."""
+        return self.probabilities(images, steps, seed, batch_size).argmax(-1)
+
+    @property
+    def class_names(self) -> tuple[str, ...] | None:
+        data = getattr(self.task, "data", None)
+        return getattr(data, "class_names", None)
+
+    # -- generation --------------------------------------------------------------------------
+    @torch.no_grad()
+    def generate(
+        self,
+        labels: Sequence[int] | torch.Tensor | None = None,
+        n: int = 8,
+        steps: int | None = None,
+        cfg: float | None = None,
+        seed: int = 0,
+    ) -> torch.Tensor:
+        """Images (N, C, H, W), floats in [0, 1], of the classes ``labels`` (default: ``n`` of
+        each class). ``steps`` (Euler steps) and ``cfg`` (guidance weight) default to the run's."""
+        task = self._need("generation", "generate")
+        classes = task.data.num_classes
+        if labels is None:
+            labels = torch.arange(classes).repeat_interleave(n)
+        labels = torch.as_tensor(labels, dtype=torch.long).reshape(-1)
+        if len(labels) and not (int(labels.min()) >= 0 and int(labels.max()) < classes):
+            raise ConfigError(f"labels must be class indices 0..{classes - 1}")
+        generator = torch.Generator().manual_seed(seed)
+        size = task.config.eval_batch_size
+        out = [task.generate(labels[i : i + size], generator, steps, cfg)[0].cpu()
+               for i in range(0, len(labels), size)]  # fmt: skip
+        return torch.cat(out) if out else torch.empty(0, *task.data.image_shape)
+
+    # -- text --------------------------------------------------------------------------------
+    @torch.no_grad()
+    def sample_text(
+        self,
+        length: int = 200,
+        prompt: str = "",
+        temperature: float | None = None,
+        steps: int | None = None,
+        seed: int = 0,
+    ) -> str:
+        """``length`` generated characters after ``prompt`` (the prompt is not repeated).
+        Without a prompt, autoregressive models start from a newline (or the training text's
+        first character when the text has no newline). ``temperature`` and ``steps`` default to
+        the run's."""
+        task = self.task
+        if not hasattr(task, "generate_text"):
+            raise ConfigError(
+                f"sample_text needs a language-model run; {self.path} is a {self.config.task} run"
+            )
+        generator = torch.Generator().manual_seed(seed)
+        if temperature is None:
+            temperature = getattr(task.config, "temperature", 1.0)
+        text, _ = task.generate_text(length, generator, prompt, steps, temperature)
+        return text
+
+    # -- evaluation --------------------------------------------------------------------------
+    def evaluate(self, split: str | None = None, steps: list[int] | None = None,
+                 **options: Any) -> dict[str, Any]:  # fmt: skip
+        """Held-out metrics, as ``dblocks eval`` computes them (same numbers for the same
+        checkpoint). ``split``: ``val`` or ``test`` where the task has both."""
+        from .runs import DEFAULT_SWEEP
+
+        task = self.task
+        if split is not None and split not in task.splits:
+            raise ConfigError(
+                f"invalid value for 'split': {split!r} ({self.config.task} runs have the "
+                f"splits {', '.join(task.splits)})"
+            )
+        if steps is None and self.config.task == "classification":
+            steps = list(DEFAULT_SWEEP)
+        if split is not None and len(task.splits) > 1:
+            options["split"] = split
+        options = {k: v for k, v in options.items() if v not in (None, False)}
+        return {"checkpoint_step": self.step, **task.evaluate(quick=False, steps=steps, **options)}
+
+    def _need(self, task_name: str, what: str):
+        if self.config.task != task_name:
+            raise ConfigError(f"{what} needs a {task_name} run; {self.path} is a "
+                              f"{self.config.task} run")  # fmt: skip
+        return self.task
+
+
+def load(path: str | os.PathLike, device: str | None = None, **overrides: Any) -> Model:
+    """The model of a run folder (its latest checkpoint) or of an assembled model folder.
+    ``overrides``: inference keys (e.g. ``inference_steps=4``) or ``data=PATH`` when the run's
+    data moved (it must be the same file)."""
+    from .runs import load_run
+
+    task, ckpt = load_run(path, device, {k: str(v) for k, v in overrides.items()} or None)
+    return Model(task, Path(path), int(ckpt.step))
+
+
+def train(
+    preset: str,
+    out: str | os.PathLike | None = None,
+    progress: bool = True,
+    **overrides: Any,
+) -> Model:
+    """Train ``preset`` with ``overrides`` (config keys, as ``--set``) into the run folder
+    ``out`` (default ``runs/<preset>-...``), exactly as ``dblocks train`` does; returns the
+    trained model, with the run's results in ``.results``."""
+    from .cli import default_run_dir
+    from .registry import make_config
+    from .runs import load_run, train_run
+
+    config = make_config(preset, overrides)
+    out = Path(out) if out is not None else default_run_dir(preset, config)
+    args = " ".join(f"--set {k}={v}" for k, v in overrides.items())
+    command = f"python: diffusionblocks.train({preset!r}) {args}".strip()
+    results = train_run(config, out, progress=progress, preset=preset, command=command)
+    task, ckpt = load_run(out)
+    return Model(task, out, int(ckpt.step), results)
+
+
+def as_images(images, shape: tuple[int, int, int]) -> torch.Tensor:
+    """``images`` as float (N, C, H, W) in [0, 1] for a model of images ``shape`` = (C, H, W).
+    Accepts NumPy arrays and tensors; uint8 or other integer pixels in 0..255, or floats in
+    [0, 1]; (N, H, W), (N, C, H, W), (N, H, W, C), or a single image without the N axis."""
+    c, h, w = shape
+    x = torch.as_tensor(np.asarray(images)) if not isinstance(images, torch.Tensor) else images
+    x = x.detach().cpu()
+    if x.dtype == torch.bool or x.is_complex():
+        raise DataError(f"images have dtype {x.dtype} (expected uint8 pixels or floats in [0, 1])")
+    dims = tuple(x.shape)
+    if dims in ((h, w), (c, h, w), (h, w, c)):  # one image
+        x = x[None]
+        dims = tuple(x.shape)
+    if len(dims) == 3 and c == 1 and dims[1:] == (h, w):
+        x = x[:, None]
+    elif len(dims) == 4 and dims[1:] == (c, h, w):
+        pass
+    elif len(dims) == 4 and dims[1:] == (h, w, c):
+        x = x.permute(0, 3, 1, 2)
+    else:
+        raise DataError(
+            f"images of shape {dims} do not fit this model's {c}x{h}x{w} images; give (N, C, H, "
+            f"W) = (N, {c}, {h}, {w}), (N, H, W, C)" + (", or (N, H, W)" if c == 1 else "")
+        )
+    if x.dtype.is_floating_point:
+        x = x.float()
+        if len(x) and not torch.isfinite(x).all():
+            raise DataError("images contain NaN or infinite values")
+        if len(x) and (x.min() < 0 or x.max() > 1):
+            raise DataError(
+                f"float images must lie in [0, 1] (found {float(x.min()):.3g}.."
+                f"{float(x.max()):.3g}); divide 0..255 pixels by 255, or pass them as uint8"
+            )
+        return x.contiguous()
+    if len(x) and (int(x.min()) < 0 or int(x.max()) > 255):
+        raise DataError(f"integer images must lie in 0..255 (found {int(x.min())}..{int(x.max())})")
+    return (x.float() / 255.0).contiguous()

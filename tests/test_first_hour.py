@@ -1,0 +1,233 @@
+"""A new user's first hour with their own data (issue 14), played through the CLI and the
+documented Python calls on small files made here."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import diffusionblocks as db
+from diffusionblocks.cli import format_comparison, headline_metric, main
+from diffusionblocks.registry import make_config, make_task
+from diffusionblocks.training import Trainer
+from diffusionblocks.training.metrics import read_metrics
+
+
+def quadrant_images(n: int, size: int = 16, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(N, size, size) uint8 images of 4 classes: a bright square in one quadrant, on noise."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 4, n)
+    x = rng.integers(0, 60, (n, size, size)).astype(np.uint8)
+    h = size // 2
+    for i, label in enumerate(y):
+        r, c = divmod(int(label), 2)
+        x[i, r * h + 2 : r * h + h - 2, c * h + 2 : c * h + h - 2] = 230
+    return x, y
+
+
+@pytest.fixture(scope="module")
+def user_npz(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("user")
+    x, y = quadrant_images(2000)
+    np.savez(folder / "my16x16.npz", x=x, y=y)
+    return folder / "my16x16.npz"
+
+
+@pytest.fixture(scope="module")
+def images_run(user_npz, tmp_path_factory) -> Path:
+    """`dblocks train --preset images --set data=my16x16.npz`, typed with a relative path."""
+    out = tmp_path_factory.mktemp("runs") / "mine"
+    cwd = os.getcwd()
+    os.chdir(user_npz.parent)
+    try:
+        rc = main(["train", "--preset", "images", "--set", "data=my16x16.npz", "--set",
+                   "epochs=4", "--out", str(out), "--no-progress"])  # fmt: skip
+    finally:
+        os.chdir(cwd)
+    assert rc == 0
+    return out
+
+
+def test_the_images_preset_learns_a_users_images(images_run):
+    results = json.loads((images_run / "results.json").read_text())
+    assert results["task"]["patch_size"] == 4  # sized to 16x16: a 4x4 grid of patches
+    assert results["config"]["p_mean"] == 1.0 and results["config"]["weighting"] == "none"
+    # 4 balanced classes: chance is 0.25; the task is easy, a working preset is far above it
+    assert results["eval"]["accuracy"] > 0.9
+    assert results["eval_val"]["accuracy"] > 0.9
+
+
+def test_tiny_presets_say_they_are_smoke_tests(capsys):
+    assert main(["presets"]) == 0
+    out = capsys.readouterr().out
+    for name in ("tiny", "dit-tiny", "mdm-tiny", "ar-tiny", "recurrent-tiny"):
+        line = next(li for li in out.splitlines() if li.split()[0] == name)
+        assert "smoke test" in line and "means nothing" in line or "mean nothing" in line
+    for name in ("images", "mdm-text", "ar-text", "recurrent-text"):
+        line = next(li for li in out.splitlines() if li.split()[0] == name)
+        assert "your own" in line
+
+
+def test_presets_for_users_data_ask_for_it(capsys):
+    for preset in ("images", "ar-text", "mdm-text", "recurrent-text"):
+        assert main(["train", "--preset", preset, "--dry-run"]) == 2
+        assert "missing value for 'data'" in capsys.readouterr().err
+
+
+def test_too_few_steps_per_block_are_flagged(user_npz, tmp_path, capsys):
+    # 2000 images: 200 test, 180 validation, 1620 training = 25 batches of 64 per epoch
+    argv = ["train", "--preset", "images", "--set", f"data={user_npz}", "--set", "epochs=1"]
+    assert main([*argv, "--dry-run"]) == 0
+    assert "warning: only 25 optimizer steps per block" in capsys.readouterr().out
+    assert main([*argv, "--set", "depth=3", "--set", "hidden=16", "--set", "heads=2",
+                 "--out", str(tmp_path / "short"), "--no-progress"]) == 0  # fmt: skip
+    assert "warning: only 25 optimizer steps per block" in capsys.readouterr().out
+    results = json.loads((tmp_path / "short" / "results.json").read_text())
+    assert any("not meaningful" in w for w in results["warnings"])
+
+
+def test_training_logs_a_heldout_curve_and_names_its_numbers(images_run):
+    records = read_metrics(images_run / "metrics.jsonl")
+    steps = [r for r in records if "block" in r]
+    for b in range(3):
+        curve = [r[f"val_ce_block_{b}"] for r in steps if f"val_ce_block_{b}" in r]
+        assert len(curve) >= 2 and curve[-1] < curve[0]  # the held-out loss falls
+    assert all("acc" not in r for r in steps)  # the noisy-label accuracy is named as such
+    assert any("noisy_label_acc" in r for r in steps)
+    final = records[-1]
+    assert "val_accuracy" in final and "test_accuracy" in final
+    legend = json.loads((images_run / "results.json").read_text())["metrics_legend"]
+    for key in ("epoch", "val_<key>_block_<b>", "noisy_label_acc", "ce_block_<b>"):
+        assert key in legend
+    assert "NOT a classification accuracy" in legend["noisy_label_acc"]
+
+
+def test_classify_from_python_takes_uint8_floats_and_channels_last(images_run, user_npz):
+    model = db.load(images_run)
+    with np.load(user_npz) as npz:
+        x, y = npz["x"][:300], npz["y"][:300]
+    labels = model.classify(x)  # uint8 (N, H, W)
+    assert float((labels.numpy() == y).mean()) > 0.9
+    assert torch.equal(model.classify(x.astype(np.float32) / 255), labels)  # floats in [0, 1]
+    assert torch.equal(model.classify(x[..., None]), labels)  # channels-last (N, H, W, 1)
+    assert torch.equal(model.classify(torch.from_numpy(x)[:, None]), labels)  # (N, C, H, W)
+    assert torch.equal(model.classify(x.astype(np.int64)), labels)  # other integer pixels
+    assert model.classify(x[0]).shape == (1,)  # one image
+    probs = model.probabilities(x[:5])
+    assert probs.shape == (5, 4) and torch.allclose(probs.sum(-1), torch.ones(5))
+    with pytest.raises(db.api.DataError, match=r"must lie in \[0, 1\]"):
+        model.classify(x.astype(np.float32))  # 0..255 floats: the old silent wrong answer
+    with pytest.raises(db.api.DataError, match="do not fit this model's 1x16x16 images"):
+        model.classify(np.zeros((2, 8, 8), np.uint8))
+
+
+def test_python_and_cli_evaluation_agree(images_run, capsys):
+    model = db.load(images_run)
+    py = model.evaluate(split="test")
+    assert main(["eval", "--run", str(images_run), "--split", "test", "--json"]) == 0
+    cli = json.loads(capsys.readouterr().out)
+    assert py["accuracy"] == cli["accuracy"] and py["steps_sweep"] == cli["steps_sweep"]
+
+
+def test_a_run_survives_moving_its_data(images_run, user_npz, tmp_path, capsys):
+    config = json.loads((images_run / "config.json").read_text())
+    assert config["config"]["data"] == str(user_npz.resolve())  # typed relative, stored absolute
+    assert config["data_sha256"]
+    before = db.load(images_run).evaluate(split="test")["accuracy"]
+    moved = tmp_path / "elsewhere.npz"
+    shutil.move(user_npz, moved)
+    try:
+        assert main(["eval", "--run", str(images_run)]) == 2
+        err = capsys.readouterr().err
+        assert "does not exist" in err and "--set data=PATH" in err
+        assert main(["eval", "--run", str(images_run), "--split", "test", "--json", "--set",
+                     f"data={moved}"]) == 0  # fmt: skip
+        assert json.loads(capsys.readouterr().out)["accuracy"] == before
+        other = tmp_path / "other.npz"
+        x, y = quadrant_images(100, seed=5)
+        np.savez(other, x=x, y=y)
+        assert main(["eval", "--run", str(images_run), "--set", f"data={other}"]) == 2
+        assert "not the file this run was trained on" in capsys.readouterr().err
+        assert db.load(images_run, data=moved).evaluate(split="test")["accuracy"] == before
+    finally:
+        shutil.move(moved, user_npz)
+
+
+def test_resume_takes_the_runs_saved_config(images_run, capsys):
+    argv = ["train", "--out", str(images_run), "--resume"]
+    assert main([*argv, "--set", "log_every=7"]) == 2  # a change needs the flag
+    assert "--allow-safe-changes" in capsys.readouterr().err
+    assert main([*argv, "--set", "epochs=40", "--allow-safe-changes"]) == 2
+    err = capsys.readouterr().err
+    assert "'epochs' sets each block's learning-rate schedule" in err
+    assert main([*argv, "--set", "log_every=7", "--allow-safe-changes", "--no-progress"]) == 0
+    saved = json.loads((images_run / "config.json").read_text())
+    assert saved["config"]["log_every"] == 7 and saved["config"]["patch_size"] == 0
+
+
+def test_suspicious_labels_are_refused_or_flagged(tmp_path, capsys):
+    x, y = quadrant_images(200)
+    sparse = y.copy()
+    sparse[sparse == 3] = 1000
+    np.savez(tmp_path / "sparse.npz", x=x, y=sparse)
+    base = ["train", "--preset", "tiny", "--set", "patch_size=4", "--dry-run"]
+    assert main([*base, "--set", f"data={tmp_path / 'sparse.npz'}"]) == 2
+    assert "sparse_labels" in capsys.readouterr().err
+    assert main([*base, "--set", f"data={tmp_path / 'sparse.npz'}", "--set",
+                 "sparse_labels=true"]) == 0  # fmt: skip
+    capsys.readouterr()
+    np.savez(tmp_path / "one.npz", x=x, y=np.zeros_like(y))
+    assert main([*base, "--set", f"data={tmp_path / 'one.npz'}"]) == 2
+    assert "at least two classes" in capsys.readouterr().err
+    x_test, y_test = quadrant_images(40, seed=3)
+    train = y != 2
+    np.savez(tmp_path / "unseen.npz", x=x[train], y=y[train], x_test=x_test, y_test=y_test)
+    with pytest.warns(db.data.DataWarning, match="test labels 2 have no training example"):
+        assert main([*base, "--set", f"data={tmp_path / 'unseen.npz'}"]) == 0
+
+
+def test_a_python_trainer_writes_a_run_folder(tmp_path, capsys):
+    config = make_config("tiny", {"epochs": 0.2})
+    task = make_task(config)
+    trainer = Trainer(task, run_dir=tmp_path / "api", progress=False)
+    trainer.fit()
+    trainer.prepare_evaluation()
+    python = task.evaluate(split="test")["accuracy"]
+    assert main(["eval", "--run", str(tmp_path / "api"), "--split", "test", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["accuracy"] == python
+    assert db.load(tmp_path / "api").evaluate(split="test")["accuracy"] == python
+
+
+def test_dit_on_users_images_skips_the_fashion_mnist_fid(tmp_path, capsys):
+    x, y = quadrant_images(256)
+    np.savez(tmp_path / "mine.npz", x=x, y=y)
+    assert main(["train", "--preset", "dit-tiny", "--set", f"data={tmp_path / 'mine.npz'}",
+                 "--set", "patch_size=4", "--out", str(tmp_path / "dit"),
+                 "--no-progress"]) == 0  # fmt: skip
+    out = capsys.readouterr().out
+    assert "note: no FID" in out
+    results = json.loads((tmp_path / "dit" / "results.json").read_text())
+    assert "fid_skipped" in results["eval"] and "fid" not in results["eval"]
+    model = db.load(tmp_path / "dit")
+    images = model.generate(labels=[0, 3], steps=2)
+    assert images.shape == (2, 1, 16, 16) and images.min() >= 0 and images.max() <= 1
+
+
+def test_compare_never_puts_a_chain_ce_beside_a_likelihood():
+    e2e = {"heldout_ce": 2.0, "ce_is_likelihood": True}
+    blocks = {"heldout_ce": 1.5, "ce_is_likelihood": False, "sigma_max_call": {"heldout_ce": 2.4}}
+    rows = []
+    for method, ev in (("e2e", e2e), ("dblocks", blocks)):
+        rows.append({"method": method, "num_blocks": 1, **headline_metric(ev), "steps": 1,
+                     "layer_evaluations": 1, "median_step_ms": 1.0, "train_seconds": 1.0,
+                     "train_peak_mib": 1.0})  # fmt: skip
+    assert [r["value"] for r in rows] == [2.0, 2.4]  # both likelihoods
+    assert all(r["metric"] == "held-out CE (likelihood)" for r in rows)
+    table = format_comparison(rows)
+    assert "chain's final-step CE (not a likelihood)" in table and "| 1.5000 |" in table
