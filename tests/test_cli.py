@@ -188,6 +188,9 @@ def test_compare_trains_each_method_in_its_own_process_and_writes_one_table(tmp_
         0 <= r["accuracy"] <= 1 and r["command"].startswith("dblocks train") for r in table["rows"]
     )
     assert (out / "comparison.md").read_text().strip() in stdout
+    # the tiny preset trains 20 steps per block: the table says its numbers mean nothing
+    assert "warning (dblocks): only 20 optimizer steps per block" in stdout
+    assert db["warnings"] and e2e["warnings"]
     assert (out / "e2e" / "results.json").is_file() and (out / "dblocks" / "results.json").is_file()
     code, _, err = run(capsys, "compare", "--preset", "tiny", "--out", str(out))
     assert code == 2 and "already holds a comparison" in err

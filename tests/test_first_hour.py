@@ -231,3 +231,19 @@ def test_compare_never_puts_a_chain_ce_beside_a_likelihood():
     assert all(r["metric"] == "held-out CE (likelihood)" for r in rows)
     table = format_comparison(rows)
     assert "chain's final-step CE (not a likelihood)" in table and "| 1.5000 |" in table
+
+
+def test_text_presets_take_a_users_text_and_sample_from_python(tmp_path, capsys):
+    text = "".join(f"line {i}: the quick brown fox jumps over the lazy dog.\n" for i in range(400))
+    corpus = tmp_path / "my_corpus.txt"
+    corpus.write_text(text)
+    for preset in ("ar-text", "mdm-text", "recurrent-text"):
+        assert main(["train", "--preset", preset, "--set", f"data={corpus}", "--dry-run"]) == 0
+        out = capsys.readouterr().out
+        assert "# checked: data and model build (dataset my_corpus" in out, preset
+    model = db.train("ar-tiny", out=tmp_path / "lm", progress=False, data=str(corpus))
+    sample = model.sample_text(20, temperature=0)  # no prompt: starts after a newline
+    assert len(sample) == 20 and set(sample) <= set(text)
+    assert model.sample_text(5, prompt="line") != ""
+    with pytest.raises(db.api.ConfigError, match="needs a classification run"):
+        model.classify(np.zeros((1, 8, 8), np.uint8))

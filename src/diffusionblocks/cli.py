@@ -456,6 +456,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
             r["step_time_vs_e2e"] = r["median_step_ms"] / e2e["median_step_ms"]
             r["train_peak_vs_e2e"] = r["train_peak_mib"] / max(e2e["train_peak_mib"], 1e-9)
     table = format_comparison(rows)
+    notes = [f"warning ({r['method']}): {w}" for r in rows for w in r["warnings"]]
+    table += "".join(f"\n\n{note}" for note in notes)
     print("\n" + table)
     atomic_write_json(
         out / "comparison.json", {"preset": args.preset, "overrides": base, "rows": rows}
@@ -481,6 +483,7 @@ def comparison_row(method: str, results: dict[str, Any], command: str) -> dict[s
         "train_peak_mib": peak / 2**20,
         "device": results["environment"]["device"],
         "command": command,
+        "warnings": results.get("warnings", []),
     }
 
 
