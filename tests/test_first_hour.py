@@ -155,6 +155,9 @@ def test_a_run_survives_moving_its_data(images_run, user_npz, tmp_path, capsys):
         assert main(["eval", "--run", str(images_run), "--set", f"data={other}"]) == 2
         assert "not the file this run was trained on" in capsys.readouterr().err
         assert db.load(images_run, data=moved).evaluate(split="test")["accuracy"] == before
+        shutil.copy(other, user_npz)  # another file where the run's data was
+        assert main(["eval", "--run", str(images_run)]) == 2
+        assert "has changed since this run was trained on it" in capsys.readouterr().err
     finally:
         shutil.move(moved, user_npz)
 

@@ -104,16 +104,18 @@ def _check_moved_data(run_dir, saved: RunConfig, config: RunConfig) -> None:
             f"invalid value for 'data': {data} does not exist (the data this run was trained on "
             "moved?); point at it with --set data=PATH"
         )
-    if data == getattr(saved, "data", None):
-        return
     try:
         recorded = json.loads((Path(run_dir) / "config.json").read_text()).get("data_sha256")
     except (OSError, json.JSONDecodeError):
         recorded = None
     if recorded is not None and data_fingerprint(config) != recorded:
+        same_path = data == getattr(saved, "data", None)
+        what = ("has changed since this run was trained on it" if same_path
+                else "is not the file this run was trained on")  # fmt: skip
         raise ConfigError(
-            f"invalid value for 'data': {data} is not the file this run was trained on (its "
-            f"sha256 differs from the recorded {recorded[:12]}...); evaluate on the same data"
+            f"invalid value for 'data': {data} {what} (its sha256 differs from the recorded "
+            f"{recorded[:12]}...): the pixel normalisation, vocabulary and splits come from it; "
+            "evaluate with the same data"
         )
 
 
