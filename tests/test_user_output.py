@@ -305,3 +305,21 @@ def test_bench_tables_say_what_they_measure(capsys, monkeypatch):
     assert "ratio to trust" in out and "not total training time" in out
     assert out.index("What the columns measure") < out.index("| config |")
     assert "ratio to trust" in bench.MEMORY_TABLE_KEY and "peak+weights" in bench.MEMORY_TABLE_KEY
+
+
+@pytest.mark.parametrize("channels", [1, 2, 3, 4])
+def test_png_rows_match_the_channels_written(channels):
+    import struct
+    import zlib
+
+    from diffusionblocks.png import encode_png, image_grid
+
+    images = torch.rand(4, channels, 6, 5)
+    pixels = image_grid(images, rows=2)
+    data = encode_png(pixels)
+    width, height, _, colour = struct.unpack(">IIBB", data[16:26])
+    idat = data.index(b"IDAT")
+    size = struct.unpack(">I", data[idat - 4 : idat])[0]
+    raw = zlib.decompress(data[idat + 4 : idat + 4 + size])
+    per_pixel = {0: 1, 4: 2, 2: 3, 6: 4}[colour]
+    assert per_pixel == channels and len(raw) == height * (1 + width * per_pixel)

@@ -6,7 +6,7 @@
     model = db.load("runs/mine")                   # a run folder or an assembled model folder
     labels = model.classify(images)                # uint8 0..255 or float 0..1 images
     images = model.generate(labels=[0, 1, 2])      # image generation runs: floats in [0, 1]
-    text = model.sample_text(200, prompt="ROMEO:") # language-model runs
+    text = model.sample_text(100, prompt="ROMEO:") # language-model runs
     model.evaluate(split="val")                    # the same numbers as `dblocks eval`
 
 Inputs are converted the way the run's training data was: pixels scaled to [0, 1], then
@@ -18,6 +18,7 @@ the run's; every random draw comes from a generator seeded by ``seed``.
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -64,6 +65,10 @@ class Model:
         of the DiffusionBlocks chain (default: the run's, B)."""
         task = self._need("classification", "classify")
         x = as_images(images, task.data.image_shape)
+        if batch_size is not None and batch_size < 1:
+            raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+        if len(x) == 0:
+            return torch.empty(0, task.data.num_classes)
         generator = torch.Generator().manual_seed(seed)
         size = batch_size or task.config.eval_batch_size
         out = []
@@ -122,22 +127,24 @@ class Model:
     @torch.no_grad()
     def sample_text(
         self,
-        length: int = 200,
+        length: int | None = None,
         prompt: str = "",
         temperature: float | None = None,
         steps: int | None = None,
         seed: int = 0,
     ) -> str:
-        """``length`` generated characters after ``prompt`` (the prompt is not repeated).
-        Without a prompt, autoregressive models start from a newline (or the training text's
-        first character when the text has no newline). ``temperature`` and ``steps`` default to
-        the run's."""
+        """``length`` generated characters after ``prompt`` (the prompt is not repeated; default:
+        as many as the model's context leaves, see :func:`text_room`). Without a prompt,
+        autoregressive models start from a newline (or the training text's first character when
+        the text has no newline). ``temperature`` and ``steps`` default to the run's."""
         task = self.task
         if not hasattr(task, "generate_text"):
             raise ConfigError(
                 f"sample_text needs a language-model run; {self.path} is a {self.config.task} run"
             )
         generator = torch.Generator().manual_seed(seed)
+        if length is None:
+            length = text_room(task, prompt)
         if temperature is None:
             temperature = getattr(task.config, "temperature", 1.0)
         text, _ = task.generate_text(length, generator, prompt, steps, temperature)
@@ -193,13 +200,24 @@ def train(
     from .registry import make_config
     from .runs import load_run, train_run
 
+    overrides = {k: os.fspath(v) if isinstance(v, os.PathLike) else v
+                 for k, v in overrides.items()}  # fmt: skip
     config = make_config(preset, overrides)
     out = Path(out) if out is not None else default_run_dir(preset, config)
     args = " ".join(f"--set {k}={v}" for k, v in overrides.items())
     command = f"python: diffusionblocks.train({preset!r}) {args}".strip()
     results = train_run(config, out, progress=progress, preset=preset, command=command)
+    for note in results.get("warnings", []):
+        warnings.warn(note, RuntimeWarning, stacklevel=3)  # the caller of db.train
     task, ckpt = load_run(out)
     return Model(task, out, int(ckpt.step), results)
+
+
+def text_room(task, prompt: str = "") -> int:
+    """How many characters a language-model run can generate after ``prompt``: its sequence
+    length minus the prompt (or, without one, minus the autoregressive start character)."""
+    start = prompt or (task.start_text() if hasattr(task, "start_text") else "")
+    return max(task.config.seq_len - len(start), 0)
 
 
 def as_images(images, shape: tuple[int, int, int]) -> torch.Tensor:
@@ -236,6 +254,7 @@ def as_images(images, shape: tuple[int, int, int]) -> torch.Tensor:
                 f"{float(x.max()):.3g}); divide 0..255 pixels by 255, or pass them as uint8"
             )
         return x.contiguous()
+    x = x.to(torch.int64)  # uint16/uint32 have no min/max kernels
     if len(x) and (int(x.min()) < 0 or int(x.max()) > 255):
         raise DataError(f"integer images must lie in 0..255 (found {int(x.min())}..{int(x.max())})")
     return (x.float() / 255.0).contiguous()

@@ -23,6 +23,7 @@ from safetensors.torch import load_file, save_file
 from . import __version__
 from .training.checkpoint import Checkpoint, CheckpointError, default_mode, latest_checkpoint
 from .training.parallel import PARALLEL_HASH_IGNORE
+from .training.runfolder import recorded_fingerprint
 
 
 class AssembleError(CheckpointError):
@@ -137,6 +138,7 @@ def assemble(run_dir: str | os.PathLike, out: str | os.PathLike | None = None) -
         "version": __version__,
         "config": config.to_dict(),
         "config_hash": config.config_hash(),
+        "data_sha256": recorded_fingerprint(run_dir),  # eval/sample check moved data against it
         "assembled_from": str(run_dir),
         "assembled": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         **info,

@@ -15,12 +15,13 @@ import os
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
 from . import __version__
 from .config import ConfigError, parse_assignments
-from .data.images import DataError
+from .data.images import DataError, DataWarning
 from .diffusion import PARTITIONS, BlockPartition, NoiseSchedule
 from .fid import EvaluatorError
 from .registry import PRESETS, make_config, preset_names
@@ -318,8 +319,14 @@ SAMPLE_N_DEFAULT = 8  # `dblocks sample --n`: image samples per class
 def sample_text(task, args: argparse.Namespace) -> int:
     import torch
 
-    if args.length is None or args.length < 1:
+    if args.length is None:  # as many characters as the model's context leaves
+        from .api import text_room
+
+        args.length = text_room(task, args.prompt or "")
+    if args.length < 1:
         raise UsageError(f"--length must be >= 1 for a text sample, got {args.length}")
+    if args.temperature is None:  # the run's (eval --set temperature=... changes it too)
+        args.temperature = getattr(task.config, "temperature", 1.0)
     if not 0 <= args.temperature <= 100:
         raise UsageError(f"--temperature must be in [0, 100] (0 = greedy), got {args.temperature}")
     prompt = args.prompt or ""
@@ -501,8 +508,9 @@ def headline_metric(ev: dict[str, Any]) -> dict[str, Any]:
         if ev["ce_is_likelihood"]:
             return {"metric": "held-out CE (likelihood)", "value": ev["heldout_ce"],
                     "heldout_ce": ev["heldout_ce"]}  # fmt: skip
-        one_call = ev["sigma_max_call"]["heldout_ce"]
-        # The chain's final-step CE is not a likelihood: its own column, never the headline.
+        # The chain's final-step CE is not a likelihood: its own column, never the headline;
+        # the headline is one call of the noisiest block where the task has it (autoregressive).
+        one_call = ev.get("sigma_max_call", {}).get("heldout_ce", float("nan"))
         return {"metric": "held-out CE (likelihood)", "value": one_call, "heldout_ce": one_call,
                 "chain_ce_not_likelihood": ev["heldout_ce"]}  # fmt: skip
     for key, label in HEADLINE:
@@ -694,13 +702,19 @@ def build_parser() -> argparse.ArgumentParser:
     sm.add_argument("--seed", type=int, default=0)
     sm.add_argument("--out", help="images: the grid (.png), one row per class")
     sm.add_argument("--npz", help="also write the raw samples here (x uint8, y labels)")
-    sm.add_argument("--length", type=int, help="text: characters to generate")
+    sm.add_argument(
+        "--length", type=int,
+        help="text: characters to generate (default: as many as the model's context leaves)",
+    )  # fmt: skip
     sm.add_argument(
         "--prompt",
         help="text: characters to start from (default: autoregressive models start after a "
         "newline, which is not printed)",
     )
-    sm.add_argument("--temperature", type=float, default=1.0, help="text: sampling temperature")
+    sm.add_argument(
+        "--temperature", type=float,
+        help="text: sampling temperature (default: the run's temperature key, 1.0 unless set)",
+    )  # fmt: skip
     sm.add_argument("--device", help="override the run's device")
     sm.add_argument(
         "--set", action="append", metavar="KEY=VALUE",
@@ -785,7 +799,18 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.argv = argv
     try:
-        return args.func(args)
+        with warnings.catch_warnings():
+            show = warnings.showwarning
+
+            def plain(message, category, filename, lineno, file=None, line=None):
+                """Our data warnings as one line, without Python's source-line context."""
+                if issubclass(category, DataWarning):
+                    print(f"dblocks {args.command}: warning: {message}", file=sys.stderr)
+                else:
+                    show(message, category, filename, lineno, file, line)
+
+            warnings.showwarning = plain
+            return args.func(args)
     except (ConfigError, DataError, CheckpointError, UsageError, EvaluatorError) as err:
         print(f"dblocks {args.command}: error: {err}", file=sys.stderr)
         return 2

@@ -16,11 +16,16 @@ def _chunk(kind: bytes, data: bytes) -> bytes:
 
 
 def encode_png(pixels: torch.Tensor) -> bytes:
-    """pixels: (H, W) grey or (H, W, 3) RGB, uint8."""
+    """pixels: (H, W) grey, or (H, W, C) with C = 1 grey, 2 grey + alpha, 3 RGB, 4 RGBA; uint8."""
     if pixels.dtype != torch.uint8 or pixels.dim() not in (2, 3):
-        raise ValueError("encode_png expects an (H, W) or (H, W, 3) uint8 tensor")
+        raise ValueError("encode_png expects an (H, W) or (H, W, C) uint8 tensor")
+    if pixels.dim() == 3 and pixels.shape[2] == 1:
+        pixels = pixels[:, :, 0]
     h, w = pixels.shape[:2]
-    colour = 0 if pixels.dim() == 2 else 2
+    channels = 1 if pixels.dim() == 2 else pixels.shape[2]
+    if channels not in (1, 2, 3, 4):
+        raise ValueError(f"encode_png takes 1-4 channels, got {channels}")
+    colour = {1: 0, 2: 4, 3: 2, 4: 6}[channels]  # PNG colour types
     rows = pixels.reshape(h, -1).numpy()
     raw = b"".join(b"\x00" + rows[i].tobytes() for i in range(h))
     header = struct.pack(">IIBBBBB", w, h, 8, colour, 0, 0, 0)

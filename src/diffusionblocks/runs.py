@@ -23,10 +23,15 @@ from .training.checkpoint import (
     CheckpointError,
     atomic_write_json,
     latest_checkpoint,
-    sha256_file,
 )
 from .training.metrics import plot_losses
-from .training.runfolder import write_run_config
+from .training.runfolder import (
+    BUILTIN_DATA,
+    data_fingerprint,
+    recorded_fingerprint,
+    resolve_paths,
+    write_run_config,
+)
 from .training.trainer import Trainer, load_model_weights
 
 
@@ -64,53 +69,29 @@ def read_run_config(run_dir: str | os.PathLike) -> RunConfig:
     return config_from_dict(config_class(cfg["task"]), cfg)
 
 
-PATH_KEYS = ("data", "data_dir", "shared_init", "judge")  # config keys that may name files
-BUILTIN_DATA = ("fashion-mnist", "digits", "shakespeare")  # dataset names, not paths
-
-
-def resolve_paths(config: RunConfig) -> RunConfig:
-    """``config`` with every file or folder it names as an absolute path (``~`` expanded), so
-    that the run folder keeps working from another directory. Built-in dataset names stay."""
-    values = config.to_dict()
-    changed = False
-    for key in PATH_KEYS:
-        value = values.get(key)
-        if not isinstance(value, str) or not value or value in BUILTIN_DATA:
-            continue
-        path = Path(value).expanduser()
-        if path.exists() or value.startswith("~"):
-            resolved = str(path.resolve())
-            changed |= resolved != value
-            values[key] = resolved
-    return config_from_dict(type(config), values) if changed else config
-
-
-def data_fingerprint(config: RunConfig) -> str | None:
-    """sha256 of the data file a config names (None for a built-in dataset or a folder)."""
-    data = getattr(config, "data", None)
-    if not data or data in BUILTIN_DATA or not Path(data).expanduser().is_file():
-        return None
-    return sha256_file(Path(data).expanduser())
-
-
 def _check_moved_data(run_dir, saved: RunConfig, config: RunConfig) -> None:
-    """A run whose data file moved: say how to point at it; a replacement must hold the same
-    bytes (the pixel normalisation, vocabulary and splits come from it)."""
-    data = getattr(config, "data", None)
-    if not data or data in BUILTIN_DATA:
+    """A run whose data file moved: say how to point at it; the file given must hold the same
+    bytes as the one the run was trained on (the pixel normalisation, vocabulary and splits come
+    from it): a changed file, another file, or a built-in dataset instead of a file is refused."""
+    data, before = getattr(config, "data", None), getattr(saved, "data", None)
+    if not data or (data in BUILTIN_DATA and data == before):
         return
-    if not Path(data).expanduser().exists():
+    if (data in BUILTIN_DATA) != (before in BUILTIN_DATA):
+        raise ConfigError(
+            f"invalid value for 'data': {data!r} (this run was trained on {before!r}; evaluate "
+            "it on the same data)"
+        )
+    path = Path(data).expanduser()
+    if not path.exists():
         raise ConfigError(
             f"invalid value for 'data': {data} does not exist (the data this run was trained on "
             "moved?); point at it with --set data=PATH"
         )
-    try:
-        recorded = json.loads((Path(run_dir) / "config.json").read_text()).get("data_sha256")
-    except (OSError, json.JSONDecodeError):
-        recorded = None
-    if recorded is not None and data_fingerprint(config) != recorded:
-        same_path = data == getattr(saved, "data", None)
-        what = ("has changed since this run was trained on it" if same_path
+    recorded = recorded_fingerprint(run_dir)
+    if recorded is None or not path.is_file():  # an older run, or a folder: the loader speaks
+        return
+    if data_fingerprint(config) != recorded:
+        what = ("has changed since this run was trained on it" if data == before
                 else "is not the file this run was trained on")  # fmt: skip
         raise ConfigError(
             f"invalid value for 'data': {data} {what} (its sha256 differs from the recorded "
@@ -147,13 +128,15 @@ def prepare_run_dir(
             raise ConfigError(f"--resume: {run_dir} holds no run (no config.json)")
         saved = read_run_config(run_dir)
         if config is None:
+            _check_moved_data(run_dir, saved, saved)
             return saved
         config = resolve_paths(config)
-        diff = config_diff(saved, config)
+        diff = config_diff(resolve_paths(saved), config)  # older runs saved paths as typed
+        _check_moved_data(run_dir, saved, config)  # a moved data file must hold the same bytes
         if not diff:
             return saved
         keys = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in diff.items())
-        unsafe = [k for k in diff if k not in SAFE_RESUME_KEYS]
+        unsafe = [k for k in diff if k not in (*SAFE_RESUME_KEYS, *DATA_KEYS)]
         if unsafe:
             why = (
                 " ('epochs' sets each block's learning-rate schedule, a warm-up then a cosine "
@@ -187,7 +170,7 @@ def prepare_run_dir(
         probe.unlink()
     except OSError as err:
         raise ConfigError(f"cannot write to the run folder {run_dir}: {err.strerror}") from None
-    write_run_config(run_dir, config, preset, command, data_sha256=data_fingerprint(config))
+    write_run_config(run_dir, config, preset, command)
     return config
 
 
@@ -497,7 +480,8 @@ def evaluate_run(
 
 
 def metrics_legend(task: Task) -> dict[str, str]:
-    """What every key of ``metrics.jsonl`` measures (also in results.json)."""
+    """What every key of ``metrics.jsonl`` measures (also in results.json). Keys ending in a
+    block index are listed with ``<b>``, the validation curve's with ``<key>``."""
     key = task.plot_key
     legend = {
         "step": "global optimizer step (all blocks' steps together)",
@@ -505,18 +489,45 @@ def metrics_legend(task: Task) -> dict[str, str]:
         "epoch": "epochs of the block trained at this step (its own steps / steps per epoch)",
         "data_epochs": "passes over the training data by all blocks together",
         "examples_per_sec": "training examples per second since the previous record",
+        "lr": "learning rate of the last step (warm-up, then cosine decay per block)",
+        "grad_norm": "gradient norm of the last step before clipping (grad_clip)",
         "loss_block_<b>": "block b's training objective, mean over its steps since the last record",
-        "val_<key>_block_<b>": "the logged quantity <key> of block b on a fixed batch of "
-        "validation examples with fixed noise (never trained on): the held-out curve",
-        "eval_<key>": "a quick evaluation during training (eval_every), on the validation split "
-        "when there is one",
-        "val_<metric> / test_<metric>": "the final evaluation of the whole model, written once "
+        "fault": "why a step's update was skipped (a non-finite loss or gradient, nan_policy)",
+        "skipped_steps": "steps skipped so far",
+        "eval_<key>": "a quick evaluation of the whole model during training (eval_every), on "
+        "the validation split when there is one",
+        "test_<metric>": "the final evaluation of the whole model on the test split, written once "
         "at the end",
     }
     if key != "loss":
         legend[f"{key}_block_<b>"] = f"'{key}' of block b's training steps (plotted in loss.png)"
+    if "val" in task.splits:
+        legend["val_<key>_block_<b>"] = (
+            "the logged quantity <key> of block b on a fixed batch of validation examples with "
+            "fixed noise (never trained on): the held-out curve, plotted in loss.png"
+        )
+        legend["val_<metric>"] = "the final evaluation of the whole model on the validation split"
     legend.update(task.log_legend)
     return legend
+
+
+def legend_entry(legend: dict[str, str], key: str) -> str | None:
+    """The legend's explanation of a concrete metrics key (``val_ce_block_2`` ->
+    ``val_<key>_block_<b>``), or None."""
+    import re
+
+    if key in legend:
+        return legend[key]
+    generic = re.sub(r"_block_\d+$", "_block_<b>", key)
+    if generic in legend:
+        return legend[generic]
+    for pattern in ("val_<key>_block_<b>", "eval_<key>", "test_<metric>", "val_<metric>"):
+        prefix = pattern.split("<")[0]
+        if key.startswith(prefix) and pattern in legend:
+            if pattern.endswith("_block_<b>") and not re.search(r"_block_\d+$", key):
+                continue
+            return legend[pattern]
+    return None
 
 
 MIN_STEPS_PER_BLOCK = 200  # below this, a block's metrics are flagged (docs/results/user-images)
@@ -527,9 +538,10 @@ def run_warnings(task: Task, trainer: Trainer) -> list[str]:
     notes = []
     steps = trainer.steps_per_unit
     if steps < MIN_STEPS_PER_BLOCK:
-        who = "block" if task.config.method == "dblocks" else "the model"
+        who = "per block" if task.config.method == "dblocks" else "(end to end)"
         notes.append(
-            f"only {steps} optimizer steps per {who} (fewer than {MIN_STEPS_PER_BLOCK}): "
+            f"only {steps} optimizer step{'s' if steps != 1 else ''} {who} (fewer than "
+            f"{MIN_STEPS_PER_BLOCK}): "
             "results this short are not meaningful; raise epochs (or lower batch_size)"
         )
     return notes

@@ -154,6 +154,17 @@ def repetition(texts: list[str], n: int = 4) -> float:
 class _CharLM(Task):
     config_class = ARConfig
     config: ARConfig
+    # Is the held-out CE a likelihood (one deterministic prediction per prefix)? Not for the
+    # DiffusionBlocks chains, whose final step depends on the noise they started from.
+    ce_is_likelihood = False
+    log_legend = {
+        "loss": "the training objective (end to end: next-character cross-entropy; "
+        "DiffusionBlocks: the cross-entropy of the denoised noisy tokens, weighted over sigma)",
+        "ce": "next-character cross-entropy of the batch in nats (DiffusionBlocks: given a "
+        "noisy version of the target token, so not a likelihood)",
+        "aux_ce": "the auxiliary clean-stream cross-entropy (aux_ce > 0)",
+        "iterations": "recurrent depth: core iterations of the step (bptt: random)",
+    }
     plot_key = "ce"
     plot_label = "next-character cross-entropy (unweighted, nats)"
 
@@ -242,8 +253,9 @@ class _CharLM(Task):
             raise ConfigError(f"temperature must be in [0, 100], got {temperature}")
         if prompt_len + length > self.config.seq_len:
             raise ConfigError(
-                f"prompt ({prompt_len}) + length ({length}) exceeds the model's sequence length "
-                f"{self.config.seq_len}"
+                f"prompt ({prompt_len} characters; without a prompt, the 1 start character) + "
+                f"length ({length}) exceeds the model's sequence length {self.config.seq_len}: "
+                f"at most {max(self.config.seq_len - prompt_len, 0)} characters can follow"
             )
 
     @torch.no_grad()
@@ -260,7 +272,7 @@ class _CharLM(Task):
             "heldout_accuracy": scored["heldout_accuracy"],
             "heldout_characters": scored["characters"],
             "held_out": self.corpus.held_out,
-            "ce_is_likelihood": isinstance(self, EndToEndAR),
+            "ce_is_likelihood": self.ce_is_likelihood,
         }
         if quick or c.gen_prompts == 0:
             return result
@@ -319,6 +331,8 @@ class _CharLM(Task):
 
 class EndToEndAR(_CharLM):
     """The baseline: a causal transformer trained to predict the next character."""
+
+    ce_is_likelihood = True
 
     def clean_logits(self, ids: torch.Tensor) -> torch.Tensor:
         m = self.model

@@ -42,7 +42,7 @@ class ClassificationConfig(RunConfig):
     depth: int = 6  # transformer layers in total
     hidden: int = 128  # token width (= label embedding size)
     heads: int = 4  # attention heads
-    patch_size: int = 4  # square patch side in pixels (0 = auto: a 4x4 to 7x7 grid of patches)
+    patch_size: int = 4  # square patch side in pixels (0 = auto: 4 to 8 patches along each side)
     mlp_ratio: float = 4.0  # MLP width / hidden
     sparse_labels: bool = False  # accept labels that skip values (one output per value up to max)
     eval_batch_size: int = 500  # test images per evaluation batch
@@ -111,6 +111,14 @@ class _ImageClassification(Task):
         self.splits = ("val", "test") if data.val_y is not None else ("test",)
         c, h, w = data.image_shape
         self.patch_size = config.patch_size or auto_patch_size(h, w)
+        grid = (h // self.patch_size, w // self.patch_size)
+        if not config.patch_size and max(grid) > 8:
+            raise ConfigError(
+                f"invalid value for 'patch_size': 0 (auto) finds no patch side giving 4 to 8 "
+                f"patches along each side of the {h}x{w} images of {data.name} (the closest, "
+                f"{self.patch_size}, gives {grid[0]}x{grid[1]} = {grid[0] * grid[1]} tokens); "
+                "set patch_size to a side that divides both, or resize the images"
+            )
         if h % self.patch_size or w % self.patch_size:
             raise ConfigError(
                 f"invalid value for 'patch_size': {config.patch_size} (must divide the "
@@ -178,8 +186,11 @@ class _ImageClassification(Task):
     def heldout_batch(self):
         if self.data.val_y is None:
             return None
-        n = min(self.config.batch_size, len(self.data.val_y))
-        return self._prepare(self.data.val_x[:n]), self.data.val_y[:n].to(self.device)
+        # A fixed random subset: the split may be in the file's order (sorted by class).
+        n_val = len(self.data.val_y)
+        pick = torch.randperm(n_val, generator=torch.Generator().manual_seed(0))
+        pick = pick[: min(self.config.batch_size, n_val)]
+        return self._prepare(self.data.val_x[pick]), self.data.val_y[pick].to(self.device)
 
     def default_split(self, quick: bool) -> str:
         """Quick evaluations during training read the validation split when there is one."""

@@ -80,6 +80,10 @@ class _ImageGeneration(Task):
     per_block_shared = True
     plot_key = "mse"
     plot_label = "denoising MSE (unweighted)"
+    log_legend = {
+        "loss": "the denoising objective: MSE of the denoised image, weighted over sigma",
+        "mse": "unweighted MSE of the denoised image against the clean one",
+    }
 
     config_class = GenerationConfig
     config: GenerationConfig

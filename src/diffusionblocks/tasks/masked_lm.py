@@ -81,6 +81,11 @@ class MaskedLMConfig(RunConfig):
 
 
 class _MaskedLM(Task):
+    log_legend = {
+        "loss": "the masked-diffusion objective of the batch in nats per character (the "
+        "block's share of the ELBO for DiffusionBlocks)",
+        "bpc_term": "the same in bits per character",
+    }
     # The targets (pixels, characters) do not depend on the shared modules, so block-parallel
     # training may give every block its own copy of them (shared=per-block).
     per_block_shared = True

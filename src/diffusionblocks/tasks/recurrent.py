@@ -161,6 +161,8 @@ class _RecurrentLM(_CharLM):
 class TruncatedBPTTRecurrent(_RecurrentLM):
     """The baseline: random depth, truncated backprop through the last k iterations."""
 
+    ce_is_likelihood = True
+
     def loss(self, unit, batch, generator):
         c, m = self.config, self.model
         e = m.encode(batch)[:, :-1]

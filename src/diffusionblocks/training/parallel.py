@@ -32,14 +32,16 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from ..config import ConfigError
+from ..config import SAFE_RESUME_KEYS, ConfigError
 from .checkpoint import Checkpoint, encode_tensors, latest_checkpoint, save_checkpoint
 from .trainer import Trainer
 
 # Keys that may differ between the processes that trained the blocks of one model: which blocks a
 # process trains, whether it ran under torchrun, and how it treated the shared modules (retraining
-# one block against the final shared modules is shared=frozen + shared_init).
-PARALLEL_HASH_IGNORE = ("blocks", "parallel", "shared", "shared_init")
+# one block against the final shared modules is shared=frozen + shared_init); and what a resumed
+# run may change (--allow-safe-changes), including where its data lives (its bytes are checked).
+PARALLEL_HASH_IGNORE = ("blocks", "parallel", "shared", "shared_init", *SAFE_RESUME_KEYS,
+                        "data", "data_dir")  # fmt: skip
 
 
 @dataclass

@@ -7,15 +7,52 @@ and :func:`diffusionblocks.load` accept either.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
 
 from .. import __version__
-from ..config import RunConfig
-from .checkpoint import atomic_write_json
+from ..config import RunConfig, config_from_dict
+from .checkpoint import atomic_write_json, sha256_file
 
 CONFIG_FILE = "config.json"
+PATH_KEYS = ("data", "data_dir", "shared_init", "judge")  # config keys that may name files
+BUILTIN_DATA = ("fashion-mnist", "digits", "shakespeare")  # dataset names, not paths
+
+
+def resolve_paths(config: RunConfig) -> RunConfig:
+    """``config`` with every file or folder it names as an absolute path (``~`` expanded), so
+    that the run folder keeps working from another directory. Built-in dataset names stay."""
+    values = config.to_dict()
+    changed = False
+    for key in PATH_KEYS:
+        value = values.get(key)
+        if not isinstance(value, str) or not value or value in BUILTIN_DATA:
+            continue
+        path = Path(value).expanduser()
+        if path.exists() or value.startswith("~"):
+            resolved = str(path.resolve())
+            changed |= resolved != value
+            values[key] = resolved
+    return config_from_dict(type(config), values) if changed else config
+
+
+def data_fingerprint(config: RunConfig) -> str | None:
+    """sha256 of the data file a config names (None for a built-in dataset or a folder)."""
+    data = getattr(config, "data", None)
+    if not data or data in BUILTIN_DATA or not Path(data).expanduser().is_file():
+        return None
+    return sha256_file(Path(data).expanduser())
+
+
+def recorded_fingerprint(run_dir: str | os.PathLike) -> str | None:
+    """The data sha256 recorded in a run (or model) folder's ``config.json``, if any."""
+    try:
+        card = json.loads((Path(run_dir) / CONFIG_FILE).read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return card.get("data_sha256") if isinstance(card, dict) else None
 
 
 def write_run_config(
@@ -25,12 +62,15 @@ def write_run_config(
     command: str | None = None,
     **extra: object,
 ) -> Path:
-    """Write ``run_dir/config.json`` (atomically): the config, how it was made, and when."""
+    """Write ``run_dir/config.json`` (atomically): the config with absolute paths, how it was
+    made, when, and the sha256 of its data file."""
     path = Path(run_dir) / CONFIG_FILE
+    config = resolve_paths(config)
     atomic_write_json(
         path,
         {
             "config": config.to_dict(),
+            "data_sha256": data_fingerprint(config),
             "preset": preset,
             "command": command,
             "config_hash": config.config_hash(),

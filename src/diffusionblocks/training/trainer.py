@@ -66,8 +66,9 @@ class TrainingInterrupted(RuntimeError):
 
 
 def resume_hash(config: RunConfig) -> str:
-    """The config hash that checkpoints carry: keys that may change on resume are left out."""
-    return config.config_hash(ignore=SAFE_RESUME_KEYS)
+    """The config hash that checkpoints carry: keys that may change on resume are left out, and
+    where the data lives (a moved file is checked by its bytes, ``runs._check_moved_data``)."""
+    return config.config_hash(ignore=(*SAFE_RESUME_KEYS, "data", "data_dir"))
 
 
 # ---------------------------------------------------------------------- schedules
@@ -215,6 +216,7 @@ class Trainer:
         self.backward_layer_evals = 0  # layers that ran a backward pass, per example
         self.metrics = MetricsWriter(self.run_dir / "metrics.jsonl" if self.run_dir else None)
         self._heldout = task.heldout_batch()  # fixed validation examples for the held-out loss
+        self._trained_since_log: set[int] = set()
 
     # -- the primitive ----------------------------------------------------------------------
     def optimizer_for(self, unit: int) -> torch.optim.AdamW:
@@ -598,6 +600,7 @@ class Trainer:
             self.backward_layer_evals += logs.pop("backward_layer_evals", default)
             for k, v in logs.items():
                 accum[k].append(v)
+            self._trained_since_log.update(units)
             if not self.synchronous:
                 accum[f"loss_block_{unit}"].append(logs["loss"])
                 key = self.task.plot_key
@@ -616,13 +619,14 @@ class Trainer:
                     "data_epochs": self.step / self.steps_per_epoch,
                     **{k: sum(v) / len(v) for k, v in accum.items()},
                     "examples_per_sec": rate,
-                    **self.heldout_record(units),
+                    **self.heldout_record(self._heldout_units(unit)),
                 }
                 self.metrics.write(record)
                 bar.set_postfix(loss=f"{record['loss']:.4f}", block=unit,
                                 epoch=f"{record['epoch']:.2f}", ex_s=f"{rate:.0f}")  # fmt: skip
                 self._plain_progress(record, end)
                 accum.clear()
+                self._trained_since_log.clear()
                 last_log, examples_since = now, 0
             if (
                 c.eval_every
@@ -664,6 +668,14 @@ class Trainer:
         accounting = self.accounting()
         accounting["skipped_steps"] = self.skipped_steps
         return {"accounting": accounting, "timing": self.timing(), "memory": memory}
+
+    def _heldout_units(self, unit: int) -> list[int]:
+        """The blocks whose held-out loss a record carries: every block trained since the last
+        record (so each block's curve has a point at every record of the random schedule), or
+        only the block in memory when blocks are swapped out (block-resident)."""
+        if self.resident:
+            return [unit]
+        return sorted(self._trained_since_log)
 
     @torch.no_grad()
     def heldout_record(self, units: list[int]) -> dict[str, float]:
