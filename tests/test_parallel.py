@@ -211,3 +211,18 @@ def test_data_parallel_ranks_of_a_block_read_disjoint_shards(tmp_path):
     by = {(r["block"], r["data_shard"][0]): r["first_epoch_indices"] for r in results["ranks"]}
     assert by[(0, 0)] == by[(1, 0)] and by[(0, 1)] == by[(1, 1)]
     assert results["accounting"]["steps_per_unit"] == [n // global_batch] * 2
+
+
+def test_a_parallel_run_resumes_with_a_safe_change(tmp_path, capsys):
+    """`--resume --set k=v --allow-safe-changes` on a one-block parallel run (no torchrun): the
+    checkpoints' config hash leaves out the safe keys, so the run resumes, then resumes again."""
+    out = str(tmp_path / "par")
+    assert main(["train", "--preset", "tiny", "--set", "parallel=true", "--set", "blocks=0",
+                 "--set", "num_blocks=1", "--set", "device=cpu", "--set", "checkpoint_every=5",
+                 "--out", out, "--no-progress"]) == 0  # fmt: skip
+    capsys.readouterr()
+    resume = ["train", "--out", out, "--resume", "--no-progress"]
+    assert main([*resume, "--set", "log_every=3", "--allow-safe-changes"]) == 0, (
+        capsys.readouterr().err
+    )
+    assert main(resume) == 0, capsys.readouterr().err
