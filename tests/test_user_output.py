@@ -269,6 +269,10 @@ def test_piped_progress_is_plain_lines(tiny_run):
 
 # ---------------------------------------------------------------------- 10. text sample --n
 class _FakeTextTask:
+    class config:  # noqa: N801 - the run's sampling defaults
+        temperature = 1.0
+        seq_len = 64
+
     class vocab:  # noqa: N801
         @staticmethod
         def encode(text):

@@ -70,7 +70,7 @@ PRESETS: dict[str, tuple[str, dict[str, Any], str]] = {
             heads=4,
             patch_size=0,  # auto: 4 to 8 patches along each side
             num_blocks=3,
-            epochs=10,
+            epochs=20,
             batch_size=64,
             lr=2e-3,
             p_mean=1.0,
@@ -78,8 +78,8 @@ PRESETS: dict[str, tuple[str, dict[str, Any], str]] = {
             log_every=20,
         ),
         "start here for your own images (--set data=PATH.npz): 6-layer ViT (hidden 64), patch "
-        "sized to the image, B=3, 10 epochs per block, the noise setting chosen on validation "
-        "splits (docs/results/user-images/)",
+        "sized to the image, B=3, 20 epochs per block; noise setting and epochs chosen on "
+        "validation splits (docs/results/user-images/)",
     ),
     "vit-fmnist": (
         "classification",
