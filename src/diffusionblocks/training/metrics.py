@@ -98,8 +98,10 @@ def plot_losses(
                              sharey=True)  # fmt: skip
     values = [v for _, series in panels for pts in series.values() for _, v in pts]
     for ax, (title, series) in zip(axes[0], panels, strict=True):
-        for name, pts in series.items():
-            ax.plot(*zip(*pts, strict=True), "o-" if len(pts) == 1 else "-", label=name)
+        for name, pts in series.items():  # block b has colour C<b> in both panels
+            colour = f"C{int(name.rsplit('_', 1)[1]) % 10}"
+            ax.plot(*zip(*pts, strict=True), "o-" if len(pts) == 1 else "-", label=name,
+                    color=colour)  # fmt: skip
         ax.set_xlabel("step")
         ax.set_title(title)
         # A log axis only when every value can go on one (a loss of exactly 0, e.g. a run whose
