@@ -1,4 +1,4 @@
-"""Noise distribution, EDM preconditioning and loss weighting (SPEC §2, §7.1)."""
+"""Noise distribution, EDM preconditioning and loss weighting (docs/method.md §2, §7.1)."""
 
 import math
 

@@ -1,4 +1,4 @@
-"""Equi-probability partition, ownership and overlap (SPEC §3)."""
+"""Equi-probability partition, ownership and overlap (docs/method.md §3)."""
 
 import pytest
 import torch
@@ -7,7 +7,7 @@ from diffusionblocks.diffusion import BlockPartition, NoiseSchedule, partition_b
 
 S = NoiseSchedule()
 
-SPEC_BOUNDARIES = {
+REFERENCE_BOUNDARIES = {
     2: [0.002, 0.3012, 80],
     3: [0.002, 0.1796, 0.5050, 80],
     4: [0.002, 0.1341, 0.3012, 0.6766, 80],
@@ -15,10 +15,10 @@ SPEC_BOUNDARIES = {
 }
 
 
-@pytest.mark.parametrize("blocks", sorted(SPEC_BOUNDARIES))
+@pytest.mark.parametrize("blocks", sorted(REFERENCE_BOUNDARIES))
 def test_equi_probability_boundaries_match_spec(blocks):
     got = partition_boundaries(blocks, S).tolist()
-    assert got == pytest.approx(SPEC_BOUNDARIES[blocks], rel=1e-3)
+    assert got == pytest.approx(REFERENCE_BOUNDARIES[blocks], rel=1e-3)
 
 
 def test_uniform_log_and_uniform_alternatives():

@@ -1,4 +1,5 @@
-"""Grids, the Euler step and the block-routed sampler against an exact denoiser (SPEC §5)."""
+"""Grids, the Euler step and the block-routed sampler against an exact denoiser
+(docs/method.md §5)."""
 
 import math
 

@@ -11,8 +11,8 @@ the real trainer. For each one we record
 - ``activation_bytes``: bytes autograd saves for the backward pass in one training step, counted
   exactly with ``torch.autograd.graph.saved_tensors_hooks`` (unique storages, parameters excluded);
 - ``param_bytes``, ``grad_bytes``, ``optimizer_bytes``: tensors resident after that step's backward;
-- ``predicted_bytes``: the paper's analytic formula (SPEC §4) with P and A per layer taken from the
-  model and from the end-to-end measurement, plus 4x the shared modules' parameters.
+- ``predicted_bytes``: the paper's analytic formula (docs/method.md §4) with P and A per layer
+  taken from the model and from the end-to-end measurement, plus 4x the shared modules' parameters.
 
 Speed: one process, all configurations built side by side, repeats interleaved so that machine
 noise hits every configuration alike; medians and ratios to ``e2e``.
@@ -161,9 +161,9 @@ def _layer_param_bytes(task) -> int:
 
 
 def predicted_bytes(name: str, blocks: int, depth: int, p_layer: int, a_layer: float, shared: int):
-    """The paper's formulas (SPEC §4) in bytes: P = parameter bytes per layer (x4: weights,
-    gradients, two Adam moments), A = saved-activation bytes per layer; shared modules add 4x
-    their parameters everywhere."""
+    """The paper's formulas (docs/method.md §4) in bytes: P = parameter bytes per layer (x4:
+    weights, gradients, two Adam moments), A = saved-activation bytes per layer; shared modules
+    add 4x their parameters everywhere."""
     L, B, P, A = depth, blocks, p_layer, a_layer
     table = {
         "e2e": (4 * P + A) * L,
@@ -257,7 +257,7 @@ What the columns measure (one fresh process per row):
   peak+weights  peak plus those weights: the figure to compare configurations by
   vs e2e        peak+weights / e2e's peak+weights: the ratio to trust (on CPU, RSS also holds
                 allocator slack; the exact columns further right show where the bytes go)
-  predicted     the paper's formula (SPEC 4) from the measured per-layer sizes
+  predicted     the paper's formula (docs/method.md §4) from the measured per-layer sizes
   activations   bytes autograd saves for one step's backward (counted exactly)
   params, grads, optimizer  tensors resident after one step's backward (counted exactly)"""
 

@@ -59,7 +59,7 @@ class RunConfig:
     seed: int = 0  # seed for initialisation, data order, block order and noise
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     checkpointing: bool = False  # activation checkpointing per layer (recompute in backward)
-    # Noise (SPEC §2-3)
+    # Noise (docs/method.md §2-3)
     partition: str = "equi-probability"  # equi-probability | uniform-log | uniform
     overlap: float = 0.05  # gamma: interval widening in ln sigma on each side
     weighting: str = "batch"  # loss weighting over sigma: edm | batch | clamped | none

@@ -1,5 +1,5 @@
 """Masked (absorbing-state) diffusion over tokens, MD4-style, with the linear schedule
-alpha(t) = 1 - t (SPEC §6).
+alpha(t) = 1 - t (docs/method.md §6.3).
 
 A token survives to time t with probability alpha(t) and is replaced by the mask token otherwise.
 The continuous-time ELBO (negative, in nats) is

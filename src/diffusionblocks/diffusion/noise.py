@@ -1,4 +1,4 @@
-"""Noise levels and EDM preconditioning (SPEC §2; Karras et al. 2022).
+"""Noise levels and EDM preconditioning (docs/method.md §2; Karras et al. 2022).
 
 Everything here is a function of the noise level sigma and a handful of scalars. Nothing in this
 module knows about images, tokens or networks.
@@ -20,7 +20,8 @@ __all__ = [
 
 
 def lognormal_cdf(sigma: torch.Tensor, p_mean: float, p_std: float) -> torch.Tensor:
-    """q(sigma) = Phi((ln sigma - P_mean) / P_std), the untruncated log-normal CDF (SPEC §3)."""
+    """q(sigma) = Phi((ln sigma - P_mean) / P_std), the untruncated log-normal CDF
+    (docs/method.md §3)."""
     return torch.special.ndtr((torch.log(sigma) - p_mean) / p_std)
 
 
@@ -32,7 +33,7 @@ def lognormal_icdf(q: torch.Tensor, p_mean: float, p_std: float) -> torch.Tensor
 @dataclass(frozen=True)
 class NoiseSchedule:
     """The EDM training noise distribution: ln sigma ~ N(P_mean, P_std^2) truncated to
-    [sigma_min, sigma_max] (SPEC §2). All computations run in float64."""
+    [sigma_min, sigma_max] (docs/method.md §2). All computations run in float64."""
 
     p_mean: float = -1.2  # mean of ln sigma
     p_std: float = 1.2  # standard deviation of ln sigma
@@ -75,8 +76,8 @@ class NoiseSchedule:
         """Draw n noise levels from the log-normal truncated to [lo, hi] (default the full range).
 
         Inverse-CDF sampling: u ~ U(q(lo), q(hi)), sigma = exp(P_mean + P_std * Phi^-1(u))
-        (SPEC §3). The uniform draw uses ``generator`` on the CPU, so results do not depend on the
-        device. Returns float32 on ``device``.
+        (docs/method.md §3). The uniform draw uses ``generator`` on the CPU, so results do not
+        depend on the device. Returns float32 on ``device``.
         """
         lo = self.sigma_min if lo is None else lo
         hi = self.sigma_max if hi is None else hi
@@ -93,7 +94,7 @@ class NoiseSchedule:
 def edm_preconditioning(
     sigma: torch.Tensor, sigma_data: float
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """EDM preconditioning (Karras et al. 2022, Table 1; SPEC §2).
+    """EDM preconditioning (Karras et al. 2022, Table 1; docs/method.md §2).
 
     D(z, sigma) = c_skip * z + c_out * F(c_in * z, c_noise).
     Returns ``(c_skip, c_out, c_in, c_noise)`` with the shape of ``sigma``.
@@ -108,7 +109,7 @@ def edm_preconditioning(
 
 def edm_loss_weight(sigma: torch.Tensor, sigma_data: float) -> torch.Tensor:
     """lambda(sigma) = (sigma^2 + sigma_data^2) / (sigma * sigma_data)^2, so that
-    lambda * c_out^2 = 1 (SPEC §2)."""
+    lambda * c_out^2 = 1 (docs/method.md §2)."""
     return (sigma**2 + sigma_data**2) / (sigma * sigma_data) ** 2
 
 

@@ -1,4 +1,4 @@
-"""Partition of the noise range into blocks (SPEC §3).
+"""Partition of the noise range into blocks (docs/method.md §3).
 
 Boundaries are kept in ascending sigma. **Block 0 (the first layers) owns the noisiest interval**;
 the last block owns the cleanest. :meth:`BlockPartition.block_of` is the one function that maps a
@@ -28,7 +28,8 @@ def partition_boundaries(
     """Ascending boundaries sigma_0 = sigma_min < ... < sigma_B = sigma_max (float64, length B+1).
 
     - ``equi-probability``: q_b = q(sigma_min) + (b/B)(q(sigma_max) - q(sigma_min)),
-      sigma_b = q^-1(q_b): each interval holds 1/B of the truncated log-normal mass (SPEC §3).
+      sigma_b = q^-1(q_b): each interval holds 1/B of the truncated log-normal mass
+      (docs/method.md §3).
     - ``uniform-log``: equal widths in ln sigma.
     - ``uniform``: equal widths in sigma.
     """
@@ -53,7 +54,7 @@ def widen_interval(
     lo: float, hi: float, overlap: float, sigma_min: float, sigma_max: float
 ) -> tuple[float, float]:
     """Widen [lo, hi] in ln sigma by ``overlap`` x its ln-width on each side, clamped to
-    [sigma_min, sigma_max] (SPEC §3, overlap gamma)."""
+    [sigma_min, sigma_max] (docs/method.md §3, overlap gamma)."""
     pad = overlap * (math.log(hi) - math.log(lo))
     return max(sigma_min, lo * math.exp(-pad)), min(sigma_max, hi * math.exp(pad))
 
@@ -133,7 +134,7 @@ class BlockPartition:
         device: torch.device | str = "cpu",
     ) -> torch.Tensor:
         """n noise levels for training block ``block``: the log-normal restricted to its
-        widened interval, one per example (SPEC §3)."""
+        widened interval, one per example (docs/method.md §3)."""
         lo, hi = self.train_interval(block)
         return self.schedule.sample(n, generator=generator, lo=lo, hi=hi, device=device)
 

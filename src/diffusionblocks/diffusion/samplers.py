@@ -31,7 +31,8 @@ def sigma_grid(
     """Descending noise levels sigma_0 = sigma_max > ... > sigma_steps = sigma_min (float64).
 
     - ``cdf``: equally spaced in q(sigma) between q(sigma_max) and q(sigma_min), so that with the
-      equi-probability partition each block gets an equal share of the steps (SPEC §5).
+      equi-probability partition each block gets an equal share of the steps
+      (docs/method.md §5).
     - ``karras``: the EDM grid, equally spaced in sigma^(1/rho).
     """
     if not isinstance(steps, int) or steps < 1:
@@ -50,7 +51,8 @@ def sigma_grid(
 
 
 def euler_step(z: torch.Tensor, denoised: torch.Tensor, sigma: float, sigma_next: float):
-    """One Euler step of the probability-flow ODE (SPEC §5, with the paper's sign error fixed):
+    """One Euler step of the probability-flow ODE, the paper's Eqs. 3-5 (sign corrected;
+    docs/method.md §5):
     d = (z - D) / sigma,  z <- z + (sigma_next - sigma) * d."""
     d = (z - denoised) / sigma
     return z + (sigma_next - sigma) * d

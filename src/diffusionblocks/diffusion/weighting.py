@@ -1,4 +1,4 @@
-"""Per-example loss weighting over noise levels (SPEC §2, §7.1).
+"""Per-example loss weighting over noise levels (docs/method.md §2, §7.1).
 
 With an L2 loss the EDM weight cancels c_out^2 exactly. With a cross-entropy loss there is no
 cancellation and the weight reaches about 250,000 at sigma_min, so this module offers four ways to

@@ -1,4 +1,4 @@
-"""Image classification with a ViT: DiffusionBlocks (SPEC §6, first row) and the end-to-end
+"""Image classification with a ViT: DiffusionBlocks (docs/method.md §6.1) and the end-to-end
 baseline.
 
 DiffusionBlocks: the clean target is the L2-normalised embedding of the label. Block b sees the
@@ -47,7 +47,7 @@ class ClassificationConfig(RunConfig):
     sparse_labels: bool = False  # accept labels that skip values (one output per value up to max)
     eval_batch_size: int = 500  # test images per evaluation batch
     eval_subset: int = 1000  # test images used by quick evaluations during training
-    bridge_temperature: float = 1.0  # soft bridge softmax(logits / T) @ E at inference (1 = SPEC)
+    bridge_temperature: float = 1.0  # soft bridge softmax(logits / T) @ E at inference (1 = paper)
 
     def validate(self) -> None:
         super().validate()
@@ -277,7 +277,7 @@ class BlockwiseClassification(_ImageClassification):
         c_skip, c_out, c_in, c_noise = edm_preconditioning(sigma[:, None], self.schedule.sigma_data)
         cond = m.cond_embed(c_noise[:, 0])  # (N, C)
         out = m.run_block(block, c_in * z, patches, cond)  # F: (N, C)
-        denoised = c_skip * z + c_out * out  # D (SPEC §2)
+        denoised = c_skip * z + c_out * out  # D (docs/method.md §2)
         return m.head(denoised, cond)  # (N, classes)
 
     def block_patches(self, block: int, images: torch.Tensor) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""Class-conditional image generation with a DiT: DiffusionBlocks (SPEC §6, second row) and the
+"""Class-conditional image generation with a DiT: DiffusionBlocks (docs/method.md §6.2) and the
 end-to-end EDM baseline.
 
 The clean target is the image, standardised and scaled so that its standard deviation is
@@ -171,7 +171,8 @@ class _ImageGeneration(Task):
 
     # -- the denoiser and the loss ------------------------------------------------------------
     def denoise(self, unit: int, z: torch.Tensor, sigma: torch.Tensor, labels: torch.Tensor):
-        """EDM denoiser D(z, sigma, class) of ``unit`` (SPEC §2). z (N, C, H, W), sigma (N,)."""
+        """EDM denoiser D(z, sigma, class) of ``unit`` (docs/method.md §2).
+        z (N, C, H, W), sigma (N,)."""
         c_skip, c_out, c_in, c_noise = edm_preconditioning(
             sigma[:, None, None, None], self.schedule.sigma_data
         )

@@ -1,5 +1,5 @@
-"""Masked-diffusion language model (MD4-style) over characters: DiffusionBlocks (SPEC §6, third row)
-and the end-to-end baseline.
+"""Masked-diffusion language model (MD4-style) over characters: DiffusionBlocks
+(docs/method.md §6.3) and the end-to-end baseline.
 
 DiffusionBlocks: block b is a bidirectional transformer that predicts the masked characters of
 x_t for masking times t in its interval (block 0 = most masked), trained with the continuous-time
