@@ -14,6 +14,8 @@ import torch
 
 import diffusionblocks as db
 from diffusionblocks.cli import format_comparison, headline_metric, main
+from diffusionblocks.config import ConfigError
+from diffusionblocks.data import DataError
 from diffusionblocks.registry import make_config, make_task
 from diffusionblocks.training import Trainer
 from diffusionblocks.training.metrics import read_metrics
@@ -121,9 +123,9 @@ def test_classify_from_python_takes_uint8_floats_and_channels_last(images_run, u
     assert model.classify(x[0]).shape == (1,)  # one image
     probs = model.probabilities(x[:5])
     assert probs.shape == (5, 4) and torch.allclose(probs.sum(-1), torch.ones(5))
-    with pytest.raises(db.api.DataError, match=r"must lie in \[0, 1\]"):
+    with pytest.raises(DataError, match=r"must lie in \[0, 1\]"):
         model.classify(x.astype(np.float32))  # 0..255 floats: the old silent wrong answer
-    with pytest.raises(db.api.DataError, match="do not fit this model's 1x16x16 images"):
+    with pytest.raises(DataError, match="do not fit this model's 1x16x16 images"):
         model.classify(np.zeros((2, 8, 8), np.uint8))
 
 
@@ -252,7 +254,7 @@ def test_text_presets_take_a_users_text_and_sample_from_python(tmp_path, capsys)
     sample = model.sample_text(20, temperature=0)  # no prompt: starts after a newline
     assert len(sample) == 20 and set(sample) <= set(text)
     assert model.sample_text(5, prompt="line") != ""
-    with pytest.raises(db.api.ConfigError, match="needs a classification run"):
+    with pytest.raises(ConfigError, match="needs a classification run"):
         model.classify(np.zeros((1, 8, 8), np.uint8))
 
 
@@ -350,5 +352,44 @@ def test_images_of_odd_sizes_and_dtypes(tmp_path, capsys):
 
     pixels = np.full((2, 12, 12), 7, np.uint16)
     assert torch.equal(as_images(pixels, (1, 12, 12)), torch.full((2, 1, 12, 12), 7 / 255))
-    with pytest.raises(db.api.DataError, match=r"0\.\.255 \(found 0\.\.300\)"):
+    with pytest.raises(DataError, match=r"0\.\.255 \(found 0\.\.300\)"):
         as_images(np.array([[[0, 300]]], np.uint16).repeat(2, 1), (1, 2, 2))
+
+
+def test_shared_init_reads_run_and_model_folders_without_the_runs_layer(tmp_path):
+    """shared_init from a single-process run folder and from its assembled model folder: the
+    trainer reads the files itself (training never imports runs.py) and gets the same tensors."""
+    from diffusionblocks.assemble import assemble
+    from diffusionblocks.training.runfolder import shared_state_of
+
+    config = make_config("tiny", {"epochs": 0.2})
+    task = make_task(config)
+    Trainer(task, run_dir=tmp_path / "src", progress=False).fit()
+    want = {k: v for k, v in task.model.state_dict().items() if not k.startswith("blocks.")}
+    model_dir = assemble(tmp_path / "src", tmp_path / "assembled")
+    for folder in (tmp_path / "src", model_dir):
+        got = shared_state_of(folder)
+        assert set(got) == set(want) and all(torch.equal(got[k], want[k]) for k in want)
+        other = make_task(make_config("tiny", {"seed": 5, "shared": "frozen",
+                                               "shared_init": str(folder)}))  # fmt: skip
+        Trainer(other, run_dir=None, progress=False)
+        for k, v in want.items():
+            assert torch.equal(other.model.state_dict()[k], v), k
+    with pytest.raises(ConfigError, match="holds no checkpoint and no model folder"):
+        shared_state_of(tmp_path)
+
+
+def test_a_judge_is_loaded_above_the_task(tmp_path):
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("".join(f"{i} the quick brown fox.\n" for i in range(300)))
+    judge = db.train("ar-tiny", out=tmp_path / "judge", progress=False, data=str(corpus),
+                     method="e2e")  # fmt: skip
+    model = db.train("ar-tiny", out=tmp_path / "lm", progress=False, data=str(corpus),
+                     judge=str(tmp_path / "judge"))  # fmt: skip
+    assert model.results["eval"]["judge_perplexity"] > 1  # the runs layer loaded the judge
+    assert model.evaluate(judge=str(tmp_path / "judge"))["judge_perplexity"] > 1
+    scored = model.task.evaluate(judge=judge.task)  # a loaded judge, directly on the task
+    assert scored["judge_perplexity"] > 1 and scored["judge"] == str(tmp_path / "judge")
+    with pytest.raises(ConfigError, match="pass the loaded run"):
+        model.task.evaluate(judge=str(tmp_path / "judge"))
+    assert "judge_skipped" in model.task.evaluate()  # the config's path is not read down here

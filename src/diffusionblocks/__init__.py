@@ -36,7 +36,7 @@ def train(preset, out=None, progress=True, **overrides):
 
 def load_pretrained(path, device=None):
     """The task (data and network with weights) of a model folder (``dblocks assemble``) or a
-    run folder. See :func:`diffusionblocks.assemble.load_pretrained`."""
-    from .assemble import load_pretrained as _load
+    run folder. See :func:`diffusionblocks.runs.load_pretrained`."""
+    from .runs import load_pretrained as _load
 
     return _load(path, device)

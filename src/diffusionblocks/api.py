@@ -155,7 +155,7 @@ class Model:
                  **options: Any) -> dict[str, Any]:  # fmt: skip
         """Held-out metrics, as ``dblocks eval`` computes them (same numbers for the same
         checkpoint). ``split``: ``val`` or ``test`` where the task has both."""
-        from .runs import DEFAULT_SWEEP
+        from .runs import DEFAULT_SWEEP, with_judge
 
         task = self.task
         if split is not None and split not in task.splits:
@@ -167,7 +167,7 @@ class Model:
             steps = list(DEFAULT_SWEEP)
         if split is not None and len(task.splits) > 1:
             options["split"] = split
-        options = {k: v for k, v in options.items() if v not in (None, False)}
+        options = with_judge({k: v for k, v in options.items() if v not in (None, False)}, task)
         return {"checkpoint_step": self.step, **task.evaluate(quick=False, steps=steps, **options)}
 
     def _need(self, task_name: str, what: str):
@@ -196,9 +196,8 @@ def train(
     """Train ``preset`` with ``overrides`` (config keys, as ``--set``) into the run folder
     ``out`` (default ``runs/<preset>-...``), exactly as ``dblocks train`` does; returns the
     trained model, with the run's results in ``.results``."""
-    from .cli import default_run_dir
     from .registry import make_config
-    from .runs import load_run, train_run
+    from .runs import default_run_dir, load_run, train_run
 
     overrides = {k: os.fspath(v) if isinstance(v, os.PathLike) else v
                  for k, v in overrides.items()}  # fmt: skip

@@ -4,7 +4,8 @@
 of them belong to the run's config, and that they trained with one version of the shared
 modules; then it writes ``out/model.safetensors`` (every tensor), ``out/config.json`` and a model
 card ``out/README.md``: the layout of a Hugging Face Hub model folder. ``dblocks eval`` and
-``dblocks sample`` accept the folder; :func:`load_pretrained` loads it from Python.
+``dblocks sample`` accept the folder; :func:`diffusionblocks.load` (or ``load_pretrained``) loads
+it from Python.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from . import __version__
+from .registry import read_run_config
 from .training.checkpoint import Checkpoint, CheckpointError, default_mode, latest_checkpoint
 from .training.parallel import PARALLEL_HASH_IGNORE
 from .training.runfolder import recorded_fingerprint
@@ -92,8 +94,6 @@ def _collect_parallel(run_dir: Path, config) -> tuple[dict[int, Checkpoint], dic
 
 def assemble(run_dir: str | os.PathLike, out: str | os.PathLike | None = None) -> Path:
     """Write the assembled model of ``run_dir`` to ``out`` (default ``run_dir/model``)."""
-    from .runs import read_run_config
-
     run_dir = Path(run_dir)
     config = read_run_config(run_dir)
     out = Path(out) if out is not None else run_dir / "model"
@@ -219,11 +219,3 @@ def load_model_folder(task, path: str | os.PathLike) -> None:
         model.materialize_block(b, model.device, s)
     if variants:
         model.set_shared_variants(variants)
-
-
-def load_pretrained(path: str | os.PathLike, device: str | None = None):
-    """The task (data, network with weights) of an assembled model folder or a run folder."""
-    from .runs import load_run
-
-    task, _ = load_run(path, device)
-    return task

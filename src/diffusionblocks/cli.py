@@ -35,7 +35,7 @@ class UsageError(ValueError):
 
 # ---------------------------------------------------------------------- train
 def cmd_train(args: argparse.Namespace) -> int:
-    from .runs import prepare_run_dir, read_run_config, train_run
+    from .runs import default_run_dir, prepare_run_dir, read_run_config, train_run
 
     overrides = parse_assignments(args.set or [])
     if args.resume and args.out is None:
@@ -89,12 +89,6 @@ def command_line(argv: list[str]) -> str:
     import shlex
 
     return " ".join(["dblocks", *(shlex.quote(a) for a in argv)])
-
-
-def default_run_dir(preset: str, config) -> Path:
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    blocks = f"-B{config.num_blocks}" if config.method == "dblocks" else ""
-    return Path("runs") / f"{preset}-{config.method}{blocks}-s{config.seed}-{stamp}"
 
 
 def print_plan(config, preset: str | None) -> None:

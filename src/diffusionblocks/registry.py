@@ -3,11 +3,14 @@ become classes here and nowhere else."""
 
 from __future__ import annotations
 
+import json
+import os
+from pathlib import Path
 from typing import Any
 
 import torch
 
-from .config import ConfigError, RunConfig, build_config
+from .config import ConfigError, RunConfig, build_config, config_from_dict
 from .tasks.autoregressive import ARConfig, BlockwiseAR, EndToEndAR
 from .tasks.base import Task
 from .tasks.classification import (
@@ -367,3 +370,22 @@ def make_task(config: RunConfig, device: torch.device | None = None) -> Task:
     """Build the task (data and network) that ``config`` describes."""
     _, methods = TASKS[config.task]
     return methods[config.method](config, device or resolve_device(config.device))
+
+
+def read_run_config(run_dir: str | os.PathLike) -> RunConfig:
+    """The config saved in a run folder (or an assembled model folder), as its task's class."""
+    path = Path(run_dir) / "config.json"
+    if not Path(run_dir).is_dir():
+        raise ConfigError(f"run folder {run_dir} does not exist")
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path} is missing: {run_dir} is not a run folder") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{path} is corrupt: {err}") from None
+    if not isinstance(data, dict) or "config" not in data:
+        raise ConfigError(f"{path} has no 'config' entry: not written by dblocks")
+    cfg = data["config"]
+    if not isinstance(cfg, dict) or "task" not in cfg:
+        raise ConfigError(f"{path}: the config names no task")
+    return config_from_dict(config_class(cfg["task"]), cfg)

@@ -15,8 +15,9 @@ from typing import Any
 
 import torch
 
+from .assemble import assemble, is_model_folder, load_model_folder
 from .config import SAFE_RESUME_KEYS, ConfigError, RunConfig, config_diff, config_from_dict
-from .registry import config_class, make_task, resolve_device
+from .registry import make_task, read_run_config, resolve_device
 from .tasks.base import Task
 from .training.checkpoint import (
     Checkpoint,
@@ -34,39 +35,14 @@ from .training.runfolder import (
 )
 from .training.trainer import Trainer, load_model_weights
 
-
-def is_model_folder(path) -> bool:
-    from .assemble import is_model_folder as check
-
-    return check(path)
-
-
-def load_model_folder(task, path) -> None:
-    from .assemble import load_model_folder as load
-
-    load(task, path)
-
-
 DEFAULT_SWEEP = (1, 2, 4, 8)
 
 
-def read_run_config(run_dir: str | os.PathLike) -> RunConfig:
-    """The config saved in a run folder."""
-    path = Path(run_dir) / "config.json"
-    if not Path(run_dir).is_dir():
-        raise ConfigError(f"run folder {run_dir} does not exist")
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"{path} is missing: {run_dir} is not a run folder") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ConfigError(f"{path} is corrupt: {err}") from None
-    if not isinstance(data, dict) or "config" not in data:
-        raise ConfigError(f"{path} has no 'config' entry: not written by dblocks")
-    cfg = data["config"]
-    if not isinstance(cfg, dict) or "task" not in cfg:
-        raise ConfigError(f"{path}: the config names no task")
-    return config_from_dict(config_class(cfg["task"]), cfg)
+def default_run_dir(preset: str, config: RunConfig) -> Path:
+    """``runs/<preset>-<method>[-B<b>]-s<seed>-<date-time>``: a new folder for every run."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    blocks = f"-B{config.num_blocks}" if config.method == "dblocks" else ""
+    return Path("runs") / f"{preset}-{config.method}{blocks}-s{config.seed}-{stamp}"
 
 
 def _check_moved_data(run_dir, saved: RunConfig, config: RunConfig) -> None:
@@ -215,7 +191,9 @@ def train_run(
     fitted = trainer.fit()
     trainer.prepare_evaluation()  # every block in memory, with its own shared copy if any
     evaluation = task.evaluate(
-        quick=False, steps=list(sweep) if config.task == "classification" else None
+        quick=False,
+        steps=list(sweep) if config.task == "classification" else None,
+        **with_judge({}, task),
     )
     extra = {}
     if "val" in task.splits:  # the split every choice is made on, reported beside the test split
@@ -294,8 +272,13 @@ def train_parallel(config, run_dir: Path, resume, progress, preset, log, command
     prepares the folder; at the end it assembles the blocks and evaluates the model."""
     import torch.distributed as dist
 
-    from .assemble import PARALLEL_HASH_IGNORE, assemble
-    from .training.parallel import ParallelTrainer, barrier, init_distributed, shutdown
+    from .training.parallel import (
+        PARALLEL_HASH_IGNORE,
+        ParallelTrainer,
+        barrier,
+        init_distributed,
+        shutdown,
+    )
 
     ctx = init_distributed(config)
     try:
@@ -426,6 +409,7 @@ def load_run(
         folder = folder / "model"  # a block-parallel run: its assembled model
     if is_model_folder(folder):
         load_model_folder(task, folder)
+        task.source = str(folder)
         card = json.loads((folder / "config.json").read_text())
         steps = [b["step"] for b in card.get("blocks", {}).values()] or [card.get("step", 0)]
         return task, ModelFolder(folder, int(max(steps)))
@@ -444,6 +428,7 @@ def load_run(
             f"but {run_dir}/config.json describes {config.task!r} with {len(task.model.blocks)}"
         )
     load_model_weights(task.model, ckpt)
+    task.source = str(run_dir)
     return task, ckpt
 
 
@@ -475,8 +460,19 @@ def evaluate_run(
         )
     if split is not None and len(task.splits) > 1:
         options["split"] = split
-    result = task.evaluate(quick=False, steps=steps, **options)
+    result = task.evaluate(quick=False, steps=steps, **with_judge(options, task))
     return {"run_dir": str(run_dir), "checkpoint_step": ckpt.step, **result}
+
+
+def with_judge(options: dict[str, Any], task: Task) -> dict[str, Any]:
+    """``options`` with the language-model judge (``judge=PATH`` given, or the run's ``judge``
+    key) loaded: tasks score with a loaded model and never read run folders themselves."""
+    if not hasattr(task.config, "judge"):
+        return options
+    judge = options.get("judge") or task.config.judge
+    if isinstance(judge, (str, os.PathLike)):
+        options = {**options, "judge": load_run(judge, str(task.device))[0]}
+    return options
 
 
 def metrics_legend(task: Task) -> dict[str, str]:
@@ -582,3 +578,9 @@ def _flat(d: dict[str, Any]):
     for k, v in d.items():
         if isinstance(v, (int, float)) and not isinstance(v, bool):
             yield k, v
+
+
+def load_pretrained(path: str | os.PathLike, device: str | None = None) -> Task:
+    """The task (data, network with weights) of an assembled model folder or a run folder."""
+    task, _ = load_run(path, device)
+    return task

@@ -39,6 +39,7 @@ FASHION_MNIST_HELP = (
     "https://github.com/zalandoresearch/fashion-mnist and pass --set data_dir=DIR."
 )
 IMAGE_DATASETS = ("fashion-mnist", "digits")
+TEXT_DATASETS = ("shakespeare",)  # named here too: text.py imports this module, not the reverse
 FORMATS_HINT = "image presets take an .npz archive, text presets a UTF-8 text file"
 ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")  # a zip archive (an .npz is one), or an empty one
 NPY_MAGIC = b"\x93NUMPY"  # a single .npy array
@@ -458,8 +459,6 @@ def load_image_dataset(
         return load_fashion_mnist(data_dir)
     if data == "digits":
         return load_digits_dataset()
-    from .text import TEXT_DATASETS  # here: text.py imports this module
-
     if data in TEXT_DATASETS:
         raise DataError(
             f"{data!r} is a text dataset: {FORMATS_HINT} (image datasets: "

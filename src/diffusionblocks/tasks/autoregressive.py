@@ -1,4 +1,4 @@
-"""Autoregressive character language model: DiffusionBlocks (SPEC §6, fourth row) and the plain
+"""Autoregressive character language model: DiffusionBlocks (docs/method.md §6.4) and the plain
 next-token baseline.
 
 DiffusionBlocks. The clean target of position i is y_i = normalize(E)[token_i] (E: the token
@@ -151,7 +151,10 @@ def repetition(texts: list[str], n: int = 4) -> float:
 
 
 # ---------------------------------------------------------------------- the tasks
-class _CharLM(Task):
+class CharLM(Task):
+    """A character language model over a text corpus: data, held-out scoring, generation and
+    the judge; the autoregressive and recurrent-depth tasks build on it."""
+
     config_class = ARConfig
     config: ARConfig
     # Is the held-out CE a likelihood (one deterministic prediction per prefix)? Not for the
@@ -276,7 +279,14 @@ class _CharLM(Task):
         }
         if quick or c.gen_prompts == 0:
             return result
-        result.update(self.generation_metrics(gen, judge or c.judge))
+        if judge is not None and not isinstance(judge, Task):
+            raise ConfigError(
+                f"judge={judge!r}: pass the loaded run (diffusionblocks.load(path).task); "
+                "`dblocks eval --judge PATH` and the runs layer load it for you"
+            )
+        result.update(self.generation_metrics(gen, judge))
+        if judge is None and c.judge:  # a path in the config: loaded by runs.py, not here
+            result["judge_skipped"] = f"judge={c.judge} was not loaded (evaluate through runs)"
         return result
 
     def eval_sequences(self, quick: bool = False) -> torch.Tensor:
@@ -303,9 +313,9 @@ class _CharLM(Task):
         self.model.train()
         return {"heldout_ce": nll / count, "heldout_accuracy": correct / count, "characters": count}
 
-    def generation_metrics(self, gen, judge_dir: str | None, steps: int | None = None) -> dict:
+    def generation_metrics(self, gen, judge: Task | None, steps: int | None = None) -> dict:
         """Continue ``gen_prompts`` held-out prompts; diversity of the continuations and, with a
-        judge (an end-to-end run folder), their perplexity under it."""
+        judge (a loaded end-to-end autoregressive run), their perplexity under it."""
         c = self.config
         prompts, continuations = [], []
         for k in range(min(c.gen_prompts, len(self.test_seqs))):
@@ -321,15 +331,15 @@ class _CharLM(Task):
             "repetition_4_chars": repetition(continuations, 4),
             "samples": [p + "|" + t for p, t in zip(prompts[:4], continuations[:4], strict=True)],
         }
-        if judge_dir:
-            out["judge"] = str(judge_dir)
+        if judge is not None:
+            out["judge"] = str(getattr(judge, "source", "a loaded run"))
             out["judge_perplexity"] = judge_perplexity(
-                judge_dir, prompts, continuations, self.device, self.vocab.chars
+                judge, prompts, continuations, self.vocab.chars
             )
         return out
 
 
-class EndToEndAR(_CharLM):
+class EndToEndAR(CharLM):
     """The baseline: a causal transformer trained to predict the next character."""
 
     ce_is_likelihood = True
@@ -403,7 +413,7 @@ class TokenTargets:
             raise ConfigError(str(err)) from None
 
 
-class BlockwiseAR(TokenTargets, _CharLM):
+class BlockwiseAR(TokenTargets, CharLM):
     """DiffusionBlocks: block b denoises target embeddings for sigma in its interval."""
 
     def __init__(self, config: ARConfig, device: torch.device):
@@ -462,7 +472,7 @@ class BlockwiseAR(TokenTargets, _CharLM):
         noisy_cond = m.cond_embed(c_noise.reshape(-1)).view(n, t, -1)
         cond = torch.cat([m.clean_condition(n, t), noisy_cond], 1)
         h = m.blocks[unit](x, cond, two_stream_mask(t, ids.device))
-        denoised = c_skip * z + c_out * h[:, t:]  # D (SPEC §2)
+        denoised = c_skip * z + c_out * h[:, t:]  # D (docs/method.md §2)
         return m.head(denoised, noisy_cond), h[:, :t]
 
     def _sigmas(self, unit: int, n: int, t: int, generator) -> torch.Tensor:
@@ -567,16 +577,14 @@ class BlockwiseAR(TokenTargets, _CharLM):
 
 
 def judge_perplexity(
-    judge_dir, prompts: list[str], continuations: list[str], device, chars: str
+    judge: Task, prompts: list[str], continuations: list[str], chars: str
 ) -> float:
-    """Perplexity (per character) of the continuations under an end-to-end model's run folder."""
-    from ..runs import load_run
-
-    judge, _ = load_run(judge_dir, str(device))
+    """Perplexity (per character) of the continuations under a loaded end-to-end model."""
+    name = getattr(judge, "source", "the judge")
     if not isinstance(judge, EndToEndAR):
-        raise ConfigError(f"judge {judge_dir} is not an end-to-end autoregressive run")
+        raise ConfigError(f"judge {name} is not an end-to-end autoregressive run")
     if judge.vocab.chars != chars:
-        raise ConfigError(f"judge {judge_dir} was trained on another vocabulary")
+        raise ConfigError(f"judge {name} was trained on another vocabulary")
     judge.model.eval()
     total, count = 0.0, 0
     for prompt, text in zip(prompts, continuations, strict=True):

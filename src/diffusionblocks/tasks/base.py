@@ -21,6 +21,7 @@ class Task:
 
     config_class: type[RunConfig] = RunConfig
     model: nn.Module
+    source: str | None = None  # the run or model folder the weights were loaded from, if any
 
     def __init__(self, config: RunConfig, device: torch.device):
         self.config = config

@@ -1,4 +1,4 @@
-"""Recurrent-depth character language model (Huginn-style), two ways (SPEC §6, fifth row):
+"""Recurrent-depth character language model (Huginn-style), two ways (docs/method.md §6.5):
 
 - ``bptt`` (baseline): the state starts from noise, the weight-tied core runs a random number of
   iterations (uniform in 1..2*mean_iterations-1) and gradients flow only through the last
@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from ..config import ConfigError, _check
 from ..diffusion import chain, edm_preconditioning, weighted_loss
 from ..networks.recurrent import RecurrentDepthLM, RecurrentShape
-from .autoregressive import ARConfig, TokenTargets, _CharLM
+from .autoregressive import ARConfig, CharLM, TokenTargets
 
 RECURRENT_METHODS = ("dblocks", "bptt")
 
@@ -83,7 +83,7 @@ class RecurrentConfig(ARConfig):
         _check(self, "inference_steps", self.inference_steps >= 1, "an integer >= 1")
 
 
-class _RecurrentLM(_CharLM):
+class _RecurrentLM(CharLM):
     config_class = RecurrentConfig
     config: RecurrentConfig
     model: RecurrentDepthLM

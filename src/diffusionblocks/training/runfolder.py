@@ -12,9 +12,18 @@ import os
 import time
 from pathlib import Path
 
+import torch
+from safetensors.torch import load_file
+
 from .. import __version__
-from ..config import RunConfig, config_from_dict
-from .checkpoint import atomic_write_json, sha256_file
+from ..config import ConfigError, RunConfig, config_from_dict
+from .checkpoint import (
+    Checkpoint,
+    CheckpointError,
+    atomic_write_json,
+    latest_checkpoint,
+    sha256_file,
+)
 
 CONFIG_FILE = "config.json"
 PATH_KEYS = ("data", "data_dir", "shared_init", "judge")  # config keys that may name files
@@ -80,3 +89,26 @@ def write_run_config(
         },
     )
     return path
+
+
+def shared_state_of(folder: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The shared modules' tensors (every parameter outside ``blocks``) of a run: a
+    block-parallel run's latest shared checkpoint, a single-process run's latest checkpoint, or
+    an assembled model folder (``folder`` or ``folder/model``). For ``shared_init``."""
+    folder = Path(folder)
+    path = latest_checkpoint(folder / "shared")
+    if path is None:
+        path = latest_checkpoint(folder / "checkpoints")
+    if path is not None:
+        return Checkpoint(path).tensors("shared")
+    for model in (folder / "model.safetensors", folder / "model" / "model.safetensors"):
+        if model.is_file():
+            try:
+                state = load_file(model, device="cpu")
+            except Exception as err:
+                raise CheckpointError(f"{model} is unreadable: {err}") from None
+            return {k: v for k, v in state.items()
+                    if not k.startswith(("blocks.", "shared_per_block."))}  # fmt: skip
+    raise ConfigError(
+        f"invalid value for 'shared_init': {folder} holds no checkpoint and no model folder"
+    )

@@ -13,7 +13,7 @@ safetensors``, atomically replaced; a block swapped out before it finished takes
 state to ``optimizer-{b}.pt``) and go into checkpoints as hard links, so the full B-fold saving of
 the paper's memory formula is realised, not only the activation part.
 
-Budget (SPEC §4): every trained unit gets ``ceil(epochs * steps_per_epoch)`` updates, so a
+Budget (docs/method.md §4): every trained unit gets ``ceil(epochs * steps_per_epoch)`` updates, so a
 DiffusionBlocks run with B blocks takes B times the steps of the end-to-end run, each running 1/B
 of the layers: equal total layer evaluations.
 """
@@ -47,7 +47,7 @@ from .checkpoint import (
     save_checkpoint,
 )
 from .metrics import MetricsWriter, current_rss_bytes, peak_rss_bytes
-from .runfolder import CONFIG_FILE, write_run_config
+from .runfolder import CONFIG_FILE, shared_state_of, write_run_config
 from .shared import SharedModules
 
 
@@ -352,16 +352,7 @@ class Trainer:
         or model folder that ``dblocks eval`` accepts."""
         from ..config import ConfigError
 
-        path = latest_checkpoint(Path(run_dir) / "shared")
-        if path is not None:
-            state = Checkpoint(path).tensors("shared")
-        else:
-            from ..runs import load_run
-
-            other, _ = load_run(run_dir, str(self.model.device))
-            state = {
-                k: v for k, v in other.model.state_dict().items() if not k.startswith("blocks.")
-            }
+        state = shared_state_of(run_dir)
         expected = {k for k in self.model.state_dict() if not k.startswith("blocks.")}
         if set(state) != expected:
             raise ConfigError(f"shared_init={run_dir}: its shared modules do not fit this model")
