@@ -93,3 +93,29 @@ def test_weighted_loss_rejects_bad_input():
         weighted_loss(torch.ones(3), torch.ones(3), "sqrt", 0.5)
     with pytest.raises(ValueError, match="differ"):
         weighted_loss(torch.ones(3), torch.ones(4), "edm", 0.5)
+
+
+def test_the_denoiser_is_written_once():
+    """D = c_skip z + c_out F(c_in z, c_noise) (docs/method.md §2) from edm_denoise, and no task
+    writes it again: every task's denoiser goes through the math layer."""
+    from pathlib import Path
+
+    import diffusionblocks
+    from diffusionblocks.diffusion import edm_denoise, edm_preconditioning
+
+    z = torch.randn(4, 3)
+    sigma = torch.tensor([0.002, 0.5, 3.0, 80.0])[:, None]
+    seen = {}
+
+    def network(scaled, c_noise):
+        seen["scaled"], seen["c_noise"] = scaled, c_noise
+        return torch.tanh(scaled)
+
+    c_skip, c_out, c_in, c_noise = edm_preconditioning(sigma, 0.5)
+    assert torch.equal(
+        edm_denoise(network, z, sigma, 0.5), c_skip * z + c_out * torch.tanh(c_in * z)
+    )
+    assert torch.equal(seen["c_noise"], 0.25 * torch.log(sigma))
+    tasks = Path(diffusionblocks.__file__).parent / "tasks"
+    for path in tasks.glob("*.py"):
+        assert "edm_preconditioning" not in path.read_text(), path.name

@@ -4,6 +4,7 @@ preconditioning and loss weights, samplers. Knows nothing about images, tokens o
 from .bridge import soft_bridge, unit_table
 from .noise import (
     NoiseSchedule,
+    edm_denoise,
     edm_loss_weight,
     edm_preconditioning,
     lognormal_cdf,
@@ -22,6 +23,7 @@ __all__ = [
     "NoiseSchedule",
     "chain",
     "chain_levels",
+    "edm_denoise",
     "edm_loss_weight",
     "edm_preconditioning",
     "euler_sample",

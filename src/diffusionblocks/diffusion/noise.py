@@ -6,6 +6,7 @@ module knows about images, tokens or networks.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -105,6 +106,23 @@ def edm_preconditioning(
     c_in = 1.0 / torch.sqrt(sigma**2 + sd2)
     c_noise = 0.25 * torch.log(sigma)
     return c_skip, c_out, c_in, c_noise
+
+
+def edm_denoise(
+    network: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    z: torch.Tensor,
+    sigma: torch.Tensor,
+    sigma_data: float,
+) -> torch.Tensor:
+    """The paper's denoiser, the one place it is written (docs/method.md §2):
+    ``D(z, sigma) = c_skip * z + c_out * F(c_in * z, c_noise)``.
+
+    ``sigma`` broadcasts against ``z`` (e.g. (N, 1) for z (N, C), (N, 1, 1, 1) for images);
+    ``network(c_in * z, c_noise)`` is F, called with c_noise = ln(sigma) / 4 of ``sigma``'s shape,
+    and returns a tensor shaped like ``z``. Every task's loss and sampler call this.
+    """
+    c_skip, c_out, c_in, c_noise = edm_preconditioning(sigma, sigma_data)
+    return c_skip * z + c_out * network(c_in * z, c_noise)
 
 
 def edm_loss_weight(sigma: torch.Tensor, sigma_data: float) -> torch.Tensor:

@@ -33,7 +33,7 @@ from ..data.text import TextCorpus
 from ..diffusion import (
     chain,
     chain_levels,
-    edm_preconditioning,
+    edm_denoise,
     soft_bridge,
     unit_table,
     weighted_loss,
@@ -465,15 +465,20 @@ class BlockwiseAR(TokenTargets, CharLM):
         m = self.model
         m.use_shared(unit)  # block-copies: the block's own copy of the shared modules
         n, t = ids.shape
-        c_skip, c_out, c_in, c_noise = edm_preconditioning(
-            sigma[..., None], self.schedule.sigma_data
-        )
-        x = torch.cat([m.clean_inputs(ids), m.noisy_inputs(c_in * z)], 1)  # (N, 2T, C)
-        noisy_cond = m.cond_embed(c_noise.reshape(-1)).view(n, t, -1)
-        cond = torch.cat([m.clean_condition(n, t), noisy_cond], 1)
-        h = m.blocks[unit](x, cond, two_stream_mask(t, ids.device))
-        denoised = c_skip * z + c_out * h[:, t:]  # D (docs/method.md §2)
-        return m.head(denoised, noisy_cond), h[:, :t]
+        kept = []  # the noisy stream's condition and the clean stream's output
+        clean = m.clean_inputs(ids)  # before c_in·z: the autograd order (and results) of before
+
+        def network(scaled: torch.Tensor, c_noise: torch.Tensor) -> torch.Tensor:
+            x = torch.cat([clean, m.noisy_inputs(scaled)], 1)  # (N, 2T, C)
+            noisy_cond = m.cond_embed(c_noise.reshape(-1)).view(n, t, -1)
+            cond = torch.cat([m.clean_condition(n, t), noisy_cond], 1)
+            h = m.blocks[unit](x, cond, two_stream_mask(t, ids.device))
+            kept.extend([noisy_cond, h])
+            return h[:, t:]  # F on the noisy positions
+
+        denoised = edm_denoise(network, z, sigma[..., None], self.schedule.sigma_data)  # D
+        logits = m.head(denoised, kept[0])
+        return logits, kept[1][:, :t]
 
     def _sigmas(self, unit: int, n: int, t: int, generator) -> torch.Tensor:
         if self.config.sigma_sampling == "token":
@@ -522,29 +527,32 @@ class BlockwiseAR(TokenTargets, CharLM):
         m = self.model
         m.use_shared(unit)
         p = prefix.shape[1]
-        c_skip, c_out, c_in, c_noise = edm_preconditioning(
-            torch.tensor(sigma, device=self.device), self.schedule.sigma_data
-        )
-        noisy = m.noisy_inputs(c_in * z, start=p)  # (1, 1, C)
-        noisy_cond = m.cond_embed(c_noise.reshape(1)).view(1, 1, -1)
         block = m.blocks[unit]
-        if cached:
-            if unit not in caches:  # the clean prefix through this block, once per token
-                clean = m.clean_inputs(prefix)
-                _, caches[unit] = block.forward_cached(
-                    clean, m.clean_condition(1, p), mask=causal_mask(p, self.device)
-                )
-            h, _ = block.forward_cached(noisy, noisy_cond, prefix=caches[unit])
-            out = h[:, -1:]
-        else:  # the whole [prefix; noisy] sequence with the two-stream mask, every step
+        conds = []
+
+        def network(scaled: torch.Tensor, c_noise: torch.Tensor) -> torch.Tensor:
+            noisy = m.noisy_inputs(scaled, start=p)  # (1, 1, C)
+            conds.append(m.cond_embed(c_noise.reshape(1)).view(1, 1, -1))
+            noisy_cond = conds[0]
+            if cached:
+                if unit not in caches:  # the clean prefix through this block, once per token
+                    clean = m.clean_inputs(prefix)
+                    _, caches[unit] = block.forward_cached(
+                        clean, m.clean_condition(1, p), mask=causal_mask(p, self.device)
+                    )
+                h, _ = block.forward_cached(noisy, noisy_cond, prefix=caches[unit])
+                return h[:, -1:]
+            # the whole [prefix; noisy] sequence with the two-stream mask, every step
             x = torch.cat([m.clean_inputs(prefix), noisy], 1)
             cond = torch.cat([m.clean_condition(1, p), noisy_cond], 1)
             mask = torch.ones(p + 1, p + 1, dtype=torch.bool, device=self.device)
             mask[:p, :p] = causal_mask(p, self.device)
             mask[:p, p] = False
-            out = block(x, cond, mask)[:, -1:]
-        denoised = c_skip * z + c_out * out
-        return m.head(denoised, noisy_cond)[0, 0]
+            return block(x, cond, mask)[:, -1:]
+
+        level = torch.tensor(sigma, device=self.device)
+        denoised = edm_denoise(network, z, level, self.schedule.sigma_data)
+        return m.head(denoised, conds[0])[0, 0]
 
     @torch.no_grad()
     def generate_text(self, length, generator, prompt="", steps=None, temperature=None, cache=True):

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from ..config import ConfigError, RunConfig, _check, check_layer_split
 from ..data.images import ImageDataset, load_image_dataset
-from ..diffusion import chain, chain_levels, edm_preconditioning, soft_bridge, weighted_loss
+from ..diffusion import chain, chain_levels, edm_denoise, soft_bridge, weighted_loss
 from ..networks.vit import ViT, ViTShape
 from .base import Task
 
@@ -274,11 +274,14 @@ class BlockwiseClassification(_ImageClassification):
         copies of the stem: ``shared=block-copies``)."""
         m = self.model
         m.use_shared(block)
-        c_skip, c_out, c_in, c_noise = edm_preconditioning(sigma[:, None], self.schedule.sigma_data)
-        cond = m.cond_embed(c_noise[:, 0])  # (N, C)
-        out = m.run_block(block, c_in * z, patches, cond)  # F: (N, C)
-        denoised = c_skip * z + c_out * out  # D (docs/method.md §2)
-        return m.head(denoised, cond)  # (N, classes)
+        conds = []
+
+        def network(scaled: torch.Tensor, c_noise: torch.Tensor) -> torch.Tensor:  # F: (N, C)
+            conds.append(m.cond_embed(c_noise[:, 0]))  # (N, C)
+            return m.run_block(block, scaled, patches, conds[0])
+
+        denoised = edm_denoise(network, z, sigma[:, None], self.schedule.sigma_data)  # D
+        return m.head(denoised, conds[0])  # (N, classes)
 
     def block_patches(self, block: int, images: torch.Tensor) -> torch.Tensor:
         """Patch tokens of ``images`` through the stem block ``block`` runs with."""

@@ -19,7 +19,7 @@ import torch
 
 from ..config import ConfigError, RunConfig, _check, check_layer_split
 from ..data.images import ImageDataset, load_image_dataset
-from ..diffusion import chain, chain_levels, edm_preconditioning, weighted_loss
+from ..diffusion import chain, chain_levels, edm_denoise, weighted_loss
 from ..networks.dit import DiT, DiTShape
 from .base import Task
 
@@ -173,11 +173,10 @@ class _ImageGeneration(Task):
     def denoise(self, unit: int, z: torch.Tensor, sigma: torch.Tensor, labels: torch.Tensor):
         """EDM denoiser D(z, sigma, class) of ``unit`` (docs/method.md §2).
         z (N, C, H, W), sigma (N,)."""
-        c_skip, c_out, c_in, c_noise = edm_preconditioning(
-            sigma[:, None, None, None], self.schedule.sigma_data
-        )
-        out = self.network(unit, c_in * z, c_noise.flatten(), labels)
-        return c_skip * z + c_out * out
+        return edm_denoise(
+            lambda scaled, c_noise: self.network(unit, scaled, c_noise.flatten(), labels),
+            z, sigma[:, None, None, None], self.schedule.sigma_data,
+        )  # fmt: skip
 
     def loss(self, unit, batch, generator):
         target, labels = batch

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from ..config import ConfigError, _check
-from ..diffusion import chain, edm_preconditioning, weighted_loss
+from ..diffusion import chain, edm_denoise, weighted_loss
 from ..networks.recurrent import RecurrentDepthLM, RecurrentShape
 from .autoregressive import ARConfig, CharLM, TokenTargets
 
@@ -227,12 +227,14 @@ class BlockwiseRecurrent(TokenTargets, _RecurrentLM):
     def denoise(self, e, z, sigma):
         """Logits (N, T, V) from one core application at levels sigma (N, T)."""
         m = self.model
-        c_skip, c_out, c_in, c_noise = edm_preconditioning(
-            sigma[..., None], self.schedule.sigma_data
-        )
-        cond = m.condition(c_noise[..., 0])
-        out = m.core_step(e, c_in * z, cond)
-        return m.readout(e, c_skip * z + c_out * out, cond)
+        conds = []
+
+        def network(scaled: torch.Tensor, c_noise: torch.Tensor) -> torch.Tensor:
+            conds.append(m.condition(c_noise[..., 0]))
+            return m.core_step(e, scaled, conds[0])
+
+        denoised = edm_denoise(network, z, sigma[..., None], self.schedule.sigma_data)
+        return m.readout(e, denoised, conds[0])
 
     def loss(self, unit, batch, generator):
         c, m = self.config, self.model
