@@ -98,3 +98,20 @@ def test_classification_steps_are_denoiser_calls_as_counted_by_hooks():
         with count_layer_calls(task.model) as counted:
             task.predict(images, steps)
         assert counted.layers == steps * 2  # each call runs one block of 2 layers
+
+
+@pytest.mark.parametrize("preset", ["tiny", "dit-tiny", "mdm-tiny", "ar-tiny", "recurrent-tiny"])
+def test_building_a_task_leaves_the_global_generator_alone(preset):
+    """Model initialisation draws from its own seeded generator (networks.layers.seeded): the
+    caller's global torch generator is where it was, and the weights do not depend on it."""
+    from diffusionblocks.registry import make_config, make_task
+
+    torch.manual_seed(1234)
+    state = torch.get_rng_state()
+    first = make_task(make_config(preset, {"device": "cpu"}))
+    assert torch.equal(torch.get_rng_state(), state)
+    torch.manual_seed(99)
+    second = make_task(make_config(preset, {"device": "cpu"}))
+    for (k, a), b in zip(first.model.state_dict().items(), second.model.state_dict().values(),
+                         strict=True):  # fmt: skip
+        assert a.is_meta or torch.equal(a, b), k

@@ -10,7 +10,6 @@ mode collapse.
 from __future__ import annotations
 
 import importlib.util
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -231,7 +230,3 @@ def fid_against(
     a = feature_stats(extract(extractor, samples))
     b = feature_stats(extract(extractor, reference))
     return frechet_distance(*a, *b)
-
-
-def write_card(path: str | Path, card: dict[str, Any]) -> None:
-    Path(path).write_text(json.dumps(card, indent=2) + "\n")

@@ -10,12 +10,22 @@ schedules: they see a conditioning scalar and vectors.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
 import torch.utils.checkpoint
 from torch import nn
+
+
+@contextmanager
+def seeded(seed: int) -> Iterator[None]:
+    """Draws inside come from the CPU generator seeded with ``seed``; the caller's global
+    generator is left as it was (model initialisation without a global side effect)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
 
 
 def _per_token(cond: torch.Tensor) -> torch.Tensor:

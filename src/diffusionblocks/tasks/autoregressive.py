@@ -38,6 +38,7 @@ from ..diffusion import (
     unit_table,
     weighted_loss,
 )
+from ..networks.layers import seeded
 from ..networks.token_transformer import TokenShape, TwoStreamTransformer
 from .base import Task, load_text_sequences
 
@@ -155,7 +156,6 @@ class CharLM(Task):
     """A character language model over a text corpus: data, held-out scoring, generation and
     the judge; the autoregressive and recurrent-depth tasks build on it."""
 
-    config_class = ARConfig
     config: ARConfig
     # Is the held-out CE a likelihood (one deterministic prediction per prefix)? Not for the
     # DiffusionBlocks chains, whose final step depends on the noise they started from.
@@ -176,8 +176,8 @@ class CharLM(Task):
         self.corpus: TextCorpus
         self.corpus, self.train_seqs, self.test_seqs = load_text_sequences(config)
         self.vocab = self.corpus.vocab
-        torch.manual_seed(config.seed)
-        self.model = self.build_model()
+        with seeded(config.seed):  # initialisation, global generator untouched
+            self.model = self.build_model()
         self.model.set_checkpointing(config.checkpointing)
 
     def build_model(self):
@@ -239,8 +239,9 @@ class CharLM(Task):
         prompt: str = "",
         steps: int | None = None,
         temperature: float | None = None,
-        cache: bool = True,
     ) -> tuple[str, dict[str, Any]]:
+        """``length`` characters after ``prompt`` (see :meth:`encode_prompt`) and facts about
+        the generation (calls made). Blockwise AR adds ``cache`` (reuse the clean prefix)."""
         raise NotImplementedError
 
     def _pick(self, logits: torch.Tensor, temperature: float, generator) -> int:
@@ -362,7 +363,7 @@ class EndToEndAR(CharLM):
         return self.clean_logits(ids)[:, :-1]
 
     @torch.no_grad()
-    def generate_text(self, length, generator, prompt="", steps=None, temperature=None, cache=True):
+    def generate_text(self, length, generator, prompt="", steps=None, temperature=None):
         temperature = self.config.temperature if temperature is None else temperature
         ids = self.encode_prompt(prompt)
         self._check_generation(length, len(ids), temperature)

@@ -17,9 +17,9 @@ from ..config import ConfigError, RunConfig
 
 
 class Task:
-    """Base class for tasks. Subclasses set ``config_class`` and implement the abstract methods."""
+    """Base class for tasks. Subclasses implement the abstract methods; the registry pairs each
+    with its config class."""
 
-    config_class: type[RunConfig] = RunConfig
     model: nn.Module
     source: str | None = None  # the run or model folder the weights were loaded from, if any
 

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from ..config import ConfigError, RunConfig, _check, check_layer_split
 from ..data.images import ImageDataset, load_image_dataset
 from ..diffusion import chain, chain_levels, edm_denoise, soft_bridge, weighted_loss
+from ..networks.layers import seeded
 from ..networks.vit import ViT, ViTShape
 from .base import Task
 
@@ -98,7 +99,6 @@ def _no_options(options: dict) -> None:
 class _ImageClassification(Task):
     """Data, network and evaluation loop shared by both methods."""
 
-    config_class = ClassificationConfig
     config: ClassificationConfig
     splits = ("val", "test")
 
@@ -132,23 +132,23 @@ class _ImageClassification(Task):
         # Standardise pixels with the training set's mean and std.
         self.pixel_mean = float(data.train_x.mean())
         self.pixel_std = float(data.train_x.std()) or 1.0
-        torch.manual_seed(config.seed)
-        self.model = ViT(
-            ViTShape(
-                image_channels=c,
-                image_height=h,
-                image_width=w,
-                patch_size=self.patch_size,
-                num_classes=data.num_classes,
-                hidden=config.hidden,
-                depth=config.depth,
-                heads=config.heads,
-                mlp_ratio=config.mlp_ratio,
-                num_blocks=config.units,
-                seed=config.seed,
-            ),
-            materialize_blocks=not config.block_resident,
-        ).to_device(device)
+        with seeded(config.seed):  # initialisation, global generator untouched
+            self.model = ViT(
+                ViTShape(
+                    image_channels=c,
+                    image_height=h,
+                    image_width=w,
+                    patch_size=self.patch_size,
+                    num_classes=data.num_classes,
+                    hidden=config.hidden,
+                    depth=config.depth,
+                    heads=config.heads,
+                    mlp_ratio=config.mlp_ratio,
+                    num_blocks=config.units,
+                    seed=config.seed,
+                ),
+                materialize_blocks=not config.block_resident,
+            ).to_device(device)
         self.model.set_checkpointing(config.checkpointing)
 
     # -- data -------------------------------------------------------------------------------

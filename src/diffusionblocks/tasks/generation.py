@@ -21,6 +21,7 @@ from ..config import ConfigError, RunConfig, _check, check_layer_split
 from ..data.images import ImageDataset, load_image_dataset
 from ..diffusion import chain, chain_levels, edm_denoise, weighted_loss
 from ..networks.dit import DiT, DiTShape
+from ..networks.layers import seeded
 from .base import Task
 
 
@@ -85,7 +86,6 @@ class _ImageGeneration(Task):
         "mse": "unweighted MSE of the denoised image against the clean one",
     }
 
-    config_class = GenerationConfig
     config: GenerationConfig
 
     def __init__(self, config: GenerationConfig, device: torch.device):
@@ -110,23 +110,23 @@ class _ImageGeneration(Task):
         self.pixel_mean = float(self.data.train_x.mean())
         self.pixel_std = float(self.data.train_x.std()) or 1.0
         self.schedule = config.noise_schedule()
-        torch.manual_seed(config.seed)
-        self.model = DiT(
-            DiTShape(
-                image_channels=c,
-                image_height=h,
-                image_width=w,
-                patch_size=config.patch_size,
-                num_classes=self.data.num_classes,
-                hidden=config.hidden,
-                depth=config.depth,
-                heads=config.heads,
-                mlp_ratio=config.mlp_ratio,
-                num_blocks=config.units,
-                seed=config.seed,
-            ),
-            materialize_blocks=not config.block_resident,
-        ).to_device(device)
+        with seeded(config.seed):  # initialisation, global generator untouched
+            self.model = DiT(
+                DiTShape(
+                    image_channels=c,
+                    image_height=h,
+                    image_width=w,
+                    patch_size=config.patch_size,
+                    num_classes=self.data.num_classes,
+                    hidden=config.hidden,
+                    depth=config.depth,
+                    heads=config.heads,
+                    mlp_ratio=config.mlp_ratio,
+                    num_blocks=config.units,
+                    seed=config.seed,
+                ),
+                materialize_blocks=not config.block_resident,
+            ).to_device(device)
         self.model.set_checkpointing(config.checkpointing)
 
     # -- data: pixels in [0, 1] <-> targets with std sigma_data ------------------------------

@@ -18,7 +18,6 @@ import torch
 import torch.nn.functional as F
 
 from ..config import ConfigError, RunConfig, _check, check_layer_split
-from ..data.images import DataError
 from ..data.text import TextCorpus
 from ..diffusion.masking import (
     T_MIN,
@@ -27,6 +26,7 @@ from ..diffusion.masking import (
     mask_tokens,
     sample_t_full,
 )
+from ..networks.layers import seeded
 from ..networks.token_transformer import TokenShape, TokenTransformer
 from .base import Task, load_text_sequences
 
@@ -90,7 +90,6 @@ class _MaskedLM(Task):
     # training may give every block its own copy of them (shared=per-block).
     per_block_shared = True
 
-    config_class = MaskedLMConfig
     config: MaskedLMConfig
 
     def __init__(self, config: MaskedLMConfig, device: torch.device):
@@ -98,21 +97,21 @@ class _MaskedLM(Task):
         self.corpus: TextCorpus
         self.corpus, self.train_seqs, self.test_seqs = load_text_sequences(config)
         self.vocab = self.corpus.vocab
-        torch.manual_seed(config.seed)
-        self.model = TokenTransformer(
-            TokenShape(
-                vocab_in=self.vocab.size + 1,  # + mask token
-                vocab_out=self.vocab.size,
-                max_len=config.seq_len,
-                hidden=config.hidden,
-                depth=config.depth,
-                heads=config.heads,
-                mlp_ratio=config.mlp_ratio,
-                num_blocks=config.units,
-                seed=config.seed,
-            ),
-            materialize_blocks=not config.block_resident,
-        ).to_device(device)
+        with seeded(config.seed):  # initialisation, global generator untouched
+            self.model = TokenTransformer(
+                TokenShape(
+                    vocab_in=self.vocab.size + 1,  # + mask token
+                    vocab_out=self.vocab.size,
+                    max_len=config.seq_len,
+                    hidden=config.hidden,
+                    depth=config.depth,
+                    heads=config.heads,
+                    mlp_ratio=config.mlp_ratio,
+                    num_blocks=config.units,
+                    seed=config.seed,
+                ),
+                materialize_blocks=not config.block_resident,
+            ).to_device(device)
         self.model.set_checkpointing(config.checkpointing)
 
     # -- method-specific --------------------------------------------------------------------
@@ -321,10 +320,3 @@ class BlockwiseMaskedLM(_MaskedLM):
             out.append({"block": unit, "t_interval": [lo, hi], "bpc_share": share})
         self.model.train()
         return out
-
-
-def _check_prompt(vocab, prompt: str) -> None:  # used by the CLI for a clear error
-    try:
-        vocab.encode(prompt)
-    except DataError as err:
-        raise ConfigError(f"prompt has {err}") from None

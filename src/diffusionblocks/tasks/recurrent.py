@@ -84,7 +84,6 @@ class RecurrentConfig(ARConfig):
 
 
 class _RecurrentLM(CharLM):
-    config_class = RecurrentConfig
     config: RecurrentConfig
     model: RecurrentDepthLM
 
@@ -118,7 +117,7 @@ class _RecurrentLM(CharLM):
         return self.states(e, k, generator, last_only=False)
 
     @torch.no_grad()
-    def generate_text(self, length, generator, prompt="", steps=None, temperature=None, cache=True):
+    def generate_text(self, length, generator, prompt="", steps=None, temperature=None):
         temperature = self.config.temperature if temperature is None else temperature
         ids = self.encode_prompt(prompt)
         self._check_generation(length, len(ids), temperature)
