@@ -600,3 +600,50 @@ def judge_perplexity(
         nll, n = judge.continuation_nll(prompt, text)
         total, count = total + nll, count + n
     return math.exp(total / max(count, 1))
+
+
+# Presets of this task: name -> (config overrides, one-line description); the registry gathers
+# every task's presets (`dblocks presets`).
+PRESETS: dict[str, tuple[dict[str, Any], str]] = {
+    "ar-shakespeare": (
+        dict(
+            data="shakespeare",
+            seq_len=128,
+            depth=8,
+            hidden=128,
+            heads=4,
+            num_blocks=4,
+            overlap=0.1,
+            epochs=1,
+            batch_size=64,
+            lr=1e-3,
+            eval_sequences=256,
+            gen_prompts=16,
+            log_every=50,
+        ),  # fmt: skip
+        "paper-like autoregressive LM: Shakespeare characters (Hamlet held out), sequences of "
+        "128, 8-layer causal transformer (hidden 128), B=4, gamma 0.1",
+    ),
+    "ar-tiny": (
+        dict(
+            data="shakespeare",
+            seq_len=32,
+            train_subset=256,
+            depth=4,
+            hidden=32,
+            heads=2,
+            num_blocks=2,
+            epochs=1,
+            batch_size=32,
+            lr=2e-3,
+            eval_sequences=16,
+            eval_subset=8,
+            gen_prompts=2,
+            gen_prompt_len=8,
+            gen_length=12,
+            log_every=4,
+        ),  # fmt: skip
+        "smoke test (seconds on a CPU; its metrics mean nothing): 256 Shakespeare sequences of "
+        "32 characters, 4 layers, B=2",
+    ),
+}

@@ -425,3 +425,99 @@ class BlockwiseClassification(_ImageClassification):
                 for b in range(B)
             ]
         return result
+
+
+# Presets of this task: name -> (config overrides, one-line description); the registry gathers
+# every task's presets (`dblocks presets`).
+PRESETS: dict[str, tuple[dict[str, Any], str]] = {
+    "tiny": (
+        dict(
+            data="digits",
+            depth=4,
+            hidden=32,
+            heads=2,
+            patch_size=2,
+            num_blocks=2,
+            epochs=1,
+            batch_size=64,
+            lr=2e-3,
+            log_every=5,
+            eval_subset=200,
+            eval_batch_size=200,
+        ),
+        "smoke test (seconds on a CPU; its accuracy means nothing): 8x8 digits, 4-layer ViT "
+        "(hidden 32), B=2",
+    ),
+    "images": (
+        dict(
+            data="",  # the user's .npz: --set data=PATH
+            depth=6,
+            hidden=64,
+            heads=4,
+            patch_size=0,  # auto: 4 to 8 patches along each side
+            num_blocks=3,
+            epochs=20,
+            batch_size=64,
+            lr=2e-3,
+            p_mean=1.0,
+            weighting="none",
+            log_every=20,
+        ),
+        "start here for your own images (--set data=PATH.npz): 6-layer ViT (hidden 64), patch "
+        "sized to the image, B=3, 20 epochs per block; noise setting and epochs chosen on "
+        "validation splits (docs/results/user-images/)",
+    ),
+    "vit-fmnist": (
+        dict(
+            data="fashion-mnist",
+            depth=6,
+            hidden=64,
+            heads=4,
+            patch_size=7,
+            num_blocks=3,
+            epochs=5,
+            batch_size=128,
+            lr=2e-3,
+            p_mean=1.0,
+            weighting="none",
+            log_every=50,
+        ),
+        "paper-like: Fashion-MNIST (60k), 6-layer ViT (hidden 64, patch 7), B=3, 5 epochs per "
+        "block; P_mean=1 and no loss weighting (measured, see docs/experiments.md)",
+    ),
+    "vit-fmnist-quick": (
+        dict(
+            data="fashion-mnist",
+            depth=6,
+            hidden=64,
+            heads=4,
+            patch_size=7,
+            num_blocks=3,
+            epochs=3,
+            batch_size=128,
+            lr=2e-3,
+            p_mean=1.0,
+            weighting="none",
+            train_subset=20000,
+            log_every=20,
+        ),
+        "a few CPU minutes per method: as vit-fmnist on 20k training images, 3 epochs",
+    ),
+    "bench": (
+        dict(
+            data="fashion-mnist",
+            depth=12,
+            hidden=128,
+            heads=4,
+            patch_size=4,
+            num_blocks=3,
+            epochs=1,
+            batch_size=128,
+            lr=1e-3,
+            train_subset=2048,
+            test_subset=512,
+            log_every=10,
+        ),
+        "memory/speed benchmark: 12-layer ViT (hidden 128, patch 4, 50 tokens), batch 128",
+    ),
+}

@@ -362,3 +362,50 @@ class BlockwiseGeneration(_ImageGeneration):
 
     def layers_per_call(self, unit):
         return len(self.model.blocks[unit])
+
+
+# Presets of this task: name -> (config overrides, one-line description); the registry gathers
+# every task's presets (`dblocks presets`).
+PRESETS: dict[str, tuple[dict[str, Any], str]] = {
+    "dit-fmnist": (
+        dict(
+            data="fashion-mnist",
+            depth=12,
+            hidden=64,
+            heads=4,
+            patch_size=7,
+            num_blocks=3,
+            epochs=3,
+            batch_size=128,
+            lr=1e-3,
+            overlap=0.05,
+            inference_steps=50,
+            cfg_scale=2.0,
+            fid_samples=2000,
+            log_every=50,
+        ),  # fmt: skip
+        "paper-like: class-conditional DiT on Fashion-MNIST, 12 layers (hidden 64, patch 7), "
+        "B=3, 3 epochs per block, Euler 50 steps, CFG 2 (sized for a CPU)",
+    ),
+    "dit-tiny": (
+        dict(
+            data="fashion-mnist",
+            train_subset=512,
+            test_subset=200,
+            depth=2,
+            hidden=32,
+            heads=2,
+            patch_size=7,
+            num_blocks=2,
+            epochs=1,
+            batch_size=64,
+            lr=1e-3,
+            inference_steps=6,
+            fid_samples=100,
+            eval_batch_size=100,
+            log_every=4,
+        ),
+        "smoke test (seconds on a CPU; its samples mean nothing): 512 Fashion-MNIST images, "
+        "2-layer DiT, B=2",
+    ),
+}

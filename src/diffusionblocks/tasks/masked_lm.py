@@ -320,3 +320,50 @@ class BlockwiseMaskedLM(_MaskedLM):
             out.append({"block": unit, "t_interval": [lo, hi], "bpc_share": share})
         self.model.train()
         return out
+
+
+# Presets of this task: name -> (config overrides, one-line description); the registry gathers
+# every task's presets (`dblocks presets`).
+PRESETS: dict[str, tuple[dict[str, Any], str]] = {
+    "mdm-shakespeare": (
+        dict(
+            data="shakespeare",
+            seq_len=128,
+            depth=6,
+            hidden=128,
+            heads=4,
+            num_blocks=3,
+            overlap=0.05,
+            epochs=1,
+            batch_size=64,
+            lr=1e-3,
+            eval_draws=8,
+            eval_sequences=512,
+            inference_steps=128,
+            log_every=50,
+        ),  # fmt: skip
+        "paper-like masked diffusion LM: Shakespeare characters (Hamlet held out), sequences "
+        "of 128, 6-layer bidirectional transformer (hidden 128), B=3, gamma 0.05",
+    ),
+    "mdm-tiny": (
+        dict(
+            data="shakespeare",
+            seq_len=32,
+            train_subset=256,
+            depth=2,
+            hidden=32,
+            heads=2,
+            num_blocks=2,
+            epochs=1,
+            batch_size=32,
+            lr=2e-3,
+            eval_draws=2,
+            eval_sequences=32,
+            eval_subset=16,
+            inference_steps=8,
+            log_every=4,
+        ),  # fmt: skip
+        "smoke test (seconds on a CPU; its metrics mean nothing): 256 Shakespeare sequences of "
+        "32 characters, 2 layers, B=2",
+    ),
+}

@@ -17,6 +17,7 @@ accounting.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -275,3 +276,59 @@ class BlockwiseRecurrent(TokenTargets, _RecurrentLM):
             )
 
         return chain(call, z.to(self.device), levels, bridge=self.bridge)
+
+
+# Presets of this task: name -> (config overrides, one-line description); the registry gathers
+# every task's presets (`dblocks presets`).
+PRESETS: dict[str, tuple[dict[str, Any], str]] = {
+    "recurrent-shakespeare": (
+        dict(
+            data="shakespeare",
+            seq_len=128,
+            hidden=128,
+            heads=4,
+            prelude=2,
+            core=4,
+            coda=2,
+            depth=8,
+            mean_iterations=16,
+            truncation=4,
+            inference_steps=16,
+            epochs=1,
+            batch_size=64,
+            lr=1e-3,
+            eval_sequences=256,
+            gen_prompts=16,
+            log_every=50,
+        ),  # fmt: skip
+        "paper-like recurrent depth: 2 prelude, 4-layer core, 2 coda (hidden 128), Shakespeare "
+        "characters; bptt: 16 iterations on average, backprop through 4",
+    ),
+    "recurrent-tiny": (
+        dict(
+            data="shakespeare",
+            seq_len=32,
+            train_subset=256,
+            hidden=32,
+            heads=2,
+            prelude=1,
+            core=2,
+            coda=1,
+            depth=4,
+            mean_iterations=4,
+            truncation=2,
+            inference_steps=4,
+            epochs=1,
+            batch_size=32,
+            lr=2e-3,
+            eval_sequences=16,
+            eval_subset=8,
+            gen_prompts=2,
+            gen_prompt_len=8,
+            gen_length=12,
+            log_every=4,
+        ),  # fmt: skip
+        "smoke test (seconds on a CPU; its metrics mean nothing): 1 prelude, 2-layer core, 1 "
+        "coda (hidden 32)",
+    ),
+}
