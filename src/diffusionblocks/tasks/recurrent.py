@@ -25,7 +25,8 @@ import torch.nn.functional as F
 from ..config import ConfigError, _check
 from ..diffusion import chain, edm_denoise, weighted_loss
 from ..networks.recurrent import RecurrentDepthLM, RecurrentShape
-from .autoregressive import ARConfig, CharLM, TokenTargets
+from .autoregressive import TokenTargets
+from .charlm import ARConfig, CharLM
 
 RECURRENT_METHODS = ("dblocks", "bptt")
 

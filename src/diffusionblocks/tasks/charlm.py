@@ -1,0 +1,317 @@
+"""Character language models: the config of the autoregressive and recurrent-depth tasks,
+their shared task base (text data, held-out scoring, generation, the judge) and text metrics
+(docs/method.md §6.4, §6.5)."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from ..config import ConfigError, RunConfig, _check, check_layer_split
+from ..data.images import DataError
+from ..data.text import TextCorpus
+from ..networks.layers import seeded
+from ..networks.token_transformer import TokenShape, TwoStreamTransformer
+from .base import Task, load_text_sequences
+
+SIGMA_SAMPLING = ("token", "example")
+
+
+@dataclass
+class ARConfig(RunConfig):
+    """Autoregressive character language model."""
+
+    task: str = "autoregressive"  # fixed
+    num_blocks: int = 4  # B
+    overlap: float = 0.1  # gamma (paper: 0.1 for text generation)
+    weighting: str = "none"  # CE weighting over sigma: edm | batch | clamped | none
+    p_mean: float = 1.0  # mean of ln sigma (see docs/experiments.md: label-like targets)
+    data: str = "shakespeare"  # shakespeare | path to a UTF-8 text file
+    test_fraction: float = 0.1  # held-out tail of a user text file
+    seq_len: int = 128  # characters per training sequence
+    train_subset: int = 0  # use only the first N training sequences (0 = all)
+    depth: int = 8  # transformer layers in total
+    hidden: int = 128  # token width
+    heads: int = 4  # attention heads
+    mlp_ratio: float = 4.0  # MLP width / hidden
+    sigma_sampling: str = "token"  # one sigma per noisy token, or one per sequence ("example")
+    aux_ce: float = 0.0  # weight of the clean stream's next-token CE (0 = pure DiffusionBlocks)
+    bridge_temperature: float = 1.0  # soft bridge softmax(logits / T) @ normalize(E)
+    temperature: float = 1.0  # sampling temperature of generated characters (0 = greedy)
+    eval_sequences: int = 0  # held-out sequences for CE/accuracy (0 = all)
+    eval_batch_size: int = 64  # sequences per evaluation batch
+    eval_subset: int = 32  # held-out sequences for quick estimates during training
+    gen_prompts: int = 16  # continuations generated for the diversity/judge metrics
+    gen_prompt_len: int = 32  # characters of held-out text used as each prompt
+    gen_length: int = 96  # characters generated per prompt
+    judge: str | None = None  # run folder of an end-to-end model that scores continuations
+
+    def validate(self) -> None:
+        super().validate()
+        _check(self, "shared", self.shared != "per-block",
+               "sync or frozen for this task: the token embeddings are the targets, so all blocks "
+               "must share them")  # fmt: skip
+        _check(self, "test_fraction", 0 < self.test_fraction < 1, "a fraction in (0, 1)")
+        _check(self, "seq_len", 2 <= self.seq_len <= 65536, "an integer in [2, 65536]")
+        _check(self, "train_subset", self.train_subset >= 0, "an integer >= 0 (0 = all)")
+        _check(self, "depth", 1 <= self.depth <= 256, "an integer in [1, 256]")
+        _check(self, "hidden", 1 <= self.hidden <= 65536, "an integer >= 1")
+        _check(
+            self,
+            "heads",
+            1 <= self.heads <= self.hidden,
+            f"an integer in [1, hidden={self.hidden}]",
+        )
+        _check(self, "mlp_ratio", 0 < self.mlp_ratio <= 64, "a number in (0, 64]")
+        if self.sigma_sampling not in SIGMA_SAMPLING:
+            raise ConfigError(
+                f"invalid value for 'sigma_sampling': {self.sigma_sampling!r} (choose one of "
+                f"{', '.join(SIGMA_SAMPLING)})"
+            )
+        _check(self, "aux_ce", 0 <= self.aux_ce <= 100, "a number in [0, 100]")
+        _check(self, "bridge_temperature", 0 <= self.bridge_temperature <= 100, "in [0, 100]")
+        _check(self, "temperature", 0 <= self.temperature <= 100, "in [0, 100] (0 = greedy)")
+        _check(self, "eval_sequences", self.eval_sequences >= 0, "an integer >= 0 (0 = all)")
+        _check(self, "eval_batch_size", self.eval_batch_size >= 1, "an integer >= 1")
+        _check(self, "eval_subset", self.eval_subset >= 1, "an integer >= 1")
+        _check(self, "gen_prompts", self.gen_prompts >= 0, "an integer >= 0")
+        _check(self, "gen_prompt_len", self.gen_prompt_len >= 1, "an integer >= 1")
+        _check(self, "gen_length", self.gen_length >= 1, "an integer >= 1")
+        if self.gen_prompts and self.gen_prompt_len + self.gen_length > self.seq_len:
+            raise ConfigError(
+                f"invalid value for 'gen_length': {self.gen_length} (gen_prompt_len="
+                f"{self.gen_prompt_len} + gen_length must fit in seq_len={self.seq_len})"
+            )
+        check_layer_split(self)
+
+
+# ---------------------------------------------------------------------- text metrics
+def distinct_n(texts: list[str], n: int, words: bool = False) -> float:
+    """Unique n-grams / all n-grams over the texts (characters, or whitespace words)."""
+    grams: list[tuple] = []
+    for text in texts:
+        units = text.split() if words else list(text)
+        grams += [tuple(units[i : i + n]) for i in range(len(units) - n + 1)]
+    return len(set(grams)) / len(grams) if grams else 0.0
+
+
+def repetition(texts: list[str], n: int = 4) -> float:
+    """Mean over texts of the fraction of character n-grams that occur more than once."""
+    scores = []
+    for text in texts:
+        grams = [text[i : i + n] for i in range(len(text) - n + 1)]
+        if grams:
+            counts = Counter(grams)
+            scores.append(sum(c for c in counts.values() if c > 1) / len(grams))
+    return sum(scores) / len(scores) if scores else 0.0
+
+
+# ---------------------------------------------------------------------- the task base
+class CharLM(Task):
+    """A character language model over a text corpus: data, held-out scoring, generation and
+    the judge; the autoregressive and recurrent-depth tasks build on it."""
+
+    config: ARConfig
+    # Is the held-out CE a likelihood (one deterministic prediction per prefix)? Not for the
+    # DiffusionBlocks chains, whose final step depends on the noise they started from.
+    ce_is_likelihood = False
+    log_legend = {
+        "loss": "the training objective (end to end: next-character cross-entropy; "
+        "DiffusionBlocks: the cross-entropy of the denoised noisy tokens, weighted over sigma)",
+        "ce": "next-character cross-entropy of the batch in nats (DiffusionBlocks: given a "
+        "noisy version of the target token, so not a likelihood)",
+        "aux_ce": "the auxiliary clean-stream cross-entropy (aux_ce > 0)",
+        "iterations": "recurrent depth: core iterations of the step (bptt: random)",
+    }
+    plot_key = "ce"
+    plot_label = "next-character cross-entropy (unweighted, nats)"
+
+    def __init__(self, config: ARConfig, device: torch.device):
+        super().__init__(config, device)
+        self.corpus: TextCorpus
+        self.corpus, self.train_seqs, self.test_seqs = load_text_sequences(config)
+        self.vocab = self.corpus.vocab
+        with seeded(config.seed):  # initialisation, global generator untouched
+            self.model = self.build_model()
+        self.model.set_checkpointing(config.checkpointing)
+
+    def build_model(self):
+        c = self.config
+        return TwoStreamTransformer(
+            TokenShape(
+                vocab_in=self.vocab.size,
+                vocab_out=self.vocab.size,
+                max_len=c.seq_len,
+                hidden=c.hidden,
+                depth=c.depth,
+                heads=c.heads,
+                mlp_ratio=c.mlp_ratio,
+                num_blocks=c.units,
+                seed=c.seed,
+            ),
+            materialize_blocks=not c.block_resident,
+        ).to_device(self.device)
+
+    def train_size(self) -> int:
+        return len(self.train_seqs)
+
+    def train_batch(self, indices: torch.Tensor) -> torch.Tensor:
+        return self.train_seqs[indices].to(self.device)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "dataset": self.corpus.name,
+            "held_out": self.corpus.held_out,
+            "vocab_size": self.vocab.size,
+            "train_sequences": len(self.train_seqs),
+            "test_sequences": len(self.test_seqs),
+            "parameters": sum(p.numel() for p in self.model.parameters() if not p.is_meta),
+        }
+
+    def start_text(self) -> str:
+        """What generation without a prompt starts from (not part of the generated text): a
+        newline when the vocabulary has one, otherwise the training text's first character."""
+        if "\n" in self.vocab.chars:
+            return "\n"
+        return self.vocab.decode(self.corpus.train_ids[:1].tolist())
+
+    def encode_prompt(self, prompt: str) -> torch.Tensor:
+        """The ids generation starts from: the prompt, or :meth:`start_text` when it is empty."""
+        try:
+            return self.vocab.encode(prompt or self.start_text())
+        except DataError as err:
+            raise ConfigError(f"prompt has {err}") from None
+
+    # -- next-character predictions for evaluation ------------------------------------------
+    def predict_logits(self, ids: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """Logits (N, T-1, V) for characters 1..T-1 of ids (N, T), each from its prefix."""
+        raise NotImplementedError
+
+    def generate_text(
+        self,
+        length: int,
+        generator: torch.Generator,
+        prompt: str = "",
+        steps: int | None = None,
+        temperature: float | None = None,
+    ) -> tuple[str, dict[str, Any]]:
+        """``length`` characters after ``prompt`` (see :meth:`encode_prompt`) and facts about
+        the generation (calls made). Blockwise AR adds ``cache`` (reuse the clean prefix)."""
+        raise NotImplementedError
+
+    def _pick(self, logits: torch.Tensor, temperature: float, generator) -> int:
+        if temperature == 0:
+            return int(logits.argmax())
+        probs = (logits.float() / temperature).softmax(-1).cpu()
+        return int(torch.multinomial(probs, 1, generator=generator))
+
+    def _check_generation(self, length: int, prompt_len: int, temperature: float) -> None:
+        if length < 1:
+            raise ConfigError(f"length must be >= 1, got {length}")
+        if not 0 <= temperature <= 100:
+            raise ConfigError(f"temperature must be in [0, 100], got {temperature}")
+        if prompt_len + length > self.config.seq_len:
+            raise ConfigError(
+                f"prompt ({prompt_len} characters; without a prompt, the 1 start character) + "
+                f"length ({length}) exceeds the model's sequence length {self.config.seq_len}: "
+                f"at most {max(self.config.seq_len - prompt_len, 0)} characters can follow"
+            )
+
+    @torch.no_grad()
+    def evaluate(self, quick=False, steps=None, judge=None, **options):
+        given = [k for k, v in options.items() if v not in (None, False)]
+        if given:
+            raise ConfigError(f"language-model evaluation has no option {', '.join(given)}")
+        c = self.config
+        seqs = self.eval_sequences(quick)
+        gen = torch.Generator().manual_seed(c.seed + 1_000_003)
+        scored = self.score(seqs, lambda ids: self.predict_logits(ids, gen))
+        result: dict[str, Any] = {
+            "heldout_ce": scored["heldout_ce"],
+            "heldout_accuracy": scored["heldout_accuracy"],
+            "heldout_characters": scored["characters"],
+            "held_out": self.corpus.held_out,
+            "ce_is_likelihood": self.ce_is_likelihood,
+        }
+        if quick or c.gen_prompts == 0:
+            return result
+        if judge is not None and not isinstance(judge, Task):
+            raise ConfigError(
+                f"judge={judge!r}: pass the loaded run (diffusionblocks.load(path).task); "
+                "`dblocks eval --judge PATH` and the runs layer load it for you"
+            )
+        result.update(self.generation_metrics(gen, judge))
+        if judge is None and c.judge:  # a path in the config: loaded by runs.py, not here
+            result["judge_skipped"] = f"judge={c.judge} was not loaded (evaluate through runs)"
+        return result
+
+    def eval_sequences(self, quick: bool = False) -> torch.Tensor:
+        c = self.config
+        seqs = self.test_seqs[: c.eval_subset] if quick else self.test_seqs
+        if not quick and c.eval_sequences:
+            seqs = seqs[: c.eval_sequences]
+        return seqs
+
+    @torch.no_grad()
+    def score(self, seqs: torch.Tensor, predict) -> dict[str, float]:
+        """Held-out CE (nats/char) and accuracy of ``predict(ids) -> logits (N, T-1, V)`` for
+        characters 1..T-1 of every sequence."""
+        c = self.config
+        self.model.eval()
+        nll, correct, count = 0.0, 0, 0
+        for start in range(0, len(seqs), c.eval_batch_size):
+            ids = seqs[start : start + c.eval_batch_size].to(self.device)
+            logits = predict(ids)
+            target = ids[:, 1:]
+            nll += float(F.cross_entropy(logits.transpose(1, 2), target, reduction="sum"))
+            correct += int((logits.argmax(-1) == target).sum())
+            count += target.numel()
+        self.model.train()
+        return {"heldout_ce": nll / count, "heldout_accuracy": correct / count, "characters": count}
+
+    def generation_metrics(self, gen, judge: Task | None, steps: int | None = None) -> dict:
+        """Continue ``gen_prompts`` held-out prompts; diversity of the continuations and, with a
+        judge (a loaded end-to-end autoregressive run), their perplexity under it."""
+        c = self.config
+        prompts, continuations = [], []
+        for k in range(min(c.gen_prompts, len(self.test_seqs))):
+            prompt = self.vocab.decode(self.test_seqs[k, : c.gen_prompt_len].tolist())
+            text, _ = self.generate_text(c.gen_length, gen, prompt, steps, c.temperature)
+            prompts.append(prompt)
+            continuations.append(text)
+        out: dict[str, Any] = {
+            "generated": len(continuations),
+            "distinct_1": distinct_n(continuations, 1, words=True),
+            "distinct_2": distinct_n(continuations, 2, words=True),
+            "distinct_4_chars": distinct_n(continuations, 4),
+            "repetition_4_chars": repetition(continuations, 4),
+            "samples": [p + "|" + t for p, t in zip(prompts[:4], continuations[:4], strict=True)],
+        }
+        if judge is not None:
+            out["judge"] = str(getattr(judge, "source", "a loaded run"))
+            out["judge_perplexity"] = judge_perplexity(
+                judge, prompts, continuations, self.vocab.chars
+            )
+        return out
+
+
+def judge_perplexity(
+    judge: Task, prompts: list[str], continuations: list[str], chars: str
+) -> float:
+    """Perplexity (per character) of the continuations under a loaded end-to-end model."""
+    name = getattr(judge, "source", "the judge")
+    if not hasattr(judge, "continuation_nll"):  # an end-to-end autoregressive task
+        raise ConfigError(f"judge {name} is not an end-to-end autoregressive run")
+    if judge.vocab.chars != chars:
+        raise ConfigError(f"judge {name} was trained on another vocabulary")
+    judge.model.eval()
+    total, count = 0.0, 0
+    for prompt, text in zip(prompts, continuations, strict=True):
+        nll, n = judge.continuation_nll(prompt, text)
+        total, count = total + nll, count + n
+    return math.exp(total / max(count, 1))
