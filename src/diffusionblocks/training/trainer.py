@@ -34,7 +34,7 @@ from ..tasks.base import Task
 from .accounting import RunAccounting, _is_terminal
 from .checkpoint import Checkpoint, CheckpointError, latest_checkpoint
 from .faults import FaultHandling, NumericalFault, TrainingInterrupted
-from .metrics import MetricsWriter, current_rss_bytes, peak_rss_bytes
+from .metrics import MetricsWriter, current_rss_bytes
 from .residency import BlockResidency
 from .runfolder import CONFIG_FILE, shared_state_of, write_run_config
 from .schedule import batch_indices, block_sequence, learning_rate, make_optimizer, resume_hash
@@ -390,22 +390,3 @@ class Trainer(BlockResidency, CheckpointState, FaultHandling, RunAccounting):
                 bar.close()
                 path = self.save() if self.run_dir is not None else None
                 raise TrainingInterrupted(self._stop_signal, self.step, path)
-
-    def _finish(self, rss_before, params_before, cuda, device, allocated_before):
-        peak = peak_rss_bytes()
-        memory = {
-            "rss_before_first_step_bytes": rss_before,
-            "peak_rss_bytes": peak,
-            "train_peak_rss_bytes": max(0, peak - rss_before),
-            "params_at_first_step_bytes": params_before,
-            "peak_state_bytes": self.peak_state_bytes,  # params + grads + optimizer state
-        }
-        if cuda:
-            max_allocated = torch.cuda.max_memory_allocated(device)
-            memory["cuda_max_allocated_bytes"] = max_allocated
-            memory["cuda_peak_bytes"] = max_allocated - allocated_before
-        if self.run_dir is not None:
-            self.save()
-        accounting = self.accounting()
-        accounting["skipped_steps"] = self.skipped_steps
-        return {"accounting": accounting, "timing": self.timing(), "memory": memory}
