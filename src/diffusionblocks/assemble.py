@@ -24,7 +24,7 @@ from safetensors.torch import load_file, save_file
 from . import __version__
 from .registry import read_run_config
 from .training.checkpoint import Checkpoint, CheckpointError, default_mode, latest_checkpoint
-from .training.parallel import PARALLEL_HASH_IGNORE
+from .training.parallel import parallel_hashes
 from .training.runfolder import recorded_fingerprint
 
 
@@ -34,7 +34,8 @@ class AssembleError(CheckpointError):
 
 def _collect_parallel(run_dir: Path, config) -> tuple[dict[int, Checkpoint], dict[int, Checkpoint]]:
     units = config.units
-    expect = config.config_hash(ignore=PARALLEL_HASH_IGNORE)
+    known = parallel_hashes(config, run_dir)
+    expect = min(known)  # for the message
     found: dict[int, Checkpoint] = {}
     for folder in sorted(p for p in (run_dir / "blocks").iterdir() if p.is_dir()):
         path = latest_checkpoint(folder)
@@ -46,7 +47,7 @@ def _collect_parallel(run_dir: Path, config) -> tuple[dict[int, Checkpoint], dic
             raise AssembleError(f"{path} names no block index in its metadata")
         if b in found:
             raise AssembleError(f"block {b} is present more than once ({found[b].path}, {path})")
-        if ckpt.meta.get("config_hash") != expect or ckpt.meta.get("task") != config.task:
+        if ckpt.meta.get("config_hash") not in known or ckpt.meta.get("task") != config.task:
             raise AssembleError(
                 f"block {b} ({path}) belongs to another config (hash "
                 f"{ckpt.meta.get('config_hash')}, task {ckpt.meta.get('task')}); the run's config "

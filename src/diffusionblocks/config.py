@@ -34,6 +34,14 @@ SAFE_RESUME_KEYS = (
 )  # fmt: skip
 
 
+def dict_hash(data: dict[str, Any], ignore: tuple[str, ...] = ()) -> str:
+    """sha256 (16 hex digits) of the canonical JSON of ``data`` minus the ``ignore`` keys: the
+    hash checkpoints carry of the config that wrote them."""
+    kept = {k: v for k, v in data.items() if k not in ignore}
+    text = json.dumps(kept, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
 class ConfigError(ValueError):
     """A configuration key or value is invalid. The message names the key."""
 
@@ -291,9 +299,7 @@ class RunConfig:
 
     def config_hash(self, ignore: tuple[str, ...] = ()) -> str:
         """sha256 (16 hex digits) of the canonical JSON of the config, minus ``ignore`` keys."""
-        data = {k: v for k, v in self.to_dict().items() if k not in ignore}
-        text = json.dumps(data, sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(text.encode()).hexdigest()[:16]
+        return dict_hash(self.to_dict(), ignore)
 
     @classmethod
     def field_docs(cls) -> dict[str, str]:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import datetime
 import hashlib
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +33,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from ..config import SAFE_RESUME_KEYS, ConfigError
+from ..config import SAFE_RESUME_KEYS, ConfigError, config_from_dict, dict_hash
 from .checkpoint import Checkpoint, encode_tensors, latest_checkpoint, save_checkpoint
 from .trainer import Trainer
 
@@ -42,6 +43,25 @@ from .trainer import Trainer
 # run may change (--allow-safe-changes), including where its data lives (its bytes are checked).
 PARALLEL_HASH_IGNORE = ("blocks", "parallel", "shared", "shared_init", *SAFE_RESUME_KEYS,
                         "data", "data_dir")  # fmt: skip
+_LEGACY_PARALLEL_IGNORE = ("blocks", "parallel", "shared", "shared_init")  # before 2026-11-28
+
+
+def parallel_hashes(config, run_dir) -> set[str]:
+    """The config hashes a block checkpoint of this run may carry: today's, and those an earlier
+    version gave the config saved in ``run_dir/config.json`` (so older runs resume and assemble)."""
+    hashes = {config.config_hash(ignore=PARALLEL_HASH_IGNORE)}
+    try:
+        saved = json.loads((Path(run_dir) / "config.json").read_text())["config"]
+        rebuilt = config_from_dict(type(config), saved)
+    except (OSError, ValueError, KeyError, TypeError):
+        return hashes
+    # Only for the config saved in the folder: a different config never matches.
+    if rebuilt.config_hash(ignore=PARALLEL_HASH_IGNORE) in hashes:
+        hashes |= {
+            dict_hash(saved, PARALLEL_HASH_IGNORE),
+            dict_hash(saved, _LEGACY_PARALLEL_IGNORE),
+        }
+    return hashes
 
 
 @dataclass
@@ -267,7 +287,8 @@ class ParallelTrainer(Trainer):
         from .checkpoint import CheckpointError
 
         expect = self.config.config_hash(ignore=PARALLEL_HASH_IGNORE)
-        if ckpt.meta.get("config_hash") != expect or ckpt.meta.get("block") != ctx.block:
+        known = parallel_hashes(self.config, self.run_dir)
+        if ckpt.meta.get("config_hash") not in known or ckpt.meta.get("block") != ctx.block:
             raise CheckpointError(
                 f"{path} is block {ckpt.meta.get('block')} of config {ckpt.meta.get('config_hash')}"
                 f"; this rank trains block {ctx.block} of config {expect}"
