@@ -324,6 +324,15 @@ def _show(value: Any) -> str:
     return repr(value) if isinstance(value, str) else str(value)
 
 
+def check_transformer(cfg: Any) -> None:
+    """The shape keys every transformer config has: ``depth``, ``hidden``, ``heads``,
+    ``mlp_ratio`` (each refusal names its key)."""
+    _check(cfg, "depth", 1 <= cfg.depth <= 256, "an integer in [1, 256]")
+    _check(cfg, "hidden", 1 <= cfg.hidden <= 65536, "an integer >= 1")
+    _check(cfg, "heads", 1 <= cfg.heads <= cfg.hidden, f"an integer in [1, hidden={cfg.hidden}]")
+    _check(cfg, "mlp_ratio", 0 < cfg.mlp_ratio <= 64, "a number in (0, 64]")
+
+
 def check_layer_split(cfg: Any) -> None:
     """A transformer config's heads must divide its width, and (DiffusionBlocks) its blocks its
     depth, so that every block has the same number of layers."""

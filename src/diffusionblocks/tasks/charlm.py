@@ -12,7 +12,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ..config import ConfigError, RunConfig, _check, check_layer_split
+from ..config import ConfigError, RunConfig, _check, check_layer_split, check_transformer
 from ..data.images import DataError
 from ..data.text import TextCorpus
 from ..networks.layers import seeded
@@ -59,15 +59,7 @@ class ARConfig(RunConfig):
         _check(self, "test_fraction", 0 < self.test_fraction < 1, "a fraction in (0, 1)")
         _check(self, "seq_len", 2 <= self.seq_len <= 65536, "an integer in [2, 65536]")
         _check(self, "train_subset", self.train_subset >= 0, "an integer >= 0 (0 = all)")
-        _check(self, "depth", 1 <= self.depth <= 256, "an integer in [1, 256]")
-        _check(self, "hidden", 1 <= self.hidden <= 65536, "an integer >= 1")
-        _check(
-            self,
-            "heads",
-            1 <= self.heads <= self.hidden,
-            f"an integer in [1, hidden={self.hidden}]",
-        )
-        _check(self, "mlp_ratio", 0 < self.mlp_ratio <= 64, "a number in (0, 64]")
+        check_transformer(self)
         if self.sigma_sampling not in SIGMA_SAMPLING:
             raise ConfigError(
                 f"invalid value for 'sigma_sampling': {self.sigma_sampling!r} (choose one of "

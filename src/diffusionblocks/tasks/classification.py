@@ -21,7 +21,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ..config import ConfigError, RunConfig, _check, check_layer_split
+from ..config import ConfigError, RunConfig, _check, check_layer_split, check_transformer
 from ..data.images import ImageDataset, load_image_dataset
 from ..diffusion import chain, chain_levels, edm_denoise, soft_bridge, weighted_loss
 from ..networks.layers import seeded
@@ -59,16 +59,8 @@ class ClassificationConfig(RunConfig):
         _check(self, "test_subset", self.test_subset >= 0, "an integer >= 0 (0 = all)")
         _check(self, "test_fraction", 0 < self.test_fraction < 1, "a fraction in (0, 1)")
         _check(self, "val_fraction", 0 <= self.val_fraction < 1, "a fraction in [0, 1)")
-        _check(self, "depth", 1 <= self.depth <= 256, "an integer in [1, 256]")
-        _check(self, "hidden", 1 <= self.hidden <= 65536, "an integer >= 1")
-        _check(
-            self,
-            "heads",
-            1 <= self.heads <= self.hidden,
-            f"an integer in [1, hidden={self.hidden}]",
-        )
+        check_transformer(self)
         _check(self, "patch_size", 0 <= self.patch_size <= 1024, "an integer >= 1 (0 = auto)")
-        _check(self, "mlp_ratio", 0 < self.mlp_ratio <= 64, "a number in (0, 64]")
         _check(self, "eval_batch_size", self.eval_batch_size >= 1, "an integer >= 1")
         _check(self, "eval_subset", self.eval_subset >= 1, "an integer >= 1")
         _check(self, "bridge_temperature", 0 <= self.bridge_temperature <= 100, "in [0, 100]")

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from ..config import ConfigError, RunConfig, _check, check_layer_split
+from ..config import ConfigError, RunConfig, _check, check_layer_split, check_transformer
 from ..data.images import ImageDataset, load_image_dataset
 from ..diffusion import chain, chain_levels, edm_denoise, weighted_loss
 from ..networks.dit import DiT, DiTShape
@@ -54,16 +54,8 @@ class GenerationConfig(RunConfig):
         _check(self, "train_subset", self.train_subset >= 0, "an integer >= 0 (0 = all)")
         _check(self, "test_subset", self.test_subset >= 0, "an integer >= 0 (0 = all)")
         _check(self, "test_fraction", 0 < self.test_fraction < 1, "a fraction in (0, 1)")
-        _check(self, "depth", 1 <= self.depth <= 256, "an integer in [1, 256]")
-        _check(self, "hidden", 1 <= self.hidden <= 65536, "an integer >= 1")
-        _check(
-            self,
-            "heads",
-            1 <= self.heads <= self.hidden,
-            f"an integer in [1, hidden={self.hidden}]",
-        )
+        check_transformer(self)
         _check(self, "patch_size", 1 <= self.patch_size <= 1024, "an integer >= 1")
-        _check(self, "mlp_ratio", 0 < self.mlp_ratio <= 64, "a number in (0, 64]")
         _check(self, "label_dropout", 0 <= self.label_dropout < 1, "a probability in [0, 1)")
         _check(self, "cfg_scale", 0 <= self.cfg_scale <= 100, "a number in [0, 100]")
         _check(self, "fid_samples", 0 <= self.fid_samples <= 1_000_000, "an integer >= 0")

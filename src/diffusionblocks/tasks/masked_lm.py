@@ -17,7 +17,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ..config import ConfigError, RunConfig, _check, check_layer_split
+from ..config import ConfigError, RunConfig, _check, check_layer_split, check_transformer
 from ..data.text import TextCorpus
 from ..diffusion.masking import (
     T_MIN,
@@ -63,15 +63,7 @@ class MaskedLMConfig(RunConfig):
         _check(self, "test_fraction", 0 < self.test_fraction < 1, "a fraction in (0, 1)")
         _check(self, "seq_len", 2 <= self.seq_len <= 65536, "an integer in [2, 65536]")
         _check(self, "train_subset", self.train_subset >= 0, "an integer >= 0 (0 = all)")
-        _check(self, "depth", 1 <= self.depth <= 256, "an integer in [1, 256]")
-        _check(self, "hidden", 1 <= self.hidden <= 65536, "an integer >= 1")
-        _check(
-            self,
-            "heads",
-            1 <= self.heads <= self.hidden,
-            f"an integer in [1, hidden={self.hidden}]",
-        )
-        _check(self, "mlp_ratio", 0 < self.mlp_ratio <= 64, "a number in (0, 64]")
+        check_transformer(self)
         _check(self, "eval_draws", 1 <= self.eval_draws <= 10_000, "an integer in [1, 10000]")
         _check(self, "eval_sequences", self.eval_sequences >= 0, "an integer >= 0 (0 = all)")
         _check(self, "eval_batch_size", self.eval_batch_size >= 1, "an integer >= 1")
