@@ -221,8 +221,7 @@ class BlockStack(nn.Module):
 
     def build_block(self, block: int) -> LayerGroup:
         """A freshly initialised block ``block`` on the CPU (same weights every time)."""
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self._block_seed * 10_007 + 1_000 + block)
+        with seeded(self._block_seed * 10_007 + 1_000 + block):
             return LayerGroup([self._make_layer() for _ in range(self._layers_per_block)])
 
     @property

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .layers import AdaLNLayer, AdaLNOutput, LayerGroup, ScalarEmbedding
+from .layers import AdaLNLayer, AdaLNOutput, LayerGroup, ScalarEmbedding, seeded
 
 
 @dataclass(frozen=True)
@@ -59,8 +59,7 @@ class RecurrentStack(nn.Module):
         def group(n: int) -> LayerGroup:
             return LayerGroup([AdaLNLayer(s.hidden, s.heads, s.mlp_ratio) for _ in range(n)])
 
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(s.seed * 10_007 + 1_000)
+        with seeded(s.seed * 10_007 + 1_000):
             self.prelude, self.core, self.coda = group(s.prelude), group(s.core), group(s.coda)
         self.adapter = nn.Linear(2 * s.hidden, s.hidden)
 
