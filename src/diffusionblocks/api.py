@@ -155,20 +155,10 @@ class Model:
                  **options: Any) -> dict[str, Any]:  # fmt: skip
         """Held-out metrics, as ``dblocks eval`` computes them (same numbers for the same
         checkpoint). ``split``: ``val`` or ``test`` where the task has both."""
-        from .runs import DEFAULT_SWEEP, with_judge
+        from .runs import evaluate_task
 
-        task = self.task
-        if split is not None and split not in task.splits:
-            raise ConfigError(
-                f"invalid value for 'split': {split!r} ({self.config.task} runs have the "
-                f"splits {', '.join(task.splits)})"
-            )
-        if steps is None and self.config.task == "classification":
-            steps = list(DEFAULT_SWEEP)
-        if split is not None and len(task.splits) > 1:
-            options["split"] = split
-        options = with_judge({k: v for k, v in options.items() if v not in (None, False)}, task)
-        return {"checkpoint_step": self.step, **task.evaluate(quick=False, steps=steps, **options)}
+        result = evaluate_task(self.task, steps, split=split, **options)
+        return {"checkpoint_step": self.step, **result}
 
     def _need(self, task_name: str, what: str):
         if self.config.task != task_name:

@@ -449,6 +449,14 @@ def evaluate_run(
     """Evaluate the latest checkpoint of a run. ``options`` go to the task (e.g. ``fid_samples``,
     ``inception`` for image generation)."""
     task, ckpt = load_run(run_dir, device, overrides)
+    result = evaluate_task(task, steps, **options)
+    return {"run_dir": str(run_dir), "checkpoint_step": ckpt.step, **result}
+
+
+def evaluate_task(task: Task, steps: list[int] | None = None, **options: Any) -> dict[str, Any]:
+    """The full evaluation of a loaded task, as ``dblocks eval`` and ``Model.evaluate`` run it:
+    classification sweeps :data:`DEFAULT_SWEEP` block calls unless ``steps`` is given, ``split``
+    is checked against the task's splits, and a language-model judge given by path is loaded."""
     if steps is None and task.config.task == "classification":
         steps = list(DEFAULT_SWEEP)
     options = {k: v for k, v in options.items() if v not in (None, False)}
@@ -460,8 +468,7 @@ def evaluate_run(
         )
     if split is not None and len(task.splits) > 1:
         options["split"] = split
-    result = task.evaluate(quick=False, steps=steps, **with_judge(options, task))
-    return {"run_dir": str(run_dir), "checkpoint_step": ckpt.step, **result}
+    return task.evaluate(quick=False, steps=steps, **with_judge(options, task))
 
 
 def with_judge(options: dict[str, Any], task: Task) -> dict[str, Any]:

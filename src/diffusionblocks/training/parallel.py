@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import datetime
 import hashlib
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,8 +32,9 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from ..config import SAFE_RESUME_KEYS, ConfigError, config_from_dict, dict_hash
+from ..config import SAFE_RESUME_KEYS, ConfigError
 from .checkpoint import Checkpoint, encode_tensors, latest_checkpoint, save_checkpoint
+from .runfolder import saved_config_hashes
 from .trainer import Trainer
 
 # Keys that may differ between the processes that trained the blocks of one model: which blocks a
@@ -49,19 +49,9 @@ _LEGACY_PARALLEL_IGNORE = ("blocks", "parallel", "shared", "shared_init")  # bef
 def parallel_hashes(config, run_dir) -> set[str]:
     """The config hashes a block checkpoint of this run may carry: today's, and those an earlier
     version gave the config saved in ``run_dir/config.json`` (so older runs resume and assemble)."""
-    hashes = {config.config_hash(ignore=PARALLEL_HASH_IGNORE)}
-    try:
-        saved = json.loads((Path(run_dir) / "config.json").read_text())["config"]
-        rebuilt = config_from_dict(type(config), saved)
-    except (OSError, ValueError, KeyError, TypeError):
-        return hashes
-    # Only for the config saved in the folder: a different config never matches.
-    if rebuilt.config_hash(ignore=PARALLEL_HASH_IGNORE) in hashes:
-        hashes |= {
-            dict_hash(saved, PARALLEL_HASH_IGNORE),
-            dict_hash(saved, _LEGACY_PARALLEL_IGNORE),
-        }
-    return hashes
+    current = config.config_hash(ignore=PARALLEL_HASH_IGNORE)
+    older = saved_config_hashes(config, run_dir, PARALLEL_HASH_IGNORE, (_LEGACY_PARALLEL_IGNORE,))
+    return {current, *older}
 
 
 @dataclass

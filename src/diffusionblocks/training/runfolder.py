@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import load_file
 
 from .. import __version__
-from ..config import ConfigError, RunConfig, config_from_dict
+from ..config import ConfigError, RunConfig, config_from_dict, dict_hash
 from .checkpoint import (
     Checkpoint,
     CheckpointError,
@@ -89,6 +89,26 @@ def write_run_config(
         },
     )
     return path
+
+
+def saved_config_hashes(
+    config: RunConfig,
+    run_dir: str | os.PathLike,
+    ignore: tuple[str, ...],
+    older_ignores: tuple[tuple[str, ...], ...] = (),
+) -> set[str]:
+    """Hashes an earlier version gave the config saved in ``run_dir/config.json`` (as written
+    then, without the keys added since), leaving out ``ignore`` and each of ``older_ignores``:
+    what a checkpoint of an older run may carry. Empty unless the saved config is ``config``, so
+    that a different config never matches."""
+    try:
+        saved = json.loads((Path(run_dir) / CONFIG_FILE).read_text())["config"]
+        same = config_from_dict(type(config), saved).config_hash(ignore) == config.config_hash(
+            ignore
+        )
+    except (OSError, ValueError, KeyError, TypeError):
+        return set()
+    return {dict_hash(saved, i) for i in (ignore, *older_ignores)} if same else set()
 
 
 def shared_state_of(folder: str | os.PathLike) -> dict[str, torch.Tensor]:

@@ -7,11 +7,10 @@ checkpoints carry (``resume_hash``). No state: each is a function of the config,
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import torch
 
-from ..config import SAFE_RESUME_KEYS, RunConfig, dict_hash
+from ..config import SAFE_RESUME_KEYS, RunConfig
 
 RESUME_HASH_IGNORE = (*SAFE_RESUME_KEYS, "data", "data_dir")
 
@@ -20,13 +19,6 @@ def resume_hash(config: RunConfig) -> str:
     """The config hash that checkpoints carry: keys that may change on resume are left out, and
     where the data lives (a moved file is checked by its bytes, ``runs._check_moved_data``)."""
     return config.config_hash(ignore=RESUME_HASH_IGNORE)
-
-
-def legacy_resume_hashes(saved: dict[str, Any]) -> set[str]:
-    """Hashes a checkpoint written by an earlier version may carry for the config saved in its
-    run folder (``config.json``'s ``config``, as written then): without the keys added since, and
-    with the data path still in the hash (before 2026-11-28)."""
-    return {dict_hash(saved, RESUME_HASH_IGNORE), dict_hash(saved, SAFE_RESUME_KEYS)}
 
 
 def block_sequence(

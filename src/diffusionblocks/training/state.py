@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from ..config import config_from_dict
+from ..config import SAFE_RESUME_KEYS
 from .checkpoint import (
     Checkpoint,
     CheckpointError,
@@ -24,8 +24,8 @@ from .checkpoint import (
     save_checkpoint,
 )
 from .faults import NumericalFault
-from .runfolder import CONFIG_FILE
-from .schedule import legacy_resume_hashes, make_optimizer, resume_hash
+from .runfolder import saved_config_hashes
+from .schedule import RESUME_HASH_IGNORE, make_optimizer, resume_hash
 
 
 class CheckpointState:
@@ -109,19 +109,6 @@ class CheckpointState:
     def _shared_state(self) -> dict[str, torch.Tensor]:
         return {k: v for k, v in self.model.state_dict().items() if not k.startswith("blocks.")}
 
-    def _saved_config_hashes(self) -> set[str]:
-        """The hashes an earlier version would have given this run's saved config (a run folder
-        written before config keys were added still resumes)."""
-        try:
-            saved = json.loads((self.run_dir / CONFIG_FILE).read_text())["config"]
-            same = resume_hash(config_from_dict(type(self.config), saved)) == resume_hash(
-                self.config
-            )
-        except (OSError, ValueError, KeyError, TypeError):
-            return set()
-        # Only for the config saved in the folder: a different config never matches.
-        return legacy_resume_hashes(saved) if same else set()
-
     def resume(self) -> bool:
         """Load the latest checkpoint of ``run_dir`` if there is one; True if it did."""
         assert self.run_dir is not None
@@ -136,7 +123,11 @@ class CheckpointState:
                 f"{ckpt.meta.get('units')} units; this run is {self.config.task!r} with "
                 f"{self.num_units}"
             )
-        if ckpt.meta.get("config_hash") not in {expect, *self._saved_config_hashes()}:
+        # A run folder written before config keys were added still resumes.
+        older = saved_config_hashes(
+            self.config, self.run_dir, RESUME_HASH_IGNORE, (SAFE_RESUME_KEYS,)
+        )
+        if ckpt.meta.get("config_hash") not in {expect, *older}:
             raise CheckpointError(
                 f"{path} was written with a different configuration (hash "
                 f"{ckpt.meta.get('config_hash')}, this run {expect})"
