@@ -28,6 +28,7 @@ from .training.checkpoint import (
 from .training.metrics import plot_losses
 from .training.runfolder import (
     BUILTIN_DATA,
+    DATA_KEYS,
     data_fingerprint,
     recorded_fingerprint,
     resolve_paths,
@@ -238,9 +239,6 @@ INFERENCE_KEYS = (
     "test_subset",
     "device",
 )
-
-# Keys that say where a run's data lives; `dblocks eval/sample --set` may point them at moved data.
-DATA_KEYS = ("data", "data_dir")
 
 
 def check_disk_space(run_dir: Path, task: Task, config: RunConfig) -> None:

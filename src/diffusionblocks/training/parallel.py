@@ -34,7 +34,7 @@ import torch.distributed as dist
 
 from ..config import SAFE_RESUME_KEYS, ConfigError
 from .checkpoint import Checkpoint, encode_tensors, latest_checkpoint, save_checkpoint
-from .runfolder import saved_config_hashes
+from .runfolder import DATA_KEYS, saved_config_hashes
 from .trainer import Trainer
 
 # Keys that may differ between the processes that trained the blocks of one model: which blocks a
@@ -42,7 +42,7 @@ from .trainer import Trainer
 # one block against the final shared modules is shared=frozen + shared_init); and what a resumed
 # run may change (--allow-safe-changes), including where its data lives (its bytes are checked).
 PARALLEL_HASH_IGNORE = ("blocks", "parallel", "shared", "shared_init", *SAFE_RESUME_KEYS,
-                        "data", "data_dir")  # fmt: skip
+                        *DATA_KEYS)  # fmt: skip
 _LEGACY_PARALLEL_IGNORE = ("blocks", "parallel", "shared", "shared_init")  # before 2026-11-28
 
 

@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 
 from .. import __version__
 from ..config import ConfigError, RunConfig, config_from_dict, dict_hash
+from ..data.images import IMAGE_DATASETS, TEXT_DATASETS
 from .checkpoint import (
     Checkpoint,
     CheckpointError,
@@ -27,7 +28,9 @@ from .checkpoint import (
 
 CONFIG_FILE = "config.json"
 PATH_KEYS = ("data", "data_dir", "shared_init", "judge")  # config keys that may name files
-BUILTIN_DATA = ("fashion-mnist", "digits", "shakespeare")  # dataset names, not paths
+BUILTIN_DATA = IMAGE_DATASETS + TEXT_DATASETS  # dataset names, not paths
+# Where a run's data lives: a moved file (same bytes) may be pointed at on eval, sample, resume.
+DATA_KEYS = ("data", "data_dir")
 
 
 def resolve_paths(config: RunConfig) -> RunConfig:

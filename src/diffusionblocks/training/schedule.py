@@ -11,8 +11,9 @@ import math
 import torch
 
 from ..config import SAFE_RESUME_KEYS, RunConfig
+from .runfolder import DATA_KEYS
 
-RESUME_HASH_IGNORE = (*SAFE_RESUME_KEYS, "data", "data_dir")
+RESUME_HASH_IGNORE = (*SAFE_RESUME_KEYS, *DATA_KEYS)
 
 
 def resume_hash(config: RunConfig) -> str:
