@@ -11,7 +11,7 @@ import diffusionblocks
 
 ROOT = Path(diffusionblocks.__file__).parent
 PACKAGE = "diffusionblocks"
-CORE = ("diffusion", "networks", "tasks", "training", "data")
+CORE = ("diffusion", "networks", "tasks", "training", "data", "eval")
 TOP = ("runs", "cli", "assemble", "registry", "api")
 
 

@@ -142,9 +142,9 @@ def cmd_sample(args: argparse.Namespace) -> int:
     if args.cfg is not None and not 0 <= args.cfg <= 100:
         raise UsageError(f"--cfg must be in [0, 100], got {args.cfg}")
     task, _ = load_run(args.run, args.device, parse_assignments(args.set or []))
-    if hasattr(task, "generate_text"):
+    if task.generates == "text":
         return sample_text(task, args)
-    if not hasattr(task, "generate"):
+    if task.generates != "images":
         raise UsageError(
             f"{args.run} is a {task.config.task} run; `dblocks sample` needs a generative run"
         )
@@ -244,10 +244,11 @@ def cmd_schedule(args: argparse.Namespace) -> int:
         if PRESETS[args.preset][1].get("data") == "":  # a preset for users' data
             overrides.setdefault("data", "your data")  # the partition does not depend on it
         config = make_config(args.preset, overrides)
-        if config.task == "masked-lm":
+        if config.block_variable != "sigma":
+            intervals = {k: v for k, v in config.resolved().items() if k.endswith("_intervals")}
             raise UsageError(
-                f"preset {args.preset} is a masked-lm run: its blocks split the masking time t, "
-                f"not sigma (t intervals {config.resolved().get('block_t_intervals')})"
+                f"preset {args.preset} is a {config.task} run: its blocks split "
+                f"{config.block_variable}, not sigma ({intervals})"
             )
         values.update(blocks=config.num_blocks, overlap=config.overlap,
                       partition=config.partition, p_mean=config.p_mean, p_std=config.p_std,
@@ -289,8 +290,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
     base = parse_assignments(args.set or [])
     make_config(args.preset, base)  # validate before any work starts
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    if args.methods == "e2e,dblocks" and make_config(args.preset, base).task == "recurrent":
-        methods = ["bptt", "dblocks"]  # the recurrent task's baseline is truncated BPTT
+    baseline = make_config(args.preset, base).baseline_method
+    if args.methods == "e2e,dblocks":  # the default: the task's baseline, then DiffusionBlocks
+        methods = [baseline, "dblocks"]
     for m in methods:
         make_config(args.preset, {**base, "method": m})
     out = Path(args.out or f"runs/compare-{args.preset}-{time.strftime('%Y%m%d-%H%M%S')}")
@@ -312,7 +314,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
             raise UsageError(f"training {m} failed (exit code {proc.returncode})")
         results = json.loads((run_dir / "results.json").read_text())
         rows.append(comparison_row(m, results, " ".join(["dblocks", *cmd[3:]])))
-    e2e = next((r for r in rows if r["method"] in ("e2e", "bptt")), None)  # the baseline
+    e2e = next((r for r in rows if r["method"] == baseline), None)
     for r in rows:
         if e2e:
             r["step_time_vs_e2e"] = r["median_step_ms"] / e2e["median_step_ms"]

@@ -15,7 +15,7 @@ import re
 import types
 import typing
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, ClassVar
 
 from .diffusion import GRIDS, PARTITIONS, WEIGHTINGS, BlockPartition, NoiseSchedule
 
@@ -49,6 +49,12 @@ class ConfigError(ValueError):
 @dataclass
 class RunConfig:
     """Fields every task shares: method, blocks, optimisation, noise, bookkeeping."""
+
+    # The method a user would otherwise train (``dblocks compare`` measures against it).
+    baseline_method: ClassVar[str] = "e2e"
+    # What the blocks split: "sigma" (noise levels, the partition of ``dblocks schedule``) or
+    # another variable named in ``resolved()`` (masked LM: the masking time t).
+    block_variable: ClassVar[str] = "sigma"
 
     task: str = ""  # task name (set by the task's config class)
     method: str = "dblocks"  # dblocks (block-wise denoisers) or e2e (plain end-to-end baseline)

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from .diffusion import BlockPartition
+from .tasks.base import Task
 
 
 def print_plan(config, preset: str | None) -> None:
@@ -47,7 +48,7 @@ def check_plan(config) -> None:
 def print_results(results: dict[str, Any]) -> None:
     ev, acc, tim, mem = results["eval"], results["accounting"], results["timing"], results["memory"]
     print()
-    print_evaluation(ev)
+    print_evaluation(ev, results["config"]["task"])
     print(
         f"steps              {acc['steps']} ({acc['steps_per_unit']} per block); "
         f"layer evaluations {acc['layer_evaluations']:,}"
@@ -60,81 +61,27 @@ def print_results(results: dict[str, Any]) -> None:
         print(f"train peak RSS     {mem['train_peak_rss_bytes'] / 2**20:.1f} MiB above the start")
 
 
-def print_evaluation(ev: dict[str, Any]) -> None:
-    """Human-readable evaluation of any task."""
-    if "accuracy" in ev:
-        split = ev.get("split", "test")
-        print(f"{split} accuracy{' ' * (9 - len(split))}{ev['accuracy']:.4f}  "
-              f"({ev['examples']} {split} examples)")  # fmt: skip
-        for steps, value in ev.get("steps_sweep", {}).items():
-            print(f"  {steps:>3} block calls: {value:.4f}")
-        for row in ev.get("per_block", []):
-            chain = row["chain_accuracy"]
-            chain_s = "  -   " if chain is None else f"{chain:.4f}"
-            print(
-                f"  block {row['block']} sigma [{row['sigma_interval'][0]:.4g}, "
-                f"{row['sigma_interval'][1]:.4g}]: chain acc {chain_s}  own-interval CE "
-                f"{row['denoise_ce']:.4f}  CE@sigma_max {row['ce_at_sigma_max']:.4f}"
-            )
-    if "bpc" in ev:
-        print(
-            f"held-out BPC       {ev['bpc']:.4f} +/- {ev['bpc_stderr']:.4f} (standard error; "
-            f"{ev['sequences']} sequences x {ev['draws_per_sequence']} masking times; "
-            f"held out: {ev['held_out']})"
-        )
-        for row in ev.get("per_unit", []):
-            lo, hi = row["t_interval"]
-            print(
-                f"  block {row['block']} t in [{lo:.3f}, {hi:.3f}]: "
-                f"BPC share {row['bpc_share']:.4f}"
-            )
-    if "heldout_ce" in ev:
-        kind = (
-            "a likelihood" if ev["ce_is_likelihood"] else "final denoising step, not a likelihood"
-        )
-        print(
-            f"held-out next-char CE {ev['heldout_ce']:.4f} nats ({kind}), accuracy "
-            f"{ev['heldout_accuracy']:.4f} on {ev['heldout_characters']} characters"
-        )
-        if "sigma_max_call" in ev:
-            e = ev["sigma_max_call"]
-            print(
-                f"  one call at sigma_max (predictive, comparable with a likelihood): CE "
-                f"{e['heldout_ce']:.4f}, accuracy {e['heldout_accuracy']:.4f}"
-            )
-        for key, label in (("steps_sweep", "denoising steps"), ("depth_sweep", "core iterations")):
-            for k, e in ev.get(key, {}).items():
-                print(
-                    f"  {k:>3} {label}: CE {e['heldout_ce']:.4f}, accuracy "
-                    f"{e['heldout_accuracy']:.4f}"
-                )
-        if "distinct_1" in ev:
-            judge = f", judge perplexity {ev['judge_perplexity']:.3f}" if "judge" in ev else ""
-            print(
-                f"continuations: distinct-1/2 (words) {ev['distinct_1']:.3f}/"
-                f"{ev['distinct_2']:.3f}, distinct-4 (chars) {ev['distinct_4_chars']:.3f}, "
-                f"repetition {ev['repetition_4_chars']:.3f}{judge}"
-            )
-            for sample in ev["samples"][:2]:
-                print("  " + sample.replace("\n", " / ")[:120])
-    if "fid_skipped" in ev:
-        print(f"note: no FID ({ev['fid_skipped']})")
-    if "heldout_mse_per_unit" in ev:
-        mse = ", ".join(f"{v:.4f}" for v in ev["heldout_mse_per_unit"])
-        print(f"held-out denoising MSE per block (own sigma range): {mse}")
-    if "fid" in ev:
-        for steps, e in ev["steps_sweep"].items():
-            line = (
-                f"FID ({e['samples']} samples, {steps} steps, CFG {e['cfg_scale']}): {e['fid']:.3f}"
-            )
-            if "fid_inception" in e:
-                line += f"; Inception FID {e['fid_inception']:.3f}"
+def print_evaluation(ev: dict[str, Any], task: str | None = None) -> None:
+    """Human-readable evaluation: each task writes its own lines (``Task.report``); without
+    ``task`` (a task name), every task's report is asked and those that know the keys answer."""
+    for cls in report_classes(task):
+        for line in cls.report(ev):
             print(line)
-            print(
-                f"  layer evaluations per image {e['layer_evals_per_image']}, denoiser calls per "
-                f"block {e['calls_per_unit']}; evaluator agrees with the requested class "
-                f"{e['class_agreement']:.3f}; samples per class as judged {e['class_counts']}"
-            )
+
+
+def report_classes(task: str | None = None) -> list[type[Task]]:
+    """The task class that reports ``task``'s evaluations, or one class per distinct report."""
+    from .registry import TASKS
+
+    names = [task] if task is not None else list(TASKS)
+    out: list[type[Task]] = []
+    for name in names:
+        cls = next(iter(TASKS[name][1].values()))
+        # The class that writes the report (autoregressive and recurrent share CharLM's).
+        owner = next(k for k in cls.__mro__ if "report" in vars(k))
+        if owner not in out:
+            out.append(owner)
+    return out
 
 
 def describe_generation(info: dict[str, Any]) -> str:
@@ -166,7 +113,7 @@ def comparison_row(method: str, results: dict[str, Any], command: str) -> dict[s
     return {
         "method": method,
         "num_blocks": cfg["num_blocks"] if method == "dblocks" else 1,
-        **headline_metric(results["eval"]),
+        **headline_metric(results["eval"], cfg["task"]),
         "steps": results["accounting"]["steps"],
         "layer_evaluations": results["accounting"]["layer_evaluations"],
         "median_step_ms": results["timing"]["median_step_seconds"] * 1000,
@@ -178,31 +125,13 @@ def comparison_row(method: str, results: dict[str, Any], command: str) -> dict[s
     }
 
 
-# The one quality number per task that `dblocks compare` puts in its table.
-
-
-# The one quality number per task that `dblocks compare` puts in its table.
-HEADLINE = (
-    ("accuracy", "test acc"),
-    ("bpc", "held-out BPC"),
-    ("fid", "FID"),
-    ("heldout_ce", "held-out CE"),
-)
-
-
-def headline_metric(ev: dict[str, Any]) -> dict[str, Any]:
-    if "ce_is_likelihood" in ev:  # autoregressive: compare likelihoods with likelihoods
-        if ev["ce_is_likelihood"]:
-            return {"metric": "held-out CE (likelihood)", "value": ev["heldout_ce"],
-                    "heldout_ce": ev["heldout_ce"]}  # fmt: skip
-        # The chain's final-step CE is not a likelihood: its own column, never the headline;
-        # the headline is one call of the noisiest block where the task has it (autoregressive).
-        one_call = ev.get("sigma_max_call", {}).get("heldout_ce", float("nan"))
-        return {"metric": "held-out CE (likelihood)", "value": one_call, "heldout_ce": one_call,
-                "chain_ce_not_likelihood": ev["heldout_ce"]}  # fmt: skip
-    for key, label in HEADLINE:
-        if key in ev:
-            return {"metric": label, "value": ev[key], key: ev[key]}
+def headline_metric(ev: dict[str, Any], task: str | None = None) -> dict[str, Any]:
+    """The one quality number per task that ``dblocks compare`` puts in its table
+    (``Task.headline``)."""
+    for cls in report_classes(task):
+        found = cls.headline(ev)
+        if found is not None:
+            return found
     return {"metric": "-", "value": float("nan")}
 
 

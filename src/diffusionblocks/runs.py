@@ -36,8 +36,6 @@ from .training.runfolder import (
 )
 from .training.trainer import Trainer, load_model_weights
 
-DEFAULT_SWEEP = (1, 2, 4, 8)
-
 
 def default_run_dir(preset: str, config: RunConfig) -> Path:
     """``runs/<preset>-<method>[-B<b>]-s<seed>-<date-time>``: a new folder for every run."""
@@ -158,11 +156,12 @@ def train_run(
     allow_safe_changes: bool = False,
     progress: bool = True,
     preset: str | None = None,
-    sweep: tuple[int, ...] = DEFAULT_SWEEP,
+    sweep: tuple[int, ...] | None = None,
     log=print,
     command: str | None = None,
 ) -> dict[str, Any]:
-    """Train (or resume) a run, evaluate it, and write ``results.json`` and ``loss.png``."""
+    """Train (or resume) a run, evaluate it (sweeping ``sweep`` inference step counts, by default
+    the task's ``default_sweep``), and write ``results.json`` and ``loss.png``."""
     run_dir = Path(run_dir)
     if config is not None and not resume:
         config = resolve_paths(config)
@@ -191,14 +190,11 @@ def train_run(
     )
     fitted = trainer.fit()
     trainer.prepare_evaluation()  # every block in memory, with its own shared copy if any
-    evaluation = task.evaluate(
-        quick=False,
-        steps=list(sweep) if config.task == "classification" else None,
-        **with_judge({}, task),
-    )
+    steps = list(sweep or task.default_sweep or ()) or None
+    evaluation = task.evaluate(quick=False, steps=steps, **with_judge({}, task))
     extra = {}
     if "val" in task.splits:  # the split every choice is made on, reported beside the test split
-        extra["eval_val"] = task.evaluate(quick=False, steps=list(sweep), split="val")
+        extra["eval_val"] = task.evaluate(quick=False, steps=steps, split="val")
     results = {
         "run_dir": str(run_dir),
         "preset": preset,
@@ -329,9 +325,8 @@ def train_parallel(config, run_dir: Path, resume, progress, preset, log, command
             return {"rank": ctx.rank, **record}
         model_dir = assemble(run_dir)
         model_task, _ = load_run(model_dir)
-        evaluation = model_task.evaluate(
-            quick=False, steps=list(DEFAULT_SWEEP) if config.task == "classification" else None
-        )
+        sweep = model_task.default_sweep
+        evaluation = model_task.evaluate(quick=False, steps=list(sweep) if sweep else None)
         results = {
             "run_dir": str(run_dir),
             "preset": preset,
@@ -453,10 +448,10 @@ def evaluate_run(
 
 def evaluate_task(task: Task, steps: list[int] | None = None, **options: Any) -> dict[str, Any]:
     """The full evaluation of a loaded task, as ``dblocks eval`` and ``Model.evaluate`` run it:
-    classification sweeps :data:`DEFAULT_SWEEP` block calls unless ``steps`` is given, ``split``
+    the task's ``default_sweep`` of inference step counts unless ``steps`` is given, ``split``
     is checked against the task's splits, and a language-model judge given by path is loaded."""
-    if steps is None and task.config.task == "classification":
-        steps = list(DEFAULT_SWEEP)
+    if steps is None and task.default_sweep:
+        steps = list(task.default_sweep)
     options = {k: v for k, v in options.items() if v not in (None, False)}
     split = options.pop("split", None)
     if split is not None and split not in task.splits:

@@ -8,7 +8,7 @@ updated at every step. The trainer only ever calls the methods below.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -71,6 +71,25 @@ class Task:
     log_legend: dict[str, str] = {"loss": "the training objective of the step"}
 
     per_block_shared = False  # may each block own a copy of the shared modules? (parallel)
+
+    # -- reporting: what the command line prints and compares (it never asks which task) -------
+    # Inference step counts the final evaluation sweeps by default (None: the task has none).
+    default_sweep: ClassVar[tuple[int, ...] | None] = None
+    # What ``dblocks sample`` and ``Model.generate``/``sample_text`` make: "images", "text" or
+    # nothing (None).
+    generates: ClassVar[str | None] = None
+
+    @classmethod
+    def report(cls, ev: dict[str, Any]) -> list[str]:
+        """Human-readable lines for an evaluation this task wrote (``dblocks eval``, the end of
+        ``dblocks train``); keys it does not know are left to other tasks' reports."""
+        return []
+
+    @classmethod
+    def headline(cls, ev: dict[str, Any]) -> dict[str, Any] | None:
+        """The one quality number ``dblocks compare`` tabulates: ``{"metric": label, "value": v,
+        ...}`` (extra columns allowed), or None when ``ev`` does not hold this task's metric."""
+        return None
 
     def block_interval(self, block: int) -> list[float] | None:
         """The noise (or masking-time) interval ``block`` owns, for checkpoint metadata."""

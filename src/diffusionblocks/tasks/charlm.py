@@ -4,8 +4,6 @@ their shared task base (text data, held-out scoring, generation, the judge) and 
 
 from __future__ import annotations
 
-import math
-from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,6 +13,7 @@ import torch.nn.functional as F
 from ..config import ConfigError, RunConfig, _check, check_layer_split, check_transformer
 from ..data.images import DataError
 from ..data.text import TextCorpus
+from ..eval.text import distinct_n, judge_perplexity, repetition
 from ..networks.layers import seeded
 from ..networks.token_transformer import TokenShape, TwoStreamTransformer
 from .base import Task, load_text_sequences
@@ -82,27 +81,6 @@ class ARConfig(RunConfig):
         check_layer_split(self)
 
 
-# ---------------------------------------------------------------------- text metrics
-def distinct_n(texts: list[str], n: int, words: bool = False) -> float:
-    """Unique n-grams / all n-grams over the texts (characters, or whitespace words)."""
-    grams: list[tuple] = []
-    for text in texts:
-        units = text.split() if words else list(text)
-        grams += [tuple(units[i : i + n]) for i in range(len(units) - n + 1)]
-    return len(set(grams)) / len(grams) if grams else 0.0
-
-
-def repetition(texts: list[str], n: int = 4) -> float:
-    """Mean over texts of the fraction of character n-grams that occur more than once."""
-    scores = []
-    for text in texts:
-        grams = [text[i : i + n] for i in range(len(text) - n + 1)]
-        if grams:
-            counts = Counter(grams)
-            scores.append(sum(c for c in counts.values() if c > 1) / len(grams))
-    return sum(scores) / len(scores) if scores else 0.0
-
-
 # ---------------------------------------------------------------------- the task base
 class CharLM(Task):
     """A character language model over a text corpus: data, held-out scoring, generation and
@@ -122,6 +100,58 @@ class CharLM(Task):
     }
     plot_key = "ce"
     plot_label = "next-character cross-entropy (unweighted, nats)"
+    generates = "text"
+
+    @classmethod
+    def report(cls, ev: dict[str, Any]) -> list[str]:
+        if "heldout_ce" not in ev:
+            return []
+        kind = (
+            "a likelihood" if ev["ce_is_likelihood"] else "final denoising step, not a likelihood"
+        )
+        lines = [
+            f"held-out next-char CE {ev['heldout_ce']:.4f} nats ({kind}), accuracy "
+            f"{ev['heldout_accuracy']:.4f} on {ev['heldout_characters']} characters"
+        ]
+        if "sigma_max_call" in ev:
+            e = ev["sigma_max_call"]
+            lines.append(
+                f"  one call at sigma_max (predictive, comparable with a likelihood): CE "
+                f"{e['heldout_ce']:.4f}, accuracy {e['heldout_accuracy']:.4f}"
+            )
+        for key, label in (("steps_sweep", "denoising steps"), ("depth_sweep", "core iterations")):
+            for k, e in ev.get(key, {}).items():
+                lines.append(
+                    f"  {k:>3} {label}: CE {e['heldout_ce']:.4f}, accuracy "
+                    f"{e['heldout_accuracy']:.4f}"
+                )
+        if "distinct_1" in ev:
+            judge = f", judge perplexity {ev['judge_perplexity']:.3f}" if "judge" in ev else ""
+            lines.append(
+                f"continuations: distinct-1/2 (words) {ev['distinct_1']:.3f}/"
+                f"{ev['distinct_2']:.3f}, distinct-4 (chars) {ev['distinct_4_chars']:.3f}, "
+                f"repetition {ev['repetition_4_chars']:.3f}{judge}"
+            )
+            for sample in ev["samples"][:2]:
+                lines.append("  " + sample.replace("\n", " / ")[:120])
+        return lines
+
+    @classmethod
+    def headline(cls, ev: dict[str, Any]) -> dict[str, Any] | None:
+        """Likelihood beside likelihood: the chain's final-step CE is not a likelihood, so it
+        gets its own column and never the headline; the headline of a DiffusionBlocks run is one
+        call of the noisiest block where the task has it (autoregressive), else NaN."""
+        if "ce_is_likelihood" not in ev:
+            if "heldout_ce" not in ev:
+                return None
+            return {"metric": "held-out CE", "value": ev["heldout_ce"],
+                    "heldout_ce": ev["heldout_ce"]}  # fmt: skip
+        if ev["ce_is_likelihood"]:
+            return {"metric": "held-out CE (likelihood)", "value": ev["heldout_ce"],
+                    "heldout_ce": ev["heldout_ce"]}  # fmt: skip
+        one_call = ev.get("sigma_max_call", {}).get("heldout_ce", float("nan"))
+        return {"metric": "held-out CE (likelihood)", "value": one_call, "heldout_ce": one_call,
+                "chain_ce_not_likelihood": ev["heldout_ce"]}  # fmt: skip
 
     def __init__(self, config: ARConfig, device: torch.device):
         super().__init__(config, device)
@@ -290,20 +320,3 @@ class CharLM(Task):
                 judge, prompts, continuations, self.vocab.chars
             )
         return out
-
-
-def judge_perplexity(
-    judge: Task, prompts: list[str], continuations: list[str], chars: str
-) -> float:
-    """Perplexity (per character) of the continuations under a loaded end-to-end model."""
-    name = getattr(judge, "source", "the judge")
-    if not hasattr(judge, "continuation_nll"):  # an end-to-end autoregressive task
-        raise ConfigError(f"judge {name} is not an end-to-end autoregressive run")
-    if judge.vocab.chars != chars:
-        raise ConfigError(f"judge {name} was trained on another vocabulary")
-    judge.model.eval()
-    total, count = 0.0, 0
-    for prompt, text in zip(prompts, continuations, strict=True):
-        nll, n = judge.continuation_nll(prompt, text)
-        total, count = total + nll, count + n
-    return math.exp(total / max(count, 1))

@@ -93,6 +93,32 @@ class _ImageClassification(Task):
 
     config: ClassificationConfig
     splits = ("val", "test")
+    default_sweep = (1, 2, 4, 8)  # block calls the final evaluation reports
+
+    @classmethod
+    def report(cls, ev: dict[str, Any]) -> list[str]:
+        if "accuracy" not in ev:
+            return []
+        split = ev.get("split", "test")
+        lines = [f"{split} accuracy{' ' * (9 - len(split))}{ev['accuracy']:.4f}  "
+                 f"({ev['examples']} {split} examples)"]  # fmt: skip
+        for steps, value in ev.get("steps_sweep", {}).items():
+            lines.append(f"  {steps:>3} block calls: {value:.4f}")
+        for row in ev.get("per_block", []):
+            chain = row["chain_accuracy"]
+            chain_s = "  -   " if chain is None else f"{chain:.4f}"
+            lines.append(
+                f"  block {row['block']} sigma [{row['sigma_interval'][0]:.4g}, "
+                f"{row['sigma_interval'][1]:.4g}]: chain acc {chain_s}  own-interval CE "
+                f"{row['denoise_ce']:.4f}  CE@sigma_max {row['ce_at_sigma_max']:.4f}"
+            )
+        return lines
+
+    @classmethod
+    def headline(cls, ev: dict[str, Any]) -> dict[str, Any] | None:
+        if "accuracy" not in ev:
+            return None
+        return {"metric": "test acc", "value": ev["accuracy"], "accuracy": ev["accuracy"]}
 
     def __init__(self, config: ClassificationConfig, device: torch.device):
         super().__init__(config, device)

@@ -78,7 +78,39 @@ class _ImageGeneration(Task):
         "mse": "unweighted MSE of the denoised image against the clean one",
     }
 
+    generates = "images"
+
     config: GenerationConfig
+
+    @classmethod
+    def report(cls, ev: dict[str, Any]) -> list[str]:
+        lines = []
+        if "fid_skipped" in ev:
+            lines.append(f"note: no FID ({ev['fid_skipped']})")
+        if "heldout_mse_per_unit" in ev:
+            mse = ", ".join(f"{v:.4f}" for v in ev["heldout_mse_per_unit"])
+            lines.append(f"held-out denoising MSE per block (own sigma range): {mse}")
+        if "fid" in ev:
+            for steps, e in ev["steps_sweep"].items():
+                line = (
+                    f"FID ({e['samples']} samples, {steps} steps, CFG {e['cfg_scale']}): "
+                    f"{e['fid']:.3f}"
+                )
+                if "fid_inception" in e:
+                    line += f"; Inception FID {e['fid_inception']:.3f}"
+                lines.append(line)
+                lines.append(
+                    f"  layer evaluations per image {e['layer_evals_per_image']}, denoiser calls "
+                    f"per block {e['calls_per_unit']}; evaluator agrees with the requested class "
+                    f"{e['class_agreement']:.3f}; samples per class as judged {e['class_counts']}"
+                )
+        return lines
+
+    @classmethod
+    def headline(cls, ev: dict[str, Any]) -> dict[str, Any] | None:
+        if "fid" not in ev:
+            return None
+        return {"metric": "FID", "value": ev["fid"], "fid": ev["fid"]}
 
     def __init__(self, config: GenerationConfig, device: torch.device):
         super().__init__(config, device)

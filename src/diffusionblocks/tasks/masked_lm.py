@@ -50,6 +50,8 @@ class MaskedLMConfig(RunConfig):
     eval_batch_size: int = 256  # sequences per evaluation batch
     eval_subset: int = 64  # held-out sequences for quick estimates during training
 
+    block_variable = "the masking time t"
+
     def resolved(self) -> dict:
         """As every config's, with the blocks' masking-time intervals instead of noise levels."""
         out = {k: v for k, v in super().resolved().items() if "intervals" not in k}
@@ -81,8 +83,32 @@ class _MaskedLM(Task):
     # The targets (pixels, characters) do not depend on the shared modules, so block-parallel
     # training may give every block its own copy of them (shared=per-block).
     per_block_shared = True
+    generates = "text"
 
     config: MaskedLMConfig
+
+    @classmethod
+    def report(cls, ev: dict[str, Any]) -> list[str]:
+        if "bpc" not in ev:
+            return []
+        lines = [
+            f"held-out BPC       {ev['bpc']:.4f} +/- {ev['bpc_stderr']:.4f} (standard error; "
+            f"{ev['sequences']} sequences x {ev['draws_per_sequence']} masking times; "
+            f"held out: {ev['held_out']})"
+        ]
+        for row in ev.get("per_unit", []):
+            lo, hi = row["t_interval"]
+            lines.append(
+                f"  block {row['block']} t in [{lo:.3f}, {hi:.3f}]: "
+                f"BPC share {row['bpc_share']:.4f}"
+            )
+        return lines
+
+    @classmethod
+    def headline(cls, ev: dict[str, Any]) -> dict[str, Any] | None:
+        if "bpc" not in ev:
+            return None
+        return {"metric": "held-out BPC", "value": ev["bpc"], "bpc": ev["bpc"]}
 
     def __init__(self, config: MaskedLMConfig, device: torch.device):
         super().__init__(config, device)

@@ -47,6 +47,8 @@ class RecurrentConfig(ARConfig):
     init_std: float = 1.0  # bptt: std of the initial state noise
     inference_steps: int = 16  # K: core applications at inference (both methods)
 
+    baseline_method = "bptt"  # the recurrent-depth baseline is truncated backpropagation
+
     @classmethod
     def methods(cls) -> tuple[str, ...]:
         return RECURRENT_METHODS

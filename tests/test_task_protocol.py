@@ -1,0 +1,83 @@
+"""The command line and the run plumbing never ask which task they hold: what differs between
+tasks (reporting, headline metric, default sweep, what `sample` makes, the baseline method, what
+the blocks split) is asked of the task or its config class."""
+
+import ast
+import math
+from pathlib import Path
+
+import pytest
+
+import diffusionblocks
+from diffusionblocks.registry import TASKS
+from diffusionblocks.reporting import headline_metric, print_evaluation, report_classes
+
+PACKAGE = Path(diffusionblocks.__file__).parent
+TASK_NAMES = set(TASKS)
+
+
+@pytest.mark.parametrize("module", ["runs.py", "cli.py", "reporting.py", "api.py", "bench.py"])
+def test_no_comparison_with_a_task_name(module):
+    tree = ast.parse((PACKAGE / module).read_text())
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Compare):
+            parts = [node.left, *node.comparators]
+            for part in parts:
+                values = part.elts if isinstance(part, (ast.Tuple, ast.List, ast.Set)) else [part]
+                for v in values:
+                    if isinstance(v, ast.Constant) and v.value in TASK_NAMES:
+                        found.append(f"line {node.lineno}: {v.value!r}")
+    assert not found, f"{module} switches on task names: {found}"
+
+
+def test_every_task_reports_and_headlines_its_own_evaluation():
+    examples = {
+        "classification": ({"accuracy": 0.5, "examples": 10}, "test acc", "test accuracy"),
+        "generation": ({"fid": 3.0, "steps_sweep": {}}, "FID", None),
+        "masked-lm": ({"bpc": 2.0, "bpc_stderr": 0.1, "sequences": 2, "draws_per_sequence": 1,
+                       "held_out": "tail"}, "held-out BPC", "held-out BPC"),  # fmt: skip
+        "autoregressive": ({"heldout_ce": 1.5, "ce_is_likelihood": True, "heldout_accuracy": 0.4,
+                            "heldout_characters": 9}, "held-out CE (likelihood)", "next-char CE"),
+        "recurrent": ({"heldout_ce": 1.5, "ce_is_likelihood": False, "heldout_accuracy": 0.4,
+                       "heldout_characters": 9}, "held-out CE (likelihood)", "not a likelihood"),
+    }  # fmt: skip
+    assert set(examples) == TASK_NAMES
+    for name, (ev, metric, line) in examples.items():
+        (cls,) = report_classes(name)
+        head = headline_metric(ev, name)
+        assert head["metric"] == metric, name
+        if name == "recurrent":  # the chain's CE is never the headline
+            assert math.isnan(head["value"]) and head["chain_ce_not_likelihood"] == 1.5
+        else:
+            assert head["value"] == next(v for v in ev.values() if isinstance(v, float))
+        if line is not None:
+            assert any(line in text for text in cls.report(ev)), name
+        for other in TASK_NAMES - {name}:  # other tasks do not claim this evaluation
+            if report_classes(other) != [cls]:
+                assert report_classes(other)[0].headline(ev) is None, (name, other)
+
+
+def test_print_evaluation_with_and_without_the_task_name(capsys):
+    ev = {"accuracy": 0.75, "examples": 4, "split": "val"}
+    print_evaluation(ev, "classification")
+    named = capsys.readouterr().out
+    print_evaluation(ev)
+    assert capsys.readouterr().out == named and "val accuracy" in named
+
+
+def test_task_classes_declare_what_differs():
+    from diffusionblocks.registry import make_config
+
+    assert make_config("recurrent-tiny").baseline_method == "bptt"
+    assert make_config("tiny").baseline_method == "e2e"
+    assert make_config("mdm-tiny").block_variable != "sigma"
+    assert make_config("ar-tiny").block_variable == "sigma"
+    kinds = {name: {cls.generates for cls in methods.values()} for name, (_, methods) in
+             TASKS.items()}  # fmt: skip
+    assert kinds == {"classification": {None}, "generation": {"images"}, "masked-lm": {"text"},
+                     "autoregressive": {"text"}, "recurrent": {"text"}}  # fmt: skip
+    sweeps = {name: next(iter(methods.values())).default_sweep for name, (_, methods) in
+              TASKS.items()}  # fmt: skip
+    assert sweeps["classification"] == (1, 2, 4, 8)
+    assert all(v is None for k, v in sweeps.items() if k != "classification")
