@@ -1,0 +1,96 @@
+"""`dblocks bench` (memory and speed benchmarks) and `dblocks evaluator` (the Fashion-MNIST
+classifier whose features the Frechet distance uses)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from ..config import parse_assignments
+from ..registry import make_config
+from ..training.checkpoint import atomic_write_json
+from . import UsageError, command_line
+
+
+# ---------------------------------------------------------------------- bench
+def _int_list(text: str, name: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise UsageError(f"{name} expects comma-separated integers, got {text!r}") from None
+    if not values or any(v < 1 for v in values):
+        raise UsageError(f"{name} expects integers >= 1, got {text!r}")
+    return values
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .. import bench
+
+    overrides: dict[str, Any] = dict(parse_assignments(args.set or []))
+    if args.batch_size is not None:
+        if args.batch_size < 1:
+            raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
+        overrides["batch_size"] = args.batch_size
+    blocks = _int_list(args.blocks, "--blocks")
+    if args.kind == "memory" and args.steps < 1:
+        raise UsageError(f"--steps must be >= 1, got {args.steps}")
+    if args.kind == "speed" and args.repeats < 1:
+        raise UsageError(f"--repeats must be >= 1, got {args.repeats}")
+    configs = bench.MEMORY_CONFIGS if args.kind == "memory" else bench.SPEED_CONFIGS
+    for name in configs:  # validate every configuration before any work starts
+        for b in [1] if name.startswith("e2e") else blocks:
+            make_config(args.preset, {**overrides, **bench.config_overrides(name, b)})
+    if args.kind == "memory":
+        print(f"memory benchmark, preset {args.preset}, each configuration in a fresh process")
+        if args.malloc_mmap_threshold < 0:
+            raise UsageError("--malloc-mmap-threshold must be >= 0 (0 = glibc default)")
+        records = bench.run_memory_bench(
+            args.preset, blocks, overrides, args.steps, mmap_threshold=args.malloc_mmap_threshold
+        )
+        table = bench.format_memory_table(records)
+    else:
+        print(f"speed benchmark, preset {args.preset}, interleaved repeats in one process")
+        records = bench.run_speed_bench(args.preset, blocks, overrides, args.repeats)
+        table = bench.format_speed_table(records)
+    key = bench.MEMORY_TABLE_KEY if args.kind == "memory" else bench.SPEED_TABLE_KEY
+    print("\n" + key + "\n\n" + table)
+    command = command_line(args.argv)
+    if args.json:
+        atomic_write_json(args.json, {"command": command, "records": records})
+        print(f"written: {args.json}")
+    if args.kind == "memory" and args.plot:
+        if bench.plot_memory(records, args.plot) is None:
+            print("note: matplotlib is not installed; no plot written", file=sys.stderr)
+        else:
+            print(f"written: {args.plot}")
+    return 0
+
+
+# ---------------------------------------------------------------------- evaluator
+def cmd_evaluator(args: argparse.Namespace) -> int:
+    """Train the Fashion-MNIST classifier whose features FID uses; write its weights and card."""
+    from safetensors.torch import save_file
+
+    from ..fid import train_evaluator
+
+    if args.epochs < 1:
+        raise UsageError(f"--epochs must be >= 1, got {args.epochs}")
+    out = Path(args.out)
+    if out.suffix != ".safetensors":
+        raise UsageError(f"--out must end in .safetensors, got {out}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    model, card = train_evaluator(
+        args.data_dir, epochs=args.epochs, seed=args.seed, device=args.device
+    )
+    card["command"] = command_line(args.argv)
+    card["date"] = time.strftime("%Y-%m-%d")
+    tmp = out.with_name(f".{out.name}.tmp")
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp))
+    os.replace(tmp, out)
+    atomic_write_json(out.with_suffix(".json"), card)
+    print(f"evaluator test accuracy {card['test_accuracy']:.4f}; written {out}")
+    return 0

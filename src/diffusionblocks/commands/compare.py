@@ -1,0 +1,130 @@
+"""`dblocks schedule` (the blocks' noise intervals) and `dblocks compare` (each method trained
+in its own process, one table)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from ..config import parse_assignments
+from ..diffusion import BlockPartition, NoiseSchedule
+from ..registry import PRESETS, make_config
+from ..reporting import (
+    comparison_row,
+    format_comparison,
+    print_schedule,
+)
+from ..training.checkpoint import atomic_write_json, atomic_write_text
+from . import UsageError
+
+# ---------------------------------------------------------------------- schedule
+# What `dblocks schedule` prints without --preset (the paper's EDM noise, no overlap).
+SCHEDULE_DEFAULTS = {
+    "blocks": None,
+    "overlap": 0.0,
+    "partition": "equi-probability",
+    "p_mean": -1.2,
+    "p_std": 1.2,
+    "sigma_min": 0.002,
+    "sigma_max": 80.0,
+}
+
+
+def cmd_schedule(args: argparse.Namespace) -> int:
+    values = dict(SCHEDULE_DEFAULTS)
+    sigma_data = NoiseSchedule().sigma_data
+    if args.preset is not None:  # the preset's partition; explicit flags still override
+        overrides = parse_assignments(args.set or [])
+        if PRESETS[args.preset][1].get("data") == "":  # a preset for users' data
+            overrides.setdefault("data", "your data")  # the partition does not depend on it
+        config = make_config(args.preset, overrides)
+        if config.block_variable != "sigma":
+            intervals = {k: v for k, v in config.resolved().items() if k.endswith("_intervals")}
+            raise UsageError(
+                f"preset {args.preset} is a {config.task} run: its blocks split "
+                f"{config.block_variable}, not sigma ({intervals})"
+            )
+        values.update(blocks=config.num_blocks, overlap=config.overlap,
+                      partition=config.partition, p_mean=config.p_mean, p_std=config.p_std,
+                      sigma_min=config.sigma_min, sigma_max=config.sigma_max)  # fmt: skip
+        sigma_data = config.sigma_data
+    elif args.set:
+        raise UsageError("--set needs --preset (or give the flags: --blocks, --overlap, ...)")
+    values.update({k: getattr(args, k) for k in values if getattr(args, k) is not None})
+    if values["blocks"] is None:
+        raise UsageError("--blocks B is required (or --preset NAME for a preset's partition)")
+    if values["blocks"] < 1:
+        raise UsageError(f"--blocks must be >= 1, got {values['blocks']}")
+    if not 0 <= values["overlap"] <= 1:
+        raise UsageError(f"--overlap must be in [0, 1], got {values['overlap']}")
+    try:
+        schedule = NoiseSchedule(values["p_mean"], values["p_std"], values["sigma_min"],
+                                 values["sigma_max"], sigma_data)  # fmt: skip
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    partition = BlockPartition.create(
+        values["blocks"], schedule, values["partition"], values["overlap"]
+    )
+    if args.json:
+        print(json.dumps(partition.describe()))
+    else:
+        source = f"preset {args.preset}" if args.preset else "flags"
+        print(
+            f"# {source}: B={values['blocks']}, ln sigma ~ N({values['p_mean']:g}, "
+            f"{values['p_std']:g}^2) on [{values['sigma_min']:g}, {values['sigma_max']:g}]"
+        )
+        print_schedule(partition)
+    return 0
+
+
+# ---------------------------------------------------------------------- compare
+def cmd_compare(args: argparse.Namespace) -> int:
+    """Train each method in its own fresh process (so peak memory is per method), then print
+    one table."""
+    base = parse_assignments(args.set or [])
+    make_config(args.preset, base)  # validate before any work starts
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    baseline = make_config(args.preset, base).baseline_method
+    if args.methods == "e2e,dblocks":  # the default: the task's baseline, then DiffusionBlocks
+        methods = [baseline, "dblocks"]
+    for m in methods:
+        make_config(args.preset, {**base, "method": m})
+    out = Path(args.out or f"runs/compare-{args.preset}-{time.strftime('%Y%m%d-%H%M%S')}")
+    if (out / "comparison.json").exists():
+        raise UsageError(f"{out} already holds a comparison; choose another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for m in methods:
+        run_dir = out / m
+        cmd = [sys.executable, "-m", "diffusionblocks", "train", "--preset", args.preset]
+        for k, v in {**base, "method": m}.items():
+            cmd += ["--set", f"{k}={v}"]
+        cmd += ["--out", str(run_dir)]
+        if args.no_progress:
+            cmd.append("--no-progress")
+        print(f"\n=== {m}: {' '.join(cmd[1:])}", flush=True)
+        proc = subprocess.run(cmd, env=os.environ.copy())
+        if proc.returncode != 0:
+            raise UsageError(f"training {m} failed (exit code {proc.returncode})")
+        results = json.loads((run_dir / "results.json").read_text())
+        rows.append(comparison_row(m, results, " ".join(["dblocks", *cmd[3:]])))
+    e2e = next((r for r in rows if r["method"] == baseline), None)
+    for r in rows:
+        if e2e:
+            r["step_time_vs_e2e"] = r["median_step_ms"] / e2e["median_step_ms"]
+            r["train_peak_vs_e2e"] = r["train_peak_mib"] / max(e2e["train_peak_mib"], 1e-9)
+    table = format_comparison(rows)
+    notes = [f"warning ({r['method']}): {w}" for r in rows for w in r["warnings"]]
+    table += "".join(f"\n\n{note}" for note in notes)
+    print("\n" + table)
+    atomic_write_json(
+        out / "comparison.json", {"preset": args.preset, "overrides": base, "rows": rows}
+    )
+    atomic_write_text(out / "comparison.md", table + "\n")
+    print(f"\nwritten: {out}/comparison.json, {out}/comparison.md")
+    return 0
