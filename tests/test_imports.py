@@ -12,7 +12,7 @@ import diffusionblocks
 ROOT = Path(diffusionblocks.__file__).parent
 PACKAGE = "diffusionblocks"
 CORE = ("diffusion", "networks", "tasks", "training", "data", "eval")
-TOP = ("runs", "cli", "assemble", "registry", "api")
+TOP = ("runs", "cli", "assemble", "registry", "api", "loading", "commands", "reporting", "bench")
 
 
 def module_name(path: Path) -> str:

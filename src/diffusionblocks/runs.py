@@ -1,4 +1,4 @@
-"""Run folders: create, train, resume, load and evaluate.
+"""Run folders: create, train and resume (loading and evaluating them: :mod:`.loading`).
 
 A run folder holds ``config.json`` (the resolved config), ``metrics.jsonl``, ``checkpoints/``,
 ``results.json`` (accounting, timing, memory and the final evaluation) and ``loss.png``.
@@ -15,26 +15,24 @@ from typing import Any
 
 import torch
 
-from .assemble import assemble, is_model_folder, load_model_folder
+from .assemble import assemble
 from .config import SAFE_RESUME_KEYS, ConfigError, RunConfig, config_diff, config_from_dict
+from .loading import (  # noqa: F401 - re-exported: the run-folder API in one place
+    INFERENCE_KEYS,
+    check_moved_data,
+    evaluate_run,
+    evaluate_task,
+    load_pretrained,
+    load_run,
+    with_judge,
+)
 from .registry import make_task, read_run_config, resolve_device
+from .reporting import legend_entry, metrics_legend, run_warnings  # noqa: F401
 from .tasks.base import Task
-from .training.checkpoint import (
-    Checkpoint,
-    CheckpointError,
-    atomic_write_json,
-    latest_checkpoint,
-)
+from .training.checkpoint import atomic_write_json
 from .training.metrics import plot_losses
-from .training.runfolder import (
-    BUILTIN_DATA,
-    DATA_KEYS,
-    data_fingerprint,
-    recorded_fingerprint,
-    resolve_paths,
-    write_run_config,
-)
-from .training.trainer import Trainer, load_model_weights
+from .training.runfolder import DATA_KEYS, resolve_paths, write_run_config
+from .training.trainer import Trainer
 
 
 def default_run_dir(preset: str, config: RunConfig) -> Path:
@@ -42,37 +40,6 @@ def default_run_dir(preset: str, config: RunConfig) -> Path:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     blocks = f"-B{config.num_blocks}" if config.method == "dblocks" else ""
     return Path("runs") / f"{preset}-{config.method}{blocks}-s{config.seed}-{stamp}"
-
-
-def _check_moved_data(run_dir, saved: RunConfig, config: RunConfig) -> None:
-    """A run whose data file moved: say how to point at it; the file given must hold the same
-    bytes as the one the run was trained on (the pixel normalisation, vocabulary and splits come
-    from it): a changed file, another file, or a built-in dataset instead of a file is refused."""
-    data, before = getattr(config, "data", None), getattr(saved, "data", None)
-    if not data or (data in BUILTIN_DATA and data == before):
-        return
-    if (data in BUILTIN_DATA) != (before in BUILTIN_DATA):
-        raise ConfigError(
-            f"invalid value for 'data': {data!r} (this run was trained on {before!r}; evaluate "
-            "it on the same data)"
-        )
-    path = Path(data).expanduser()
-    if not path.exists():
-        raise ConfigError(
-            f"invalid value for 'data': {data} does not exist (the data this run was trained on "
-            "moved?); point at it with --set data=PATH"
-        )
-    recorded = recorded_fingerprint(run_dir)
-    if recorded is None or not path.is_file():  # an older run, or a folder: the loader speaks
-        return
-    if data_fingerprint(config) != recorded:
-        what = ("has changed since this run was trained on it" if data == before
-                else "is not the file this run was trained on")  # fmt: skip
-        raise ConfigError(
-            f"invalid value for 'data': {data} {what} (its sha256 differs from the recorded "
-            f"{recorded[:12]}...): the pixel normalisation, vocabulary and splits come from it; "
-            "evaluate with the same data"
-        )
 
 
 def refuse_existing_run(run_dir: Path) -> None:
@@ -103,11 +70,11 @@ def prepare_run_dir(
             raise ConfigError(f"--resume: {run_dir} holds no run (no config.json)")
         saved = read_run_config(run_dir)
         if config is None:
-            _check_moved_data(run_dir, saved, saved)
+            check_moved_data(run_dir, saved, saved)
             return saved
         config = resolve_paths(config)
         diff = config_diff(resolve_paths(saved), config)  # older runs saved paths as typed
-        _check_moved_data(run_dir, saved, config)  # a moved data file must hold the same bytes
+        check_moved_data(run_dir, saved, config)  # a moved data file must hold the same bytes
         if not diff:
             return saved
         keys = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in diff.items())
@@ -216,25 +183,6 @@ def train_run(
     trainer.metrics.write(final)
     plot_losses(run_dir / "metrics.jsonl", run_dir / "loss.png", task.plot_key, task.plot_label)
     return results
-
-
-# Keys that only change inference or evaluation; `dblocks eval --set` may override them.
-INFERENCE_KEYS = (
-    "inference_steps",
-    "temperature",
-    "judge",
-    "gen_prompts",
-    "gen_prompt_len",
-    "gen_length",
-    "eval_sequences",
-    "cfg_scale",
-    "fid_samples",
-    "grid",
-    "bridge_temperature",
-    "eval_batch_size",
-    "test_subset",
-    "device",
-)
 
 
 def check_disk_space(run_dir: Path, task: Task, config: RunConfig) -> None:
@@ -377,175 +325,6 @@ def _resumable(config, run_dir: Path):
     return config_from_dict(type(config), values)
 
 
-def load_run(
-    run_dir: str | os.PathLike,
-    device: str | None = None,
-    overrides: dict[str, Any] | None = None,
-) -> tuple[Task, Checkpoint]:
-    """The task of a run folder with the weights of its latest checkpoint loaded. ``overrides``
-    may change inference-only keys (:data:`INFERENCE_KEYS`)."""
-    saved = config = read_run_config(run_dir)
-    if overrides:
-        bad = [k for k in overrides if k not in INFERENCE_KEYS + DATA_KEYS]
-        if bad:
-            raise ConfigError(
-                f"eval --set can only change inference keys ({', '.join(INFERENCE_KEYS)}) and "
-                f"where the data is ({', '.join(DATA_KEYS)}); got {', '.join(bad)}"
-            )
-        values = {**config.to_dict(), **overrides}
-        config = resolve_paths(config_from_dict(type(config), values))
-    _check_moved_data(run_dir, saved, config)
-    task = make_task(config, resolve_device(device or config.device))
-    folder = Path(run_dir)
-    no_checkpoint = latest_checkpoint(folder / "checkpoints") is None
-    if not is_model_folder(folder) and is_model_folder(folder / "model") and no_checkpoint:
-        folder = folder / "model"  # a block-parallel run: its assembled model
-    if is_model_folder(folder):
-        load_model_folder(task, folder)
-        task.source = str(folder)
-        card = json.loads((folder / "config.json").read_text())
-        steps = [b["step"] for b in card.get("blocks", {}).values()] or [card.get("step", 0)]
-        return task, ModelFolder(folder, int(max(steps)))
-    path = latest_checkpoint(folder / "checkpoints")
-    if path is None:
-        hint = (
-            " (a block-parallel run: assemble it with `dblocks assemble`)"
-            if (folder / "blocks").is_dir()
-            else " (train it first)"
-        )
-        raise CheckpointError(f"{run_dir} has no checkpoint yet{hint}")
-    ckpt = Checkpoint(path)
-    if ckpt.meta.get("task") != config.task or ckpt.meta.get("units") != len(task.model.blocks):
-        raise CheckpointError(
-            f"{path} is for task {ckpt.meta.get('task')!r} with {ckpt.meta.get('units')} units, "
-            f"but {run_dir}/config.json describes {config.task!r} with {len(task.model.blocks)}"
-        )
-    load_model_weights(task.model, ckpt)
-    task.source = str(run_dir)
-    return task, ckpt
-
-
-class ModelFolder:
-    """Stands in for a checkpoint when a model folder is loaded."""
-
-    def __init__(self, path: Path, step: int):
-        self.path, self.step = path, step
-
-
-def evaluate_run(
-    run_dir: str | os.PathLike,
-    steps: list[int] | None = None,
-    device: str | None = None,
-    overrides: dict[str, Any] | None = None,
-    **options: Any,
-) -> dict[str, Any]:
-    """Evaluate the latest checkpoint of a run. ``options`` go to the task (e.g. ``fid_samples``,
-    ``inception`` for image generation)."""
-    task, ckpt = load_run(run_dir, device, overrides)
-    result = evaluate_task(task, steps, **options)
-    return {"run_dir": str(run_dir), "checkpoint_step": ckpt.step, **result}
-
-
-def evaluate_task(task: Task, steps: list[int] | None = None, **options: Any) -> dict[str, Any]:
-    """The full evaluation of a loaded task, as ``dblocks eval`` and ``Model.evaluate`` run it:
-    the task's ``default_sweep`` of inference step counts unless ``steps`` is given, ``split``
-    is checked against the task's splits, and a language-model judge given by path is loaded."""
-    if steps is None and task.default_sweep:
-        steps = list(task.default_sweep)
-    options = {k: v for k, v in options.items() if v not in (None, False)}
-    split = options.pop("split", None)
-    if split is not None and split not in task.splits:
-        raise ConfigError(
-            f"invalid value for 'split': {split!r} ({task.config.task} runs have the splits "
-            f"{', '.join(task.splits)}; validation splits for every task are still to come)"
-        )
-    if split is not None and len(task.splits) > 1:
-        options["split"] = split
-    return task.evaluate(quick=False, steps=steps, **with_judge(options, task))
-
-
-def with_judge(options: dict[str, Any], task: Task) -> dict[str, Any]:
-    """``options`` with the language-model judge (``judge=PATH`` given, or the run's ``judge``
-    key) loaded: tasks score with a loaded model and never read run folders themselves."""
-    if not hasattr(task.config, "judge"):
-        return options
-    judge = options.get("judge") or task.config.judge
-    if isinstance(judge, (str, os.PathLike)):
-        options = {**options, "judge": load_run(judge, str(task.device))[0]}
-    return options
-
-
-def metrics_legend(task: Task) -> dict[str, str]:
-    """What every key of ``metrics.jsonl`` measures (also in results.json). Keys ending in a
-    block index are listed with ``<b>``, the validation curve's with ``<key>``."""
-    key = task.plot_key
-    legend = {
-        "step": "global optimizer step (all blocks' steps together)",
-        "block": "the block trained at this step (end to end: 0, all layers)",
-        "epoch": "epochs of the block trained at this step (its own steps / steps per epoch)",
-        "data_epochs": "passes over the training data by all blocks together",
-        "examples_per_sec": "training examples per second since the previous record",
-        "lr": "learning rate of the last step (warm-up, then cosine decay per block)",
-        "grad_norm": "gradient norm of the last step before clipping (grad_clip)",
-        "loss_block_<b>": "block b's training objective, mean over its steps since the last record",
-        "fault": "why a step's update was skipped (a non-finite loss or gradient, nan_policy)",
-        "skipped_steps": "steps skipped so far",
-        "eval_<key>": "a quick evaluation of the whole model during training (eval_every), on "
-        "the validation split when there is one",
-        "test_<metric>": "the final evaluation of the whole model on the test split, written once "
-        "at the end",
-    }
-    if key != "loss":
-        legend[f"{key}_block_<b>"] = f"'{key}' of block b's training steps (plotted in loss.png)"
-    if "val" in task.splits:
-        legend["val_<key>_block_<b>"] = (
-            "the logged quantity <key> of block b on a fixed batch of validation examples with "
-            "fixed noise (never trained on): the held-out curve, plotted in loss.png"
-        )
-        legend["val_<metric>"] = "the final evaluation of the whole model on the validation split"
-    legend.update(task.log_legend)
-    return legend
-
-
-def legend_entry(legend: dict[str, str], key: str) -> str | None:
-    """The legend's explanation of a concrete metrics key (``val_ce_block_2`` ->
-    ``val_<key>_block_<b>``), or None."""
-    import re
-
-    if key in legend:
-        return legend[key]
-    generic = re.sub(r"_block_\d+$", "_block_<b>", key)
-    if generic in legend:
-        return legend[generic]
-    for pattern in ("val_<key>_block_<b>", "eval_<key>", "test_<metric>", "val_<metric>"):
-        prefix = pattern.split("<")[0]
-        if key.startswith(prefix) and pattern in legend:
-            if pattern.endswith("_block_<b>") and not re.search(r"_block_\d+$", key):
-                continue
-            return legend[pattern]
-    return None
-
-
-# Below this many steps per block a run's numbers are flagged: on the validation splits of
-# docs/results/user-images, 22-110 steps per block gave chance or near it, 220 an unstable
-# 0.77 +- 0.10, 440 a stable 0.93 +- 0.03 (digits, the images preset, 3 seeds).
-MIN_STEPS_PER_BLOCK = 400
-
-
-def run_warnings(task: Task, trainer: Trainer) -> list[str]:
-    """What makes this run's numbers meaningless, in words (printed after training)."""
-    notes = []
-    steps = trainer.steps_per_unit
-    if steps < MIN_STEPS_PER_BLOCK:
-        who = "per block" if task.config.method == "dblocks" else "(end to end)"
-        notes.append(
-            f"only {steps} optimizer step{'s' if steps != 1 else ''} {who} (fewer than "
-            f"{MIN_STEPS_PER_BLOCK}): runs this short were at chance or unstable in our "
-            "measurements (docs/results/user-images); raise epochs (or lower batch_size)"
-        )
-    return notes
-
-
 def _saved_command(run_dir: Path) -> str | None:
     try:
         return json.loads((run_dir / "config.json").read_text()).get("command")
@@ -578,9 +357,3 @@ def _flat(d: dict[str, Any]):
     for k, v in d.items():
         if isinstance(v, (int, float)) and not isinstance(v, bool):
             yield k, v
-
-
-def load_pretrained(path: str | os.PathLike, device: str | None = None) -> Task:
-    """The task (data, network with weights) of an assembled model folder or a run folder."""
-    task, _ = load_run(path, device)
-    return task
