@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from ..config import ConfigError, RunConfig, _check, check_layer_split, check_transformer
 from ..data.images import ImageDataset, load_image_dataset
 from ..diffusion import chain, chain_levels, edm_denoise, soft_bridge, weighted_loss
+from ..eval.classification import block_diagnostics
 from ..networks.layers import seeded
 from ..networks.vit import ViT, ViTShape
 from .base import Task
@@ -301,6 +302,10 @@ class BlockwiseClassification(_ImageClassification):
         denoised = edm_denoise(network, z, sigma[:, None], self.schedule.sigma_data)  # D
         return m.head(denoised, conds[0])  # (N, classes)
 
+    def label_table(self) -> torch.Tensor:
+        """The unit-norm label embeddings: the denoising targets (and the soft bridge's table)."""
+        return self.model.label_table()
+
     def block_patches(self, block: int, images: torch.Tensor) -> torch.Tensor:
         """Patch tokens of ``images`` through the stem block ``block`` runs with."""
         self.model.use_shared(block)
@@ -387,16 +392,12 @@ class BlockwiseClassification(_ImageClassification):
         chain_gens = {
             s: torch.Generator().manual_seed(c.seed + 1_000_003 + 7919 * s) for s in sweep
         }
-        gen = torch.Generator().manual_seed(c.seed + 1_000_003)
         correct = dict.fromkeys(sweep, 0)
         after_block = [0] * B  # chain stopped after block b (default steps)
         called: set[int] = set()
-        ce_sigma_max = [0.0] * B
-        denoise_ce = [0.0] * B
         total = 0
         for images, labels in self._eval_batches(split, c.eval_subset if quick else None):
-            n = len(labels)
-            total += n
+            total += len(labels)
             for s in sweep:
                 final, calls = self.predict(images, s, chain_gens[s])
                 correct[s] += int((final.argmax(-1) == labels).sum())
@@ -407,21 +408,9 @@ class BlockwiseClassification(_ImageClassification):
                     called.update(last)
                     for block, logits in last.items():
                         after_block[block] += int((logits.argmax(-1) == labels).sum())
-            if quick:
-                continue
-            target = self.model.label_table()[labels]
-            for b in range(B):
-                patches = self.block_patches(b, images)
-                s_max = torch.full((n,), self.schedule.sigma_max, device=self.device)
-                z = s_max[:, None] * torch.randn(target.shape, generator=gen).to(self.device)
-                logits = self.block_logits(b, z, s_max, patches)
-                ce_sigma_max[b] += float(F.cross_entropy(logits, labels, reduction="sum"))
-                sigma = self.partition.sample_sigma(b, n, gen, self.device)
-                z = target + sigma[:, None] * torch.randn(target.shape, generator=gen).to(
-                    self.device
-                )
-                logits = self.block_logits(b, z, sigma, patches)
-                denoise_ce[b] += float(F.cross_entropy(logits, labels, reduction="sum"))
+        if not quick:  # each block alone, its own generator (the chain's draws are unchanged)
+            gen = torch.Generator().manual_seed(c.seed + 1_000_003)
+            diagnostics = block_diagnostics(self, self._eval_batches(split), B, gen)
         self.model.train()
         result: dict[str, Any] = {
             "split": split,
@@ -437,8 +426,7 @@ class BlockwiseClassification(_ImageClassification):
                     "block": b,
                     "sigma_interval": list(self.partition.interval(b)),
                     "chain_accuracy": after_block[b] / total if b in called else None,
-                    "ce_at_sigma_max": ce_sigma_max[b] / total,
-                    "denoise_ce": denoise_ce[b] / total,
+                    **diagnostics[b],
                 }
                 for b in range(B)
             ]
@@ -447,95 +435,40 @@ class BlockwiseClassification(_ImageClassification):
 
 # Presets of this task: name -> (config overrides, one-line description); the registry gathers
 # every task's presets (`dblocks presets`).
+# fmt: off
 PRESETS: dict[str, tuple[dict[str, Any], str]] = {
     "tiny": (
-        dict(
-            data="digits",
-            depth=4,
-            hidden=32,
-            heads=2,
-            patch_size=2,
-            num_blocks=2,
-            epochs=1,
-            batch_size=64,
-            lr=2e-3,
-            log_every=5,
-            eval_subset=200,
-            eval_batch_size=200,
-        ),
+        dict(data="digits", depth=4, hidden=32, heads=2, patch_size=2, num_blocks=2, epochs=1,
+             batch_size=64, lr=2e-3, log_every=5, eval_subset=200, eval_batch_size=200),
         "smoke test (seconds on a CPU; its accuracy means nothing): 8x8 digits, 4-layer ViT "
         "(hidden 32), B=2",
     ),
     "images": (
-        dict(
-            data="",  # the user's .npz: --set data=PATH
-            depth=6,
-            hidden=64,
-            heads=4,
-            patch_size=0,  # auto: 4 to 8 patches along each side
-            num_blocks=3,
-            epochs=20,
-            batch_size=64,
-            lr=2e-3,
-            p_mean=1.0,
-            weighting="none",
-            log_every=20,
-        ),
+        dict(data="",  # the user's .npz: --set data=PATH
+             patch_size=0,  # auto: 4 to 8 patches along each side
+             depth=6, hidden=64, heads=4, num_blocks=3, epochs=20, batch_size=64, lr=2e-3,
+             p_mean=1.0, weighting="none", log_every=20),
         "start here for your own images (--set data=PATH.npz): 6-layer ViT (hidden 64), patch "
         "sized to the image, B=3, 20 epochs per block; noise setting and epochs chosen on "
         "validation splits (docs/results/user-images/)",
     ),
     "vit-fmnist": (
-        dict(
-            data="fashion-mnist",
-            depth=6,
-            hidden=64,
-            heads=4,
-            patch_size=7,
-            num_blocks=3,
-            epochs=5,
-            batch_size=128,
-            lr=2e-3,
-            p_mean=1.0,
-            weighting="none",
-            log_every=50,
-        ),
+        dict(data="fashion-mnist", depth=6, hidden=64, heads=4, patch_size=7, num_blocks=3,
+             epochs=5, batch_size=128, lr=2e-3, p_mean=1.0, weighting="none", log_every=50),
         "paper-like: Fashion-MNIST (60k), 6-layer ViT (hidden 64, patch 7), B=3, 5 epochs per "
         "block; P_mean=1 and no loss weighting (measured, see docs/experiments.md)",
     ),
     "vit-fmnist-quick": (
-        dict(
-            data="fashion-mnist",
-            depth=6,
-            hidden=64,
-            heads=4,
-            patch_size=7,
-            num_blocks=3,
-            epochs=3,
-            batch_size=128,
-            lr=2e-3,
-            p_mean=1.0,
-            weighting="none",
-            train_subset=20000,
-            log_every=20,
-        ),
+        dict(data="fashion-mnist", depth=6, hidden=64, heads=4, patch_size=7, num_blocks=3,
+             epochs=3, batch_size=128, lr=2e-3, p_mean=1.0, weighting="none",
+             train_subset=20000, log_every=20),
         "a few CPU minutes per method: as vit-fmnist on 20k training images, 3 epochs",
     ),
     "bench": (
-        dict(
-            data="fashion-mnist",
-            depth=12,
-            hidden=128,
-            heads=4,
-            patch_size=4,
-            num_blocks=3,
-            epochs=1,
-            batch_size=128,
-            lr=1e-3,
-            train_subset=2048,
-            test_subset=512,
-            log_every=10,
-        ),
+        dict(data="fashion-mnist", depth=12, hidden=128, heads=4, patch_size=4, num_blocks=3,
+             epochs=1, batch_size=128, lr=1e-3, train_subset=2048, test_subset=512,
+             log_every=10),
         "memory/speed benchmark: 12-layer ViT (hidden 128, patch 4, 50 tokens), batch 128",
     ),
 }
+# fmt: on
