@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from .assemble import is_model_folder, load_model_folder
-from .config import ConfigError, RunConfig, config_from_dict
+from .config import ConfigError, RunConfig, config_from_dict, flat_keys
 from .registry import make_task, read_run_config, resolve_device
 from .tasks.base import Task
 from .training.checkpoint import Checkpoint, CheckpointError, latest_checkpoint
@@ -82,6 +82,7 @@ def load_run(
     may change inference-only keys (:data:`INFERENCE_KEYS`)."""
     saved = config = read_run_config(run_dir)
     if overrides:
+        overrides = flat_keys(type(config), overrides)
         bad = [k for k in overrides if k not in INFERENCE_KEYS + DATA_KEYS]
         if bad:
             raise ConfigError(

@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from .config import ConfigError, RunConfig, build_config, config_from_dict
+from .config import ConfigError, RunConfig, build_config, config_from_dict, flat_keys
 from .tasks import autoregressive, classification, generation, masked_lm, recurrent
 from .tasks.autoregressive import ARConfig, BlockwiseAR, EndToEndAR
 from .tasks.base import Task
@@ -79,7 +79,7 @@ def make_config(preset: str, overrides: dict[str, Any] | None = None) -> RunConf
         raise ConfigError(f"unknown preset {preset!r}; choose one of {', '.join(preset_names())}")
     task, values, _ = PRESETS[preset]
     config_cls = TASKS[task][0]
-    return build_config(config_cls, {**values, **(overrides or {})})
+    return build_config(config_cls, {**values, **flat_keys(config_cls, overrides or {})})
 
 
 def config_class(task: str) -> type[RunConfig]:

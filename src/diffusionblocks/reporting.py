@@ -14,9 +14,13 @@ if TYPE_CHECKING:
 
 def print_plan(config, preset: str | None) -> None:
     docs = type(config).field_docs()
-    print(f"# preset: {preset}   task: {config.task}")
-    for key, value in config.to_dict().items():
-        print(f"{key:>18} = {value!s:<24} # {docs.get(key, '')}")
+    print(f"# preset: {preset}   task: {config.task}   (set a key as KEY=V or GROUP.KEY=V)")
+    for group, values in config.to_nested().items():
+        if group == "task":
+            continue
+        print(f"[{group}]")
+        for key, value in values.items():
+            print(f"{key:>18} = {value!s:<24} # {docs.get(key, '')}")
     resolved = config.resolved()
     print(
         f"# resolved: shared policy {resolved['shared_policy']}, block-resident "

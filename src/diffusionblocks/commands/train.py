@@ -30,10 +30,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.preset is not None:
         config = make_config(args.preset, overrides)
     elif overrides:  # --resume --set k=v: the run's saved config with those keys changed
-        from ..config import config_from_dict
+        from ..config import config_from_dict, flat_keys
 
         saved = read_run_config(args.out)
-        config = config_from_dict(type(saved), {**saved.to_dict(), **overrides})
+        changes = flat_keys(type(saved), overrides)
+        config = config_from_dict(type(saved), {**saved.to_dict(), **changes})
     else:
         config = None
     if args.dry_run:

@@ -26,6 +26,16 @@ class ARConfig(RunConfig):
     """Autoregressive character language model."""
 
     task: str = "autoregressive"  # fixed
+
+    task_groups = {
+        "data": ("data", "test_fraction", "seq_len", "train_subset"),
+        "model": ("depth", "hidden", "heads", "mlp_ratio"),
+        "noise": ("sigma_sampling",),
+        "training": ("aux_ce",),
+        "eval": ("bridge_temperature", "temperature", "eval_sequences", "eval_batch_size",
+                 "eval_subset", "gen_prompts", "gen_prompt_len", "gen_length", "judge"),
+    }  # fmt: skip
+
     num_blocks: int = 4  # B
     overlap: float = 0.1  # gamma (paper: 0.1 for text generation)
     weighting: str = "none"  # CE weighting over sigma: edm | batch | clamped | none

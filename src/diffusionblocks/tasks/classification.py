@@ -35,6 +35,14 @@ class ClassificationConfig(RunConfig):
     """Image classification with a ViT."""
 
     task: str = "classification"  # fixed
+
+    task_groups = {
+        "data": ("data", "data_dir", "train_subset", "test_subset", "test_fraction",
+                 "val_fraction", "sparse_labels"),
+        "model": ("depth", "hidden", "heads", "patch_size", "mlp_ratio"),
+        "eval": ("eval_batch_size", "eval_subset", "bridge_temperature"),
+    }  # fmt: skip
+
     data: str = "fashion-mnist"  # fashion-mnist | digits | path to a .npz with x, y
     data_dir: str | None = None  # Fashion-MNIST folder (default /usr/share/datasets/fashion-mnist)
     train_subset: int = 0  # use only the first N training images (0 = all)

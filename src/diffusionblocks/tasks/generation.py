@@ -30,6 +30,14 @@ class GenerationConfig(RunConfig):
     """Class-conditional image generation with a DiT."""
 
     task: str = "generation"  # fixed
+
+    task_groups = {
+        "data": ("data", "data_dir", "train_subset", "test_subset", "test_fraction",
+                 "sparse_labels"),
+        "model": ("depth", "hidden", "heads", "patch_size", "mlp_ratio", "label_dropout"),
+        "eval": ("cfg_scale", "fid_samples", "eval_batch_size", "eval_subset"),
+    }  # fmt: skip
+
     weighting: str = "edm"  # L2 loss x w(sigma) (EDM); edm | batch | clamped | none
     inference_steps: int = 50  # denoiser calls per sample (Euler steps between them)
     data: str = "fashion-mnist"  # fashion-mnist | digits | path to a .npz with x, y

@@ -36,6 +36,13 @@ class MaskedLMConfig(RunConfig):
     """Masked-diffusion character language model."""
 
     task: str = "masked-lm"  # fixed
+
+    task_groups = {
+        "data": ("data", "test_fraction", "seq_len", "train_subset"),
+        "model": ("depth", "hidden", "heads", "mlp_ratio"),
+        "eval": ("eval_draws", "eval_sequences", "eval_batch_size", "eval_subset"),
+    }  # fmt: skip
+
     inference_steps: int = 128  # ancestral unmasking steps when sampling
     data: str = "shakespeare"  # shakespeare | path to a UTF-8 text file
     test_fraction: float = 0.1  # held-out tail of a user text file

@@ -36,6 +36,13 @@ class RecurrentConfig(ARConfig):
     """Recurrent-depth character language model."""
 
     task: str = "recurrent"  # fixed
+
+    task_groups = {
+        **ARConfig.task_groups,
+        "model": ("depth", "hidden", "heads", "mlp_ratio", "prelude", "core", "coda"),
+        "training": ("aux_ce", "mean_iterations", "truncation", "init_std"),
+    }
+
     num_blocks: int = 1  # one trained unit (the whole recurrent network)
     overlap: float = 0.0  # unused: the core is one denoiser over the whole sigma range
     depth: int = 8  # distinct layers: prelude + core + coda

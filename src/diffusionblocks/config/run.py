@@ -1,4 +1,5 @@
-"""Run configuration: dataclasses validated at construction, and ``key=value`` parsing.
+"""The fields every run has (:class:`RunConfig`), validated at construction, and what they
+resolve to (block residency, the shared-module policy, the noise partition).
 
 Every task has one config class that extends :class:`RunConfig` with its own data and model
 fields. Field comments are the documentation: ``dblocks train --preset P --dry-run`` prints them.
@@ -7,17 +8,14 @@ fields. Field comments are the documentation: ``dblocks train --preset P --dry-r
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import hashlib
 import json
-import math
 import re
-import types
-import typing
 from dataclasses import dataclass, fields
 from typing import Any, ClassVar
 
-from .diffusion import GRIDS, PARTITIONS, WEIGHTINGS, BlockPartition, NoiseSchedule
+from ..diffusion import GRIDS, PARTITIONS, WEIGHTINGS, BlockPartition, NoiseSchedule
+from .checks import ConfigError, _check, _choice, _show
 
 METHODS = ("dblocks", "e2e")
 SCHEDULES = ("random", "cycle", "sequential", "synchronous")
@@ -42,10 +40,6 @@ def dict_hash(data: dict[str, Any], ignore: tuple[str, ...] = ()) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-class ConfigError(ValueError):
-    """A configuration key or value is invalid. The message names the key."""
-
-
 @dataclass
 class RunConfig:
     """Fields every task shares: method, blocks, optimisation, noise, bookkeeping."""
@@ -55,6 +49,20 @@ class RunConfig:
     # What the blocks split: "sigma" (noise levels, the partition of ``dblocks schedule``) or
     # another variable named in ``resolved()`` (masked LM: the masking time t).
     block_variable: ClassVar[str] = "sigma"
+    # Keys by group: ``--set noise.p_mean=1`` names a key with its group, ``--set p_mean=1`` is
+    # the same key (flat names stay valid everywhere). Task configs add their ``data``, ``model``
+    # and ``eval`` groups in ``task_groups`` (and may add keys to these groups).
+    groups: ClassVar[dict[str, tuple[str, ...]]] = {
+        "training": ("method", "num_blocks", "schedule", "cycle_steps", "resident", "blocks",
+                     "epochs", "batch_size", "lr", "weight_decay", "warmup", "min_lr_ratio",
+                     "grad_clip", "seed", "checkpointing", "nan_policy", "nan_max_skips",
+                     "shared", "shared_init"),
+        "noise": ("partition", "overlap", "weighting", "weight_clamp", "p_mean", "p_std",
+                  "sigma_min", "sigma_max", "sigma_data", "inference_steps", "grid"),
+        "run": ("device", "log_every", "eval_every", "checkpoint_every", "keep_checkpoints"),
+        "parallel": ("parallel",),
+    }  # fmt: skip
+    task_groups: ClassVar[dict[str, tuple[str, ...]]] = {}
 
     task: str = ""  # task name (set by the task's config class)
     method: str = "dblocks"  # dblocks (block-wise denoisers) or e2e (plain end-to-end baseline)
@@ -274,6 +282,32 @@ class RunConfig:
             self.num_blocks, self.noise_schedule(), self.partition, self.overlap
         )
 
+    # ------------------------------------------------------------------ groups
+    @classmethod
+    def key_groups(cls) -> dict[str, tuple[str, ...]]:
+        """Group name -> its keys, for this task (every key but ``task`` in exactly one)."""
+        out = dict(cls.groups)
+        for name, keys in cls.task_groups.items():
+            out[name] = out.get(name, ()) + keys
+        return out
+
+    @classmethod
+    def group_of(cls, key: str) -> str | None:
+        return next((g for g, keys in cls.key_groups().items() if key in keys), None)
+
+    def group(self, name: str) -> dict[str, Any]:
+        """The values of one group, e.g. ``config.group("noise")``."""
+        groups = self.key_groups()
+        if name not in groups:
+            raise ConfigError(f"unknown config group {name!r}; choose one of {', '.join(groups)}")
+        values = self.to_dict()
+        return {k: values[k] for k in groups[name]}
+
+    def to_nested(self) -> dict[str, Any]:
+        """The config as ``{"task": ..., group: {key: value}}``: the layout ``--dry-run`` prints
+        (``config_from_dict`` reads it back as well as the flat one)."""
+        return {"task": self.task, **{g: self.group(g) for g in self.key_groups()}}
+
     # ------------------------------------------------------------------ serialisation
     def to_dict(self) -> dict[str, Any]:
         out = {}
@@ -323,202 +357,3 @@ class RunConfig:
             for m in re.finditer(r"^\s+(\w+): [^=\n]+= [^#\n]+#\s*(.+)$", src, re.M):
                 docs[m.group(1)] = m.group(2).strip()
         return docs
-
-
-# ---------------------------------------------------------------------- helpers
-def _show(value: Any) -> str:
-    return repr(value) if isinstance(value, str) else str(value)
-
-
-def check_transformer(cfg: Any) -> None:
-    """The shape keys every transformer config has: ``depth``, ``hidden``, ``heads``,
-    ``mlp_ratio`` (each refusal names its key)."""
-    _check(cfg, "depth", 1 <= cfg.depth <= 256, "an integer in [1, 256]")
-    _check(cfg, "hidden", 1 <= cfg.hidden <= 65536, "an integer >= 1")
-    _check(cfg, "heads", 1 <= cfg.heads <= cfg.hidden, f"an integer in [1, hidden={cfg.hidden}]")
-    _check(cfg, "mlp_ratio", 0 < cfg.mlp_ratio <= 64, "a number in (0, 64]")
-
-
-def check_layer_split(cfg: Any) -> None:
-    """A transformer config's heads must divide its width, and (DiffusionBlocks) its blocks its
-    depth, so that every block has the same number of layers."""
-    if cfg.hidden % cfg.heads:
-        raise ConfigError(
-            f"invalid value for 'heads': {cfg.heads} (must divide hidden={cfg.hidden})"
-        )
-    if cfg.method == "dblocks" and cfg.depth % cfg.num_blocks:
-        raise ConfigError(
-            f"invalid value for 'num_blocks': {cfg.num_blocks} (must divide "
-            f"depth={cfg.depth} so that every block has the same number of layers)"
-        )
-
-
-def _check(cfg: Any, name: str, ok: bool, allowed: str) -> None:
-    if not ok:
-        raise ConfigError(
-            f"invalid value for '{name}': {_show(getattr(cfg, name))} (must be {allowed})"
-        )
-
-
-def _choice(cfg: Any, name: str, allowed: tuple[str, ...]) -> None:
-    value = getattr(cfg, name)
-    if value not in allowed:
-        raise ConfigError(
-            f"invalid value for '{name}': {_show(value)} (choose one of {', '.join(allowed)})"
-        )
-
-
-def _field_types(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
-
-
-def _parse_bool(text: str) -> bool:
-    t = text.strip().lower()
-    if t in ("1", "true", "yes", "on"):
-        return True
-    if t in ("0", "false", "no", "off"):
-        return False
-    raise ValueError("expected true or false")
-
-
-def _parse_int(text: str) -> int:
-    t = text.strip().replace("_", "")
-    if not re.fullmatch(r"[+-]?\d+", t):
-        raise ValueError("expected an integer")
-    return int(t)
-
-
-def _parse_float(text: str) -> float:
-    value = float(text.strip())
-    if not math.isfinite(value):
-        raise ValueError("expected a finite number")
-    return value
-
-
-def _parse_int_tuple(text: str) -> tuple[int, ...] | None:
-    t = text.strip().lower()
-    if t in ("", "none", "all", "null"):
-        return None
-    return tuple(_parse_int(part) for part in t.strip("[]()").split(",") if part.strip())
-
-
-def coerce(cls: type, key: str, value: Any) -> Any:
-    """Convert ``value`` (a string from the command line, or a JSON value) to the type of field
-    ``key`` of config class ``cls``. Raises :class:`ConfigError` naming the key."""
-    hint = _field_types(cls)[key]
-    args = typing.get_args(hint)
-    optional = type(None) in args
-    base = hint
-    if typing.get_origin(hint) in (typing.Union, types.UnionType):
-        base = next(a for a in args if a is not type(None))
-    try:
-        if value is None:
-            if optional:
-                return None
-            raise ValueError("a value is required")
-        if typing.get_origin(base) is tuple:
-            if isinstance(value, str):
-                return _parse_int_tuple(value)
-            if isinstance(value, (list, tuple)) and all(
-                isinstance(v, int) and not isinstance(v, bool) for v in value
-            ):
-                return tuple(value)
-            raise ValueError("expected a comma-separated list of integers")
-        if base is bool:
-            if isinstance(value, bool):
-                return value
-            if isinstance(value, str):
-                return _parse_bool(value)
-            raise ValueError("expected true or false")
-        if base is int:
-            if isinstance(value, bool):
-                raise ValueError("expected an integer")
-            if isinstance(value, int):
-                return value
-            if isinstance(value, float) and value.is_integer():
-                return int(value)
-            if isinstance(value, str):
-                return _parse_int(value)
-            raise ValueError("expected an integer")
-        if base is float:
-            if isinstance(value, bool):
-                raise ValueError("expected a number")
-            if isinstance(value, (int, float)):
-                if not math.isfinite(value):
-                    raise ValueError("expected a finite number")
-                return float(value)
-            if isinstance(value, str):
-                return _parse_float(value)
-            raise ValueError("expected a number")
-        if base is str:
-            if isinstance(value, str):
-                if optional and value.strip().lower() in ("", "none", "null"):
-                    return None
-                return value.strip()
-            raise ValueError("expected a string")
-    except ValueError as err:
-        raise ConfigError(f"invalid value for '{key}': {_show(value)} ({err})") from None
-    raise ConfigError(f"field '{key}' has an unsupported type {hint}")
-
-
-def parse_assignments(items: list[str]) -> dict[str, str]:
-    """``["lr=1e-3", "blocks=0,2"]`` -> ``{"lr": "1e-3", "blocks": "0,2"}``."""
-    out: dict[str, str] = {}
-    for item in items:
-        if "=" not in item:
-            raise ConfigError(f"--set expects key=value, got {item!r}")
-        key, value = item.split("=", 1)
-        key = key.strip()
-        if not re.fullmatch(r"[A-Za-z_]\w*", key):
-            raise ConfigError(f"--set key {key!r} is not a valid config key name")
-        out[key] = value
-    return out
-
-
-def build_config(cls: type[RunConfig], values: dict[str, Any]) -> RunConfig:
-    """Build and validate ``cls`` from ``values``; unknown keys are rejected with a suggestion."""
-    names = [f.name for f in fields(cls) if f.init and f.name != "task"]
-    for key in values:
-        if key == "task":
-            if values[key] != cls().task:
-                raise ConfigError(
-                    f"'task' is fixed by the preset ({cls().task!r}); pick another preset instead"
-                )
-            continue
-        if key not in names:
-            close = difflib.get_close_matches(key, names, n=1, cutoff=0.5)
-            hint = f"; did you mean '{close[0]}'?" if close else ""
-            raise ConfigError(f"unknown config key '{key}' for task '{cls().task}'{hint}")
-    typed = {k: coerce(cls, k, v) for k, v in values.items() if k != "task"}
-    try:
-        return cls(**typed)
-    except TypeError as err:  # pragma: no cover - guarded by the name check above
-        raise ConfigError(str(err)) from None
-
-
-def config_from_dict(cls: type[RunConfig], data: dict[str, Any]) -> RunConfig:
-    """Rebuild a config saved with :meth:`RunConfig.to_dict`."""
-    task = data.get("task", "")
-    if task and task != cls().task:
-        raise ConfigError(f"config is for task '{task}', not '{cls().task}'")
-    return build_config(cls, {k: v for k, v in data.items() if k != "task"})
-
-
-def config_diff(a: RunConfig, b: RunConfig) -> dict[str, tuple[Any, Any]]:
-    """Keys whose values differ between two configs of the same class."""
-    da, db = a.to_dict(), b.to_dict()
-    return {k: (da[k], db[k]) for k in da if da[k] != db.get(k)}
-
-
-__all__ = [
-    "METHODS",
-    "SCHEDULES",
-    "ConfigError",
-    "SAFE_RESUME_KEYS",
-    "RunConfig",
-    "build_config",
-    "coerce",
-    "config_diff",
-    "config_from_dict",
-    "parse_assignments",
-]

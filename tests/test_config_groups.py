@@ -1,0 +1,71 @@
+"""Config groups: every key belongs to one group (training, noise, run, parallel; per task data,
+model, eval), ``--set group.key=v`` is the flat ``key=v``, and a wrong group or key is refused by
+name."""
+
+import json
+from dataclasses import fields
+
+import pytest
+
+from diffusionblocks.cli import main
+from diffusionblocks.config import ConfigError, config_from_dict
+from diffusionblocks.registry import TASKS, make_config
+
+
+@pytest.mark.parametrize("task", sorted(TASKS))
+def test_every_key_is_in_exactly_one_group(task):
+    cls = TASKS[task][0]
+    grouped = [k for keys in cls.key_groups().values() for k in keys]
+    assert len(grouped) == len(set(grouped)), "a key in two groups"
+    assert set(grouped) == {f.name for f in fields(cls)} - {"task"}
+    assert {"training", "noise", "run", "parallel", "data", "model", "eval"} <= set(
+        cls.key_groups()
+    )
+
+
+def test_a_grouped_key_is_its_flat_alias():
+    flat = make_config("tiny", {"p_mean": "1.5", "depth": "2", "eval_subset": "50"})
+    grouped = make_config("tiny", {"noise.p_mean": "1.5", "model.depth": "2",
+                                   "eval.eval_subset": "50"})  # fmt: skip
+    assert grouped.to_dict() == flat.to_dict()
+    assert grouped.group("noise")["p_mean"] == 1.5 and grouped.group("model")["depth"] == 2
+
+
+def test_the_nested_layout_reads_back():
+    config = make_config("ar-tiny", {"temperature": "0.5", "seed": "3"})
+    nested = config.to_nested()
+    assert nested["eval"]["temperature"] == 0.5 and nested["training"]["seed"] == 3
+    assert config_from_dict(type(config), nested).to_dict() == config.to_dict()
+    json.dumps(nested)  # plain data
+
+
+@pytest.mark.parametrize(
+    "overrides, words",
+    [
+        ({"nois.p_mean": "1"}, ["unknown config group 'nois'", "noise"]),
+        ({"noise.lr": "1"}, ["'lr' is not a key of group 'noise'", "in group 'training'"]),
+        ({"noise.p_mean": "1", "p_mean": "2"}, ["'p_mean' given twice"]),
+        ({"model.depht": "2"}, ["'depht' is not a key of group 'model'"]),
+    ],
+)
+def test_wrong_groups_and_keys_are_refused_by_name(overrides, words):
+    with pytest.raises(ConfigError) as err:
+        make_config("tiny", overrides)
+    for w in words:
+        assert w in str(err.value)
+
+
+def test_group_names_work_on_the_command_line(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "--preset", "tiny", "--set", "training.epochs=0.2", "--set",
+                 "run.log_every=2", "--out", str(out), "--no-progress"]) == 0  # fmt: skip
+    saved = json.loads((out / "config.json").read_text())["config"]
+    assert saved["epochs"] == 0.2 and saved["log_every"] == 2  # stored flat, as before
+    capsys.readouterr()
+    assert main(["eval", "--run", str(out), "--set", "eval.eval_batch_size=7", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["examples"] > 0
+    assert main(["eval", "--run", str(out), "--set", "training.lr=1", "--json"]) == 2
+    assert "lr" in capsys.readouterr().err
+    assert main(["train", "--preset", "tiny", "--set", "noise.p_mean=2", "--dry-run"]) == 0
+    plan = capsys.readouterr().out
+    assert "[noise]" in plan and "[model]" in plan and "GROUP.KEY=V" in plan
