@@ -1,71 +1,20 @@
-"""Memory and speed benchmarks: ``dblocks bench memory`` and ``dblocks bench speed``.
-
-Memory: every configuration runs in its own fresh Python process (peak counters only go up), with
-the real trainer. For each one we record
-
-- ``peak_bytes``: peak memory above the moment just before the first training step (CPU: peak RSS
-  minus RSS then; CUDA: ``max_memory_allocated`` minus the bytes allocated then). The weights that
-  exist at that moment are not in it;
-- ``peak_with_weights_bytes``: ``peak_bytes`` plus the parameter bytes that existed at that moment,
-  so configurations that hold different weights compare fairly;
-- ``activation_bytes``: bytes autograd saves for the backward pass in one training step, counted
-  exactly with ``torch.autograd.graph.saved_tensors_hooks`` (unique storages, parameters excluded);
-- ``param_bytes``, ``grad_bytes``, ``optimizer_bytes``: tensors resident after that step's backward;
-- ``predicted_bytes``: the paper's analytic formula (docs/method.md §4) with P and A per layer
-  taken from the model and from the end-to-end measurement, plus 4x the shared modules' parameters.
-
-Speed: one process, all configurations built side by side, repeats interleaved so that machine
-noise hits every configuration alike; medians and ratios to ``e2e``.
-"""
+"""The memory benchmark: each configuration in a fresh process (``python -m
+diffusionblocks.bench worker``), peak memory above the first step, activation bytes counted
+exactly, and the paper's analytic prediction beside them (see the package docstring)."""
 
 from __future__ import annotations
 
 import json
 import os
-import statistics
 import subprocess
 import sys
-import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
 
-MEMORY_CONFIGS = ("e2e", "e2e+ckpt", "dblocks", "dblocks-resident", "dblocks-swap",
-                  "dblocks-resident+ckpt")  # fmt: skip
-SPEED_CONFIGS = ("e2e", "e2e+ckpt", "dblocks", "dblocks+ckpt")
-
-
-def config_overrides(name: str, blocks: int) -> dict[str, Any]:
-    """Config keys that turn a preset into benchmark configuration ``name`` with B = ``blocks``."""
-    ckpt = name.endswith("+ckpt")
-    base = name.removesuffix("+ckpt")
-    if base == "e2e":
-        return {"method": "e2e", "checkpointing": ckpt}
-    if base == "dblocks":  # the paper's schedule, every block and optimizer resident
-        return {
-            "method": "dblocks",
-            "num_blocks": blocks,
-            "schedule": "cycle",
-            "checkpointing": ckpt,
-        }
-    if base == "dblocks-resident":  # one block at a time, the others on disk
-        return {
-            "method": "dblocks",
-            "num_blocks": blocks,
-            "schedule": "sequential",
-            "checkpointing": ckpt,
-        }
-    if base == "dblocks-swap":  # the paper's order, one block in memory, swapped at each visit
-        return {
-            "method": "dblocks",
-            "num_blocks": blocks,
-            "schedule": "cycle",
-            "resident": True,
-            "checkpointing": ckpt,
-        }
-    raise ValueError(f"unknown benchmark configuration {name!r}")
+from .configs import MEMORY_CONFIGS, config_overrides
 
 
 class SavedTensorCounter:
@@ -108,9 +57,9 @@ def warm_runtime(device: torch.device) -> None:
 def measure_memory(preset: str, overrides: dict[str, Any], steps: int) -> dict[str, Any]:
     """Train ``steps`` steps of one configuration in this process and measure it. Meant to run in
     a fresh process (``python -m diffusionblocks.bench worker ...``)."""
-    from .registry import make_config, make_task
-    from .training.metrics import current_rss_bytes
-    from .training.trainer import Trainer, batch_indices
+    from ..registry import make_config, make_task
+    from ..training.metrics import current_rss_bytes
+    from ..training.trainer import Trainer, batch_indices
 
     config = make_config(preset, overrides)
     task = make_task(config)
@@ -261,16 +210,6 @@ What the columns measure (one fresh process per row):
   activations   bytes autograd saves for one step's backward (counted exactly)
   params, grads, optimizer  tensors resident after one step's backward (counted exactly)"""
 
-SPEED_TABLE_KEY = """\
-What the columns measure (interleaved repeats in one process; medians):
-  median step   time of ONE training step: one block's forward, backward and update for
-                dblocks, the whole network for e2e
-  vs e2e        ratio of the median steps
-  paired ratio  median of the per-repeat ratios (repeats taken moments apart): the ratio to trust
-  inference     one prediction of a batch: the B-block chain for dblocks, one forward for e2e
-Per-step speed is not total training time: at equal compute a dblocks run takes B times the
-steps of e2e (each step runs 1/B of the layers); `dblocks compare` measures whole runs."""
-
 
 def format_memory_table(records: list[dict[str, Any]]) -> str:
     mib = 2**20
@@ -334,135 +273,3 @@ def plot_memory(records: list[dict[str, Any]], out: str | os.PathLike) -> Path |
     plt.close(fig)
     os.replace(tmp, out)
     return out
-
-
-# ---------------------------------------------------------------------- speed
-def run_speed_bench(
-    preset: str,
-    blocks: list[int],
-    overrides: dict[str, Any],
-    repeats: int = 10,
-    warmup: int = 2,
-    configs: tuple[str, ...] = SPEED_CONFIGS,
-    log=print,
-) -> list[dict[str, Any]]:
-    """Median training-step time of every configuration, interleaved in one process, and the
-    inference latency of the classification chain vs one end-to-end forward."""
-    from .registry import make_config, make_task
-    from .training.trainer import Trainer
-
-    entries = []
-    for name in configs:
-        for b in [1] if name.startswith("e2e") else blocks:
-            ov = {**overrides, **config_overrides(name, b)}
-            config = make_config(preset, ov)
-            task = make_task(config)
-            entries.append(
-                {
-                    "config": name,
-                    "blocks": b,
-                    "task": task,
-                    "trainer": Trainer(task, None, progress=False),
-                }
-            )
-    batch = entries[0]["task"].train_batch(torch.arange(entries[0]["task"].config.batch_size))
-    device = entries[0]["task"].model.device
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-
-    def timed(fn) -> float:
-        sync()
-        t0 = time.perf_counter()
-        fn()
-        sync()
-        return time.perf_counter() - t0
-
-    step_times: dict[int, list[float]] = {i: [] for i in range(len(entries))}
-    infer_times: dict[int, list[float]] = {i: [] for i in range(len(entries))}
-    images = batch[0]
-    log(f"  {len(entries)} configurations x {repeats} interleaved repeats ...")
-    for r in range(warmup + repeats):
-        for i, e in enumerate(entries):
-            unit = r % e["trainer"].num_units
-            t = timed(lambda e=e, unit=unit: e["trainer"].train_step(unit, batch))
-            if r >= warmup:
-                step_times[i].append(t)
-        for i, e in enumerate(entries):
-            if e["config"].endswith("+ckpt"):
-                continue  # inference is the same with or without activation checkpointing
-            task = e["task"]
-            with torch.no_grad():
-                if e["config"] == "e2e":
-                    t = timed(lambda task=task: task.logits(images))
-                else:
-                    gen = torch.Generator().manual_seed(r)
-                    t = timed(
-                        lambda task=task, gen=gen: task.predict(images, task.config.num_blocks, gen)
-                    )
-            if r >= warmup:
-                infer_times[i].append(t)
-    records = []
-    for i, e in enumerate(entries):
-        rec = {
-            "config": e["config"],
-            "blocks": e["blocks"],
-            "device": str(device),
-            "batch_size": e["task"].config.batch_size,
-            "repeats": repeats,
-            "median_step_seconds": statistics.median(step_times[i]),
-            "step_seconds": step_times[i],
-        }
-        if infer_times[i]:
-            rec["median_inference_seconds"] = statistics.median(infer_times[i])
-            rec["inference_seconds"] = infer_times[i]
-        records.append(rec)
-    e2e = next(r for r in records if r["config"] == "e2e")
-    for r in records:
-        r["step_ratio_to_e2e"] = r["median_step_seconds"] / e2e["median_step_seconds"]
-        # Ratio of medians and median of per-repeat ratios (repeats are interleaved, so each
-        # repeat's ratio compares two steps taken moments apart).
-        r["median_paired_step_ratio"] = statistics.median(
-            a / b for a, b in zip(r["step_seconds"], e2e["step_seconds"], strict=True)
-        )
-        if "median_inference_seconds" in r:
-            r["inference_ratio_to_e2e"] = (
-                r["median_inference_seconds"] / e2e["median_inference_seconds"]
-            )
-    return records
-
-
-def format_speed_table(records: list[dict[str, Any]]) -> str:
-    lines = [
-        "| config | B | median step | vs e2e | paired ratio | inference | vs e2e forward |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for r in records:
-        inf = r.get("median_inference_seconds")
-        inf_text = "-" if inf is None else f"{inf * 1000:.1f} ms"
-        ratio_text = "-" if inf is None else f"{r['inference_ratio_to_e2e']:.3f}x"
-        lines.append(
-            f"| {r['config']} | {r['blocks']} | {r['median_step_seconds'] * 1000:.1f} ms "
-            f"| {r['step_ratio_to_e2e']:.3f}x | {r['median_paired_step_ratio']:.3f}x "
-            f"| {inf_text} | {ratio_text} |"
-        )
-    return "\n".join(lines)
-
-
-def _worker(argv: list[str]) -> int:
-    import argparse
-
-    p = argparse.ArgumentParser(prog="python -m diffusionblocks.bench worker")
-    p.add_argument("--preset", required=True)
-    p.add_argument("--steps", type=int, default=3)
-    p.add_argument("--overrides", default="{}")
-    args = p.parse_args(argv)
-    record = measure_memory(args.preset, json.loads(args.overrides), args.steps)
-    print(json.dumps(record))
-    return 0
-
-
-if __name__ == "__main__":  # pragma: no cover - subprocess entry point
-    if len(sys.argv) > 1 and sys.argv[1] == "worker":
-        sys.exit(_worker(sys.argv[2:]))
-    sys.exit(
-        "usage: python -m diffusionblocks.bench worker --preset P [--steps N] [--overrides JSON]"
-    )

@@ -1,0 +1,30 @@
+"""``python -m diffusionblocks.bench worker ...``: one memory-benchmark configuration measured in
+this (fresh) process, printed as one JSON line."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from .memory import measure_memory
+
+
+def _worker(argv: list[str]) -> int:
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m diffusionblocks.bench worker")
+    p.add_argument("--preset", required=True)
+    p.add_argument("--steps", type=int, default=3)
+    p.add_argument("--overrides", default="{}")
+    args = p.parse_args(argv)
+    record = measure_memory(args.preset, json.loads(args.overrides), args.steps)
+    print(json.dumps(record))
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover - subprocess entry point
+    if len(sys.argv) > 1 and sys.argv[1] == "worker":
+        sys.exit(_worker(sys.argv[2:]))
+    sys.exit(
+        "usage: python -m diffusionblocks.bench worker --preset P [--steps N] [--overrides JSON]"
+    )
