@@ -15,10 +15,19 @@ Layers of the package:
 - :mod:`diffusionblocks.training` -- the one block-wise trainer, checkpoints, metrics.
 """
 
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .api import Model
+    from .tasks.base import Task
+
 __version__ = "0.1.0"
 
 
-def load(path, device=None, **overrides):
+def load(path: str | os.PathLike, device: str | None = None, **overrides: Any) -> Model:
     """The trained model of a run folder or an assembled model folder: ``classify``,
     ``generate``, ``sample_text``, ``evaluate``. See :func:`diffusionblocks.api.load`."""
     from .api import load as _load
@@ -26,7 +35,9 @@ def load(path, device=None, **overrides):
     return _load(path, device, **overrides)
 
 
-def train(preset, out=None, progress=True, **overrides):
+def train(
+    preset: str, out: str | os.PathLike | None = None, progress: bool = True, **overrides: Any
+) -> Model:
     """Train ``preset`` with config ``overrides`` into a run folder, as ``dblocks train`` does;
     returns the model. See :func:`diffusionblocks.api.train`."""
     from .api import train as _train
@@ -34,7 +45,7 @@ def train(preset, out=None, progress=True, **overrides):
     return _train(preset, out, progress, **overrides)
 
 
-def load_pretrained(path, device=None):
+def load_pretrained(path: str | os.PathLike, device: str | None = None) -> Task:
     """The task (data and network with weights) of a model folder (``dblocks assemble``) or a
     run folder. See :func:`diffusionblocks.runs.load_pretrained`."""
     from .runs import load_pretrained as _load

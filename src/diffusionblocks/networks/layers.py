@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -33,6 +34,13 @@ def _per_token(cond: torch.Tensor) -> torch.Tensor:
     return cond[:, None, :] if cond.dim() == 2 else cond
 
 
+def _zero_linear(linear: nn.Module) -> None:
+    """Zero the weight and bias of ``linear`` (the adaLN-Zero modulation projections)."""
+    assert isinstance(linear, nn.Linear)
+    nn.init.zeros_(linear.weight)
+    nn.init.zeros_(linear.bias)
+
+
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """x (N, T, C) * (1 + scale (N, 1, C)) + shift (N, 1, C)."""
     return x * (1 + scale) + shift
@@ -43,8 +51,14 @@ class ScalarEmbedding(nn.Module):
     sinusoidal features of ``scalar * input_scale`` followed by a two-layer MLP (as DiT's
     timestep embedder)."""
 
+    freqs: torch.Tensor  # a buffer (not saved in the state dict)
+
     def __init__(
-        self, dim: int, frequency_dim: int = 128, input_scale: float = 1000.0, max_period=1e4
+        self,
+        dim: int,
+        frequency_dim: int = 128,
+        input_scale: float = 1000.0,
+        max_period: float = 1e4,
     ):
         super().__init__()
         half = frequency_dim // 2
@@ -80,7 +94,7 @@ class Attention(nn.Module):
         x: torch.Tensor,
         mask: torch.Tensor | None = None,
         prefix: tuple[torch.Tensor, torch.Tensor] | None = None,
-        kv_out: list | None = None,
+        kv_out: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
     ) -> torch.Tensor:
         n, t, c = x.shape
         q, k, v = self.heads_qkv(x)
@@ -105,8 +119,7 @@ class AdaLNLayer(nn.Module):
             nn.Linear(dim, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, dim)
         )
         self.modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
-        nn.init.zeros_(self.modulation[1].weight)
-        nn.init.zeros_(self.modulation[1].bias)
+        _zero_linear(self.modulation[1])
 
     def forward(
         self,
@@ -114,7 +127,7 @@ class AdaLNLayer(nn.Module):
         cond: torch.Tensor,
         mask: torch.Tensor | None = None,
         prefix: tuple[torch.Tensor, torch.Tensor] | None = None,
-        kv_out: list | None = None,
+        kv_out: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
     ) -> torch.Tensor:
         """``prefix``: cached (keys, values) of earlier tokens that x also attends to;
         ``kv_out``: a list that receives this layer's (keys, values) of x."""
@@ -133,8 +146,7 @@ class AdaLNOutput(nn.Module):
         self.norm = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
         self.modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 2 * dim))
         self.linear = nn.Linear(dim, out_dim)
-        nn.init.zeros_(self.modulation[1].weight)
-        nn.init.zeros_(self.modulation[1].bias)
+        _zero_linear(self.modulation[1])
         if zero_init:
             nn.init.zeros_(self.linear.weight)
             nn.init.zeros_(self.linear.bias)
@@ -219,6 +231,10 @@ class BlockStack(nn.Module):
                     for _ in range(num_blocks)
                 )
 
+    def _group(self, block: int) -> LayerGroup:
+        """Block ``block`` (every entry of ``self.blocks`` is a :class:`LayerGroup`)."""
+        return cast(LayerGroup, self.blocks[block])
+
     def build_block(self, block: int) -> LayerGroup:
         """A freshly initialised block ``block`` on the CPU (same weights every time)."""
         with seeded(self._block_seed * 10_007 + 1_000 + block):
@@ -242,7 +258,7 @@ class BlockStack(nn.Module):
         state: dict[str, torch.Tensor] | None = None,
     ) -> LayerGroup:
         """Give block ``block`` real storage on ``device``: its initial weights, or ``state``."""
-        checkpointing = self.blocks[block].checkpointing
+        checkpointing = self._group(block).checkpointing
         if state is None:
             new = self.build_block(block).to(device)
         else:
@@ -256,9 +272,9 @@ class BlockStack(nn.Module):
 
     def release_block(self, block: int) -> None:
         """Drop the storage of block ``block`` (its parameters move to the meta device)."""
-        checkpointing = self.blocks[block].checkpointing
+        checkpointing = self._group(block).checkpointing
         self.blocks[block] = self.blocks[block].to("meta")
-        self.blocks[block].checkpointing = checkpointing
+        self._group(block).checkpointing = checkpointing
 
     def to_device(self, device: torch.device | str) -> BlockStack:
         """Move the shared modules and every materialised block to ``device`` (blocks on the
@@ -274,7 +290,7 @@ class BlockStack(nn.Module):
 
     def set_checkpointing(self, enabled: bool) -> None:
         for group in self.blocks:
-            group.checkpointing = enabled
+            cast(LayerGroup, group).checkpointing = enabled
 
     def set_shared_variants(self, variants: dict[int, dict[str, torch.Tensor]]) -> None:
         """Per-block copies of the shared modules (``shared=block-copies`` in sequential

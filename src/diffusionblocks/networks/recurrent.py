@@ -15,6 +15,7 @@ knows nothing about noise: the task scales states and passes conditioning vector
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from torch import nn
@@ -35,12 +36,12 @@ class RecurrentShape:
     seed: int = 0  # initialisation seed of the layers
 
 
-def prelude_mask(t: int, device=None) -> torch.Tensor:
+def prelude_mask(t: int, device: torch.device | str | None = None) -> torch.Tensor:
     i = torch.arange(t, device=device)
     return i[:, None] >= i[None, :]
 
 
-def state_mask(t: int, device=None) -> torch.Tensor:
+def state_mask(t: int, device: torch.device | str | None = None) -> torch.Tensor:
     """(2t, 2t) for [clean 0..t-1 ; state 0..t-1]: clean i -> clean <= i; state i -> clean <= i
     and state i; clean never -> state."""
     i = torch.arange(t, device=device)
@@ -94,7 +95,12 @@ class RecurrentDepthLM(nn.Module):
     def block_is_materialized(self, block: int) -> bool:
         return True
 
-    def materialize_block(self, block: int, device, state=None):
+    def materialize_block(
+        self,
+        block: int,
+        device: torch.device | str,
+        state: dict[str, torch.Tensor] | None = None,
+    ) -> nn.Module:
         """Load ``state`` into the unit (it always has storage)."""
         if state is not None:
             self.blocks[block].load_state_dict(state, strict=True)
@@ -106,7 +112,7 @@ class RecurrentDepthLM(nn.Module):
 
     @property
     def stack(self) -> RecurrentStack:
-        return self.blocks[0]
+        return cast(RecurrentStack, self.blocks[0])
 
     # -- passes -----------------------------------------------------------------------------
     def encode(self, ids: torch.Tensor) -> torch.Tensor:
@@ -115,7 +121,14 @@ class RecurrentDepthLM(nn.Module):
         x = self.token_embed(ids) + self.pos_embed[:, :t] + self.stream_embed[0]
         return self.stack.prelude(x, self.clean_cond.expand(n, t, -1), prelude_mask(t, ids.device))
 
-    def _two_stream(self, group, e, states, cond, mask):
+    def _two_stream(
+        self,
+        group: LayerGroup,
+        e: torch.Tensor,
+        states: torch.Tensor,
+        cond: torch.Tensor,
+        mask: torch.Tensor,
+    ) -> torch.Tensor:
         n, t, _ = e.shape
         x = torch.cat([e, states], 1)
         c = torch.cat([self.clean_cond.expand(n, t, -1), cond], 1)

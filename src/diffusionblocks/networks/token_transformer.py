@@ -69,7 +69,9 @@ class TokenTransformer(BlockStack):
         cond = self.cond_embed(scalar)
         return self.head(self.blocks[block](self.embed(ids), cond, mask), cond)
 
-    def run_all(self, ids: torch.Tensor, scalar: torch.Tensor, mask: torch.Tensor | None = None):
+    def run_all(
+        self, ids: torch.Tensor, scalar: torch.Tensor, mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Every block in order (the end-to-end network)."""
         cond = self.cond_embed(scalar)
         x = self.embed(ids)

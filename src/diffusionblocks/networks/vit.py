@@ -86,7 +86,9 @@ class ViT(BlockStack):
         x = torch.cat([slot[:, None] + self.pos_embed[:, :1], patches], dim=1)  # (N, 1+P, C)
         return self.blocks[block](x, cond)[:, 0]
 
-    def run_all(self, slot: torch.Tensor, patches: torch.Tensor, cond: torch.Tensor):
+    def run_all(
+        self, slot: torch.Tensor, patches: torch.Tensor, cond: torch.Tensor
+    ) -> torch.Tensor:
         """Run every block in order (end-to-end network); return the slot output (N, hidden)."""
         x = torch.cat([slot[:, None] + self.pos_embed[:, :1], patches], dim=1)
         for group in self.blocks:

@@ -23,15 +23,23 @@ The policies:
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from ..tasks.base import Task
+    from .checkpoint import Checkpoint
 
 
 class SharedModules:
     """Applies a ``shared`` policy to a task's shared parameters, block by block."""
 
-    def __init__(self, task, policy: str, first_unit: int):
-        self.model = task.model
+    def __init__(self, task: Task, policy: str, first_unit: int):
+        # The task's network, duck-typed: ``blocks`` and (block-copies) ``set_shared_variants``.
+        self.model: Any = task.model
         self.policy = policy
         self.first_unit = first_unit
         self.params: list[nn.Parameter] = task.shared_parameters()
@@ -102,7 +110,7 @@ class SharedModules:
         live = self.live_copy()
         return {u: self.copies.get(u, live) for u in range(len(self.model.blocks))}
 
-    def install(self):
+    def install(self) -> Callable[[], None]:
         """Make each block run with its own copy (for evaluation); returns a function that
         restores the live training state."""
         if self.policy != "block-copies":
@@ -110,21 +118,21 @@ class SharedModules:
         live = self.live_copy()
         self.model.set_shared_variants(self.all_copies())
 
-        def restore():
+        def restore() -> None:
             self.model.set_shared_variants({})
             self.model.load_state_dict(live, strict=False)
 
         return restore
 
     # -- checkpoints --------------------------------------------------------------------------
-    def state(self) -> tuple[dict[str, dict[str, torch.Tensor]], dict]:
+    def state(self) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, Any]]:
         """Tensors and plain data a checkpoint needs to resume this policy."""
         if self.policy != "block-copies":
             return {}, {}
         tensors = {f"shared-copy-{u}": s for u, s in self.all_copies().items()}
         return tensors, {"owner": self.owner, "finished": sorted(self.copies)}
 
-    def load(self, ckpt, info: dict) -> None:
+    def load(self, ckpt: Checkpoint, info: dict[str, Any]) -> None:
         if self.policy != "block-copies" or not info:
             return
         self.owner = info.get("owner")
