@@ -1,117 +1,77 @@
 """What a run reports while and after it trains: the held-out loss of the blocks at each metrics
-record, the plain progress lines written without a terminal, the accounting of steps and layer
-evaluations, step timing, and the memory report at the end of ``fit``. ``RunAccounting`` is a
-mixin of :class:`Trainer`.
+record (``Heldout``), the metrics records and the progress bar or plain progress lines of a
+``fit`` (``ProgressLog``), the accounting of steps and layer evaluations and the step timing
+(``Accounting``), and the memory report at the end of ``fit`` (``MemoryProbe``). Components of
+:class:`Trainer`; each is given what it reports on.
 """
 
 from __future__ import annotations
 
+import math
 import sys
 import time
-from typing import Any
+from collections import defaultdict
+from collections.abc import Callable
+from typing import IO, TYPE_CHECKING, Any
 
 import torch
 from tqdm.auto import tqdm
 
-from .metrics import peak_rss_bytes
+from .metrics import MetricsWriter, current_rss_bytes, peak_rss_bytes
+from .schedule import Plan, Position
+
+if TYPE_CHECKING:
+    from ..config import RunConfig
+    from ..tasks.base import Task
 
 
-class RunAccounting:
-    """Metrics records, progress lines, accounting and timing (a mixin of ``Trainer``)."""
+class Accounting:
+    """Counts of what the steps ran (layer evaluations) and how long they took."""
 
-    def _heldout_units(self, unit: int) -> list[int]:
-        """The blocks whose held-out loss a record carries: every block trained since the last
-        record (so each block's curve has a point at every record of the random schedule), or
-        only the block in memory when blocks are swapped out (block-resident)."""
-        if self.resident:
-            return [unit]
-        return sorted(self._trained_since_log)
+    def __init__(self, task: Task) -> None:
+        self.task = task
+        self.train_seconds = 0.0  # optimizer steps only
+        self.step_times: dict[int, list[float]] = defaultdict(list)
+        self.layer_evals: float = 0  # forward layer evaluations per example, summed over steps
+        self.backward_layer_evals: float = 0  # layers that ran a backward pass, per example
 
-    @torch.no_grad()
-    def heldout_record(self, units: list[int]) -> dict[str, float]:
-        """The loss of each unit trained at this step on a fixed batch of validation examples
-        with fixed noise (``val_<key>_block_<b>``), so that a block that only fits its training
-        batches shows. Empty when the task has no validation split. Uses its own generator:
-        training draws are unchanged."""
-        if self._heldout is None:
-            return {}
-        record = {}
-        for u in units:
-            generator = torch.Generator().manual_seed(self.config.seed + 7_000_003 + u)
-            _, logs = self.task.loss(u, self._heldout, generator)
-            for k, v in logs.items():
-                if k not in ("layer_evals", "backward_layer_evals"):
-                    record[f"val_{k}_block_{u}"] = v
-        return record
+    def count(self, units: list[int], seconds: float, logs: dict[str, float]) -> None:
+        """A step of ``units`` (one unless synchronous; timed as the first's) took ``seconds``.
+        Tasks whose step cost varies (e.g. a random number of recurrent iterations) report the
+        layer evaluations per example they ran (taken out of ``logs``); otherwise the layers of
+        the units that trained are exact."""
+        self.train_seconds += seconds
+        self.step_times[units[0]].append(seconds)
+        layers = sum(self.task.layers_in_unit(u) for u in units)
+        self.layer_evals += logs.pop("layer_evals", layers)
+        self.backward_layer_evals += logs.pop("backward_layer_evals", layers)
 
-    PLAIN_PROGRESS_SECONDS = 10.0  # least time between two plain progress lines
-
-    def _plain_progress(self, record: dict[str, Any], end: int) -> None:
-        """Without a terminal: one plain line per log record, at most every
-        ``PLAIN_PROGRESS_SECONDS`` (and always the last), on stderr where the bar would be."""
-        if not getattr(self, "_plain", False):
-            return
-        now = time.monotonic()
-        if self.step < end and now - self._plain_last < self.PLAIN_PROGRESS_SECONDS:
-            return
-        self._plain_last = now
-        print(
-            f"{self.config.method}: step {self.step}/{self.total_steps}, block {record['block']} "
-            f"epoch {record['epoch']:.2f}, loss {record['loss']:.4f}, "
-            f"{record['examples_per_sec']:.0f} examples/s",
-            file=sys.stderr,
-            flush=True,
-        )
-
-    @property
-    def log_every(self) -> int:
-        return self.config.log_every
-
-    # -- accounting -------------------------------------------------------------------------
-    def _finish(self, rss_before, params_before, cuda, device, allocated_before):
-        """The end of ``fit``: the memory report, a final checkpoint (with a run folder), and
-        the accounting and timing."""
-        peak = peak_rss_bytes()
-        memory = {
-            "rss_before_first_step_bytes": rss_before,
-            "peak_rss_bytes": peak,
-            "train_peak_rss_bytes": max(0, peak - rss_before),
-            "params_at_first_step_bytes": params_before,
-            "peak_state_bytes": self.peak_state_bytes,  # params + grads + optimizer state
-        }
-        if cuda:
-            max_allocated = torch.cuda.max_memory_allocated(device)
-            memory["cuda_max_allocated_bytes"] = max_allocated
-            memory["cuda_peak_bytes"] = max_allocated - allocated_before
-        if self.run_dir is not None:
-            self.save()
-        accounting = self.accounting()
-        accounting["skipped_steps"] = self.skipped_steps
-        return {"accounting": accounting, "timing": self.timing(), "memory": memory}
-
-    def accounting(self) -> dict[str, Any]:
-        c = self.config
-        layers = [self.task.layers_in_unit(u) for u in range(self.num_units)]
+    def report(self, config: RunConfig, plan: Plan, at: Position, skipped: int) -> dict[str, Any]:
+        """Steps and layer evaluations at ``at``; ``skipped``: steps whose update was skipped
+        (non-finite)."""
+        c, step = config, at.step
+        layers = [self.task.layers_in_unit(u) for u in range(len(at.unit_steps))]
         evals = self.layer_evals * c.batch_size
         backward = self.backward_layer_evals * c.batch_size
         return {
             "method": c.method,
-            "units": self.num_units,
-            "trained_units": list(self.units),
-            "steps": self.step,
-            "total_steps": self.total_steps,
-            "steps_per_epoch": self.steps_per_epoch,
-            "steps_per_unit_budget": self.steps_per_unit,
-            "steps_per_unit": list(self.unit_steps),
+            "units": len(layers),
+            "trained_units": list(plan.units),
+            "steps": step,
+            "total_steps": plan.total_steps,
+            "steps_per_epoch": plan.steps_per_epoch,
+            "steps_per_unit_budget": plan.steps_per_unit,
+            "steps_per_unit": list(at.unit_steps),
             "layers_per_unit": layers,
             "layer_evaluations": evals,  # forward layer passes x examples
             "backward_layer_evaluations": backward,  # layers that ran backward x examples
             # Training compute in forward-layer units: a backward pass costs about two forwards.
             "compute_layer_units": evals + 2 * backward,
-            "examples_seen": self.step * c.batch_size,
+            "examples_seen": step * c.batch_size,
+            "skipped_steps": skipped,
         }
 
-    def timing(self) -> dict[str, Any]:
+    def timing(self, swap_seconds: float, swaps: int) -> dict[str, Any]:
         per_unit = {
             str(u): _median(times[5:] if len(times) > 10 else times)
             for u, times in sorted(self.step_times.items())
@@ -119,18 +79,191 @@ class RunAccounting:
         every = [t for times in self.step_times.values() for t in times]
         return {
             "train_seconds": self.train_seconds,  # optimizer steps only
-            "swap_seconds": self.swap_seconds,  # block-resident: moving blocks in and out
-            "swaps": self.swaps,
+            "swap_seconds": swap_seconds,  # block-resident: moving blocks in and out
+            "swaps": swaps,
             "median_step_seconds": _median(every[5:] if len(every) > 10 else every),
             "median_step_seconds_per_unit": per_unit,
         }
 
 
-def _is_terminal(stream) -> bool:
+class Heldout:
+    """The held-out loss of blocks on a fixed batch of validation examples with fixed noise, and
+    which blocks trained since the last metrics record."""
+
+    def __init__(self, task: Task, seed: int) -> None:
+        self.task = task
+        self.seed = seed
+        self.batch = task.heldout_batch()  # fixed validation examples (None: no such split)
+        self.trained_since_log: set[int] = set()
+
+    def units(self, unit: int, resident: bool) -> list[int]:
+        """The blocks whose held-out loss a record carries: every block trained since the last
+        record (so each block's curve has a point at every record of the random schedule), or
+        only the block in memory when blocks are swapped out (block-resident)."""
+        if resident:
+            return [unit]
+        return sorted(self.trained_since_log)
+
+    @torch.no_grad()
+    def record(self, units: list[int]) -> dict[str, float]:
+        """The loss of each unit trained at this step on the held-out batch
+        (``val_<key>_block_<b>``), so that a block that only fits its training batches shows.
+        Empty when the task has no validation split. Uses its own generator: training draws are
+        unchanged."""
+        if self.batch is None:
+            return {}
+        record = {}
+        for u in units:
+            generator = torch.Generator().manual_seed(self.seed + 7_000_003 + u)
+            _, logs = self.task.loss(u, self.batch, generator)
+            for k, v in logs.items():
+                if k not in ("layer_evals", "backward_layer_evals"):
+                    record[f"val_{k}_block_{u}"] = v
+        return record
+
+
+class ProgressLog:
+    """One ``fit``'s metrics records (every ``log_every`` steps, the means of the logged values
+    since the last record) and its progress display: a bar on a terminal; piped or redirected
+    output gets plain lines instead (a bar's carriage-return frames would flood a log file)."""
+
+    PLAIN_PROGRESS_SECONDS = 10.0  # least time between two plain progress lines
+
+    def __init__(
+        self,
+        config: RunConfig,
+        plot_key: str,
+        metrics: MetricsWriter,
+        heldout: Heldout,
+        progress: bool,
+        plan: Plan,
+        initial: int,
+    ) -> None:
+        self.config = config
+        self.plot_key = plot_key
+        self.metrics = metrics
+        self.heldout = heldout
+        self.plan = plan
+        self.accum: dict[str, list[float]] = defaultdict(list)
+        self.plain = progress and not _is_terminal(sys.stderr)
+        self.plain_last = -math.inf
+        self.bar = tqdm(
+            total=plan.total_steps,
+            initial=initial,
+            disable=not progress or self.plain,
+            desc=f"{config.method}",
+            unit="step",
+            dynamic_ncols=True,
+        )
+        self.last_log = time.perf_counter()
+        self.examples_since = 0
+
+    def add(
+        self, logs: dict[str, float], units: list[int], at: Position, end: int, resident: bool
+    ) -> None:
+        """The logs of the step that trained ``units`` (one unit unless synchronous) and brought
+        the run to ``at``; writes a record when one is due (``end``: where this ``fit`` stops;
+        ``resident``: blocks are swapped out, so only the active one has a held-out loss)."""
+        self.examples_since += self.config.batch_size
+        for k, v in logs.items():
+            self.accum[k].append(v)
+        self.heldout.trained_since_log.update(units)
+        unit = units[0]
+        if not self.plan.synchronous:
+            self.accum[f"loss_block_{unit}"].append(logs["loss"])
+            key = self.plot_key
+            if key != "loss" and key in logs:
+                self.accum[f"{key}_block_{unit}"].append(logs[key])
+        self.bar.update(1)
+        if at.step % self.config.log_every == 0 or at.step == self.plan.total_steps:
+            self._write(at, unit, end, resident)
+
+    def _write(self, at: Position, unit: int, end: int, resident: bool) -> None:
+        now = time.perf_counter()
+        rate = self.examples_since / max(now - self.last_log, 1e-9)
+        per_epoch = self.plan.steps_per_epoch
+        record = {
+            "step": at.step,
+            # Epochs of the block trained at this step (its own steps), and passes over the
+            # training data by all blocks together (the global step).
+            "epoch": at.unit_steps[unit] / per_epoch,
+            "block": unit,
+            "data_epochs": at.step / per_epoch,
+            **{k: sum(v) / len(v) for k, v in self.accum.items()},
+            "examples_per_sec": rate,
+            **self.heldout.record(self.heldout.units(unit, resident)),
+        }
+        self.metrics.write(record)
+        self.bar.set_postfix(loss=f"{record['loss']:.4f}", block=unit,
+                             epoch=f"{record['epoch']:.2f}", ex_s=f"{rate:.0f}")  # fmt: skip
+        self._plain_progress(at.step, record, end)
+        self.accum.clear()
+        self.heldout.trained_since_log.clear()
+        self.last_log, self.examples_since = now, 0
+
+    def _plain_progress(self, step: int, record: dict[str, Any], end: int) -> None:
+        """Without a terminal: one plain line per log record, at most every
+        ``PLAIN_PROGRESS_SECONDS`` (and always the last), on stderr where the bar would be."""
+        if not self.plain:
+            return
+        now = time.monotonic()
+        if step < end and now - self.plain_last < self.PLAIN_PROGRESS_SECONDS:
+            return
+        self.plain_last = now
+        print(
+            f"{self.config.method}: step {step}/{self.plan.total_steps}, block {record['block']} "
+            f"epoch {record['epoch']:.2f}, loss {record['loss']:.4f}, "
+            f"{record['examples_per_sec']:.0f} examples/s",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+class MemoryProbe:
+    """Memory readings around a ``fit``: process RSS, parameters at the first step, CUDA."""
+
+    def __init__(self, device: torch.device, param_bytes: Callable[[], int]) -> None:
+        self.device = device
+        self.cuda = device.type == "cuda"
+        self.rss_before = current_rss_bytes()
+        self.params_before = param_bytes()
+        self.allocated_before = 0
+        if self.cuda:
+            torch.cuda.reset_peak_memory_stats(device)
+            self.allocated_before = torch.cuda.memory_allocated(device)
+
+    def synchronize(self) -> None:
+        if self.cuda:
+            torch.cuda.synchronize(self.device)
+
+    def report(self, peak_state_bytes: int) -> dict[str, int]:
+        """The memory report of the ``fit`` (``peak_state_bytes``: params + grads + optimizer
+        state, counted by the residency)."""
+        peak = peak_rss_bytes()
+        memory = {
+            "rss_before_first_step_bytes": self.rss_before,
+            "peak_rss_bytes": peak,
+            "train_peak_rss_bytes": max(0, peak - self.rss_before),
+            "params_at_first_step_bytes": self.params_before,
+            "peak_state_bytes": peak_state_bytes,
+        }
+        if self.cuda:
+            max_allocated = torch.cuda.max_memory_allocated(self.device)
+            memory["cuda_max_allocated_bytes"] = max_allocated
+            memory["cuda_peak_bytes"] = max_allocated - self.allocated_before
+        return memory
+
+
+def _is_terminal(stream: IO[str] | None) -> bool:
     """Whether a progress bar can redraw itself on ``stream``: a terminal, or a notebook (where
     ``tqdm.auto`` draws a widget)."""
     if any(cls.__module__ == "tqdm.notebook" for cls in tqdm.__mro__):
         return True
+    if stream is None:  # no stream
+        return False
     try:
         return bool(stream.isatty())
     except (AttributeError, ValueError):  # no stream, or a closed one

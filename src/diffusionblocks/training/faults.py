@@ -1,6 +1,7 @@
 """Faults during training: non-finite losses or gradients (``NumericalFault``, the skip-or-abort
-policy of ``_fault``) and SIGINT/SIGTERM (``_catch_signals`` sets a flag that the loop turns into
-a checkpoint and ``TrainingInterrupted``). ``FaultHandling`` is a mixin of :class:`Trainer`.
+policy of ``Faults.skip``) and SIGINT/SIGTERM (``Faults.catch_signals`` sets ``stop_signal``,
+which the loop turns into a checkpoint and ``TrainingInterrupted``). ``Faults`` is a component of
+:class:`Trainer`.
 """
 
 from __future__ import annotations
@@ -8,9 +9,21 @@ from __future__ import annotations
 import math
 import signal
 import threading
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from types import FrameType
+from typing import TYPE_CHECKING
+
+import torch
 
 from .checkpoint import latest_checkpoint
+from .metrics import MetricsWriter
+from .schedule import Position
+
+if TYPE_CHECKING:
+    from ..config import RunConfig
+    from ..tasks.base import Task
 
 
 class NumericalFault(RuntimeError):
@@ -27,27 +40,48 @@ class TrainingInterrupted(RuntimeError):
         super().__init__(f"{name} at step {step}; {where}")
 
 
-class FaultHandling:
-    """The trainer's handling of non-finite steps and of stop signals (a mixin of ``Trainer``)."""
+class Faults:
+    """Non-finite steps (counted in ``skipped_steps``) and stop signals (``stop_signal``)."""
 
-    def _fault(self, units: list[int], params, loss: float, logs: dict) -> dict[str, float]:
-        """A non-finite loss or gradient: drop the update (the batch counts as used), report it
-        with the block, its noise interval and the step; abort under nan_policy=abort or after
-        nan_max_skips skips."""
-        c = self.config
+    def __init__(
+        self,
+        config: RunConfig,
+        task: Task,
+        metrics: MetricsWriter,
+        log: Callable[[str], None],
+        checkpoints: Path | None,
+    ) -> None:
+        self.config = config
+        self.task = task
+        self.metrics = metrics
+        self.log = log
+        self.checkpoints = checkpoints  # where the last good checkpoint is looked for
+        self.skipped_steps = 0  # steps whose update was skipped for a non-finite loss/gradient
+        self.stop_signal: int | None = None
+
+    def skip(
+        self,
+        position: Position,
+        units: list[int],
+        params: Iterable[torch.nn.Parameter],
+        loss: float,
+        logs: dict[str, float],
+    ) -> dict[str, float]:
+        """A non-finite loss or gradient: drop the update (the batch counts as used: ``position``
+        advances), report it with the block, its noise interval and the step; abort under
+        nan_policy=abort or after nan_max_skips skips. Returns the logs of the skipped step."""
+        c, step = self.config, position.step
         for p in params:
             p.grad = None
         what = "loss" if not math.isfinite(loss) else "gradient"
         where = ", ".join(
             f"block {u} (noise interval {self.task.block_interval(u)})" for u in units
         )
-        message = f"non-finite {what} at step {self.step} on {where}"
+        message = f"non-finite {what} at step {step} on {where}"
         self.skipped_steps += 1
-        self.metrics.write(
-            {"step": self.step, "fault": message, "skipped_steps": self.skipped_steps}
-        )
+        self.metrics.write({"step": step, "fault": message, "skipped_steps": self.skipped_steps})
         if c.nan_policy == "abort" or self.skipped_steps > c.nan_max_skips:
-            last = latest_checkpoint(self.run_dir / "checkpoints") if self.run_dir else None
+            last = latest_checkpoint(self.checkpoints) if self.checkpoints else None
             reason = (
                 "nan_policy=abort"
                 if c.nan_policy == "abort"
@@ -58,18 +92,23 @@ class FaultHandling:
                 f"{last or 'none (no checkpoint written yet)'}"
             )
         self.log(f"warning: {message}; update skipped ({self.skipped_steps} so far)")
-        for u in units:
-            self.unit_steps[u] += 1
-        self.step += 1
+        position.advance(units)
         return {"loss": math.nan, "skipped": 1.0, **{k: v for k, v in logs.items() if k == "lr"}}
 
-    def _catch_signals(self):
-        """SIGINT/SIGTERM set a flag; the loop saves a checkpoint after the current step."""
+    @contextmanager
+    def catch_signals(self) -> Iterator[None]:
+        """Within: SIGINT/SIGTERM set ``stop_signal`` (the loop saves a checkpoint after the
+        current step); the previous handlers come back on the way out."""
         if threading.current_thread() is not threading.main_thread():
-            return lambda: None
+            yield
+            return
 
-        def handler(signum, frame):
-            self._stop_signal = signum
+        def handler(signum: int, frame: FrameType | None) -> None:
+            self.stop_signal = signum
 
         old = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
-        return lambda: [signal.signal(sig, h) for sig, h in old.items()]
+        try:
+            yield
+        finally:
+            for sig, h in old.items():
+                signal.signal(sig, h)

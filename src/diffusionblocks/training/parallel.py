@@ -18,6 +18,10 @@ Checkpoints: ``RUN/blocks/block-{b}/step-*`` (the block's tensors, optimizer, RN
 state; written by the block's first rank) and ``RUN/shared/step-*`` (or ``RUN/shared-block-{b}``
 for per-block), each with metadata naming the config hash, the block, its noise interval and the
 version (sha256) of the shared modules it trained with. ``dblocks assemble`` joins them.
+
+``ParallelTrainer`` is the one :class:`~.trainer.Trainer`, composed for a rank: its block as the
+only unit it trains, ``DistributedSync`` for the gradients, ``BlockCheckpoints`` for the
+checkpoints, no evaluation of the chain (the rank holds one block).
 """
 
 from __future__ import annotations
@@ -25,16 +29,27 @@ from __future__ import annotations
 import datetime
 import hashlib
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
+from torch import nn
 
-from ..config import SAFE_RESUME_KEYS, ConfigError
-from .checkpoint import Checkpoint, encode_tensors, latest_checkpoint, save_checkpoint
+from ..config import SAFE_RESUME_KEYS, ConfigError, RunConfig
+from ..tasks.base import Task
+from .blockmodel import shared_state
+from .checkpoint import (
+    Checkpoint,
+    CheckpointError,
+    encode_tensors,
+    latest_checkpoint,
+    save_checkpoint,
+)
 from .runfolder import DATA_KEYS, saved_config_hashes
+from .state import Parts
 from .trainer import Trainer
 
 # Keys that may differ between the processes that trained the blocks of one model: which blocks a
@@ -46,7 +61,7 @@ PARALLEL_HASH_IGNORE = ("blocks", "parallel", "shared", "shared_init", *SAFE_RES
 _LEGACY_PARALLEL_IGNORE = ("blocks", "parallel", "shared", "shared_init")  # before 2026-11-28
 
 
-def parallel_hashes(config, run_dir) -> set[str]:
+def parallel_hashes(config: RunConfig, run_dir: str | os.PathLike[str]) -> set[str]:
     """The config hashes a block checkpoint of this run may carry: today's, and those an earlier
     version gave the config saved in ``run_dir/config.json`` (so older runs resume and assemble)."""
     current = config.config_hash(ignore=PARALLEL_HASH_IGNORE)
@@ -84,7 +99,7 @@ def layout(units: tuple[int, ...], world: int, rank: int) -> ParallelContext:
     return ParallelContext(rank, world, dp, units[rank // dp], rank % dp, tuple(units))
 
 
-def init_distributed(config) -> ParallelContext:
+def init_distributed(config: RunConfig) -> ParallelContext:
     """Read torchrun's environment, initialise the process group (gloo on CPU, NCCL on CUDA)
     and the per-block groups. A single process training a single block needs no torchrun."""
     units = config.trained_units
@@ -130,45 +145,22 @@ def tensors_version(state: dict[str, torch.Tensor]) -> str:
     return hashlib.sha256(encode_tensors(state)).hexdigest()[:16]
 
 
-class ParallelTrainer(Trainer):
-    """A :class:`Trainer` for one rank of a block-parallel run."""
+class DistributedSync:
+    """The gradients of a block-parallel step (``sync.GradientSync`` across the ranks): a block's
+    data-parallel ranks average its gradients; the shared modules' are averaged over all ranks
+    (``shared=sync``) or over the block's ranks (``shared=per-block``)."""
 
-    can_evaluate = False
-
-    def __init__(self, task, run_dir, ctx: ParallelContext, progress=True, log=print):
-        super().__init__(task, run_dir, progress=progress and ctx.rank == 0, log=log,
-                         data_shard=(ctx.dp_rank, ctx.dp))  # fmt: skip
-        c = self.config
+    def __init__(self, ctx: ParallelContext, shared_policy: str) -> None:
         self.ctx = ctx
-        self.synchronous = True
-        self.total_steps = self.steps_per_unit
-        self.local_units = [ctx.block]
-        self.resident = False  # the other blocks are never built here, nothing to offload
-        if c.shared_policy == "per-block" and not getattr(task, "per_block_shared", False):
-            raise ConfigError(
-                f"shared=per-block is not allowed for task {c.task!r}: its target space depends "
-                "on the shared modules (label/token embeddings), so blocks must share them; use "
-                "shared=sync or shared=frozen"
-            )
-        if self.run_dir is not None:
-            name = f"metrics-block-{ctx.block}.jsonl" if ctx.is_block_leader else None
-            self.metrics.path = self.run_dir / name if name else None
-        # Different data shards within a block group (batch_indices with the data-parallel
-        # rank), the same batches across blocks; and different noise per data-parallel rank.
-        if ctx.dp > 1:
-            base = dict(self.unit_generators)
-            self.unit_generators = {
-                u: torch.Generator().manual_seed(base[u].initial_seed() + 7919 * ctx.dp_rank)
-                for u in base
-            }
-        self.model.materialize_block(ctx.block, self.model.device)
+        self.shared_policy = shared_policy
 
-    def units_at(self, step: int) -> list[int]:
-        return [self.ctx.block]
-
-    # -- gradients ---------------------------------------------------------------------------
-    def reduce_gradients(self, units, unit_params) -> None:
-        ctx, c = self.ctx, self.config
+    def reduce(
+        self,
+        units: list[int],
+        unit_params: dict[int, list[nn.Parameter]],
+        shared_params: list[nn.Parameter],
+    ) -> None:
+        ctx = self.ctx
         if ctx.world == 1:
             return
         if ctx.dp > 1:
@@ -176,12 +168,12 @@ class ParallelTrainer(Trainer):
                 if p.grad is not None:
                     dist.all_reduce(p.grad, group=ctx.block_group)
                     p.grad /= ctx.dp
-        if c.shared_policy == "sync":
+        if self.shared_policy == "sync":
             # Gather every rank's gradient and add them in rank order, as a single process adds
             # its blocks' gradients: the sum (and so the run) is bitwise the single-process
             # synchronous one, whatever the number of blocks (an all-reduce may add in another
             # order). The shared modules are small; the extra traffic is theirs only.
-            for p in self.shared_params:
+            for p in shared_params:
                 if not p.requires_grad:
                     continue
                 grad = p.grad if p.grad is not None else torch.zeros_like(p)
@@ -191,36 +183,36 @@ class ParallelTrainer(Trainer):
                 for part in parts[1:]:
                     total += part
                 p.grad = total / ctx.world
-        elif c.shared_policy == "per-block" and ctx.dp > 1:
-            for p in self.shared_params:
+        elif self.shared_policy == "per-block" and ctx.dp > 1:
+            for p in shared_params:
                 grad = p.grad if p.grad is not None else torch.zeros_like(p)
                 dist.all_reduce(grad, group=ctx.block_group)
                 p.grad = grad / ctx.dp
 
-    def synchronous_step(self, units, batch):
-        if self.config.shared_policy == "frozen":
-            for p in self.shared_params:
-                p.grad = None
-        return super().synchronous_step(units, batch)
 
-    # -- checkpoints --------------------------------------------------------------------------
-    def shared_dir(self) -> Path:
-        assert self.run_dir is not None
-        if self.config.shared_policy == "per-block":
-            return self.run_dir / f"shared-block-{self.ctx.block}"
-        return self.run_dir / "shared"
+class BlockCheckpoints:
+    """The checkpoints of one rank of a block-parallel run (a ``state.CheckpointStore``): its
+    block's in ``RUN/blocks/block-{b}`` (written by the block's first rank), the shared modules
+    in ``RUN/shared`` (rank 0; per-block: each block's first rank, ``RUN/shared-block-{b}``)."""
 
-    def block_dir(self, block: int | None = None) -> Path:
-        assert self.run_dir is not None
-        return self.run_dir / "blocks" / f"block-{self.ctx.block if block is None else block}"
+    def __init__(self, ctx: ParallelContext) -> None:
+        self.ctx = ctx
 
-    def _save(self) -> Path:
+    def shared_dir(self, parts: Parts) -> Path:
+        if parts.config.shared_policy == "per-block":
+            return parts.folder / f"shared-block-{self.ctx.block}"
+        return parts.folder / "shared"
+
+    def block_dir(self, parts: Parts, block: int | None = None) -> Path:
+        return parts.folder / "blocks" / f"block-{self.ctx.block if block is None else block}"
+
+    def write(self, parts: Parts) -> Path:
         """Each block's leader writes its block; rank 0 (per-block: each leader) the shared
         modules. Returns this rank's block checkpoint folder."""
-        ctx, c = self.ctx, self.config
-        shared = self._shared_state()
+        ctx, c, pos, acc = self.ctx, parts.config, parts.position, parts.accounting
+        shared = shared_state(parts.model)
         version = tensors_version(shared)
-        path = self.block_dir()
+        path = self.block_dir(parts)
         if ctx.is_block_leader:
             b = ctx.block
             meta = {
@@ -228,76 +220,128 @@ class ParallelTrainer(Trainer):
                 "method": c.method,
                 "config_hash": c.config_hash(ignore=PARALLEL_HASH_IGNORE),
                 "block": b,
-                "units": len(self.model.blocks),
-                "noise_interval": self.task.block_interval(b),
+                "units": len(parts.model.blocks),
+                "noise_interval": parts.task.block_interval(b),
                 "shared_policy": c.shared_policy,
                 "shared_version": version,
-                "total_steps": self.total_steps,
+                "total_steps": parts.plan.total_steps,
             }
             objects = {
-                "optimizer": self.optimizer_for(b).state_dict(),
+                "optimizer": parts.optimizers.for_unit(b).state_dict(),
                 "trainer": {
-                    "step": self.step,
-                    "unit_steps": list(self.unit_steps),
-                    "generator": self.unit_generators[b].get_state(),
-                    "train_seconds": self.train_seconds,
-                    "layer_evals": self.layer_evals,
-                    "backward_layer_evals": self.backward_layer_evals,
-                    "step_times": {str(u): list(t) for u, t in self.step_times.items()},
+                    "step": pos.step,
+                    "unit_steps": list(pos.unit_steps),
+                    "generator": pos.unit_generators[b].get_state(),
+                    "train_seconds": acc.train_seconds,
+                    "layer_evals": acc.layer_evals,
+                    "backward_layer_evals": acc.backward_layer_evals,
+                    "step_times": {str(u): list(t) for u, t in acc.step_times.items()},
                 },
             }
             path = save_checkpoint(
-                path, self.step, {"block": self.model.blocks[b].state_dict()}, objects, meta,
+                path, pos.step, {"block": parts.model.blocks[b].state_dict()}, objects, meta,
                 c.keep_checkpoints,
             )  # fmt: skip
         shared_writer = ctx.is_block_leader if c.shared_policy == "per-block" else ctx.rank == 0
         if shared_writer:
-            objects = {}
-            if self.shared_trainable:
-                objects["optimizer"] = self.shared_optimizer.state_dict()
-            meta = {
+            shared_objects: dict[str, Any] = {}
+            if c.shared_policy != "frozen":
+                shared_objects["optimizer"] = _shared_optimizer(parts).state_dict()
+            shared_meta = {
                 "task": c.task,
                 "config_hash": c.config_hash(ignore=PARALLEL_HASH_IGNORE),
                 "shared_policy": c.shared_policy,
                 "shared_version": version,
                 "block": ctx.block if c.shared_policy == "per-block" else None,
             }
-            save_checkpoint(self.shared_dir(), self.step, {"shared": shared}, objects, meta,
-                            c.keep_checkpoints)  # fmt: skip
+            save_checkpoint(self.shared_dir(parts), pos.step, {"shared": shared}, shared_objects,
+                            shared_meta, c.keep_checkpoints)  # fmt: skip
         barrier(ctx)
         return path
 
-    def resume(self) -> bool:
+    def resume(self, parts: Parts) -> bool:
         """Load this block's latest checkpoint and the shared modules it trained with."""
-        ctx = self.ctx
-        path = latest_checkpoint(self.block_dir())
+        ctx, config, model = self.ctx, parts.config, parts.model
+        path = latest_checkpoint(self.block_dir(parts))
         if path is None:
             return False
         ckpt = Checkpoint(path)
-        from .checkpoint import CheckpointError
-
-        expect = self.config.config_hash(ignore=PARALLEL_HASH_IGNORE)
-        known = parallel_hashes(self.config, self.run_dir)
+        expect = config.config_hash(ignore=PARALLEL_HASH_IGNORE)
+        known = parallel_hashes(config, parts.folder)
         if ckpt.meta.get("config_hash") not in known or ckpt.meta.get("block") != ctx.block:
             raise CheckpointError(
                 f"{path} is block {ckpt.meta.get('block')} of config {ckpt.meta.get('config_hash')}"
                 f"; this rank trains block {ctx.block} of config {expect}"
             )
-        shared_path = latest_checkpoint(self.shared_dir())
+        shared_path = latest_checkpoint(self.shared_dir(parts))
         if shared_path is None:
-            raise CheckpointError(f"{self.shared_dir()} has no checkpoint for block {ctx.block}")
+            raise CheckpointError(
+                f"{self.shared_dir(parts)} has no checkpoint for block {ctx.block}"
+            )
         shared_ckpt = Checkpoint(shared_path)
-        self.model.load_state_dict(shared_ckpt.tensors("shared"), strict=False)
-        if shared_ckpt.has("optimizer.pt") and self.shared_trainable:
-            self.shared_optimizer.load_state_dict(shared_ckpt.obj("optimizer"))
-        self.model.materialize_block(ctx.block, self.model.device, ckpt.tensors("block"))
-        self.optimizers.clear()
-        self._pending_optimizer[ctx.block] = ckpt.obj("optimizer")
+        model.load_state_dict(shared_ckpt.tensors("shared"), strict=False)
+        if shared_ckpt.has("optimizer.pt") and config.shared_policy != "frozen":
+            _shared_optimizer(parts).load_state_dict(shared_ckpt.obj("optimizer"))
+        model.materialize_block(ctx.block, model.device, ckpt.tensors("block"))
+        parts.optimizers.units.clear()
+        parts.optimizers.pending[ctx.block] = ckpt.obj("optimizer")
         state = ckpt.obj("trainer")
-        self.step = int(state["step"])
-        self.unit_steps = [int(s) for s in state["unit_steps"]]
-        self.unit_generators[ctx.block].set_state(state["generator"])
-        self.train_seconds = float(state.get("train_seconds", 0.0))
-        self.layer_evals = int(state.get("layer_evals", 0))
-        self.backward_layer_evals = int(state.get("backward_layer_evals", 0))
+        pos, acc = parts.position, parts.accounting
+        pos.step = int(state["step"])
+        pos.unit_steps = [int(s) for s in state["unit_steps"]]
+        pos.unit_generators[ctx.block].set_state(state["generator"])
+        acc.train_seconds = float(state.get("train_seconds", 0.0))
+        acc.layer_evals = int(state.get("layer_evals", 0))
+        acc.backward_layer_evals = int(state.get("backward_layer_evals", 0))
         return True
+
+
+def _shared_optimizer(parts: Parts) -> torch.optim.AdamW:
+    """The shared modules' optimizer, which trainable shared modules (sync, per-block) have."""
+    opt = parts.optimizers.shared_optimizer
+    assert opt is not None, "trainable shared modules without an optimizer"
+    return opt
+
+
+def ParallelTrainer(
+    task: Task,
+    run_dir: str | Path | None,
+    ctx: ParallelContext,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> Trainer:
+    """The :class:`Trainer` of one rank of a block-parallel run: it trains ``ctx.block`` (built
+    alone; the others stay on the meta device) with a synchronous step on its data shard, syncs
+    gradients across ranks, writes per-block checkpoints, and does not evaluate the chain."""
+    c = task.config
+    trainer = Trainer(
+        task,
+        run_dir,
+        progress=progress and ctx.rank == 0,
+        log=log,
+        data_shard=(ctx.dp_rank, ctx.dp),
+        local_units=(ctx.block,),
+        sync=DistributedSync(ctx, c.shared_policy),
+        checkpoints=BlockCheckpoints(ctx),
+        can_evaluate=False,
+        resident=False,  # the other blocks are never built here, nothing to offload
+    )
+    if c.shared_policy == "per-block" and not task.per_block_shared:
+        raise ConfigError(
+            f"shared=per-block is not allowed for task {c.task!r}: its target space depends "
+            "on the shared modules (label/token embeddings), so blocks must share them; use "
+            "shared=sync or shared=frozen"
+        )
+    if trainer.run_dir is not None:
+        name = f"metrics-block-{ctx.block}.jsonl" if ctx.is_block_leader else None
+        trainer.metrics.path = trainer.run_dir / name if name else None
+    # Different data shards within a block group (batch_indices with the data-parallel
+    # rank), the same batches across blocks; and different noise per data-parallel rank.
+    if ctx.dp > 1:
+        base = dict(trainer.position.unit_generators)
+        trainer.position.unit_generators = {
+            u: torch.Generator().manual_seed(base[u].initial_seed() + 7919 * ctx.dp_rank)
+            for u in base
+        }
+    trainer.model.materialize_block(ctx.block, trainer.model.device)
+    return trainer

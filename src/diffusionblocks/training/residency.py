@@ -6,7 +6,7 @@ safetensors``, atomically replaced; a block swapped out before it finished takes
 state to ``optimizer-{b}.pt``) and go into checkpoints as hard links, so the full B-fold saving of
 the paper's memory formula is realised, not only the activation part.
 
-``BlockResidency`` is a mixin of :class:`Trainer`: it owns the offload folder, swapping blocks in
+``BlockResidency`` (a component of :class:`Trainer`) owns the offload folder, swapping blocks in
 and out, materialising every block for evaluation, and the accounting of the bytes held (params,
 gradients, optimizer state).
 """
@@ -17,20 +17,33 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Final
 
 import torch
 
+from .blockmodel import BlockModel
 from .checkpoint import atomic_write_bytes, encode_object, encode_tensors
+from .optimizers import Optimizers
 
 
 class BlockResidency:
-    """Moves blocks between memory and their files (a mixin of ``Trainer``)."""
+    """Moves blocks of ``model`` between memory and their files; a block's optimizer (in
+    ``optimizers``) goes to disk and back with it."""
 
-    def _init_residency(self, resident: bool) -> None:
-        """The residency state; called by ``Trainer.__init__``."""
+    def __init__(
+        self,
+        model: BlockModel,
+        resident: bool,
+        run_dir: Path | None,
+        optimizers: Optimizers,
+    ) -> None:
+        self.model = model
+        self.num_units = len(model.blocks)
         self.resident = resident
-        self.block_files: dict[int, Path] = {}  # where blocks that are not in memory live
-        self.optimizer_files: dict[int, Path] = {}  # optimizer states of swapped-out blocks
+        self.run_dir = run_dir
+        self.optimizers = optimizers
+        self.block_files: Final[dict[int, Path]] = {}  # where blocks not in memory live
+        self.optimizer_files: Final[dict[int, Path]] = {}  # optimizer states of swapped-out blocks
         self.swaps = 0  # blocks loaded into memory (block-resident I/O)
         self.swap_seconds = 0.0  # time spent writing and reading swapped blocks
         self._offload_dir: Path | None = None
@@ -47,38 +60,39 @@ class BlockResidency:
                 self._offload_dir = Path(tempfile.mkdtemp(prefix="dblocks-blocks-"))
         return self._offload_dir
 
-    def _block_path(self, unit: int) -> Path:
+    def block_path(self, unit: int) -> Path:
         return self.offload_dir / f"block-{unit}.safetensors"
 
-    def _optimizer_path(self, unit: int) -> Path:
+    def optimizer_path(self, unit: int) -> Path:
         return self.offload_dir / f"optimizer-{unit}.pt"
 
     def _write_block_file(self, unit: int, state: dict[str, torch.Tensor]) -> None:
-        path = self._block_path(unit)
+        path = self.block_path(unit)
         atomic_write_bytes(path, encode_tensors(state))
         self.block_files[unit] = path
 
-    def prepare_resident(self) -> None:
+    def prepare(self) -> None:
         """Give every block that is neither in memory nor on disk a file with its initial
         weights, one block at a time (so checkpoints always hold every block)."""
         for u in range(self.num_units):
             if u not in self.block_files and not self.model.block_is_materialized(u):
                 self._write_block_file(u, self.model.build_block(u).state_dict())
 
-    def activate(self, unit: int) -> None:
-        """Resident mode: make ``unit`` the only block in memory (others go to their files)."""
+    def activate(self, unit: int, finished: Callable[[int], bool]) -> None:
+        """Make ``unit`` the only block in memory (others go to their files; ``finished(u)``:
+        whether block u has its whole budget, so its optimizer state can go)."""
         if self.model.block_is_materialized(unit):
             return
         start = time.perf_counter()
         try:
-            self._swap_in(unit)
+            self._swap_in(unit, finished)
         finally:
             self.swap_seconds += time.perf_counter() - start
 
-    def _swap_in(self, unit: int) -> None:
+    def _swap_in(self, unit: int, finished: Callable[[int], bool]) -> None:
         for u in range(self.num_units):
             if u != unit and self.model.block_is_materialized(u):
-                self.offload(u)
+                self.offload(u, finished(u))
         state = None
         if unit in self.block_files:
             from safetensors.torch import load_file
@@ -87,27 +101,20 @@ class BlockResidency:
         self.model.materialize_block(unit, self.model.device, state)
         path = self.optimizer_files.pop(unit, None)
         if path is not None:  # a block swapped out mid-training: its optimizer comes back too
-            self._pending_optimizer[unit] = torch.load(path, weights_only=True, map_location="cpu")
+            self.optimizers.pending[unit] = torch.load(path, weights_only=True, map_location="cpu")
         self.swaps += 1
 
-    def offload(self, unit: int) -> None:
+    def offload(self, unit: int, finished: bool) -> None:
         """Write block ``unit`` to its file and free its weights and optimizer state. A block
-        that has not finished (schedules that come back to it) keeps its optimizer state in a
-        file beside it; a finished block's is dropped."""
+        that has not ``finished`` (schedules that come back to it) keeps its optimizer state in
+        a file beside it; a finished block's is dropped."""
         self._write_block_file(unit, self.model.blocks[unit].state_dict())
-        opt = self.optimizers.pop(unit, None)
-        if opt is not None and self.unit_steps[unit] < self.steps_per_unit:
-            path = self._optimizer_path(unit)
+        opt = self.optimizers.units.pop(unit, None)
+        if opt is not None and not finished:
+            path = self.optimizer_path(unit)
             atomic_write_bytes(path, encode_object(opt.state_dict()))
             self.optimizer_files[unit] = path
         self.model.release_block(unit)
-
-    def prepare_evaluation(self) -> Callable[[], None]:
-        """After training: every block in memory, each with its own copy of the shared modules
-        where the policy gives blocks copies. Returns a function that puts the live training
-        copy back (call it before training or saving again)."""
-        self.materialize_all()
-        return self.shared.install()
 
     def materialize_all(self) -> None:
         """Load every block that lives on disk back into memory (for evaluation)."""
@@ -117,48 +124,27 @@ class BlockResidency:
             if not self.model.block_is_materialized(u):
                 self.model.materialize_block(u, self.model.device, load_file(self.block_files[u]))
 
-    def resident_bytes(self) -> dict[str, int]:
+    def held_bytes(self) -> dict[str, int]:
         """Bytes of parameters, gradients and optimizer state that exist right now, and of the
         finished blocks' copies of the shared modules (``shared=block-copies``)."""
         params = [p for p in self.model.parameters() if not p.is_meta]
-        opt_bytes = 0
-        for opt in [self.shared_optimizer, *self.optimizers.values()]:
-            if opt is None:
-                continue
-            for state in opt.state.values():
-                opt_bytes += sum(
-                    v.numel() * v.element_size() for v in state.values() if torch.is_tensor(v)
-                )
-        for saved in self._pending_optimizer.values():  # loaded, not yet handed to an optimizer
-            for state in saved.get("state", {}).values():
-                opt_bytes += sum(
-                    v.numel() * v.element_size() for v in state.values() if torch.is_tensor(v)
-                )
         return {
             "param_bytes": sum(p.numel() * p.element_size() for p in params),
             "grad_bytes": sum(
                 p.grad.numel() * p.grad.element_size() for p in params if p.grad is not None
             ),
-            "optimizer_bytes": opt_bytes,
+            "optimizer_bytes": self.optimizers.state_bytes(),
             "shared_copy_bytes": sum(
                 v.numel() * v.element_size()
-                for c in self.shared.copies.values()
+                for c in self.optimizers.shared.copies.values()
                 for v in c.values()
             ),
         }
 
-    def _note_state_bytes(self, unit: int) -> None:
+    def note_state_bytes(self, unit: int) -> None:
         """Track the peak of parameters + gradients + optimizer state held at once (exact
         accounting, independent of the allocator; activations are not included). What is held
         changes only when another block trains, so it is counted at the first step of a visit."""
         if unit != self._state_noted_for:
             self._state_noted_for = unit
-            self.peak_state_bytes = max(self.peak_state_bytes, sum(self.resident_bytes().values()))
-
-    def _drop_finished_optimizers(self, unit: int) -> None:
-        """In sequential mode a finished unit's optimizer state is freed for good."""
-        if self.config.schedule != "sequential":
-            return
-        for u in list(self.optimizers):
-            if u != unit and self.unit_steps[u] >= self.steps_per_unit:
-                del self.optimizers[u]
+            self.peak_state_bytes = max(self.peak_state_bytes, sum(self.held_bytes().values()))

@@ -1,12 +1,16 @@
 """The pure functions a run is scheduled by: which block trains at each step
 (``block_sequence``), the learning rate of a step (``learning_rate``), the optimizer of a block
 (``make_optimizer``), which examples a step reads (``batch_indices``), and the config hash that
-checkpoints carry (``resume_hash``). No state: each is a function of the config, seed and step.
+checkpoints carry (``resume_hash``). Each is a function of the config, seed and step; ``Plan``
+computes them for a run once (its budget: steps per epoch, per unit and in all; the units, the
+examples and the learning rates of each step). ``Position`` is where along its plan a run is (the
+global step, each unit's steps, the noise generators): the only state, advanced by the trainer.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 
@@ -18,7 +22,7 @@ RESUME_HASH_IGNORE = (*SAFE_RESUME_KEYS, *DATA_KEYS)
 
 def resume_hash(config: RunConfig) -> str:
     """The config hash that checkpoints carry: keys that may change on resume are left out, and
-    where the data lives (a moved file is checked by its bytes, ``runs._check_moved_data``)."""
+    where the data lives (a moved file is checked by its bytes, ``loading.check_moved_data``)."""
     return config.config_hash(ignore=RESUME_HASH_IGNORE)
 
 
@@ -86,3 +90,118 @@ def batch_indices(
     gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
     start = (pos * shards + shard) * batch
     return torch.randperm(n, generator=gen)[start : start + batch]
+
+
+@dataclass(frozen=True, eq=False)
+class Plan:
+    """A run's budget and order (docs/method.md §4): every trained unit gets ``steps_per_unit =
+    ceil(epochs * steps_per_epoch)`` updates; ``units_at`` and ``batch_indices`` say what each
+    global step trains and reads."""
+
+    units: tuple[int, ...]  # the trained units (config ``blocks``)
+    local_units: tuple[int, ...]  # the units this process trains (block-parallel: one)
+    synchronous: bool  # each global step trains every local unit on the same batch
+    sequence: torch.Tensor  # the unit of each global step (not synchronous)
+    steps_per_epoch: int
+    steps_per_unit: int
+    total_steps: int
+    batch_size: int
+    seed: int
+    train_size: int
+    lr: float  # peak learning rate, reached after ``warmup`` of the steps, then cosine decay
+    warmup: float
+    min_lr_ratio: float
+    data_shard: int = 0  # data parallelism: this rank reads part ``data_shard`` of every step
+    data_shards: int = 1
+
+    @classmethod
+    def of(
+        cls,
+        config: RunConfig,
+        num_units: int,
+        train_size: int,
+        data_shard: tuple[int, int] = (0, 1),
+        local_units: tuple[int, ...] | None = None,
+    ) -> Plan:
+        """The plan of ``config`` for a model of ``num_units`` units and ``train_size`` training
+        examples; ``local_units`` (block-parallel) makes every step a synchronous step of them."""
+        c = config
+        units = c.trained_units
+        if any(u >= num_units for u in units):
+            raise ValueError(f"blocks {units} out of range for {num_units} units")
+        shard, shards = data_shard
+        steps_per_epoch = train_size // (c.batch_size * shards)
+        if steps_per_epoch < 1:
+            raise ValueError(
+                f"batch_size {c.batch_size} x {shards} data-parallel rank(s) is larger "
+                f"than the {train_size} training examples"
+            )
+        steps_per_unit = max(1, math.ceil(c.epochs * steps_per_epoch))
+        synchronous = local_units is not None or c.schedule == "synchronous"
+        return cls(
+            units=units,
+            local_units=tuple(units) if local_units is None else local_units,
+            synchronous=synchronous,
+            sequence=block_sequence(c.schedule, units, steps_per_unit, c.seed, c.cycle_steps),
+            steps_per_epoch=steps_per_epoch,
+            steps_per_unit=steps_per_unit,
+            # Synchronous: each global step trains every unit on the same batch.
+            total_steps=steps_per_unit * (1 if synchronous else len(units)),
+            batch_size=c.batch_size,
+            seed=c.seed,
+            train_size=train_size,
+            lr=c.lr,
+            warmup=c.warmup,
+            min_lr_ratio=c.min_lr_ratio,
+            data_shard=shard,
+            data_shards=shards,
+        )
+
+    def units_at(self, step: int) -> list[int]:
+        """The units trained at global step ``step``."""
+        return list(self.local_units) if self.synchronous else [int(self.sequence[step])]
+
+    def unit_lr(self, unit_step: int) -> float:
+        """The learning rate of a unit's ``unit_step``-th step (a schedule over its budget)."""
+        return learning_rate(unit_step, self.steps_per_unit, self.lr, self.warmup,
+                             self.min_lr_ratio)  # fmt: skip
+
+    def global_lr(self, step: int) -> float:
+        """The learning rate of global step ``step`` (modules shared by all units)."""
+        return learning_rate(step, self.total_steps, self.lr, self.warmup, self.min_lr_ratio)
+
+    def batch_indices(self, step: int) -> torch.Tensor:
+        """The examples this process reads at global step ``step``."""
+        return batch_indices(step, self.steps_per_epoch, self.train_size, self.batch_size,
+                             self.seed, self.data_shard, self.data_shards)  # fmt: skip
+
+
+@dataclass
+class Position:
+    """Where training is: the global step, each unit's steps, and the noise generators (one for
+    the block schedules, one per unit for synchronous steps)."""
+
+    step: int
+    unit_steps: list[int]
+    generator: torch.Generator
+    unit_generators: dict[int, torch.Generator]
+
+    @classmethod
+    def start(cls, seed: int, num_units: int, units: tuple[int, ...]) -> Position:
+        """Step 0 of a run with ``seed``. Synchronous training draws each unit's noise from its
+        own generator, so that a block-parallel run (one process per block) makes exactly the
+        same draws."""
+        return cls(
+            step=0,
+            unit_steps=[0] * num_units,
+            generator=torch.Generator().manual_seed(seed + 1),
+            unit_generators={
+                u: torch.Generator().manual_seed((seed + 1) * 1_000_003 + u) for u in units
+            },
+        )
+
+    def advance(self, units: list[int]) -> None:
+        """One global step that counts as a step of each of ``units``."""
+        for u in units:
+            self.unit_steps[u] += 1
+        self.step += 1

@@ -1,21 +1,28 @@
-"""Checkpoint save and resume of a single-process run, and loading a checkpoint's weights into a
-model (``load_shared_weights``, ``load_model_weights``).
+"""The trainer state a checkpoint carries, and its save and resume; loading a checkpoint's
+weights into a model (``load_shared_weights``, ``load_model_weights``; ``load_shared_init`` for
+``shared_init``).
 
-``CheckpointState`` is a mixin of :class:`Trainer`: ``save`` writes every block (blocks that live
-on disk as hard links), the shared modules, the optimizers and the trainer state (step, RNG,
-counters); ``resume`` restores them from the latest checkpoint of the run folder and truncates the
-metrics written after it.
+``Parts`` names the components of a trainer that a checkpoint saves and restores. A
+``CheckpointStore`` writes and reads them: ``RunCheckpoints`` for a single-process run (every
+block, blocks that live on disk as hard links, the shared modules, the optimizers and the trainer
+state in ``run_dir/checkpoints``; resuming truncates the metrics written after the checkpoint),
+``parallel.BlockCheckpoints`` for one rank of a block-parallel run. ``checked_save`` refuses
+non-finite weights and reports a failed write, whatever the store.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
+from torch import nn
 
-from ..config import SAFE_RESUME_KEYS
+from ..config import SAFE_RESUME_KEYS, ConfigError
+from .accounting import Accounting
+from .blockmodel import BlockModel, block_model, shared_state
 from .checkpoint import (
     Checkpoint,
     CheckpointError,
@@ -23,179 +30,230 @@ from .checkpoint import (
     latest_checkpoint,
     save_checkpoint,
 )
-from .faults import NumericalFault
-from .runfolder import saved_config_hashes
-from .schedule import RESUME_HASH_IGNORE, make_optimizer, resume_hash
+from .faults import Faults, NumericalFault
+from .metrics import MetricsWriter
+from .optimizers import Optimizers
+from .residency import BlockResidency
+from .runfolder import saved_config_hashes, shared_state_of
+from .schedule import RESUME_HASH_IGNORE, Plan, Position, resume_hash
+
+if TYPE_CHECKING:
+    from ..config import RunConfig
+    from ..tasks.base import Task
 
 
-class CheckpointState:
-    """Save and resume of the trainer's state (a mixin of ``Trainer``)."""
+@dataclass
+class Parts:
+    """The components of a trainer that a checkpoint saves and restores."""
 
-    def save(self) -> Path:
-        """Write a checkpoint of every unit, the shared modules, optimizers and trainer state.
-        Refuses non-finite weights; a failed write (disk full...) leaves the previous
-        checkpoint as it was."""
+    config: RunConfig
+    task: Task
+    model: BlockModel
+    run_dir: Path | None
+    plan: Plan
+    position: Position
+    optimizers: Optimizers
+    residency: BlockResidency
+    accounting: Accounting
+    faults: Faults
+    metrics: MetricsWriter
+
+    @property
+    def folder(self) -> Path:
+        """The run folder (saving and resuming need one)."""
         assert self.run_dir is not None
-        bad = [n for n, p in self.model.named_parameters() if not p.is_meta and not bool(
-            torch.isfinite(p).all()
-        )]  # fmt: skip
-        if bad:
-            raise NumericalFault(
-                f"refusing to write a checkpoint at step {self.step}: non-finite weights in "
-                f"{', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''}"
-            )
-        try:
-            return self._save()
-        except OSError as err:
-            last = latest_checkpoint(self.run_dir / "checkpoints")
-            raise CheckpointError(
-                f"could not write a checkpoint to {self.run_dir / 'checkpoints'}: "
-                f"{err.strerror or err}; the previous checkpoint ({last or 'none'}) is intact"
-            ) from None
+        return self.run_dir
 
-    def _save(self) -> Path:
-        copies, shared_info = self.shared.state()
-        tensors = {"shared": self._shared_state(), **copies}
+
+class CheckpointStore(Protocol):
+    """Where and how a trainer's checkpoints are written and read."""
+
+    def write(self, parts: Parts) -> Path:
+        """Write a checkpoint of ``parts``; returns its folder."""
+        ...
+
+    def resume(self, parts: Parts) -> bool:
+        """Restore ``parts`` from the latest checkpoint, if there is one; True if it did."""
+        ...
+
+
+def checked_save(parts: Parts, store: CheckpointStore) -> Path:
+    """Write a checkpoint with ``store``. Refuses non-finite weights; a failed write (disk
+    full...) leaves the previous checkpoint as it was."""
+    run_dir = parts.folder
+    bad = [n for n, p in parts.model.named_parameters() if not p.is_meta and not bool(
+        torch.isfinite(p).all()
+    )]  # fmt: skip
+    if bad:
+        raise NumericalFault(
+            f"refusing to write a checkpoint at step {parts.position.step}: non-finite weights in "
+            f"{', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''}"
+        )
+    try:
+        return store.write(parts)
+    except OSError as err:
+        last = latest_checkpoint(run_dir / "checkpoints")
+        raise CheckpointError(
+            f"could not write a checkpoint to {run_dir / 'checkpoints'}: "
+            f"{err.strerror or err}; the previous checkpoint ({last or 'none'}) is intact"
+        ) from None
+
+
+class RunCheckpoints:
+    """The checkpoints of a single-process run, in ``run_dir/checkpoints``."""
+
+    def write(self, parts: Parts) -> Path:
+        """Every unit, the shared modules, optimizers and trainer state."""
+        model, pos, res, opts = parts.model, parts.position, parts.residency, parts.optimizers
+        config = parts.config
+        copies, shared_info = opts.shared.state()
+        tensors = {"shared": shared_state(model), **copies}
         links: dict[str, Path] = {}
-        for u in range(self.num_units):
-            if self.model.block_is_materialized(u):
-                tensors[f"block-{u}"] = self.model.blocks[u].state_dict()
-            elif u in self.block_files:
-                links[f"block-{u}.safetensors"] = self.block_files[u]
+        for u in range(len(model.blocks)):
+            if model.block_is_materialized(u):
+                tensors[f"block-{u}"] = model.blocks[u].state_dict()
+            elif u in res.block_files:
+                links[f"block-{u}.safetensors"] = res.block_files[u]
             else:  # never built (resident mode before fit): its initial weights
-                tensors[f"block-{u}"] = self.model.build_block(u).state_dict()
+                tensors[f"block-{u}"] = model.build_block(u).state_dict()
         objects: dict[str, Any] = {
             "optimizer-shared": (
-                self.shared_optimizer.state_dict() if self.shared_optimizer else None
+                opts.shared_optimizer.state_dict() if opts.shared_optimizer else None
             ),
             "trainer": {
-                "step": self.step,
-                "unit_steps": list(self.unit_steps),
-                "generator": self.generator.get_state(),
-                "train_seconds": self.train_seconds,
-                "swap_seconds": self.swap_seconds,
-                "swaps": self.swaps,
-                "step_times": {str(u): list(t) for u, t in self.step_times.items()},
-                "skipped_steps": self.skipped_steps,
-                "unit_generators": {str(u): g.get_state() for u, g in self.unit_generators.items()},
-                "layer_evals": self.layer_evals,
-                "backward_layer_evals": self.backward_layer_evals,
+                "step": pos.step,
+                "unit_steps": list(pos.unit_steps),
+                "generator": pos.generator.get_state(),
+                "train_seconds": parts.accounting.train_seconds,
+                "swap_seconds": res.swap_seconds,
+                "swaps": res.swaps,
+                "step_times": {str(u): list(t) for u, t in parts.accounting.step_times.items()},
+                "skipped_steps": parts.faults.skipped_steps,
+                "unit_generators": {str(u): g.get_state() for u, g in pos.unit_generators.items()},
+                "layer_evals": parts.accounting.layer_evals,
+                "backward_layer_evals": parts.accounting.backward_layer_evals,
                 "shared": shared_info,
             },
         }
-        for u, path in self.optimizer_files.items():  # optimizer states offloaded with a block
+        for u, path in res.optimizer_files.items():  # optimizer states offloaded with a block
             links[f"optimizer-block-{u}.pt"] = path
-        for u, state in self._pending_optimizer.items():
+        for u, state in opts.pending.items():
             objects[f"optimizer-block-{u}"] = state
-        for u, opt in self.optimizers.items():
+        for u, opt in opts.units.items():
             objects[f"optimizer-block-{u}"] = opt.state_dict()
         meta = {
-            "task": self.config.task,
-            "method": self.config.method,
-            "units": self.num_units,
-            "config_hash": resume_hash(self.config),
-            "total_steps": self.total_steps,
+            "task": config.task,
+            "method": config.method,
+            "units": len(model.blocks),
+            "config_hash": resume_hash(config),
+            "total_steps": parts.plan.total_steps,
         }
         return save_checkpoint(
-            self.run_dir / "checkpoints",
-            self.step,
+            parts.folder / "checkpoints",
+            pos.step,
             tensors,
             objects,
             meta,
-            self.config.keep_checkpoints,
+            config.keep_checkpoints,
             links,
         )
 
-    def _shared_state(self) -> dict[str, torch.Tensor]:
-        return {k: v for k, v in self.model.state_dict().items() if not k.startswith("blocks.")}
-
-    def resume(self) -> bool:
+    def resume(self, parts: Parts) -> bool:
         """Load the latest checkpoint of ``run_dir`` if there is one; True if it did."""
-        assert self.run_dir is not None
-        path = latest_checkpoint(self.run_dir / "checkpoints")
+        config, model, run_dir = parts.config, parts.model, parts.folder
+        res, opts, pos = parts.residency, parts.optimizers, parts.position
+        num_units = len(model.blocks)
+        path = latest_checkpoint(run_dir / "checkpoints")
         if path is None:
             return False
         ckpt = Checkpoint(path)
-        expect = resume_hash(self.config)
-        if ckpt.meta.get("task") != self.config.task or ckpt.meta.get("units") != self.num_units:
+        expect = resume_hash(config)
+        if ckpt.meta.get("task") != config.task or ckpt.meta.get("units") != num_units:
             raise CheckpointError(
                 f"{path} is a checkpoint of task {ckpt.meta.get('task')!r} with "
-                f"{ckpt.meta.get('units')} units; this run is {self.config.task!r} with "
-                f"{self.num_units}"
+                f"{ckpt.meta.get('units')} units; this run is {config.task!r} with "
+                f"{num_units}"
             )
         # A run folder written before config keys were added still resumes.
-        older = saved_config_hashes(
-            self.config, self.run_dir, RESUME_HASH_IGNORE, (SAFE_RESUME_KEYS,)
-        )
+        older = saved_config_hashes(config, run_dir, RESUME_HASH_IGNORE, (SAFE_RESUME_KEYS,))
         if ckpt.meta.get("config_hash") not in {expect, *older}:
             raise CheckpointError(
                 f"{path} was written with a different configuration (hash "
                 f"{ckpt.meta.get('config_hash')}, this run {expect})"
             )
-        if self.resident:  # blocks stay on disk; each is loaded when it becomes active
-            load_shared_weights(self.model, ckpt)
-            for u in range(self.num_units):
-                self.model.release_block(u) if self.model.block_is_materialized(u) else None
-                self.block_files[u] = ckpt.export(f"block-{u}", self._block_path(u))
+        if res.resident:  # blocks stay on disk; each is loaded when it becomes active
+            load_shared_weights(model, ckpt)
+            for u in range(num_units):
+                if model.block_is_materialized(u):
+                    model.release_block(u)
+                res.block_files[u] = ckpt.export(f"block-{u}", res.block_path(u))
         else:
-            load_model_weights(self.model, ckpt)
-        self.optimizers.clear()
+            load_model_weights(model, ckpt)
+        opts.units.clear()
         state = ckpt.obj("trainer")
-        self.shared.load(ckpt, state.get("shared", {}))
+        opts.shared.load(ckpt, state.get("shared", {}))
         # The shared optimizer covers what trained at the last saved step; the next step
         # switches the set (and the optimizer) exactly as an uninterrupted run would.
         step = int(state["step"])
-        last_unit = self.units_at(step - 1)[0] if step > 0 else self.units[0]
-        self.shared.forget()
-        params = self._prepare_shared(last_unit)
-        self.shared_optimizer = make_optimizer(params, self.config) if params else None
+        opts.restart_shared(parts.plan.units_at(step - 1)[0] if step > 0 else parts.plan.units[0])
         saved = ckpt.obj("optimizer-shared")
-        if self.shared_optimizer is not None and saved is not None:
-            self.shared_optimizer.load_state_dict(saved)
-        for u in range(self.num_units):
+        if opts.shared_optimizer is not None and saved is not None:
+            opts.shared_optimizer.load_state_dict(saved)
+        for u in range(num_units):
             if not ckpt.has(f"optimizer-block-{u}.pt"):
                 continue
-            if self.resident:  # stays on disk until its block becomes active
-                path = self._optimizer_path(u)
-                self.optimizer_files[u] = ckpt.export(f"optimizer-block-{u}.pt", path)
+            if res.resident:  # stays on disk until its block becomes active
+                res.optimizer_files[u] = ckpt.export(
+                    f"optimizer-block-{u}.pt", res.optimizer_path(u)
+                )
             else:
-                self._pending_optimizer[u] = ckpt.obj(f"optimizer-block-{u}")
-        state = ckpt.obj("trainer")
-        self.step = int(state["step"])
-        self.unit_steps = [int(s) for s in state["unit_steps"]]
-        self.generator.set_state(state["generator"])
-        self.train_seconds = float(state.get("train_seconds", 0.0))
-        self.swap_seconds = float(state.get("swap_seconds", 0.0))
-        self.swaps = int(state.get("swaps", 0))
+                opts.pending[u] = ckpt.obj(f"optimizer-block-{u}")
+        pos.step = step
+        pos.unit_steps = [int(s) for s in state["unit_steps"]]
+        pos.generator.set_state(state["generator"])
+        acc = parts.accounting
+        acc.train_seconds = float(state.get("train_seconds", 0.0))
+        res.swap_seconds = float(state.get("swap_seconds", 0.0))
+        res.swaps = int(state.get("swaps", 0))
         for u, gstate in state.get("unit_generators", {}).items():
-            if int(u) in self.unit_generators:
-                self.unit_generators[int(u)].set_state(gstate)
-        self.layer_evals = int(state.get("layer_evals", 0))
-        self.backward_layer_evals = int(state.get("backward_layer_evals", 0))
+            if int(u) in pos.unit_generators:
+                pos.unit_generators[int(u)].set_state(gstate)
+        acc.layer_evals = int(state.get("layer_evals", 0))
+        acc.backward_layer_evals = int(state.get("backward_layer_evals", 0))
         for u, times in state.get("step_times", {}).items():
-            self.step_times[int(u)] = [float(t) for t in times]
-        self.skipped_steps = int(state.get("skipped_steps", 0))
-        self.truncate_metrics(self.step)
+            acc.step_times[int(u)] = [float(t) for t in times]
+        parts.faults.skipped_steps = int(state.get("skipped_steps", 0))
+        truncate_metrics(parts.metrics, pos.step)
         return True
 
-    def truncate_metrics(self, step: int) -> None:
-        """Keep the metrics records up to ``step`` (those after the checkpoint will be written
-        again), dropping a line torn by a crash; rewritten atomically."""
-        path = self.metrics.path
-        if path is None or not path.exists():
-            return
-        keep = []
-        for line in path.read_text().splitlines():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if record.get("step", 0) <= step:
-                keep.append(line)
-        atomic_write_text(path, "".join(k + "\n" for k in keep))
+
+def truncate_metrics(metrics: MetricsWriter, step: int) -> None:
+    """Keep the metrics records up to ``step`` (those after the checkpoint will be written
+    again), dropping a line torn by a crash; rewritten atomically."""
+    path = metrics.path
+    if path is None or not path.exists():
+        return
+    keep = []
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if record.get("step", 0) <= step:
+            keep.append(line)
+    atomic_write_text(path, "".join(k + "\n" for k in keep))
 
 
-def load_shared_weights(model: torch.nn.Module, ckpt: Checkpoint) -> None:
+def load_shared_init(model: BlockModel, folder: str) -> None:
+    """``shared_init``: the shared modules from a block-parallel run's latest shared checkpoint,
+    or from any run or model folder that ``dblocks eval`` accepts."""
+    state = shared_state_of(folder)
+    if set(state) != set(shared_state(model)):
+        raise ConfigError(f"shared_init={folder}: its shared modules do not fit this model")
+    model.load_state_dict(state, strict=False)
+
+
+def load_shared_weights(model: nn.Module | BlockModel, ckpt: Checkpoint) -> None:
     """Load the shared (non-block) tensors of ``ckpt`` into ``model``; every key must match."""
     shared = ckpt.tensors("shared")
     expected = {k for k in model.state_dict() if not k.startswith("blocks.")}
@@ -211,18 +269,19 @@ def load_shared_weights(model: torch.nn.Module, ckpt: Checkpoint) -> None:
         raise CheckpointError(f"{ckpt.path} does not fit this model: {err}") from None
 
 
-def load_model_weights(model: torch.nn.Module, ckpt: Checkpoint) -> None:
+def load_model_weights(model: nn.Module | BlockModel, ckpt: Checkpoint) -> None:
     """Load the shared and per-block tensors of ``ckpt`` into ``model``; blocks on the meta
     device are materialised; per-block copies of the shared modules (``shared=block-copies``)
     are installed so that each block runs with its own."""
     load_shared_weights(model, ckpt)
+    blocks = block_model(model) if isinstance(model, nn.Module) else model
     if ckpt.has("shared-copy-0.safetensors"):
-        model.set_shared_variants(
-            {u: ckpt.tensors(f"shared-copy-{u}") for u in range(len(model.blocks))}
+        blocks.set_shared_variants(
+            {u: ckpt.tensors(f"shared-copy-{u}") for u in range(len(blocks.blocks))}
         )
-    for u in range(len(model.blocks)):
+    for u in range(len(blocks.blocks)):
         state = ckpt.tensors(f"block-{u}")
         try:
-            model.materialize_block(u, model.device, state)
+            blocks.materialize_block(u, blocks.device, state)
         except RuntimeError as err:
             raise CheckpointError(f"{ckpt.path} block {u} does not fit this model: {err}") from None

@@ -1,0 +1,87 @@
+"""The optimizers of a run: one AdamW per unit, created when the unit first trains (so a unit
+that does not train cannot move: no momentum or weight-decay drift), the optimizer states loaded
+from a checkpoint or a swapped-out block's file that wait for their unit, and the optimizer of
+the shared modules, which the ``shared`` policy (``shared.py``) decides the parameters of.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Final
+
+import torch
+
+from .schedule import make_optimizer
+from .shared import SharedModules
+
+if TYPE_CHECKING:
+    from ..config import RunConfig
+    from ..tasks.base import Task
+
+
+class Optimizers:
+    """Per-unit optimizers, their pending states, and the shared modules' optimizer."""
+
+    def __init__(self, task: Task, config: RunConfig, shared: SharedModules) -> None:
+        self.task = task
+        self.config = config
+        self.shared = shared
+        self.units: Final[dict[int, torch.optim.AdamW]] = {}
+        self.pending: Final[dict[int, dict[str, Any]]] = {}  # loaded states of unbuilt optimizers
+        self.shared_optimizer: torch.optim.AdamW | None = None
+
+    def for_unit(self, unit: int) -> torch.optim.AdamW:
+        """The optimizer of ``unit``, built (with its pending state, if any) on first use."""
+        if unit not in self.units:
+            opt = make_optimizer(self.task.unit_parameters(unit), self.config)
+            if unit in self.pending:
+                opt.load_state_dict(self.pending.pop(unit))
+            self.units[unit] = opt
+        return self.units[unit]
+
+    def prepare_shared(self, unit: int) -> list[torch.nn.Parameter]:
+        """Apply the shared policy before a step of ``unit``; a changed set of trainable shared
+        parameters gets a fresh optimizer (a frozen module's optimizer state is freed)."""
+        if self.shared.prepare(unit):
+            params = self.shared.current
+            self.shared_optimizer = make_optimizer(params, self.config) if params else None
+        return self.shared.current
+
+    def restart_shared(self, unit: int) -> None:
+        """After loading a checkpoint: the policy applied afresh for ``unit`` (the unit of the
+        last saved step), with a fresh shared optimizer."""
+        self.shared.forget()
+        params = self.prepare_shared(unit)
+        self.shared_optimizer = make_optimizer(params, self.config) if params else None
+
+    def drop_finished(self, unit: int, finished: Callable[[int], bool]) -> None:
+        """In sequential mode a finished unit's optimizer state is freed for good."""
+        if self.config.schedule != "sequential":
+            return
+        for u in list(self.units):
+            if u != unit and finished(u):
+                del self.units[u]
+
+    def state_bytes(self) -> int:
+        """Bytes of optimizer state held: the built optimizers' and the pending states'."""
+        total = 0
+        for opt in [self.shared_optimizer, *self.units.values()]:
+            if opt is None:
+                continue
+            for state in opt.state.values():
+                total += _tensor_bytes(state)
+        for saved in self.pending.values():  # loaded, not yet handed to an optimizer
+            for state in saved.get("state", {}).values():
+                total += _tensor_bytes(state)
+        return total
+
+
+def step_at(opt: torch.optim.Optimizer, lr: float) -> None:
+    """An optimizer step at learning rate ``lr``."""
+    for group in opt.param_groups:
+        group["lr"] = lr
+    opt.step()
+
+
+def _tensor_bytes(state: dict[str, Any]) -> int:
+    return sum(v.numel() * v.element_size() for v in state.values() if torch.is_tensor(v))
