@@ -69,3 +69,16 @@ def test_group_names_work_on_the_command_line(tmp_path, capsys):
     assert main(["train", "--preset", "tiny", "--set", "noise.p_mean=2", "--dry-run"]) == 0
     plan = capsys.readouterr().out
     assert "[noise]" in plan and "[model]" in plan and "GROUP.KEY=V" in plan
+
+
+def test_block_order_is_the_schedule_key_by_its_own_name():
+    by_old = make_config("tiny", {"schedule": "sequential"})
+    for name in ("block_order", "training.block_order"):
+        config = make_config("tiny", {name: "sequential"})
+        assert config.to_dict() == by_old.to_dict() and config.block_order == "sequential"
+    assert config.config_hash() == by_old.config_hash()  # saved as before: same hash
+    assert make_config("bench", {"block_order": "random"}).schedule == "random"  # over a preset
+    with pytest.raises(ConfigError, match="given twice"):
+        make_config("tiny", {"block_order": "cycle", "schedule": "random"})
+    with pytest.raises(ConfigError, match="did you mean 'block_order'"):
+        make_config("tiny", {"block_ordr": "cycle"})

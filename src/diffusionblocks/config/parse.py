@@ -123,9 +123,11 @@ def parse_assignments(items: list[str]) -> dict[str, str]:
 
 def flat_keys(cls: type[RunConfig], values: dict[str, Any]) -> dict[str, Any]:
     """``values`` with grouped keys made flat: ``{"noise.p_mean": 1}`` and
-    ``{"noise": {"p_mean": 1}}`` become ``{"p_mean": 1}``. A key given twice with different
-    values, a group that does not exist, or a key outside its group is refused by name."""
+    ``{"noise": {"p_mean": 1}}`` become ``{"p_mean": 1}``, and another name of a key
+    (``block_order``) becomes the name it is saved under (``schedule``). A key given twice with
+    different values, a group that does not exist, or a key outside its group is refused by name."""
     groups = cls.key_groups()
+    aliases = cls.key_aliases
     out: dict[str, Any] = {}
     for key, value in values.items():
         if key in groups and isinstance(value, dict):
@@ -140,6 +142,7 @@ def flat_keys(cls: type[RunConfig], values: dict[str, Any]) -> dict[str, Any]:
                         f"unknown config group '{group}' in '{name}'; the groups are "
                         f"{', '.join(groups)}"
                     )
+                flat = aliases.get(flat, flat)
                 if flat not in groups[group]:
                     where = cls.group_of(flat)
                     hint = f"; '{flat}' is in group '{where}'" if where else ""
@@ -148,6 +151,7 @@ def flat_keys(cls: type[RunConfig], values: dict[str, Any]) -> dict[str, Any]:
                         f"{', '.join(groups[group])}){hint}"
                     )
                 name = flat
+            name = aliases.get(name, name)
             if name in out and out[name] != v:
                 raise ConfigError(f"key '{name}' given twice: {_show(out[name])} and {_show(v)}")
             out[name] = v
@@ -167,7 +171,7 @@ def build_config(cls: type[RunConfig], values: dict[str, Any]) -> RunConfig:
                 )
             continue
         if key not in names:
-            close = difflib.get_close_matches(key, names, n=1, cutoff=0.5)
+            close = difflib.get_close_matches(key, [*names, *cls.key_aliases], n=1, cutoff=0.5)
             hint = f"; did you mean '{close[0]}'?" if close else ""
             raise ConfigError(f"unknown config key '{key}' for task '{cls().task}'{hint}")
     typed = {k: coerce(cls, k, v) for k, v in values.items() if k != "task"}

@@ -63,11 +63,15 @@ class RunConfig:
         "parallel": ("parallel",),
     }  # fmt: skip
     task_groups: ClassVar[dict[str, tuple[str, ...]]] = {}
+    # Other names of keys, accepted wherever a key is: ``block_order`` is the order in which
+    # blocks train (saved as ``schedule``, so run folders and config hashes keep their meaning;
+    # "schedule" also names the noise and learning-rate schedules).
+    key_aliases: ClassVar[dict[str, str]] = {"block_order": "schedule"}
 
     task: str = ""  # task name (set by the task's config class)
     method: str = "dblocks"  # dblocks (block-wise denoisers) or e2e (plain end-to-end baseline)
     num_blocks: int = 3  # B: number of blocks the layers are split into (dblocks only)
-    schedule: str = "random"  # block order: random (paper) | cycle | sequential | synchronous
+    schedule: str = "random"  # block_order: random (paper) | cycle | sequential | synchronous
     cycle_steps: int = 1  # schedule=cycle: consecutive steps per visit of a block
     resident: bool = False  # keep only the active block in memory (implied by sequential)
     blocks: tuple[int, ...] | None = None  # train only these blocks, e.g. "0,2" (None = all)
@@ -290,6 +294,11 @@ class RunConfig:
         for name, keys in cls.task_groups.items():
             out[name] = out.get(name, ()) + keys
         return out
+
+    @property
+    def block_order(self) -> str:
+        """The order in which blocks train (the ``schedule`` key's other name)."""
+        return self.schedule
 
     @classmethod
     def group_of(cls, key: str) -> str | None:
