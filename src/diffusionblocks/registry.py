@@ -79,8 +79,8 @@ def make_config(preset: str, overrides: dict[str, Any] | None = None) -> RunConf
         raise ConfigError(f"unknown preset {preset!r}; choose one of {', '.join(preset_names())}")
     task, values, _ = PRESETS[preset]
     config_cls = TASKS[task][0]
-    preset = flat_keys(config_cls, values)  # the overrides win over the preset, by any name
-    return build_config(config_cls, {**preset, **flat_keys(config_cls, overrides or {})})
+    base = flat_keys(config_cls, values)  # the overrides win over the preset, by any name
+    return build_config(config_cls, {**base, **flat_keys(config_cls, overrides or {})})
 
 
 def config_class(task: str) -> type[RunConfig]:
