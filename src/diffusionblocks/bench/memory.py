@@ -99,7 +99,7 @@ def measure_memory(preset: str, overrides: dict[str, Any], steps: int) -> dict[s
         "peak_rss_bytes": mem["peak_rss_bytes"],
         "layer_param_bytes": _layer_param_bytes(task),
         "shared_param_bytes": sum(p.numel() * p.element_size() for p in task.shared_parameters()),
-        "depth": sum(task.layers_in_unit(u) for u in range(len(task.model.blocks))),
+        "depth": sum(task.layers_in_block(u) for u in range(len(task.model.blocks))),
         "current_rss_bytes": current_rss_bytes(),
     }
 

@@ -1,9 +1,9 @@
 """What the trainer needs from a task.
 
 A task owns the data, the network and the loss. The network exposes ``model.blocks`` (a
-``ModuleList`` with one entry per separately trained *unit*: B blocks for DiffusionBlocks, one
-group of all layers end to end); every parameter outside ``model.blocks`` is *shared* and is
-updated at every step. The trainer only ever calls the methods below.
+``ModuleList`` with one entry per separately trained block: B blocks for DiffusionBlocks, one
+block of all layers end to end); every parameter outside ``model.blocks`` is *shared*. The
+trainer only ever calls the methods below; the command line asks the reporting ones.
 """
 
 from __future__ import annotations
@@ -38,15 +38,18 @@ class Task:
 
     # -- training ---------------------------------------------------------------------------
     def loss(
-        self, unit: int, batch: Any, generator: torch.Generator
+        self, block: int, batch: Any, generator: torch.Generator
     ) -> tuple[torch.Tensor, dict[str, float]]:
-        """Scalar loss for one step that trains ``unit``, and floats to log. All randomness comes
-        from ``generator`` (a CPU generator)."""
+        """Scalar loss for one step that trains ``block`` (end to end: 0, all layers), and
+        floats to log. All randomness comes from ``generator`` (a CPU generator)."""
         raise NotImplementedError
 
-    def layers_in_unit(self, unit: int) -> int:
-        """Transformer layers one step of ``unit`` runs forward (for compute accounting)."""
-        return len(self.model.blocks[unit])
+    def layers_in_block(self, block: int) -> int:
+        """Transformer layers one step of ``block`` runs forward (for compute accounting)."""
+        return len(self.model.blocks[block])
+    # A step whose cost varies (a random number of recurrent iterations, gradients through only
+    # some of them) reports the layer evaluations per example it ran in its logs, as
+    # "layer_evals" and "backward_layer_evals"; otherwise the trainer counts layers_in_block.
 
     # -- evaluation -------------------------------------------------------------------------
     def evaluate(
@@ -101,8 +104,9 @@ class Task:
         return {}
 
     # -- helpers ----------------------------------------------------------------------------
-    def unit_parameters(self, unit: int) -> list[nn.Parameter]:
-        return list(self.model.blocks[unit].parameters())
+    def block_parameters(self, block: int) -> list[nn.Parameter]:
+        """The parameters one block's optimizer updates (everything else is shared)."""
+        return list(self.model.blocks[block].parameters())
 
     def target_prefixes(self) -> tuple[str, ...]:
         """State-dict prefixes of the shared modules that define the denoising targets (a label

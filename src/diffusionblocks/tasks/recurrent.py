@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from ..config import ConfigError, _check
 from ..diffusion import chain, edm_denoise, weighted_loss
@@ -106,11 +107,11 @@ class _RecurrentLM(CharLM):
         )  # fmt: skip
         return RecurrentDepthLM(shape).to(self.device)
 
-    def layers_in_unit(self, unit: int) -> int:
+    def layers_in_block(self, block: int) -> int:
         c = self.config
         return c.prelude + c.core + c.coda
 
-    def unit_parameters(self, unit: int):
+    def block_parameters(self, block: int) -> list[nn.Parameter]:
         return list(self.model.blocks[0].parameters())
 
     def inference_layer_evals(self, k: int) -> int:

@@ -42,7 +42,7 @@ class Accounting:
         the units that trained are exact."""
         self.train_seconds += seconds
         self.step_times[units[0]].append(seconds)
-        layers = sum(self.task.layers_in_unit(u) for u in units)
+        layers = sum(self.task.layers_in_block(u) for u in units)
         self.layer_evals += logs.pop("layer_evals", layers)
         self.backward_layer_evals += logs.pop("backward_layer_evals", layers)
 
@@ -50,7 +50,7 @@ class Accounting:
         """Steps and layer evaluations at ``at``; ``skipped``: steps whose update was skipped
         (non-finite)."""
         c, step = config, at.step
-        layers = [self.task.layers_in_unit(u) for u in range(len(at.unit_steps))]
+        layers = [self.task.layers_in_block(u) for u in range(len(at.unit_steps))]
         evals = self.layer_evals * c.batch_size
         backward = self.backward_layer_evals * c.batch_size
         return {

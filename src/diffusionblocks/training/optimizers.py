@@ -33,7 +33,7 @@ class Optimizers:
     def for_unit(self, unit: int) -> torch.optim.AdamW:
         """The optimizer of ``unit``, built (with its pending state, if any) on first use."""
         if unit not in self.units:
-            opt = make_optimizer(self.task.unit_parameters(unit), self.config)
+            opt = make_optimizer(self.task.block_parameters(unit), self.config)
             if unit in self.pending:
                 opt.load_state_dict(self.pending.pop(unit))
             self.units[unit] = opt

@@ -142,7 +142,7 @@ class Trainer:
         c, pos = self.config, self.position
         opt = self.optim.for_unit(unit)
         shared = self.optim.prepare_shared(unit)
-        params = self.task.unit_parameters(unit) + shared
+        params = self.task.block_parameters(unit) + shared
         for p in params:
             p.grad = None
         loss, logs = self.task.loss(unit, batch, pos.generator)
@@ -177,7 +177,7 @@ class Trainer:
         logs: dict[str, float] = {}
         unit_params: dict[int, list[nn.Parameter]] = {}
         for u in units:
-            unit_params[u] = self.task.unit_parameters(u)
+            unit_params[u] = self.task.block_parameters(u)
             for p in unit_params[u]:
                 p.grad = None
             loss, unit_logs = self.task.loss(u, batch, pos.unit_generators[u])
