@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 import warnings
+from typing import TextIO
 
 from . import __version__
 from .commands import UsageError
@@ -196,7 +197,14 @@ def main(argv: list[str] | None = None) -> int:
         with warnings.catch_warnings():
             show = warnings.showwarning
 
-            def plain(message, category, filename, lineno, file=None, line=None):
+            def plain(
+                message: Warning | str,
+                category: type[Warning],
+                filename: str,
+                lineno: int,
+                file: TextIO | None = None,
+                line: str | None = None,
+            ) -> None:
                 """Our data warnings as one line, without Python's source-line context."""
                 if issubclass(category, DataWarning):
                     print(f"dblocks {args.command}: warning: {message}", file=sys.stderr)

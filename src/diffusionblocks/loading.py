@@ -13,6 +13,7 @@ from .assemble import is_model_folder, load_model_folder
 from .config import ConfigError, RunConfig, config_from_dict, flat_keys
 from .registry import make_task, read_run_config, resolve_device
 from .tasks.base import Task
+from .training.blockmodel import block_model
 from .training.checkpoint import Checkpoint, CheckpointError, latest_checkpoint
 from .training.runfolder import (
     BUILTIN_DATA,
@@ -42,7 +43,7 @@ INFERENCE_KEYS = (
 )
 
 
-def check_moved_data(run_dir, saved: RunConfig, config: RunConfig) -> None:
+def check_moved_data(run_dir: str | os.PathLike, saved: RunConfig, config: RunConfig) -> None:
     """A run whose data file moved: say how to point at it; the file given must hold the same
     bytes as the one the run was trained on (the pixel normalisation, vocabulary and splits come
     from it): a changed file, another file, or a built-in dataset instead of a file is refused."""
@@ -77,7 +78,7 @@ def load_run(
     run_dir: str | os.PathLike,
     device: str | None = None,
     overrides: dict[str, Any] | None = None,
-) -> tuple[Task, Checkpoint]:
+) -> tuple[Task, Checkpoint | ModelFolder]:
     """The task of a run folder with the weights of its latest checkpoint loaded. ``overrides``
     may change inference-only keys (:data:`INFERENCE_KEYS`)."""
     saved = config = read_run_config(run_dir)
@@ -112,10 +113,11 @@ def load_run(
         )
         raise CheckpointError(f"{run_dir} has no checkpoint yet{hint}")
     ckpt = Checkpoint(path)
-    if ckpt.meta.get("task") != config.task or ckpt.meta.get("units") != len(task.model.blocks):
+    blocks = block_model(task.model).blocks
+    if ckpt.meta.get("task") != config.task or ckpt.meta.get("units") != len(blocks):
         raise CheckpointError(
             f"{path} is for task {ckpt.meta.get('task')!r} with {ckpt.meta.get('units')} units, "
-            f"but {run_dir}/config.json describes {config.task!r} with {len(task.model.blocks)}"
+            f"but {run_dir}/config.json describes {config.task!r} with {len(blocks)}"
         )
     load_model_weights(task.model, ckpt)
     task.source = str(run_dir)

@@ -9,10 +9,11 @@ from .diffusion import BlockPartition
 from .tasks.base import Task
 
 if TYPE_CHECKING:
+    from .config import RunConfig
     from .training.trainer import Trainer
 
 
-def print_plan(config, preset: str | None) -> None:
+def print_plan(config: RunConfig, preset: str | None) -> None:
     docs = type(config).field_docs()
     print(f"# preset: {preset}   task: {config.task}   (set a key as KEY=V or GROUP.KEY=V)")
     for group, values in config.to_nested().items():
@@ -32,7 +33,7 @@ def print_plan(config, preset: str | None) -> None:
         print_schedule(config.block_partition())
 
 
-def check_plan(config) -> None:
+def check_plan(config: RunConfig) -> None:
     """Everything that can fail before training, checked now (``--dry-run``): the data is read
     and the model built on the CPU, without training or writing anything."""
     import torch

@@ -10,6 +10,7 @@ import json
 import os
 import platform
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ from .loading import (  # noqa: F401 - re-exported: the run-folder API in one pl
 from .registry import make_task, read_run_config, resolve_device
 from .reporting import legend_entry, metrics_legend, run_warnings  # noqa: F401
 from .tasks.base import Task
+from .training.blockmodel import block_model
 from .training.checkpoint import atomic_write_json
 from .training.metrics import plot_losses
 from .training.runfolder import DATA_KEYS, resolve_paths, write_run_config
@@ -51,7 +53,7 @@ def refuse_existing_run(run_dir: Path) -> None:
 
 
 def prepare_run_dir(
-    config: RunConfig,
+    config: RunConfig | None,
     run_dir: str | os.PathLike,
     resume: bool,
     preset: str | None = None,
@@ -112,6 +114,7 @@ def prepare_run_dir(
         probe.unlink()
     except OSError as err:
         raise ConfigError(f"cannot write to the run folder {run_dir}: {err.strerror}") from None
+    assert config is not None  # only a resumed run may leave the config to its folder
     write_run_config(run_dir, config, preset, command)
     return config
 
@@ -124,7 +127,7 @@ def train_run(
     progress: bool = True,
     preset: str | None = None,
     sweep: tuple[int, ...] | None = None,
-    log=print,
+    log: Callable[[str], None] = print,
     command: str | None = None,
 ) -> dict[str, Any]:
     """Train (or resume) a run, evaluate it (sweeping ``sweep`` inference step counts, by default
@@ -202,14 +205,22 @@ def check_disk_space(run_dir: Path, task: Task, config: RunConfig) -> None:
         )
 
 
-def _rank_device(config) -> str:
+def _rank_device(config: RunConfig) -> str:
     """This rank's device: ``cuda:LOCAL_RANK`` under torchrun when the config asks for CUDA."""
     if config.device in ("auto", "cuda") and torch.cuda.is_available():
         return f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
     return config.device
 
 
-def train_parallel(config, run_dir: Path, resume, progress, preset, log, command):
+def train_parallel(
+    config: RunConfig,
+    run_dir: Path,
+    resume: bool,
+    progress: bool,
+    preset: str | None,
+    log: Callable[[str], None],
+    command: str | None,
+) -> dict[str, Any]:
     """One rank of a block-parallel run (see :mod:`diffusionblocks.training.parallel`). Rank 0
     prepares the folder; at the end it assembles the blocks and evaluates the model."""
     import torch.distributed as dist
@@ -251,12 +262,13 @@ def train_parallel(config, run_dir: Path, resume, progress, preset, log, command
             f"{trainer.total_steps} synchronous steps, shared={config.shared_policy}"
         )
         fitted = trainer.fit()
+        model = block_model(task.model)
         record = {
             "rank": ctx.rank,
             "block": ctx.block,
             # What this process held: its own block only (checked by the tests).
             "materialized_blocks": [
-                u for u in range(len(task.model.blocks)) if task.model.block_is_materialized(u)
+                u for u in range(len(model.blocks)) if model.block_is_materialized(u)
             ],
             "optimizer_units": sorted(trainer.optimizers),
             "data_shard": [ctx.dp_rank, ctx.dp],
@@ -265,7 +277,7 @@ def train_parallel(config, run_dir: Path, resume, progress, preset, log, command
             **fitted,
         }
         if ctx.world > 1:
-            gathered = [None] * ctx.world
+            gathered: list[Any] = [None] * ctx.world
             dist.all_gather_object(gathered, record)
         else:
             gathered = [record]
@@ -296,7 +308,7 @@ def train_parallel(config, run_dir: Path, resume, progress, preset, log, command
                 ],
             },
             "eval": evaluation,
-            "environment": environment(task.model.device),
+            "environment": environment(model.device),
         }
         atomic_write_json(run_dir / "results.json", results)
         return results
@@ -317,7 +329,7 @@ def _merge_accounting(records: list[dict[str, Any]]) -> dict[str, Any]:
     return merged
 
 
-def _resumable(config, run_dir: Path):
+def _resumable(config: RunConfig, run_dir: Path) -> RunConfig:
     """Resuming keeps the folder's config (the selected blocks may differ)."""
     saved = read_run_config(run_dir)
     values = {**saved.to_dict(), "blocks": config.blocks, "parallel": True,
@@ -353,7 +365,7 @@ def split_record(evaluation: dict[str, Any]) -> dict[str, Any]:
     return {k if k.startswith(prefix) else prefix + k: v for k, v in _flat(evaluation)}
 
 
-def _flat(d: dict[str, Any]):
+def _flat(d: dict[str, Any]) -> Iterator[tuple[str, int | float]]:
     for k, v in d.items():
         if isinstance(v, (int, float)) and not isinstance(v, bool):
             yield k, v

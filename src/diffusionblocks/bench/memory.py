@@ -8,20 +8,24 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable, Iterator, Sequence, Sized
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from .configs import MEMORY_CONFIGS, config_overrides
+
+if TYPE_CHECKING:
+    from ..tasks.base import Task
 
 
 class SavedTensorCounter:
     """Counts the bytes autograd saves for backward while active: unique storages, parameters
     excluded (they are weights, not activations)."""
 
-    def __init__(self, params: list[torch.Tensor]):
+    def __init__(self, params: Sequence[torch.Tensor]):
         self._skip = {p.untyped_storage().data_ptr() for p in params if not p.is_meta}
         self._seen: dict[int, int] = {}
 
@@ -37,7 +41,7 @@ class SavedTensorCounter:
         return sum(self._seen.values())
 
     @contextmanager
-    def counting(self):
+    def counting(self) -> Iterator[SavedTensorCounter]:
         with torch.autograd.graph.saved_tensors_hooks(self._pack, lambda t: t):
             yield self
 
@@ -58,13 +62,15 @@ def measure_memory(preset: str, overrides: dict[str, Any], steps: int) -> dict[s
     """Train ``steps`` steps of one configuration in this process and measure it. Meant to run in
     a fresh process (``python -m diffusionblocks.bench worker ...``)."""
     from ..registry import make_config, make_task
+    from ..training.blockmodel import block_model
     from ..training.metrics import current_rss_bytes
     from ..training.trainer import Trainer, batch_indices
 
     config = make_config(preset, overrides)
     task = make_task(config)
     trainer = Trainer(task, None, progress=False)
-    device = task.model.device
+    model = block_model(task.model)
+    device = model.device
     warm_runtime(device)
     # Enough steps that every block trained in this configuration has its optimizer state.
     steps = max(steps, len(trainer.units) if config.schedule == "cycle" else steps)
@@ -99,17 +105,22 @@ def measure_memory(preset: str, overrides: dict[str, Any], steps: int) -> dict[s
         "peak_rss_bytes": mem["peak_rss_bytes"],
         "layer_param_bytes": _layer_param_bytes(task),
         "shared_param_bytes": sum(p.numel() * p.element_size() for p in task.shared_parameters()),
-        "depth": sum(task.layers_in_block(u) for u in range(len(task.model.blocks))),
+        "depth": sum(task.layers_in_block(u) for u in range(len(model.blocks))),
         "current_rss_bytes": current_rss_bytes(),
     }
 
 
-def _layer_param_bytes(task) -> int:
-    block = task.model.build_block(0)
+def _layer_param_bytes(task: Task) -> int:
+    from ..training.blockmodel import block_model
+
+    block = block_model(task.model).build_block(0)
+    assert isinstance(block, Sized)  # a group of layers
     return sum(p.numel() * p.element_size() for p in block.parameters()) // len(block)
 
 
-def predicted_bytes(name: str, blocks: int, depth: int, p_layer: int, a_layer: float, shared: int):
+def predicted_bytes(
+    name: str, blocks: int, depth: int, p_layer: int, a_layer: float, shared: int
+) -> int:
     """The paper's formulas (docs/method.md §4) in bytes: P = parameter bytes per layer (x4:
     weights, gradients, two Adam moments), A = saved-activation bytes per layer; shared modules
     add 4x their parameters everywhere."""
@@ -135,7 +146,7 @@ def run_memory_bench(
     steps: int = 3,
     configs: tuple[str, ...] = MEMORY_CONFIGS,
     mmap_threshold: int = DEFAULT_MMAP_THRESHOLD,
-    log=print,
+    log: Callable[[str], None] = print,
 ) -> list[dict[str, Any]]:
     """Run every configuration in its own subprocess; return one record per configuration and B
     (the end-to-end configurations once, with ``blocks`` = 1).

@@ -5,11 +5,16 @@ from __future__ import annotations
 
 import statistics
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypedDict
 
 import torch
 
 from .configs import SPEED_CONFIGS, config_overrides
+
+if TYPE_CHECKING:
+    from ..tasks.base import Task
+    from ..training.trainer import Trainer
 
 SPEED_TABLE_KEY = """\
 What the columns measure (interleaved repeats in one process; medians):
@@ -22,6 +27,13 @@ Per-step speed is not total training time: at equal compute a dblocks run takes 
 steps of e2e (each step runs 1/B of the layers); `dblocks compare` measures whole runs."""
 
 
+class _Entry(TypedDict):
+    config: str
+    blocks: int
+    task: Task
+    trainer: Trainer
+
+
 # ---------------------------------------------------------------------- speed
 def run_speed_bench(
     preset: str,
@@ -30,14 +42,15 @@ def run_speed_bench(
     repeats: int = 10,
     warmup: int = 2,
     configs: tuple[str, ...] = SPEED_CONFIGS,
-    log=print,
+    log: Callable[[str], None] = print,
 ) -> list[dict[str, Any]]:
     """Median training-step time of every configuration, interleaved in one process, and the
     inference latency of the classification chain vs one end-to-end forward."""
     from ..registry import make_config, make_task
+    from ..training.blockmodel import block_model
     from ..training.trainer import Trainer
 
-    entries = []
+    entries: list[_Entry] = []
     for name in configs:
         for b in [1] if name.startswith("e2e") else blocks:
             ov = {**overrides, **config_overrides(name, b)}
@@ -52,10 +65,10 @@ def run_speed_bench(
                 }
             )
     batch = entries[0]["task"].train_batch(torch.arange(entries[0]["task"].config.batch_size))
-    device = entries[0]["task"].model.device
+    device = block_model(entries[0]["task"].model).device
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
-    def timed(fn) -> float:
+    def timed(fn: Callable[..., object]) -> float:
         sync()
         t0 = time.perf_counter()
         fn()
@@ -66,11 +79,11 @@ def run_speed_bench(
     infer_times: dict[int, list[float]] = {i: [] for i in range(len(entries))}
     images = batch[0]
     log(f"  {len(entries)} configurations x {repeats} interleaved repeats ...")
-    for r in range(warmup + repeats):
+    for repeat in range(warmup + repeats):
         for i, e in enumerate(entries):
-            unit = r % e["trainer"].num_units
+            unit = repeat % e["trainer"].num_units
             t = timed(lambda e=e, unit=unit: e["trainer"].train_step(unit, batch))
-            if r >= warmup:
+            if repeat >= warmup:
                 step_times[i].append(t)
         for i, e in enumerate(entries):
             if e["config"].endswith("+ckpt"):
@@ -80,15 +93,15 @@ def run_speed_bench(
                 if e["config"] == "e2e":
                     t = timed(lambda task=task: task.logits(images))
                 else:
-                    gen = torch.Generator().manual_seed(r)
+                    gen = torch.Generator().manual_seed(repeat)
                     t = timed(
                         lambda task=task, gen=gen: task.predict(images, task.config.num_blocks, gen)
                     )
-            if r >= warmup:
+            if repeat >= warmup:
                 infer_times[i].append(t)
-    records = []
+    records: list[dict[str, Any]] = []
     for i, e in enumerate(entries):
-        rec = {
+        rec: dict[str, Any] = {
             "config": e["config"],
             "blocks": e["blocks"],
             "device": str(device),

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from ..config import parse_assignments
 from ..diffusion import BlockPartition, NoiseSchedule
@@ -24,7 +25,7 @@ from . import UsageError
 
 # ---------------------------------------------------------------------- schedule
 # What `dblocks schedule` prints without --preset (the paper's EDM noise, no overlap).
-SCHEDULE_DEFAULTS = {
+SCHEDULE_DEFAULTS: dict[str, Any] = {
     "blocks": None,
     "overlap": 0.0,
     "partition": "equi-probability",

@@ -7,6 +7,7 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from ..config import parse_assignments
 from ..data.images import DataError
@@ -14,6 +15,49 @@ from ..reporting import (
     describe_generation,
 )
 from . import UsageError
+
+if TYPE_CHECKING:
+    import torch
+
+    from ..data.base import ImageDataset
+    from ..data.text import Vocabulary
+    from ..tasks.base import Task
+
+
+class _BatchedConfig(Protocol):
+    eval_batch_size: int
+
+
+class _ImageTask(Protocol):
+    """What `dblocks sample` uses of a task that generates images."""
+
+    data: ImageDataset
+
+    @property
+    def config(self) -> _BatchedConfig: ...
+
+    def generate(
+        self,
+        labels: torch.Tensor,
+        generator: torch.Generator,
+        steps: int | None = None,
+        cfg_scale: float | None = None,
+    ) -> tuple[torch.Tensor, dict[str, Any]]: ...
+
+
+class _TextTask(Protocol):
+    """What `dblocks sample` uses of a task that generates text."""
+
+    vocab: Vocabulary
+
+    def generate_text(
+        self,
+        length: int,
+        generator: torch.Generator,
+        prompt: str = "",
+        steps: int | None = None,
+        temperature: float | None = None,
+    ) -> tuple[str, dict[str, Any]]: ...
 
 
 # ---------------------------------------------------------------------- sample
@@ -38,7 +82,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
         )
     if args.out is None:
         raise UsageError("--out FILE.png is required for image samples")
-    classes = task.data.num_classes
+    images_task = cast(_ImageTask, task)  # it generates images
+    classes = images_task.data.num_classes
     n = SAMPLE_N_DEFAULT if args.n is None else args.n
     if args.class_ is not None:
         if not 0 <= args.class_ < classes:
@@ -48,16 +93,17 @@ def cmd_sample(args: argparse.Namespace) -> int:
     else:
         labels, rows = torch.arange(classes).repeat_interleave(n), classes
         row_classes = list(range(classes))
-    names = getattr(task.data, "class_names", None)
+    names = getattr(images_task.data, "class_names", None)
     row_labels = [f"{k} {names[k]}" if names else str(k) for k in row_classes]
     gen = torch.Generator().manual_seed(args.seed)
-    images, info = [], {}
-    for start in range(0, len(labels), task.config.eval_batch_size):
-        out, info = task.generate(
-            labels[start : start + task.config.eval_batch_size], gen, args.steps, args.cfg
+    batches: list[torch.Tensor] = []
+    info: dict[str, Any] = {}
+    for start in range(0, len(labels), images_task.config.eval_batch_size):
+        out, info = images_task.generate(
+            labels[start : start + images_task.config.eval_batch_size], gen, args.steps, args.cfg
         )
-        images.append(out)
-    images = torch.cat(images)
+        batches.append(out)
+    images = torch.cat(batches)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     save_png(image_grid(images, rows, row_labels=row_labels), args.out)
     print(f"wrote {len(images)} samples ({rows} rows) to {args.out}")
@@ -80,7 +126,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
 SAMPLE_N_DEFAULT = 8  # `dblocks sample --n`: image samples per class
 
 
-def sample_text(task, args: argparse.Namespace) -> int:
+def sample_text(task: Task, args: argparse.Namespace) -> int:
     import torch
 
     if args.length is None:  # as many characters as the model's context leaves
@@ -94,8 +140,9 @@ def sample_text(task, args: argparse.Namespace) -> int:
     if not 0 <= args.temperature <= 100:
         raise UsageError(f"--temperature must be in [0, 100] (0 = greedy), got {args.temperature}")
     prompt = args.prompt or ""
+    text_task = cast(_TextTask, task)  # it generates text
     try:
-        task.vocab.encode(prompt)
+        text_task.vocab.encode(prompt)
     except DataError as err:
         raise UsageError(f"--prompt has {err}") from None
     image_flags = {"--n": args.n, "--class": args.class_, "--cfg": args.cfg, "--out": args.out,
@@ -105,7 +152,7 @@ def sample_text(task, args: argparse.Namespace) -> int:
         print(f"note: {', '.join(ignored)} apply to image samples and are not used here; a text "
               "sample is one continuation of --length characters", file=sys.stderr)  # fmt: skip
     gen = torch.Generator().manual_seed(args.seed)
-    text, info = task.generate_text(args.length, gen, prompt, args.steps, args.temperature)
+    text, info = text_task.generate_text(args.length, gen, prompt, args.steps, args.temperature)
     print(prompt + text)
     print(f"\n[{describe_generation(info)}]", file=sys.stderr)
     return 0

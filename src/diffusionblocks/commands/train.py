@@ -43,7 +43,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         print_plan(config, args.preset)
         check_plan(config)
         return 0
-    out = Path(args.out) if args.out else default_run_dir(args.preset, config)
+    if args.out:
+        out = Path(args.out)
+    else:  # --resume needs --out: this is a new run from a preset
+        assert config is not None
+        out = default_run_dir(args.preset, config)
     args.out = str(out)
     if args.resume:
         config = prepare_run_dir(
@@ -52,6 +56,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         )  # fmt: skip
     elif args.allow_safe_changes:
         raise UsageError("--allow-safe-changes applies to --resume")
+    assert config is not None  # a preset's, or the resumed run's
     results = train_run(
         config,
         out,
