@@ -11,6 +11,8 @@ Layers of the package:
 
 - :mod:`diffusionblocks.diffusion` -- the math (noise, partition, preconditioning, samplers);
 - :mod:`diffusionblocks.networks` -- plain ``nn.Module`` networks with ``.blocks``;
+- :mod:`diffusionblocks.eval` -- metrics the tasks share (text, FID, per-block diagnostics) and
+  the PNG writer;
 - :mod:`diffusionblocks.tasks` -- data, losses and metrics per task;
 - :mod:`diffusionblocks.training` -- the one block-wise trainer, checkpoints, metrics.
 """

@@ -19,13 +19,14 @@ next character.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
 
 from ..config import ConfigError
 from ..diffusion import (
+    NoiseSchedule,
     chain,
     chain_levels,
     edm_denoise,
@@ -33,6 +34,9 @@ from ..diffusion import (
     unit_table,
     weighted_loss,
 )
+from ..networks.layers import LayerGroup
+from ..networks.recurrent import RecurrentDepthLM
+from ..networks.token_transformer import TwoStreamTransformer
 from .charlm import (  # noqa: F401 - the char-LM names, importable from here as before
     SIGMA_SAMPLING,
     ARConfig,
@@ -43,13 +47,13 @@ from .charlm import (  # noqa: F401 - the char-LM names, importable from here as
 )
 
 
-def causal_mask(t: int, device=None) -> torch.Tensor:
+def causal_mask(t: int, device: torch.device | str | None = None) -> torch.Tensor:
     """(t, t) bool, True where attention is allowed: position i sees j <= i."""
     i = torch.arange(t, device=device)
     return i[:, None] >= i[None, :]
 
 
-def two_stream_mask(t: int, device=None) -> torch.Tensor:
+def two_stream_mask(t: int, device: torch.device | str | None = None) -> torch.Tensor:
     """(2t, 2t) bool mask for [clean 0..t-1; noisy 0..t-1] (True = may attend):
     clean i -> clean j <= i; noisy i -> clean j < i and noisy i; clean never -> noisy."""
     i = torch.arange(t, device=device)
@@ -65,6 +69,7 @@ class EndToEndAR(CharLM):
     """The baseline: a causal transformer trained to predict the next character."""
 
     ce_is_likelihood = True
+    model: TwoStreamTransformer
 
     def clean_logits(self, ids: torch.Tensor) -> torch.Tensor:
         m = self.model
@@ -75,16 +80,25 @@ class EndToEndAR(CharLM):
             x = group(x, cond, mask)
         return m.head(x, cond)  # (N, T, V): position i predicts character i+1
 
-    def loss(self, unit, batch, generator):
+    def loss(
+        self, unit: int, batch: torch.Tensor, generator: torch.Generator
+    ) -> tuple[torch.Tensor, dict[str, float]]:
         logits = self.clean_logits(batch)[:, :-1]
         loss = F.cross_entropy(logits.transpose(1, 2), batch[:, 1:])
         return loss, {"loss": loss.item(), "ce": loss.item()}
 
-    def predict_logits(self, ids, generator):
+    def predict_logits(self, ids: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         return self.clean_logits(ids)[:, :-1]
 
     @torch.no_grad()
-    def generate_text(self, length, generator, prompt="", steps=None, temperature=None):
+    def generate_text(
+        self,
+        length: int,
+        generator: torch.Generator,
+        prompt: str = "",
+        steps: int | None = None,
+        temperature: float | None = None,
+    ) -> tuple[str, dict[str, Any]]:
         temperature = self.config.temperature if temperature is None else temperature
         ids = self.encode_prompt(prompt)
         self._check_generation(length, len(ids), temperature)
@@ -114,6 +128,10 @@ class TokenTargets:
     unit-norm token table as the targets, the soft bridge over it, and the chain's noise levels.
     Needs ``self.model.token_embed``, ``self.schedule`` and ``self.config``."""
 
+    model: TwoStreamTransformer | RecurrentDepthLM
+    schedule: NoiseSchedule
+    config: ARConfig
+
     def target_prefixes(self) -> tuple[str, ...]:
         return ("token_embed.",)
 
@@ -138,6 +156,9 @@ class TokenTargets:
 class BlockwiseAR(TokenTargets, CharLM):
     """DiffusionBlocks: block b denoises target embeddings for sigma in its interval."""
 
+    model: TwoStreamTransformer
+    config: ARConfig
+
     def __init__(self, config: ARConfig, device: torch.device):
         super().__init__(config, device)
         self.partition = config.block_partition()
@@ -147,7 +168,13 @@ class BlockwiseAR(TokenTargets, CharLM):
         return int(self.partition.block_of(sigma))
 
     @torch.no_grad()
-    def evaluate(self, quick=False, steps=None, judge=None, **options):
+    def evaluate(
+        self,
+        quick: bool = False,
+        steps: list[int] | None = None,
+        judge: object = None,
+        **options: Any,
+    ) -> dict[str, Any]:
         """As the baseline's, plus two diagnostics: ``sigma_max_call`` scores the logits of ONE
         call of the noisiest block on pure noise at sigma_max (the noisy token carries almost no
         information, so this is the model's predictive distribution of the next character given
@@ -164,12 +191,14 @@ class BlockwiseAR(TokenTargets, CharLM):
         gen = fresh()
         result["sigma_max_call"] = self.score(seqs, lambda ids: self.sigma_max_logits(ids, gen))
         if steps:
-            sweep = {}
+            sweep: dict[str, dict[str, float]] = {}
             for k in sorted(set(steps)):
                 g = fresh()
-                sweep[str(k)] = self.score(
-                    seqs, lambda ids, k=k, g=g: self.predict_logits(ids, g, k)
-                )
+
+                def predict(ids: torch.Tensor, k: int = k, g: torch.Generator = g) -> torch.Tensor:
+                    return self.predict_logits(ids, g, k)
+
+                sweep[str(k)] = self.score(seqs, predict)
             result["steps_sweep"] = sweep
         return result
 
@@ -187,7 +216,7 @@ class BlockwiseAR(TokenTargets, CharLM):
         m = self.model
         m.use_shared(unit)  # block-copies: the block's own copy of the shared modules
         n, t = ids.shape
-        kept = []  # the noisy stream's condition and the clean stream's output
+        kept: list[torch.Tensor] = []  # the noisy stream's condition and the clean stream's output
         clean = m.clean_inputs(ids)  # before c_in·z: the autograd order (and results) of before
 
         def network(scaled: torch.Tensor, c_noise: torch.Tensor) -> torch.Tensor:
@@ -202,12 +231,14 @@ class BlockwiseAR(TokenTargets, CharLM):
         logits = m.head(denoised, kept[0])
         return logits, kept[1][:, :t]
 
-    def _sigmas(self, unit: int, n: int, t: int, generator) -> torch.Tensor:
+    def _sigmas(self, unit: int, n: int, t: int, generator: torch.Generator) -> torch.Tensor:
         if self.config.sigma_sampling == "token":
             return self.partition.sample_sigma(unit, n * t, generator, self.device).view(n, t)
         return self.partition.sample_sigma(unit, n, generator, self.device)[:, None].expand(n, t)
 
-    def loss(self, unit, batch, generator):
+    def loss(
+        self, unit: int, batch: torch.Tensor, generator: torch.Generator
+    ) -> tuple[torch.Tensor, dict[str, float]]:
         n, t = batch.shape
         target = self.table()[batch]  # y_i = normalize(E)[token_i]: (N, T, C)
         sigma = self._sigmas(unit, n, t, generator)
@@ -228,7 +259,9 @@ class BlockwiseAR(TokenTargets, CharLM):
         logs["loss"] = loss.item()
         return loss, logs
 
-    def predict_logits(self, ids, generator, steps=None):
+    def predict_logits(
+        self, ids: torch.Tensor, generator: torch.Generator, steps: int | None = None
+    ) -> torch.Tensor:
         """Every position at once: the chain from noise for each noisy token (they do not see
         each other); the last call's logits predict the character."""
         n, t = ids.shape
@@ -236,7 +269,7 @@ class BlockwiseAR(TokenTargets, CharLM):
             n, t, self.model.shape.hidden, generator=generator
         )
 
-        def call(z, sigma, unit):
+        def call(z: torch.Tensor, sigma: float, unit: int) -> torch.Tensor:
             levels = torch.full((n, t), sigma, device=self.device)
             return self.denoise_logits(unit, ids, z, levels)[0]
 
@@ -244,13 +277,21 @@ class BlockwiseAR(TokenTargets, CharLM):
         return logits[:, 1:]  # position i's final prediction is character i (i >= 1)
 
     # -- generation with a cached clean prefix ----------------------------------------------
-    def _noisy_logits(self, unit, prefix, z, sigma, caches, cached):
+    def _noisy_logits(
+        self,
+        unit: int,
+        prefix: torch.Tensor,
+        z: torch.Tensor,
+        sigma: float,
+        caches: dict[int, list[tuple[torch.Tensor, torch.Tensor]]],
+        cached: bool,
+    ) -> torch.Tensor:
         """Logits (V,) for the noisy token right after ``prefix`` (1, P) at level sigma."""
         m = self.model
         m.use_shared(unit)
         p = prefix.shape[1]
-        block = m.blocks[unit]
-        conds = []
+        block = cast(LayerGroup, m.blocks[unit])
+        conds: list[torch.Tensor] = []
 
         def network(scaled: torch.Tensor, c_noise: torch.Tensor) -> torch.Tensor:
             noisy = m.noisy_inputs(scaled, start=p)  # (1, 1, C)
@@ -277,7 +318,15 @@ class BlockwiseAR(TokenTargets, CharLM):
         return m.head(denoised, conds[0])[0, 0]
 
     @torch.no_grad()
-    def generate_text(self, length, generator, prompt="", steps=None, temperature=None, cache=True):
+    def generate_text(
+        self,
+        length: int,
+        generator: torch.Generator,
+        prompt: str = "",
+        steps: int | None = None,
+        temperature: float | None = None,
+        cache: bool = True,
+    ) -> tuple[str, dict[str, Any]]:
         temperature = self.config.temperature if temperature is None else temperature
         ids = self.encode_prompt(prompt)
         self._check_generation(length, len(ids), temperature)
@@ -287,10 +336,16 @@ class BlockwiseAR(TokenTargets, CharLM):
         hidden = self.model.shape.hidden
         self.model.eval()
         for _ in range(length):
-            caches: dict[int, list] = {}
+            caches: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {}
             z = self.schedule.sigma_max * torch.randn(1, 1, hidden, generator=generator)
 
-            def call(z, sigma, unit, caches=caches, ids=ids):
+            def call(
+                z: torch.Tensor,
+                sigma: float,
+                unit: int,
+                caches: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = caches,
+                ids: torch.Tensor = ids,
+            ) -> torch.Tensor:
                 calls[unit] += 1
                 return self._noisy_logits(unit, ids, z, sigma, caches, cache)
 

@@ -8,12 +8,16 @@ trainer only ever calls the methods below; the command line asks the reporting o
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from collections.abc import Sequence, Sized
+from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 import torch
 from torch import nn
 
 from ..config import ConfigError, RunConfig
+
+if TYPE_CHECKING:
+    from ..data.text import TextCorpus
 
 
 class Task:
@@ -46,7 +50,8 @@ class Task:
 
     def layers_in_block(self, block: int) -> int:
         """Transformer layers one step of ``block`` runs forward (for compute accounting)."""
-        return len(self.model.blocks[block])
+        return len(cast("Sequence[Sized]", self.model.blocks)[block])
+
     # A step whose cost varies (a random number of recurrent iterations, gradients through only
     # some of them) reports the layer evaluations per example it ran in its logs, as
     # "layer_evals" and "backward_layer_evals"; otherwise the trainer counts layers_in_block.
@@ -106,7 +111,7 @@ class Task:
     # -- helpers ----------------------------------------------------------------------------
     def block_parameters(self, block: int) -> list[nn.Parameter]:
         """The parameters one block's optimizer updates (everything else is shared)."""
-        return list(self.model.blocks[block].parameters())
+        return list(cast(nn.ModuleList, self.model.blocks)[block].parameters())
 
     def target_prefixes(self) -> tuple[str, ...]:
         """State-dict prefixes of the shared modules that define the denoising targets (a label
@@ -114,11 +119,11 @@ class Task:
         return ()
 
     def shared_parameters(self) -> list[nn.Parameter]:
-        in_blocks = {id(p) for p in self.model.blocks.parameters()}
+        in_blocks = {id(p) for p in cast(nn.ModuleList, self.model.blocks).parameters()}
         return [p for p in self.model.parameters() if id(p) not in in_blocks]
 
 
-def load_text_sequences(config: Any):
+def load_text_sequences(config: Any) -> tuple[TextCorpus, torch.Tensor, torch.Tensor]:
     """The character corpus of a text task and its training / held-out sequences of
     ``config.seq_len`` characters (the first ``train_subset`` for training when set). A batch
     larger than the training set is refused, naming ``batch_size``."""

@@ -4,6 +4,7 @@ their shared task base (text data, held-out scoring, generation, the judge) and 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,6 +16,7 @@ from ..data.images import DataError
 from ..data.text import TextCorpus
 from ..eval.text import distinct_n, judge_perplexity, repetition
 from ..networks.layers import seeded
+from ..networks.recurrent import RecurrentDepthLM
 from ..networks.token_transformer import TokenShape, TwoStreamTransformer
 from .base import Task, load_text_sequences
 
@@ -97,6 +99,7 @@ class CharLM(Task):
     the judge; the autoregressive and recurrent-depth tasks build on it."""
 
     config: ARConfig
+    model: TwoStreamTransformer | RecurrentDepthLM  # the recurrent-depth tasks: RecurrentDepthLM
     # Is the held-out CE a likelihood (one deterministic prediction per prefix)? Not for the
     # DiffusionBlocks chains, whose final step depends on the noise they started from.
     ce_is_likelihood = False
@@ -172,9 +175,9 @@ class CharLM(Task):
             self.model = self.build_model()
         self.model.set_checkpointing(config.checkpointing)
 
-    def build_model(self):
+    def build_model(self) -> TwoStreamTransformer | RecurrentDepthLM:
         c = self.config
-        return TwoStreamTransformer(
+        model = TwoStreamTransformer(
             TokenShape(
                 vocab_in=self.vocab.size,
                 vocab_out=self.vocab.size,
@@ -187,7 +190,9 @@ class CharLM(Task):
                 seed=c.seed,
             ),
             materialize_blocks=not c.block_resident,
-        ).to_device(self.device)
+        )
+        model.to_device(self.device)  # in place (returns the network itself)
+        return model
 
     def train_size(self) -> int:
         return len(self.train_seqs)
@@ -236,7 +241,7 @@ class CharLM(Task):
         the generation (calls made). Blockwise AR adds ``cache`` (reuse the clean prefix)."""
         raise NotImplementedError
 
-    def _pick(self, logits: torch.Tensor, temperature: float, generator) -> int:
+    def _pick(self, logits: torch.Tensor, temperature: float, generator: torch.Generator) -> int:
         if temperature == 0:
             return int(logits.argmax())
         probs = (logits.float() / temperature).softmax(-1).cpu()
@@ -255,7 +260,13 @@ class CharLM(Task):
             )
 
     @torch.no_grad()
-    def evaluate(self, quick=False, steps=None, judge=None, **options):
+    def evaluate(
+        self,
+        quick: bool = False,
+        steps: list[int] | None = None,
+        judge: object = None,
+        **options: Any,
+    ) -> dict[str, Any]:
         given = [k for k, v in options.items() if v not in (None, False)]
         if given:
             raise ConfigError(f"language-model evaluation has no option {', '.join(given)}")
@@ -290,7 +301,9 @@ class CharLM(Task):
         return seqs
 
     @torch.no_grad()
-    def score(self, seqs: torch.Tensor, predict) -> dict[str, float]:
+    def score(
+        self, seqs: torch.Tensor, predict: Callable[[torch.Tensor], torch.Tensor]
+    ) -> dict[str, float]:
         """Held-out CE (nats/char) and accuracy of ``predict(ids) -> logits (N, T-1, V)`` for
         characters 1..T-1 of every sequence."""
         c = self.config
@@ -306,11 +319,14 @@ class CharLM(Task):
         self.model.train()
         return {"heldout_ce": nll / count, "heldout_accuracy": correct / count, "characters": count}
 
-    def generation_metrics(self, gen, judge: Task | None, steps: int | None = None) -> dict:
+    def generation_metrics(
+        self, gen: torch.Generator, judge: Task | None, steps: int | None = None
+    ) -> dict[str, Any]:
         """Continue ``gen_prompts`` held-out prompts; diversity of the continuations and, with a
         judge (a loaded end-to-end autoregressive run), their perplexity under it."""
         c = self.config
-        prompts, continuations = [], []
+        prompts: list[str] = []
+        continuations: list[str] = []
         for k in range(min(c.gen_prompts, len(self.test_seqs))):
             prompt = self.vocab.decode(self.test_seqs[k, : c.gen_prompt_len].tolist())
             text, _ = self.generate_text(c.gen_length, gen, prompt, steps, c.temperature)

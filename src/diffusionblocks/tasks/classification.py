@@ -15,6 +15,7 @@ embedder fed c_noise = 0) trained with plain cross-entropy.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -88,7 +89,7 @@ def auto_patch_size(height: int, width: int) -> int:
     return best
 
 
-def _no_options(options: dict) -> None:
+def _no_options(options: dict[str, Any]) -> None:
     given = [k for k, v in options.items() if v not in (None, False)]
     if given:
         raise ConfigError(
@@ -101,7 +102,8 @@ class _ImageClassification(Task):
     """Data, network and evaluation loop shared by both methods."""
 
     config: ClassificationConfig
-    splits = ("val", "test")
+    model: ViT
+    splits: tuple[str, ...] = ("val", "test")
     default_sweep = (1, 2, 4, 8)  # block calls the final evaluation reports
 
     @classmethod
@@ -160,7 +162,7 @@ class _ImageClassification(Task):
         self.pixel_mean = float(data.train_x.mean())
         self.pixel_std = float(data.train_x.std()) or 1.0
         with seeded(config.seed):  # initialisation, global generator untouched
-            self.model = ViT(
+            model = ViT(
                 ViTShape(
                     image_channels=c,
                     image_height=h,
@@ -175,7 +177,9 @@ class _ImageClassification(Task):
                     seed=config.seed,
                 ),
                 materialize_blocks=not config.block_resident,
-            ).to_device(device)
+            )
+            model.to_device(device)  # in place (returns the network itself)
+            self.model = model
         self.model.set_checkpointing(config.checkpointing)
 
     # -- data -------------------------------------------------------------------------------
@@ -185,10 +189,12 @@ class _ImageClassification(Task):
     def _prepare(self, images: torch.Tensor) -> torch.Tensor:
         return ((images - self.pixel_mean) / self.pixel_std).to(self.device, non_blocking=True)
 
-    def train_batch(self, indices: torch.Tensor):
+    def train_batch(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self._prepare(self.data.train_x[indices]), self.data.train_y[indices].to(self.device)
 
-    def _eval_batches(self, split: str, limit: int | None = None):
+    def _eval_batches(
+        self, split: str, limit: int | None = None
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """(images, labels) batches of the ``val`` or ``test`` split (the first ``limit``)."""
         if split not in ("val", "test"):
             raise ConfigError(f"invalid value for 'split': {split!r} (choose one of val, test)")
@@ -210,9 +216,10 @@ class _ImageClassification(Task):
     plot_key = "ce"
     plot_label = "cross-entropy (unweighted)"
 
-    def heldout_batch(self):
+    def heldout_batch(self) -> tuple[torch.Tensor, torch.Tensor] | None:
         if self.data.val_y is None:
             return None
+        assert self.data.val_x is not None  # held out together with val_y
         # A fixed random subset: the split may be in the file's order (sorted by class).
         n_val = len(self.data.val_y)
         pick = torch.randperm(n_val, generator=torch.Generator().manual_seed(0))
@@ -250,7 +257,9 @@ class EndToEndClassification(_ImageClassification):
         slot = torch.zeros(len(images), m.shape.hidden, device=images.device)
         return m.head(m.run_all(slot, patches, cond), cond)  # (N, classes)
 
-    def loss(self, unit, batch, generator):
+    def loss(
+        self, unit: int, batch: tuple[torch.Tensor, torch.Tensor], generator: torch.Generator
+    ) -> tuple[torch.Tensor, dict[str, float]]:
         images, labels = batch
         logits = self.logits(images)
         loss = F.cross_entropy(logits, labels)
@@ -264,7 +273,13 @@ class EndToEndClassification(_ImageClassification):
     }
 
     @torch.no_grad()
-    def evaluate(self, quick=False, steps=None, split=None, **options):
+    def evaluate(
+        self,
+        quick: bool = False,
+        steps: list[int] | None = None,
+        split: str | None = None,
+        **options: Any,
+    ) -> dict[str, Any]:
         _no_options(options)
         split = split or self.default_split(quick)
         self.model.eval()
@@ -301,7 +316,7 @@ class BlockwiseClassification(_ImageClassification):
         copies of the stem: ``shared=block-copies``)."""
         m = self.model
         m.use_shared(block)
-        conds = []
+        conds: list[torch.Tensor] = []
 
         def network(scaled: torch.Tensor, c_noise: torch.Tensor) -> torch.Tensor:  # F: (N, C)
             conds.append(m.cond_embed(c_noise[:, 0]))  # (N, C)
@@ -319,7 +334,9 @@ class BlockwiseClassification(_ImageClassification):
         self.model.use_shared(block)
         return self.model.embed_patches(images)
 
-    def loss(self, unit, batch, generator):
+    def loss(
+        self, unit: int, batch: tuple[torch.Tensor, torch.Tensor], generator: torch.Generator
+    ) -> tuple[torch.Tensor, dict[str, float]]:
         images, labels = batch
         n = len(labels)
         sigma = self.partition.sample_sigma(unit, n, generator, self.device)  # (N,)
@@ -368,7 +385,7 @@ class BlockwiseClassification(_ImageClassification):
         table = m.label_table()  # the same normalised table as training (soft bridge)
         calls: list[tuple[int, float, torch.Tensor]] = []
 
-        def call(z, sigma, block):
+        def call(z: torch.Tensor, sigma: float, block: int) -> torch.Tensor:
             key = block if per_block else -1
             if key not in patches:
                 patches[key] = self.block_patches(block, images)
@@ -387,7 +404,13 @@ class BlockwiseClassification(_ImageClassification):
         return int(self.partition.block_of(sigma))
 
     @torch.no_grad()
-    def evaluate(self, quick=False, steps=None, split=None, **options):
+    def evaluate(
+        self,
+        quick: bool = False,
+        steps: list[int] | None = None,
+        split: str | None = None,
+        **options: Any,
+    ) -> dict[str, Any]:
         _no_options(options)
         split = split or self.default_split(quick)
         c = self.config
@@ -410,7 +433,7 @@ class BlockwiseClassification(_ImageClassification):
                 final, calls = self.predict(images, s, chain_gens[s])
                 correct[s] += int((final.argmax(-1) == labels).sum())
                 if s == default:
-                    last = {}
+                    last: dict[int, torch.Tensor] = {}
                     for block, _, logits in calls:
                         last[block] = logits
                     called.update(last)

@@ -13,7 +13,7 @@ DiffusionBlocks each step runs only the block that owns its sigma.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -21,7 +21,7 @@ from ..config import ConfigError, RunConfig, _check, check_layer_split, check_tr
 from ..data.images import ImageDataset, load_image_dataset
 from ..diffusion import chain, chain_levels, edm_denoise, weighted_loss
 from ..networks.dit import DiT, DiTShape
-from ..networks.layers import seeded
+from ..networks.layers import LayerGroup, seeded
 from .base import Task
 
 
@@ -89,6 +89,7 @@ class _ImageGeneration(Task):
     generates = "images"
 
     config: GenerationConfig
+    model: DiT
 
     @classmethod
     def report(cls, ev: dict[str, Any]) -> list[str]:
@@ -143,7 +144,7 @@ class _ImageGeneration(Task):
         self.pixel_std = float(self.data.train_x.std()) or 1.0
         self.schedule = config.noise_schedule()
         with seeded(config.seed):  # initialisation, global generator untouched
-            self.model = DiT(
+            model = DiT(
                 DiTShape(
                     image_channels=c,
                     image_height=h,
@@ -158,7 +159,9 @@ class _ImageGeneration(Task):
                     seed=config.seed,
                 ),
                 materialize_blocks=not config.block_resident,
-            ).to_device(device)
+            )
+            model.to_device(device)  # in place (returns the network itself)
+            self.model = model
         self.model.set_checkpointing(config.checkpointing)
 
     # -- data: pixels in [0, 1] <-> targets with std sigma_data ------------------------------
@@ -172,7 +175,7 @@ class _ImageGeneration(Task):
     def train_size(self) -> int:
         return len(self.data.train_y)
 
-    def train_batch(self, indices: torch.Tensor):
+    def train_batch(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.to_target(self.data.train_x[indices]), self.data.train_y[indices].to(
             self.device
         )
@@ -192,7 +195,9 @@ class _ImageGeneration(Task):
     def sample_sigma(self, unit: int, n: int, generator: torch.Generator) -> torch.Tensor:
         raise NotImplementedError
 
-    def network(self, unit: int, x: torch.Tensor, scalar: torch.Tensor, labels: torch.Tensor):
+    def network(
+        self, unit: int, x: torch.Tensor, scalar: torch.Tensor, labels: torch.Tensor
+    ) -> torch.Tensor:
         raise NotImplementedError
 
     def route(self, sigma: float) -> int:
@@ -202,7 +207,9 @@ class _ImageGeneration(Task):
         raise NotImplementedError
 
     # -- the denoiser and the loss ------------------------------------------------------------
-    def denoise(self, unit: int, z: torch.Tensor, sigma: torch.Tensor, labels: torch.Tensor):
+    def denoise(
+        self, unit: int, z: torch.Tensor, sigma: torch.Tensor, labels: torch.Tensor
+    ) -> torch.Tensor:
         """EDM denoiser D(z, sigma, class) of ``unit`` (docs/method.md §2).
         z (N, C, H, W), sigma (N,)."""
         return edm_denoise(
@@ -210,7 +217,9 @@ class _ImageGeneration(Task):
             z, sigma[:, None, None, None], self.schedule.sigma_data,
         )  # fmt: skip
 
-    def loss(self, unit, batch, generator):
+    def loss(
+        self, unit: int, batch: tuple[torch.Tensor, torch.Tensor], generator: torch.Generator
+    ) -> tuple[torch.Tensor, dict[str, float]]:
         target, labels = batch
         n = len(labels)
         sigma = self.sample_sigma(unit, n, generator)  # (N,)
@@ -253,7 +262,7 @@ class _ImageGeneration(Task):
         calls = [0] * len(self.model.blocks)
         layer_evals = 0
 
-        def denoise(z, sigma, unit):
+        def denoise(z: torch.Tensor, sigma: float, unit: int) -> torch.Tensor:
             nonlocal layer_evals
             calls[unit] += 1
             s = torch.full((n,), sigma, device=self.device)
@@ -277,11 +286,12 @@ class _ImageGeneration(Task):
         return self.to_pixels(z).cpu(), info
 
     def generate_balanced(
-        self, n: int, generator: torch.Generator, **kwargs
+        self, n: int, generator: torch.Generator, **kwargs: Any
     ) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
         """n samples, classes in turn (0, 1, ..., K-1, 0, ...), in batches of eval_batch_size."""
         labels = torch.arange(n) % self.data.num_classes
-        images, info = [], {}
+        images: list[torch.Tensor] = []
+        info: dict[str, Any] = {}
         for start in range(0, n, self.config.eval_batch_size):
             out, info = self.generate(labels[start : start + self.config.eval_batch_size],
                                       generator, **kwargs)  # fmt: skip
@@ -312,7 +322,14 @@ class _ImageGeneration(Task):
         self.model.train()
         return {"heldout_mse_per_unit": out}
 
-    def evaluate(self, quick=False, steps=None, fid_samples=None, inception=False, **options):
+    def evaluate(
+        self,
+        quick: bool = False,
+        steps: list[int] | None = None,
+        fid_samples: int | None = None,
+        inception: bool = False,
+        **options: Any,
+    ) -> dict[str, Any]:
         if options:
             raise ConfigError(f"generation evaluation has no option {', '.join(options)}")
         c = self.config
@@ -321,7 +338,7 @@ class _ImageGeneration(Task):
         n = c.fid_samples if fid_samples is None else fid_samples
         if quick or n == 0:
             return result
-        from .. import fid
+        from ..eval import fid
 
         if self.reference.name != "fashion-mnist" or self.data.image_shape != (1, 28, 28):
             why = (f"the Frechet distance uses the Fashion-MNIST evaluator and test set; this "
@@ -362,16 +379,18 @@ class _ImageGeneration(Task):
 class EndToEndGeneration(_ImageGeneration):
     """The baseline: the whole DiT is one EDM denoiser over the full noise range."""
 
-    def sample_sigma(self, unit, n, generator):
+    def sample_sigma(self, unit: int, n: int, generator: torch.Generator) -> torch.Tensor:
         return self.schedule.sample(n, generator, device=self.device)
 
-    def network(self, unit, x, scalar, labels):
+    def network(
+        self, unit: int, x: torch.Tensor, scalar: torch.Tensor, labels: torch.Tensor
+    ) -> torch.Tensor:
         return self.model.run_all(x, scalar, labels)
 
-    def route(self, sigma):
+    def route(self, sigma: float) -> int:
         return 0
 
-    def layers_per_call(self, unit):
+    def layers_per_call(self, unit: int) -> int:
         return self.config.depth
 
 
@@ -383,17 +402,19 @@ class BlockwiseGeneration(_ImageGeneration):
         super().__init__(config, device)
         self.partition = config.block_partition()
 
-    def sample_sigma(self, unit, n, generator):
+    def sample_sigma(self, unit: int, n: int, generator: torch.Generator) -> torch.Tensor:
         return self.partition.sample_sigma(unit, n, generator, self.device)
 
-    def network(self, unit, x, scalar, labels):
+    def network(
+        self, unit: int, x: torch.Tensor, scalar: torch.Tensor, labels: torch.Tensor
+    ) -> torch.Tensor:
         return self.model.run_block(unit, x, scalar, labels)
 
-    def route(self, sigma):
+    def route(self, sigma: float) -> int:
         return int(self.partition.block_of(sigma))
 
-    def layers_per_call(self, unit):
-        return len(self.model.blocks[unit])
+    def layers_per_call(self, unit: int) -> int:
+        return len(cast(LayerGroup, self.model.blocks[unit]))
 
 
 # Presets of this task: name -> (config overrides, one-line description); the registry gathers

@@ -59,7 +59,7 @@ class MaskedLMConfig(RunConfig):
 
     block_variable = "the masking time t"
 
-    def resolved(self) -> dict:
+    def resolved(self) -> dict[str, Any]:
         """As every config's, with the blocks' masking-time intervals instead of noise levels."""
         out = {k: v for k, v in super().resolved().items() if "intervals" not in k}
         if self.method == "dblocks":
@@ -93,6 +93,7 @@ class _MaskedLM(Task):
     generates = "text"
 
     config: MaskedLMConfig
+    model: TokenTransformer
 
     @classmethod
     def report(cls, ev: dict[str, Any]) -> list[str]:
@@ -123,7 +124,7 @@ class _MaskedLM(Task):
         self.corpus, self.train_seqs, self.test_seqs = load_text_sequences(config)
         self.vocab = self.corpus.vocab
         with seeded(config.seed):  # initialisation, global generator untouched
-            self.model = TokenTransformer(
+            model = TokenTransformer(
                 TokenShape(
                     vocab_in=self.vocab.size + 1,  # + mask token
                     vocab_out=self.vocab.size,
@@ -136,7 +137,9 @@ class _MaskedLM(Task):
                     seed=config.seed,
                 ),
                 materialize_blocks=not config.block_resident,
-            ).to_device(device)
+            )
+            model.to_device(device)  # in place (returns the network itself)
+            self.model = model
         self.model.set_checkpointing(config.checkpointing)
 
     # -- method-specific --------------------------------------------------------------------
@@ -179,7 +182,9 @@ class _MaskedLM(Task):
         weight = elbo_weight(t.to(self.device).float())  # (N,)
         return weight * (ce * masked).sum(1) / ids.shape[1]
 
-    def loss(self, unit, batch, generator):
+    def loss(
+        self, unit: int, batch: torch.Tensor, generator: torch.Generator
+    ) -> tuple[torch.Tensor, dict[str, float]]:
         t = self.sample_t(unit, len(batch), generator)
         terms = self.elbo_terms(unit, batch, t, generator)
         loss = terms.mean()
@@ -223,7 +228,9 @@ class _MaskedLM(Task):
     def _owners(self, t: torch.Tensor) -> torch.Tensor:
         return torch.tensor([self.route(float(x)) for x in t], dtype=torch.long)
 
-    def evaluate(self, quick=False, steps=None, **options):
+    def evaluate(
+        self, quick: bool = False, steps: list[int] | None = None, **options: Any
+    ) -> dict[str, Any]:
         given = [k for k, v in options.items() if v not in (None, False)]
         if given:
             raise ConfigError(f"masked-LM evaluation has no option {', '.join(given)}")
@@ -299,16 +306,16 @@ class _MaskedLM(Task):
 class EndToEndMaskedLM(_MaskedLM):
     """The baseline: one network over all masking times."""
 
-    def sample_t(self, unit, n, generator):
+    def sample_t(self, unit: int, n: int, generator: torch.Generator) -> torch.Tensor:
         return sample_t_full(n, generator)
 
-    def network(self, unit, ids, t):
+    def network(self, unit: int, ids: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return self.model.run_all(ids, t)
 
-    def route(self, t):
+    def route(self, t: float) -> int:
         return 0
 
-    def per_unit_terms(self, seqs, seed):
+    def per_unit_terms(self, seqs: torch.Tensor, seed: int) -> list[dict[str, Any]]:
         return []
 
 
@@ -319,17 +326,17 @@ class BlockwiseMaskedLM(_MaskedLM):
         super().__init__(config, device)
         self.partition = TimePartition(config.num_blocks, config.overlap)
 
-    def sample_t(self, unit, n, generator):
+    def sample_t(self, unit: int, n: int, generator: torch.Generator) -> torch.Tensor:
         return self.partition.sample_t(unit, n, generator)
 
-    def network(self, unit, ids, t):
+    def network(self, unit: int, ids: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return self.model.run_block(unit, ids, t)
 
-    def route(self, t):
+    def route(self, t: float) -> int:
         return int(self.partition.block_of(t))
 
     @torch.no_grad()
-    def per_unit_terms(self, seqs, seed):
+    def per_unit_terms(self, seqs: torch.Tensor, seed: int) -> list[dict[str, Any]]:
         """Each block's share of the held-out ELBO (t uniform in its own interval, times the
         interval's width): the shares add up to the BPC."""
         gen = torch.Generator().manual_seed(seed)

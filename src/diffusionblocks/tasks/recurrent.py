@@ -16,6 +16,7 @@ accounting.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -99,7 +100,7 @@ class _RecurrentLM(CharLM):
     config: RecurrentConfig
     model: RecurrentDepthLM
 
-    def build_model(self):
+    def build_model(self) -> RecurrentDepthLM:
         c = self.config
         shape = RecurrentShape(
             vocab=self.vocab.size, max_len=c.seq_len, hidden=c.hidden, heads=c.heads,
@@ -118,18 +119,29 @@ class _RecurrentLM(CharLM):
         """Layer evaluations per predicted character with k core applications."""
         raise NotImplementedError
 
-    def states(self, e: torch.Tensor, k: int, generator, last_only: bool) -> torch.Tensor:
+    def states(
+        self, e: torch.Tensor, k: int, generator: torch.Generator, last_only: bool
+    ) -> torch.Tensor:
         """Logits after k core applications for every position of e (N, T, C), or only the last
         position (last_only)."""
         raise NotImplementedError
 
-    def predict_logits(self, ids, generator, steps=None):
+    def predict_logits(
+        self, ids: torch.Tensor, generator: torch.Generator, steps: int | None = None
+    ) -> torch.Tensor:
         k = steps or self.config.inference_steps
         e = self.model.encode(ids)[:, :-1]  # position j predicts character j+1
         return self.states(e, k, generator, last_only=False)
 
     @torch.no_grad()
-    def generate_text(self, length, generator, prompt="", steps=None, temperature=None):
+    def generate_text(
+        self,
+        length: int,
+        generator: torch.Generator,
+        prompt: str = "",
+        steps: int | None = None,
+        temperature: float | None = None,
+    ) -> tuple[str, dict[str, Any]]:
         temperature = self.config.temperature if temperature is None else temperature
         ids = self.encode_prompt(prompt)
         self._check_generation(length, len(ids), temperature)
@@ -146,7 +158,13 @@ class _RecurrentLM(CharLM):
         return self.vocab.decode(ids[0, start:].tolist()), {"core_applications": k}
 
     @torch.no_grad()
-    def evaluate(self, quick=False, steps=None, judge=None, **options):
+    def evaluate(
+        self,
+        quick: bool = False,
+        steps: list[int] | None = None,
+        judge: object = None,
+        **options: Any,
+    ) -> dict[str, Any]:
         result = super().evaluate(quick=quick, steps=None, judge=judge, **options)
         result["inference_steps"] = self.config.inference_steps
         result["inference_layer_evals_per_char"] = self.inference_layer_evals(
@@ -156,10 +174,14 @@ class _RecurrentLM(CharLM):
             return result
         # Test-time depth: held-out CE/accuracy with k core applications.
         seqs = self.eval_sequences()
-        sweep = {}
+        sweep: dict[str, dict[str, float]] = {}
         for k in sorted(set(steps)):
             gen = torch.Generator().manual_seed(self.config.seed + 1_000_003)
-            scored = self.score(seqs, lambda ids, k=k, gen=gen: self.predict_logits(ids, gen, k))
+
+            def predict(ids: torch.Tensor, k: int = k, gen: torch.Generator = gen) -> torch.Tensor:
+                return self.predict_logits(ids, gen, k)
+
+            scored = self.score(seqs, predict)
             sweep[str(k)] = {
                 "heldout_ce": scored["heldout_ce"],
                 "heldout_accuracy": scored["heldout_accuracy"],
@@ -174,7 +196,9 @@ class TruncatedBPTTRecurrent(_RecurrentLM):
 
     ce_is_likelihood = True
 
-    def loss(self, unit, batch, generator):
+    def loss(
+        self, unit: int, batch: torch.Tensor, generator: torch.Generator
+    ) -> tuple[torch.Tensor, dict[str, float]]:
         c, m = self.config, self.model
         e = m.encode(batch)[:, :-1]
         n, t, h = e.shape
@@ -197,11 +221,13 @@ class TruncatedBPTTRecurrent(_RecurrentLM):
             "backward_layer_evals": c.prelude + with_grad * c.core + c.coda,
         }
 
-    def inference_layer_evals(self, k):
+    def inference_layer_evals(self, k: int) -> int:
         c = self.config
         return c.prelude + k * c.core + c.coda
 
-    def states(self, e, k, generator, last_only):
+    def states(
+        self, e: torch.Tensor, k: int, generator: torch.Generator, last_only: bool
+    ) -> torch.Tensor:
         c, m = self.config, self.model
         n, t, h = e.shape
         if last_only:
@@ -218,7 +244,12 @@ class TruncatedBPTTRecurrent(_RecurrentLM):
         return m.readout(e, state, cond)
 
     @staticmethod
-    def _last(fn, e, state, cond):
+    def _last(
+        fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
+        e: torch.Tensor,
+        state: torch.Tensor,
+        cond: torch.Tensor,
+    ) -> torch.Tensor:
         """Apply ``fn`` to the last position only: its state sees the whole clean prefix. Padding
         the earlier positions with copies keeps the two-stream mask unchanged (states never see
         each other)."""
@@ -231,14 +262,17 @@ class TruncatedBPTTRecurrent(_RecurrentLM):
 class BlockwiseRecurrent(TokenTargets, _RecurrentLM):
     """DiffusionBlocks: one core application, trained as a denoiser over all sigma."""
 
+    model: RecurrentDepthLM
+    config: RecurrentConfig
+
     def __init__(self, config: RecurrentConfig, device: torch.device):
         super().__init__(config, device)
         self.schedule = config.noise_schedule()
 
-    def denoise(self, e, z, sigma):
+    def denoise(self, e: torch.Tensor, z: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         """Logits (N, T, V) from one core application at levels sigma (N, T)."""
         m = self.model
-        conds = []
+        conds: list[torch.Tensor] = []
 
         def network(scaled: torch.Tensor, c_noise: torch.Tensor) -> torch.Tensor:
             conds.append(m.condition(c_noise[..., 0]))
@@ -247,7 +281,9 @@ class BlockwiseRecurrent(TokenTargets, _RecurrentLM):
         denoised = edm_denoise(network, z, sigma[..., None], self.schedule.sigma_data)
         return m.readout(e, denoised, conds[0])
 
-    def loss(self, unit, batch, generator):
+    def loss(
+        self, unit: int, batch: torch.Tensor, generator: torch.Generator
+    ) -> tuple[torch.Tensor, dict[str, float]]:
         c, m = self.config, self.model
         e = m.encode(batch)[:, :-1]
         n, t, _ = e.shape
@@ -267,18 +303,20 @@ class BlockwiseRecurrent(TokenTargets, _RecurrentLM):
         return loss, {"loss": loss.item(), "ce": ce.mean().item(), "layer_evals": layers,
                       "backward_layer_evals": layers}  # fmt: skip
 
-    def inference_layer_evals(self, k):
+    def inference_layer_evals(self, k: int) -> int:
         c = self.config
         return c.prelude + k * (c.core + c.coda)  # every application reads out for the bridge
 
-    def states(self, e, k, generator, last_only):
+    def states(
+        self, e: torch.Tensor, k: int, generator: torch.Generator, last_only: bool
+    ) -> torch.Tensor:
         """The chain of k core applications (k denoiser calls, the last one's logits)."""
         n, t, h = e.shape
         positions = 1 if last_only else t
         z = self.schedule.sigma_max * torch.randn(n, positions, h, generator=generator)
         levels = self.levels(k)
 
-        def call(z, sigma, unit):
+        def call(z: torch.Tensor, sigma: float, unit: int) -> torch.Tensor:
             s = torch.full((n, positions), sigma, device=self.device)
             if not last_only:
                 return self.denoise(e, z, s)
