@@ -22,42 +22,31 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ..config import ConfigError, RunConfig, _check, check_layer_split, check_transformer
+from ..config import ConfigError, _check
 from ..data.images import ImageDataset, load_image_dataset
 from ..diffusion import chain, chain_levels, edm_denoise, soft_bridge, weighted_loss
 from ..eval.classification import block_diagnostics
 from ..networks.layers import seeded
 from ..networks.vit import ViT, ViTShape
 from .base import Task
+from .images import ImageTaskConfig, auto_patch_size
 
 
 @dataclass
-class ClassificationConfig(RunConfig):
+class ClassificationConfig(ImageTaskConfig):
     """Image classification with a ViT."""
 
     task: str = "classification"  # fixed
 
     task_groups = {
-        "data": ("data", "data_dir", "train_subset", "test_subset", "test_fraction",
-                 "val_fraction", "sparse_labels"),
-        "model": ("depth", "hidden", "heads", "patch_size", "mlp_ratio"),
-        "eval": ("eval_batch_size", "eval_subset", "bridge_temperature"),
-    }  # fmt: skip
+        "data": (*ImageTaskConfig.task_groups["data"], "val_fraction"),
+        "model": ImageTaskConfig.task_groups["model"],
+        "eval": (*ImageTaskConfig.task_groups["eval"], "bridge_temperature"),
+    }
 
-    data: str = "fashion-mnist"  # fashion-mnist | digits | path to a .npz with x, y
-    data_dir: str | None = None  # Fashion-MNIST folder (default /usr/share/datasets/fashion-mnist)
-    train_subset: int = 0  # use only the first N training images (0 = all)
-    test_subset: int = 0  # use only the first N test images (0 = all)
-    test_fraction: float = 0.1  # held-out fraction for a .npz without x_test/y_test
     val_fraction: float = 0.1  # last fraction of the training images held out for validation
-    depth: int = 6  # transformer layers in total
     hidden: int = 128  # token width (= label embedding size)
-    heads: int = 4  # attention heads
     patch_size: int = 4  # square patch side in pixels (0 = auto: 4 to 8 patches along each side)
-    mlp_ratio: float = 4.0  # MLP width / hidden
-    sparse_labels: bool = False  # accept labels that skip values (one output per value up to max)
-    eval_batch_size: int = 500  # test images per evaluation batch
-    eval_subset: int = 1000  # test images used by quick evaluations during training
     bridge_temperature: float = 1.0  # soft bridge softmax(logits / T) @ E at inference (1 = paper)
 
     def validate(self) -> None:
@@ -65,28 +54,9 @@ class ClassificationConfig(RunConfig):
         _check(self, "shared", self.shared != "per-block",
                "sync or frozen for this task: the label embeddings are the targets, so all blocks "
                "must share them")  # fmt: skip
-        _check(self, "train_subset", self.train_subset >= 0, "an integer >= 0 (0 = all)")
-        _check(self, "test_subset", self.test_subset >= 0, "an integer >= 0 (0 = all)")
-        _check(self, "test_fraction", 0 < self.test_fraction < 1, "a fraction in (0, 1)")
         _check(self, "val_fraction", 0 <= self.val_fraction < 1, "a fraction in [0, 1)")
-        check_transformer(self)
         _check(self, "patch_size", 0 <= self.patch_size <= 1024, "an integer >= 1 (0 = auto)")
-        _check(self, "eval_batch_size", self.eval_batch_size >= 1, "an integer >= 1")
-        _check(self, "eval_subset", self.eval_subset >= 1, "an integer >= 1")
         _check(self, "bridge_temperature", 0 <= self.bridge_temperature <= 100, "in [0, 100]")
-
-        check_layer_split(self)
-
-
-def auto_patch_size(height: int, width: int) -> int:
-    """The patch side for ``patch_size=0``: the largest side that divides both image sides and
-    leaves at least 4 patches along each (28x28 -> 7, 16x16 -> 4, 8x8 -> 2, 32x32 -> 8); 1 when
-    no side does (tiny or prime-sized images)."""
-    best = 1
-    for p in range(1, min(height, width) // 4 + 1):
-        if height % p == 0 and width % p == 0:
-            best = p
-    return best
 
 
 def _no_options(options: dict[str, Any]) -> None:

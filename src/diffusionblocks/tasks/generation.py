@@ -17,60 +17,40 @@ from typing import Any, cast
 
 import torch
 
-from ..config import ConfigError, RunConfig, _check, check_layer_split, check_transformer
+from ..config import ConfigError, _check
 from ..data.images import ImageDataset, load_image_dataset
 from ..diffusion import chain, chain_levels, edm_denoise, weighted_loss
 from ..networks.dit import DiT, DiTShape
 from ..networks.layers import LayerGroup, seeded
 from .base import Task
+from .images import ImageTaskConfig
 
 
 @dataclass
-class GenerationConfig(RunConfig):
+class GenerationConfig(ImageTaskConfig):
     """Class-conditional image generation with a DiT."""
 
     task: str = "generation"  # fixed
 
     task_groups = {
-        "data": ("data", "data_dir", "train_subset", "test_subset", "test_fraction",
-                 "sparse_labels"),
-        "model": ("depth", "hidden", "heads", "patch_size", "mlp_ratio", "label_dropout"),
-        "eval": ("cfg_scale", "fid_samples", "eval_batch_size", "eval_subset"),
-    }  # fmt: skip
+        "data": ImageTaskConfig.task_groups["data"],
+        "model": (*ImageTaskConfig.task_groups["model"], "label_dropout"),
+        "eval": ("cfg_scale", "fid_samples", *ImageTaskConfig.task_groups["eval"]),
+    }
 
     weighting: str = "edm"  # L2 loss x w(sigma) (EDM); edm | batch | clamped | none
     inference_steps: int = 50  # denoiser calls per sample (Euler steps between them)
-    data: str = "fashion-mnist"  # fashion-mnist | digits | path to a .npz with x, y
-    data_dir: str | None = None  # Fashion-MNIST folder (default /usr/share/datasets/fashion-mnist)
-    train_subset: int = 0  # use only the first N training images (0 = all)
-    test_subset: int = 0  # use only the first N test images for the held-out loss (0 = all)
-    test_fraction: float = 0.1  # held-out fraction for a .npz without x_test/y_test
-    depth: int = 6  # transformer layers in total
-    hidden: int = 128  # token width
-    heads: int = 4  # attention heads
-    patch_size: int = 4  # square patch side in pixels
-    mlp_ratio: float = 4.0  # MLP width / hidden
-    sparse_labels: bool = False  # accept labels that skip values (one class slot per value)
     label_dropout: float = 0.1  # probability of training with the "no class" token (for CFG)
     cfg_scale: float = 2.0  # guidance weight w: D = D_uncond + w (D_cond - D_uncond); 1 = none
     fid_samples: int = 1000  # samples for the FID at the end of training (0 = skip)
-    eval_batch_size: int = 500  # images per sampling / evaluation batch
-    eval_subset: int = 1000  # test images for quick held-out losses during training
 
     def validate(self) -> None:
         super().validate()
-        _check(self, "train_subset", self.train_subset >= 0, "an integer >= 0 (0 = all)")
-        _check(self, "test_subset", self.test_subset >= 0, "an integer >= 0 (0 = all)")
-        _check(self, "test_fraction", 0 < self.test_fraction < 1, "a fraction in (0, 1)")
-        check_transformer(self)
         _check(self, "patch_size", 1 <= self.patch_size <= 1024, "an integer >= 1")
         _check(self, "label_dropout", 0 <= self.label_dropout < 1, "a probability in [0, 1)")
         _check(self, "cfg_scale", 0 <= self.cfg_scale <= 100, "a number in [0, 100]")
         _check(self, "fid_samples", 0 <= self.fid_samples <= 1_000_000, "an integer >= 0")
         _check(self, "inference_steps", self.inference_steps >= 1, "an integer >= 1")
-        _check(self, "eval_batch_size", self.eval_batch_size >= 1, "an integer >= 1")
-        _check(self, "eval_subset", self.eval_subset >= 1, "an integer >= 1")
-        check_layer_split(self)
 
 
 class _ImageGeneration(Task):

@@ -1,0 +1,55 @@
+"""What the two image tasks (classification, generation) share: the keys of their data and
+transformer shape, validated once, and the automatic patch size."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..config import RunConfig, _check, check_layer_split, check_transformer
+
+
+@dataclass
+class ImageTaskConfig(RunConfig):
+    """Image data (a built-in dataset or a user's ``.npz``) and a patch transformer."""
+
+    task_groups = {
+        "data": ("data", "data_dir", "train_subset", "test_subset", "test_fraction",
+                 "sparse_labels"),
+        "model": ("depth", "hidden", "heads", "patch_size", "mlp_ratio"),
+        "eval": ("eval_batch_size", "eval_subset"),
+    }  # fmt: skip
+
+    data: str = "fashion-mnist"  # fashion-mnist | digits | path to a .npz with x, y
+    data_dir: str | None = None  # Fashion-MNIST folder (default /usr/share/datasets/fashion-mnist)
+    train_subset: int = 0  # use only the first N training images (0 = all)
+    test_subset: int = 0  # use only the first N test images (0 = all)
+    test_fraction: float = 0.1  # held-out fraction for a .npz without x_test/y_test
+    depth: int = 6  # transformer layers in total
+    hidden: int = 128  # token width
+    heads: int = 4  # attention heads
+    patch_size: int = 4  # square patch side in pixels
+    mlp_ratio: float = 4.0  # MLP width / hidden
+    sparse_labels: bool = False  # accept labels that skip values (one class per value up to max)
+    eval_batch_size: int = 500  # images per evaluation batch
+    eval_subset: int = 1000  # test images used by quick evaluations during training
+
+    def validate(self) -> None:
+        super().validate()
+        _check(self, "train_subset", self.train_subset >= 0, "an integer >= 0 (0 = all)")
+        _check(self, "test_subset", self.test_subset >= 0, "an integer >= 0 (0 = all)")
+        _check(self, "test_fraction", 0 < self.test_fraction < 1, "a fraction in (0, 1)")
+        check_transformer(self)
+        _check(self, "eval_batch_size", self.eval_batch_size >= 1, "an integer >= 1")
+        _check(self, "eval_subset", self.eval_subset >= 1, "an integer >= 1")
+        check_layer_split(self)
+
+
+def auto_patch_size(height: int, width: int) -> int:
+    """The patch side for ``patch_size=0``: the largest side that divides both image sides and
+    leaves at least 4 patches along each (28x28 -> 7, 16x16 -> 4, 8x8 -> 2, 32x32 -> 8); 1 when
+    no side does (tiny or prime-sized images)."""
+    best = 1
+    for p in range(1, min(height, width) // 4 + 1):
+        if height % p == 0 and width % p == 0:
+            best = p
+    return best
