@@ -24,7 +24,7 @@ from .commands.train import cmd_assemble, cmd_eval, cmd_presets, cmd_train
 from .config import ConfigError
 from .data.images import DataError, DataWarning
 from .diffusion import PARTITIONS
-from .fid import EvaluatorError
+from .eval.fid import EvaluatorError
 from .registry import preset_names
 from .reporting import format_comparison, headline_metric, print_evaluation
 from .training.checkpoint import CheckpointError

@@ -75,7 +75,7 @@ def cmd_evaluator(args: argparse.Namespace) -> int:
     """Train the Fashion-MNIST classifier whose features FID uses; write its weights and card."""
     from safetensors.torch import save_file
 
-    from ..fid import train_evaluator
+    from ..eval.fid import train_evaluator
 
     if args.epochs < 1:
         raise UsageError(f"--epochs must be >= 1, got {args.epochs}")

@@ -64,7 +64,7 @@ class _TextTask(Protocol):
 def cmd_sample(args: argparse.Namespace) -> int:
     import torch
 
-    from ..png import image_grid, save_png
+    from ..eval.png import image_grid, save_png
     from ..runs import load_run
 
     if args.n is not None and args.n < 1:
