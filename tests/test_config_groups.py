@@ -82,3 +82,42 @@ def test_block_order_is_the_schedule_key_by_its_own_name():
         make_config("tiny", {"block_order": "cycle", "schedule": "random"})
     with pytest.raises(ConfigError, match="did you mean 'block_order'"):
         make_config("tiny", {"block_ordr": "cycle"})
+
+
+def test_the_trainer_reads_its_own_group():
+    """The trainer and its components get the training and run groups (resolved), not the whole
+    config; the whole config is only the run's identity (checkpoint metadata)."""
+    import inspect
+    from dataclasses import fields as dc_fields
+
+    from diffusionblocks.config import TrainingSettings
+    from diffusionblocks.registry import make_task
+    from diffusionblocks.training import Trainer
+    from diffusionblocks.training.accounting import Accounting, ProgressLog
+    from diffusionblocks.training.faults import Faults
+    from diffusionblocks.training.optimizers import Optimizers
+    from diffusionblocks.training.schedule import Plan, make_optimizer
+
+    config = make_config("tiny", {"block_order": "cycle", "seed": "4", "keep_checkpoints": "3"})
+    settings = config.training_settings()
+    groups = config.key_groups()
+    own = set(groups["training"]) | set(groups["run"])
+    for f in dc_fields(TrainingSettings):
+        key = {"block_order": "schedule"}.get(f.name, f.name)
+        if key in own:
+            assert getattr(settings, f.name) == getattr(config, key), f.name
+        else:  # resolved values
+            assert f.name in ("trained_blocks", "shared_policy", "block_resident"), f.name
+    assert settings.trained_blocks == config.trained_units and settings.block_order == "cycle"
+    for function, name in (
+        (Plan.of, "settings"),
+        (Optimizers.__init__, "settings"),
+        (Faults.__init__, "settings"),
+        (ProgressLog.__init__, "settings"),
+        (Accounting.report, "settings"),
+        (make_optimizer, "settings"),
+    ):
+        annotation = inspect.signature(function).parameters[name].annotation
+        assert "TrainingSettings" in str(annotation), function  # fmt: skip
+    trainer = Trainer(make_task(config), None, progress=False)
+    assert trainer.settings == settings

@@ -20,6 +20,7 @@ from .run import (
     RunConfig,
     dict_hash,
 )
+from .training import TrainingSettings
 
 __all__ = [
     "METHODS",
@@ -27,6 +28,7 @@ __all__ = [
     "SAFE_RESUME_KEYS",
     "SCHEDULES",
     "SHARED_POLICIES",
+    "TrainingSettings",
     "ConfigError",
     "RunConfig",
     "_check",

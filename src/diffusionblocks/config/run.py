@@ -16,6 +16,7 @@ from typing import Any, ClassVar
 
 from ..diffusion import GRIDS, PARTITIONS, WEIGHTINGS, BlockPartition, NoiseSchedule
 from .checks import ConfigError, _check, _choice, _show
+from .training import TrainingSettings
 
 METHODS = ("dblocks", "e2e")
 SCHEDULES = ("random", "cycle", "sequential", "synchronous")
@@ -294,6 +295,20 @@ class RunConfig:
         for name, keys in cls.task_groups.items():
             out[name] = out.get(name, ()) + keys
         return out
+
+    def training_settings(self) -> TrainingSettings:
+        """The training and run groups, resolved: what the trainer gets."""
+        return TrainingSettings(
+            method=self.method, seed=self.seed, epochs=self.epochs, batch_size=self.batch_size,
+            lr=self.lr, weight_decay=self.weight_decay, warmup=self.warmup,
+            min_lr_ratio=self.min_lr_ratio, grad_clip=self.grad_clip, block_order=self.schedule,
+            cycle_steps=self.cycle_steps, nan_policy=self.nan_policy,
+            nan_max_skips=self.nan_max_skips, shared_init=self.shared_init,
+            log_every=self.log_every, eval_every=self.eval_every,
+            checkpoint_every=self.checkpoint_every, keep_checkpoints=self.keep_checkpoints,
+            trained_blocks=self.trained_units, shared_policy=self.shared_policy,
+            block_resident=self.block_resident,
+        )  # fmt: skip
 
     @property
     def block_order(self) -> str:

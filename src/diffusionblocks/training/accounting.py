@@ -21,7 +21,7 @@ from .metrics import MetricsWriter, current_rss_bytes, peak_rss_bytes
 from .schedule import Plan, Position
 
 if TYPE_CHECKING:
-    from ..config import RunConfig
+    from ..config import TrainingSettings
     from ..tasks.base import Task
 
 
@@ -46,10 +46,12 @@ class Accounting:
         self.layer_evals += logs.pop("layer_evals", layers)
         self.backward_layer_evals += logs.pop("backward_layer_evals", layers)
 
-    def report(self, config: RunConfig, plan: Plan, at: Position, skipped: int) -> dict[str, Any]:
+    def report(
+        self, settings: TrainingSettings, plan: Plan, at: Position, skipped: int
+    ) -> dict[str, Any]:
         """Steps and layer evaluations at ``at``; ``skipped``: steps whose update was skipped
         (non-finite)."""
-        c, step = config, at.step
+        c, step = settings, at.step
         layers = [self.task.layers_in_block(u) for u in range(len(at.unit_steps))]
         evals = self.layer_evals * c.batch_size
         backward = self.backward_layer_evals * c.batch_size
@@ -131,7 +133,7 @@ class ProgressLog:
 
     def __init__(
         self,
-        config: RunConfig,
+        settings: TrainingSettings,
         plot_key: str,
         metrics: MetricsWriter,
         heldout: Heldout,
@@ -139,7 +141,7 @@ class ProgressLog:
         plan: Plan,
         initial: int,
     ) -> None:
-        self.config = config
+        self.settings = settings
         self.plot_key = plot_key
         self.metrics = metrics
         self.heldout = heldout
@@ -151,7 +153,7 @@ class ProgressLog:
             total=plan.total_steps,
             initial=initial,
             disable=not progress or self.plain,
-            desc=f"{config.method}",
+            desc=f"{settings.method}",
             unit="step",
             dynamic_ncols=True,
         )
@@ -164,7 +166,7 @@ class ProgressLog:
         """The logs of the step that trained ``units`` (one unit unless synchronous) and brought
         the run to ``at``; writes a record when one is due (``end``: where this ``fit`` stops;
         ``resident``: blocks are swapped out, so only the active one has a held-out loss)."""
-        self.examples_since += self.config.batch_size
+        self.examples_since += self.settings.batch_size
         for k, v in logs.items():
             self.accum[k].append(v)
         self.heldout.trained_since_log.update(units)
@@ -175,7 +177,7 @@ class ProgressLog:
             if key != "loss" and key in logs:
                 self.accum[f"{key}_block_{unit}"].append(logs[key])
         self.bar.update(1)
-        if at.step % self.config.log_every == 0 or at.step == self.plan.total_steps:
+        if at.step % self.settings.log_every == 0 or at.step == self.plan.total_steps:
             self._write(at, unit, end, resident)
 
     def _write(self, at: Position, unit: int, end: int, resident: bool) -> None:
@@ -211,7 +213,7 @@ class ProgressLog:
             return
         self.plain_last = now
         print(
-            f"{self.config.method}: step {step}/{self.plan.total_steps}, block {record['block']} "
+            f"{self.settings.method}: step {step}/{self.plan.total_steps}, block {record['block']} "
             f"epoch {record['epoch']:.2f}, loss {record['loss']:.4f}, "
             f"{record['examples_per_sec']:.0f} examples/s",
             file=sys.stderr,

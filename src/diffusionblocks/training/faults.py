@@ -22,7 +22,7 @@ from .metrics import MetricsWriter
 from .schedule import Position
 
 if TYPE_CHECKING:
-    from ..config import RunConfig
+    from ..config import TrainingSettings
     from ..tasks.base import Task
 
 
@@ -45,13 +45,13 @@ class Faults:
 
     def __init__(
         self,
-        config: RunConfig,
+        settings: TrainingSettings,
         task: Task,
         metrics: MetricsWriter,
         log: Callable[[str], None],
         checkpoints: Path | None,
     ) -> None:
-        self.config = config
+        self.settings = settings
         self.task = task
         self.metrics = metrics
         self.log = log
@@ -70,7 +70,7 @@ class Faults:
         """A non-finite loss or gradient: drop the update (the batch counts as used: ``position``
         advances), report it with the block, its noise interval and the step; abort under
         nan_policy=abort or after nan_max_skips skips. Returns the logs of the skipped step."""
-        c, step = self.config, position.step
+        c, step = self.settings, position.step
         for p in params:
             p.grad = None
         what = "loss" if not math.isfinite(loss) else "gradient"

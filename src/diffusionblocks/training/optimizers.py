@@ -15,16 +15,16 @@ from .schedule import make_optimizer
 from .shared import SharedModules
 
 if TYPE_CHECKING:
-    from ..config import RunConfig
+    from ..config import TrainingSettings
     from ..tasks.base import Task
 
 
 class Optimizers:
     """Per-unit optimizers, their pending states, and the shared modules' optimizer."""
 
-    def __init__(self, task: Task, config: RunConfig, shared: SharedModules) -> None:
+    def __init__(self, task: Task, settings: TrainingSettings, shared: SharedModules) -> None:
         self.task = task
-        self.config = config
+        self.settings = settings
         self.shared = shared
         self.units: Final[dict[int, torch.optim.AdamW]] = {}
         self.pending: Final[dict[int, dict[str, Any]]] = {}  # loaded states of unbuilt optimizers
@@ -33,7 +33,7 @@ class Optimizers:
     def for_unit(self, unit: int) -> torch.optim.AdamW:
         """The optimizer of ``unit``, built (with its pending state, if any) on first use."""
         if unit not in self.units:
-            opt = make_optimizer(self.task.block_parameters(unit), self.config)
+            opt = make_optimizer(self.task.block_parameters(unit), self.settings)
             if unit in self.pending:
                 opt.load_state_dict(self.pending.pop(unit))
             self.units[unit] = opt
@@ -44,7 +44,7 @@ class Optimizers:
         parameters gets a fresh optimizer (a frozen module's optimizer state is freed)."""
         if self.shared.prepare(unit):
             params = self.shared.current
-            self.shared_optimizer = make_optimizer(params, self.config) if params else None
+            self.shared_optimizer = make_optimizer(params, self.settings) if params else None
         return self.shared.current
 
     def restart_shared(self, unit: int) -> None:
@@ -52,11 +52,11 @@ class Optimizers:
         last saved step), with a fresh shared optimizer."""
         self.shared.forget()
         params = self.prepare_shared(unit)
-        self.shared_optimizer = make_optimizer(params, self.config) if params else None
+        self.shared_optimizer = make_optimizer(params, self.settings) if params else None
 
     def drop_finished(self, unit: int, finished: Callable[[int], bool]) -> None:
         """In sequential mode a finished unit's optimizer state is freed for good."""
-        if self.config.schedule != "sequential":
+        if self.settings.block_order != "sequential":
             return
         for u in list(self.units):
             if u != unit and finished(u):

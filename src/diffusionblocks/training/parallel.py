@@ -199,7 +199,7 @@ class BlockCheckpoints:
         self.ctx = ctx
 
     def shared_dir(self, parts: Parts) -> Path:
-        if parts.config.shared_policy == "per-block":
+        if parts.settings.shared_policy == "per-block":
             return parts.folder / f"shared-block-{self.ctx.block}"
         return parts.folder / "shared"
 
@@ -280,7 +280,7 @@ class BlockCheckpoints:
             )
         shared_ckpt = Checkpoint(shared_path)
         model.load_state_dict(shared_ckpt.tensors("shared"), strict=False)
-        if shared_ckpt.has("optimizer.pt") and config.shared_policy != "frozen":
+        if shared_ckpt.has("optimizer.pt") and parts.settings.shared_policy != "frozen":
             _shared_optimizer(parts).load_state_dict(shared_ckpt.obj("optimizer"))
         model.materialize_block(ctx.block, model.device, ckpt.tensors("block"))
         parts.optimizers.units.clear()

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..config import SAFE_RESUME_KEYS, RunConfig
+from ..config import SAFE_RESUME_KEYS, RunConfig, TrainingSettings
 from .runfolder import DATA_KEYS
 
 RESUME_HASH_IGNORE = (*SAFE_RESUME_KEYS, *DATA_KEYS)
@@ -65,15 +65,17 @@ def learning_rate(step: int, total: int, peak: float, warmup: float, min_ratio: 
     return peak * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def make_optimizer(params: list[torch.nn.Parameter], config: RunConfig) -> torch.optim.AdamW:
+def make_optimizer(
+    params: list[torch.nn.Parameter], settings: TrainingSettings
+) -> torch.optim.AdamW:
     """AdamW with weight decay on matrices only (not on biases, norms, or vectors)."""
     decay = [p for p in params if p.dim() >= 2]
     other = [p for p in params if p.dim() < 2]
     groups = [
-        {"params": decay, "weight_decay": config.weight_decay},
+        {"params": decay, "weight_decay": settings.weight_decay},
         {"params": other, "weight_decay": 0.0},
     ]
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=config.lr, betas=(0.9, 0.999))
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=settings.lr, betas=(0.9, 0.999))
 
 
 def batch_indices(
@@ -117,16 +119,17 @@ class Plan:
     @classmethod
     def of(
         cls,
-        config: RunConfig,
+        settings: TrainingSettings,
         num_units: int,
         train_size: int,
         data_shard: tuple[int, int] = (0, 1),
         local_units: tuple[int, ...] | None = None,
     ) -> Plan:
-        """The plan of ``config`` for a model of ``num_units`` units and ``train_size`` training
-        examples; ``local_units`` (block-parallel) makes every step a synchronous step of them."""
-        c = config
-        units = c.trained_units
+        """The plan of ``settings`` for a model of ``num_units`` units and ``train_size``
+        training examples; ``local_units`` (block-parallel) makes every step a synchronous step
+        of them."""
+        c = settings
+        units = c.trained_blocks
         if any(u >= num_units for u in units):
             raise ValueError(f"blocks {units} out of range for {num_units} units")
         shard, shards = data_shard
@@ -137,12 +140,12 @@ class Plan:
                 f"than the {train_size} training examples"
             )
         steps_per_unit = max(1, math.ceil(c.epochs * steps_per_epoch))
-        synchronous = local_units is not None or c.schedule == "synchronous"
+        synchronous = local_units is not None or c.block_order == "synchronous"
         return cls(
             units=units,
             local_units=tuple(units) if local_units is None else local_units,
             synchronous=synchronous,
-            sequence=block_sequence(c.schedule, units, steps_per_unit, c.seed, c.cycle_steps),
+            sequence=block_sequence(c.block_order, units, steps_per_unit, c.seed, c.cycle_steps),
             steps_per_epoch=steps_per_epoch,
             steps_per_unit=steps_per_unit,
             # Synchronous: each global step trains every unit on the same batch.

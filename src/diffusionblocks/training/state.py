@@ -38,7 +38,7 @@ from .runfolder import saved_config_hashes, shared_state_of
 from .schedule import RESUME_HASH_IGNORE, Plan, Position, resume_hash
 
 if TYPE_CHECKING:
-    from ..config import RunConfig
+    from ..config import RunConfig, TrainingSettings
     from ..tasks.base import Task
 
 
@@ -46,7 +46,8 @@ if TYPE_CHECKING:
 class Parts:
     """The components of a trainer that a checkpoint saves and restores."""
 
-    config: RunConfig
+    config: RunConfig  # the run's identity (task, config hash); behaviour comes from settings
+    settings: TrainingSettings
     task: Task
     model: BlockModel
     run_dir: Path | None
@@ -154,7 +155,7 @@ class RunCheckpoints:
             tensors,
             objects,
             meta,
-            config.keep_checkpoints,
+            parts.settings.keep_checkpoints,
             links,
         )
 

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..config import RunConfig
 from ..tasks.base import Task
 from .accounting import Accounting, Heldout, MemoryProbe, ProgressLog
 from .blockmodel import block_model
@@ -68,13 +69,17 @@ class Trainer:
         resident: bool | None = None,
     ) -> None:
         self.task = task
-        self.config = c = task.config
+        # What drives training: the training and run groups, resolved. The whole config is the
+        # run's identity, which checkpoints and the run folder record.
+        self.settings = c = task.config.training_settings()
+        self.config: RunConfig = task.config
         self.model = block_model(task.model)
         self.run_dir = Path(run_dir) if run_dir is not None else None
         if self.run_dir is not None:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             if not (self.run_dir / CONFIG_FILE).exists():  # trained from Python: a run folder
-                write_run_config(self.run_dir, c, command="python: Trainer(task, run_dir)")
+                write_run_config(self.run_dir, task.config,
+                                 command="python: Trainer(task, run_dir)")  # fmt: skip
         self.progress, self.log = progress, log
         self.num_units = len(self.model.blocks)
         self.plan = Plan.of(c, self.num_units, task.train_size(), data_shard, local_units)
@@ -139,7 +144,7 @@ class Trainer:
     # -- the primitive ----------------------------------------------------------------------
     def train_step(self, unit: int, batch: Any) -> dict[str, float]:
         """One optimizer step on ``unit`` (and, if the policy says so, the shared modules)."""
-        c, pos = self.config, self.position
+        c, pos = self.settings, self.position
         opt = self.optim.for_unit(unit)
         shared = self.optim.prepare_shared(unit)
         params = self.task.block_parameters(unit) + shared
@@ -171,7 +176,7 @@ class Trainer:
         generator; the shared modules take the mean of the units' gradients (across processes
         when block-parallel: ``self.sync``). Gradients are clipped per unit and for the shared
         modules."""
-        c, pos = self.config, self.position
+        c, pos = self.settings, self.position
         for p in self.shared_params:
             p.grad = None
         logs: dict[str, float] = {}
@@ -220,7 +225,7 @@ class Trainer:
             if self.step < end:  # the first block is in memory before the baseline, as in e2e
                 self.activate(plan.units_at(self.step)[0])
         memory = MemoryProbe(self.model.device, lambda: self.resident_bytes()["param_bytes"])
-        log = ProgressLog(self.config, self.task.plot_key, self.metrics, self.heldout,
+        log = ProgressLog(self.settings, self.task.plot_key, self.metrics, self.heldout,
                           self.progress, plan, self.step)  # fmt: skip
         with self.faults.catch_signals():
             self._loop(end, memory, log)
@@ -228,12 +233,13 @@ class Trainer:
         report = memory.report(self.residency.peak_state_bytes)
         if self.run_dir is not None:
             self.save()
-        accounting = self.stats.report(self.config, plan, self.position, self.faults.skipped_steps)
+        accounting = self.stats.report(self.settings, plan, self.position,
+                                       self.faults.skipped_steps)  # fmt: skip
         timing = self.stats.timing(self.residency.swap_seconds, self.residency.swaps)
         return {"accounting": accounting, "timing": timing, "memory": report}
 
     def _loop(self, end: int, memory: MemoryProbe, log: ProgressLog) -> None:
-        c, plan, pos = self.config, self.plan, self.position
+        c, plan, pos = self.settings, self.plan, self.position
         while pos.step < end:
             units = plan.units_at(pos.step)
             unit = units[0]
@@ -275,8 +281,9 @@ class Trainer:
         return self.checkpoints.resume(self._parts())
 
     def _parts(self) -> Parts:
-        return Parts(self.config, self.task, self.model, self.run_dir, self.plan, self.position,
-                     self.optim, self.residency, self.stats, self.faults, self.metrics)  # fmt: skip
+        return Parts(self.task.config, self.settings, self.task, self.model, self.run_dir,
+                     self.plan, self.position, self.optim, self.residency, self.stats,
+                     self.faults, self.metrics)  # fmt: skip
 
     def activate(self, unit: int) -> None:
         """Resident mode: make ``unit`` the only block in memory (others go to their files)."""
