@@ -121,3 +121,43 @@ def test_the_trainer_reads_its_own_group():
         assert "TrainingSettings" in str(annotation), function  # fmt: skip
     trainer = Trainer(make_task(config), None, progress=False)
     assert trainer.settings == settings
+
+
+def test_commands_that_add_keys_take_grouped_names(capsys):
+    """schedule, compare and bench add keys of their own (data, method, batch_size, schedule):
+    a grouped or other name of the same key given with --set must not clash with them."""
+    from diffusionblocks.registry import preset_overrides
+
+    assert preset_overrides("tiny", ["noise.p_mean=1", "block_order=cycle"]) == {
+        "p_mean": "1", "schedule": "cycle"}  # fmt: skip
+    with pytest.raises(ConfigError, match="unknown preset"):
+        preset_overrides("nope", [])
+    assert main(["schedule", "--preset", "images", "--set", "data.data=mine.npz",
+                 "--set", "noise.p_mean=0.5"]) == 0  # fmt: skip
+    assert "ln sigma ~ N(0.5" in capsys.readouterr().out
+    # compare sets each method itself; a --set training.method=... is overridden, not a clash
+    assert main(["compare", "--preset", "tiny", "--set", "training.method=e2e",
+                 "--methods", "bad"]) == 2  # fmt: skip
+    err = capsys.readouterr().err
+    assert "invalid value for 'method': 'bad'" in err and "given twice" not in err
+    # bench sets the block order of each configuration; a grouped --set must not clash
+    # (every configuration is validated first; the bad threshold stops it before any work)
+    assert (
+        main(
+            [
+                "bench",
+                "memory",
+                "--preset",
+                "tiny",
+                "--blocks",
+                "2",
+                "--set",
+                "training.block_order=random",
+                "--malloc-mmap-threshold",
+                "-1",
+            ]
+        )
+        == 2
+    )
+    err = capsys.readouterr().err
+    assert "--malloc-mmap-threshold" in err and "given twice" not in err

@@ -10,7 +10,14 @@ from typing import Any
 
 import torch
 
-from .config import ConfigError, RunConfig, build_config, config_from_dict, flat_keys
+from .config import (
+    ConfigError,
+    RunConfig,
+    build_config,
+    config_from_dict,
+    flat_keys,
+    parse_assignments,
+)
 from .tasks import autoregressive, classification, generation, masked_lm, recurrent
 from .tasks.autoregressive import ARConfig, BlockwiseAR, EndToEndAR
 from .tasks.base import Task
@@ -81,6 +88,14 @@ def make_config(preset: str, overrides: dict[str, Any] | None = None) -> RunConf
     config_cls = TASKS[task][0]
     base = flat_keys(config_cls, values)  # the overrides win over the preset, by any name
     return build_config(config_cls, {**base, **flat_keys(config_cls, overrides or {})})
+
+
+def preset_overrides(preset: str, items: list[str]) -> dict[str, Any]:
+    """``--set`` items for ``preset`` as flat keys (``noise.p_mean`` -> ``p_mean``,
+    ``block_order`` -> ``schedule``), so that a command may add or replace keys of its own."""
+    if preset not in PRESETS:
+        raise ConfigError(f"unknown preset {preset!r}; choose one of {', '.join(preset_names())}")
+    return flat_keys(config_class(PRESETS[preset][0]), parse_assignments(items))
 
 
 def config_class(task: str) -> type[RunConfig]:

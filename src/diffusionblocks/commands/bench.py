@@ -10,8 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..config import parse_assignments
-from ..registry import make_config
+from ..registry import make_config, preset_overrides
 from ..training.checkpoint import atomic_write_json
 from . import UsageError, command_line
 
@@ -30,7 +29,7 @@ def _int_list(text: str, name: str) -> list[int]:
 def cmd_bench(args: argparse.Namespace) -> int:
     from .. import bench
 
-    overrides: dict[str, Any] = dict(parse_assignments(args.set or []))
+    overrides: dict[str, Any] = preset_overrides(args.preset, args.set or [])
     if args.batch_size is not None:
         if args.batch_size < 1:
             raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")

@@ -12,9 +12,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..config import parse_assignments
 from ..diffusion import BlockPartition, NoiseSchedule
-from ..registry import PRESETS, make_config
+from ..registry import PRESETS, make_config, preset_overrides
 from ..reporting import (
     comparison_row,
     format_comparison,
@@ -40,7 +39,7 @@ def cmd_schedule(args: argparse.Namespace) -> int:
     values = dict(SCHEDULE_DEFAULTS)
     sigma_data = NoiseSchedule().sigma_data
     if args.preset is not None:  # the preset's partition; explicit flags still override
-        overrides = parse_assignments(args.set or [])
+        overrides = preset_overrides(args.preset, args.set or [])
         if PRESETS[args.preset][1].get("data") == "":  # a preset for users' data
             overrides.setdefault("data", "your data")  # the partition does not depend on it
         config = make_config(args.preset, overrides)
@@ -87,7 +86,7 @@ def cmd_schedule(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     """Train each method in its own fresh process (so peak memory is per method), then print
     one table."""
-    base = parse_assignments(args.set or [])
+    base = preset_overrides(args.preset, args.set or [])
     make_config(args.preset, base)  # validate before any work starts
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     baseline = make_config(args.preset, base).baseline_method
