@@ -36,6 +36,10 @@ def test_no_comparison_with_a_task_name(module):
                 for v in values:
                     if isinstance(v, ast.Constant) and v.value in TASK_NAMES:
                         found.append(f"line {node.lineno}: {v.value!r}")
+        if isinstance(node, ast.Call):  # e.g. a helper handed the name to compare with
+            for v in [*node.args, *(k.value for k in node.keywords)]:
+                if isinstance(v, ast.Constant) and v.value in TASK_NAMES:
+                    found.append(f"line {node.lineno}: {v.value!r} passed to a call")
     assert not found, f"{module} switches on task names: {found}"
 
 
@@ -83,6 +87,9 @@ def test_task_classes_declare_what_differs():
     assert make_config("ar-tiny").block_variable == "sigma"
     kinds = {name: {cls.generates for cls in methods.values()} for name, (_, methods) in
              TASKS.items()}  # fmt: skip
+    predicts = {name for name, (_, methods) in TASKS.items()
+                if {cls.predicts for cls in methods.values()} == {"classes"}}  # fmt: skip
+    assert predicts == {"classification"}
     assert kinds == {"classification": {None}, "generation": {"images"}, "masked-lm": {"text"},
                      "autoregressive": {"text"}, "recurrent": {"text"}}  # fmt: skip
     sweeps = {name: next(iter(methods.values())).default_sweep for name, (_, methods) in

@@ -69,7 +69,7 @@ class Model:
         (0..255), other integers in 0..255, or floats in [0, 1]; laid out (N, H, W),
         (N, C, H, W) or (N, H, W, C), or one image without the N axis. ``steps``: denoiser calls
         of the DiffusionBlocks chain (default: the run's, B)."""
-        task = self._need("classification", "classify")
+        task = self._need(self.task.predicts == "classes", "classify", "a classification run")
         x = as_images(images, task.data.image_shape)
         if batch_size is not None and batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
@@ -116,7 +116,7 @@ class Model:
     ) -> torch.Tensor:
         """Images (N, C, H, W), floats in [0, 1], of the classes ``labels`` (default: ``n`` of
         each class). ``steps`` (Euler steps) and ``cfg`` (guidance weight) default to the run's."""
-        task = self._need("generation", "generate")
+        task = self._need(self.task.generates == "images", "generate", "an image generation run")
         classes = task.data.num_classes
         if labels is None:
             labels = torch.arange(classes).repeat_interleave(n)
@@ -143,11 +143,7 @@ class Model:
         as many as the model's context leaves, see :func:`text_room`). Without a prompt,
         autoregressive models start from a newline (or the training text's first character when
         the text has no newline). ``temperature`` and ``steps`` default to the run's."""
-        task = self.task
-        if not hasattr(task, "generate_text"):
-            raise ConfigError(
-                f"sample_text needs a language-model run; {self.path} is a {self.config.task} run"
-            )
+        task = self._need(self.task.generates == "text", "sample_text", "a language-model run")
         generator = torch.Generator().manual_seed(seed)
         if length is None:
             length = text_room(task, prompt)
@@ -166,12 +162,11 @@ class Model:
         result = evaluate_task(self.task, steps, split=split, **options)
         return {"checkpoint_step": self.step, **result}
 
-    def _need(self, task_name: str, what: str) -> Any:
-        """The task, when it is a ``task_name`` run (used duck-typed: each task kind has its own
-        methods)."""
-        if self.config.task != task_name:
-            raise ConfigError(f"{what} needs a {task_name} run; {self.path} is a "
-                              f"{self.config.task} run")  # fmt: skip
+    def _need(self, able: bool, what: str, kind: str) -> Any:
+        """The task, when it can do ``what`` (the task protocol's ``predicts`` and
+        ``generates`` say; each task kind has its own methods, so it is used duck-typed)."""
+        if not able:
+            raise ConfigError(f"{what} needs {kind}; {self.path} is a {self.config.task} run")
         return self.task
 
 

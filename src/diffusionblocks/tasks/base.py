@@ -86,6 +86,8 @@ class Task:
     # What ``dblocks sample`` and ``Model.generate``/``sample_text`` make: "images", "text" or
     # nothing (None).
     generates: ClassVar[str | None] = None
+    # What ``Model.classify``/``probabilities`` predict: "classes", or nothing (None).
+    predicts: ClassVar[str | None] = None
 
     @classmethod
     def report(cls, ev: dict[str, Any]) -> list[str]:

@@ -75,6 +75,7 @@ class _ImageClassification(Task):
     model: ViT
     splits: tuple[str, ...] = ("val", "test")
     default_sweep = (1, 2, 4, 8)  # block calls the final evaluation reports
+    predicts = "classes"
 
     @classmethod
     def report(cls, ev: dict[str, Any]) -> list[str]:
