@@ -96,3 +96,14 @@ def test_task_classes_declare_what_differs():
               TASKS.items()}  # fmt: skip
     assert sweeps["classification"] == (1, 2, 4, 8)
     assert all(v is None for k, v in sweeps.items() if k != "classification")
+
+
+def test_every_task_names_the_block_it_trains():
+    import inspect
+
+    for _, methods in TASKS.values():
+        for cls in methods.values():
+            params = list(inspect.signature(cls.loss).parameters)
+            assert params[:2] == ["self", "block"], (cls.__name__, params)
+            assert "block" in inspect.signature(cls.layers_in_block).parameters
+            assert "block" in inspect.signature(cls.block_parameters).parameters

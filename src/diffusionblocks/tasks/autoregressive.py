@@ -81,7 +81,7 @@ class EndToEndAR(CharLM):
         return m.head(x, cond)  # (N, T, V): position i predicts character i+1
 
     def loss(
-        self, unit: int, batch: torch.Tensor, generator: torch.Generator
+        self, block: int, batch: torch.Tensor, generator: torch.Generator
     ) -> tuple[torch.Tensor, dict[str, float]]:
         logits = self.clean_logits(batch)[:, :-1]
         loss = F.cross_entropy(logits.transpose(1, 2), batch[:, 1:])
@@ -237,14 +237,14 @@ class BlockwiseAR(TokenTargets, CharLM):
         return self.partition.sample_sigma(unit, n, generator, self.device)[:, None].expand(n, t)
 
     def loss(
-        self, unit: int, batch: torch.Tensor, generator: torch.Generator
+        self, block: int, batch: torch.Tensor, generator: torch.Generator
     ) -> tuple[torch.Tensor, dict[str, float]]:
         n, t = batch.shape
         target = self.table()[batch]  # y_i = normalize(E)[token_i]: (N, T, C)
-        sigma = self._sigmas(unit, n, t, generator)
+        sigma = self._sigmas(block, n, t, generator)
         noise = torch.randn(target.shape, generator=generator).to(self.device)
         z = target + sigma[..., None] * noise
-        logits, clean = self.denoise_logits(unit, batch, z, sigma)
+        logits, clean = self.denoise_logits(block, batch, z, sigma)
         ce = F.cross_entropy(logits.transpose(1, 2), batch, reduction="none")  # token i -> i
         c = self.config
         loss = weighted_loss(ce.reshape(-1), sigma.reshape(-1), c.weighting, c.sigma_data,

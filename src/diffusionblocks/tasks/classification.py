@@ -229,7 +229,7 @@ class EndToEndClassification(_ImageClassification):
         return m.head(m.run_all(slot, patches, cond), cond)  # (N, classes)
 
     def loss(
-        self, unit: int, batch: tuple[torch.Tensor, torch.Tensor], generator: torch.Generator
+        self, block: int, batch: tuple[torch.Tensor, torch.Tensor], generator: torch.Generator
     ) -> tuple[torch.Tensor, dict[str, float]]:
         images, labels = batch
         logits = self.logits(images)
@@ -306,15 +306,15 @@ class BlockwiseClassification(_ImageClassification):
         return self.model.embed_patches(images)
 
     def loss(
-        self, unit: int, batch: tuple[torch.Tensor, torch.Tensor], generator: torch.Generator
+        self, block: int, batch: tuple[torch.Tensor, torch.Tensor], generator: torch.Generator
     ) -> tuple[torch.Tensor, dict[str, float]]:
         images, labels = batch
         n = len(labels)
-        sigma = self.partition.sample_sigma(unit, n, generator, self.device)  # (N,)
+        sigma = self.partition.sample_sigma(block, n, generator, self.device)  # (N,)
         target = self.model.label_table()[labels]  # y: (N, C), unit norm
         noise = torch.randn(target.shape, generator=generator).to(self.device)
         z = target + sigma[:, None] * noise  # z = y + sigma * eps
-        logits = self.block_logits(unit, z, sigma, self.block_patches(unit, images))
+        logits = self.block_logits(block, z, sigma, self.block_patches(block, images))
         ce = F.cross_entropy(logits, labels, reduction="none")  # (N,)
         c = self.config
         loss = weighted_loss(ce, sigma, c.weighting, c.sigma_data, c.weight_clamp)

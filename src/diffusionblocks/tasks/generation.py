@@ -198,16 +198,16 @@ class _ImageGeneration(Task):
         )  # fmt: skip
 
     def loss(
-        self, unit: int, batch: tuple[torch.Tensor, torch.Tensor], generator: torch.Generator
+        self, block: int, batch: tuple[torch.Tensor, torch.Tensor], generator: torch.Generator
     ) -> tuple[torch.Tensor, dict[str, float]]:
         target, labels = batch
         n = len(labels)
-        sigma = self.sample_sigma(unit, n, generator)  # (N,)
+        sigma = self.sample_sigma(block, n, generator)  # (N,)
         noise = torch.randn(target.shape, generator=generator).to(self.device)
         z = target + sigma[:, None, None, None] * noise
         drop = (torch.rand(n, generator=generator) < self.config.label_dropout).to(self.device)
         labels = torch.where(drop, torch.full_like(labels, self.model.null_class), labels)
-        denoised = self.denoise(unit, z, sigma, labels)
+        denoised = self.denoise(block, z, sigma, labels)
         l2 = (denoised - target).square().flatten(1).mean(1)  # (N,)
         c = self.config
         loss = weighted_loss(l2, sigma, c.weighting, c.sigma_data, c.weight_clamp)

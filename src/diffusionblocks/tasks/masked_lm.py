@@ -183,10 +183,10 @@ class _MaskedLM(Task):
         return weight * (ce * masked).sum(1) / ids.shape[1]
 
     def loss(
-        self, unit: int, batch: torch.Tensor, generator: torch.Generator
+        self, block: int, batch: torch.Tensor, generator: torch.Generator
     ) -> tuple[torch.Tensor, dict[str, float]]:
-        t = self.sample_t(unit, len(batch), generator)
-        terms = self.elbo_terms(unit, batch, t, generator)
+        t = self.sample_t(block, len(batch), generator)
+        terms = self.elbo_terms(block, batch, t, generator)
         loss = terms.mean()
         return loss, {"loss": loss.item(), "bpc_term": loss.item() / math.log(2)}
 

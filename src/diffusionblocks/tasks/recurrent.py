@@ -197,7 +197,7 @@ class TruncatedBPTTRecurrent(_RecurrentLM):
     ce_is_likelihood = True
 
     def loss(
-        self, unit: int, batch: torch.Tensor, generator: torch.Generator
+        self, block: int, batch: torch.Tensor, generator: torch.Generator
     ) -> tuple[torch.Tensor, dict[str, float]]:
         c, m = self.config, self.model
         e = m.encode(batch)[:, :-1]
@@ -282,7 +282,7 @@ class BlockwiseRecurrent(TokenTargets, _RecurrentLM):
         return m.readout(e, denoised, conds[0])
 
     def loss(
-        self, unit: int, batch: torch.Tensor, generator: torch.Generator
+        self, block: int, batch: torch.Tensor, generator: torch.Generator
     ) -> tuple[torch.Tensor, dict[str, float]]:
         c, m = self.config, self.model
         e = m.encode(batch)[:, :-1]
