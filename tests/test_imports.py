@@ -1,6 +1,7 @@
 """The package's import graph: no cycles, and nothing in the core (math, networks, tasks,
-training, data) imports the layers above it (run folders, the CLI, assembly, the registry, the
-Python API). Imports inside functions count: they only hide a cycle, they do not remove it."""
+training, data, eval) imports the layers above it (run folders, loading, reporting, the CLI and
+its commands, assembly, the registry, the Python API, the benchmarks). Imports inside functions
+count: they only hide a cycle, they do not remove it."""
 
 from __future__ import annotations
 

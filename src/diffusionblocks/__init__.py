@@ -49,7 +49,7 @@ def train(
 
 def load_pretrained(path: str | os.PathLike, device: str | None = None) -> Task:
     """The task (data and network with weights) of a model folder (``dblocks assemble``) or a
-    run folder. See :func:`diffusionblocks.runs.load_pretrained`."""
-    from .runs import load_pretrained as _load
+    run folder. See :func:`diffusionblocks.loading.load_pretrained`."""
+    from .loading import load_pretrained as _load
 
     return _load(path, device)

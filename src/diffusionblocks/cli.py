@@ -28,7 +28,7 @@ from .eval.fid import EvaluatorError
 from .registry import preset_names
 from .reporting import format_comparison, headline_metric, print_evaluation
 from .training.checkpoint import CheckpointError
-from .training.trainer import NumericalFault, TrainingInterrupted
+from .training.faults import NumericalFault, TrainingInterrupted
 
 # Names the tests and older scripts import from here.
 __all__ = ["UsageError", "build_parser", "format_comparison", "headline_metric", "main",

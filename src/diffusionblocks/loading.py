@@ -22,7 +22,7 @@ from .training.runfolder import (
     recorded_fingerprint,
     resolve_paths,
 )
-from .training.trainer import load_model_weights
+from .training.state import load_model_weights
 
 # Keys that only change inference or evaluation; `dblocks eval --set` may override them.
 INFERENCE_KEYS = (

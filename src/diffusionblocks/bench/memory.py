@@ -64,7 +64,8 @@ def measure_memory(preset: str, overrides: dict[str, Any], steps: int) -> dict[s
     from ..registry import make_config, make_task
     from ..training.blockmodel import block_model
     from ..training.metrics import current_rss_bytes
-    from ..training.trainer import Trainer, batch_indices
+    from ..training.schedule import batch_indices
+    from ..training.trainer import Trainer
 
     config = make_config(preset, overrides)
     task = make_task(config)

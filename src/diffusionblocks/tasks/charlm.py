@@ -286,11 +286,13 @@ class CharLM(Task):
         if judge is not None and not isinstance(judge, Task):
             raise ConfigError(
                 f"judge={judge!r}: pass the loaded run (diffusionblocks.load(path).task); "
-                "`dblocks eval --judge PATH` and the runs layer load it for you"
+                "`dblocks eval --judge PATH` and diffusionblocks.loading load it for you"
             )
         result.update(self.generation_metrics(gen, judge))
-        if judge is None and c.judge:  # a path in the config: loaded by runs.py, not here
-            result["judge_skipped"] = f"judge={c.judge} was not loaded (evaluate through runs)"
+        if judge is None and c.judge:  # a path in the config: loaded by loading.py, not here
+            result["judge_skipped"] = (
+                f"judge={c.judge} was not loaded (evaluate through diffusionblocks.loading)"
+            )
         return result
 
     def eval_sequences(self, quick: bool = False) -> torch.Tensor:

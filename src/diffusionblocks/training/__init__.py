@@ -1,7 +1,8 @@
 """The trainer, checkpoints and metrics."""
 
 from .checkpoint import Checkpoint, CheckpointError, latest_checkpoint
-from .trainer import Trainer, block_sequence, learning_rate
+from .schedule import block_sequence, learning_rate
+from .trainer import Trainer
 
 __all__ = [
     "Checkpoint",
