@@ -99,18 +99,9 @@ class EndToEndAR(CharLM):
         steps: int | None = None,
         temperature: float | None = None,
     ) -> tuple[str, dict[str, Any]]:
-        temperature = self.config.temperature if temperature is None else temperature
-        ids = self.encode_prompt(prompt)
-        self._check_generation(length, len(ids), temperature)
-        ids = ids[None].to(self.device)
-        self.model.eval()
-        for _ in range(length):
-            logits = self.clean_logits(ids)[0, -1]
-            token = self._pick(logits, temperature, generator)
-            ids = torch.cat([ids, torch.tensor([[token]], device=self.device)], 1)
-        self.model.train()
-        start = len(prompt or self.start_text())
-        return self.vocab.decode(ids[0, start:].tolist()), {"layer_calls": length}
+        text = self._autoregress(length, generator, prompt, temperature,
+                                 lambda ids: self.clean_logits(ids)[0, -1])  # fmt: skip
+        return text, {"layer_calls": length}
 
     @torch.no_grad()
     def continuation_nll(self, prompt: str, continuation: str) -> tuple[float, int]:
@@ -327,38 +318,23 @@ class BlockwiseAR(TokenTargets, CharLM):
         temperature: float | None = None,
         cache: bool = True,
     ) -> tuple[str, dict[str, Any]]:
-        temperature = self.config.temperature if temperature is None else temperature
-        ids = self.encode_prompt(prompt)
-        self._check_generation(length, len(ids), temperature)
-        ids = ids[None].to(self.device)
         levels = self.levels(steps)
         calls = [0] * len(self.model.blocks)
         hidden = self.model.shape.hidden
-        self.model.eval()
-        for _ in range(length):
+
+        def next_logits(ids: torch.Tensor) -> torch.Tensor:  # one chain from sigma_max
             caches: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {}
             z = self.schedule.sigma_max * torch.randn(1, 1, hidden, generator=generator)
 
-            def call(
-                z: torch.Tensor,
-                sigma: float,
-                unit: int,
-                caches: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = caches,
-                ids: torch.Tensor = ids,
-            ) -> torch.Tensor:
-                calls[unit] += 1
-                return self._noisy_logits(unit, ids, z, sigma, caches, cache)
+            def call(z: torch.Tensor, sigma: float, block: int) -> torch.Tensor:
+                calls[block] += 1
+                return self._noisy_logits(block, ids, z, sigma, caches, cache)
 
-            logits = chain(call, z.to(self.device), levels, self.route,
-                           lambda logits: self.bridge(logits)[None, None])  # fmt: skip
-            token = self._pick(logits, temperature, generator)
-            ids = torch.cat([ids, torch.tensor([[token]], device=self.device)], 1)
-        self.model.train()
-        start = len(prompt or self.start_text())
-        return self.vocab.decode(ids[0, start:].tolist()), {
-            "steps": len(levels),
-            "calls_per_unit": calls,
-        }
+            return chain(call, z.to(self.device), levels, self.route,
+                         lambda logits: self.bridge(logits)[None, None])  # fmt: skip
+
+        text = self._autoregress(length, generator, prompt, temperature, next_logits)
+        return text, {"steps": len(levels), "calls_per_unit": calls}
 
 
 # Presets of this task: name -> (config overrides, one-line description); the registry gathers

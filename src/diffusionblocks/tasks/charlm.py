@@ -247,6 +247,29 @@ class CharLM(Task):
         probs = (logits.float() / temperature).softmax(-1).cpu()
         return int(torch.multinomial(probs, 1, generator=generator))
 
+    def _autoregress(
+        self,
+        length: int,
+        generator: torch.Generator,
+        prompt: str,
+        temperature: float | None,
+        next_logits: Callable[[torch.Tensor], torch.Tensor],
+    ) -> str:
+        """``length`` characters after ``prompt`` (or :meth:`start_text`), one at a time:
+        ``next_logits(ids (1, T))`` gives the next character's logits (V,), :meth:`_pick` draws
+        it at ``temperature`` (default the run's). Returns the generated text alone."""
+        temperature = self.config.temperature if temperature is None else temperature
+        ids = self.encode_prompt(prompt)
+        self._check_generation(length, len(ids), temperature)
+        ids = ids[None].to(self.device)
+        self.model.eval()
+        for _ in range(length):
+            token = self._pick(next_logits(ids), temperature, generator)
+            ids = torch.cat([ids, torch.tensor([[token]], device=self.device)], 1)
+        self.model.train()
+        start = len(prompt or self.start_text())
+        return self.vocab.decode(ids[0, start:].tolist())
+
     def _check_generation(self, length: int, prompt_len: int, temperature: float) -> None:
         if length < 1:
             raise ConfigError(f"length must be >= 1, got {length}")

@@ -142,20 +142,12 @@ class _RecurrentLM(CharLM):
         steps: int | None = None,
         temperature: float | None = None,
     ) -> tuple[str, dict[str, Any]]:
-        temperature = self.config.temperature if temperature is None else temperature
-        ids = self.encode_prompt(prompt)
-        self._check_generation(length, len(ids), temperature)
-        ids = ids[None].to(self.device)
         k = steps or self.config.inference_steps
-        self.model.eval()
-        for _ in range(length):
-            e = self.model.encode(ids)
-            logits = self.states(e, k, generator, last_only=True)[0, -1]
-            token = self._pick(logits, temperature, generator)
-            ids = torch.cat([ids, torch.tensor([[token]], device=self.device)], 1)
-        self.model.train()
-        start = len(prompt or self.start_text())
-        return self.vocab.decode(ids[0, start:].tolist()), {"core_applications": k}
+        text = self._autoregress(
+            length, generator, prompt, temperature,
+            lambda ids: self.states(self.model.encode(ids), k, generator, last_only=True)[0, -1],
+        )  # fmt: skip
+        return text, {"core_applications": k}
 
     @torch.no_grad()
     def evaluate(
