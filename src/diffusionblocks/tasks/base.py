@@ -125,6 +125,13 @@ class Task:
         return [p for p in self.model.parameters() if id(p) not in in_blocks]
 
 
+def refuse_options(kind: str, options: dict[str, Any], hint: str = "") -> None:
+    """Evaluation options a task does not know (given, not None or False) are refused by name."""
+    given = [k for k, v in options.items() if v not in (None, False)]
+    if given:
+        raise ConfigError(f"{kind} evaluation has no option {', '.join(given)}{hint}")
+
+
 def load_text_sequences(config: Any) -> tuple[TextCorpus, torch.Tensor, torch.Tensor]:
     """The character corpus of a text task and its training / held-out sequences of
     ``config.seq_len`` characters (the first ``train_subset`` for training when set). A batch

@@ -18,7 +18,7 @@ from ..eval.text import distinct_n, judge_perplexity, repetition
 from ..networks.layers import seeded
 from ..networks.recurrent import RecurrentDepthLM
 from ..networks.token_transformer import TokenShape, TwoStreamTransformer
-from .base import Task, load_text_sequences
+from .base import Task, load_text_sequences, refuse_options
 
 SIGMA_SAMPLING = ("token", "example")
 
@@ -290,9 +290,7 @@ class CharLM(Task):
         judge: object = None,
         **options: Any,
     ) -> dict[str, Any]:
-        given = [k for k, v in options.items() if v not in (None, False)]
-        if given:
-            raise ConfigError(f"language-model evaluation has no option {', '.join(given)}")
+        refuse_options("language-model", options)
         c = self.config
         seqs = self.eval_sequences(quick)
         gen = torch.Generator().manual_seed(c.seed + 1_000_003)

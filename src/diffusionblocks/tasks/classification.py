@@ -28,8 +28,8 @@ from ..diffusion import chain, chain_levels, edm_denoise, soft_bridge, weighted_
 from ..eval.classification import block_diagnostics
 from ..networks.layers import seeded
 from ..networks.vit import ViT, ViTShape
-from .base import Task
-from .images import ImageTaskConfig, auto_patch_size
+from .base import Task, refuse_options
+from .images import ImageTaskConfig, auto_patch_size, fit_images
 
 
 @dataclass
@@ -57,15 +57,6 @@ class ClassificationConfig(ImageTaskConfig):
         _check(self, "val_fraction", 0 <= self.val_fraction < 1, "a fraction in [0, 1)")
         _check(self, "patch_size", 0 <= self.patch_size <= 1024, "an integer >= 1 (0 = auto)")
         _check(self, "bridge_temperature", 0 <= self.bridge_temperature <= 100, "in [0, 100]")
-
-
-def _no_options(options: dict[str, Any]) -> None:
-    given = [k for k, v in options.items() if v not in (None, False)]
-    if given:
-        raise ConfigError(
-            f"classification evaluation has no option {', '.join(given)} "
-            "(--fid and --inception apply to image generation runs)"
-        )
 
 
 class _ImageClassification(Task):
@@ -119,19 +110,9 @@ class _ImageClassification(Task):
                 f"{self.patch_size}, gives {grid[0]}x{grid[1]} = {grid[0] * grid[1]} tokens); "
                 "set patch_size to a side that divides both, or resize the images"
             )
-        if h % self.patch_size or w % self.patch_size:
-            raise ConfigError(
-                f"invalid value for 'patch_size': {config.patch_size} (must divide the "
-                f"{h}x{w} images of {data.name}; 0 chooses one)"
-            )
-        if config.batch_size > len(data.train_y):
-            raise ConfigError(
-                f"invalid value for 'batch_size': {config.batch_size} (larger than the "
-                f"{len(data.train_y)} training images)"
-            )
-        # Standardise pixels with the training set's mean and std.
-        self.pixel_mean = float(data.train_x.mean())
-        self.pixel_std = float(data.train_x.std()) or 1.0
+        # Pixels are standardised with the training set's mean and std.
+        self.pixel_mean, self.pixel_std = fit_images(config, data, self.patch_size,
+                                                     "; 0 chooses one")  # fmt: skip
         with seeded(config.seed):  # initialisation, global generator untouched
             model = ViT(
                 ViTShape(
@@ -251,7 +232,8 @@ class EndToEndClassification(_ImageClassification):
         split: str | None = None,
         **options: Any,
     ) -> dict[str, Any]:
-        _no_options(options)
+        refuse_options("classification", options,
+                       " (--fid and --inception apply to image generation runs)")  # fmt: skip
         split = split or self.default_split(quick)
         self.model.eval()
         correct = total = 0
@@ -382,7 +364,8 @@ class BlockwiseClassification(_ImageClassification):
         split: str | None = None,
         **options: Any,
     ) -> dict[str, Any]:
-        _no_options(options)
+        refuse_options("classification", options,
+                       " (--fid and --inception apply to image generation runs)")  # fmt: skip
         split = split or self.default_split(quick)
         c = self.config
         B = c.num_blocks

@@ -23,7 +23,7 @@ from ..diffusion import chain, chain_levels, edm_denoise, weighted_loss
 from ..networks.dit import DiT, DiTShape
 from ..networks.layers import LayerGroup, seeded
 from .base import Task
-from .images import ImageTaskConfig
+from .images import ImageTaskConfig, fit_images
 
 
 @dataclass
@@ -110,18 +110,7 @@ class _ImageGeneration(Task):
         self.data: ImageDataset = full.subset(config.train_subset, config.test_subset)
         self.reference = full  # the full test split is the FID reference
         c, h, w = self.data.image_shape
-        if h % config.patch_size or w % config.patch_size:
-            raise ConfigError(
-                f"invalid value for 'patch_size': {config.patch_size} (must divide the "
-                f"{h}x{w} images of {self.data.name})"
-            )
-        if config.batch_size > len(self.data.train_y):
-            raise ConfigError(
-                f"invalid value for 'batch_size': {config.batch_size} (larger than the "
-                f"{len(self.data.train_y)} training images)"
-            )
-        self.pixel_mean = float(self.data.train_x.mean())
-        self.pixel_std = float(self.data.train_x.std()) or 1.0
+        self.pixel_mean, self.pixel_std = fit_images(config, self.data, config.patch_size)
         self.schedule = config.noise_schedule()
         with seeded(config.seed):  # initialisation, global generator untouched
             model = DiT(

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..config import RunConfig, _check, check_layer_split, check_transformer
+from ..config import ConfigError, RunConfig, _check, check_layer_split, check_transformer
+from ..data.base import ImageDataset
 
 
 @dataclass
@@ -42,6 +43,25 @@ class ImageTaskConfig(RunConfig):
         _check(self, "eval_batch_size", self.eval_batch_size >= 1, "an integer >= 1")
         _check(self, "eval_subset", self.eval_subset >= 1, "an integer >= 1")
         check_layer_split(self)
+
+
+def fit_images(
+    config: ImageTaskConfig, data: ImageDataset, patch_size: int, hint: str = ""
+) -> tuple[float, float]:
+    """Refuse a patch size that does not divide the images and a batch larger than the training
+    set (each naming its key); return the training pixels' mean and std (std 1 if constant)."""
+    _, h, w = data.image_shape
+    if h % patch_size or w % patch_size:
+        raise ConfigError(
+            f"invalid value for 'patch_size': {config.patch_size} (must divide the "
+            f"{h}x{w} images of {data.name}{hint})"
+        )
+    if config.batch_size > len(data.train_y):
+        raise ConfigError(
+            f"invalid value for 'batch_size': {config.batch_size} (larger than the "
+            f"{len(data.train_y)} training images)"
+        )
+    return float(data.train_x.mean()), float(data.train_x.std()) or 1.0
 
 
 def auto_patch_size(height: int, width: int) -> int:

@@ -28,7 +28,7 @@ from ..diffusion.masking import (
 )
 from ..networks.layers import seeded
 from ..networks.token_transformer import TokenShape, TokenTransformer
-from .base import Task, load_text_sequences
+from .base import Task, load_text_sequences, refuse_options
 
 
 @dataclass
@@ -231,9 +231,7 @@ class _MaskedLM(Task):
     def evaluate(
         self, quick: bool = False, steps: list[int] | None = None, **options: Any
     ) -> dict[str, Any]:
-        given = [k for k, v in options.items() if v not in (None, False)]
-        if given:
-            raise ConfigError(f"masked-LM evaluation has no option {', '.join(given)}")
+        refuse_options("masked-LM", options)
         c = self.config
         seqs = self.test_seqs
         if quick:
