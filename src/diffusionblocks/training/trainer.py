@@ -36,16 +36,18 @@ from .state import CheckpointStore, Parts, RunCheckpoints, checked_save, load_sh
 from .sync import GradientSync, LocalSync
 
 # isort: split
-# Names importable from this module before it was split (and still used from here).
-from .checkpoint import Checkpoint, CheckpointError, latest_checkpoint
+# Names importable from this module before it was split (their homes: faults, schedule, state).
 from .faults import NumericalFault
-from .schedule import batch_indices, block_sequence, learning_rate, make_optimizer, resume_hash
-from .state import load_model_weights, load_shared_weights
+from .schedule import batch_indices, block_sequence
+from .state import load_model_weights
 
-__all__ = ["Checkpoint", "CheckpointError", "NumericalFault", "Trainer", "TrainingInterrupted",
-           "batch_indices", "block_sequence", "latest_checkpoint", "learning_rate",
-           "load_model_weights", "load_shared_weights", "make_optimizer",
-           "resume_hash"]  # fmt: skip
+__all__ = ["NumericalFault", "Trainer", "TrainingInterrupted", "batch_indices", "block_sequence",
+           "load_model_weights"]  # fmt: skip
+
+
+def _read(part: str, name: str) -> Any:
+    """A read-only attribute of the trainer that is ``name`` of its component ``part``."""
+    return property(lambda self: getattr(getattr(self, part), name))
 
 
 class Trainer:
@@ -102,14 +104,17 @@ class Trainer:
         checkpoint_dir = self.run_dir / "checkpoints" if self.run_dir else None
         self.faults = Faults(c, task, self.metrics, log, checkpoint_dir)
         self.heldout = Heldout(task, c.seed)  # fixed validation examples for the held-out loss
-        # Old names of the plan's values and of containers (frozen, or Final: never rebound).
-        p = self.plan
-        self.units, self.sequence, self.total_steps = p.units, p.sequence, p.total_steps
-        self.steps_per_epoch, self.steps_per_unit = p.steps_per_epoch, p.steps_per_unit
-        self.optimizers, self._pending_optimizer = self.optim.units, self.optim.pending
-        self.optimizer_files = self.residency.optimizer_files
 
-    # -- the components' state under the names it has always had ------------------------------
+    # -- the components' state under the names it has always had (read-only) ----------------
+    units = _read("plan", "units")
+    sequence = _read("plan", "sequence")
+    total_steps = _read("plan", "total_steps")
+    steps_per_epoch = _read("plan", "steps_per_epoch")
+    steps_per_unit = _read("plan", "steps_per_unit")
+    optimizers = _read("optim", "units")
+    _pending_optimizer = _read("optim", "pending")
+    optimizer_files = _read("residency", "optimizer_files")
+
     @property
     def step(self) -> int:
         return self.position.step
