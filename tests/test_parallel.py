@@ -226,3 +226,27 @@ def test_a_parallel_run_resumes_with_a_safe_change(tmp_path, capsys):
         capsys.readouterr().err
     )
     assert main(resume) == 0, capsys.readouterr().err
+
+
+def test_a_numerical_fault_in_a_parallel_rank_names_its_blocks_checkpoint(tmp_path):
+    """A block-parallel rank writes its checkpoints under blocks/block-{b}: an abort on a
+    non-finite loss must name the last one there (not the single-process checkpoints/ folder)."""
+    from diffusionblocks.registry import make_config, make_task
+    from diffusionblocks.training.faults import NumericalFault
+    from diffusionblocks.training.parallel import ParallelTrainer, layout
+
+    config = make_config("tiny", {"parallel": "true", "blocks": "1", "nan_policy": "abort",
+                                  "checkpoint_every": "4", "device": "cpu"})  # fmt: skip
+    task = make_task(config)
+    trainer = ParallelTrainer(task, tmp_path / "run", layout((1,), 1, 0), progress=False)
+    real, calls = task.loss, []
+
+    def loss(block, batch, generator):
+        value, logs = real(block, batch, generator)
+        calls.append(block)
+        return (value * float("nan"), logs) if len(calls) > 6 else (value, logs)
+
+    task.loss = loss
+    with pytest.raises(NumericalFault) as err:
+        trainer.fit()
+    assert str(tmp_path / "run" / "blocks" / "block-1" / "step-") in str(err.value)

@@ -335,6 +335,8 @@ def ParallelTrainer(
     if trainer.run_dir is not None:
         name = f"metrics-block-{ctx.block}.jsonl" if ctx.is_block_leader else None
         trainer.metrics.path = trainer.run_dir / name if name else None
+        # A numerical fault names the last good checkpoint of this rank's block.
+        trainer.faults.checkpoints = trainer.run_dir / "blocks" / f"block-{ctx.block}"
     # Different data shards within a block group (batch_indices with the data-parallel
     # rank), the same batches across blocks; and different noise per data-parallel rank.
     if ctx.dp > 1:
