@@ -36,12 +36,15 @@ from .state import CheckpointStore, Parts, RunCheckpoints, checked_save, load_sh
 from .sync import GradientSync, LocalSync
 
 # isort: split
-# Names importable from this module before it was split (their homes: faults, schedule, state).
+# Names importable from this module before it was split (their homes: checkpoint, faults,
+# schedule, state).
+from .checkpoint import Checkpoint, CheckpointError, latest_checkpoint
 from .faults import NumericalFault
 from .schedule import batch_indices, block_sequence
 from .state import load_model_weights
 
-__all__ = ["NumericalFault", "Trainer", "TrainingInterrupted", "batch_indices", "block_sequence",
+__all__ = ["Checkpoint", "CheckpointError", "NumericalFault", "Trainer", "TrainingInterrupted",
+           "batch_indices", "block_sequence", "latest_checkpoint",
            "load_model_weights"]  # fmt: skip
 
 
