@@ -1,13 +1,10 @@
-"""The block-wise trainer: the step primitives (one unit, or several in step) and their loop.
+"""The block-wise trainer: the step primitives (one block, or several in step) and their loop.
 
-A *unit* is an entry of ``task.model.blocks``: one DiffusionBlocks block, or the whole layer stack
-for the end-to-end baseline. ``Trainer`` is composed of the concerns around the step:
-``schedule`` (``Plan``: budget, block, data and learning-rate order; ``Position``),
-``optimizers`` (one AdamW per unit, the shared modules' by the ``shared`` policy), ``residency``
-(blocks in memory or on disk), ``state`` (checkpoint save and resume by a ``CheckpointStore``),
-``faults`` (non-finite steps, signals), ``accounting`` (records, accounting, timing, memory) and
-``sync`` (the gradients of a synchronous step). Block-parallel training (``parallel.py``) is this
-trainer with other units, gradient synchronisation and checkpoint store.
+A block (here also "unit") is an entry of ``task.model.blocks``; end to end, the one block is the
+whole stack. The concerns around the step are components: ``schedule`` (``Plan``, ``Position``),
+``optimizers``, ``residency`` (blocks in memory or on disk), ``state`` (a ``CheckpointStore``),
+``faults``, ``accounting`` and ``sync`` (the gradients of a synchronous step). Block-parallel
+training (``parallel.py``) is this trainer with other blocks, gradient sync and checkpoint store.
 """
 
 from __future__ import annotations
