@@ -107,3 +107,33 @@ def test_every_task_names_the_block_it_trains():
             assert params[:2] == ["self", "block"], (cls.__name__, params)
             assert "block" in inspect.signature(cls.layers_in_block).parameters
             assert "block" in inspect.signature(cls.block_parameters).parameters
+
+
+def test_one_sample_call_for_every_task():
+    """Task.sample is the one way to sample: it gives what generate / generate_text give for the
+    same draws, refuses options that do not apply by name, and tasks that generate nothing
+    refuse it."""
+    import torch
+
+    from diffusionblocks.config import ConfigError
+    from diffusionblocks.registry import make_config, make_task
+
+    def gen():
+        return torch.Generator().manual_seed(3)
+
+    images = make_task(make_config("dit-tiny", {"fid_samples": "0"}))
+    labels = torch.tensor([0, 1])
+    a, info = images.sample(gen(), labels=labels, steps=3, cfg=1.5)
+    b, _ = images.generate(labels, gen(), 3, 1.5)
+    assert isinstance(a, torch.Tensor) and torch.equal(a, b) and info["steps"] == 3
+    with pytest.raises(ConfigError, match="takes no length, temperature"):
+        images.sample(gen(), labels=labels, length=4, temperature=0.5)
+    for preset in ("ar-tiny", "mdm-tiny", "recurrent-tiny"):
+        text = make_task(make_config(preset))
+        s, _ = text.sample(gen(), length=5, prompt="the ", steps=2, temperature=0.7)
+        t, _ = text.generate_text(5, gen(), "the ", 2, 0.7)
+        assert s == t and len(s) == 5, preset
+        with pytest.raises(ConfigError, match="takes no labels"):
+            text.sample(gen(), length=5, labels=labels)
+    with pytest.raises(ConfigError, match="generate nothing"):
+        make_task(make_config("tiny")).sample(gen(), labels=labels)

@@ -21,7 +21,7 @@ import os
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
@@ -125,7 +125,8 @@ class Model:
             raise ConfigError(f"labels must be class indices 0..{classes - 1}")
         generator = torch.Generator().manual_seed(seed)
         size = task.config.eval_batch_size
-        out = [task.generate(labels[i : i + size], generator, steps, cfg)[0].cpu()
+        out = [cast(torch.Tensor, self.task.sample(generator, labels=labels[i : i + size],
+                                                   steps=steps, cfg=cfg)[0]).cpu()
                for i in range(0, len(labels), size)]  # fmt: skip
         return torch.cat(out) if out else torch.empty(0, *task.data.image_shape)
 
@@ -149,8 +150,9 @@ class Model:
             length = text_room(task, prompt)
         if temperature is None:
             temperature = getattr(task.config, "temperature", 1.0)
-        text, _ = task.generate_text(length, generator, prompt, steps, temperature)
-        return text
+        text, _ = self.task.sample(generator, length=length, prompt=prompt, steps=steps,
+                                   temperature=temperature)  # fmt: skip
+        return str(text)
 
     # -- evaluation --------------------------------------------------------------------------
     def evaluate(self, split: str | None = None, steps: list[int] | None = None,

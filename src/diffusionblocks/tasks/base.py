@@ -89,6 +89,32 @@ class Task:
     # What ``Model.classify``/``probabilities`` predict: "classes", or nothing (None).
     predicts: ClassVar[str | None] = None
 
+    def sample(
+        self,
+        generator: torch.Generator,
+        *,
+        labels: torch.Tensor | None = None,
+        length: int | None = None,
+        prompt: str = "",
+        steps: int | None = None,
+        cfg: float | None = None,
+        temperature: float | None = None,
+    ) -> tuple[torch.Tensor | str, dict[str, Any]]:
+        """One call for what the task generates (``generates``): images of the classes
+        ``labels`` (with ``steps`` and the guidance weight ``cfg``), or ``length`` characters
+        after ``prompt`` (with ``steps`` and ``temperature``); and facts about the sampling
+        (denoiser calls, layer evaluations). Options that do not apply are refused by name."""
+        raise ConfigError(f"{self.config.task} runs generate nothing to sample")
+
+    def _sampling_options(self, unused: dict[str, Any]) -> None:
+        given = [
+            k for k, v in unused.items() if v is not None and not (isinstance(v, str) and not v)
+        ]
+        if given:
+            raise ConfigError(
+                f"sampling {self.generates} takes no {', '.join(given)} (a {self.config.task} run)"
+            )
+
     @classmethod
     def report(cls, ev: dict[str, Any]) -> list[str]:
         """Human-readable lines for an evaluation this task wrote (``dblocks eval``, the end of

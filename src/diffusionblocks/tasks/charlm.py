@@ -229,6 +229,24 @@ class CharLM(Task):
         """Logits (N, T-1, V) for characters 1..T-1 of ids (N, T), each from its prefix."""
         raise NotImplementedError
 
+    def sample(
+        self,
+        generator: torch.Generator,
+        *,
+        labels: torch.Tensor | None = None,
+        length: int | None = None,
+        prompt: str = "",
+        steps: int | None = None,
+        cfg: float | None = None,
+        temperature: float | None = None,
+    ) -> tuple[torch.Tensor | str, dict[str, Any]]:
+        self._sampling_options({"labels": labels, "cfg": cfg})
+        if length is None:
+            raise ConfigError("sampling text needs length (characters to generate)")
+        if temperature is None:
+            return self.generate_text(length, generator, prompt, steps)
+        return self.generate_text(length, generator, prompt, steps, temperature)
+
     def generate_text(
         self,
         length: int,

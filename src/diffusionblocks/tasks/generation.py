@@ -204,6 +204,22 @@ class _ImageGeneration(Task):
 
     # -- sampling -----------------------------------------------------------------------------
     @torch.no_grad()
+    def sample(
+        self,
+        generator: torch.Generator,
+        *,
+        labels: torch.Tensor | None = None,
+        length: int | None = None,
+        prompt: str = "",
+        steps: int | None = None,
+        cfg: float | None = None,
+        temperature: float | None = None,
+    ) -> tuple[torch.Tensor | str, dict[str, Any]]:
+        self._sampling_options({"length": length, "prompt": prompt, "temperature": temperature})
+        if labels is None:
+            raise ConfigError("sampling images needs labels (class indices, one per image)")
+        return self.generate(labels, generator, steps, cfg)
+
     def generate(
         self,
         labels: torch.Tensor,

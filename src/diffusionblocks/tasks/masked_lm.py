@@ -250,6 +250,24 @@ class _MaskedLM(Task):
 
     # -- sampling ---------------------------------------------------------------------------
     @torch.no_grad()
+    def sample(
+        self,
+        generator: torch.Generator,
+        *,
+        labels: torch.Tensor | None = None,
+        length: int | None = None,
+        prompt: str = "",
+        steps: int | None = None,
+        cfg: float | None = None,
+        temperature: float | None = None,
+    ) -> tuple[torch.Tensor | str, dict[str, Any]]:
+        self._sampling_options({"labels": labels, "cfg": cfg})
+        if length is None:
+            raise ConfigError("sampling text needs length (characters to generate)")
+        if temperature is None:
+            return self.generate_text(length, generator, prompt, steps)
+        return self.generate_text(length, generator, prompt, steps, temperature)
+
     def generate_text(
         self,
         length: int,
