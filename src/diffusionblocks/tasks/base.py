@@ -104,6 +104,16 @@ class Task:
         ``labels`` (with ``steps`` and the guidance weight ``cfg``), or ``length`` characters
         after ``prompt`` (with ``steps`` and ``temperature``); and facts about the sampling
         (denoiser calls, layer evaluations). Options that do not apply are refused by name."""
+        if self.generates == "images":
+            self._sampling_options({"length": length, "prompt": prompt, "temperature": temperature})
+            if labels is None:
+                raise ConfigError("sampling images needs labels (class indices, one per image)")
+            return self._sample_images(labels, generator, steps, cfg)
+        if self.generates == "text":
+            self._sampling_options({"labels": labels, "cfg": cfg})
+            if length is None:
+                raise ConfigError("sampling text needs length (characters to generate)")
+            return self._sample_text(length, generator, prompt, steps, temperature)
         raise ConfigError(f"{self.config.task} runs generate nothing to sample")
 
     def _sampling_options(self, unused: dict[str, Any]) -> None:
@@ -115,17 +125,40 @@ class Task:
                 f"sampling {self.generates} takes no {', '.join(given)} (a {self.config.task} run)"
             )
 
+    def _sample_images(
+        self, labels: torch.Tensor, generator: torch.Generator, steps: int | None, cfg: float | None
+    ) -> tuple[torch.Tensor, dict[str, Any]]:
+        """Images of ``labels`` (tasks that generate images)."""
+        raise NotImplementedError
+
+    def _sample_text(
+        self,
+        length: int,
+        generator: torch.Generator,
+        prompt: str,
+        steps: int | None,
+        temperature: float | None,
+    ) -> tuple[str, dict[str, Any]]:
+        """``length`` characters after ``prompt`` (tasks that generate text)."""
+        raise NotImplementedError
+
     @classmethod
     def report(cls, ev: dict[str, Any]) -> list[str]:
         """Human-readable lines for an evaluation this task wrote (``dblocks eval``, the end of
         ``dblocks train``); keys it does not know are left to other tasks' reports."""
         return []
 
+    # The evaluation key of the task's one quality number and its label in tables.
+    headline_metric: ClassVar[tuple[str, str] | None] = None
+
     @classmethod
     def headline(cls, ev: dict[str, Any]) -> dict[str, Any] | None:
         """The one quality number ``dblocks compare`` tabulates: ``{"metric": label, "value": v,
         ...}`` (extra columns allowed), or None when ``ev`` does not hold this task's metric."""
-        return None
+        if cls.headline_metric is None or cls.headline_metric[0] not in ev:
+            return None
+        key, label = cls.headline_metric
+        return {"metric": label, "value": ev[key], key: ev[key]}
 
     def block_interval(self, block: int) -> list[float] | None:
         """The noise (or masking-time) interval ``block`` owns, for checkpoint metadata."""

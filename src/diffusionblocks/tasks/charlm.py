@@ -229,22 +229,14 @@ class CharLM(Task):
         """Logits (N, T-1, V) for characters 1..T-1 of ids (N, T), each from its prefix."""
         raise NotImplementedError
 
-    def sample(
+    def _sample_text(
         self,
+        length: int,
         generator: torch.Generator,
-        *,
-        labels: torch.Tensor | None = None,
-        length: int | None = None,
-        prompt: str = "",
-        steps: int | None = None,
-        cfg: float | None = None,
-        temperature: float | None = None,
-    ) -> tuple[torch.Tensor | str, dict[str, Any]]:
-        self._sampling_options({"labels": labels, "cfg": cfg})
-        if length is None:
-            raise ConfigError("sampling text needs length (characters to generate)")
-        if temperature is None:
-            return self.generate_text(length, generator, prompt, steps)
+        prompt: str,
+        steps: int | None,
+        temperature: float | None,
+    ) -> tuple[str, dict[str, Any]]:
         return self.generate_text(length, generator, prompt, steps, temperature)
 
     def generate_text(

@@ -87,11 +87,7 @@ class _ImageClassification(Task):
             )
         return lines
 
-    @classmethod
-    def headline(cls, ev: dict[str, Any]) -> dict[str, Any] | None:
-        if "accuracy" not in ev:
-            return None
-        return {"metric": "test acc", "value": ev["accuracy"], "accuracy": ev["accuracy"]}
+    headline_metric = ("accuracy", "test acc")
 
     def __init__(self, config: ClassificationConfig, device: torch.device):
         super().__init__(config, device)

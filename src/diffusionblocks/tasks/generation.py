@@ -95,11 +95,7 @@ class _ImageGeneration(Task):
                 )
         return lines
 
-    @classmethod
-    def headline(cls, ev: dict[str, Any]) -> dict[str, Any] | None:
-        if "fid" not in ev:
-            return None
-        return {"metric": "FID", "value": ev["fid"], "fid": ev["fid"]}
+    headline_metric = ("fid", "FID")
 
     def __init__(self, config: GenerationConfig, device: torch.device):
         super().__init__(config, device)
@@ -204,20 +200,9 @@ class _ImageGeneration(Task):
 
     # -- sampling -----------------------------------------------------------------------------
     @torch.no_grad()
-    def sample(
-        self,
-        generator: torch.Generator,
-        *,
-        labels: torch.Tensor | None = None,
-        length: int | None = None,
-        prompt: str = "",
-        steps: int | None = None,
-        cfg: float | None = None,
-        temperature: float | None = None,
-    ) -> tuple[torch.Tensor | str, dict[str, Any]]:
-        self._sampling_options({"length": length, "prompt": prompt, "temperature": temperature})
-        if labels is None:
-            raise ConfigError("sampling images needs labels (class indices, one per image)")
+    def _sample_images(
+        self, labels: torch.Tensor, generator: torch.Generator, steps: int | None, cfg: float | None
+    ) -> tuple[torch.Tensor, dict[str, Any]]:
         return self.generate(labels, generator, steps, cfg)
 
     def generate(

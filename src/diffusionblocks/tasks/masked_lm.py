@@ -112,11 +112,7 @@ class _MaskedLM(Task):
             )
         return lines
 
-    @classmethod
-    def headline(cls, ev: dict[str, Any]) -> dict[str, Any] | None:
-        if "bpc" not in ev:
-            return None
-        return {"metric": "held-out BPC", "value": ev["bpc"], "bpc": ev["bpc"]}
+    headline_metric = ("bpc", "held-out BPC")
 
     def __init__(self, config: MaskedLMConfig, device: torch.device):
         super().__init__(config, device)
@@ -250,22 +246,15 @@ class _MaskedLM(Task):
 
     # -- sampling ---------------------------------------------------------------------------
     @torch.no_grad()
-    def sample(
+    def _sample_text(
         self,
+        length: int,
         generator: torch.Generator,
-        *,
-        labels: torch.Tensor | None = None,
-        length: int | None = None,
-        prompt: str = "",
-        steps: int | None = None,
-        cfg: float | None = None,
-        temperature: float | None = None,
-    ) -> tuple[torch.Tensor | str, dict[str, Any]]:
-        self._sampling_options({"labels": labels, "cfg": cfg})
-        if length is None:
-            raise ConfigError("sampling text needs length (characters to generate)")
-        if temperature is None:
-            return self.generate_text(length, generator, prompt, steps)
+        prompt: str,
+        steps: int | None,
+        temperature: float | None,
+    ) -> tuple[str, dict[str, Any]]:
+        temperature = 1.0 if temperature is None else temperature  # generate_text's default
         return self.generate_text(length, generator, prompt, steps, temperature)
 
     def generate_text(
