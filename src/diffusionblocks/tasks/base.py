@@ -191,18 +191,30 @@ def refuse_options(kind: str, options: dict[str, Any], hint: str = "") -> None:
         raise ConfigError(f"{kind} evaluation has no option {', '.join(given)}{hint}")
 
 
-def load_text_sequences(config: Any) -> tuple[TextCorpus, torch.Tensor, torch.Tensor]:
-    """The character corpus of a text task and its training / held-out sequences of
-    ``config.seq_len`` characters (the first ``train_subset`` for training when set). A batch
-    larger than the training set is refused, naming ``batch_size``."""
-    from ..data.text import load_text_corpus
+class TextTask(Task):
+    """A task over a character corpus (the language models): the corpus, its vocabulary, and its
+    training and held-out sequences of ``seq_len`` characters (the first ``train_subset`` for
+    training when set). A batch larger than the training set is refused, naming
+    ``batch_size``."""
 
-    corpus = load_text_corpus(config.data, config.test_fraction)
-    train = corpus.chunks("train", config.seq_len)
-    train = train[: config.train_subset] if config.train_subset else train
-    if config.batch_size > len(train):
-        raise ConfigError(
-            f"invalid value for 'batch_size': {config.batch_size} (larger than the "
-            f"{len(train)} training sequences of {config.seq_len} characters)"
-        )
-    return corpus, train, corpus.chunks("test", config.seq_len)
+    def __init__(self, config: RunConfig, device: torch.device):
+        super().__init__(config, device)
+        from ..data.text import load_text_corpus
+
+        c: Any = config  # a text task's config: data, test_fraction, seq_len, train_subset
+        self.corpus: TextCorpus = load_text_corpus(c.data, c.test_fraction)
+        self.vocab = self.corpus.vocab
+        train = self.corpus.chunks("train", c.seq_len)
+        self.train_seqs = train[: c.train_subset] if c.train_subset else train
+        if c.batch_size > len(self.train_seqs):
+            raise ConfigError(
+                f"invalid value for 'batch_size': {c.batch_size} (larger than the "
+                f"{len(self.train_seqs)} training sequences of {c.seq_len} characters)"
+            )
+        self.test_seqs = self.corpus.chunks("test", c.seq_len)
+
+    def train_size(self) -> int:
+        return len(self.train_seqs)
+
+    def train_batch(self, indices: torch.Tensor) -> torch.Tensor:
+        return self.train_seqs[indices].to(self.device)

@@ -13,12 +13,11 @@ import torch.nn.functional as F
 
 from ..config import ConfigError, RunConfig, _check, check_layer_split, check_transformer
 from ..data.images import DataError
-from ..data.text import TextCorpus
 from ..eval.text import distinct_n, judge_perplexity, repetition
 from ..networks.layers import seeded
 from ..networks.recurrent import RecurrentDepthLM
 from ..networks.token_transformer import TokenShape, TwoStreamTransformer
-from .base import Task, load_text_sequences, refuse_options
+from .base import Task, TextTask, refuse_options
 
 SIGMA_SAMPLING = ("token", "example")
 
@@ -94,7 +93,7 @@ class ARConfig(RunConfig):
 
 
 # ---------------------------------------------------------------------- the task base
-class CharLM(Task):
+class CharLM(TextTask):
     """A character language model over a text corpus: data, held-out scoring, generation and
     the judge; the autoregressive and recurrent-depth tasks build on it."""
 
@@ -167,10 +166,7 @@ class CharLM(Task):
                 "chain_ce_not_likelihood": ev["heldout_ce"]}  # fmt: skip
 
     def __init__(self, config: ARConfig, device: torch.device):
-        super().__init__(config, device)
-        self.corpus: TextCorpus
-        self.corpus, self.train_seqs, self.test_seqs = load_text_sequences(config)
-        self.vocab = self.corpus.vocab
+        super().__init__(config, device)  # the corpus and its sequences (TextTask)
         with seeded(config.seed):  # initialisation, global generator untouched
             self.model = self.build_model()
         self.model.set_checkpointing(config.checkpointing)
@@ -193,12 +189,6 @@ class CharLM(Task):
         )
         model.to_device(self.device)  # in place (returns the network itself)
         return model
-
-    def train_size(self) -> int:
-        return len(self.train_seqs)
-
-    def train_batch(self, indices: torch.Tensor) -> torch.Tensor:
-        return self.train_seqs[indices].to(self.device)
 
     def describe(self) -> dict[str, Any]:
         return {

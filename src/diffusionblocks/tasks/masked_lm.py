@@ -18,7 +18,6 @@ import torch
 import torch.nn.functional as F
 
 from ..config import ConfigError, RunConfig, _check, check_layer_split, check_transformer
-from ..data.text import TextCorpus
 from ..diffusion.masking import (
     T_MIN,
     TimePartition,
@@ -28,7 +27,7 @@ from ..diffusion.masking import (
 )
 from ..networks.layers import seeded
 from ..networks.token_transformer import TokenShape, TokenTransformer
-from .base import Task, load_text_sequences, refuse_options
+from .base import TextTask, refuse_options
 
 
 @dataclass
@@ -81,7 +80,7 @@ class MaskedLMConfig(RunConfig):
         check_layer_split(self)
 
 
-class _MaskedLM(Task):
+class _MaskedLM(TextTask):
     log_legend = {
         "loss": "the masked-diffusion objective of the batch in nats per character (the "
         "block's share of the ELBO for DiffusionBlocks)",
@@ -115,10 +114,7 @@ class _MaskedLM(Task):
     headline_metric = ("bpc", "held-out BPC")
 
     def __init__(self, config: MaskedLMConfig, device: torch.device):
-        super().__init__(config, device)
-        self.corpus: TextCorpus
-        self.corpus, self.train_seqs, self.test_seqs = load_text_sequences(config)
-        self.vocab = self.corpus.vocab
+        super().__init__(config, device)  # the corpus and its sequences (TextTask)
         with seeded(config.seed):  # initialisation, global generator untouched
             model = TokenTransformer(
                 TokenShape(
@@ -149,12 +145,6 @@ class _MaskedLM(Task):
         raise NotImplementedError
 
     # -- data -------------------------------------------------------------------------------
-    def train_size(self) -> int:
-        return len(self.train_seqs)
-
-    def train_batch(self, indices: torch.Tensor) -> torch.Tensor:
-        return self.train_seqs[indices].to(self.device)
-
     def describe(self) -> dict[str, Any]:
         return {
             "dataset": self.corpus.name,
