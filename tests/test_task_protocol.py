@@ -137,3 +137,34 @@ def test_one_sample_call_for_every_task():
             text.sample(gen(), length=5, labels=labels)
     with pytest.raises(ConfigError, match="generate nothing"):
         make_task(make_config("tiny")).sample(gen(), labels=labels)
+
+
+def test_every_task_answers_its_layer_evaluations():
+    """The compute accounting asks the task (``layer_evals``, ``backward_layer_evals``) what the
+    latest loss call on a block ran; no task hides the counts in its loss logs any more. Only the
+    truncated-BPTT baseline's cost varies from step to step (the drawn number of iterations)."""
+    import torch
+
+    from diffusionblocks.registry import make_config, make_task
+
+    presets = {"classification": ("tiny", {}), "generation": ("dit-tiny", {"fid_samples": "0"}),
+               "masked-lm": ("mdm-tiny", {}), "autoregressive": ("ar-tiny", {}),
+               "recurrent": ("recurrent-tiny", {})}  # fmt: skip
+    assert set(presets) == TASK_NAMES
+    for name, (preset, overrides) in presets.items():
+        for method, cls in TASKS[name][1].items():
+            task = make_task(make_config(preset, {**overrides, "method": method, "device": "cpu"}))
+            assert type(task) is cls
+            batch = task.train_batch(torch.arange(4))
+            for block in range(len(task.model.blocks)):
+                for seed in range(3):
+                    _, logs = task.loss(block, batch, torch.Generator().manual_seed(seed))
+                    assert not {"layer_evals", "backward_layer_evals"} & set(logs), (name, method)
+                    forward = task.layer_evals(block)
+                    backward = task.backward_layer_evals(block)
+                    if method == "bptt":
+                        c, k = task.config, logs["iterations"]
+                        assert forward == c.prelude + k * c.core + c.coda
+                        assert backward == c.prelude + min(k, c.truncation) * c.core + c.coda
+                    else:
+                        assert forward == backward == task.layers_in_block(block), (name, method)

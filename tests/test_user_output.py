@@ -21,6 +21,7 @@ from diffusionblocks.cli import build_parser, main, print_evaluation, sample_tex
 from diffusionblocks.png import image_grid, text_mask
 from diffusionblocks.registry import make_config
 from diffusionblocks.runs import split_record
+from diffusionblocks.tasks.base import Task
 from diffusionblocks.training.checkpoint import atomic_write_json, atomic_write_text
 from diffusionblocks.training.trainer import block_sequence
 
@@ -268,8 +269,14 @@ def test_piped_progress_is_plain_lines(tiny_run):
 
 
 # ---------------------------------------------------------------------- 10. text sample --n
-class _FakeTextTask:
+class _FakeTextTask(Task):
+    """A task that generates text, sampled through the protocol (``Task.sample``) as every
+    task is; no corpus and no network."""
+
+    generates = "text"
+
     class config:  # noqa: N801 - the run's sampling defaults
+        task = "fake"
         temperature = 1.0
         seq_len = 64
 
@@ -278,8 +285,10 @@ class _FakeTextTask:
         def encode(text):
             return [0] * len(text)
 
-    @staticmethod
-    def generate_text(length, gen, prompt, steps, temperature):
+    def __init__(self):
+        pass
+
+    def _sample_text(self, length, generator, prompt, steps, temperature):
         return "x" * length, {"steps": 1, "calls_per_unit": [1, 1]}
 
 

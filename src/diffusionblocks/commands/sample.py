@@ -29,35 +29,20 @@ class _BatchedConfig(Protocol):
 
 
 class _ImageTask(Protocol):
-    """What `dblocks sample` uses of a task that generates images."""
+    """What `dblocks sample` uses of a task that generates images, besides ``Task.sample``: its
+    classes and its evaluation batch size."""
 
     data: ImageDataset
 
     @property
     def config(self) -> _BatchedConfig: ...
 
-    def generate(
-        self,
-        labels: torch.Tensor,
-        generator: torch.Generator,
-        steps: int | None = None,
-        cfg_scale: float | None = None,
-    ) -> tuple[torch.Tensor, dict[str, Any]]: ...
-
 
 class _TextTask(Protocol):
-    """What `dblocks sample` uses of a task that generates text."""
+    """What `dblocks sample` uses of a task that generates text, besides ``Task.sample``: its
+    vocabulary (to check the prompt)."""
 
     vocab: Vocabulary
-
-    def generate_text(
-        self,
-        length: int,
-        generator: torch.Generator,
-        prompt: str = "",
-        steps: int | None = None,
-        temperature: float | None = None,
-    ) -> tuple[str, dict[str, Any]]: ...
 
 
 # ---------------------------------------------------------------------- sample
@@ -82,7 +67,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
         )
     if args.out is None:
         raise UsageError("--out FILE.png is required for image samples")
-    images_task = cast(_ImageTask, task)  # it generates images
+    images_task = cast(_ImageTask, task)  # it generates images: its classes and batch size
     classes = images_task.data.num_classes
     n = SAMPLE_N_DEFAULT if args.n is None else args.n
     if args.class_ is not None:
@@ -98,11 +83,11 @@ def cmd_sample(args: argparse.Namespace) -> int:
     gen = torch.Generator().manual_seed(args.seed)
     batches: list[torch.Tensor] = []
     info: dict[str, Any] = {}
-    for start in range(0, len(labels), images_task.config.eval_batch_size):
-        out, info = images_task.generate(
-            labels[start : start + images_task.config.eval_batch_size], gen, args.steps, args.cfg
-        )
-        batches.append(out)
+    size = images_task.config.eval_batch_size
+    for start in range(0, len(labels), size):
+        out, info = task.sample(gen, labels=labels[start : start + size], steps=args.steps,
+                                cfg=args.cfg)  # fmt: skip
+        batches.append(cast(torch.Tensor, out))  # images (generates == "images")
     images = torch.cat(batches)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     save_png(image_grid(images, rows, row_labels=row_labels), args.out)
@@ -140,7 +125,7 @@ def sample_text(task: Task, args: argparse.Namespace) -> int:
     if not 0 <= args.temperature <= 100:
         raise UsageError(f"--temperature must be in [0, 100] (0 = greedy), got {args.temperature}")
     prompt = args.prompt or ""
-    text_task = cast(_TextTask, task)  # it generates text
+    text_task = cast(_TextTask, task)  # it generates text: its vocabulary checks the prompt
     try:
         text_task.vocab.encode(prompt)
     except DataError as err:
@@ -152,7 +137,8 @@ def sample_text(task: Task, args: argparse.Namespace) -> int:
         print(f"note: {', '.join(ignored)} apply to image samples and are not used here; a text "
               "sample is one continuation of --length characters", file=sys.stderr)  # fmt: skip
     gen = torch.Generator().manual_seed(args.seed)
-    text, info = text_task.generate_text(args.length, gen, prompt, args.steps, args.temperature)
-    print(prompt + text)
+    text, info = task.sample(gen, length=args.length, prompt=prompt, steps=args.steps,
+                             temperature=args.temperature)  # fmt: skip
+    print(prompt + cast(str, text))  # text (generates == "text")
     print(f"\n[{describe_generation(info)}]", file=sys.stderr)
     return 0

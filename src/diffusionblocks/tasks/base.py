@@ -52,9 +52,18 @@ class Task:
         """Transformer layers one step of ``block`` runs forward (for compute accounting)."""
         return len(cast("Sequence[Sized]", self.model.blocks)[block])
 
-    # A step whose cost varies (a random number of recurrent iterations, gradients through only
-    # some of them) reports the layer evaluations per example it ran in its logs, as
-    # "layer_evals" and "backward_layer_evals"; otherwise the trainer counts layers_in_block.
+    def layer_evals(self, block: int) -> float:
+        """Forward layer evaluations per example that the latest :meth:`loss` call on ``block``
+        ran, for the compute accounting (the trainer asks right after the training step's
+        ``loss``). Default: :meth:`layers_in_block`; a task whose step cost varies (a random
+        number of recurrent iterations) returns what its latest call ran."""
+        return self.layers_in_block(block)
+
+    def backward_layer_evals(self, block: int) -> float:
+        """Layer evaluations per example of the latest :meth:`loss` call on ``block`` that the
+        backward pass runs through (iterations run without gradients are not counted). Default:
+        :meth:`layers_in_block`."""
+        return self.layers_in_block(block)
 
     # -- evaluation -------------------------------------------------------------------------
     def evaluate(

@@ -10,8 +10,9 @@
   the last one at sigma_min giving the prediction.
 
 Same corpus, same evaluation and generation metrics as the autoregressive model, so tables line
-up. Every step reports the layer evaluations it ran (forward and backward), for the compute
-accounting.
+up. The compute accounting asks each task the layer evaluations its latest step ran, forward and
+backward (``layer_evals``, ``backward_layer_evals``): for ``bptt`` they vary with the drawn number
+of iterations; a ``dblocks`` step always runs prelude + one core application + coda.
 """
 
 from __future__ import annotations
@@ -188,6 +189,11 @@ class TruncatedBPTTRecurrent(_RecurrentLM):
 
     ce_is_likelihood = True
 
+    def __init__(self, config: RecurrentConfig, device: torch.device):
+        super().__init__(config, device)
+        # Layer evaluations per example (forward, backward) of the latest loss call, per block.
+        self._ran: dict[int, tuple[int, int]] = {}
+
     def loss(
         self, block: int, batch: torch.Tensor, generator: torch.Generator
     ) -> tuple[torch.Tensor, dict[str, float]]:
@@ -205,13 +211,22 @@ class TruncatedBPTTRecurrent(_RecurrentLM):
             state = m.core_step(e, state, cond)
         logits = m.readout(e, state, cond)
         loss = F.cross_entropy(logits.transpose(1, 2), batch[:, 1:])
-        return loss, {
-            "loss": loss.item(),
-            "ce": loss.item(),
-            "iterations": k_total,
-            "layer_evals": c.prelude + k_total * c.core + c.coda,
-            "backward_layer_evals": c.prelude + with_grad * c.core + c.coda,
-        }
+        self._ran[block] = (
+            c.prelude + k_total * c.core + c.coda,
+            c.prelude + with_grad * c.core + c.coda,
+        )
+        return loss, {"loss": loss.item(), "ce": loss.item(), "iterations": k_total}
+
+    def layer_evals(self, block: int) -> int:
+        """Forward layer evaluations per example of the latest :meth:`loss` call on ``block``:
+        prelude + (drawn iterations) x core + coda (before any call: :meth:`layers_in_block`)."""
+        return self._ran[block][0] if block in self._ran else self.layers_in_block(block)
+
+    def backward_layer_evals(self, block: int) -> int:
+        """Layer evaluations per example the latest :meth:`loss` call on ``block`` backpropagates
+        through: prelude + (the last ``truncation`` iterations) x core + coda (before any call:
+        :meth:`layers_in_block`)."""
+        return self._ran[block][1] if block in self._ran else self.layers_in_block(block)
 
     def inference_layer_evals(self, k: int) -> int:
         c = self.config
@@ -291,9 +306,9 @@ class BlockwiseRecurrent(TokenTargets, _RecurrentLM):
         ce = F.cross_entropy(logits.transpose(1, 2), batch[:, 1:], reduction="none")
         loss = weighted_loss(ce.reshape(-1), sigma.reshape(-1), c.weighting, c.sigma_data,
                              c.weight_clamp)  # fmt: skip
-        layers = c.prelude + c.core + c.coda
-        return loss, {"loss": loss.item(), "ce": ce.mean().item(), "layer_evals": layers,
-                      "backward_layer_evals": layers}  # fmt: skip
+        # One core application: the step runs layers_in_block forward and backward (the default
+        # layer_evals / backward_layer_evals of the task protocol).
+        return loss, {"loss": loss.item(), "ce": ce.mean().item()}
 
     def inference_layer_evals(self, k: int) -> int:
         c = self.config

@@ -36,15 +36,20 @@ class Accounting:
         self.backward_layer_evals: float = 0  # layers that ran a backward pass, per example
 
     def count(self, units: list[int], seconds: float, logs: dict[str, float]) -> None:
-        """A step of ``units`` (one unless synchronous; timed as the first's) took ``seconds``.
-        Tasks whose step cost varies (e.g. a random number of recurrent iterations) report the
-        layer evaluations per example they ran (taken out of ``logs``); otherwise the layers of
-        the units that trained are exact."""
+        """A step of ``units`` (one unless synchronous; timed as the first's) took ``seconds``;
+        called right after the step's ``loss`` calls. The layer evaluations per example are the
+        task's (:meth:`Task.layer_evals`, :meth:`Task.backward_layer_evals` of each unit's
+        latest loss call); a step skipped for a non-finite loss or gradient (``skipped`` in its
+        ``logs``) counts the layers of its units (:meth:`Task.layers_in_block`)."""
         self.train_seconds += seconds
         self.step_times[units[0]].append(seconds)
-        layers = sum(self.task.layers_in_block(u) for u in units)
-        self.layer_evals += logs.pop("layer_evals", layers)
-        self.backward_layer_evals += logs.pop("backward_layer_evals", layers)
+        if logs.get("skipped"):
+            layers = sum(self.task.layers_in_block(u) for u in units)
+            self.layer_evals += layers
+            self.backward_layer_evals += layers
+            return
+        self.layer_evals += sum(self.task.layer_evals(u) for u in units)
+        self.backward_layer_evals += sum(self.task.backward_layer_evals(u) for u in units)
 
     def report(
         self, settings: TrainingSettings, plan: Plan, at: Position, skipped: int
@@ -119,8 +124,7 @@ class Heldout:
             generator = torch.Generator().manual_seed(self.seed + 7_000_003 + u)
             _, logs = self.task.loss(u, self.batch, generator)
             for k, v in logs.items():
-                if k not in ("layer_evals", "backward_layer_evals"):
-                    record[f"val_{k}_block_{u}"] = v
+                record[f"val_{k}_block_{u}"] = v
         return record
 
 
