@@ -11,6 +11,7 @@ from diffusionblocks.training import (
     latest_checkpoint,
     learning_rate,
 )
+from diffusionblocks.training.residency import is_materialized, materialize
 from diffusionblocks.training.trainer import batch_indices
 
 
@@ -116,7 +117,7 @@ def test_one_block_run_is_resident_and_leaves_the_others_at_init(tmp_path):
     assert trainer.resident
     out = trainer.fit()
     assert out["accounting"]["steps_per_unit"] == [0, trainer.steps_per_unit]
-    assert not task.model.block_is_materialized(0)  # never in memory
+    assert not is_materialized(task.model, 0)  # never in memory
     assert set(trainer.optimizers) == {1}
     ckpt = Checkpoint(latest_checkpoint(tmp_path / "checkpoints"))
     assert same_state(ckpt.tensors("block-0"), task.model.build_block(0).state_dict())
@@ -182,12 +183,12 @@ def test_resident_training_holds_only_the_active_block(tmp_path):
     task = tiny_task(num_blocks=3, depth=6, schedule="sequential")
     trainer = Trainer(task, tmp_path, progress=False)
     assert trainer.resident
-    assert not any(task.model.block_is_materialized(u) for u in range(3))
+    assert not any(is_materialized(task.model, u) for u in range(3))
     seen = []
     original = trainer.train_step
 
     def spy(unit, batch):
-        resident = [u for u in range(3) if task.model.block_is_materialized(u)]
+        resident = [u for u in range(3) if is_materialized(task.model, u)]
         seen.append((unit, resident, sorted(trainer.optimizers), trainer.resident_bytes()))
         return original(unit, batch)
 
@@ -211,7 +212,7 @@ def test_resident_and_in_memory_training_give_the_same_weights(tmp_path):
         trainer = Trainer(task, tmp_path / str(resident), progress=False)
         if not resident:
             for u in range(2):
-                task.model.materialize_block(u, "cpu")
+                materialize(task.model, u, "cpu")
             trainer.resident = False
         trainer.fit()
         trainer.materialize_all()
@@ -235,7 +236,7 @@ def test_resident_swapping_equals_all_blocks_in_memory_bitwise(tmp_path, schedul
         original = trainer.train_step
 
         def spy(unit, batch):
-            resident = [u for u in range(3) if task.model.block_is_materialized(u)]
+            resident = [u for u in range(3) if is_materialized(task.model, u)]
             seen.append((resident, sorted(trainer.optimizers), sorted(trainer._pending_optimizer),
                          unit))  # fmt: skip
             return original(unit, batch)

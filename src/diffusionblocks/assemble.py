@@ -25,6 +25,7 @@ from . import __version__
 from .registry import read_run_config
 from .training.checkpoint import Checkpoint, CheckpointError, default_mode, latest_checkpoint
 from .training.parallel import parallel_hashes
+from .training.residency import device_of, materialize
 from .training.runfolder import recorded_fingerprint
 
 if TYPE_CHECKING:
@@ -202,7 +203,7 @@ def load_model_folder(task: Task, path: str | os.PathLike) -> None:
         state = load_file(path / "model.safetensors", device="cpu")
     except Exception as err:
         raise CheckpointError(f"{path}/model.safetensors is unreadable: {err}") from None
-    model: Any = task.model  # duck-typed: blocks, device, materialize_block, set_shared_variants
+    model: Any = task.model  # duck-typed: blocks, build_block, set_shared_variants
     variants: dict[int, dict[str, torch.Tensor]] = {}
     blocks: dict[int, dict[str, torch.Tensor]] = {}
     shared: dict[str, torch.Tensor] = {}
@@ -223,6 +224,6 @@ def load_model_folder(task: Task, path: str | os.PathLike) -> None:
         )
     model.load_state_dict(shared, strict=False)
     for b, s in blocks.items():
-        model.materialize_block(b, model.device, s)
+        materialize(model, b, device_of(model), s)
     if variants:
         model.set_shared_variants(variants)

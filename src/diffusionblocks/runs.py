@@ -33,6 +33,7 @@ from .tasks.base import Task
 from .training.blockmodel import block_model
 from .training.checkpoint import atomic_write_json
 from .training.metrics import plot_losses
+from .training.residency import device_of, is_materialized
 from .training.runfolder import DATA_KEYS, resolve_paths, write_run_config
 from .training.trainer import Trainer
 
@@ -268,7 +269,7 @@ def train_parallel(
             "block": ctx.block,
             # What this process held: its own block only (checked by the tests).
             "materialized_blocks": [
-                u for u in range(len(model.blocks)) if model.block_is_materialized(u)
+                u for u in range(len(model.blocks)) if is_materialized(model, u)
             ],
             "optimizer_units": sorted(trainer.optimizers),
             "data_shard": [ctx.dp_rank, ctx.dp],
@@ -308,7 +309,7 @@ def train_parallel(
                 ],
             },
             "eval": evaluation,
-            "environment": environment(model.device),
+            "environment": environment(device_of(model)),
         }
         atomic_write_json(run_dir / "results.json", results)
         return results

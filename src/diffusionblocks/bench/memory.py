@@ -64,6 +64,7 @@ def measure_memory(preset: str, overrides: dict[str, Any], steps: int) -> dict[s
     from ..registry import make_config, make_task
     from ..training.blockmodel import block_model
     from ..training.metrics import current_rss_bytes
+    from ..training.residency import device_of
     from ..training.schedule import batch_indices
     from ..training.trainer import Trainer
 
@@ -71,7 +72,7 @@ def measure_memory(preset: str, overrides: dict[str, Any], steps: int) -> dict[s
     task = make_task(config)
     trainer = Trainer(task, None, progress=False)
     model = block_model(task.model)
-    device = model.device
+    device = device_of(model)
     warm_runtime(device)
     # Enough steps that every block trained in this configuration has its optimizer state.
     steps = max(steps, len(trainer.units) if config.schedule == "cycle" else steps)

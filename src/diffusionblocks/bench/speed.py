@@ -48,6 +48,7 @@ def run_speed_bench(
     inference latency of the classification chain vs one end-to-end forward."""
     from ..registry import make_config, make_task
     from ..training.blockmodel import block_model
+    from ..training.residency import device_of
     from ..training.trainer import Trainer
 
     entries: list[_Entry] = []
@@ -65,7 +66,7 @@ def run_speed_bench(
                 }
             )
     batch = entries[0]["task"].train_batch(torch.arange(entries[0]["task"].config.batch_size))
-    device = block_model(entries[0]["task"].model).device
+    device = device_of(block_model(entries[0]["task"].model))
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
     def timed(fn: Callable[..., object]) -> float:

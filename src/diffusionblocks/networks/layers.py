@@ -201,10 +201,11 @@ class LayerGroup(nn.Module):
 class BlockStack(nn.Module):
     """Base for networks whose layers are grouped into blocks (``self.blocks``).
 
-    Every block is initialised from its own seed, so block b can be built alone, later, and come
-    out identical to the block b of a network built whole. Blocks can live on the ``meta`` device
-    (no storage) until :meth:`materialize_block` builds or loads them, and go back there with
-    :meth:`release_block`: block-resident training keeps one block in memory at a time.
+    Every block is initialised from its own seed, so block b can be built alone, later
+    (:meth:`build_block`), and come out identical to the block b of a network built whole. A
+    network built with ``materialize_blocks=False`` makes its blocks on the ``meta`` device (no
+    storage). Where blocks live, giving them storage and taking it back, is the business of
+    ``training/residency.py`` (block-resident training keeps one block in memory at a time).
     """
 
     blocks: nn.ModuleList
@@ -224,69 +225,15 @@ class BlockStack(nn.Module):
         self._block_seed = seed
         if materialize:
             self.blocks = nn.ModuleList(self.build_block(b) for b in range(num_blocks))
-        else:
+        else:  # the same blocks without storage
             with torch.device("meta"):
-                self.blocks = nn.ModuleList(
-                    LayerGroup([make_layer() for _ in range(self._layers_per_block)])
-                    for _ in range(num_blocks)
-                )
-
-    def _group(self, block: int) -> LayerGroup:
-        """Block ``block`` (every entry of ``self.blocks`` is a :class:`LayerGroup`)."""
-        return cast(LayerGroup, self.blocks[block])
+                self.blocks = nn.ModuleList(self.build_block(b) for b in range(num_blocks))
 
     def build_block(self, block: int) -> LayerGroup:
-        """A freshly initialised block ``block`` on the CPU (same weights every time)."""
+        """A freshly initialised block ``block`` (same weights every time), on the default
+        device (the CPU)."""
         with seeded(self._block_seed * 10_007 + 1_000 + block):
             return LayerGroup([self._make_layer() for _ in range(self._layers_per_block)])
-
-    @property
-    def device(self) -> torch.device:
-        """Device of the shared modules (blocks on the meta device do not count)."""
-        for p in self.parameters():
-            if not p.is_meta:
-                return p.device
-        return torch.device("cpu")
-
-    def block_is_materialized(self, block: int) -> bool:
-        return not any(p.is_meta for p in self.blocks[block].parameters())
-
-    def materialize_block(
-        self,
-        block: int,
-        device: torch.device | str,
-        state: dict[str, torch.Tensor] | None = None,
-    ) -> LayerGroup:
-        """Give block ``block`` real storage on ``device``: its initial weights, or ``state``."""
-        checkpointing = self._group(block).checkpointing
-        if state is None:
-            new = self.build_block(block).to(device)
-        else:
-            with torch.device("meta"):
-                new = LayerGroup([self._make_layer() for _ in range(self._layers_per_block)])
-            new = new.to_empty(device=device)
-            new.load_state_dict(state, strict=True)
-        new.checkpointing = checkpointing
-        self.blocks[block] = new
-        return new
-
-    def release_block(self, block: int) -> None:
-        """Drop the storage of block ``block`` (its parameters move to the meta device)."""
-        checkpointing = self._group(block).checkpointing
-        self.blocks[block] = self.blocks[block].to("meta")
-        self._group(block).checkpointing = checkpointing
-
-    def to_device(self, device: torch.device | str) -> BlockStack:
-        """Move the shared modules and every materialised block to ``device`` (blocks on the
-        meta device stay there)."""
-        blocks = self.blocks
-        self.blocks = nn.ModuleList()
-        self.to(device)
-        for b, group in enumerate(blocks):
-            if not any(p.is_meta for p in group.parameters()):
-                blocks[b] = group.to(device)
-        self.blocks = blocks
-        return self
 
     def set_checkpointing(self, enabled: bool) -> None:
         for group in self.blocks:

@@ -81,30 +81,23 @@ class RecurrentDepthLM(nn.Module):
         self.clean_cond = nn.Parameter(torch.zeros(s.hidden))
         self.state_cond = nn.Parameter(torch.zeros(s.hidden))  # the baseline's constant condition
         self.cond_embed = ScalarEmbedding(s.hidden)
+        # The stack's adapter draws from the global generator; its state here lets build_block
+        # make the same stack again.
+        self._stack_rng = torch.get_rng_state()
         self.blocks = nn.ModuleList([RecurrentStack(s)])
         self.head = AdaLNOutput(s.hidden, s.vocab, zero_init=True)
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
         nn.init.normal_(self.token_embed.weight, std=0.02)
         nn.init.normal_(self.stream_embed, std=0.02)
 
-    # The trainer's block interface: one unit, always in memory.
-    @property
-    def device(self) -> torch.device:
-        return self.pos_embed.device
-
-    def block_is_materialized(self, block: int) -> bool:
-        return True
-
-    def materialize_block(
-        self,
-        block: int,
-        device: torch.device | str,
-        state: dict[str, torch.Tensor] | None = None,
-    ) -> nn.Module:
-        """Load ``state`` into the unit (it always has storage)."""
-        if state is not None:
-            self.blocks[block].load_state_dict(state, strict=True)
-        return self.blocks[block]
+    def build_block(self, block: int) -> RecurrentStack:
+        """A freshly initialised stack (the one block, ``block`` 0), on the default device: the
+        weights the constructor gave ``blocks[0]``, every time (global generator untouched)."""
+        if block != 0:
+            raise IndexError(f"a recurrent-depth model has one block, not block {block}")
+        with torch.random.fork_rng(devices=[]):
+            torch.set_rng_state(self._stack_rng)
+            return RecurrentStack(self.shape)
 
     def set_checkpointing(self, enabled: bool) -> None:
         for g in (self.stack.prelude, self.stack.core, self.stack.coda):

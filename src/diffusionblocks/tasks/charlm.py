@@ -17,6 +17,7 @@ from ..eval.text import distinct_n, judge_perplexity, repetition
 from ..networks.layers import seeded
 from ..networks.recurrent import RecurrentDepthLM
 from ..networks.token_transformer import TokenShape, TwoStreamTransformer
+from ..training.residency import to_device
 from .base import Task, TextTask, refuse_options
 
 SIGMA_SAMPLING = ("token", "example")
@@ -187,7 +188,7 @@ class CharLM(TextTask):
             ),
             materialize_blocks=not c.block_resident,
         )
-        model.to_device(self.device)  # in place (returns the network itself)
+        to_device(model, self.device)  # blocks without storage stay on the meta device
         return model
 
     def describe(self) -> dict[str, Any]:

@@ -28,6 +28,7 @@ from ..diffusion import chain, chain_levels, edm_denoise, soft_bridge, weighted_
 from ..eval.classification import block_diagnostics
 from ..networks.layers import seeded
 from ..networks.vit import ViT, ViTShape
+from ..training.residency import to_device
 from .base import Task, refuse_options
 from .images import ImageTaskConfig, auto_patch_size, fit_images
 
@@ -126,7 +127,7 @@ class _ImageClassification(Task):
                 ),
                 materialize_blocks=not config.block_resident,
             )
-            model.to_device(device)  # in place (returns the network itself)
+            to_device(model, device)  # blocks without storage stay on the meta device
             self.model = model
         self.model.set_checkpointing(config.checkpointing)
 

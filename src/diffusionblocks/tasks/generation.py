@@ -22,6 +22,7 @@ from ..data.images import ImageDataset, load_image_dataset
 from ..diffusion import chain, chain_levels, edm_denoise, weighted_loss
 from ..networks.dit import DiT, DiTShape
 from ..networks.layers import LayerGroup, seeded
+from ..training.residency import to_device
 from .base import Task
 from .images import ImageTaskConfig, fit_images
 
@@ -125,7 +126,7 @@ class _ImageGeneration(Task):
                 ),
                 materialize_blocks=not config.block_resident,
             )
-            model.to_device(device)  # in place (returns the network itself)
+            to_device(model, device)  # blocks without storage stay on the meta device
             self.model = model
         self.model.set_checkpointing(config.checkpointing)
 

@@ -27,6 +27,7 @@ from ..diffusion.masking import (
 )
 from ..networks.layers import seeded
 from ..networks.token_transformer import TokenShape, TokenTransformer
+from ..training.residency import to_device
 from .base import TextTask, refuse_options
 
 
@@ -130,7 +131,7 @@ class _MaskedLM(TextTask):
                 ),
                 materialize_blocks=not config.block_resident,
             )
-            model.to_device(device)  # in place (returns the network itself)
+            to_device(model, device)  # blocks without storage stay on the meta device
             self.model = model
         self.model.set_checkpointing(config.checkpointing)
 

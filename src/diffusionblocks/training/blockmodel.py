@@ -1,9 +1,12 @@
 """What the trainer needs of ``task.model``: the ``BlockModel`` protocol.
 
 ``Task.model`` is typed as a plain ``nn.Module``; the networks add a block interface to it
-(``networks.layers.BlockStack``, ``networks.recurrent.RecurrentDepthLM``): blocks that can live
-on the meta device, be built alone, released and loaded. The trainer's components see the model
-through this protocol (``block_model`` names the one place where that view is taken).
+(``networks.layers.BlockStack``, ``networks.recurrent.RecurrentDepthLM``): ``blocks``, each of
+which can be built alone with its initial weights (``build_block``), and per-block copies of the
+shared modules (``set_shared_variants``, ``BlockStack`` only). Where the blocks live (in memory or
+on the meta device) is not the networks' business: ``residency.py`` materialises and releases
+them through this interface. The trainer's components see the model through this protocol
+(``block_model`` names the one place where that view is taken).
 """
 
 from __future__ import annotations
@@ -20,20 +23,7 @@ class BlockModel(Protocol):
 
     blocks: nn.ModuleList
 
-    @property
-    def device(self) -> torch.device: ...
-
-    def block_is_materialized(self, block: int) -> bool: ...
-
-    def materialize_block(
-        self,
-        block: int,
-        device: torch.device | str,
-        state: dict[str, torch.Tensor] | None = None,
-    ) -> nn.Module: ...
-
-    def release_block(self, block: int) -> None: ...
-
+    # A freshly built block ``block`` with its initial weights (the same every time).
     def build_block(self, block: int) -> nn.Module: ...
 
     def set_shared_variants(self, variants: dict[int, dict[str, torch.Tensor]]) -> None: ...
@@ -48,6 +38,8 @@ class BlockModel(Protocol):
     def named_parameters(self) -> Iterator[tuple[str, nn.Parameter]]: ...
 
     def train(self, mode: bool = True) -> Any: ...
+
+    def to(self, device: torch.device | str) -> Any: ...
 
 
 def block_model(model: nn.Module) -> BlockModel:

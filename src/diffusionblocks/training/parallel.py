@@ -48,6 +48,7 @@ from .checkpoint import (
     latest_checkpoint,
     save_checkpoint,
 )
+from .residency import device_of, materialize
 from .runfolder import DATA_KEYS, saved_config_hashes
 from .state import Parts
 from .trainer import Trainer
@@ -282,7 +283,7 @@ class BlockCheckpoints:
         model.load_state_dict(shared_ckpt.tensors("shared"), strict=False)
         if shared_ckpt.has("optimizer.pt") and parts.settings.shared_policy != "frozen":
             _shared_optimizer(parts).load_state_dict(shared_ckpt.obj("optimizer"))
-        model.materialize_block(ctx.block, model.device, ckpt.tensors("block"))
+        materialize(model, ctx.block, device_of(model), ckpt.tensors("block"))
         parts.optimizers.units.clear()
         parts.optimizers.pending[ctx.block] = ckpt.obj("optimizer")
         state = ckpt.obj("trainer")
@@ -345,5 +346,5 @@ def ParallelTrainer(
             u: torch.Generator().manual_seed(base[u].initial_seed() + 7919 * ctx.dp_rank)
             for u in base
         }
-    trainer.model.materialize_block(ctx.block, trainer.model.device)
+    materialize(trainer.model, ctx.block, device_of(trainer.model))
     return trainer

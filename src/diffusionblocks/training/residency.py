@@ -1,5 +1,11 @@
 """Block residency: which blocks, gradients and optimizer states are in memory.
 
+Where a network's blocks live is decided here, not in the networks: ``is_materialized``,
+``materialize``, ``release``, ``device_of`` and ``to_device`` work on any network with a
+``blocks`` ``nn.ModuleList`` and a ``build_block(b)`` that builds block b's initial weights (the
+same every time). A block without storage lives on the ``meta`` device (a network built with
+``materialize_blocks=False`` starts with every block there).
+
 Block-resident mode (``config.block_resident``) keeps only the active block's weights, gradients
 and optimizer state in memory. The other blocks live in files (``run_dir/blocks/block-{b}.
 safetensors``, atomically replaced; a block swapped out before it finished takes its optimizer
@@ -20,10 +26,75 @@ from pathlib import Path
 from typing import Final
 
 import torch
+from torch import nn
 
 from .blockmodel import BlockModel
 from .checkpoint import atomic_write_bytes, encode_object, encode_tensors
 from .optimizers import Optimizers
+
+_CHECKPOINTING = "checkpointing"  # the flag of a block's layer groups (``LayerGroup``)
+
+
+def _has_storage(module: nn.Module) -> bool:
+    return not any(p.is_meta for p in module.parameters())
+
+
+def is_materialized(model: BlockModel, block: int) -> bool:
+    """Whether block ``block`` has storage (no parameter of it on the meta device)."""
+    return _has_storage(model.blocks[block])
+
+
+def materialize(
+    model: BlockModel,
+    block: int,
+    device: torch.device | str,
+    state: dict[str, torch.Tensor] | None = None,
+) -> nn.Module:
+    """Give block ``block`` storage on ``device``: its initial weights (``model.build_block``),
+    or ``state`` loaded strictly into an empty skeleton (built on the meta device). The block's
+    checkpointing flags are kept."""
+    flags = {
+        name: getattr(m, _CHECKPOINTING)
+        for name, m in model.blocks[block].named_modules()
+        if hasattr(m, _CHECKPOINTING)
+    }
+    if state is None:
+        new = model.build_block(block).to(device)
+    else:
+        with torch.device("meta"):
+            new = model.build_block(block)
+        new = new.to_empty(device=device)
+        new.load_state_dict(state, strict=True)
+    for name, flag in flags.items():
+        setattr(new.get_submodule(name), _CHECKPOINTING, flag)
+    model.blocks[block] = new
+    return new
+
+
+def release(model: BlockModel, block: int) -> None:
+    """Drop the storage of block ``block``: its parameters move to the meta device (in place,
+    so the block keeps its checkpointing flags)."""
+    model.blocks[block] = model.blocks[block].to("meta")
+
+
+def device_of(model: BlockModel) -> torch.device:
+    """Device of the shared modules (blocks on the meta device do not count)."""
+    for p in model.parameters():
+        if not p.is_meta:
+            return p.device
+    return torch.device("cpu")
+
+
+def to_device(model: BlockModel, device: torch.device | str) -> None:
+    """Move the shared modules and every materialised block to ``device`` (blocks on the meta
+    device stay there)."""
+    blocks = model.blocks
+    model.blocks = nn.ModuleList()
+    model.to(device)
+    for b, group in enumerate(blocks):
+        if _has_storage(group):
+            blocks[b] = group.to(device)
+    model.blocks = blocks
 
 
 class BlockResidency:
@@ -75,13 +146,13 @@ class BlockResidency:
         """Give every block that is neither in memory nor on disk a file with its initial
         weights, one block at a time (so checkpoints always hold every block)."""
         for u in range(self.num_units):
-            if u not in self.block_files and not self.model.block_is_materialized(u):
+            if u not in self.block_files and not is_materialized(self.model, u):
                 self._write_block_file(u, self.model.build_block(u).state_dict())
 
     def activate(self, unit: int, finished: Callable[[int], bool]) -> None:
         """Make ``unit`` the only block in memory (others go to their files; ``finished(u)``:
         whether block u has its whole budget, so its optimizer state can go)."""
-        if self.model.block_is_materialized(unit):
+        if is_materialized(self.model, unit):
             return
         start = time.perf_counter()
         try:
@@ -91,14 +162,14 @@ class BlockResidency:
 
     def _swap_in(self, unit: int, finished: Callable[[int], bool]) -> None:
         for u in range(self.num_units):
-            if u != unit and self.model.block_is_materialized(u):
+            if u != unit and is_materialized(self.model, u):
                 self.offload(u, finished(u))
         state = None
         if unit in self.block_files:
             from safetensors.torch import load_file
 
             state = load_file(self.block_files[unit])
-        self.model.materialize_block(unit, self.model.device, state)
+        materialize(self.model, unit, device_of(self.model), state)
         path = self.optimizer_files.pop(unit, None)
         if path is not None:  # a block swapped out mid-training: its optimizer comes back too
             self.optimizers.pending[unit] = torch.load(path, weights_only=True, map_location="cpu")
@@ -114,15 +185,15 @@ class BlockResidency:
             path = self.optimizer_path(unit)
             atomic_write_bytes(path, encode_object(opt.state_dict()))
             self.optimizer_files[unit] = path
-        self.model.release_block(unit)
+        release(self.model, unit)
 
     def materialize_all(self) -> None:
         """Load every block that lives on disk back into memory (for evaluation)."""
         from safetensors.torch import load_file
 
         for u in range(self.num_units):
-            if not self.model.block_is_materialized(u):
-                self.model.materialize_block(u, self.model.device, load_file(self.block_files[u]))
+            if not is_materialized(self.model, u):
+                materialize(self.model, u, device_of(self.model), load_file(self.block_files[u]))
 
     def held_bytes(self) -> dict[str, int]:
         """Bytes of parameters, gradients and optimizer state that exist right now, and of the

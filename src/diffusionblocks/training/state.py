@@ -33,7 +33,7 @@ from .checkpoint import (
 from .faults import Faults, NumericalFault
 from .metrics import MetricsWriter
 from .optimizers import Optimizers
-from .residency import BlockResidency
+from .residency import BlockResidency, device_of, is_materialized, materialize, release
 from .runfolder import saved_config_hashes, shared_state_of
 from .schedule import RESUME_HASH_IGNORE, Plan, Position, resume_hash
 
@@ -111,7 +111,7 @@ class RunCheckpoints:
         tensors = {"shared": shared_state(model), **copies}
         links: dict[str, Path] = {}
         for u in range(len(model.blocks)):
-            if model.block_is_materialized(u):
+            if is_materialized(model, u):
                 tensors[f"block-{u}"] = model.blocks[u].state_dict()
             elif u in res.block_files:
                 links[f"block-{u}.safetensors"] = res.block_files[u]
@@ -185,8 +185,8 @@ class RunCheckpoints:
         if res.resident:  # blocks stay on disk; each is loaded when it becomes active
             load_shared_weights(model, ckpt)
             for u in range(num_units):
-                if model.block_is_materialized(u):
-                    model.release_block(u)
+                if is_materialized(model, u):
+                    release(model, u)
                 res.block_files[u] = ckpt.export(f"block-{u}", res.block_path(u))
         else:
             load_model_weights(model, ckpt)
@@ -283,6 +283,6 @@ def load_model_weights(model: nn.Module | BlockModel, ckpt: Checkpoint) -> None:
     for u in range(len(blocks.blocks)):
         state = ckpt.tensors(f"block-{u}")
         try:
-            blocks.materialize_block(u, blocks.device, state)
+            materialize(blocks, u, device_of(blocks), state)
         except RuntimeError as err:
             raise CheckpointError(f"{ckpt.path} block {u} does not fit this model: {err}") from None

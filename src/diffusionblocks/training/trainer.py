@@ -25,7 +25,7 @@ from .blockmodel import block_model
 from .faults import Faults, TrainingInterrupted
 from .metrics import MetricsWriter
 from .optimizers import Optimizers, step_at
-from .residency import BlockResidency
+from .residency import BlockResidency, device_of
 from .runfolder import CONFIG_FILE, write_run_config
 from .schedule import Plan, Position
 from .shared import SharedModules
@@ -229,7 +229,7 @@ class Trainer:
             self.residency.prepare()
             if self.step < end:  # the first block is in memory before the baseline, as in e2e
                 self.activate(plan.units_at(self.step)[0])
-        memory = MemoryProbe(self.model.device, lambda: self.resident_bytes()["param_bytes"])
+        memory = MemoryProbe(device_of(self.model), lambda: self.resident_bytes()["param_bytes"])
         log = ProgressLog(self.settings, self.task.plot_key, self.metrics, self.heldout,
                           self.progress, plan, self.step)  # fmt: skip
         with self.faults.catch_signals():
