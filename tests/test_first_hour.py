@@ -360,7 +360,7 @@ def test_shared_init_reads_run_and_model_folders_without_the_runs_layer(tmp_path
     """shared_init from a single-process run folder and from its assembled model folder: the
     trainer reads the files itself (training never imports runs.py) and gets the same tensors."""
     from diffusionblocks.assemble import assemble
-    from diffusionblocks.training.runfolder import shared_state_of
+    from diffusionblocks.training.weights import shared_state_of
 
     config = make_config("tiny", {"epochs": 0.2})
     task = make_task(config)

@@ -13,7 +13,10 @@ from safetensors.torch import load_file
 
 from diffusionblocks.assemble import AssembleError, assemble
 from diffusionblocks.cli import main
+from diffusionblocks.loading import load_run
+from diffusionblocks.registry import read_run_config
 from diffusionblocks.training.checkpoint import Checkpoint, latest_checkpoint
+from diffusionblocks.training.weights import read_weights
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 
@@ -137,6 +140,40 @@ def test_retrain_one_block_alone_against_frozen_shared(two_block_run, tmp_path):
     for k in old:
         if not k.startswith("blocks.1."):
             assert torch.equal(model[k], old[k]), k
+
+
+def test_one_reader_for_every_layout(two_block_run, tmp_path, capsys):
+    """A block-parallel run's blocks, its assembled model folder and a single-process run's
+    checkpoint are read by one reader (the same tensors, torch.equal); a parallel run loads and
+    evaluates without being assembled first, also with an inference key changed."""
+    config = read_run_config(two_block_run)
+    from_blocks = read_weights(two_block_run, config)
+    assert from_blocks.info["layout"] == "per-block checkpoints" and from_blocks.step == 20
+    blocks_state = from_blocks.state_dict()
+    model_state = read_weights(two_block_run / "model", config).state_dict()
+    assert blocks_state.keys() == model_state.keys()
+    assert all(torch.equal(blocks_state[k], model_state[k]) for k in model_state)
+    run = _copy(two_block_run, tmp_path)  # no model folder
+    task, weights = load_run(run, overrides={"inference_steps": "2"})
+    assert weights.step == 20 and task.config.inference_steps == 2
+    loaded = task.model.state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in model_state.items())
+    capsys.readouterr()
+    assert main(["eval", "--run", str(run), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["checkpoint_step"] == 20
+    assert not (run / "model").exists()  # reading assembles nothing on disk
+    single = tmp_path / "single"
+    assert main(["train", "--preset", "tiny", "--set", "schedule=synchronous", "--set",
+                 "device=cpu", "--set", "epochs=0.2", "--out", str(single),
+                 "--no-progress"]) == 0  # fmt: skip
+    ckpt = Checkpoint(latest_checkpoint(single / "checkpoints"))
+    one = read_weights(single, read_run_config(single))
+    assert one.info == {"layout": "single-process checkpoint", "step": ckpt.step}
+    state = one.state_dict()
+    assert all(torch.equal(state[f"blocks.1.{k}"], v) for k, v in ckpt.tensors("block-1").items())
+    assembled = load_file(assemble(single) / "model.safetensors")
+    assert assembled.keys() == state.keys()
+    assert all(torch.equal(assembled[k], state[k]) for k in state)
 
 
 def test_three_processes_and_a_bad_world_size(tmp_path):

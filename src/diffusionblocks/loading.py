@@ -4,17 +4,13 @@ checks that a moved data file is the one the run was trained on."""
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
 
-from .assemble import is_model_folder, load_model_folder
 from .config import ConfigError, RunConfig, config_from_dict, flat_keys
 from .registry import make_task, read_run_config, resolve_device
 from .tasks.base import Task
-from .training.blockmodel import block_model
-from .training.checkpoint import Checkpoint, CheckpointError, latest_checkpoint
 from .training.runfolder import (
     BUILTIN_DATA,
     DATA_KEYS,
@@ -22,7 +18,7 @@ from .training.runfolder import (
     recorded_fingerprint,
     resolve_paths,
 )
-from .training.state import load_model_weights
+from .training.weights import SavedWeights, install_weights, read_weights
 
 # Keys that only change inference or evaluation; `dblocks eval --set` may override them.
 INFERENCE_KEYS = (
@@ -78,9 +74,12 @@ def load_run(
     run_dir: str | os.PathLike,
     device: str | None = None,
     overrides: dict[str, Any] | None = None,
-) -> tuple[Task, Checkpoint | ModelFolder]:
-    """The task of a run folder with the weights of its latest checkpoint loaded. ``overrides``
-    may change inference-only keys (:data:`INFERENCE_KEYS`)."""
+) -> tuple[Task, SavedWeights]:
+    """The task of a run or model folder with its latest weights loaded (read by
+    :func:`~.training.weights.read_weights`: an assembled model, a single-process run's latest
+    checkpoint, or a block-parallel run's blocks, assembled or not), and those weights (their
+    ``step`` and ``path``). ``overrides`` may change inference-only keys
+    (:data:`INFERENCE_KEYS`)."""
     saved = config = read_run_config(run_dir)
     if overrides:
         overrides = flat_keys(type(config), overrides)
@@ -94,41 +93,11 @@ def load_run(
         config = resolve_paths(config_from_dict(type(config), values))
     check_moved_data(run_dir, saved, config)
     task = make_task(config, resolve_device(device or config.device))
-    folder = Path(run_dir)
-    no_checkpoint = latest_checkpoint(folder / "checkpoints") is None
-    if not is_model_folder(folder) and is_model_folder(folder / "model") and no_checkpoint:
-        folder = folder / "model"  # a block-parallel run: its assembled model
-    if is_model_folder(folder):
-        load_model_folder(task, folder)
-        task.source = str(folder)
-        card = json.loads((folder / "config.json").read_text())
-        steps = [b["step"] for b in card.get("blocks", {}).values()] or [card.get("step", 0)]
-        return task, ModelFolder(folder, int(max(steps)))
-    path = latest_checkpoint(folder / "checkpoints")
-    if path is None:
-        hint = (
-            " (a block-parallel run: assemble it with `dblocks assemble`)"
-            if (folder / "blocks").is_dir()
-            else " (train it first)"
-        )
-        raise CheckpointError(f"{run_dir} has no checkpoint yet{hint}")
-    ckpt = Checkpoint(path)
-    blocks = block_model(task.model).blocks
-    if ckpt.meta.get("task") != config.task or ckpt.meta.get("units") != len(blocks):
-        raise CheckpointError(
-            f"{path} is for task {ckpt.meta.get('task')!r} with {ckpt.meta.get('units')} units, "
-            f"but {run_dir}/config.json describes {config.task!r} with {len(blocks)}"
-        )
-    load_model_weights(task.model, ckpt)
-    task.source = str(run_dir)
-    return task, ckpt
-
-
-class ModelFolder:
-    """Stands in for a checkpoint when a model folder is loaded."""
-
-    def __init__(self, path: Path, step: int):
-        self.path, self.step = path, step
+    weights = read_weights(run_dir, saved)  # checked against the config it was trained with
+    install_weights(task.model, weights)
+    model_folder = weights.info.get("layout") == "model folder"
+    task.source = str(weights.path.parent if model_folder else run_dir)
+    return task, weights
 
 
 def evaluate_run(

@@ -27,13 +27,14 @@ from .loading import (  # noqa: F401 - re-exported: the run-folder API in one pl
     load_run,
     with_judge,
 )
+from .networks.placement import device_of
 from .registry import make_task, read_run_config, resolve_device
 from .reporting import legend_entry, metrics_legend, run_warnings  # noqa: F401
 from .tasks.base import Task
 from .training.blockmodel import block_model
 from .training.checkpoint import atomic_write_json
 from .training.metrics import plot_losses
-from .training.residency import device_of, is_materialized
+from .training.residency import is_materialized
 from .training.runfolder import DATA_KEYS, resolve_paths, write_run_config
 from .training.trainer import Trainer
 

@@ -61,10 +61,10 @@ def warm_runtime(device: torch.device) -> None:
 def measure_memory(preset: str, overrides: dict[str, Any], steps: int) -> dict[str, Any]:
     """Train ``steps`` steps of one configuration in this process and measure it. Meant to run in
     a fresh process (``python -m diffusionblocks.bench worker ...``)."""
+    from ..networks.placement import device_of
     from ..registry import make_config, make_task
     from ..training.blockmodel import block_model
     from ..training.metrics import current_rss_bytes
-    from ..training.residency import device_of
     from ..training.schedule import batch_indices
     from ..training.trainer import Trainer
 

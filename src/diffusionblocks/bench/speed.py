@@ -46,9 +46,9 @@ def run_speed_bench(
 ) -> list[dict[str, Any]]:
     """Median training-step time of every configuration, interleaved in one process, and the
     inference latency of the classification chain vs one end-to-end forward."""
+    from ..networks.placement import device_of
     from ..registry import make_config, make_task
     from ..training.blockmodel import block_model
-    from ..training.residency import device_of
     from ..training.trainer import Trainer
 
     entries: list[_Entry] = []

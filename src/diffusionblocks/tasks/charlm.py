@@ -15,9 +15,9 @@ from ..config import ConfigError, RunConfig, _check, check_layer_split, check_tr
 from ..data.images import DataError
 from ..eval.text import distinct_n, judge_perplexity, repetition
 from ..networks.layers import seeded
+from ..networks.placement import to_device
 from ..networks.recurrent import RecurrentDepthLM
 from ..networks.token_transformer import TokenShape, TwoStreamTransformer
-from ..training.residency import to_device
 from .base import Task, TextTask, refuse_options
 
 SIGMA_SAMPLING = ("token", "example")

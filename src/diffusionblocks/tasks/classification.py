@@ -27,8 +27,8 @@ from ..data.images import ImageDataset, load_image_dataset
 from ..diffusion import chain, chain_levels, edm_denoise, soft_bridge, weighted_loss
 from ..eval.classification import block_diagnostics
 from ..networks.layers import seeded
+from ..networks.placement import to_device
 from ..networks.vit import ViT, ViTShape
-from ..training.residency import to_device
 from .base import Task, refuse_options
 from .images import ImageTaskConfig, auto_patch_size, fit_images
 

@@ -22,7 +22,7 @@ from ..data.images import ImageDataset, load_image_dataset
 from ..diffusion import chain, chain_levels, edm_denoise, weighted_loss
 from ..networks.dit import DiT, DiTShape
 from ..networks.layers import LayerGroup, seeded
-from ..training.residency import to_device
+from ..networks.placement import to_device
 from .base import Task
 from .images import ImageTaskConfig, fit_images
 

@@ -26,8 +26,8 @@ from ..diffusion.masking import (
     sample_t_full,
 )
 from ..networks.layers import seeded
+from ..networks.placement import to_device
 from ..networks.token_transformer import TokenShape, TokenTransformer
-from ..training.residency import to_device
 from .base import TextTask, refuse_options
 
 

@@ -27,7 +27,6 @@ checkpoints, no evaluation of the chain (the rank holds one block).
 from __future__ import annotations
 
 import datetime
-import hashlib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -38,36 +37,20 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from ..config import SAFE_RESUME_KEYS, ConfigError, RunConfig
+from ..config import ConfigError, RunConfig
+from ..networks.placement import device_of
 from ..tasks.base import Task
 from .blockmodel import shared_state
 from .checkpoint import (
     Checkpoint,
     CheckpointError,
-    encode_tensors,
     latest_checkpoint,
     save_checkpoint,
 )
-from .residency import device_of, materialize
-from .runfolder import DATA_KEYS, saved_config_hashes
+from .residency import materialize
 from .state import Parts
 from .trainer import Trainer
-
-# Keys that may differ between the processes that trained the blocks of one model: which blocks a
-# process trains, whether it ran under torchrun, and how it treated the shared modules (retraining
-# one block against the final shared modules is shared=frozen + shared_init); and what a resumed
-# run may change (--allow-safe-changes), including where its data lives (its bytes are checked).
-PARALLEL_HASH_IGNORE = ("blocks", "parallel", "shared", "shared_init", *SAFE_RESUME_KEYS,
-                        *DATA_KEYS)  # fmt: skip
-_LEGACY_PARALLEL_IGNORE = ("blocks", "parallel", "shared", "shared_init")  # before 2026-11-28
-
-
-def parallel_hashes(config: RunConfig, run_dir: str | os.PathLike[str]) -> set[str]:
-    """The config hashes a block checkpoint of this run may carry: today's, and those an earlier
-    version gave the config saved in ``run_dir/config.json`` (so older runs resume and assemble)."""
-    current = config.config_hash(ignore=PARALLEL_HASH_IGNORE)
-    older = saved_config_hashes(config, run_dir, PARALLEL_HASH_IGNORE, (_LEGACY_PARALLEL_IGNORE,))
-    return {current, *older}
+from .weights import PARALLEL_HASH_IGNORE, parallel_hashes, tensors_version
 
 
 @dataclass
@@ -139,11 +122,6 @@ def shutdown(ctx: ParallelContext) -> None:
 def barrier(ctx: ParallelContext) -> None:
     if ctx.world > 1 and dist.is_initialized():
         dist.barrier()
-
-
-def tensors_version(state: dict[str, torch.Tensor]) -> str:
-    """sha256 (16 hex digits) of a state dict's safetensors encoding."""
-    return hashlib.sha256(encode_tensors(state)).hexdigest()[:16]
 
 
 class DistributedSync:

@@ -1,7 +1,7 @@
 """Block residency: which blocks, gradients and optimizer states are in memory.
 
 Where a network's blocks live is decided here, not in the networks: ``is_materialized``,
-``materialize``, ``release``, ``device_of`` and ``to_device`` work on any network with a
+``materialize`` and ``release`` work on any network with a
 ``blocks`` ``nn.ModuleList`` and a ``build_block(b)`` that builds block b's initial weights (the
 same every time). A block without storage lives on the ``meta`` device (a network built with
 ``materialize_blocks=False`` starts with every block there).
@@ -28,6 +28,7 @@ from typing import Final
 import torch
 from torch import nn
 
+from ..networks.placement import device_of, has_storage
 from .blockmodel import BlockModel
 from .checkpoint import atomic_write_bytes, encode_object, encode_tensors
 from .optimizers import Optimizers
@@ -35,13 +36,9 @@ from .optimizers import Optimizers
 _CHECKPOINTING = "checkpointing"  # the flag of a block's layer groups (``LayerGroup``)
 
 
-def _has_storage(module: nn.Module) -> bool:
-    return not any(p.is_meta for p in module.parameters())
-
-
 def is_materialized(model: BlockModel, block: int) -> bool:
     """Whether block ``block`` has storage (no parameter of it on the meta device)."""
-    return _has_storage(model.blocks[block])
+    return has_storage(model.blocks[block])
 
 
 def materialize(
@@ -75,26 +72,6 @@ def release(model: BlockModel, block: int) -> None:
     """Drop the storage of block ``block``: its parameters move to the meta device (in place,
     so the block keeps its checkpointing flags)."""
     model.blocks[block] = model.blocks[block].to("meta")
-
-
-def device_of(model: BlockModel) -> torch.device:
-    """Device of the shared modules (blocks on the meta device do not count)."""
-    for p in model.parameters():
-        if not p.is_meta:
-            return p.device
-    return torch.device("cpu")
-
-
-def to_device(model: BlockModel, device: torch.device | str) -> None:
-    """Move the shared modules and every materialised block to ``device`` (blocks on the meta
-    device stay there)."""
-    blocks = model.blocks
-    model.blocks = nn.ModuleList()
-    model.to(device)
-    for b, group in enumerate(blocks):
-        if _has_storage(group):
-            blocks[b] = group.to(device)
-    model.blocks = blocks
 
 
 class BlockResidency:

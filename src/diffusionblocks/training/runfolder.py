@@ -12,17 +12,11 @@ import os
 import time
 from pathlib import Path
 
-import torch
-from safetensors.torch import load_file
-
 from .. import __version__
-from ..config import ConfigError, RunConfig, config_from_dict, dict_hash
+from ..config import RunConfig, config_from_dict, dict_hash
 from ..data.images import IMAGE_DATASETS, TEXT_DATASETS
 from .checkpoint import (
-    Checkpoint,
-    CheckpointError,
     atomic_write_json,
-    latest_checkpoint,
     sha256_file,
 )
 
@@ -112,26 +106,3 @@ def saved_config_hashes(
     except (OSError, ValueError, KeyError, TypeError):
         return set()
     return {dict_hash(saved, i) for i in (ignore, *older_ignores)} if same else set()
-
-
-def shared_state_of(folder: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """The shared modules' tensors (every parameter outside ``blocks``) of a run: a
-    block-parallel run's latest shared checkpoint, a single-process run's latest checkpoint, or
-    an assembled model folder (``folder`` or ``folder/model``). For ``shared_init``."""
-    folder = Path(folder)
-    path = latest_checkpoint(folder / "shared")
-    if path is None:
-        path = latest_checkpoint(folder / "checkpoints")
-    if path is not None:
-        return Checkpoint(path).tensors("shared")
-    for model in (folder / "model.safetensors", folder / "model" / "model.safetensors"):
-        if model.is_file():
-            try:
-                state = load_file(model, device="cpu")
-            except Exception as err:
-                raise CheckpointError(f"{model} is unreadable: {err}") from None
-            return {k: v for k, v in state.items()
-                    if not k.startswith(("blocks.", "shared_per_block."))}  # fmt: skip
-    raise ConfigError(
-        f"invalid value for 'shared_init': {folder} holds no checkpoint and no model folder"
-    )

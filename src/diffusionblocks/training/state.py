@@ -1,6 +1,5 @@
-"""The trainer state a checkpoint carries, and its save and resume; loading a checkpoint's
-weights into a model (``load_shared_weights``, ``load_model_weights``; ``load_shared_init`` for
-``shared_init``).
+"""The trainer state a checkpoint carries, and its save and resume (a checkpoint's weights are
+read by ``weights.py``); ``load_shared_init`` for ``shared_init``.
 
 ``Parts`` names the components of a trainer that a checkpoint saves and restores. A
 ``CheckpointStore`` writes and reads them: ``RunCheckpoints`` for a single-process run (every
@@ -18,11 +17,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
-from torch import nn
 
 from ..config import SAFE_RESUME_KEYS, ConfigError
 from .accounting import Accounting
-from .blockmodel import BlockModel, block_model, shared_state
+from .blockmodel import BlockModel, shared_state
 from .checkpoint import (
     Checkpoint,
     CheckpointError,
@@ -33,9 +31,10 @@ from .checkpoint import (
 from .faults import Faults, NumericalFault
 from .metrics import MetricsWriter
 from .optimizers import Optimizers
-from .residency import BlockResidency, device_of, is_materialized, materialize, release
-from .runfolder import saved_config_hashes, shared_state_of
+from .residency import BlockResidency, is_materialized, release
+from .runfolder import saved_config_hashes
 from .schedule import RESUME_HASH_IGNORE, Plan, Position, resume_hash
+from .weights import load_model_weights, load_shared_weights, shared_state_of
 
 if TYPE_CHECKING:
     from ..config import RunConfig, TrainingSettings
@@ -252,37 +251,3 @@ def load_shared_init(model: BlockModel, folder: str) -> None:
     if set(state) != set(shared_state(model)):
         raise ConfigError(f"shared_init={folder}: its shared modules do not fit this model")
     model.load_state_dict(state, strict=False)
-
-
-def load_shared_weights(model: nn.Module | BlockModel, ckpt: Checkpoint) -> None:
-    """Load the shared (non-block) tensors of ``ckpt`` into ``model``; every key must match."""
-    shared = ckpt.tensors("shared")
-    expected = {k for k in model.state_dict() if not k.startswith("blocks.")}
-    missing, extra = expected - set(shared), set(shared) - expected
-    if missing or extra:
-        raise CheckpointError(
-            f"{ckpt.path} does not fit this model: shared tensors missing {sorted(missing)}, "
-            f"unexpected {sorted(extra)}"
-        )
-    try:
-        model.load_state_dict(shared, strict=False)
-    except RuntimeError as err:
-        raise CheckpointError(f"{ckpt.path} does not fit this model: {err}") from None
-
-
-def load_model_weights(model: nn.Module | BlockModel, ckpt: Checkpoint) -> None:
-    """Load the shared and per-block tensors of ``ckpt`` into ``model``; blocks on the meta
-    device are materialised; per-block copies of the shared modules (``shared=block-copies``)
-    are installed so that each block runs with its own."""
-    load_shared_weights(model, ckpt)
-    blocks = block_model(model) if isinstance(model, nn.Module) else model
-    if ckpt.has("shared-copy-0.safetensors"):
-        blocks.set_shared_variants(
-            {u: ckpt.tensors(f"shared-copy-{u}") for u in range(len(blocks.blocks))}
-        )
-    for u in range(len(blocks.blocks)):
-        state = ckpt.tensors(f"block-{u}")
-        try:
-            materialize(blocks, u, device_of(blocks), state)
-        except RuntimeError as err:
-            raise CheckpointError(f"{ckpt.path} block {u} does not fit this model: {err}") from None

@@ -19,13 +19,14 @@ import torch
 from torch import nn
 
 from ..config import RunConfig
+from ..networks.placement import device_of
 from ..tasks.base import Task
 from .accounting import Accounting, Heldout, MemoryProbe, ProgressLog
 from .blockmodel import block_model
 from .faults import Faults, TrainingInterrupted
 from .metrics import MetricsWriter
 from .optimizers import Optimizers, step_at
-from .residency import BlockResidency, device_of
+from .residency import BlockResidency
 from .runfolder import CONFIG_FILE, write_run_config
 from .schedule import Plan, Position
 from .shared import SharedModules
