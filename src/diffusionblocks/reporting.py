@@ -48,7 +48,7 @@ def check_plan(config: RunConfig) -> None:
     info = task.describe()
     facts = ", ".join(f"{k} {v}" for k, v in info.items() if k != "parameters")
     print(f"\n# checked: data and model build ({facts}); {info.get('parameters', 0):,} parameters; "
-          f"{trainer.total_steps} steps ({trainer.steps_per_unit} per block)")  # fmt: skip
+          f"{trainer.total_steps} steps ({trainer.steps_per_block} per block)")  # fmt: skip
     for note in run_warnings(task, trainer):
         print(f"warning: {note}")
 
@@ -227,7 +227,7 @@ MIN_STEPS_PER_BLOCK = 400
 def run_warnings(task: Task, trainer: Trainer) -> list[str]:
     """What makes this run's numbers meaningless, in words (printed after training)."""
     notes = []
-    steps = trainer.steps_per_unit
+    steps = trainer.steps_per_block
     if steps < MIN_STEPS_PER_BLOCK:
         who = "per block" if task.config.method == "dblocks" else "(end to end)"
         notes.append(

@@ -155,10 +155,11 @@ def train_run(
     if resume and trainer.resume():
         log(f"resumed {run_dir} at step {trainer.step}/{trainer.total_steps}")
     info = task.describe()
+    trained = len(trainer.trained_blocks)
     log(
         f"{config.task}/{config.method}: {info.get('parameters', 0):,} parameters, "
-        f"{trainer.total_steps} steps ({trainer.steps_per_unit} per block x "
-        f"{len(trainer.units)} block{'s' if len(trainer.units) != 1 else ''}) on {device}"
+        f"{trainer.total_steps} steps ({trainer.steps_per_block} per block x "
+        f"{trained} block{'s' if trained != 1 else ''}) on {device}"
     )
     fitted = trainer.fit()
     trainer.prepare_evaluation()  # every block in memory, with its own shared copy if any
@@ -272,7 +273,7 @@ def train_parallel(
             "materialized_blocks": [
                 u for u in range(len(model.blocks)) if is_materialized(model, u)
             ],
-            "optimizer_units": sorted(trainer.optimizers),
+            "optimizer_units": sorted(trainer.optimizers),  # saved key, kept for old results
             "data_shard": [ctx.dp_rank, ctx.dp],
             # The examples this process trained on in its first epoch (the data shards' audit).
             "first_epoch_indices": sorted(trainer.first_epoch_indices),
@@ -321,7 +322,7 @@ def train_parallel(
 def _merge_accounting(records: list[dict[str, Any]]) -> dict[str, Any]:
     """One run's accounting from its ranks: steps per block from the ranks that trained it,
     layer evaluations summed over ranks."""
-    merged = dict(records[0])
+    merged = dict(records[0])  # the "unit" keys are saved keys ("unit": a block's old name)
     per_rank = [r["steps_per_unit"] for r in records]
     merged["steps_per_unit"] = [max(col) for col in zip(*per_rank, strict=True)]
     for key in ("layer_evaluations", "backward_layer_evaluations", "compute_layer_units",

@@ -75,22 +75,22 @@ def measure_memory(preset: str, overrides: dict[str, Any], steps: int) -> dict[s
     device = device_of(model)
     warm_runtime(device)
     # Enough steps that every block trained in this configuration has its optimizer state.
-    steps = max(steps, len(trainer.units) if config.schedule == "cycle" else steps)
+    steps = max(steps, len(trainer.trained_blocks) if config.schedule == "cycle" else steps)
     fitted = trainer.fit(stop_at=steps)
     mem = fitted["memory"]
     baseline_params = mem["params_at_first_step_bytes"]
 
-    # One more step, with saved-tensor accounting, on the unit the schedule trains next.
-    unit = int(trainer.sequence[trainer.step % trainer.total_steps])
+    # One more step, with saved-tensor accounting, on the block the schedule trains next.
+    block = int(trainer.sequence[trainer.step % trainer.total_steps])
     if trainer.resident:
-        trainer.activate(unit)
+        trainer.activate(block)
     n = task.train_size()
     idx = batch_indices(trainer.step, trainer.steps_per_epoch, n, config.batch_size, config.seed)
     batch = task.train_batch(idx)
     params = [p for p in task.model.parameters()]
     counter = SavedTensorCounter(params)
     with counter.counting():
-        loss, _ = task.loss(unit, batch, trainer.generator)
+        loss, _ = task.loss(block, batch, trainer.generator)
     loss.backward()
     resident = trainer.resident_bytes()
     peak = mem["cuda_peak_bytes"] if device.type == "cuda" else mem["train_peak_rss_bytes"]

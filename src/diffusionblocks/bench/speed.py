@@ -82,8 +82,8 @@ def run_speed_bench(
     log(f"  {len(entries)} configurations x {repeats} interleaved repeats ...")
     for repeat in range(warmup + repeats):
         for i, e in enumerate(entries):
-            unit = repeat % e["trainer"].num_units
-            t = timed(lambda e=e, unit=unit: e["trainer"].train_step(unit, batch))
+            block = repeat % e["trainer"].num_blocks
+            t = timed(lambda e=e, block=block: e["trainer"].train_step(block, batch))
             if repeat >= warmup:
                 step_times[i].append(t)
         for i, e in enumerate(entries):

@@ -228,9 +228,15 @@ class RunConfig:
 
     # ------------------------------------------------------------------ derived objects
     @property
-    def units(self) -> int:
-        """How many separately trained units the network has (B for dblocks, 1 for e2e)."""
+    def num_model_blocks(self) -> int:
+        """How many separately trained blocks the network is built with, ``len(model.blocks)``
+        (B for dblocks, 1 for e2e: all layers in one block)."""
         return self.num_blocks if self.method == "dblocks" else 1
+
+    @property
+    def units(self) -> int:
+        """Old name of :attr:`num_model_blocks`, kept for code written against it."""
+        return self.num_model_blocks
 
     @property
     def block_resident(self) -> bool:
@@ -248,7 +254,7 @@ class RunConfig:
         return (
             self.method == "dblocks"
             and not self.parallel
-            and (self.schedule == "sequential" or len(self.trained_units) == 1)
+            and (self.schedule == "sequential" or len(self.trained_blocks) == 1)
         )
 
     @property
@@ -270,8 +276,16 @@ class RunConfig:
         return "block-copies" if self.one_after_another else "sync"
 
     @property
+    def trained_blocks(self) -> tuple[int, ...]:
+        """The indices of the blocks this run trains: ``blocks``, sorted, or all of them."""
+        if self.blocks is not None:
+            return tuple(sorted(self.blocks))
+        return tuple(range(self.num_model_blocks))
+
+    @property
     def trained_units(self) -> tuple[int, ...]:
-        return tuple(sorted(self.blocks)) if self.blocks is not None else tuple(range(self.units))
+        """Old name of :attr:`trained_blocks`, kept for code and tests written against it."""
+        return self.trained_blocks
 
     @property
     def steps_at_inference(self) -> int:
@@ -306,7 +320,7 @@ class RunConfig:
             nan_max_skips=self.nan_max_skips, shared_init=self.shared_init,
             log_every=self.log_every, eval_every=self.eval_every,
             checkpoint_every=self.checkpoint_every, keep_checkpoints=self.keep_checkpoints,
-            trained_blocks=self.trained_units, shared_policy=self.shared_policy,
+            trained_blocks=self.trained_blocks, shared_policy=self.shared_policy,
             block_resident=self.block_resident,
         )  # fmt: skip
 
@@ -343,14 +357,14 @@ class RunConfig:
     def resolved(self) -> dict[str, Any]:
         """What the config's automatic values and derived settings came to: recorded beside the
         config in ``results.json`` so that a result says exactly what ran."""
-        out: dict[str, Any] = {
-            "units": self.units,
-            "trained_units": list(self.trained_units),
+        out: dict[str, Any] = {  # "units", "trained_units": saved keys, kept for old results
+            "units": self.num_model_blocks,
+            "trained_units": list(self.trained_blocks),
             "block_resident": self.block_resident,
             "shared_policy": self.shared_policy,
             "inference_calls": self.steps_at_inference,
         }
-        if self.method == "dblocks" and self.units > 1:
+        if self.method == "dblocks" and self.num_model_blocks > 1:
             try:
                 p = self.block_partition()
                 out["block_intervals"] = [list(p.interval(b)) for b in range(self.num_blocks)]

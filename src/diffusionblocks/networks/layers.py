@@ -159,7 +159,7 @@ class AdaLNOutput(nn.Module):
 
 
 class LayerGroup(nn.Module):
-    """A block: consecutive layers run as one unit. With ``checkpointing`` on (and gradients
+    """A block: consecutive layers run together. With ``checkpointing`` on (and gradients
     enabled), each layer keeps only its input and recomputes its activations in the backward
     pass (``torch.utils.checkpoint``)."""
 

@@ -8,7 +8,7 @@ clean stream can be shared). The core's input at each application is
 ``adapter([state ; e])``; adaLN conditions the state stream per token (on sigma for
 DiffusionBlocks, on a learned constant for the truncated-backprop baseline).
 
-The whole network is one trained unit: ``blocks[0]`` holds prelude, core and coda. The network
+The whole network is one trained block: ``blocks[0]`` holds prelude, core and coda. The network
 knows nothing about noise: the task scales states and passes conditioning vectors.
 """
 
@@ -52,7 +52,7 @@ def state_mask(t: int, device: torch.device | str | None = None) -> torch.Tensor
 
 
 class RecurrentStack(nn.Module):
-    """The trained unit: prelude, core (applied K times with the same weights), coda."""
+    """The trained block: prelude, core (applied K times with the same weights), coda."""
 
     def __init__(self, s: RecurrentShape):
         super().__init__()

@@ -199,13 +199,13 @@ class BlockwiseAR(TokenTargets, CharLM):
         return self.predict_logits(ids, generator, 1)
 
     def denoise_logits(
-        self, unit: int, ids: torch.Tensor, z: torch.Tensor, sigma: torch.Tensor
+        self, block: int, ids: torch.Tensor, z: torch.Tensor, sigma: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Full two-stream pass of block ``unit``: ids (N, T), noisy targets z (N, T, C) at
+        """Full two-stream pass of ``block``: ids (N, T), noisy targets z (N, T, C) at
         levels sigma (N, T). Returns logits (N, T, V) for every noisy position, and the clean
         stream's output (N, T, C)."""
         m = self.model
-        m.use_shared(unit)  # block-copies: the block's own copy of the shared modules
+        m.use_shared(block)  # block-copies: the block's own copy of the shared modules
         n, t = ids.shape
         kept: list[torch.Tensor] = []  # the noisy stream's condition and the clean stream's output
         clean = m.clean_inputs(ids)  # before c_in·z: the autograd order (and results) of before
@@ -214,7 +214,7 @@ class BlockwiseAR(TokenTargets, CharLM):
             x = torch.cat([clean, m.noisy_inputs(scaled)], 1)  # (N, 2T, C)
             noisy_cond = m.cond_embed(c_noise.reshape(-1)).view(n, t, -1)
             cond = torch.cat([m.clean_condition(n, t), noisy_cond], 1)
-            h = m.blocks[unit](x, cond, two_stream_mask(t, ids.device))
+            h = m.blocks[block](x, cond, two_stream_mask(t, ids.device))
             kept.extend([noisy_cond, h])
             return h[:, t:]  # F on the noisy positions
 
@@ -222,10 +222,10 @@ class BlockwiseAR(TokenTargets, CharLM):
         logits = m.head(denoised, kept[0])
         return logits, kept[1][:, :t]
 
-    def _sigmas(self, unit: int, n: int, t: int, generator: torch.Generator) -> torch.Tensor:
+    def _sigmas(self, block: int, n: int, t: int, generator: torch.Generator) -> torch.Tensor:
         if self.config.sigma_sampling == "token":
-            return self.partition.sample_sigma(unit, n * t, generator, self.device).view(n, t)
-        return self.partition.sample_sigma(unit, n, generator, self.device)[:, None].expand(n, t)
+            return self.partition.sample_sigma(block, n * t, generator, self.device).view(n, t)
+        return self.partition.sample_sigma(block, n, generator, self.device)[:, None].expand(n, t)
 
     def loss(
         self, block: int, batch: torch.Tensor, generator: torch.Generator
@@ -260,9 +260,9 @@ class BlockwiseAR(TokenTargets, CharLM):
             n, t, self.model.shape.hidden, generator=generator
         )
 
-        def call(z: torch.Tensor, sigma: float, unit: int) -> torch.Tensor:
+        def call(z: torch.Tensor, sigma: float, block: int) -> torch.Tensor:
             levels = torch.full((n, t), sigma, device=self.device)
-            return self.denoise_logits(unit, ids, z, levels)[0]
+            return self.denoise_logits(block, ids, z, levels)[0]
 
         logits = chain(call, z.to(self.device), self.levels(steps), self.route, self.bridge)
         return logits[:, 1:]  # position i's final prediction is character i (i >= 1)
@@ -270,7 +270,7 @@ class BlockwiseAR(TokenTargets, CharLM):
     # -- generation with a cached clean prefix ----------------------------------------------
     def _noisy_logits(
         self,
-        unit: int,
+        block: int,
         prefix: torch.Tensor,
         z: torch.Tensor,
         sigma: float,
@@ -279,9 +279,9 @@ class BlockwiseAR(TokenTargets, CharLM):
     ) -> torch.Tensor:
         """Logits (V,) for the noisy token right after ``prefix`` (1, P) at level sigma."""
         m = self.model
-        m.use_shared(unit)
+        m.use_shared(block)
         p = prefix.shape[1]
-        block = cast(LayerGroup, m.blocks[unit])
+        group = cast(LayerGroup, m.blocks[block])
         conds: list[torch.Tensor] = []
 
         def network(scaled: torch.Tensor, c_noise: torch.Tensor) -> torch.Tensor:
@@ -289,12 +289,12 @@ class BlockwiseAR(TokenTargets, CharLM):
             conds.append(m.cond_embed(c_noise.reshape(1)).view(1, 1, -1))
             noisy_cond = conds[0]
             if cached:
-                if unit not in caches:  # the clean prefix through this block, once per token
+                if block not in caches:  # the clean prefix through this block, once per token
                     clean = m.clean_inputs(prefix)
-                    _, caches[unit] = block.forward_cached(
+                    _, caches[block] = group.forward_cached(
                         clean, m.clean_condition(1, p), mask=causal_mask(p, self.device)
                     )
-                h, _ = block.forward_cached(noisy, noisy_cond, prefix=caches[unit])
+                h, _ = group.forward_cached(noisy, noisy_cond, prefix=caches[block])
                 return h[:, -1:]
             # the whole [prefix; noisy] sequence with the two-stream mask, every step
             x = torch.cat([m.clean_inputs(prefix), noisy], 1)
@@ -302,7 +302,7 @@ class BlockwiseAR(TokenTargets, CharLM):
             mask = torch.ones(p + 1, p + 1, dtype=torch.bool, device=self.device)
             mask[:p, :p] = causal_mask(p, self.device)
             mask[:p, p] = False
-            return block(x, cond, mask)[:, -1:]
+            return group(x, cond, mask)[:, -1:]
 
         level = torch.tensor(sigma, device=self.device)
         denoised = edm_denoise(network, z, level, self.schedule.sigma_data)
@@ -334,7 +334,7 @@ class BlockwiseAR(TokenTargets, CharLM):
                          lambda logits: self.bridge(logits)[None, None])  # fmt: skip
 
         text = self._autoregress(length, generator, prompt, temperature, next_logits)
-        return text, {"steps": len(levels), "calls_per_unit": calls}
+        return text, {"steps": len(levels), "calls_per_unit": calls}  # saved key (old name)
 
 
 # Presets of this task: name -> (config overrides, one-line description); the registry gathers

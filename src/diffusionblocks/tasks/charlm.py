@@ -183,7 +183,7 @@ class CharLM(TextTask):
                 depth=c.depth,
                 heads=c.heads,
                 mlp_ratio=c.mlp_ratio,
-                num_blocks=c.units,
+                num_blocks=c.num_model_blocks,
                 seed=c.seed,
             ),
             materialize_blocks=not c.block_resident,

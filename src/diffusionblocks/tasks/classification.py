@@ -9,7 +9,7 @@ sigma_max, each through the block that owns sigma, with the soft bridge
 ``D = softmax(logits) @ normalize(E)``, then a final call at sigma_min whose logits are the
 prediction.
 
-End to end: the same ViT (all layers in one unit, the slot token left empty, the conditioning
+End to end: the same ViT (all layers in one block, the slot token left empty, the conditioning
 embedder fed c_noise = 0) trained with plain cross-entropy.
 """
 
@@ -122,7 +122,7 @@ class _ImageClassification(Task):
                     depth=config.depth,
                     heads=config.heads,
                     mlp_ratio=config.mlp_ratio,
-                    num_blocks=config.units,
+                    num_blocks=config.num_model_blocks,
                     seed=config.seed,
                 ),
                 materialize_blocks=not config.block_resident,
@@ -197,7 +197,7 @@ class _ImageClassification(Task):
 
 
 class EndToEndClassification(_ImageClassification):
-    """The baseline: all layers in one unit, plain cross-entropy."""
+    """The baseline: all layers in one block, plain cross-entropy."""
 
     def logits(self, images: torch.Tensor) -> torch.Tensor:
         m = self.model

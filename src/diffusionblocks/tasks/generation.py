@@ -121,7 +121,7 @@ class _ImageGeneration(Task):
                     depth=config.depth,
                     heads=config.heads,
                     mlp_ratio=config.mlp_ratio,
-                    num_blocks=config.units,
+                    num_blocks=config.num_model_blocks,
                     seed=config.seed,
                 ),
                 materialize_blocks=not config.block_resident,
@@ -158,28 +158,28 @@ class _ImageGeneration(Task):
         }
 
     # -- method-specific pieces ---------------------------------------------------------------
-    def sample_sigma(self, unit: int, n: int, generator: torch.Generator) -> torch.Tensor:
+    def sample_sigma(self, block: int, n: int, generator: torch.Generator) -> torch.Tensor:
         raise NotImplementedError
 
     def network(
-        self, unit: int, x: torch.Tensor, scalar: torch.Tensor, labels: torch.Tensor
+        self, block: int, x: torch.Tensor, scalar: torch.Tensor, labels: torch.Tensor
     ) -> torch.Tensor:
         raise NotImplementedError
 
     def route(self, sigma: float) -> int:
         raise NotImplementedError
 
-    def layers_per_call(self, unit: int) -> int:
+    def layers_per_call(self, block: int) -> int:
         raise NotImplementedError
 
     # -- the denoiser and the loss ------------------------------------------------------------
     def denoise(
-        self, unit: int, z: torch.Tensor, sigma: torch.Tensor, labels: torch.Tensor
+        self, block: int, z: torch.Tensor, sigma: torch.Tensor, labels: torch.Tensor
     ) -> torch.Tensor:
-        """EDM denoiser D(z, sigma, class) of ``unit`` (docs/method.md §2).
+        """EDM denoiser D(z, sigma, class) of ``block`` (docs/method.md §2).
         z (N, C, H, W), sigma (N,)."""
         return edm_denoise(
-            lambda scaled, c_noise: self.network(unit, scaled, c_noise.flatten(), labels),
+            lambda scaled, c_noise: self.network(block, scaled, c_noise.flatten(), labels),
             z, sigma[:, None, None, None], self.schedule.sigma_data,
         )  # fmt: skip
 
@@ -233,16 +233,16 @@ class _ImageGeneration(Task):
         calls = [0] * len(self.model.blocks)
         layer_evals = 0
 
-        def denoise(z: torch.Tensor, sigma: float, unit: int) -> torch.Tensor:
+        def denoise(z: torch.Tensor, sigma: float, block: int) -> torch.Tensor:
             nonlocal layer_evals
-            calls[unit] += 1
+            calls[block] += 1
             s = torch.full((n,), sigma, device=self.device)
             if w == 1.0:
-                layer_evals += self.layers_per_call(unit)
-                return self.denoise(unit, z, s, labels)
-            layer_evals += 2 * self.layers_per_call(unit)
+                layer_evals += self.layers_per_call(block)
+                return self.denoise(block, z, s, labels)
+            layer_evals += 2 * self.layers_per_call(block)
             both = self.denoise(
-                unit, torch.cat([z, z]), torch.cat([s, s]), torch.cat([labels, null])
+                block, torch.cat([z, z]), torch.cat([s, s]), torch.cat([labels, null])
             )
             cond, uncond = both.chunk(2)
             return uncond + w * (cond - uncond)
@@ -252,6 +252,7 @@ class _ImageGeneration(Task):
         levels = chain_levels(steps, self.schedule, grid or c.grid)
         z = chain(denoise, z.to(self.device), levels, self.route)  # the last call's D
         self.model.train()
+        # "calls_per_unit" ("unit": a block's old name): saved key, kept for old results
         info = {"steps": steps, "cfg_scale": w, "calls_per_unit": calls,
                 "layer_evals_per_image": layer_evals}  # fmt: skip
         return self.to_pixels(z).cpu(), info
@@ -272,26 +273,26 @@ class _ImageGeneration(Task):
     # -- evaluation ---------------------------------------------------------------------------
     @torch.no_grad()
     def heldout_mse(self, generator: torch.Generator, limit: int | None = None) -> dict[str, Any]:
-        """Held-out denoising MSE of every unit on its own noise range (fixed draws)."""
+        """Held-out denoising MSE of every block on its own noise range (fixed draws)."""
         x, y = self.data.test_x, self.data.test_y
         if limit:
             x, y = x[:limit], y[:limit]
         self.model.eval()
         out = []
-        for unit in range(len(self.model.blocks)):
+        for block in range(len(self.model.blocks)):
             total, count = 0.0, 0
             for start in range(0, len(y), self.config.eval_batch_size):
                 target = self.to_target(x[start : start + self.config.eval_batch_size])
                 labels = y[start : start + self.config.eval_batch_size].to(self.device)
-                sigma = self.sample_sigma(unit, len(labels), generator)
+                sigma = self.sample_sigma(block, len(labels), generator)
                 noise = torch.randn(target.shape, generator=generator).to(self.device)
                 z = target + sigma[:, None, None, None] * noise
-                err = (self.denoise(unit, z, sigma, labels) - target).square()
+                err = (self.denoise(block, z, sigma, labels) - target).square()
                 total += float(err.flatten(1).mean(1).sum())
                 count += len(labels)
             out.append(total / count)
         self.model.train()
-        return {"heldout_mse_per_unit": out}
+        return {"heldout_mse_per_unit": out}  # saved key, kept for old results
 
     def evaluate(
         self,
@@ -350,18 +351,18 @@ class _ImageGeneration(Task):
 class EndToEndGeneration(_ImageGeneration):
     """The baseline: the whole DiT is one EDM denoiser over the full noise range."""
 
-    def sample_sigma(self, unit: int, n: int, generator: torch.Generator) -> torch.Tensor:
+    def sample_sigma(self, block: int, n: int, generator: torch.Generator) -> torch.Tensor:
         return self.schedule.sample(n, generator, device=self.device)
 
     def network(
-        self, unit: int, x: torch.Tensor, scalar: torch.Tensor, labels: torch.Tensor
+        self, block: int, x: torch.Tensor, scalar: torch.Tensor, labels: torch.Tensor
     ) -> torch.Tensor:
         return self.model.run_all(x, scalar, labels)
 
     def route(self, sigma: float) -> int:
         return 0
 
-    def layers_per_call(self, unit: int) -> int:
+    def layers_per_call(self, block: int) -> int:
         return self.config.depth
 
 
@@ -373,19 +374,19 @@ class BlockwiseGeneration(_ImageGeneration):
         super().__init__(config, device)
         self.partition = config.block_partition()
 
-    def sample_sigma(self, unit: int, n: int, generator: torch.Generator) -> torch.Tensor:
-        return self.partition.sample_sigma(unit, n, generator, self.device)
+    def sample_sigma(self, block: int, n: int, generator: torch.Generator) -> torch.Tensor:
+        return self.partition.sample_sigma(block, n, generator, self.device)
 
     def network(
-        self, unit: int, x: torch.Tensor, scalar: torch.Tensor, labels: torch.Tensor
+        self, block: int, x: torch.Tensor, scalar: torch.Tensor, labels: torch.Tensor
     ) -> torch.Tensor:
-        return self.model.run_block(unit, x, scalar, labels)
+        return self.model.run_block(block, x, scalar, labels)
 
     def route(self, sigma: float) -> int:
         return int(self.partition.block_of(sigma))
 
-    def layers_per_call(self, unit: int) -> int:
-        return len(cast(LayerGroup, self.model.blocks[unit]))
+    def layers_per_call(self, block: int) -> int:
+        return len(cast(LayerGroup, self.model.blocks[block]))
 
 
 # Presets of this task: name -> (config overrides, one-line description); the registry gathers

@@ -126,7 +126,7 @@ class _MaskedLM(TextTask):
                     depth=config.depth,
                     heads=config.heads,
                     mlp_ratio=config.mlp_ratio,
-                    num_blocks=config.units,
+                    num_blocks=config.num_model_blocks,
                     seed=config.seed,
                 ),
                 materialize_blocks=not config.block_resident,
@@ -136,10 +136,10 @@ class _MaskedLM(TextTask):
         self.model.set_checkpointing(config.checkpointing)
 
     # -- method-specific --------------------------------------------------------------------
-    def sample_t(self, unit: int, n: int, generator: torch.Generator) -> torch.Tensor:
+    def sample_t(self, block: int, n: int, generator: torch.Generator) -> torch.Tensor:
         raise NotImplementedError
 
-    def network(self, unit: int, ids: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def network(self, block: int, ids: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
     def route(self, t: float) -> int:
@@ -160,11 +160,11 @@ class _MaskedLM(TextTask):
 
     # -- the ELBO ---------------------------------------------------------------------------
     def elbo_terms(
-        self, unit: int, ids: torch.Tensor, t: torch.Tensor, generator: torch.Generator
+        self, block: int, ids: torch.Tensor, t: torch.Tensor, generator: torch.Generator
     ) -> torch.Tensor:
         """Per-sequence ELBO term in nats per character: (1/t) * sum_{masked} CE / T."""
         x_t, masked = mask_tokens(ids, t.float(), self.vocab.mask_id, generator)
-        logits = self.network(unit, x_t, t.float().to(self.device))  # (N, T, V)
+        logits = self.network(block, x_t, t.float().to(self.device))  # (N, T, V)
         ce = F.cross_entropy(logits.transpose(1, 2), ids, reduction="none")  # (N, T)
         weight = elbo_weight(t.to(self.device).float())  # (N,)
         return weight * (ce * masked).sum(1) / ids.shape[1]
@@ -196,10 +196,10 @@ class _MaskedLM(TextTask):
                 t = (k + u) / draws
                 t = t.clamp(min=T_MIN)
                 owners = self._owners(t)
-                for unit in owners.unique().tolist():
-                    sel = owners == unit
+                for block in owners.unique().tolist():
+                    sel = owners == block
                     total[sel.to(self.device)] += self.elbo_terms(
-                        unit, ids[sel.to(self.device)], t[sel], gen
+                        block, ids[sel.to(self.device)], t[sel], gen
                     )
             per_seq.append((total / draws).cpu())
         self.model.train()
@@ -228,11 +228,12 @@ class _MaskedLM(TextTask):
         result = self.estimate_bpc(seqs, c.eval_draws, c.seed + 1_000_003)
         result["held_out"] = self.corpus.held_out
         if not quick:
-            # Per-unit ELBO share: the estimate restricted to each unit's own interval.
-            result["per_unit"] = self.per_unit_terms(seqs[: min(len(seqs), 256)], c.seed + 17)
+            # Per-block ELBO share: the estimate restricted to each block's own interval.
+            # "per_unit": saved key ("unit": a block's old name), kept for old results
+            result["per_unit"] = self.per_block_terms(seqs[: min(len(seqs), 256)], c.seed + 17)
         return result
 
-    def per_unit_terms(self, seqs: torch.Tensor, seed: int) -> list[dict[str, Any]]:
+    def per_block_terms(self, seqs: torch.Tensor, seed: int) -> list[dict[str, Any]]:
         raise NotImplementedError
 
     # -- sampling ---------------------------------------------------------------------------
@@ -283,9 +284,9 @@ class _MaskedLM(TextTask):
             masked = ids == self.vocab.mask_id
             if not masked.any():
                 break
-            unit = self.route(t)
-            calls[unit] += 1
-            logits = self.network(unit, ids, torch.full((1,), t, device=self.device))
+            block = self.route(t)
+            calls[block] += 1
+            logits = self.network(block, ids, torch.full((1,), t, device=self.device))
             probs = (logits / temperature).softmax(-1)[0].cpu()  # (T, V)
             draw = torch.multinomial(probs, 1, generator=generator)[:, 0].to(self.device)
             reveal = torch.rand(ids.shape[1], generator=generator).to(self.device) < (t - s) / t
@@ -295,23 +296,23 @@ class _MaskedLM(TextTask):
         assert not (out == self.vocab.mask_id).any(), "a mask survived the last step"
         return self.vocab.decode(out[len(prefix) :].tolist()), {
             "steps": steps,
-            "calls_per_unit": calls,
+            "calls_per_unit": calls,  # saved key, kept for old results
         }
 
 
 class EndToEndMaskedLM(_MaskedLM):
     """The baseline: one network over all masking times."""
 
-    def sample_t(self, unit: int, n: int, generator: torch.Generator) -> torch.Tensor:
+    def sample_t(self, block: int, n: int, generator: torch.Generator) -> torch.Tensor:
         return sample_t_full(n, generator)
 
-    def network(self, unit: int, ids: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def network(self, block: int, ids: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return self.model.run_all(ids, t)
 
     def route(self, t: float) -> int:
         return 0
 
-    def per_unit_terms(self, seqs: torch.Tensor, seed: int) -> list[dict[str, Any]]:
+    def per_block_terms(self, seqs: torch.Tensor, seed: int) -> list[dict[str, Any]]:
         return []
 
 
@@ -322,30 +323,30 @@ class BlockwiseMaskedLM(_MaskedLM):
         super().__init__(config, device)
         self.partition = TimePartition(config.num_blocks, config.overlap)
 
-    def sample_t(self, unit: int, n: int, generator: torch.Generator) -> torch.Tensor:
-        return self.partition.sample_t(unit, n, generator)
+    def sample_t(self, block: int, n: int, generator: torch.Generator) -> torch.Tensor:
+        return self.partition.sample_t(block, n, generator)
 
-    def network(self, unit: int, ids: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return self.model.run_block(unit, ids, t)
+    def network(self, block: int, ids: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return self.model.run_block(block, ids, t)
 
     def route(self, t: float) -> int:
         return int(self.partition.block_of(t))
 
     @torch.no_grad()
-    def per_unit_terms(self, seqs: torch.Tensor, seed: int) -> list[dict[str, Any]]:
+    def per_block_terms(self, seqs: torch.Tensor, seed: int) -> list[dict[str, Any]]:
         """Each block's share of the held-out ELBO (t uniform in its own interval, times the
         interval's width): the shares add up to the BPC."""
         gen = torch.Generator().manual_seed(seed)
         out = []
         self.model.eval()
-        for unit in range(self.config.num_blocks):
-            lo, hi = self.partition.interval(unit)
+        for block in range(self.config.num_blocks):
+            lo, hi = self.partition.interval(block)
             ids = seqs.to(self.device)
             lo_t = max(lo, T_MIN)
             t = lo_t + (hi - lo_t) * torch.rand(len(ids), generator=gen, dtype=torch.float64)
-            terms = self.elbo_terms(unit, ids, t, gen)
+            terms = self.elbo_terms(block, ids, t, gen)
             share = float(terms.mean()) * (hi - lo) / math.log(2)
-            out.append({"block": unit, "t_interval": [lo, hi], "bpc_share": share})
+            out.append({"block": block, "t_interval": [lo, hi], "bpc_share": share})
         self.model.train()
         return out
 

@@ -46,7 +46,7 @@ class RecurrentConfig(ARConfig):
         "training": ("aux_ce", "mean_iterations", "truncation", "init_std"),
     }
 
-    num_blocks: int = 1  # one trained unit (the whole recurrent network)
+    num_blocks: int = 1  # one trained block (the whole recurrent network)
     overlap: float = 0.0  # unused: the core is one denoiser over the whole sigma range
     depth: int = 8  # distinct layers: prelude + core + coda
     prelude: int = 2  # layers before the loop
@@ -64,7 +64,7 @@ class RecurrentConfig(ARConfig):
         return RECURRENT_METHODS
 
     @property
-    def units(self) -> int:
+    def num_model_blocks(self) -> int:
         return 1
 
     @property
@@ -78,10 +78,10 @@ class RecurrentConfig(ARConfig):
     def validate(self) -> None:
         super().validate()
         _check(self, "parallel", not self.parallel,
-               "false: a recurrent-depth model is one trained unit, there are no blocks to spread "
-               "over processes")  # fmt: skip
+               "false: a recurrent-depth model is one trained block, there are no blocks to "
+               "spread over processes")  # fmt: skip
         _check(self, "resident", not self.resident,
-               "false: a recurrent-depth model is one trained unit")  # fmt: skip
+               "false: a recurrent-depth model is one trained block")  # fmt: skip
         for name in ("prelude", "core", "coda"):
             _check(self, name, 1 <= getattr(self, name) <= 64, "an integer in [1, 64]")
         if self.depth != self.prelude + self.core + self.coda:
@@ -89,7 +89,7 @@ class RecurrentConfig(ARConfig):
                 f"invalid value for 'depth': {self.depth} (must equal prelude={self.prelude} + "
                 f"core={self.core} + coda={self.coda})"
             )
-        _check(self, "num_blocks", self.num_blocks == 1, "1 (the recurrent model is one unit)")
+        _check(self, "num_blocks", self.num_blocks == 1, "1 (the recurrent model is one block)")
         _check(self, "aux_ce", self.aux_ce == 0, "0 (aux_ce applies to the autoregressive task)")
         _check(self, "mean_iterations", 1 <= self.mean_iterations <= 1000, "in [1, 1000]")
         _check(self, "truncation", 1 <= self.truncation <= 1000, "an integer in [1, 1000]")
@@ -323,7 +323,7 @@ class BlockwiseRecurrent(TokenTargets, _RecurrentLM):
         z = self.schedule.sigma_max * torch.randn(n, positions, h, generator=generator)
         levels = self.levels(k)
 
-        def call(z: torch.Tensor, sigma: float, unit: int) -> torch.Tensor:
+        def call(z: torch.Tensor, sigma: float, block: int) -> torch.Tensor:
             s = torch.full((n, positions), sigma, device=self.device)
             if not last_only:
                 return self.denoise(e, z, s)

@@ -35,21 +35,21 @@ class Accounting:
         self.layer_evals: float = 0  # forward layer evaluations per example, summed over steps
         self.backward_layer_evals: float = 0  # layers that ran a backward pass, per example
 
-    def count(self, units: list[int], seconds: float, logs: dict[str, float]) -> None:
-        """A step of ``units`` (one unless synchronous; timed as the first's) took ``seconds``;
+    def count(self, blocks: list[int], seconds: float, logs: dict[str, float]) -> None:
+        """A step of ``blocks`` (one unless synchronous; timed as the first's) took ``seconds``;
         called right after the step's ``loss`` calls. The layer evaluations per example are the
-        task's (:meth:`Task.layer_evals`, :meth:`Task.backward_layer_evals` of each unit's
+        task's (:meth:`Task.layer_evals`, :meth:`Task.backward_layer_evals` of each block's
         latest loss call); a step skipped for a non-finite loss or gradient (``skipped`` in its
-        ``logs``) counts the layers of its units (:meth:`Task.layers_in_block`)."""
+        ``logs``) counts the layers of its blocks (:meth:`Task.layers_in_block`)."""
         self.train_seconds += seconds
-        self.step_times[units[0]].append(seconds)
+        self.step_times[blocks[0]].append(seconds)
         if logs.get("skipped"):
-            layers = sum(self.task.layers_in_block(u) for u in units)
+            layers = sum(self.task.layers_in_block(u) for u in blocks)
             self.layer_evals += layers
             self.backward_layer_evals += layers
             return
-        self.layer_evals += sum(self.task.layer_evals(u) for u in units)
-        self.backward_layer_evals += sum(self.task.backward_layer_evals(u) for u in units)
+        self.layer_evals += sum(self.task.layer_evals(u) for u in blocks)
+        self.backward_layer_evals += sum(self.task.backward_layer_evals(u) for u in blocks)
 
     def report(
         self, settings: TrainingSettings, plan: Plan, at: Position, skipped: int
@@ -57,18 +57,19 @@ class Accounting:
         """Steps and layer evaluations at ``at``; ``skipped``: steps whose update was skipped
         (non-finite)."""
         c, step = settings, at.step
-        layers = [self.task.layers_in_block(u) for u in range(len(at.unit_steps))]
+        layers = [self.task.layers_in_block(u) for u in range(len(at.block_steps))]
         evals = self.layer_evals * c.batch_size
         backward = self.backward_layer_evals * c.batch_size
+        # The "unit" keys (a block's old name) are saved keys, kept for old results and readers.
         return {
             "method": c.method,
             "units": len(layers),
-            "trained_units": list(plan.units),
+            "trained_units": list(plan.blocks),
             "steps": step,
             "total_steps": plan.total_steps,
             "steps_per_epoch": plan.steps_per_epoch,
-            "steps_per_unit_budget": plan.steps_per_unit,
-            "steps_per_unit": list(at.unit_steps),
+            "steps_per_unit_budget": plan.steps_per_block,
+            "steps_per_unit": list(at.block_steps),
             "layers_per_unit": layers,
             "layer_evaluations": evals,  # forward layer passes x examples
             "backward_layer_evaluations": backward,  # layers that ran backward x examples
@@ -79,7 +80,7 @@ class Accounting:
         }
 
     def timing(self, swap_seconds: float, swaps: int) -> dict[str, Any]:
-        per_unit = {
+        per_block = {
             str(u): _median(times[5:] if len(times) > 10 else times)
             for u, times in sorted(self.step_times.items())
         }
@@ -89,7 +90,7 @@ class Accounting:
             "swap_seconds": swap_seconds,  # block-resident: moving blocks in and out
             "swaps": swaps,
             "median_step_seconds": _median(every[5:] if len(every) > 10 else every),
-            "median_step_seconds_per_unit": per_unit,
+            "median_step_seconds_per_unit": per_block,  # saved key, kept for old results
         }
 
 
@@ -103,24 +104,24 @@ class Heldout:
         self.batch = task.heldout_batch()  # fixed validation examples (None: no such split)
         self.trained_since_log: set[int] = set()
 
-    def units(self, unit: int, resident: bool) -> list[int]:
+    def recorded_blocks(self, block: int, resident: bool) -> list[int]:
         """The blocks whose held-out loss a record carries: every block trained since the last
         record (so each block's curve has a point at every record of the random schedule), or
         only the block in memory when blocks are swapped out (block-resident)."""
         if resident:
-            return [unit]
+            return [block]
         return sorted(self.trained_since_log)
 
     @torch.no_grad()
-    def record(self, units: list[int]) -> dict[str, float]:
-        """The loss of each unit trained at this step on the held-out batch
+    def record(self, blocks: list[int]) -> dict[str, float]:
+        """The loss of each block trained at this step on the held-out batch
         (``val_<key>_block_<b>``), so that a block that only fits its training batches shows.
         Empty when the task has no validation split. Uses its own generator: training draws are
         unchanged."""
         if self.batch is None:
             return {}
         record = {}
-        for u in units:
+        for u in blocks:
             generator = torch.Generator().manual_seed(self.seed + 7_000_003 + u)
             _, logs = self.task.loss(u, self.batch, generator)
             for k, v in logs.items():
@@ -165,26 +166,26 @@ class ProgressLog:
         self.examples_since = 0
 
     def add(
-        self, logs: dict[str, float], units: list[int], at: Position, end: int, resident: bool
+        self, logs: dict[str, float], blocks: list[int], at: Position, end: int, resident: bool
     ) -> None:
-        """The logs of the step that trained ``units`` (one unit unless synchronous) and brought
+        """The logs of the step that trained ``blocks`` (one block unless synchronous) and brought
         the run to ``at``; writes a record when one is due (``end``: where this ``fit`` stops;
         ``resident``: blocks are swapped out, so only the active one has a held-out loss)."""
         self.examples_since += self.settings.batch_size
         for k, v in logs.items():
             self.accum[k].append(v)
-        self.heldout.trained_since_log.update(units)
-        unit = units[0]
+        self.heldout.trained_since_log.update(blocks)
+        block = blocks[0]
         if not self.plan.synchronous:
-            self.accum[f"loss_block_{unit}"].append(logs["loss"])
+            self.accum[f"loss_block_{block}"].append(logs["loss"])
             key = self.plot_key
             if key != "loss" and key in logs:
-                self.accum[f"{key}_block_{unit}"].append(logs[key])
+                self.accum[f"{key}_block_{block}"].append(logs[key])
         self.bar.update(1)
         if at.step % self.settings.log_every == 0 or at.step == self.plan.total_steps:
-            self._write(at, unit, end, resident)
+            self._write(at, block, end, resident)
 
-    def _write(self, at: Position, unit: int, end: int, resident: bool) -> None:
+    def _write(self, at: Position, block: int, end: int, resident: bool) -> None:
         now = time.perf_counter()
         rate = self.examples_since / max(now - self.last_log, 1e-9)
         per_epoch = self.plan.steps_per_epoch
@@ -192,15 +193,15 @@ class ProgressLog:
             "step": at.step,
             # Epochs of the block trained at this step (its own steps), and passes over the
             # training data by all blocks together (the global step).
-            "epoch": at.unit_steps[unit] / per_epoch,
-            "block": unit,
+            "epoch": at.block_steps[block] / per_epoch,
+            "block": block,
             "data_epochs": at.step / per_epoch,
             **{k: sum(v) / len(v) for k, v in self.accum.items()},
             "examples_per_sec": rate,
-            **self.heldout.record(self.heldout.units(unit, resident)),
+            **self.heldout.record(self.heldout.recorded_blocks(block, resident)),
         }
         self.metrics.write(record)
-        self.bar.set_postfix(loss=f"{record['loss']:.4f}", block=unit,
+        self.bar.set_postfix(loss=f"{record['loss']:.4f}", block=block,
                              epoch=f"{record['epoch']:.2f}", ex_s=f"{rate:.0f}")  # fmt: skip
         self._plain_progress(at.step, record, end)
         self.accum.clear()

@@ -62,7 +62,7 @@ class Faults:
     def skip(
         self,
         position: Position,
-        units: list[int],
+        blocks: list[int],
         params: Iterable[torch.nn.Parameter],
         loss: float,
         logs: dict[str, float],
@@ -75,7 +75,7 @@ class Faults:
             p.grad = None
         what = "loss" if not math.isfinite(loss) else "gradient"
         where = ", ".join(
-            f"block {u} (noise interval {self.task.block_interval(u)})" for u in units
+            f"block {u} (noise interval {self.task.block_interval(u)})" for u in blocks
         )
         message = f"non-finite {what} at step {step} on {where}"
         self.skipped_steps += 1
@@ -92,7 +92,7 @@ class Faults:
                 f"{last or 'none (no checkpoint written yet)'}"
             )
         self.log(f"warning: {message}; update skipped ({self.skipped_steps} so far)")
-        position.advance(units)
+        position.advance(blocks)
         return {"loss": math.nan, "skipped": 1.0, **{k: v for k, v in logs.items() if k == "lr"}}
 
     @contextmanager

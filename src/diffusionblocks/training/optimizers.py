@@ -1,6 +1,6 @@
-"""The optimizers of a run: one AdamW per unit, created when the unit first trains (so a unit
+"""The optimizers of a run: one AdamW per block, created when the block first trains (so a block
 that does not train cannot move: no momentum or weight-decay drift), the optimizer states loaded
-from a checkpoint or a swapped-out block's file that wait for their unit, and the optimizer of
+from a checkpoint or a swapped-out block's file that wait for their block, and the optimizer of
 the shared modules, which the ``shared`` policy (``shared.py``) decides the parameters of.
 """
 
@@ -20,52 +20,52 @@ if TYPE_CHECKING:
 
 
 class Optimizers:
-    """Per-unit optimizers, their pending states, and the shared modules' optimizer."""
+    """Per-block optimizers, their pending states, and the shared modules' optimizer."""
 
     def __init__(self, task: Task, settings: TrainingSettings, shared: SharedModules) -> None:
         self.task = task
         self.settings = settings
         self.shared = shared
-        self.units: Final[dict[int, torch.optim.AdamW]] = {}
+        self.by_block: Final[dict[int, torch.optim.AdamW]] = {}
         self.pending: Final[dict[int, dict[str, Any]]] = {}  # loaded states of unbuilt optimizers
         self.shared_optimizer: torch.optim.AdamW | None = None
 
-    def for_unit(self, unit: int) -> torch.optim.AdamW:
-        """The optimizer of ``unit``, built (with its pending state, if any) on first use."""
-        if unit not in self.units:
-            opt = make_optimizer(self.task.block_parameters(unit), self.settings)
-            if unit in self.pending:
-                opt.load_state_dict(self.pending.pop(unit))
-            self.units[unit] = opt
-        return self.units[unit]
+    def for_block(self, block: int) -> torch.optim.AdamW:
+        """The optimizer of ``block``, built (with its pending state, if any) on first use."""
+        if block not in self.by_block:
+            opt = make_optimizer(self.task.block_parameters(block), self.settings)
+            if block in self.pending:
+                opt.load_state_dict(self.pending.pop(block))
+            self.by_block[block] = opt
+        return self.by_block[block]
 
-    def prepare_shared(self, unit: int) -> list[torch.nn.Parameter]:
-        """Apply the shared policy before a step of ``unit``; a changed set of trainable shared
+    def prepare_shared(self, block: int) -> list[torch.nn.Parameter]:
+        """Apply the shared policy before a step of ``block``; a changed set of trainable shared
         parameters gets a fresh optimizer (a frozen module's optimizer state is freed)."""
-        if self.shared.prepare(unit):
+        if self.shared.prepare(block):
             params = self.shared.current
             self.shared_optimizer = make_optimizer(params, self.settings) if params else None
         return self.shared.current
 
-    def restart_shared(self, unit: int) -> None:
-        """After loading a checkpoint: the policy applied afresh for ``unit`` (the unit of the
+    def restart_shared(self, block: int) -> None:
+        """After loading a checkpoint: the policy applied afresh for ``block`` (the block of the
         last saved step), with a fresh shared optimizer."""
         self.shared.forget()
-        params = self.prepare_shared(unit)
+        params = self.prepare_shared(block)
         self.shared_optimizer = make_optimizer(params, self.settings) if params else None
 
-    def drop_finished(self, unit: int, finished: Callable[[int], bool]) -> None:
-        """In sequential mode a finished unit's optimizer state is freed for good."""
+    def drop_finished(self, block: int, finished: Callable[[int], bool]) -> None:
+        """In sequential mode a finished block's optimizer state is freed for good."""
         if self.settings.block_order != "sequential":
             return
-        for u in list(self.units):
-            if u != unit and finished(u):
-                del self.units[u]
+        for u in list(self.by_block):
+            if u != block and finished(u):
+                del self.by_block[u]
 
     def state_bytes(self) -> int:
         """Bytes of optimizer state held: the built optimizers' and the pending states'."""
         total = 0
-        for opt in [self.shared_optimizer, *self.units.values()]:
+        for opt in [self.shared_optimizer, *self.by_block.values()]:
             if opt is None:
                 continue
             for state in opt.state.values():

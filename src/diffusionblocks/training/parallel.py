@@ -2,7 +2,7 @@
 
 Launch: ``torchrun --nproc-per-node N -m diffusionblocks train --preset P --set parallel=true``.
 World size = (number of trained blocks) x (data-parallel degree). Rank r trains block
-``units[r // dp]`` on data shard ``r % dp``; it builds **only its block** (the others stay on the
+``blocks[r // dp]`` on data shard ``r % dp``; it builds **only its block** (the others stay on the
 meta device) plus the shared modules. Every step is one step of the ``synchronous`` schedule:
 the same global batch for every block, each block's noise from its own generator, so a parallel
 run computes what a single-process ``schedule=synchronous`` run computes.
@@ -20,7 +20,7 @@ for per-block), each with metadata naming the config hash, the block, its noise 
 version (sha256) of the shared modules it trained with. ``dblocks assemble`` joins them.
 
 ``ParallelTrainer`` is the one :class:`~.trainer.Trainer`, composed for a rank: its block as the
-only unit it trains, ``DistributedSync`` for the gradients, ``BlockCheckpoints`` for the
+only block it trains, ``DistributedSync`` for the gradients, ``BlockCheckpoints`` for the
 checkpoints, no evaluation of the chain (the rank holds one block).
 """
 
@@ -60,7 +60,7 @@ class ParallelContext:
     dp: int  # data-parallel degree within a block group
     block: int  # the block this rank trains
     dp_rank: int
-    units: tuple[int, ...]  # all trained blocks
+    blocks: tuple[int, ...]  # all trained blocks
     block_group: Any = None  # process group of this block's ranks (None: world 1 or dp 1)
     initialized: bool = False  # whether this module initialised torch.distributed
 
@@ -69,33 +69,33 @@ class ParallelContext:
         return self.dp_rank == 0
 
 
-def layout(units: tuple[int, ...], world: int, rank: int) -> ParallelContext:
+def layout(blocks: tuple[int, ...], world: int, rank: int) -> ParallelContext:
     """Assign ranks to blocks; refuse a world size that does not fit."""
-    k = len(units)
+    k = len(blocks)
     if world < k or world % k:
         raise ConfigError(
-            f"parallel training of {k} block(s) {list(units)} needs a world size that is a "
+            f"parallel training of {k} block(s) {list(blocks)} needs a world size that is a "
             f"multiple of {k} (one or more processes per block), got {world}; launch with "
             f"torchrun --nproc-per-node {k} (or 2x, 3x ... for data parallelism within blocks), "
             "or select fewer blocks with --set blocks=..."
         )
     dp = world // k
-    return ParallelContext(rank, world, dp, units[rank // dp], rank % dp, tuple(units))
+    return ParallelContext(rank, world, dp, blocks[rank // dp], rank % dp, tuple(blocks))
 
 
 def init_distributed(config: RunConfig) -> ParallelContext:
     """Read torchrun's environment, initialise the process group (gloo on CPU, NCCL on CUDA)
     and the per-block groups. A single process training a single block needs no torchrun."""
-    units = config.trained_units
+    blocks = config.trained_blocks
     if "WORLD_SIZE" not in os.environ:
-        if len(units) == 1:
-            return layout(units, 1, 0)
+        if len(blocks) == 1:
+            return layout(blocks, 1, 0)
         raise ConfigError(
-            f"parallel=true with {len(units)} blocks needs torchrun (no WORLD_SIZE in the "
-            f"environment): torchrun --nproc-per-node {len(units)} -m diffusionblocks train ..."
+            f"parallel=true with {len(blocks)} blocks needs torchrun (no WORLD_SIZE in the "
+            f"environment): torchrun --nproc-per-node {len(blocks)} -m diffusionblocks train ..."
         )
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-    ctx = layout(units, world, rank)
+    ctx = layout(blocks, world, rank)
     device = config.device
     cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
     if world > 1 and not dist.is_initialized():
@@ -105,8 +105,8 @@ def init_distributed(config: RunConfig) -> ParallelContext:
         dist.init_process_group(backend, timeout=datetime.timedelta(minutes=30))
         ctx.initialized = True
     if world > 1 and ctx.dp > 1:
-        for u in units:  # every rank creates every group, in the same order
-            ranks = [r for r in range(world) if units[r // ctx.dp] == u]
+        for u in blocks:  # every rank creates every group, in the same order
+            ranks = [r for r in range(world) if blocks[r // ctx.dp] == u]
             group = dist.new_group(ranks)
             if u == ctx.block:
                 ctx.block_group = group
@@ -135,15 +135,15 @@ class DistributedSync:
 
     def reduce(
         self,
-        units: list[int],
-        unit_params: dict[int, list[nn.Parameter]],
+        blocks: list[int],
+        block_params: dict[int, list[nn.Parameter]],
         shared_params: list[nn.Parameter],
     ) -> None:
         ctx = self.ctx
         if ctx.world == 1:
             return
         if ctx.dp > 1:
-            for p in unit_params[ctx.block]:
+            for p in block_params[ctx.block]:
                 if p.grad is not None:
                     dist.all_reduce(p.grad, group=ctx.block_group)
                     p.grad /= ctx.dp
@@ -199,18 +199,18 @@ class BlockCheckpoints:
                 "method": c.method,
                 "config_hash": c.config_hash(ignore=PARALLEL_HASH_IGNORE),
                 "block": b,
-                "units": len(parts.model.blocks),
+                "units": len(parts.model.blocks),  # saved key, kept for old checkpoints
                 "noise_interval": parts.task.block_interval(b),
                 "shared_policy": c.shared_policy,
                 "shared_version": version,
                 "total_steps": parts.plan.total_steps,
             }
             objects = {
-                "optimizer": parts.optimizers.for_unit(b).state_dict(),
-                "trainer": {
+                "optimizer": parts.optimizers.for_block(b).state_dict(),
+                "trainer": {  # "unit_steps": saved key, kept for old checkpoints
                     "step": pos.step,
-                    "unit_steps": list(pos.unit_steps),
-                    "generator": pos.unit_generators[b].get_state(),
+                    "unit_steps": list(pos.block_steps),
+                    "generator": pos.block_generators[b].get_state(),
                     "train_seconds": acc.train_seconds,
                     "layer_evals": acc.layer_evals,
                     "backward_layer_evals": acc.backward_layer_evals,
@@ -262,13 +262,13 @@ class BlockCheckpoints:
         if shared_ckpt.has("optimizer.pt") and parts.settings.shared_policy != "frozen":
             _shared_optimizer(parts).load_state_dict(shared_ckpt.obj("optimizer"))
         materialize(model, ctx.block, device_of(model), ckpt.tensors("block"))
-        parts.optimizers.units.clear()
+        parts.optimizers.by_block.clear()
         parts.optimizers.pending[ctx.block] = ckpt.obj("optimizer")
         state = ckpt.obj("trainer")
         pos, acc = parts.position, parts.accounting
         pos.step = int(state["step"])
-        pos.unit_steps = [int(s) for s in state["unit_steps"]]
-        pos.unit_generators[ctx.block].set_state(state["generator"])
+        pos.block_steps = [int(s) for s in state["unit_steps"]]  # saved key, kept
+        pos.block_generators[ctx.block].set_state(state["generator"])
         acc.train_seconds = float(state.get("train_seconds", 0.0))
         acc.layer_evals = int(state.get("layer_evals", 0))
         acc.backward_layer_evals = int(state.get("backward_layer_evals", 0))
@@ -299,7 +299,7 @@ def ParallelTrainer(
         progress=progress and ctx.rank == 0,
         log=log,
         data_shard=(ctx.dp_rank, ctx.dp),
-        local_units=(ctx.block,),
+        local_blocks=(ctx.block,),
         sync=DistributedSync(ctx, c.shared_policy),
         checkpoints=BlockCheckpoints(ctx),
         can_evaluate=False,
@@ -319,8 +319,8 @@ def ParallelTrainer(
     # Different data shards within a block group (batch_indices with the data-parallel
     # rank), the same batches across blocks; and different noise per data-parallel rank.
     if ctx.dp > 1:
-        base = dict(trainer.position.unit_generators)
-        trainer.position.unit_generators = {
+        base = dict(trainer.position.block_generators)
+        trainer.position.block_generators = {
             u: torch.Generator().manual_seed(base[u].initial_seed() + 7919 * ctx.dp_rank)
             for u in base
         }

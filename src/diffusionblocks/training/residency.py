@@ -86,7 +86,7 @@ class BlockResidency:
         optimizers: Optimizers,
     ) -> None:
         self.model = model
-        self.num_units = len(model.blocks)
+        self.num_blocks = len(model.blocks)
         self.resident = resident
         self.run_dir = run_dir
         self.optimizers = optimizers
@@ -108,67 +108,67 @@ class BlockResidency:
                 self._offload_dir = Path(tempfile.mkdtemp(prefix="dblocks-blocks-"))
         return self._offload_dir
 
-    def block_path(self, unit: int) -> Path:
-        return self.offload_dir / f"block-{unit}.safetensors"
+    def block_path(self, block: int) -> Path:
+        return self.offload_dir / f"block-{block}.safetensors"
 
-    def optimizer_path(self, unit: int) -> Path:
-        return self.offload_dir / f"optimizer-{unit}.pt"
+    def optimizer_path(self, block: int) -> Path:
+        return self.offload_dir / f"optimizer-{block}.pt"
 
-    def _write_block_file(self, unit: int, state: dict[str, torch.Tensor]) -> None:
-        path = self.block_path(unit)
+    def _write_block_file(self, block: int, state: dict[str, torch.Tensor]) -> None:
+        path = self.block_path(block)
         atomic_write_bytes(path, encode_tensors(state))
-        self.block_files[unit] = path
+        self.block_files[block] = path
 
     def prepare(self) -> None:
         """Give every block that is neither in memory nor on disk a file with its initial
         weights, one block at a time (so checkpoints always hold every block)."""
-        for u in range(self.num_units):
+        for u in range(self.num_blocks):
             if u not in self.block_files and not is_materialized(self.model, u):
                 self._write_block_file(u, self.model.build_block(u).state_dict())
 
-    def activate(self, unit: int, finished: Callable[[int], bool]) -> None:
-        """Make ``unit`` the only block in memory (others go to their files; ``finished(u)``:
+    def activate(self, block: int, finished: Callable[[int], bool]) -> None:
+        """Make ``block`` the only block in memory (others go to their files; ``finished(u)``:
         whether block u has its whole budget, so its optimizer state can go)."""
-        if is_materialized(self.model, unit):
+        if is_materialized(self.model, block):
             return
         start = time.perf_counter()
         try:
-            self._swap_in(unit, finished)
+            self._swap_in(block, finished)
         finally:
             self.swap_seconds += time.perf_counter() - start
 
-    def _swap_in(self, unit: int, finished: Callable[[int], bool]) -> None:
-        for u in range(self.num_units):
-            if u != unit and is_materialized(self.model, u):
+    def _swap_in(self, block: int, finished: Callable[[int], bool]) -> None:
+        for u in range(self.num_blocks):
+            if u != block and is_materialized(self.model, u):
                 self.offload(u, finished(u))
         state = None
-        if unit in self.block_files:
+        if block in self.block_files:
             from safetensors.torch import load_file
 
-            state = load_file(self.block_files[unit])
-        materialize(self.model, unit, device_of(self.model), state)
-        path = self.optimizer_files.pop(unit, None)
+            state = load_file(self.block_files[block])
+        materialize(self.model, block, device_of(self.model), state)
+        path = self.optimizer_files.pop(block, None)
         if path is not None:  # a block swapped out mid-training: its optimizer comes back too
-            self.optimizers.pending[unit] = torch.load(path, weights_only=True, map_location="cpu")
+            self.optimizers.pending[block] = torch.load(path, weights_only=True, map_location="cpu")
         self.swaps += 1
 
-    def offload(self, unit: int, finished: bool) -> None:
-        """Write block ``unit`` to its file and free its weights and optimizer state. A block
+    def offload(self, block: int, finished: bool) -> None:
+        """Write ``block`` to its file and free its weights and optimizer state. A block
         that has not ``finished`` (schedules that come back to it) keeps its optimizer state in
         a file beside it; a finished block's is dropped."""
-        self._write_block_file(unit, self.model.blocks[unit].state_dict())
-        opt = self.optimizers.units.pop(unit, None)
+        self._write_block_file(block, self.model.blocks[block].state_dict())
+        opt = self.optimizers.by_block.pop(block, None)
         if opt is not None and not finished:
-            path = self.optimizer_path(unit)
+            path = self.optimizer_path(block)
             atomic_write_bytes(path, encode_object(opt.state_dict()))
-            self.optimizer_files[unit] = path
-        release(self.model, unit)
+            self.optimizer_files[block] = path
+        release(self.model, block)
 
     def materialize_all(self) -> None:
         """Load every block that lives on disk back into memory (for evaluation)."""
         from safetensors.torch import load_file
 
-        for u in range(self.num_units):
+        for u in range(self.num_blocks):
             if not is_materialized(self.model, u):
                 materialize(self.model, u, device_of(self.model), load_file(self.block_files[u]))
 
@@ -189,10 +189,10 @@ class BlockResidency:
             ),
         }
 
-    def note_state_bytes(self, unit: int) -> None:
+    def note_state_bytes(self, block: int) -> None:
         """Track the peak of parameters + gradients + optimizer state held at once (exact
         accounting, independent of the allocator; activations are not included). What is held
         changes only when another block trains, so it is counted at the first step of a visit."""
-        if unit != self._state_noted_for:
-            self._state_noted_for = unit
+        if block != self._state_noted_for:
+            self._state_noted_for = block
             self.peak_state_bytes = max(self.peak_state_bytes, sum(self.held_bytes().values()))

@@ -2,9 +2,9 @@
 (``block_sequence``), the learning rate of a step (``learning_rate``), the optimizer of a block
 (``make_optimizer``), which examples a step reads (``batch_indices``), and the config hash that
 checkpoints carry (``resume_hash``). Each is a function of the config, seed and step; ``Plan``
-computes them for a run once (its budget: steps per epoch, per unit and in all; the units, the
+computes them for a run once (its budget: steps per epoch, per block and in all; the blocks, the
 examples and the learning rates of each step). ``Position`` is where along its plan a run is (the
-global step, each unit's steps, the noise generators): the only state, advanced by the trainer.
+global step, each block's steps, the noise generators): the only state, advanced by the trainer.
 """
 
 from __future__ import annotations
@@ -27,31 +27,33 @@ def resume_hash(config: RunConfig) -> str:
 
 
 def block_sequence(
-    schedule: str, units: tuple[int, ...], steps_per_unit: int, seed: int, chunk: int = 1
+    schedule: str, blocks: tuple[int, ...], steps_per_block: int, seed: int, chunk: int = 1
 ) -> torch.Tensor:
-    """The unit trained at each global step (LongTensor of length len(units) * steps_per_unit).
+    """The block trained at each global step (LongTensor of length len(blocks) * steps_per_block).
 
-    - ``random``: a random order in which every unit appears exactly ``steps_per_unit`` times
+    - ``random``: a random order in which every block appears exactly ``steps_per_block`` times
       (the paper draws a block uniformly per step; drawing without replacement keeps that
       marginal and gives each block exactly its budget, so its cosine schedule ends where it
       should);
     - ``cycle``: round robin, ``chunk`` consecutive steps per visit (fewer block swaps in
       block-resident training);
-    - ``sequential``: the first unit to completion, then the next, ...
+    - ``sequential``: the first block to completion, then the next, ...
     """
-    k = len(units)
-    total = k * steps_per_unit
-    table = torch.tensor(units, dtype=torch.long)
+    k = len(blocks)
+    total = k * steps_per_block
+    table = torch.tensor(blocks, dtype=torch.long)
     if schedule == "random":
         gen = torch.Generator().manual_seed(seed * 7919 + 2)
-        return table.repeat_interleave(steps_per_unit)[torch.randperm(total, generator=gen)]
+        return table.repeat_interleave(steps_per_block)[torch.randperm(total, generator=gen)]
     if schedule == "cycle":
-        rounds = math.ceil(steps_per_unit / chunk)  # the last round may be short
-        lengths = [min(chunk, steps_per_unit - r * chunk) for r in range(rounds)]
-        return torch.tensor([u for n in lengths for u in units for _ in range(n)], dtype=torch.long)
+        rounds = math.ceil(steps_per_block / chunk)  # the last round may be short
+        lengths = [min(chunk, steps_per_block - r * chunk) for r in range(rounds)]
+        return torch.tensor(
+            [u for n in lengths for u in blocks for _ in range(n)], dtype=torch.long
+        )
     if schedule == "sequential":
-        return table[torch.arange(total) // steps_per_unit]
-    if schedule == "synchronous":  # every step trains every unit; the sequence is not used
+        return table[torch.arange(total) // steps_per_block]
+    if schedule == "synchronous":  # every step trains every block; the sequence is not used
         return table[torch.zeros(total, dtype=torch.long)]
     raise ValueError(f"unknown schedule {schedule!r}")
 
@@ -96,16 +98,16 @@ def batch_indices(
 
 @dataclass(frozen=True, eq=False)
 class Plan:
-    """A run's budget and order (docs/method.md §4): every trained unit gets ``steps_per_unit =
-    ceil(epochs * steps_per_epoch)`` updates; ``units_at`` and ``batch_indices`` say what each
+    """A run's budget and order (docs/method.md §4): every trained block gets ``steps_per_block =
+    ceil(epochs * steps_per_epoch)`` updates; ``blocks_at`` and ``batch_indices`` say what each
     global step trains and reads."""
 
-    units: tuple[int, ...]  # the trained units (config ``blocks``)
-    local_units: tuple[int, ...]  # the units this process trains (block-parallel: one)
-    synchronous: bool  # each global step trains every local unit on the same batch
-    sequence: torch.Tensor  # the unit of each global step (not synchronous)
+    blocks: tuple[int, ...]  # the trained blocks (config ``blocks``)
+    local_blocks: tuple[int, ...]  # the blocks this process trains (block-parallel: one)
+    synchronous: bool  # each global step trains every local block on the same batch
+    sequence: torch.Tensor  # the block of each global step (not synchronous)
     steps_per_epoch: int
-    steps_per_unit: int
+    steps_per_block: int
     total_steps: int
     batch_size: int
     seed: int
@@ -120,18 +122,18 @@ class Plan:
     def of(
         cls,
         settings: TrainingSettings,
-        num_units: int,
+        num_blocks: int,
         train_size: int,
         data_shard: tuple[int, int] = (0, 1),
-        local_units: tuple[int, ...] | None = None,
+        local_blocks: tuple[int, ...] | None = None,
     ) -> Plan:
-        """The plan of ``settings`` for a model of ``num_units`` units and ``train_size``
-        training examples; ``local_units`` (block-parallel) makes every step a synchronous step
+        """The plan of ``settings`` for a model of ``num_blocks`` blocks and ``train_size``
+        training examples; ``local_blocks`` (block-parallel) makes every step a synchronous step
         of them."""
         c = settings
-        units = c.trained_blocks
-        if any(u >= num_units for u in units):
-            raise ValueError(f"blocks {units} out of range for {num_units} units")
+        blocks = c.trained_blocks
+        if any(u >= num_blocks for u in blocks):
+            raise ValueError(f"blocks {blocks} out of range for {num_blocks} blocks")
         shard, shards = data_shard
         steps_per_epoch = train_size // (c.batch_size * shards)
         if steps_per_epoch < 1:
@@ -139,17 +141,17 @@ class Plan:
                 f"batch_size {c.batch_size} x {shards} data-parallel rank(s) is larger "
                 f"than the {train_size} training examples"
             )
-        steps_per_unit = max(1, math.ceil(c.epochs * steps_per_epoch))
-        synchronous = local_units is not None or c.block_order == "synchronous"
+        steps_per_block = max(1, math.ceil(c.epochs * steps_per_epoch))
+        synchronous = local_blocks is not None or c.block_order == "synchronous"
         return cls(
-            units=units,
-            local_units=tuple(units) if local_units is None else local_units,
+            blocks=blocks,
+            local_blocks=tuple(blocks) if local_blocks is None else local_blocks,
             synchronous=synchronous,
-            sequence=block_sequence(c.block_order, units, steps_per_unit, c.seed, c.cycle_steps),
+            sequence=block_sequence(c.block_order, blocks, steps_per_block, c.seed, c.cycle_steps),
             steps_per_epoch=steps_per_epoch,
-            steps_per_unit=steps_per_unit,
-            # Synchronous: each global step trains every unit on the same batch.
-            total_steps=steps_per_unit * (1 if synchronous else len(units)),
+            steps_per_block=steps_per_block,
+            # Synchronous: each global step trains every block on the same batch.
+            total_steps=steps_per_block * (1 if synchronous else len(blocks)),
             batch_size=c.batch_size,
             seed=c.seed,
             train_size=train_size,
@@ -160,17 +162,17 @@ class Plan:
             data_shards=shards,
         )
 
-    def units_at(self, step: int) -> list[int]:
-        """The units trained at global step ``step``."""
-        return list(self.local_units) if self.synchronous else [int(self.sequence[step])]
+    def blocks_at(self, step: int) -> list[int]:
+        """The blocks trained at global step ``step``."""
+        return list(self.local_blocks) if self.synchronous else [int(self.sequence[step])]
 
-    def unit_lr(self, unit_step: int) -> float:
-        """The learning rate of a unit's ``unit_step``-th step (a schedule over its budget)."""
-        return learning_rate(unit_step, self.steps_per_unit, self.lr, self.warmup,
+    def block_lr(self, block_step: int) -> float:
+        """The learning rate of a block's ``block_step``-th step (a schedule over its budget)."""
+        return learning_rate(block_step, self.steps_per_block, self.lr, self.warmup,
                              self.min_lr_ratio)  # fmt: skip
 
     def global_lr(self, step: int) -> float:
-        """The learning rate of global step ``step`` (modules shared by all units)."""
+        """The learning rate of global step ``step`` (modules shared by all blocks)."""
         return learning_rate(step, self.total_steps, self.lr, self.warmup, self.min_lr_ratio)
 
     def batch_indices(self, step: int) -> torch.Tensor:
@@ -181,30 +183,30 @@ class Plan:
 
 @dataclass
 class Position:
-    """Where training is: the global step, each unit's steps, and the noise generators (one for
-    the block schedules, one per unit for synchronous steps)."""
+    """Where training is: the global step, each block's steps, and the noise generators (one for
+    the block schedules, one per block for synchronous steps)."""
 
     step: int
-    unit_steps: list[int]
+    block_steps: list[int]
     generator: torch.Generator
-    unit_generators: dict[int, torch.Generator]
+    block_generators: dict[int, torch.Generator]
 
     @classmethod
-    def start(cls, seed: int, num_units: int, units: tuple[int, ...]) -> Position:
-        """Step 0 of a run with ``seed``. Synchronous training draws each unit's noise from its
+    def start(cls, seed: int, num_blocks: int, blocks: tuple[int, ...]) -> Position:
+        """Step 0 of a run with ``seed``. Synchronous training draws each block's noise from its
         own generator, so that a block-parallel run (one process per block) makes exactly the
         same draws."""
         return cls(
             step=0,
-            unit_steps=[0] * num_units,
+            block_steps=[0] * num_blocks,
             generator=torch.Generator().manual_seed(seed + 1),
-            unit_generators={
-                u: torch.Generator().manual_seed((seed + 1) * 1_000_003 + u) for u in units
+            block_generators={
+                u: torch.Generator().manual_seed((seed + 1) * 1_000_003 + u) for u in blocks
             },
         )
 
-    def advance(self, units: list[int]) -> None:
-        """One global step that counts as a step of each of ``units``."""
-        for u in units:
-            self.unit_steps[u] += 1
+    def advance(self, blocks: list[int]) -> None:
+        """One global step that counts as a step of each of ``blocks``."""
+        for u in blocks:
+            self.block_steps[u] += 1
         self.step += 1

@@ -37,11 +37,11 @@ if TYPE_CHECKING:
 class SharedModules:
     """Applies a ``shared`` policy to a task's shared parameters, block by block."""
 
-    def __init__(self, task: Task, policy: str, first_unit: int):
+    def __init__(self, task: Task, policy: str, first_block: int):
         # The task's network, duck-typed: ``blocks`` and (block-copies) ``set_shared_variants``.
         self.model: Any = task.model
         self.policy = policy
-        self.first_unit = first_unit
+        self.first_block = first_block
         self.params: list[nn.Parameter] = task.shared_parameters()
         names = {id(p): n for n, p in self.model.named_parameters()}
         prefixes = tuple(task.target_prefixes())
@@ -52,32 +52,32 @@ class SharedModules:
         self.current: list[nn.Parameter] = []  # what trains now (set by prepare)
 
     # -- which parameters train --------------------------------------------------------------
-    def trainable(self, unit: int) -> list[nn.Parameter]:
-        """The shared parameters that take a step when ``unit`` trains."""
+    def trainable(self, block: int) -> list[nn.Parameter]:
+        """The shared parameters that take a step when ``block`` trains."""
         if self.policy == "frozen":
             return []
         if self.policy == "first-block":
-            return self.params if unit == self.first_unit else []
+            return self.params if block == self.first_block else []
         if self.policy == "block-copies":
             return [
-                p for p in self.params if unit == self.first_unit or id(p) not in self.target_ids
+                p for p in self.params if block == self.first_block or id(p) not in self.target_ids
             ]
         return self.params  # sync, per-block
 
-    def prepare(self, unit: int) -> bool:
-        """Before a step of ``unit``: hand the live copy over (block-copies) and switch gradients
+    def prepare(self, block: int) -> bool:
+        """Before a step of ``block``: hand the live copy over (block-copies) and switch gradients
         on exactly for :meth:`trainable`. True when the trainable set changed or a new block took
         the copy over (the caller then gives it a fresh optimizer: a block's copy never inherits
         another block's optimizer state)."""
-        if self.policy == "block-copies" and self.owner == unit and self._trainable is not None:
+        if self.policy == "block-copies" and self.owner == block and self._trainable is not None:
             return False  # the same block as the step before: nothing changes
         handed_over = False
-        if self.policy == "block-copies" and self.owner != unit:
+        if self.policy == "block-copies" and self.owner != block:
             if self.owner is not None:
                 self.copies[self.owner] = self.live_copy()
                 handed_over = True  # the next block's copy starts with a fresh optimizer
-            self.owner = unit
-        train = self.trainable(unit)
+            self.owner = block
+        train = self.trainable(block)
         key = tuple(id(p) for p in train)
         if key == self._trainable and not handed_over:
             return False

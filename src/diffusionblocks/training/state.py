@@ -103,7 +103,7 @@ class RunCheckpoints:
     """The checkpoints of a single-process run, in ``run_dir/checkpoints``."""
 
     def write(self, parts: Parts) -> Path:
-        """Every unit, the shared modules, optimizers and trainer state."""
+        """Every block, the shared modules, optimizers and trainer state."""
         model, pos, res, opts = parts.model, parts.position, parts.residency, parts.optimizers
         config = parts.config
         copies, shared_info = opts.shared.state()
@@ -120,16 +120,16 @@ class RunCheckpoints:
             "optimizer-shared": (
                 opts.shared_optimizer.state_dict() if opts.shared_optimizer else None
             ),
-            "trainer": {
+            "trainer": {  # its "unit" keys (a block's old name) are kept for old checkpoints
                 "step": pos.step,
-                "unit_steps": list(pos.unit_steps),
+                "unit_steps": list(pos.block_steps),
                 "generator": pos.generator.get_state(),
                 "train_seconds": parts.accounting.train_seconds,
                 "swap_seconds": res.swap_seconds,
                 "swaps": res.swaps,
                 "step_times": {str(u): list(t) for u, t in parts.accounting.step_times.items()},
                 "skipped_steps": parts.faults.skipped_steps,
-                "unit_generators": {str(u): g.get_state() for u, g in pos.unit_generators.items()},
+                "unit_generators": {str(u): g.get_state() for u, g in pos.block_generators.items()},
                 "layer_evals": parts.accounting.layer_evals,
                 "backward_layer_evals": parts.accounting.backward_layer_evals,
                 "shared": shared_info,
@@ -139,12 +139,12 @@ class RunCheckpoints:
             links[f"optimizer-block-{u}.pt"] = path
         for u, state in opts.pending.items():
             objects[f"optimizer-block-{u}"] = state
-        for u, opt in opts.units.items():
+        for u, opt in opts.by_block.items():
             objects[f"optimizer-block-{u}"] = opt.state_dict()
         meta = {
             "task": config.task,
             "method": config.method,
-            "units": len(model.blocks),
+            "units": len(model.blocks),  # saved key, kept for old checkpoints
             "config_hash": resume_hash(config),
             "total_steps": parts.plan.total_steps,
         }
@@ -162,17 +162,18 @@ class RunCheckpoints:
         """Load the latest checkpoint of ``run_dir`` if there is one; True if it did."""
         config, model, run_dir = parts.config, parts.model, parts.folder
         res, opts, pos = parts.residency, parts.optimizers, parts.position
-        num_units = len(model.blocks)
+        num_blocks = len(model.blocks)
         path = latest_checkpoint(run_dir / "checkpoints")
         if path is None:
             return False
         ckpt = Checkpoint(path)
         expect = resume_hash(config)
-        if ckpt.meta.get("task") != config.task or ckpt.meta.get("units") != num_units:
+        # "units": the saved number of blocks (old name, kept for old checkpoints)
+        if ckpt.meta.get("task") != config.task or ckpt.meta.get("units") != num_blocks:
             raise CheckpointError(
                 f"{path} is a checkpoint of task {ckpt.meta.get('task')!r} with "
                 f"{ckpt.meta.get('units')} units; this run is {config.task!r} with "
-                f"{num_units}"
+                f"{num_blocks}"
             )
         # A run folder written before config keys were added still resumes.
         older = saved_config_hashes(config, run_dir, RESUME_HASH_IGNORE, (SAFE_RESUME_KEYS,))
@@ -183,23 +184,23 @@ class RunCheckpoints:
             )
         if res.resident:  # blocks stay on disk; each is loaded when it becomes active
             load_shared_weights(model, ckpt)
-            for u in range(num_units):
+            for u in range(num_blocks):
                 if is_materialized(model, u):
                     release(model, u)
                 res.block_files[u] = ckpt.export(f"block-{u}", res.block_path(u))
         else:
             load_model_weights(model, ckpt)
-        opts.units.clear()
+        opts.by_block.clear()
         state = ckpt.obj("trainer")
         opts.shared.load(ckpt, state.get("shared", {}))
         # The shared optimizer covers what trained at the last saved step; the next step
         # switches the set (and the optimizer) exactly as an uninterrupted run would.
         step = int(state["step"])
-        opts.restart_shared(parts.plan.units_at(step - 1)[0] if step > 0 else parts.plan.units[0])
+        opts.restart_shared(parts.plan.blocks_at(step - 1)[0] if step > 0 else parts.plan.blocks[0])
         saved = ckpt.obj("optimizer-shared")
         if opts.shared_optimizer is not None and saved is not None:
             opts.shared_optimizer.load_state_dict(saved)
-        for u in range(num_units):
+        for u in range(num_blocks):
             if not ckpt.has(f"optimizer-block-{u}.pt"):
                 continue
             if res.resident:  # stays on disk until its block becomes active
@@ -209,15 +210,15 @@ class RunCheckpoints:
             else:
                 opts.pending[u] = ckpt.obj(f"optimizer-block-{u}")
         pos.step = step
-        pos.unit_steps = [int(s) for s in state["unit_steps"]]
+        pos.block_steps = [int(s) for s in state["unit_steps"]]  # saved key, kept
         pos.generator.set_state(state["generator"])
         acc = parts.accounting
         acc.train_seconds = float(state.get("train_seconds", 0.0))
         res.swap_seconds = float(state.get("swap_seconds", 0.0))
         res.swaps = int(state.get("swaps", 0))
         for u, gstate in state.get("unit_generators", {}).items():
-            if int(u) in pos.unit_generators:
-                pos.unit_generators[int(u)].set_state(gstate)
+            if int(u) in pos.block_generators:
+                pos.block_generators[int(u)].set_state(gstate)
         acc.layer_evals = int(state.get("layer_evals", 0))
         acc.backward_layer_evals = int(state.get("backward_layer_evals", 0))
         for u, times in state.get("step_times", {}).items():

@@ -1,5 +1,5 @@
 """Gradient synchronisation of a synchronous step: what happens to the gradients after every
-unit of the step ran its backward pass, before the updates. ``LocalSync`` is the single-process
+block of the step ran its backward pass, before the updates. ``LocalSync`` is the single-process
 strategy; block-parallel training (``parallel.DistributedSync``) reduces across processes.
 """
 
@@ -15,25 +15,25 @@ class GradientSync(Protocol):
 
     def reduce(
         self,
-        units: list[int],
-        unit_params: dict[int, list[nn.Parameter]],
+        blocks: list[int],
+        block_params: dict[int, list[nn.Parameter]],
         shared_params: list[nn.Parameter],
     ) -> None:
-        """``units`` ran their backward pass (``unit_params``: each unit's parameters); the
+        """``blocks`` ran their backward pass (``block_params``: each block's parameters); the
         ``shared_params`` hold the sum of their gradients."""
         ...
 
 
 class LocalSync:
-    """One process: the shared gradients were summed over ``units``; take their mean."""
+    """One process: the shared gradients were summed over ``blocks``; take their mean."""
 
     def reduce(
         self,
-        units: list[int],
-        unit_params: dict[int, list[nn.Parameter]],
+        blocks: list[int],
+        block_params: dict[int, list[nn.Parameter]],
         shared_params: list[nn.Parameter],
     ) -> None:
-        if len(units) > 1:
+        if len(blocks) > 1:
             for p in shared_params:
                 if p.grad is not None:
-                    p.grad /= len(units)
+                    p.grad /= len(blocks)

@@ -1,10 +1,11 @@
 """The block-wise trainer: the step primitives (one block, or several in step) and their loop.
 
-A block (here also "unit") is an entry of ``task.model.blocks``; end to end, the one block is the
-whole stack. The concerns around the step are components: ``schedule`` (``Plan``, ``Position``),
-``optimizers``, ``residency`` (blocks in memory or on disk), ``state`` (a ``CheckpointStore``),
-``faults``, ``accounting`` and ``sync`` (the gradients of a synchronous step). Block-parallel
-training (``parallel.py``) is this trainer with other blocks, gradient sync and checkpoint store.
+A block is an entry of ``task.model.blocks``; end to end, the one block is the whole stack (older
+versions also called it a "unit"; the trainer keeps those names as aliases). The concerns around
+the step are components: ``schedule`` (``Plan``, ``Position``), ``optimizers``, ``residency``
+(blocks in memory or on disk), ``state`` (a ``CheckpointStore``), ``faults``, ``accounting`` and
+``sync`` (the gradients of a synchronous step). Block-parallel training (``parallel.py``) is this
+trainer with other blocks, gradient sync and checkpoint store.
 """
 
 from __future__ import annotations
@@ -52,9 +53,9 @@ def _read(part: str, name: str) -> Any:
 
 
 class Trainer:
-    """Trains a task's units according to its config; writes metrics and checkpoints to
+    """Trains a task's blocks according to its config; writes metrics and checkpoints to
     ``run_dir`` (or nothing when it is None). The keyword-only components default to a single
-    process; a block-parallel rank (``parallel.ParallelTrainer``) passes its ``local_units``
+    process; a block-parallel rank (``parallel.ParallelTrainer``) passes its ``local_blocks``
     (each step a synchronous step of them), ``sync``, ``checkpoints`` and no evaluation."""
 
     def __init__(
@@ -65,7 +66,7 @@ class Trainer:
         log: Callable[[str], None] = print,
         data_shard: tuple[int, int] = (0, 1),  # (rank, ranks) of data parallelism
         *,
-        local_units: tuple[int, ...] | None = None,
+        local_blocks: tuple[int, ...] | None = None,
         sync: GradientSync | None = None,
         checkpoints: CheckpointStore | None = None,
         can_evaluate: bool = True,
@@ -84,10 +85,10 @@ class Trainer:
                 write_run_config(self.run_dir, task.config,
                                  command="python: Trainer(task, run_dir)")  # fmt: skip
         self.progress, self.log = progress, log
-        self.num_units = len(self.model.blocks)
-        self.plan = Plan.of(c, self.num_units, task.train_size(), data_shard, local_units)
+        self.num_blocks = len(self.model.blocks)
+        self.plan = Plan.of(c, self.num_blocks, task.train_size(), data_shard, local_blocks)
         self.first_epoch_indices: list[int] = []  # data-parallel: examples of this rank's epoch 0
-        self.position = Position.start(c.seed, self.num_units, self.plan.units)
+        self.position = Position.start(c.seed, self.num_blocks, self.plan.blocks)
         self.sync: GradientSync = sync or LocalSync()
         self.checkpoints: CheckpointStore = checkpoints or RunCheckpoints()
         self.can_evaluate = can_evaluate  # a block-parallel rank cannot evaluate the chain
@@ -95,9 +96,9 @@ class Trainer:
         self.shared_policy: str = c.shared_policy
         if c.shared_init:
             load_shared_init(self.model, c.shared_init)
-        self.shared = SharedModules(task, self.shared_policy, self.plan.units[0])
+        self.shared = SharedModules(task, self.shared_policy, self.plan.blocks[0])
         self.optim = Optimizers(task, c, self.shared)
-        self.optim.prepare_shared(self.plan.units[0])
+        self.optim.prepare_shared(self.plan.blocks[0])
         resident = c.block_resident if resident is None else resident
         self.residency = BlockResidency(self.model, resident, self.run_dir, self.optim)
         self.stats = Accounting(task)
@@ -106,23 +107,36 @@ class Trainer:
         self.faults = Faults(c, task, self.metrics, log, checkpoint_dir)
         self.heldout = Heldout(task, c.seed)  # fixed validation examples for the held-out loss
 
-    # -- the components' state under the names it has always had (read-only) ----------------
-    units = _read("plan", "units")
+    # -- the components' state under the trainer's names (read-only) ------------------------
+    trained_blocks = _read("plan", "blocks")
     sequence = _read("plan", "sequence")
     total_steps = _read("plan", "total_steps")
     steps_per_epoch = _read("plan", "steps_per_epoch")
-    steps_per_unit = _read("plan", "steps_per_unit")
-    optimizers = _read("optim", "units")
+    steps_per_block = _read("plan", "steps_per_block")
+    optimizers = _read("optim", "by_block")
     _pending_optimizer = _read("optim", "pending")
     optimizer_files = _read("residency", "optimizer_files")
+    # Old names ("unit" for a block), kept for code and tests written against them.
+    units = trained_blocks
+    steps_per_unit = steps_per_block
 
     @property
     def step(self) -> int:
         return self.position.step
 
     @property
+    def block_steps(self) -> list[int]:
+        return self.position.block_steps
+
+    @property
     def unit_steps(self) -> list[int]:
-        return self.position.unit_steps
+        """Old name of ``block_steps``, kept for code and tests written against it."""
+        return self.position.block_steps
+
+    @property
+    def num_units(self) -> int:
+        """Old name of ``num_blocks``, kept for code and tests written against it."""
+        return self.num_blocks
 
     @property
     def generator(self) -> torch.Generator:
@@ -144,84 +158,84 @@ class Trainer:
     def resident(self, value: bool) -> None:
         self.residency.resident = value
 
-    def _finished(self, unit: int) -> bool:
-        return self.position.unit_steps[unit] >= self.plan.steps_per_unit
+    def _finished(self, block: int) -> bool:
+        return self.position.block_steps[block] >= self.plan.steps_per_block
 
     # -- the primitive ----------------------------------------------------------------------
-    def train_step(self, unit: int, batch: Any) -> dict[str, float]:
-        """One optimizer step on ``unit`` (and, if the policy says so, the shared modules)."""
+    def train_step(self, block: int, batch: Any) -> dict[str, float]:
+        """One optimizer step on ``block`` (and, if the policy says so, the shared modules)."""
         c, pos = self.settings, self.position
-        opt = self.optim.for_unit(unit)
-        shared = self.optim.prepare_shared(unit)
-        params = self.task.block_parameters(unit) + shared
+        opt = self.optim.for_block(block)
+        shared = self.optim.prepare_shared(block)
+        params = self.task.block_parameters(block) + shared
         for p in params:
             p.grad = None
-        loss, logs = self.task.loss(unit, batch, pos.generator)
+        loss, logs = self.task.loss(block, batch, pos.generator)
         loss.backward()
         norm = torch.nn.utils.clip_grad_norm_(params, c.grad_clip if c.grad_clip > 0 else math.inf)
         logs["grad_norm"] = float(norm)
         loss_value = float(loss.detach())
         if not (math.isfinite(loss_value) and math.isfinite(float(norm))):
-            return self.faults.skip(pos, [unit], params, loss_value, logs)
-        lr = self.plan.unit_lr(pos.unit_steps[unit])
+            return self.faults.skip(pos, [block], params, loss_value, logs)
+        lr = self.plan.block_lr(pos.block_steps[block])
         step_at(opt, lr)
         shared_opt = self.optim.shared_optimizer
         if shared_opt is not None and shared:
             # Shared modules that belong to one block at a time follow that block's schedule.
             one_block = self.shared_policy in ("first-block", "block-copies")
             step_at(shared_opt, lr if one_block else self.plan.global_lr(pos.step))
-        self.residency.note_state_bytes(unit)
+        self.residency.note_state_bytes(block)
         for p in params:
             p.grad = None
-        pos.advance([unit])
+        pos.advance([block])
         logs["lr"] = lr
         return logs
 
-    def synchronous_step(self, units: list[int], batch: Any) -> dict[str, float]:
-        """One step of every unit in ``units`` on the same batch, each with its own noise
-        generator; the shared modules take the mean of the units' gradients (across processes
-        when block-parallel: ``self.sync``). Gradients are clipped per unit and for the shared
+    def synchronous_step(self, blocks: list[int], batch: Any) -> dict[str, float]:
+        """One step of every block in ``blocks`` on the same batch, each with its own noise
+        generator; the shared modules take the mean of the blocks' gradients (across processes
+        when block-parallel: ``self.sync``). Gradients are clipped per block and for the shared
         modules."""
         c, pos = self.settings, self.position
         for p in self.shared_params:
             p.grad = None
         logs: dict[str, float] = {}
-        unit_params: dict[int, list[nn.Parameter]] = {}
-        for u in units:
-            unit_params[u] = self.task.block_parameters(u)
-            for p in unit_params[u]:
+        block_params: dict[int, list[nn.Parameter]] = {}
+        for u in blocks:
+            block_params[u] = self.task.block_parameters(u)
+            for p in block_params[u]:
                 p.grad = None
-            loss, unit_logs = self.task.loss(u, batch, pos.unit_generators[u])
+            loss, block_logs = self.task.loss(u, batch, pos.block_generators[u])
             loss.backward()
-            for k, v in unit_logs.items():
-                logs[k] = logs.get(k, 0.0) + v / len(units)
-            logs[f"loss_block_{u}"] = unit_logs["loss"]
-        self.sync.reduce(units, unit_params, self.shared_params)
-        every = [*self.shared_params, *(q for ps in unit_params.values() for q in ps)]
+            for k, v in block_logs.items():
+                logs[k] = logs.get(k, 0.0) + v / len(blocks)
+            logs[f"loss_block_{u}"] = block_logs["loss"]
+        self.sync.reduce(blocks, block_params, self.shared_params)
+        every = [*self.shared_params, *(q for ps in block_params.values() for q in ps)]
         grads = [p.grad for p in every if p.grad is not None]
         total = torch.linalg.vector_norm(torch.stack([g.float().norm() for g in grads]))
         if not (math.isfinite(logs.get("loss", 0.0)) and math.isfinite(float(total))):
-            return self.faults.skip(pos, units, every, logs.get("loss", math.nan), logs)
-        for u in units:
+            return self.faults.skip(pos, blocks, every, logs.get("loss", math.nan), logs)
+        for u in blocks:
             if c.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(unit_params[u], c.grad_clip)
-            lr = self.plan.unit_lr(pos.unit_steps[u])
-            step_at(self.optim.for_unit(u), lr)
+                torch.nn.utils.clip_grad_norm_(block_params[u], c.grad_clip)
+            lr = self.plan.block_lr(pos.block_steps[u])
+            step_at(self.optim.for_block(u), lr)
             logs["lr"] = lr
         shared_opt = self.optim.shared_optimizer
         if self.shared_policy != "frozen" and shared_opt is not None:
             if c.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(self.shared_params, c.grad_clip)
             step_at(shared_opt, self.plan.global_lr(pos.step))
-        self.residency.note_state_bytes(units[0])
+        self.residency.note_state_bytes(blocks[0])
         for p in every:
             p.grad = None
-        pos.advance(units)
+        pos.advance(blocks)
         return logs
 
     # -- the loop ---------------------------------------------------------------------------
     def fit(self, stop_at: int | None = None) -> dict[str, Any]:
-        """Train until every unit has its budget (or until global step ``stop_at``, then save a
+        """Train until every block has its budget (or until global step ``stop_at``, then save a
         checkpoint as an interruption would); returns accounting, timing and memory."""
         plan = self.plan
         self.model.train()
@@ -229,7 +243,7 @@ class Trainer:
         if self.resident:
             self.residency.prepare()
             if self.step < end:  # the first block is in memory before the baseline, as in e2e
-                self.activate(plan.units_at(self.step)[0])
+                self.activate(plan.blocks_at(self.step)[0])
         memory = MemoryProbe(device_of(self.model), lambda: self.resident_bytes()["param_bytes"])
         log = ProgressLog(self.settings, self.task.plot_key, self.metrics, self.heldout,
                           self.progress, plan, self.step)  # fmt: skip
@@ -247,11 +261,11 @@ class Trainer:
     def _loop(self, end: int, memory: MemoryProbe, log: ProgressLog) -> None:
         c, plan, pos = self.settings, self.plan, self.position
         while pos.step < end:
-            units = plan.units_at(pos.step)
-            unit = units[0]
-            self.optim.drop_finished(unit, self._finished)
+            blocks = plan.blocks_at(pos.step)
+            block = blocks[0]
+            self.optim.drop_finished(block, self._finished)
             if self.resident:
-                self.activate(unit)
+                self.activate(block)
             idx = plan.batch_indices(pos.step)
             if plan.data_shards > 1 and pos.step < plan.steps_per_epoch:  # the shards' audit
                 self.first_epoch_indices.extend(idx.tolist())
@@ -259,12 +273,12 @@ class Trainer:
             memory.synchronize()
             t0 = time.perf_counter()
             if plan.synchronous:
-                logs = self.synchronous_step(units, batch)
+                logs = self.synchronous_step(blocks, batch)
             else:
-                logs = self.train_step(unit, batch)
+                logs = self.train_step(block, batch)
             memory.synchronize()
-            self.stats.count(units, time.perf_counter() - t0, logs)
-            log.add(logs, units, pos, end, self.resident)
+            self.stats.count(blocks, time.perf_counter() - t0, logs)
+            log.add(logs, blocks, pos, end, self.resident)
             before_end = pos.step < plan.total_steps
             if c.eval_every and self.can_evaluate and pos.step % c.eval_every == 0 and before_end:
                 quick = self.task.evaluate(quick=True)  # not block-resident (refused there)
@@ -291,9 +305,9 @@ class Trainer:
                      self.plan, self.position, self.optim, self.residency, self.stats,
                      self.faults, self.metrics)  # fmt: skip
 
-    def activate(self, unit: int) -> None:
-        """Resident mode: make ``unit`` the only block in memory (others go to their files)."""
-        self.residency.activate(unit, self._finished)
+    def activate(self, block: int) -> None:
+        """Resident mode: make ``block`` the only block in memory (others go to their files)."""
+        self.residency.activate(block, self._finished)
 
     def materialize_all(self) -> None:
         """Load every block that lives on disk back into memory (for evaluation)."""

@@ -101,7 +101,8 @@ class SavedWeights:
 
 def checkpoint_weights(ckpt: Checkpoint) -> SavedWeights:
     """The weights of a single-process checkpoint (every block, saved at one step)."""
-    units = int(ckpt.meta.get("units", 0)) or sum(
+    # "units": the saved number of blocks (old name, kept for old checkpoints)
+    num_blocks = int(ckpt.meta.get("units", 0)) or sum(
         1 for name in ckpt.meta.get("files", {}) if name.startswith("block-")
     )
     copies = ckpt.has("shared-copy-0.safetensors")  # shared=block-copies
@@ -109,8 +110,8 @@ def checkpoint_weights(ckpt: Checkpoint) -> SavedWeights:
         path=ckpt.path,
         step=ckpt.step,
         shared=partial(ckpt.tensors, "shared"),
-        blocks={b: partial(ckpt.tensors, f"block-{b}") for b in range(units)},
-        variants={b: partial(ckpt.tensors, f"shared-copy-{b}") for b in range(units)}
+        blocks={b: partial(ckpt.tensors, f"block-{b}") for b in range(num_blocks)},
+        variants={b: partial(ckpt.tensors, f"shared-copy-{b}") for b in range(num_blocks)}
         if copies
         else {},
         info={"layout": "single-process checkpoint", "step": ckpt.step},
@@ -121,7 +122,7 @@ def block_checkpoint_weights(run_dir: Path, config: RunConfig) -> SavedWeights:
     """The weights of a block-parallel run: the latest checkpoint of each block and the shared
     modules it trained with. Refuses a block missing or present twice, a block of another config,
     and blocks that trained with another version of the shared modules than the one saved."""
-    units = config.units
+    num_blocks = config.num_model_blocks
     known = parallel_hashes(config, run_dir)
     expect = min(known)  # for the message
     found: dict[int, Checkpoint] = {}
@@ -142,10 +143,10 @@ def block_checkpoint_weights(run_dir: Path, config: RunConfig) -> SavedWeights:
                 f"is {expect} ({config.task})"
             )
         found[b] = ckpt
-    extra = sorted(b for b in found if not 0 <= b < units)
+    extra = sorted(b for b in found if not 0 <= b < num_blocks)
     if extra:
-        raise AssembleError(f"blocks {extra} do not exist in a {units}-block model")
-    missing = sorted(set(range(units)) - set(found))
+        raise AssembleError(f"blocks {extra} do not exist in a {num_blocks}-block model")
+    missing = sorted(set(range(num_blocks)) - set(found))
     if missing:
         raise AssembleError(
             f"blocks {missing} are missing from {run_dir}/blocks (train them with "
@@ -255,10 +256,11 @@ def run_weights(run_dir: str | os.PathLike[str], config: RunConfig) -> SavedWeig
     if path is None:
         return None
     ckpt = Checkpoint(path)
-    if ckpt.meta.get("task") != config.task or ckpt.meta.get("units") != config.units:
+    # "units": the saved number of blocks (old name, kept for old checkpoints)
+    if ckpt.meta.get("task") != config.task or ckpt.meta.get("units") != config.num_model_blocks:
         raise CheckpointError(
             f"{path} is for task {ckpt.meta.get('task')!r} with {ckpt.meta.get('units')} units, "
-            f"but {run_dir}/config.json describes {config.task!r} with {config.units}"
+            f"but {run_dir}/config.json describes {config.task!r} with {config.num_model_blocks}"
         )
     return checkpoint_weights(ckpt)
 
