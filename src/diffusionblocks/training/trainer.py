@@ -116,39 +116,16 @@ class Trainer:
     optimizers = _read("optim", "by_block")
     _pending_optimizer = _read("optim", "pending")
     optimizer_files = _read("residency", "optimizer_files")
+    step = _read("position", "step")
+    block_steps = _read("position", "block_steps")
+    generator = _read("position", "generator")
+    shared_optimizer = _read("optim", "shared_optimizer")
+    swaps = _read("residency", "swaps")
     # Old names ("unit" for a block), kept for code and tests written against them.
     units = trained_blocks
     steps_per_unit = steps_per_block
-
-    @property
-    def step(self) -> int:
-        return self.position.step
-
-    @property
-    def block_steps(self) -> list[int]:
-        return self.position.block_steps
-
-    @property
-    def unit_steps(self) -> list[int]:
-        """Old name of ``block_steps``, kept for code and tests written against it."""
-        return self.position.block_steps
-
-    @property
-    def num_units(self) -> int:
-        """Old name of ``num_blocks``, kept for code and tests written against it."""
-        return self.num_blocks
-
-    @property
-    def generator(self) -> torch.Generator:
-        return self.position.generator
-
-    @property
-    def shared_optimizer(self) -> torch.optim.AdamW | None:
-        return self.optim.shared_optimizer
-
-    @property
-    def swaps(self) -> int:
-        return self.residency.swaps
+    unit_steps = block_steps
+    num_units = property(lambda self: self.num_blocks)
 
     @property
     def resident(self) -> bool:
