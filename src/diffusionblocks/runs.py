@@ -33,6 +33,7 @@ from .reporting import legend_entry, metrics_legend, run_warnings  # noqa: F401
 from .tasks.base import Task
 from .training.blockmodel import block_model
 from .training.checkpoint import atomic_write_json
+from .training.flops import measure_step_flops, train_flops
 from .training.metrics import plot_losses
 from .training.residency import is_materialized
 from .training.runfolder import DATA_KEYS, resolve_paths, write_run_config
@@ -168,6 +169,10 @@ def train_run(
     extra = {}
     if "val" in task.splits:  # the split every choice is made on, reported beside the test split
         extra["eval_val"] = task.evaluate(quick=False, steps=steps, split="val")
+    # Measured training compute (after evaluation: the measurement's steps change no weight).
+    batch = task.train_batch(trainer.plan.batch_indices(0))
+    step_flops, varies = measure_step_flops(task, trainer.trained_blocks, batch, seed=config.seed)
+    extra["compute"] = train_flops(step_flops, trainer.block_steps, estimate=varies)
     results = {
         "run_dir": str(run_dir),
         "preset": preset,
