@@ -4,7 +4,8 @@
 dblocks train --preset NAME [--set key=value ...] [--out DIR] [--resume] [--dry-run]
 dblocks eval --run DIR [--steps N ...] [--json]
 dblocks schedule (--blocks B | --preset NAME [--set key=value ...]) [--overlap G] [--json]
-dblocks compare --preset NAME [--set key=value ...] [--out DIR]
+dblocks compare --preset NAME [--methods M,...] [--seeds N] [--set key=value ...] [--out DIR]
+                [--json FILE]
 dblocks presets
 """
 
@@ -21,12 +22,13 @@ from .commands.bench import cmd_bench, cmd_evaluator
 from .commands.compare import cmd_compare, cmd_schedule
 from .commands.sample import SAMPLE_N_DEFAULT, cmd_sample, sample_text
 from .commands.train import cmd_assemble, cmd_eval, cmd_presets, cmd_train
+from .comparison import format_comparison
 from .config import ConfigError
 from .data.images import DataError, DataWarning
 from .diffusion import PARTITIONS
 from .eval.fid import EvaluatorError
 from .registry import preset_names
-from .reporting import format_comparison, headline_metric, print_evaluation
+from .reporting import headline_metric, print_evaluation
 from .training.checkpoint import CheckpointError
 from .training.faults import NumericalFault, TrainingInterrupted
 
@@ -135,10 +137,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help="print one JSON object")
     s.set_defaults(func=cmd_schedule)
 
-    c = sub.add_parser("compare", help="train e2e and dblocks from one preset and compare")
+    c = sub.add_parser("compare", help="train methods x seeds from one preset, one table")
     c.add_argument("--preset", choices=preset_names(), required=True)
     c.add_argument("--set", action="append", metavar="KEY=VALUE", help="override for every run")
-    c.add_argument("--methods", default="e2e,dblocks", help="comma-separated methods")
+    c.add_argument("--methods", default="e2e,dblocks",
+                   help="comma-separated methods (default: the task's baseline and dblocks); "
+                        "e.g. e2e,e2e-shallow,e2e-ckpt,dblocks")  # fmt: skip
+    c.add_argument("--seeds", type=int, default=1,
+                   help="seeds per method (the preset's seed, +1, ...): mean ± s.d.")  # fmt: skip
+    c.add_argument("--json", metavar="FILE", help="also write the method rows to FILE")
     c.add_argument("--out", help="folder for the runs and the table")
     c.add_argument("--no-progress", action="store_true")
     c.set_defaults(func=cmd_compare)

@@ -113,26 +113,6 @@ def print_schedule(partition: BlockPartition) -> None:
         )
 
 
-def comparison_row(method: str, results: dict[str, Any], command: str) -> dict[str, Any]:
-    cfg = results["config"]
-    mem = results["memory"]
-    # On CUDA the training memory is the allocator's peak above the first step, not host RSS.
-    peak = mem.get("cuda_peak_bytes", mem["train_peak_rss_bytes"])
-    return {
-        "method": method,
-        "num_blocks": cfg["num_blocks"] if method == "dblocks" else 1,
-        **headline_metric(results["eval"], cfg["task"]),
-        "steps": results["accounting"]["steps"],
-        "layer_evaluations": results["accounting"]["layer_evaluations"],
-        "median_step_ms": results["timing"]["median_step_seconds"] * 1000,
-        "train_seconds": results["timing"]["train_seconds"],
-        "train_peak_mib": peak / 2**20,
-        "device": results["environment"]["device"],
-        "command": command,
-        "warnings": results.get("warnings", []),
-    }
-
-
 def headline_metric(ev: dict[str, Any], task: str | None = None) -> dict[str, Any]:
     """The one quality number per task that ``dblocks compare`` puts in its table
     (``Task.headline``)."""
@@ -141,30 +121,6 @@ def headline_metric(ev: dict[str, Any], task: str | None = None) -> dict[str, An
         if found is not None:
             return found
     return {"metric": "-", "value": float("nan")}
-
-
-def format_comparison(rows: list[dict[str, Any]]) -> str:
-    metric = rows[0]["metric"] if rows else "-"
-    chain = any("chain_ce_not_likelihood" in r for r in rows)
-    extra = " chain's final-step CE (not a likelihood) |" if chain else ""
-    head = (
-        f"| method | B | {metric} |{extra} steps | layer evals | median step | step vs e2e "
-        "| train time | train peak memory | memory vs e2e |"
-    )
-    lines = [head, "|" + "---|" * (11 if chain else 10)]
-    for r in rows:
-        cell = ""
-        if chain:
-            value = r.get("chain_ce_not_likelihood")
-            cell = f" {value:.4f} |" if value is not None else " - |"
-        lines.append(
-            f"| {r['method']} | {r['num_blocks']} | {r['value']:.4f} |{cell} {r['steps']} "
-            f"| {r['layer_evaluations']:.3g} | {r['median_step_ms']:.1f} ms "
-            f"| {r.get('step_time_vs_e2e', float('nan')):.2f}x | {r['train_seconds']:.0f} s "
-            f"| {r['train_peak_mib']:.0f} MiB "
-            f"| {r.get('train_peak_vs_e2e', float('nan')):.2f}x |"
-        )
-    return "\n".join(lines)
 
 
 def metrics_legend(task: Task) -> dict[str, str]:

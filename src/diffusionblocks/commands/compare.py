@@ -12,13 +12,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..comparison import add_ratios, depth_verdict, format_comparison, method_row, run_row
 from ..diffusion import BlockPartition, NoiseSchedule
 from ..registry import PRESETS, make_config, preset_overrides
-from ..reporting import (
-    comparison_row,
-    format_comparison,
-    print_schedule,
-)
+from ..reporting import print_schedule
 from ..training.checkpoint import atomic_write_json, atomic_write_text
 from . import UsageError
 
@@ -84,14 +81,19 @@ def cmd_schedule(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------- compare
 def cmd_compare(args: argparse.Namespace) -> int:
-    """Train each method in its own fresh process (so peak memory is per method), then print
-    one table."""
+    """Train each (method, seed) in its own fresh process (so peak memory is per run), then
+    print one table: per method, the mean and s.d. over seeds of the headline metric on the
+    test and validation splits, measured training FLOPs, time and peak memory."""
     base = preset_overrides(args.preset, args.set or [])
-    make_config(args.preset, base)  # validate before any work starts
+    config = make_config(args.preset, base)  # validate before any work starts
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    baseline = make_config(args.preset, base).baseline_method
+    baseline = config.baseline_method
     if args.methods == "e2e,dblocks":  # the default: the task's baseline, then DiffusionBlocks
         methods = [baseline, "dblocks"]
+    if args.seeds < 1:
+        raise UsageError(f"--seeds must be >= 1, got {args.seeds}")
+    first_seed = int(base.get("seed", config.seed))
+    seeds = [first_seed + i for i in range(args.seeds)]
     for m in methods:
         make_config(args.preset, {**base, "method": m})
     out = Path(args.out or f"runs/compare-{args.preset}-{time.strftime('%Y%m%d-%H%M%S')}")
@@ -100,31 +102,42 @@ def cmd_compare(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     rows = []
     for m in methods:
-        run_dir = out / m
-        cmd = [sys.executable, "-m", "diffusionblocks", "train", "--preset", args.preset]
-        for k, v in {**base, "method": m}.items():
-            cmd += ["--set", f"{k}={v}"]
-        cmd += ["--out", str(run_dir)]
-        if args.no_progress:
-            cmd.append("--no-progress")
-        print(f"\n=== {m}: {' '.join(cmd[1:])}", flush=True)
-        proc = subprocess.run(cmd, env=os.environ.copy())
-        if proc.returncode != 0:
-            raise UsageError(f"training {m} failed (exit code {proc.returncode})")
-        results = json.loads((run_dir / "results.json").read_text())
-        rows.append(comparison_row(m, results, " ".join(["dblocks", *cmd[3:]])))
-    e2e = next((r for r in rows if r["method"] == baseline), None)
-    for r in rows:
-        if e2e:
-            r["step_time_vs_e2e"] = r["median_step_ms"] / e2e["median_step_ms"]
-            r["train_peak_vs_e2e"] = r["train_peak_mib"] / max(e2e["train_peak_mib"], 1e-9)
+        runs = []
+        for seed in seeds:
+            # One seed: OUT/METHOD (as before seeds were added); several: OUT/METHOD/seed-S.
+            run_dir = out / m if len(seeds) == 1 else out / m / f"seed-{seed}"
+            overrides = {**base, "method": m, **({"seed": seed} if len(seeds) > 1 else {})}
+            cmd = [sys.executable, "-m", "diffusionblocks", "train", "--preset", args.preset]
+            for k, v in overrides.items():
+                cmd += ["--set", f"{k}={v}"]
+            cmd += ["--out", str(run_dir)]
+            if args.no_progress:
+                cmd.append("--no-progress")
+            print(f"\n=== {m}, seed {seed}: {' '.join(cmd[1:])}", flush=True)
+            proc = subprocess.run(cmd, env=os.environ.copy())
+            if proc.returncode != 0:
+                raise UsageError(f"training {m} (seed {seed}) failed (exit code {proc.returncode})")
+            results = json.loads((run_dir / "results.json").read_text())
+            runs.append(run_row(m, results, " ".join(["dblocks", *cmd[3:]])))
+        rows.append(method_row(runs))
+    add_ratios(rows, baseline)
     table = format_comparison(rows)
-    notes = [f"warning ({r['method']}): {w}" for r in rows for w in r["warnings"]]
+    verdict = depth_verdict(rows, baseline)
+    notes = ([verdict] if verdict else []) + [
+        f"warning ({r['method']}): {w}" for r in rows for w in r["warnings"]
+    ]
     table += "".join(f"\n\n{note}" for note in notes)
     print("\n" + table)
-    atomic_write_json(
-        out / "comparison.json", {"preset": args.preset, "overrides": base, "rows": rows}
-    )
+    command = "dblocks " + " ".join(args.argv) if getattr(args, "argv", None) else None
+    baselines = [m for m in methods if m != "dblocks"]
+    protocol = {"selected_on": "val", "reported_on": "test", "seeds": len(seeds),
+                "baselines": baselines, "command": command}  # fmt: skip
+    atomic_write_json(out / "comparison.json", {"preset": args.preset, "overrides": base,
+                                                "protocol": protocol, "rows": rows})  # fmt: skip
     atomic_write_text(out / "comparison.md", table + "\n")
-    print(f"\nwritten: {out}/comparison.json, {out}/comparison.md")
+    written = [f"{out}/comparison.json", f"{out}/comparison.md"]
+    if args.json:
+        atomic_write_json(Path(args.json), rows)
+        written.append(str(args.json))
+    print(f"\nwritten: {', '.join(written)}")
     return 0

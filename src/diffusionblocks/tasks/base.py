@@ -159,6 +159,7 @@ class Task:
 
     # The evaluation key of the task's one quality number and its label in tables.
     headline_metric: ClassVar[tuple[str, str] | None] = None
+    headline_higher_is_better: ClassVar[bool] = False  # accuracy: True; losses, distances: False
 
     @classmethod
     def headline(cls, ev: dict[str, Any]) -> dict[str, Any] | None:
@@ -167,7 +168,8 @@ class Task:
         if cls.headline_metric is None or cls.headline_metric[0] not in ev:
             return None
         key, label = cls.headline_metric
-        return {"metric": label, "value": ev[key], key: ev[key]}
+        return {"metric": label, "value": ev[key], key: ev[key], "key": key,
+                "higher_is_better": cls.headline_higher_is_better}  # fmt: skip
 
     def block_interval(self, block: int) -> list[float] | None:
         """The noise (or masking-time) interval ``block`` owns, for checkpoint metadata."""

@@ -88,7 +88,7 @@ class _ImageClassification(Task):
             )
         return lines
 
-    headline_metric = ("accuracy", "test acc")
+    headline_metric, headline_higher_is_better = ("accuracy", "test acc"), True
 
     def __init__(self, config: ClassificationConfig, device: torch.device):
         super().__init__(config, device)
