@@ -23,12 +23,14 @@ def print_plan(config: RunConfig, preset: str | None) -> None:
         for key, value in values.items():
             print(f"{key:>18} = {value!s:<24} # {docs.get(key, '')}")
     resolved = config.resolved()
+    truncation = resolved.get("bptt_truncation")  # recurrent depth's baselines
     print(
         f"# resolved: shared policy {resolved['shared_policy']}, block-resident "
         f"{'yes' if resolved['block_resident'] else 'no'}, {resolved['inference_calls']} "
-        "denoiser calls at inference"
+        f"denoiser calls at inference, {resolved['model_depth']} layers built"
+        + (f", BPTT truncation {truncation}" if truncation else "")
     )
-    if config.method == "dblocks":
+    if not config.end_to_end:
         print()
         print_schedule(config.block_partition())
 
@@ -120,7 +122,8 @@ def comparison_row(method: str, results: dict[str, Any], command: str) -> dict[s
     peak = mem.get("cuda_peak_bytes", mem["train_peak_rss_bytes"])
     return {
         "method": method,
-        "num_blocks": cfg["num_blocks"] if method == "dblocks" else 1,
+        "num_blocks": results["resolved"]["units"],  # separately trained blocks (1 end to end)
+        "model_depth": results["resolved"].get("model_depth", cfg.get("depth")),
         **headline_metric(results["eval"], cfg["task"]),
         "steps": results["accounting"]["steps"],
         "layer_evaluations": results["accounting"]["layer_evaluations"],
@@ -229,7 +232,7 @@ def run_warnings(task: Task, trainer: Trainer) -> list[str]:
     notes = []
     steps = trainer.steps_per_block
     if steps < MIN_STEPS_PER_BLOCK:
-        who = "per block" if task.config.method == "dblocks" else "(end to end)"
+        who = "(end to end)" if task.config.end_to_end else "per block"
         notes.append(
             f"only {steps} optimizer step{'s' if steps != 1 else ''} {who} (fewer than "
             f"{MIN_STEPS_PER_BLOCK}): runs this short were at chance or unstable in our "

@@ -42,7 +42,7 @@ from .training.trainer import Trainer
 def default_run_dir(preset: str, config: RunConfig) -> Path:
     """``runs/<preset>-<method>[-B<b>]-s<seed>-<date-time>``: a new folder for every run."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    blocks = f"-B{config.num_blocks}" if config.method == "dblocks" else ""
+    blocks = "" if config.end_to_end else f"-B{config.num_blocks}"
     return Path("runs") / f"{preset}-{config.method}{blocks}-s{config.seed}-{stamp}"
 
 
