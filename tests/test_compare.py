@@ -43,10 +43,20 @@ def test_compare_with_seeds_writes_the_documented_rows(tmp_path, capsys):
     assert saved["protocol"]["seeds"] == 2 and saved["protocol"]["baselines"] == ["e2e"]
     assert saved["protocol"]["command"].startswith("dblocks compare --preset tiny --seeds 2")
     assert "| method | depth | B | seeds | test acc |" in stdout and " ± " in stdout
+    # the reference row: the majority class of the training labels on test and val
+    from diffusionblocks.registry import make_config, make_task
+
+    task = make_task(make_config("tiny", {"epochs": 0.3}))
+    majority = int(task.data.train_y.bincount().argmax())
+    for split in ("test", "val"):
+        _, labels = task.data.split(split)
+        assert saved["trivial"][f"{split}_mean"] == float((labels == majority).double().mean())
+    assert f"| trivial | - | - | - | {saved['trivial']['test_mean']:.4f} |" in stdout
 
 
 def _run(method, seed, test, val=None):
     return {"method": method, "seed": seed, "depth": 4, "num_blocks": 1, "metric": "acc",
+            "shallow": method == "e2e-shallow",
             "key": "accuracy", "higher_is_better": True, "value": test, "accuracy": test,
             "val_value": val, "steps": 1, "layer_evaluations": 1, "train_flops": 10.0,
             "median_step_ms": 1.0, "train_seconds": 1.0, "peak_memory_bytes": 2**20,

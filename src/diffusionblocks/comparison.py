@@ -15,7 +15,12 @@ A method row (``comparison.json`` ``rows``, and the list ``--json FILE`` writes)
   not measure), ``train_seconds`` (mean);
 - ``value`` (= ``test_mean``) and the metric's own key, ``steps``, ``layer_evaluations``,
   ``median_step_ms``, ``train_peak_mib``, ``device``, ``command`` (the first seed's),
-  ``warnings``, ``runs`` (the per-run rows); ``*_vs_e2e`` ratios where the baseline ran.
+  ``warnings``, ``trivial`` (the task's trivial baseline per split, from results.json), ``runs``
+  (the per-run rows); ``*_vs_e2e`` ratios where the baseline ran.
+
+``comparison.json`` holds ``rows``, the ``trivial`` reference row (:func:`trivial_row`: the
+headline metric of the majority class, the unigram model or noise images, on test and val) and
+the ``protocol`` object (``selected_on``, ``reported_on``, ``seeds``, ``baselines``, ``command``).
 """
 
 from __future__ import annotations
@@ -40,7 +45,8 @@ def run_row(method: str, results: dict[str, Any], command: str) -> dict[str, Any
         "method": method,
         "seed": cfg.get("seed"),
         "depth": resolved.get("model_depth", cfg.get("depth")),
-        "num_blocks": cfg["num_blocks"] if method == "dblocks" else 1,
+        "num_blocks": resolved.get("units", cfg["num_blocks"]),
+        "shallow": bool(resolved.get("shallow")),
         **test,
         "val_value": val["value"] if val else None,
         "steps": results["accounting"]["steps"],
@@ -53,6 +59,7 @@ def run_row(method: str, results: dict[str, Any], command: str) -> dict[str, Any
         "device": results["environment"]["device"],
         "command": command,
         "warnings": results.get("warnings", []),
+        "trivial": results.get("trivial", {}),
     }
 
 
@@ -98,6 +105,20 @@ def method_row(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return row
 
 
+def trivial_row(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The task's trivial baseline (majority class, unigram model, noise images) on the test and
+    validation splits, in the headline metric, as recorded by the first run; None if unknown."""
+    if not rows or not rows[0].get("trivial"):
+        return None
+    first, key = rows[0], rows[0].get("key")
+    found = {split: v.get(key) for split, v in first["trivial"].items() if isinstance(v, dict)}
+    if found.get("test") is None:
+        return None
+    return {"method": "trivial", "metric": first["metric"], "key": key,
+            "higher_is_better": first.get("higher_is_better", False),
+            "test_mean": found["test"], "val_mean": found.get("val")}  # fmt: skip
+
+
 def add_ratios(rows: list[dict[str, Any]], baseline: str) -> None:
     """Each row's step time, training memory and FLOPs as multiples of the baseline's."""
     base = next((r for r in rows if r["method"] == baseline), None)
@@ -125,7 +146,7 @@ def depth_verdict(rows: list[dict[str, Any]], baseline: str = "e2e") -> str | No
     """Whether this setting can show a method using its depth: full-depth end to end must beat
     the end-to-end model of depth L/B (``e2e-shallow``) beyond seed noise."""
     full = next((r for r in rows if r["method"] == baseline), None)
-    shallow = next((r for r in rows if r["method"] == "e2e-shallow"), None)
+    shallow = next((r for r in rows if r.get("shallow")), None)
     if full is None or shallow is None:
         return None
     verdict = beats(full, shallow)
@@ -173,4 +194,9 @@ def format_comparison(rows: list[dict[str, Any]]) -> str:
             f"| {r.get('step_time_vs_e2e', nan):.2f}x | {r['train_seconds']:.0f} s "
             f"| {r['train_peak_mib']:.0f} MiB | {r.get('train_peak_vs_e2e', nan):.2f}x |"
         )
+    trivial = trivial_row(rows)
+    if trivial is not None:
+        cell = " - |" if chain else ""
+        test, val = _cell(trivial["test_mean"], None), _cell(trivial["val_mean"], None)
+        lines.append(f"| trivial | - | - | - | {test} |{cell} {val} |" + " - |" * 10)
     return "\n".join(lines)

@@ -117,9 +117,10 @@ def resolve_device(name: str) -> torch.device:
 
 
 def make_task(config: RunConfig, device: torch.device | None = None) -> Task:
-    """Build the task (data and network) that ``config`` describes."""
+    """Build the task (data and network) that ``config`` describes (the baseline's variants,
+    ``e2e-shallow`` and ``e2e-ckpt``, are the baseline's class built from their config)."""
     _, methods = TASKS[config.task]
-    return methods[config.method](config, device or resolve_device(config.device))
+    return methods[config.base_method](config, device or resolve_device(config.device))
 
 
 def read_run_config(run_dir: str | os.PathLike) -> RunConfig:

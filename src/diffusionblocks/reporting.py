@@ -23,12 +23,14 @@ def print_plan(config: RunConfig, preset: str | None) -> None:
         for key, value in values.items():
             print(f"{key:>18} = {value!s:<24} # {docs.get(key, '')}")
     resolved = config.resolved()
+    truncation = resolved.get("bptt_truncation")  # recurrent depth's baselines
     print(
         f"# resolved: shared policy {resolved['shared_policy']}, block-resident "
         f"{'yes' if resolved['block_resident'] else 'no'}, {resolved['inference_calls']} "
-        "denoiser calls at inference"
+        f"denoiser calls at inference, {resolved['model_depth']} layers built"
+        + (f", BPTT truncation {truncation}" if truncation else "")
     )
-    if config.method == "dblocks":
+    if not config.end_to_end:
         print()
         print_schedule(config.block_partition())
 
@@ -185,7 +187,7 @@ def run_warnings(task: Task, trainer: Trainer) -> list[str]:
     notes = []
     steps = trainer.steps_per_block
     if steps < MIN_STEPS_PER_BLOCK:
-        who = "per block" if task.config.method == "dblocks" else "(end to end)"
+        who = "(end to end)" if task.config.end_to_end else "per block"
         notes.append(
             f"only {steps} optimizer step{'s' if steps != 1 else ''} {who} (fewer than "
             f"{MIN_STEPS_PER_BLOCK}): runs this short were at chance or unstable in our "

@@ -18,6 +18,7 @@ import torch
 
 from .assemble import assemble
 from .config import SAFE_RESUME_KEYS, ConfigError, RunConfig, config_diff, config_from_dict
+from .eval.fid import EvaluatorError
 from .loading import (  # noqa: F401 - re-exported: the run-folder API in one place
     INFERENCE_KEYS,
     check_moved_data,
@@ -43,7 +44,7 @@ from .training.trainer import Trainer
 def default_run_dir(preset: str, config: RunConfig) -> Path:
     """``runs/<preset>-<method>[-B<b>]-s<seed>-<date-time>``: a new folder for every run."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    blocks = f"-B{config.num_blocks}" if config.method == "dblocks" else ""
+    blocks = "" if config.end_to_end else f"-B{config.num_blocks}"
     return Path("runs") / f"{preset}-{config.method}{blocks}-s{config.seed}-{stamp}"
 
 
@@ -173,6 +174,7 @@ def train_run(
     batch = task.train_batch(trainer.plan.batch_indices(0))
     step_flops, varies = measure_step_flops(task, trainer.trained_blocks, batch, seed=config.seed)
     extra["compute"] = train_flops(step_flops, trainer.block_steps, estimate=varies)
+    extra["trivial"] = trivial_baselines(task, evaluation)
     results = {
         "run_dir": str(run_dir),
         "preset": preset,
@@ -194,6 +196,22 @@ def train_run(
     trainer.metrics.write(final)
     plot_losses(run_dir / "metrics.jsonl", run_dir / "loss.png", task.plot_key, task.plot_label)
     return results
+
+
+def trivial_baselines(task: Task, evaluation: dict[str, Any]) -> dict[str, Any]:
+    """The task's trivial baseline on each of its splits (what a model must beat to have
+    learned anything), where the evaluation computed the headline metric it is compared with;
+    a split it cannot score records why."""
+    key = task.headline_metric[0] if task.headline_metric else None
+    if key is None or key not in evaluation:
+        return {}
+    out: dict[str, Any] = {}
+    for split in task.splits:
+        try:
+            out[split] = task.trivial_baseline(split)
+        except (ConfigError, EvaluatorError) as err:
+            out[split] = {"skipped": str(err)}
+    return out
 
 
 def check_disk_space(run_dir: Path, task: Task, config: RunConfig) -> None:

@@ -12,7 +12,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..comparison import add_ratios, depth_verdict, format_comparison, method_row, run_row
+from ..comparison import (
+    add_ratios,
+    depth_verdict,
+    format_comparison,
+    method_row,
+    run_row,
+    trivial_row,
+)
 from ..diffusion import BlockPartition, NoiseSchedule
 from ..registry import PRESETS, make_config, preset_overrides
 from ..reporting import print_schedule
@@ -129,11 +136,12 @@ def cmd_compare(args: argparse.Namespace) -> int:
     table += "".join(f"\n\n{note}" for note in notes)
     print("\n" + table)
     command = "dblocks " + " ".join(args.argv) if getattr(args, "argv", None) else None
-    baselines = [m for m in methods if m != "dblocks"]
+    baselines = [m for m in methods if make_config(args.preset, {**base, "method": m}).end_to_end]
     protocol = {"selected_on": "val", "reported_on": "test", "seeds": len(seeds),
                 "baselines": baselines, "command": command}  # fmt: skip
     atomic_write_json(out / "comparison.json", {"preset": args.preset, "overrides": base,
-                                                "protocol": protocol, "rows": rows})  # fmt: skip
+                                                "protocol": protocol, "rows": rows,
+                                                "trivial": trivial_row(rows)})  # fmt: skip
     atomic_write_text(out / "comparison.md", table + "\n")
     written = [f"{out}/comparison.json", f"{out}/comparison.md"]
     if args.json:

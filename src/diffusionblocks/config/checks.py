@@ -24,15 +24,22 @@ def check_transformer(cfg: Any) -> None:
 
 def check_layer_split(cfg: Any) -> None:
     """A transformer config's heads must divide its width, and (DiffusionBlocks) its blocks its
-    depth, so that every block has the same number of layers."""
+    depth, so that every block has the same number of layers; ``e2e-shallow`` builds depth //
+    num_blocks layers, so its blocks must divide the depth too."""
     if cfg.hidden % cfg.heads:
         raise ConfigError(
             f"invalid value for 'heads': {cfg.heads} (must divide hidden={cfg.hidden})"
         )
-    if cfg.method == "dblocks" and cfg.depth % cfg.num_blocks:
+    if not cfg.end_to_end and cfg.depth % cfg.num_blocks:
         raise ConfigError(
             f"invalid value for 'num_blocks': {cfg.num_blocks} (must divide "
             f"depth={cfg.depth} so that every block has the same number of layers)"
+        )
+    if cfg.shallow and (cfg.depth % cfg.num_blocks or cfg.depth // cfg.num_blocks < 1):
+        raise ConfigError(
+            f"invalid value for 'num_blocks': {cfg.num_blocks} (method={cfg.method} trains "
+            f"depth/num_blocks layers, the memory of one block: num_blocks must divide "
+            f"depth={cfg.depth})"
         )
 
 

@@ -18,7 +18,11 @@ from ..diffusion import GRIDS, PARTITIONS, WEIGHTINGS, BlockPartition, NoiseSche
 from .checks import ConfigError, _check, _choice, _show
 from .training import TrainingSettings
 
-METHODS = ("dblocks", "e2e")
+METHODS = ("dblocks", "e2e", "e2e-shallow", "e2e-ckpt")
+# Every task's end-to-end baseline (``baseline_method``) in the two forms a user would otherwise
+# pick to save memory: at depth L/B, the memory of one block (``e2e-shallow``), and at full depth
+# with activation checkpointing (``e2e-ckpt``).
+BASELINE_VARIANTS = ("e2e-shallow", "e2e-ckpt")
 SCHEDULES = ("random", "cycle", "sequential", "synchronous")
 SHARED_POLICIES = ("auto", "sync", "frozen", "first-block", "block-copies", "per-block")
 NAN_POLICIES = ("skip", "abort")
@@ -70,7 +74,7 @@ class RunConfig:
     key_aliases: ClassVar[dict[str, str]] = {"block_order": "schedule"}
 
     task: str = ""  # task name (set by the task's config class)
-    method: str = "dblocks"  # dblocks (block-wise denoisers) or e2e (plain end-to-end baseline)
+    method: str = "dblocks"  # dblocks | e2e (baseline) | e2e-shallow (depth L/B) | e2e-ckpt
     num_blocks: int = 3  # B: number of blocks the layers are split into (dblocks only)
     schedule: str = "random"  # block_order: random (paper) | cycle | sequential | synchronous
     cycle_steps: int = 1  # schedule=cycle: consecutive steps per visit of a block
@@ -131,7 +135,7 @@ class RunConfig:
         _choice(self, "shared", SHARED_POLICIES)
         _choice(self, "nan_policy", NAN_POLICIES)
         _check(self, "nan_max_skips", 0 <= self.nan_max_skips <= 1_000_000, "an integer >= 0")
-        if self.schedule == "synchronous" and self.method != "dblocks":
+        if self.schedule == "synchronous" and self.end_to_end:
             raise ConfigError(
                 "schedule=synchronous trains blocks side by side; it needs method=dblocks"
             )
@@ -140,7 +144,7 @@ class RunConfig:
                 f"parallel training is synchronous (every block steps at once); schedule="
                 f"{self.schedule} does not apply"
             )
-        if self.parallel and self.method != "dblocks":
+        if self.parallel and self.end_to_end:
             raise ConfigError(
                 f"parallel=true trains DiffusionBlocks blocks in separate processes; method "
                 f"{self.method!r} has no blocks to spread"
@@ -151,7 +155,7 @@ class RunConfig:
                 "after another) needs schedule=sequential or blocks naming one block, without "
                 "parallel=true"
             )
-        if self.resident and self.method != "dblocks":
+        if self.resident and self.end_to_end:
             raise ConfigError(
                 f"invalid value for 'resident': true (keeps one DiffusionBlocks block in memory; "
                 f"method {self.method!r} trains all layers together)"
@@ -210,7 +214,7 @@ class RunConfig:
         _check(self, "checkpoint_every", self.checkpoint_every >= 0, "an integer >= 0")
         _check(self, "keep_checkpoints", self.keep_checkpoints >= 1, "an integer >= 1")
         if self.blocks is not None:
-            if self.method == "e2e":
+            if self.end_to_end:
                 raise ConfigError(
                     "'blocks' selects DiffusionBlocks blocks; it needs method=dblocks"
                 )
@@ -223,15 +227,49 @@ class RunConfig:
 
     @classmethod
     def methods(cls) -> tuple[str, ...]:
-        """Values ``method`` may take for this task."""
-        return METHODS
+        """Values ``method`` may take for this task: ``dblocks``, the task's end-to-end baseline
+        (``baseline_method``) and that baseline's variants (``BASELINE_VARIANTS``)."""
+        return ("dblocks", cls.baseline_method, *BASELINE_VARIANTS)
+
+    # ------------------------------------------------------------------ the method, resolved
+    # Code outside this class asks these properties, never compares method names.
+    @property
+    def end_to_end(self) -> bool:
+        """Whether this run trains the task's end-to-end baseline (any method but dblocks): all
+        layers in one block, no noise partition."""
+        return self.method != "dblocks"
+
+    @property
+    def base_method(self) -> str:
+        """The method whose task class builds this run: ``dblocks``, or the task's
+        ``baseline_method`` for the baseline and each of its variants."""
+        return self.baseline_method if self.end_to_end else "dblocks"
+
+    @property
+    def shallow(self) -> bool:
+        """Whether this run is the baseline sized to the training memory of one DiffusionBlocks
+        block (``e2e-shallow``): depth L/B (the recurrent-depth task: truncation 1)."""
+        return self.method == "e2e-shallow"
+
+    @property
+    def model_depth(self) -> int:
+        """The transformer layers the network is built with: ``depth``, or ``depth //
+        num_blocks`` for ``e2e-shallow`` (0 for a config without a ``depth`` key)."""
+        depth = int(getattr(self, "depth", 0))
+        return depth // self.num_blocks if self.shallow else depth
+
+    @property
+    def activation_checkpointing(self) -> bool:
+        """Whether layers recompute their activations in the backward pass: the
+        ``checkpointing`` key, always on for ``e2e-ckpt``."""
+        return self.checkpointing or self.method == "e2e-ckpt"
 
     # ------------------------------------------------------------------ derived objects
     @property
     def num_model_blocks(self) -> int:
         """How many separately trained blocks the network is built with, ``len(model.blocks)``
-        (B for dblocks, 1 for e2e: all layers in one block)."""
-        return self.num_blocks if self.method == "dblocks" else 1
+        (B for dblocks, 1 end to end: all layers in one block)."""
+        return 1 if self.end_to_end else self.num_blocks
 
     @property
     def units(self) -> int:
@@ -244,15 +282,13 @@ class RunConfig:
         time (``schedule=sequential``, ``blocks`` naming a single block, one process per block),
         or any schedule with ``resident=true`` (a block that is swapped out takes its optimizer
         state to disk with it)."""
-        return self.method == "dblocks" and (
-            self.one_after_another or self.parallel or self.resident
-        )
+        return not self.end_to_end and (self.one_after_another or self.parallel or self.resident)
 
     @property
     def one_after_another(self) -> bool:
         """Whether blocks train one after another in this process (each to its whole budget)."""
         return (
-            self.method == "dblocks"
+            not self.end_to_end
             and not self.parallel
             and (self.schedule == "sequential" or len(self.trained_blocks) == 1)
         )
@@ -363,8 +399,12 @@ class RunConfig:
             "block_resident": self.block_resident,
             "shared_policy": self.shared_policy,
             "inference_calls": self.steps_at_inference,
+            "model_depth": self.model_depth,  # the layers built (e2e-shallow: depth // B)
+            "activation_checkpointing": self.activation_checkpointing,
+            "end_to_end": self.end_to_end,
+            "shallow": self.shallow,  # sized to one block's training memory (e2e-shallow)
         }
-        if self.method == "dblocks" and self.num_model_blocks > 1:
+        if not self.end_to_end and self.num_model_blocks > 1:
             try:
                 p = self.block_partition()
                 out["block_intervals"] = [list(p.interval(b)) for b in range(self.num_blocks)]

@@ -248,6 +248,23 @@ def extract(extractor: FeatureExtractor, images: torch.Tensor, batch: int = 500)
     return torch.cat([extractor(images[i : i + batch]) for i in range(0, len(images), batch)])
 
 
+def unsupported(name: str, image_shape: tuple[int, ...]) -> str | None:
+    """Why the shipped evaluator cannot score images of dataset ``name`` and ``image_shape``
+    (it is the Fashion-MNIST classifier, its reference the Fashion-MNIST test set), or None."""
+    if name == "fashion-mnist" and tuple(image_shape) == (1, 28, 28):
+        return None
+    return (f"the Frechet distance uses the Fashion-MNIST evaluator and test set; this run's data "
+            f"is {name} {tuple(image_shape)}")  # fmt: skip
+
+
+def noise_fid(extractor: FeatureExtractor, reference: torch.Tensor, n: int, seed: int = 0) -> float:
+    """FID of ``n`` images of uniform noise in [0, 1) (drawn with ``seed``) against
+    ``reference``: the trivial baseline of image generation, what a generator scores that learned
+    nothing (shipped evaluator, 10,000 test images: 901 at n = 2000, 911 at n = 200)."""
+    noise = torch.rand(n, *reference.shape[1:], generator=torch.Generator().manual_seed(seed))
+    return fid_against(extractor, noise, reference)
+
+
 def fid_against(
     extractor: FeatureExtractor, samples: torch.Tensor, reference: torch.Tensor
 ) -> float:

@@ -8,6 +8,7 @@ trainer only ever calls the methods below; the command line asks the reporting o
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence, Sized
 from typing import TYPE_CHECKING, Any, ClassVar, cast
 
@@ -76,6 +77,14 @@ class Task:
         raise NotImplementedError
 
     splits: tuple[str, ...] = ("test",)  # held-out splits ``evaluate(split=...)`` can read
+
+    def trivial_baseline(self, split: str = "test") -> dict[str, float]:
+        """The reference value a model must beat to have learned anything: the headline metric
+        (:attr:`headline_metric`'s key, and maybe others) of the task's trivial predictor on
+        ``split``, computed from the data alone (no model): the majority training class and
+        chance for classification, the training text's unigram model for the language models,
+        images of uniform noise for image generation. A split the task lacks is refused."""
+        raise NotImplementedError
 
     def heldout_batch(self) -> Any | None:
         """A fixed batch of validation examples (as :meth:`train_batch` returns them) on which
@@ -229,3 +238,13 @@ class TextTask(Task):
 
     def train_batch(self, indices: torch.Tensor) -> torch.Tensor:
         return self.train_seqs[indices].to(self.device)
+
+    def trivial_baseline(self, split: str = "test") -> dict[str, float]:
+        """The unigram model: bits per character (``bpc``) and cross-entropy in nats
+        (``heldout_ce``) of the whole ``split`` text under the training text's character
+        frequencies, add-one smoothed (:meth:`TextCorpus.unigram_bits_per_char`)."""
+        ids = self.corpus.test_ids if split == "test" else None
+        if ids is None or split not in self.splits:
+            raise ConfigError(f"invalid value for 'split': {split!r} (a text task has test)")
+        bits = self.corpus.unigram_bits_per_char(ids)
+        return {"bpc": bits, "heldout_ce": bits * math.log(2)}

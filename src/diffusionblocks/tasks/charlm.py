@@ -149,6 +149,9 @@ class CharLM(TextTask):
                 lines.append("  " + sample.replace("\n", " / ")[:120])
         return lines
 
+    # The key of the headline number (``headline`` below decides which CE fills it).
+    headline_metric = ("heldout_ce", "held-out CE (likelihood)")
+
     @classmethod
     def headline(cls, ev: dict[str, Any]) -> dict[str, Any] | None:
         """Likelihood beside likelihood: the chain's final-step CE is not a likelihood, so it
@@ -170,7 +173,7 @@ class CharLM(TextTask):
         super().__init__(config, device)  # the corpus and its sequences (TextTask)
         with seeded(config.seed):  # initialisation, global generator untouched
             self.model = self.build_model()
-        self.model.set_checkpointing(config.checkpointing)
+        self.model.set_checkpointing(config.activation_checkpointing)
 
     def build_model(self) -> TwoStreamTransformer | RecurrentDepthLM:
         c = self.config
@@ -180,7 +183,7 @@ class CharLM(TextTask):
                 vocab_out=self.vocab.size,
                 max_len=c.seq_len,
                 hidden=c.hidden,
-                depth=c.depth,
+                depth=c.model_depth,
                 heads=c.heads,
                 mlp_ratio=c.mlp_ratio,
                 num_blocks=c.num_model_blocks,

@@ -30,7 +30,7 @@ from ..networks.layers import seeded
 from ..networks.placement import to_device
 from ..networks.vit import ViT, ViTShape
 from .base import Task, refuse_options
-from .images import ImageTaskConfig, auto_patch_size, fit_images
+from .images import ImageTaskConfig, LabelBaseline, auto_patch_size, fit_images
 
 
 @dataclass
@@ -60,7 +60,7 @@ class ClassificationConfig(ImageTaskConfig):
         _check(self, "bridge_temperature", 0 <= self.bridge_temperature <= 100, "in [0, 100]")
 
 
-class _ImageClassification(Task):
+class _ImageClassification(LabelBaseline, Task):
     """Data, network and evaluation loop shared by both methods."""
 
     config: ClassificationConfig
@@ -119,7 +119,7 @@ class _ImageClassification(Task):
                     patch_size=self.patch_size,
                     num_classes=data.num_classes,
                     hidden=config.hidden,
-                    depth=config.depth,
+                    depth=config.model_depth,
                     heads=config.heads,
                     mlp_ratio=config.mlp_ratio,
                     num_blocks=config.num_model_blocks,
@@ -129,7 +129,7 @@ class _ImageClassification(Task):
             )
             to_device(model, device)  # blocks without storage stay on the meta device
             self.model = model
-        self.model.set_checkpointing(config.checkpointing)
+        self.model.set_checkpointing(config.activation_checkpointing)
 
     # -- data -------------------------------------------------------------------------------
     def train_size(self) -> int:
@@ -246,7 +246,7 @@ class EndToEndClassification(_ImageClassification):
             "accuracy": correct / total,
             "ce": ce / total,
             "examples": total,
-            "layer_evals_per_image": self.config.depth,
+            "layer_evals_per_image": self.config.model_depth,
         }
 
 

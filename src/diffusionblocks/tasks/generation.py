@@ -118,7 +118,7 @@ class _ImageGeneration(Task):
                     patch_size=config.patch_size,
                     num_classes=self.data.num_classes,
                     hidden=config.hidden,
-                    depth=config.depth,
+                    depth=config.model_depth,
                     heads=config.heads,
                     mlp_ratio=config.mlp_ratio,
                     num_blocks=config.num_model_blocks,
@@ -128,7 +128,7 @@ class _ImageGeneration(Task):
             )
             to_device(model, device)  # blocks without storage stay on the meta device
             self.model = model
-        self.model.set_checkpointing(config.checkpointing)
+        self.model.set_checkpointing(config.activation_checkpointing)
 
     # -- data: pixels in [0, 1] <-> targets with std sigma_data ------------------------------
     def to_target(self, images: torch.Tensor) -> torch.Tensor:
@@ -312,9 +312,8 @@ class _ImageGeneration(Task):
             return result
         from ..eval import fid
 
-        if self.reference.name != "fashion-mnist" or self.data.image_shape != (1, 28, 28):
-            why = (f"the Frechet distance uses the Fashion-MNIST evaluator and test set; this "
-                   f"run's data is {self.data.name} {self.data.image_shape}")  # fmt: skip
+        why = fid.unsupported(self.reference.name, self.data.image_shape)
+        if why:
             if fid_samples is not None:  # asked for explicitly (dblocks eval --fid N)
                 raise fid.EvaluatorError(why)
             result["fid_skipped"] = why  # the end of training never fails on it
@@ -347,6 +346,20 @@ class _ImageGeneration(Task):
             result.setdefault("steps_sweep", {})[str(s)] = entry
         return result
 
+    def trivial_baseline(self, split: str = "test") -> dict[str, float]:
+        """The FID (``fid``) of ``fid_samples`` (0: 1000) images of uniform noise, seed 0, against
+        the reference (the full test split) in the evaluator's feature space: what a generator
+        that learned nothing scores (:func:`~diffusionblocks.eval.fid.noise_fid`)."""
+        from ..eval import fid
+
+        if split != "test":
+            raise ConfigError(f"invalid value for 'split': {split!r} (image generation has test)")
+        why = fid.unsupported(self.reference.name, self.data.image_shape)
+        if why:
+            raise fid.EvaluatorError(why)
+        n = self.config.fid_samples or 1000
+        return {"fid": fid.noise_fid(fid.EvaluatorFeatures(self.device), self.reference.test_x, n)}
+
 
 class EndToEndGeneration(_ImageGeneration):
     """The baseline: the whole DiT is one EDM denoiser over the full noise range."""
@@ -363,7 +376,7 @@ class EndToEndGeneration(_ImageGeneration):
         return 0
 
     def layers_per_call(self, block: int) -> int:
-        return self.config.depth
+        return self.config.model_depth
 
 
 class BlockwiseGeneration(_ImageGeneration):

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
+
 from ..config import ConfigError, RunConfig, _check, check_layer_split, check_transformer
 from ..data.base import ImageDataset
 
@@ -43,6 +45,29 @@ class ImageTaskConfig(RunConfig):
         _check(self, "eval_batch_size", self.eval_batch_size >= 1, "an integer >= 1")
         _check(self, "eval_subset", self.eval_subset >= 1, "an integer >= 1")
         check_layer_split(self)
+
+
+class LabelBaseline:
+    """The trivial baseline of a task that predicts the labels of ``self.data``: mixed into the
+    classification task before :class:`~diffusionblocks.tasks.base.Task`."""
+
+    data: ImageDataset
+    splits: tuple[str, ...]
+
+    def trivial_baseline(self, split: str = "test") -> dict[str, float]:
+        """Accuracy on ``split`` of always predicting the most frequent training label
+        (``accuracy``, the headline's key; a tie goes to the lowest label), and of guessing
+        uniformly (``chance_accuracy``, 1 / classes)."""
+        if split not in self.splits:
+            raise ConfigError(
+                f"invalid value for 'split': {split!r} (choose one of {', '.join(self.splits)})"
+            )
+        majority = int(torch.bincount(self.data.train_y, minlength=self.data.num_classes).argmax())
+        _, labels = self.data.split(split)
+        return {
+            "accuracy": float((labels == majority).double().mean()),
+            "chance_accuracy": 1.0 / self.data.num_classes,
+        }
 
 
 def fit_images(

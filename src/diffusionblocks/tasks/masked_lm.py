@@ -62,7 +62,7 @@ class MaskedLMConfig(RunConfig):
     def resolved(self) -> dict[str, Any]:
         """As every config's, with the blocks' masking-time intervals instead of noise levels."""
         out = {k: v for k, v in super().resolved().items() if "intervals" not in k}
-        if self.method == "dblocks":
+        if not self.end_to_end:
             p = TimePartition(self.num_blocks, self.overlap)
             out["block_t_intervals"] = [list(p.interval(b)) for b in range(self.num_blocks)]
         return out
@@ -123,7 +123,7 @@ class _MaskedLM(TextTask):
                     vocab_out=self.vocab.size,
                     max_len=config.seq_len,
                     hidden=config.hidden,
-                    depth=config.depth,
+                    depth=config.model_depth,
                     heads=config.heads,
                     mlp_ratio=config.mlp_ratio,
                     num_blocks=config.num_model_blocks,
@@ -133,7 +133,7 @@ class _MaskedLM(TextTask):
             )
             to_device(model, device)  # blocks without storage stay on the meta device
             self.model = model
-        self.model.set_checkpointing(config.checkpointing)
+        self.model.set_checkpointing(config.activation_checkpointing)
 
     # -- method-specific --------------------------------------------------------------------
     def sample_t(self, block: int, n: int, generator: torch.Generator) -> torch.Tensor:

@@ -9,6 +9,15 @@
   Inference runs K core applications as an Euler chain from sigma_max (soft bridge between them),
   the last one at sigma_min giving the prediction.
 
+The baseline's variants (``method``): ``e2e-ckpt`` is ``bptt`` with activation checkpointing;
+``e2e-shallow``, the end-to-end model that needs the training memory of one DiffusionBlocks block,
+is ``bptt`` with ``truncation`` 1. A DiffusionBlocks step backpropagates through prelude + ONE
+core application + coda; a truncated-BPTT step through prelude + ``truncation`` core applications
++ coda (the iterations before them run without gradients and keep no activations), so with
+truncation 1 the backward pass runs through the same layers, once each. The recurrent model is
+one block (``num_blocks`` 1), so "depth L/B" is the whole stack, and the number of iterations
+(``mean_iterations``) is left as configured: it costs forward compute, not memory.
+
 Same corpus, same evaluation and generation metrics as the autoregressive model, so tables line
 up. The compute accounting asks each task the layer evaluations its latest step ran, forward and
 backward (``layer_evals``, ``backward_layer_evals``): for ``bptt`` they vary with the drawn number
@@ -30,8 +39,6 @@ from ..diffusion import chain, edm_denoise, weighted_loss
 from ..networks.recurrent import RecurrentDepthLM, RecurrentShape
 from .autoregressive import TokenTargets
 from .charlm import ARConfig, CharLM
-
-RECURRENT_METHODS = ("dblocks", "bptt")
 
 
 @dataclass
@@ -59,9 +66,18 @@ class RecurrentConfig(ARConfig):
 
     baseline_method = "bptt"  # the recurrent-depth baseline is truncated backpropagation
 
-    @classmethod
-    def methods(cls) -> tuple[str, ...]:
-        return RECURRENT_METHODS
+    @property
+    def bptt_truncation(self) -> int:
+        """The core iterations a truncated-BPTT step backpropagates through: ``truncation``, or
+        1 for ``e2e-shallow`` (the layers one DiffusionBlocks step backpropagates through)."""
+        return 1 if self.shallow else self.truncation
+
+    def resolved(self) -> dict[str, Any]:
+        """As every config's, with the truncation the baseline trains with."""
+        out = super().resolved()
+        if self.end_to_end:
+            out["bptt_truncation"] = self.bptt_truncation
+        return out
 
     @property
     def num_model_blocks(self) -> int:
@@ -185,7 +201,8 @@ class _RecurrentLM(CharLM):
 
 
 class TruncatedBPTTRecurrent(_RecurrentLM):
-    """The baseline: random depth, truncated backprop through the last k iterations."""
+    """The baseline: random depth, truncated backprop through the last k iterations (k =
+    ``truncation``; 1 for ``e2e-shallow``)."""
 
     ce_is_likelihood = True
 
@@ -203,7 +220,7 @@ class TruncatedBPTTRecurrent(_RecurrentLM):
         k_total = int(torch.randint(1, 2 * c.mean_iterations, (1,), generator=generator))
         state = c.init_std * torch.randn(n, t, h, generator=generator).to(self.device)
         cond = m.constant_condition(n, t)
-        with_grad = min(c.truncation, k_total)
+        with_grad = min(c.bptt_truncation, k_total)
         with torch.no_grad():
             for _ in range(k_total - with_grad):
                 state = m.core_step(e.detach(), state, cond.detach())
