@@ -233,7 +233,8 @@ def test_text_trivial_baseline_by_hand(tmp_path, preset):
     train, test = "a" * 30 + "b" * 20 + "c" * 10, "a" * 10 + "b" * 5 + "c" * 5
     path = tmp_path / "abc.txt"
     path.write_text(train + test)  # test_fraction 0.25: the last 20 characters are held out
-    overrides = {"data": str(path), "test_fraction": 0.25, "seq_len": 10, "train_subset": 0,
+    overrides = {"data": str(path), "test_fraction": 0.25, "val_fraction": 0, "seq_len": 10,
+                 "train_subset": 0,
                  "batch_size": 4, "gen_prompt_len": 2, "gen_length": 4}  # fmt: skip
     if preset == "mdm-tiny":
         overrides = {k: v for k, v in overrides.items() if not k.startswith("gen_")}

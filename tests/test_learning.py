@@ -58,13 +58,19 @@ def words(tmp_path_factory) -> str:
     return str(path)
 
 
+# The text tests keep the training text their thresholds were measured on (everything before the
+# test text): with the default val_fraction=0.1, 10% fewer training sequences left the sequential
+# autoregressive run at 3.01 nats, above the unigram (2026-11-28; reported, not re-measured).
+ALL_TEXT = dict(train_subset=0, val_fraction=0)
+
+
 def _unigram_nats(task) -> float:
     return task.corpus.unigram_bits_per_char() * math.log(2)
 
 
 @pytest.mark.parametrize("schedule", ["random", "sequential"])
 def test_masked_diffusion_beats_the_unigram_bpc(words, schedule):
-    task = trained("mdm-tiny", data=words, train_subset=0, epochs=20, eval_sequences=32,
+    task = trained("mdm-tiny", data=words, **ALL_TEXT, epochs=20, eval_sequences=32,
                    schedule=schedule)  # fmt: skip
     result = task.evaluate()
     unigram = task.corpus.unigram_bits_per_char(task.test_seqs[:32])  # measured 3.56
@@ -80,7 +86,7 @@ def test_masked_diffusion_beats_the_unigram_bpc(words, schedule):
     ],
 )
 def test_autoregressive_chain_beats_the_unigram_ce(words, schedule, margin):
-    task = trained("ar-tiny", data=words, train_subset=0, epochs=5, eval_sequences=32,
+    task = trained("ar-tiny", data=words, **ALL_TEXT, epochs=5, eval_sequences=32,
                    schedule=schedule)  # fmt: skip
     result = task.evaluate()
     unigram = _unigram_nats(task)  # measured 2.47 nats
@@ -89,7 +95,7 @@ def test_autoregressive_chain_beats_the_unigram_ce(words, schedule, margin):
 
 
 def test_recurrent_depth_beats_the_unigram_ce(words):
-    task = trained("recurrent-tiny", data=words, train_subset=0, epochs=5, eval_sequences=32)
+    task = trained("recurrent-tiny", data=words, **ALL_TEXT, epochs=5, eval_sequences=32)
     result = task.evaluate()
     unigram = _unigram_nats(task)  # measured 2.47 nats
     assert result["heldout_ce"] < unigram - 0.5, (result["heldout_ce"], unigram)  # measured 1.50

@@ -5,8 +5,10 @@
 
 The config is rebuilt from the command with the presets and defaults of the code that runs this
 script (the commit is recorded with it); keys added to the library after a run was made take
-their defaults, which do not change what those runs computed (e.g. ``val_fraction`` for text
-tasks, which have none). Rows whose command does not parse are left as they are and listed.
+their defaults, except ``val_fraction`` for the tasks whose published runs all predate their
+validation split (image generation and the language models: 0, every training image or all of
+the text before the test text trained, as those runs did). Rows whose command does not parse
+are left as they are and listed.
 """
 
 from __future__ import annotations
@@ -16,8 +18,11 @@ import shlex
 import subprocess
 from pathlib import Path
 
-from diffusionblocks.config import parse_assignments
+from diffusionblocks.config import config_from_dict, parse_assignments
 from diffusionblocks.registry import make_config
+
+# Tasks whose published runs were all made before they had a validation split (added 2026-11-28).
+BEFORE_VALIDATION = ("generation", "autoregressive", "masked-lm", "recurrent")
 
 
 def config_of(command: str):
@@ -25,8 +30,11 @@ def config_of(command: str):
     if argv[:2] != ["dblocks", "train"] or "--preset" not in argv:
         return None
     preset = argv[argv.index("--preset") + 1]
-    sets = [argv[i + 1] for i, a in enumerate(argv) if a == "--set"]
-    return make_config(preset, parse_assignments(sets))
+    sets = parse_assignments([argv[i + 1] for i, a in enumerate(argv) if a == "--set"])
+    config = make_config(preset, sets)
+    if config.task in BEFORE_VALIDATION and "val_fraction" not in sets:
+        config = config_from_dict(type(config), {**config.to_dict(), "val_fraction": 0.0})
+    return config
 
 
 def rows_of(data):

@@ -68,8 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument(
         "--split",
         choices=("val", "test"),
-        help="classification: evaluate on the validation split (make every choice there) or "
-        "the test split (default; read once for final tables)",
+        help="evaluate on the validation split (val_fraction of the training data, never "
+        "trained on: make every choice there) or the test split (default; read once for final "
+        "tables)",
     )
     e.add_argument("--device", help="override the run's device")
     e.add_argument(

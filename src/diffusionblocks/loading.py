@@ -123,9 +123,16 @@ def evaluate_task(task: Task, steps: list[int] | None = None, **options: Any) ->
     options = {k: v for k, v in options.items() if v not in (None, False)}
     split = options.pop("split", None)
     if split is not None and split not in task.splits:
+        if split == "val":
+            raise ConfigError(
+                f"invalid value for 'split': 'val' (this {task.config.task} run holds out no "
+                "validation data: its val_fraction is 0, or it was trained before val_fraction "
+                "existed; every part of its training data was trained on, so evaluate it on "
+                "--split test, or train a new run with val_fraction > 0)"
+            )
         raise ConfigError(
-            f"invalid value for 'split': {split!r} ({task.config.task} runs have the splits "
-            f"{', '.join(task.splits)}; validation splits for every task are still to come)"
+            f"invalid value for 'split': {split!r} (this {task.config.task} run has the splits "
+            f"{', '.join(task.splits)})"
         )
     if split is not None and len(task.splits) > 1:
         options["split"] = split

@@ -166,10 +166,11 @@ def train_run(
     fitted = trainer.fit()
     trainer.prepare_evaluation()  # every block in memory, with its own shared copy if any
     steps = list(sweep or task.default_sweep or ()) or None
-    evaluation = task.evaluate(quick=False, steps=steps, **with_judge({}, task))
+    options = with_judge({}, task)  # a language-model judge, loaded once for both splits
+    evaluation = task.evaluate(quick=False, steps=steps, **options)
     extra = {}
     if "val" in task.splits:  # the split every choice is made on, reported beside the test split
-        extra["eval_val"] = task.evaluate(quick=False, steps=steps, split="val")
+        extra["eval_val"] = task.evaluate(quick=False, steps=steps, split="val", **options)
     # Measured training compute (after evaluation: the measurement's steps change no weight).
     batch = task.train_batch(trainer.plan.batch_indices(0))
     step_flops, varies = measure_step_flops(task, trainer.trained_blocks, batch, seed=config.seed)
@@ -311,8 +312,11 @@ def train_parallel(
             return {"rank": ctx.rank, **record}
         model_dir = assemble(run_dir)
         model_task, _ = load_run(model_dir)
-        sweep = model_task.default_sweep
-        evaluation = model_task.evaluate(quick=False, steps=list(sweep) if sweep else None)
+        sweep = list(model_task.default_sweep or ()) or None
+        evaluation = model_task.evaluate(quick=False, steps=sweep)
+        extra = {}
+        if "val" in model_task.splits:  # as a single-process run: beside the test evaluation
+            extra["eval_val"] = model_task.evaluate(quick=False, steps=sweep, split="val")
         results = {
             "run_dir": str(run_dir),
             "preset": preset,
@@ -334,6 +338,7 @@ def train_parallel(
                 ],
             },
             "eval": evaluation,
+            **extra,
             "environment": environment(device_of(model)),
         }
         atomic_write_json(run_dir / "results.json", results)

@@ -182,11 +182,16 @@ def build_config(cls: type[RunConfig], values: dict[str, Any]) -> RunConfig:
 
 
 def config_from_dict(cls: type[RunConfig], data: dict[str, Any]) -> RunConfig:
-    """Rebuild a config saved with :meth:`RunConfig.to_dict`."""
+    """Rebuild a config saved with :meth:`RunConfig.to_dict` (flat or nested). A key the saved
+    config lacks (written before the key existed) takes the value in ``cls.saved_defaults`` that
+    reproduces what the saved run did, else its field default."""
     task = data.get("task", "")
     if task and task != cls().task:
         raise ConfigError(f"config is for task '{task}', not '{cls().task}'")
-    return build_config(cls, {k: v for k, v in data.items() if k != "task"})
+    values = flat_keys(cls, {k: v for k, v in data.items() if k != "task"})
+    for key, old in cls.saved_defaults.items():
+        values.setdefault(key, old)
+    return build_config(cls, values)
 
 
 def config_diff(a: RunConfig, b: RunConfig) -> dict[str, tuple[Any, Any]]:

@@ -72,6 +72,11 @@ class RunConfig:
     # blocks train (saved as ``schedule``, so run folders and config hashes keep their meaning;
     # "schedule" also names the noise and learning-rate schedules).
     key_aliases: ClassVar[dict[str, str]] = {"block_order": "schedule"}
+    # The value a key takes when a saved config lacks it (a run folder written before the key
+    # existed): the value that reproduces what that run did, so that it evaluates and resumes on
+    # its own data (``val_fraction``: 0, no validation split). A key not named here gets its
+    # field default. Only ``config_from_dict`` (saved configs) reads this; new configs never do.
+    saved_defaults: ClassVar[dict[str, Any]] = {}
 
     task: str = ""  # task name (set by the task's config class)
     method: str = "dblocks"  # dblocks | e2e (baseline) | e2e-shallow (depth L/B) | e2e-ckpt

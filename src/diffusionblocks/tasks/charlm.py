@@ -30,13 +30,15 @@ class ARConfig(RunConfig):
     task: str = "autoregressive"  # fixed
 
     task_groups = {
-        "data": ("data", "test_fraction", "seq_len", "train_subset"),
+        "data": ("data", "test_fraction", "val_fraction", "seq_len", "train_subset"),
         "model": ("depth", "hidden", "heads", "mlp_ratio"),
         "noise": ("sigma_sampling",),
         "training": ("aux_ce",),
         "eval": ("bridge_temperature", "temperature", "eval_sequences", "eval_batch_size",
                  "eval_subset", "gen_prompts", "gen_prompt_len", "gen_length", "judge"),
     }  # fmt: skip
+    # Runs saved before ``val_fraction`` existed trained on all of the text before the test text.
+    saved_defaults = {"val_fraction": 0.0}
 
     num_blocks: int = 4  # B
     overlap: float = 0.1  # gamma (paper: 0.1 for text generation)
@@ -44,6 +46,7 @@ class ARConfig(RunConfig):
     p_mean: float = 1.0  # mean of ln sigma (see docs/experiments.md: label-like targets)
     data: str = "shakespeare"  # shakespeare | path to a UTF-8 text file
     test_fraction: float = 0.1  # held-out tail of a user text file
+    val_fraction: float = 0.1  # end of the training text held out for validation (0 = none)
     seq_len: int = 128  # characters per training sequence
     train_subset: int = 0  # use only the first N training sequences (0 = all)
     depth: int = 8  # transformer layers in total
@@ -68,6 +71,7 @@ class ARConfig(RunConfig):
                "sync or frozen for this task: the token embeddings are the targets, so all blocks "
                "must share them")  # fmt: skip
         _check(self, "test_fraction", 0 < self.test_fraction < 1, "a fraction in (0, 1)")
+        _check(self, "val_fraction", 0 <= self.val_fraction < 1, "a fraction in [0, 1)")
         _check(self, "seq_len", 2 <= self.seq_len <= 65536, "an integer in [2, 65536]")
         _check(self, "train_subset", self.train_subset >= 0, "an integer >= 0 (0 = all)")
         check_transformer(self)
@@ -122,8 +126,9 @@ class CharLM(TextTask):
         kind = (
             "a likelihood" if ev["ce_is_likelihood"] else "final denoising step, not a likelihood"
         )
+        where = "validation" if ev.get("split") == "val" else "held-out"
         lines = [
-            f"held-out next-char CE {ev['heldout_ce']:.4f} nats ({kind}), accuracy "
+            f"{where} next-char CE {ev['heldout_ce']:.4f} nats ({kind}), accuracy "
             f"{ev['heldout_accuracy']:.4f} on {ev['heldout_characters']} characters"
         ]
         if "sigma_max_call" in ev:
@@ -196,11 +201,7 @@ class CharLM(TextTask):
 
     def describe(self) -> dict[str, Any]:
         return {
-            "dataset": self.corpus.name,
-            "held_out": self.corpus.held_out,
-            "vocab_size": self.vocab.size,
-            "train_sequences": len(self.train_seqs),
-            "test_sequences": len(self.test_seqs),
+            **self.describe_data(),
             "parameters": sum(p.numel() for p in self.model.parameters() if not p.is_meta),
         }
 
@@ -292,18 +293,24 @@ class CharLM(TextTask):
         quick: bool = False,
         steps: list[int] | None = None,
         judge: object = None,
+        split: str | None = None,
         **options: Any,
     ) -> dict[str, Any]:
+        """Next-character CE and accuracy on the sequences of ``split`` (``test`` by default;
+        quick evaluations during training: ``val`` when there is one), and (not ``quick``) the
+        continuations of prompts from that split."""
         refuse_options("language-model", options)
         c = self.config
-        seqs = self.eval_sequences(quick)
+        split = split or self.default_split(quick)
+        seqs = self.eval_sequences(quick, split)
         gen = torch.Generator().manual_seed(c.seed + 1_000_003)
         scored = self.score(seqs, lambda ids: self.predict_logits(ids, gen))
         result: dict[str, Any] = {
+            "split": split,
             "heldout_ce": scored["heldout_ce"],
             "heldout_accuracy": scored["heldout_accuracy"],
             "heldout_characters": scored["characters"],
-            "held_out": self.corpus.held_out,
+            "held_out": self.corpus.describe_split(split),
             "ce_is_likelihood": self.ce_is_likelihood,
         }
         if quick or c.gen_prompts == 0:
@@ -313,16 +320,19 @@ class CharLM(TextTask):
                 f"judge={judge!r}: pass the loaded run (diffusionblocks.load(path).task); "
                 "`dblocks eval --judge PATH` and diffusionblocks.loading load it for you"
             )
-        result.update(self.generation_metrics(gen, judge))
+        result.update(self.generation_metrics(gen, judge, split=split))
         if judge is None and c.judge:  # a path in the config: loaded by loading.py, not here
             result["judge_skipped"] = (
                 f"judge={c.judge} was not loaded (evaluate through diffusionblocks.loading)"
             )
         return result
 
-    def eval_sequences(self, quick: bool = False) -> torch.Tensor:
+    def eval_sequences(self, quick: bool = False, split: str = "test") -> torch.Tensor:
+        """The sequences of ``split`` an evaluation scores: the first ``eval_subset`` (quick) or
+        ``eval_sequences`` (0: all)."""
         c = self.config
-        seqs = self.test_seqs[: c.eval_subset] if quick else self.test_seqs
+        seqs = self.split_seqs(split)
+        seqs = seqs[: c.eval_subset] if quick else seqs
         if not quick and c.eval_sequences:
             seqs = seqs[: c.eval_sequences]
         return seqs
@@ -347,15 +357,21 @@ class CharLM(TextTask):
         return {"heldout_ce": nll / count, "heldout_accuracy": correct / count, "characters": count}
 
     def generation_metrics(
-        self, gen: torch.Generator, judge: Task | None, steps: int | None = None
+        self,
+        gen: torch.Generator,
+        judge: Task | None,
+        steps: int | None = None,
+        split: str = "test",
     ) -> dict[str, Any]:
-        """Continue ``gen_prompts`` held-out prompts; diversity of the continuations and, with a
-        judge (a loaded end-to-end autoregressive run), their perplexity under it."""
+        """Continue ``gen_prompts`` held-out prompts (the starts of the first sequences of
+        ``split``); diversity of the continuations and, with a judge (a loaded end-to-end
+        autoregressive run), their perplexity under it."""
         c = self.config
         prompts: list[str] = []
         continuations: list[str] = []
-        for k in range(min(c.gen_prompts, len(self.test_seqs))):
-            prompt = self.vocab.decode(self.test_seqs[k, : c.gen_prompt_len].tolist())
+        held_out = self.split_seqs(split)
+        for k in range(min(c.gen_prompts, len(held_out))):
+            prompt = self.vocab.decode(held_out[k, : c.gen_prompt_len].tolist())
             text, _ = self.generate_text(c.gen_length, gen, prompt, steps, c.temperature)
             prompts.append(prompt)
             continuations.append(text)

@@ -30,7 +30,14 @@ from ..networks.layers import seeded
 from ..networks.placement import to_device
 from ..networks.vit import ViT, ViTShape
 from .base import Task, refuse_options
-from .images import ImageTaskConfig, LabelBaseline, auto_patch_size, fit_images
+from .images import (
+    ImageTaskConfig,
+    LabelBaseline,
+    auto_patch_size,
+    fit_images,
+    split_images,
+    validation_images,
+)
 
 
 @dataclass
@@ -40,12 +47,11 @@ class ClassificationConfig(ImageTaskConfig):
     task: str = "classification"  # fixed
 
     task_groups = {
-        "data": (*ImageTaskConfig.task_groups["data"], "val_fraction"),
+        "data": ImageTaskConfig.task_groups["data"],  # val_fraction: ImageTaskConfig
         "model": ImageTaskConfig.task_groups["model"],
         "eval": (*ImageTaskConfig.task_groups["eval"], "bridge_temperature"),
     }
 
-    val_fraction: float = 0.1  # last fraction of the training images held out for validation
     hidden: int = 128  # token width (= label embedding size)
     patch_size: int = 4  # square patch side in pixels (0 = auto: 4 to 8 patches along each side)
     bridge_temperature: float = 1.0  # soft bridge softmax(logits / T) @ E at inference (1 = paper)
@@ -55,7 +61,6 @@ class ClassificationConfig(ImageTaskConfig):
         _check(self, "shared", self.shared != "per-block",
                "sync or frozen for this task: the label embeddings are the targets, so all blocks "
                "must share them")  # fmt: skip
-        _check(self, "val_fraction", 0 <= self.val_fraction < 1, "a fraction in [0, 1)")
         _check(self, "patch_size", 0 <= self.patch_size <= 1024, "an integer >= 1 (0 = auto)")
         _check(self, "bridge_temperature", 0 <= self.bridge_temperature <= 100, "in [0, 100]")
 
@@ -145,14 +150,7 @@ class _ImageClassification(LabelBaseline, Task):
         self, split: str, limit: int | None = None
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """(images, labels) batches of the ``val`` or ``test`` split (the first ``limit``)."""
-        if split not in ("val", "test"):
-            raise ConfigError(f"invalid value for 'split': {split!r} (choose one of val, test)")
-        if split == "val" and self.data.val_y is None:
-            raise ConfigError(
-                "invalid value for 'split': 'val' (this run holds out no validation images: "
-                "val_fraction is 0)"
-            )
-        x, y = self.data.split(split)
+        x, y = split_images(self.data, split)
         n = len(y) if limit is None else min(limit, len(y))
         bs = self.config.eval_batch_size
         for start in range(0, n, bs):
@@ -166,14 +164,8 @@ class _ImageClassification(LabelBaseline, Task):
     plot_label = "cross-entropy (unweighted)"
 
     def heldout_batch(self) -> tuple[torch.Tensor, torch.Tensor] | None:
-        if self.data.val_y is None:
-            return None
-        assert self.data.val_x is not None  # held out together with val_y
-        # A fixed random subset: the split may be in the file's order (sorted by class).
-        n_val = len(self.data.val_y)
-        pick = torch.randperm(n_val, generator=torch.Generator().manual_seed(0))
-        pick = pick[: min(self.config.batch_size, n_val)]
-        return self._prepare(self.data.val_x[pick]), self.data.val_y[pick].to(self.device)
+        val = validation_images(self.data, self.config.batch_size)
+        return None if val is None else (self._prepare(val[0]), val[1].to(self.device))
 
     def default_split(self, quick: bool) -> str:
         """Quick evaluations during training read the validation split when there is one."""

@@ -8,6 +8,11 @@ with the L2 loss weighted by w(sigma). End to end: the whole DiT is one such den
 noise range. Labels are dropped (replaced by the "no class" token) with probability
 ``label_dropout`` for classifier-free guidance. Sampling: Euler from sigma_max to sigma_min; with
 DiffusionBlocks each step runs only the block that owns its sigma.
+
+Splits as for classification: ``val_fraction`` of the training images is held out for validation
+(``ImageDataset.hold_out``), never trained on; ``evaluate(split="val")`` computes the held-out
+denoising MSE on them and the Frechet distance against them, the test evaluation on the test
+split (the Frechet distance against the whole test split).
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from ..networks.dit import DiT, DiTShape
 from ..networks.layers import LayerGroup, seeded
 from ..networks.placement import to_device
 from .base import Task
-from .images import ImageTaskConfig, fit_images
+from .images import ImageTaskConfig, fit_images, split_images, validation_images
 
 
 @dataclass
@@ -75,16 +80,18 @@ class _ImageGeneration(Task):
     @classmethod
     def report(cls, ev: dict[str, Any]) -> list[str]:
         lines = []
+        val = ev.get("split") == "val"  # validation: the MSE and the FID reference
         if "fid_skipped" in ev:
             lines.append(f"note: no FID ({ev['fid_skipped']})")
         if "heldout_mse_per_unit" in ev:
             mse = ", ".join(f"{v:.4f}" for v in ev["heldout_mse_per_unit"])
-            lines.append(f"held-out denoising MSE per block (own sigma range): {mse}")
+            where = "validation" if val else "held-out"
+            lines.append(f"{where} denoising MSE per block (own sigma range): {mse}")
         if "fid" in ev:
             for steps, e in ev["steps_sweep"].items():
                 line = (
-                    f"FID ({e['samples']} samples, {steps} steps, CFG {e['cfg_scale']}): "
-                    f"{e['fid']:.3f}"
+                    f"{'validation ' if val else ''}FID ({e['samples']} samples, {steps} steps, "
+                    f"CFG {e['cfg_scale']}): {e['fid']:.3f}"
                 )
                 if "fid_inception" in e:
                     line += f"; Inception FID {e['fid_inception']:.3f}"
@@ -104,8 +111,10 @@ class _ImageGeneration(Task):
         full = load_image_dataset(config.data, config.data_dir, config.test_fraction,
                                   allow_sparse_labels=config.sparse_labels,
                                   allow_single_class=True)  # fmt: skip
-        self.data: ImageDataset = full.subset(config.train_subset, config.test_subset)
-        self.reference = full  # the full test split is the FID reference
+        data = full.hold_out(config.val_fraction).subset(config.train_subset, config.test_subset)
+        self.data: ImageDataset = data
+        self.reference = full  # the full test split is the FID reference of the test split
+        self.splits = ("val", "test") if data.val_y is not None else ("test",)
         c, h, w = self.data.image_shape
         self.pixel_mean, self.pixel_std = fit_images(config, self.data, config.patch_size)
         self.schedule = config.noise_schedule()
@@ -146,11 +155,16 @@ class _ImageGeneration(Task):
             self.device
         )
 
+    def heldout_batch(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        val = validation_images(self.data, self.config.batch_size)
+        return None if val is None else (self.to_target(val[0]), val[1].to(self.device))
+
     def describe(self) -> dict[str, Any]:
         d = self.data
         return {
             "dataset": d.name,
             "train_examples": len(d.train_y),
+            "val_examples": 0 if d.val_y is None else len(d.val_y),
             "test_examples": len(d.test_y),
             "image_shape": list(d.image_shape),
             "num_classes": d.num_classes,
@@ -272,9 +286,12 @@ class _ImageGeneration(Task):
 
     # -- evaluation ---------------------------------------------------------------------------
     @torch.no_grad()
-    def heldout_mse(self, generator: torch.Generator, limit: int | None = None) -> dict[str, Any]:
-        """Held-out denoising MSE of every block on its own noise range (fixed draws)."""
-        x, y = self.data.test_x, self.data.test_y
+    def heldout_mse(
+        self, generator: torch.Generator, limit: int | None = None, split: str = "test"
+    ) -> dict[str, Any]:
+        """Held-out denoising MSE of every block on its own noise range (fixed draws), on the
+        first ``limit`` images of ``split``."""
+        x, y = split_images(self.data, split)
         if limit:
             x, y = x[:limit], y[:limit]
         self.model.eval()
@@ -300,13 +317,22 @@ class _ImageGeneration(Task):
         steps: list[int] | None = None,
         fid_samples: int | None = None,
         inception: bool = False,
+        split: str | None = None,
         **options: Any,
     ) -> dict[str, Any]:
+        """Held-out denoising MSE per block and (not ``quick``) the Frechet distance of
+        ``fid_samples`` samples for each step count, on ``split``: ``test`` (default; the whole
+        test split is the reference) or ``val`` (the validation images are the reference).
+        Quick evaluations during training read the validation split when there is one."""
         if options:
             raise ConfigError(f"generation evaluation has no option {', '.join(options)}")
         c = self.config
+        split = split or ("val" if quick and "val" in self.splits else "test")
         gen = torch.Generator().manual_seed(c.seed + 1_000_003)
-        result: dict[str, Any] = self.heldout_mse(gen, c.eval_subset if quick else None)
+        result: dict[str, Any] = {
+            "split": split,
+            **self.heldout_mse(gen, c.eval_subset if quick else None, split),
+        }
         n = c.fid_samples if fid_samples is None else fid_samples
         if quick or n == 0:
             return result
@@ -319,7 +345,7 @@ class _ImageGeneration(Task):
             result["fid_skipped"] = why  # the end of training never fails on it
             return result
         evaluator = fid.EvaluatorFeatures(self.device)
-        ref = self.reference.test_x
+        ref = self.reference.test_x if split == "test" else split_images(self.data, "val")[0]
         ref_stats = fid.feature_stats(fid.extract(evaluator, ref))
         for s in sorted({c.inference_steps, *(steps or [])}):
             samples, labels, info = self.generate_balanced(
@@ -348,17 +374,21 @@ class _ImageGeneration(Task):
 
     def trivial_baseline(self, split: str = "test") -> dict[str, float]:
         """The FID (``fid``) of ``fid_samples`` (0: 1000) images of uniform noise, seed 0, against
-        the reference (the full test split) in the evaluator's feature space: what a generator
-        that learned nothing scores (:func:`~diffusionblocks.eval.fid.noise_fid`)."""
+        the split's reference (test: the full test split; val: the validation images) in the
+        evaluator's feature space: what a generator that learned nothing scores
+        (:func:`~diffusionblocks.eval.fid.noise_fid`)."""
         from ..eval import fid
 
-        if split != "test":
-            raise ConfigError(f"invalid value for 'split': {split!r} (image generation has test)")
+        if split not in self.splits:
+            raise ConfigError(
+                f"invalid value for 'split': {split!r} (this run has {', '.join(self.splits)})"
+            )
         why = fid.unsupported(self.reference.name, self.data.image_shape)
         if why:
             raise fid.EvaluatorError(why)
+        ref = self.reference.test_x if split == "test" else split_images(self.data, "val")[0]
         n = self.config.fid_samples or 1000
-        return {"fid": fid.noise_fid(fid.EvaluatorFeatures(self.device), self.reference.test_x, n)}
+        return {"fid": fid.noise_fid(fid.EvaluatorFeatures(self.device), ref, n)}
 
 
 class EndToEndGeneration(_ImageGeneration):
@@ -404,46 +434,21 @@ class BlockwiseGeneration(_ImageGeneration):
 
 # Presets of this task: name -> (config overrides, one-line description); the registry gathers
 # every task's presets (`dblocks presets`).
+# fmt: off
 PRESETS: dict[str, tuple[dict[str, Any], str]] = {
     "dit-fmnist": (
-        dict(
-            data="fashion-mnist",
-            depth=12,
-            hidden=64,
-            heads=4,
-            patch_size=7,
-            num_blocks=3,
-            epochs=3,
-            batch_size=128,
-            lr=1e-3,
-            overlap=0.05,
-            inference_steps=50,
-            cfg_scale=2.0,
-            fid_samples=2000,
-            log_every=50,
-        ),  # fmt: skip
+        dict(data="fashion-mnist", depth=12, hidden=64, heads=4, patch_size=7, num_blocks=3,
+             epochs=3, batch_size=128, lr=1e-3, overlap=0.05, inference_steps=50, cfg_scale=2.0,
+             fid_samples=2000, log_every=50),
         "paper-like: class-conditional DiT on Fashion-MNIST, 12 layers (hidden 64, patch 7), "
         "B=3, 3 epochs per block, Euler 50 steps, CFG 2 (sized for a CPU)",
     ),
     "dit-tiny": (
-        dict(
-            data="fashion-mnist",
-            train_subset=512,
-            test_subset=200,
-            depth=2,
-            hidden=32,
-            heads=2,
-            patch_size=7,
-            num_blocks=2,
-            epochs=1,
-            batch_size=64,
-            lr=1e-3,
-            inference_steps=6,
-            fid_samples=100,
-            eval_batch_size=100,
-            log_every=4,
-        ),
+        dict(data="fashion-mnist", train_subset=512, test_subset=200, depth=2, hidden=32, heads=2,
+             patch_size=7, num_blocks=2, epochs=1, batch_size=64, lr=1e-3, inference_steps=6,
+             fid_samples=100, eval_batch_size=100, log_every=4),
         "smoke test (seconds on a CPU; its samples mean nothing): 512 Fashion-MNIST images, "
         "2-layer DiT, B=2",
     ),
 }
+# fmt: on

@@ -1,5 +1,6 @@
-"""What the two image tasks (classification, generation) share: the keys of their data and
-transformer shape, validated once, and the automatic patch size."""
+"""What the two image tasks (classification, generation) share: the keys of their data (the
+validation split ``val_fraction`` included) and transformer shape, validated once, and the
+automatic patch size."""
 
 from __future__ import annotations
 
@@ -17,16 +18,19 @@ class ImageTaskConfig(RunConfig):
 
     task_groups = {
         "data": ("data", "data_dir", "train_subset", "test_subset", "test_fraction",
-                 "sparse_labels"),
+                 "sparse_labels", "val_fraction"),
         "model": ("depth", "hidden", "heads", "patch_size", "mlp_ratio"),
         "eval": ("eval_batch_size", "eval_subset"),
     }  # fmt: skip
+    # Runs saved before ``val_fraction`` existed trained on every training image.
+    saved_defaults = {"val_fraction": 0.0}
 
     data: str = "fashion-mnist"  # fashion-mnist | digits | path to a .npz with x, y
     data_dir: str | None = None  # Fashion-MNIST folder (default /usr/share/datasets/fashion-mnist)
     train_subset: int = 0  # use only the first N training images (0 = all)
     test_subset: int = 0  # use only the first N test images (0 = all)
     test_fraction: float = 0.1  # held-out fraction for a .npz without x_test/y_test
+    val_fraction: float = 0.1  # last fraction of the training images held out for validation
     depth: int = 6  # transformer layers in total
     hidden: int = 128  # token width
     heads: int = 4  # attention heads
@@ -41,6 +45,7 @@ class ImageTaskConfig(RunConfig):
         _check(self, "train_subset", self.train_subset >= 0, "an integer >= 0 (0 = all)")
         _check(self, "test_subset", self.test_subset >= 0, "an integer >= 0 (0 = all)")
         _check(self, "test_fraction", 0 < self.test_fraction < 1, "a fraction in (0, 1)")
+        _check(self, "val_fraction", 0 <= self.val_fraction < 1, "a fraction in [0, 1)")
         check_transformer(self)
         _check(self, "eval_batch_size", self.eval_batch_size >= 1, "an integer >= 1")
         _check(self, "eval_subset", self.eval_subset >= 1, "an integer >= 1")
@@ -98,3 +103,26 @@ def auto_patch_size(height: int, width: int) -> int:
         if height % p == 0 and width % p == 0:
             best = p
     return best
+
+
+def split_images(data: ImageDataset, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images and labels of the ``val`` or ``test`` split of ``data``; another name, or ``val``
+    when no validation images were held out, is refused naming ``val_fraction``."""
+    if split not in ("val", "test"):
+        raise ConfigError(f"invalid value for 'split': {split!r} (choose one of val, test)")
+    if split == "val" and data.val_y is None:
+        raise ConfigError(
+            "invalid value for 'split': 'val' (this run holds out no validation images: "
+            "val_fraction is 0)"
+        )
+    return data.split(split)
+
+
+def validation_images(data: ImageDataset, n: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """A fixed random subset (seed 0) of ``n`` validation images and their labels (all of them
+    when there are fewer), for the trainer's held-out loss; None without a validation split. A
+    random subset: the split may be in the file's order (sorted by class)."""
+    if data.val_x is None or data.val_y is None:
+        return None
+    pick = torch.randperm(len(data.val_y), generator=torch.Generator().manual_seed(0))[:n]
+    return data.val_x[pick], data.val_y[pick]

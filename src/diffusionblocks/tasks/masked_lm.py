@@ -38,14 +38,17 @@ class MaskedLMConfig(RunConfig):
     task: str = "masked-lm"  # fixed
 
     task_groups = {
-        "data": ("data", "test_fraction", "seq_len", "train_subset"),
+        "data": ("data", "test_fraction", "val_fraction", "seq_len", "train_subset"),
         "model": ("depth", "hidden", "heads", "mlp_ratio"),
         "eval": ("eval_draws", "eval_sequences", "eval_batch_size", "eval_subset"),
     }  # fmt: skip
+    # Runs saved before ``val_fraction`` existed trained on all of the text before the test text.
+    saved_defaults = {"val_fraction": 0.0}
 
     inference_steps: int = 128  # ancestral unmasking steps when sampling
     data: str = "shakespeare"  # shakespeare | path to a UTF-8 text file
     test_fraction: float = 0.1  # held-out tail of a user text file
+    val_fraction: float = 0.1  # end of the training text held out for validation (0 = none)
     seq_len: int = 128  # characters per training sequence
     train_subset: int = 0  # use only the first N training sequences (0 = all)
     depth: int = 6  # transformer layers in total
@@ -70,6 +73,7 @@ class MaskedLMConfig(RunConfig):
     def validate(self) -> None:
         super().validate()
         _check(self, "test_fraction", 0 < self.test_fraction < 1, "a fraction in (0, 1)")
+        _check(self, "val_fraction", 0 <= self.val_fraction < 1, "a fraction in [0, 1)")
         _check(self, "seq_len", 2 <= self.seq_len <= 65536, "an integer in [2, 65536]")
         _check(self, "train_subset", self.train_subset >= 0, "an integer >= 0 (0 = all)")
         check_transformer(self)
@@ -99,8 +103,9 @@ class _MaskedLM(TextTask):
     def report(cls, ev: dict[str, Any]) -> list[str]:
         if "bpc" not in ev:
             return []
+        where = "validation BPC    " if ev.get("split") == "val" else "held-out BPC      "
         lines = [
-            f"held-out BPC       {ev['bpc']:.4f} +/- {ev['bpc_stderr']:.4f} (standard error; "
+            f"{where} {ev['bpc']:.4f} +/- {ev['bpc_stderr']:.4f} (standard error; "
             f"{ev['sequences']} sequences x {ev['draws_per_sequence']} masking times; "
             f"held out: {ev['held_out']})"
         ]
@@ -148,13 +153,7 @@ class _MaskedLM(TextTask):
     # -- data -------------------------------------------------------------------------------
     def describe(self) -> dict[str, Any]:
         return {
-            "dataset": self.corpus.name,
-            "held_out": self.corpus.held_out,
-            "vocab_size": self.vocab.size,
-            "train_characters": len(self.corpus.train_ids),
-            "test_characters": len(self.corpus.test_ids),
-            "train_sequences": len(self.train_seqs),
-            "test_sequences": len(self.test_seqs),
+            **self.describe_data(),
             "parameters": sum(p.numel() for p in self.model.parameters() if not p.is_meta),
         }
 
@@ -216,17 +215,25 @@ class _MaskedLM(TextTask):
         return torch.tensor([self.route(float(x)) for x in t], dtype=torch.long)
 
     def evaluate(
-        self, quick: bool = False, steps: list[int] | None = None, **options: Any
+        self,
+        quick: bool = False,
+        steps: list[int] | None = None,
+        split: str | None = None,
+        **options: Any,
     ) -> dict[str, Any]:
+        """Bits per character (the ELBO) of the sequences of ``split`` (``test`` by default;
+        quick evaluations during training: ``val`` when there is one) and, not ``quick``, each
+        block's share of it."""
         refuse_options("masked-LM", options)
         c = self.config
-        seqs = self.test_seqs
+        split = split or self.default_split(quick)
+        seqs = self.split_seqs(split)
         if quick:
             seqs = seqs[: c.eval_subset]
         elif c.eval_sequences:
             seqs = seqs[: c.eval_sequences]
-        result = self.estimate_bpc(seqs, c.eval_draws, c.seed + 1_000_003)
-        result["held_out"] = self.corpus.held_out
+        result = {"split": split, **self.estimate_bpc(seqs, c.eval_draws, c.seed + 1_000_003)}
+        result["held_out"] = self.corpus.describe_split(split)
         if not quick:
             # Per-block ELBO share: the estimate restricted to each block's own interval.
             # "per_unit": saved key ("unit": a block's old name), kept for old results

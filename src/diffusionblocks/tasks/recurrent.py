@@ -172,9 +172,10 @@ class _RecurrentLM(CharLM):
         quick: bool = False,
         steps: list[int] | None = None,
         judge: object = None,
+        split: str | None = None,
         **options: Any,
     ) -> dict[str, Any]:
-        result = super().evaluate(quick=quick, steps=None, judge=judge, **options)
+        result = super().evaluate(quick=quick, steps=None, judge=judge, split=split, **options)
         result["inference_steps"] = self.config.inference_steps
         result["inference_layer_evals_per_char"] = self.inference_layer_evals(
             self.config.inference_steps
@@ -182,7 +183,7 @@ class _RecurrentLM(CharLM):
         if quick or not steps:
             return result
         # Test-time depth: held-out CE/accuracy with k core applications.
-        seqs = self.eval_sequences()
+        seqs = self.eval_sequences(split=result["split"])
         sweep: dict[str, dict[str, float]] = {}
         for k in sorted(set(steps)):
             gen = torch.Generator().manual_seed(self.config.seed + 1_000_003)
