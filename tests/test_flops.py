@@ -79,3 +79,17 @@ def test_results_record_the_measured_training_flops(tmp_path):
     by_block = compute["step_flops_by_block"]
     assert compute["train_flops"] == sum(by_block[str(b)] * s for b, s in enumerate(steps))
     assert compute["train_flops"] > 0 and not compute["estimate"]
+
+
+def test_activation_checkpointing_counts_the_recomputed_forward():
+    """e2e-ckpt runs every layer's forward twice (once more in the backward pass): its step is
+    the e2e step plus one forward of the 4 layers, in closed form (and the measurement works
+    under checkpointing at all)."""
+    steps = {}
+    for method in ("e2e", "e2e-ckpt"):
+        task = make_task(make_config("tiny", {"method": method, "depth": 4}))
+        trainer = Trainer(task, None, progress=False)
+        batch = task.train_batch(trainer.plan.batch_indices(0))
+        steps[method], _ = measure_step_flops(task, trainer.plan.blocks, batch)
+    linear, attention = layer_flops(64, 17, 32, 128)
+    assert steps["e2e-ckpt"][0] - steps["e2e"][0] == 4 * (linear + attention)

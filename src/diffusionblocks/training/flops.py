@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
+from torch.utils.module_tracker import ModuleTracker
 
 from ..tasks.base import Task
 
@@ -48,9 +49,25 @@ CPU_ATTENTION = {
 }
 
 
+class _WholeProgram(ModuleTracker):
+    """FlopCounterMode's module tracker, switched off: every count goes to the total
+    (``parents`` stays ``{"Global"}``). The tracker's forward hooks register gradient hooks on
+    each module's inputs, which fails inside the recomputation of (reentrant) activation
+    checkpointing; the total is all we read."""
+
+    def __enter__(self) -> _WholeProgram:
+        return self
+
+    def __exit__(self, *args: object) -> None:
+        return None
+
+
 def count_flops() -> FlopCounterMode:
-    """A ``FlopCounterMode`` that also counts attention on the CPU."""
-    return FlopCounterMode(display=False, custom_mapping=CPU_ATTENTION)
+    """A ``FlopCounterMode`` for the total only (no per-module table, so it also counts under
+    activation checkpointing, recomputation included) that also counts attention on the CPU."""
+    counter = FlopCounterMode(display=False, custom_mapping=CPU_ATTENTION)
+    counter.mod_tracker = _WholeProgram()
+    return counter
 
 
 def measure_step_flops(
