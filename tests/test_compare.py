@@ -52,6 +52,10 @@ def test_compare_with_seeds_writes_the_documented_rows(tmp_path, capsys):
         _, labels = task.data.split(split)
         assert saved["trivial"][f"{split}_mean"] == float((labels == majority).double().mean())
     assert f"| trivial | - | - | - | {saved['trivial']['test_mean']:.4f} |" in stdout
+    table = (out / "comparison.md").read_text().splitlines()
+    header = table[0]
+    trivial = next(line for line in table if line.startswith("| trivial"))
+    assert trivial.count("|") == header.count("|")  # one cell per column
 
 
 def _run(method, seed, test, val=None):

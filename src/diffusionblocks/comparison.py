@@ -198,5 +198,5 @@ def format_comparison(rows: list[dict[str, Any]]) -> str:
     if trivial is not None:
         cell = " - |" if chain else ""
         test, val = _cell(trivial["test_mean"], None), _cell(trivial["val_mean"], None)
-        lines.append(f"| trivial | - | - | - | {test} |{cell} {val} |" + " - |" * 10)
+        lines.append(f"| trivial | - | - | - | {test} |{cell} {val} |" + " - |" * 9)
     return "\n".join(lines)
