@@ -82,3 +82,37 @@ def test_beyond_seed_noise_means_a_gap_larger_than_both_deviations():
     small = method_row([lower, {**lower, "value": 2.2}])
     large = method_row([{**lower, "value": 3.0}, {**lower, "value": 3.2}])
     assert beats(small, large) is True  # a loss: lower is better
+
+
+def test_compare_refuses_bad_methods_and_a_json_folder_before_training(tmp_path, capsys):
+    for methods in (",", "e2e,e2e"):
+        assert main(["compare", "--preset", "tiny", "--methods", methods,
+                     "--out", str(tmp_path / "x")]) == 2  # fmt: skip
+        assert "--methods needs distinct method names" in capsys.readouterr().err
+    assert main(["compare", "--preset", "tiny", "--json", str(tmp_path / "no" / "rows.json"),
+                 "--out", str(tmp_path / "y")]) == 2  # fmt: skip
+    assert "its folder does not exist" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
+def test_a_language_models_rows_carry_its_metric_and_trivial_row():
+    """The autoregressive headline names its key and direction, so the unigram row appears."""
+    from diffusionblocks.comparison import run_row, trivial_row
+
+    ev = {"heldout_ce": 2.0, "ce_is_likelihood": True}
+    results = {"config": {"task": "autoregressive", "num_blocks": 1, "seed": 0},
+               "memory": {"train_peak_rss_bytes": 2**20}, "eval": ev, "eval_val": ev,
+               "accounting": {"steps": 1, "layer_evaluations": 1},
+               "timing": {"median_step_seconds": 0.001, "train_seconds": 1.0},
+               "environment": {"device": "cpu"},
+               "trivial": {"test": {"heldout_ce": 3.25}, "val": {"heldout_ce": 3.3}}}  # fmt: skip
+    row = method_row([run_row("e2e", results, "dblocks train")])
+    assert row["key"] == "heldout_ce" and row["higher_is_better"] is False
+    assert trivial_row([row]) == {
+        "method": "trivial",
+        "metric": row["metric"],
+        "key": "heldout_ce",
+        "higher_is_better": False,
+        "test_mean": 3.25,
+        "val_mean": 3.3,
+    }

@@ -70,15 +70,25 @@ def test_train_flops_scale_each_blocks_step_by_its_steps():
 
 
 def test_results_record_the_measured_training_flops(tmp_path):
+    """results.json's compute, tied to the closed form: the tiny e2e step runs 2 layers more than
+    a block's step (depth 4, B = 2), and the run's FLOPs are its steps times its step."""
     from diffusionblocks.runs import train_run
 
-    config = make_config("tiny", {"epochs": 0.2})
-    results = train_run(config, tmp_path / "run", progress=False, log=lambda s: None)
-    compute = results["compute"]
-    steps = results["accounting"]["steps_per_unit"]
-    by_block = compute["step_flops_by_block"]
-    assert compute["train_flops"] == sum(by_block[str(b)] * s for b, s in enumerate(steps))
-    assert compute["train_flops"] > 0 and not compute["estimate"]
+    compute, steps = {}, {}
+    for method in ("e2e", "dblocks"):
+        config = make_config("tiny", {"method": method, "epochs": 0.2})
+        results = train_run(config, tmp_path / method, progress=False, log=lambda s: None)
+        compute[method], steps[method] = results["compute"], results["accounting"]["steps_per_unit"]
+    linear, attention = layer_flops(64, 17, 32, 128)
+    e2e_step = compute["e2e"]["step_flops_by_block"]["0"]
+    block_steps = compute["dblocks"]["step_flops_by_block"]
+    for b in ("0", "1"):
+        assert e2e_step - block_steps[b] == pytest.approx(2 * (3 * linear + 3.5 * attention))
+    assert compute["e2e"]["train_flops"] == e2e_step * steps["e2e"][0]
+    assert compute["dblocks"]["train_flops"] == sum(
+        block_steps[str(b)] * s for b, s in enumerate(steps["dblocks"])
+    )
+    assert not compute["e2e"]["estimate"] and not compute["dblocks"]["estimate"]
 
 
 def test_activation_checkpointing_counts_the_recomputed_forward():

@@ -141,9 +141,12 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("compare", help="train methods x seeds from one preset, one table")
     c.add_argument("--preset", choices=preset_names(), required=True)
     c.add_argument("--set", action="append", metavar="KEY=VALUE", help="override for every run")
-    c.add_argument("--methods", default="e2e,dblocks",
+    c.add_argument("--methods",
                    help="comma-separated methods (default: the task's baseline and dblocks); "
                         "e.g. e2e,e2e-shallow,e2e-ckpt,dblocks")  # fmt: skip
+    c.add_argument("--caveat", action="append", metavar="TEXT",
+                   help="a way the compared settings depart from the protocol (e.g. a preset "
+                        "value chosen on test); recorded in comparison.json")  # fmt: skip
     c.add_argument("--seeds", type=int, default=1,
                    help="seeds per method (the preset's seed, +1, ...): mean ± s.d.")  # fmt: skip
     c.add_argument("--json", metavar="FILE", help="also write the method rows to FILE")

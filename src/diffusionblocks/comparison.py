@@ -101,6 +101,10 @@ def method_row(runs: list[dict[str, Any]]) -> dict[str, Any]:
     }
     if first.get("key") in first:
         row[first["key"]] = row["value"]
+    if "chain_ce_not_likelihood" in first:  # the chain's CE column, averaged like the headline
+        row["chain_ce_not_likelihood"] = _spread([r.get("chain_ce_not_likelihood") for r in runs])[
+            0
+        ]
     row["train_peak_mib"] = row["peak_memory_bytes"] / 2**20
     return row
 
@@ -149,14 +153,16 @@ def depth_verdict(rows: list[dict[str, Any]], baseline: str = "e2e") -> str | No
     shallow = next((r for r in rows if r.get("shallow")), None)
     if full is None or shallow is None:
         return None
-    verdict = beats(full, shallow)
+    # A choice (may this setting judge depth?), so on the validation split where both have it.
+    split = "val" if full["val_mean"] is not None and shallow["val_mean"] is not None else "test"
+    verdict = beats(full, shallow, split)
     if verdict is None:
         return "depth check: needs two or more seeds (--seeds 2+) to say whether depth matters here"
     if verdict:
-        return (f"depth check: full-depth {baseline} beats e2e-shallow beyond seed noise, so this "
-                "setting can show whether a method uses its depth")  # fmt: skip
-    return (f"depth check: full-depth {baseline} does NOT beat e2e-shallow beyond seed noise: this "
-            "setting cannot show whether a method uses its depth")  # fmt: skip
+        return (f"depth check ({split}): full-depth {baseline} beats e2e-shallow beyond seed "
+                "noise, so this setting can show whether a method uses its depth")  # fmt: skip
+    return (f"depth check ({split}): full-depth {baseline} does NOT beat e2e-shallow beyond seed "
+            "noise: this setting cannot show whether a method uses its depth")  # fmt: skip
 
 
 def _cell(mean: float | None, sd: float | None) -> str:
@@ -177,7 +183,10 @@ def format_comparison(rows: list[dict[str, Any]]) -> str:
         "| train peak memory | memory vs e2e |"
     )
     lines = [head, "|" + "---|" * (16 if chain else 15)]
-    nan = float("nan")
+
+    def ratio(value: float | None) -> str:
+        return f"{value:.2f}x" if value is not None else "-"
+
     for r in rows:
         cell = ""
         if chain:
@@ -190,9 +199,9 @@ def format_comparison(rows: list[dict[str, Any]]) -> str:
             f"| {len(r.get('seeds', [None]))} | {test} |{cell} "
             f"{_cell(r.get('val_mean', r.get('val_value')), r.get('val_sd'))} | {r['steps']} "
             f"| {r['layer_evaluations']:.3g} | {f'{flops:.3g}' if flops else '-'} "
-            f"| {r.get('flops_vs_e2e', nan):.2f}x | {r['median_step_ms']:.1f} ms "
-            f"| {r.get('step_time_vs_e2e', nan):.2f}x | {r['train_seconds']:.0f} s "
-            f"| {r['train_peak_mib']:.0f} MiB | {r.get('train_peak_vs_e2e', nan):.2f}x |"
+            f"| {ratio(r.get('flops_vs_e2e'))} | {r['median_step_ms']:.1f} ms "
+            f"| {ratio(r.get('step_time_vs_e2e'))} | {r['train_seconds']:.0f} s "
+            f"| {r['train_peak_mib']:.0f} MiB | {ratio(r.get('train_peak_vs_e2e'))} |"
         )
     trivial = trivial_row(rows)
     if trivial is not None:

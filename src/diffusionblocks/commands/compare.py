@@ -93,16 +93,21 @@ def cmd_compare(args: argparse.Namespace) -> int:
     test and validation splits, measured training FLOPs, time and peak memory."""
     base = preset_overrides(args.preset, args.set or [])
     config = make_config(args.preset, base)  # validate before any work starts
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     baseline = config.baseline_method
-    if args.methods == "e2e,dblocks":  # the default: the task's baseline, then DiffusionBlocks
+    if args.methods is None:  # the default: the task's baseline, then DiffusionBlocks
         methods = [baseline, "dblocks"]
+    else:
+        methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+        if not methods or len(set(methods)) < len(methods):
+            raise UsageError(f"--methods needs distinct method names, got {args.methods!r}")
     if args.seeds < 1:
         raise UsageError(f"--seeds must be >= 1, got {args.seeds}")
     first_seed = int(base.get("seed", config.seed))
     seeds = [first_seed + i for i in range(args.seeds)]
     for m in methods:
         make_config(args.preset, {**base, "method": m})
+    if args.json and not Path(args.json).expanduser().resolve().parent.is_dir():
+        raise UsageError(f"--json {args.json}: its folder does not exist")
     out = Path(args.out or f"runs/compare-{args.preset}-{time.strftime('%Y%m%d-%H%M%S')}")
     if (out / "comparison.json").exists():
         raise UsageError(f"{out} already holds a comparison; choose another --out")
@@ -137,8 +142,11 @@ def cmd_compare(args: argparse.Namespace) -> int:
     print("\n" + table)
     command = "dblocks " + " ".join(args.argv) if getattr(args, "argv", None) else None
     baselines = [m for m in methods if make_config(args.preset, {**base, "method": m}).end_to_end]
+    # What the protocol requires of the settings compared (docs/protocol.md); where a setting
+    # was chosen otherwise (e.g. on test before the protocol existed), --caveat says so.
     protocol = {"selected_on": "val", "reported_on": "test", "seeds": len(seeds),
-                "baselines": baselines, "command": command}  # fmt: skip
+                "baselines": baselines, "command": command,
+                "caveats": list(args.caveat or [])}  # fmt: skip
     atomic_write_json(out / "comparison.json", {"preset": args.preset, "overrides": base,
                                                 "protocol": protocol, "rows": rows,
                                                 "trivial": trivial_row(rows)})  # fmt: skip

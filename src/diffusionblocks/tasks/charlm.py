@@ -21,6 +21,7 @@ from ..networks.token_transformer import TokenShape, TwoStreamTransformer
 from .base import Task, TextTask, refuse_options
 
 SIGMA_SAMPLING = ("token", "example")
+_CE_KEY = {"key": "heldout_ce", "higher_is_better": False}  # the headline's key (a loss)
 
 
 @dataclass
@@ -165,14 +166,14 @@ class CharLM(TextTask):
         if "ce_is_likelihood" not in ev:
             if "heldout_ce" not in ev:
                 return None
-            return {"metric": "held-out CE", "value": ev["heldout_ce"],
+            return {"metric": "held-out CE", "value": ev["heldout_ce"], **_CE_KEY,
                     "heldout_ce": ev["heldout_ce"]}  # fmt: skip
         if ev["ce_is_likelihood"]:
-            return {"metric": "held-out CE (likelihood)", "value": ev["heldout_ce"],
+            return {"metric": "held-out CE (likelihood)", "value": ev["heldout_ce"], **_CE_KEY,
                     "heldout_ce": ev["heldout_ce"]}  # fmt: skip
         one_call = ev.get("sigma_max_call", {}).get("heldout_ce", float("nan"))
         return {"metric": "held-out CE (likelihood)", "value": one_call, "heldout_ce": one_call,
-                "chain_ce_not_likelihood": ev["heldout_ce"]}  # fmt: skip
+                **_CE_KEY, "chain_ce_not_likelihood": ev["heldout_ce"]}  # fmt: skip
 
     def __init__(self, config: ARConfig, device: torch.device):
         super().__init__(config, device)  # the corpus and its sequences (TextTask)
