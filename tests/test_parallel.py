@@ -176,6 +176,20 @@ def test_one_reader_for_every_layout(two_block_run, tmp_path, capsys):
     assert all(torch.equal(assembled[k], state[k]) for k in state)
 
 
+def test_a_parallel_run_measures_the_flops_of_the_synchronous_run(two_block_run, tmp_path):
+    """Each rank measures its block's step; together they are the single-process synchronous
+    run's training FLOPs (the same batches and steps), and the trivial baseline is recorded."""
+    from diffusionblocks.registry import make_config
+    from diffusionblocks.runs import train_run
+
+    single = train_run(make_config("tiny", {"schedule": "synchronous", "device": "cpu"}),
+                       tmp_path / "single", progress=False, log=lambda s: None)  # fmt: skip
+    parallel = json.loads((two_block_run / "results.json").read_text())
+    assert parallel["compute"]["step_flops_by_block"] == single["compute"]["step_flops_by_block"]
+    assert parallel["compute"]["train_flops"] == single["compute"]["train_flops"] > 0
+    assert parallel["trivial"] == single["trivial"] and "test" in parallel["trivial"]
+
+
 def test_three_processes_and_a_bad_world_size(tmp_path):
     out = tmp_path / "three"
     proc = torchrun(3, "--preset", "tiny", "--set", "depth=6", "--set", "num_blocks=3",

@@ -199,6 +199,17 @@ def train_run(
     return results
 
 
+def _merge_compute(ranks: list[dict[str, Any]]) -> dict[str, Any]:
+    """The training FLOPs of a block-parallel run: every rank's (each trained its block on its
+    data shard), added; each block's step as its ranks measured it."""
+    by_block: dict[str, float] = {}
+    for r in ranks:
+        by_block.update(r["step_flops_by_block"])
+    return {**ranks[0], "train_flops": sum(r["train_flops"] for r in ranks),
+            "step_flops_by_block": dict(sorted(by_block.items())),
+            "estimate": any(r["estimate"] for r in ranks)}  # fmt: skip
+
+
 def trivial_baselines(task: Task, evaluation: dict[str, Any]) -> dict[str, Any]:
     """The task's trivial baseline on each of its splits (what a model must beat to have
     learned anything), where the evaluation computed the headline metric it is compared with;
@@ -290,6 +301,11 @@ def train_parallel(
         )
         fitted = trainer.fit()
         model = block_model(task.model)
+        # This rank's training FLOPs: its block's step on its own first batch, times its steps.
+        batch = task.train_batch(trainer.plan.batch_indices(0))
+        step_flops, varies = measure_step_flops(
+            task, trainer.plan.local_blocks, batch, seed=config.seed
+        )
         record = {
             "rank": ctx.rank,
             "block": ctx.block,
@@ -302,6 +318,7 @@ def train_parallel(
             # The examples this process trained on in its first epoch (the data shards' audit).
             "first_epoch_indices": sorted(trainer.first_epoch_indices),
             **fitted,
+            "compute": train_flops(step_flops, trainer.block_steps, estimate=varies),
         }
         if ctx.world > 1:
             gathered: list[Any] = [None] * ctx.world
@@ -339,6 +356,8 @@ def train_parallel(
             },
             "eval": evaluation,
             **extra,
+            "compute": _merge_compute([r["compute"] for r in gathered]),
+            "trivial": trivial_baselines(model_task, evaluation),
             "environment": environment(device_of(model)),
         }
         atomic_write_json(run_dir / "results.json", results)
