@@ -287,14 +287,34 @@ class TextTask(Task):
             "test_sequences": len(self.test_seqs),
         }
 
+    @torch.no_grad()
+    def _sample_text(
+        self,
+        length: int,
+        generator: torch.Generator,
+        prompt: str,
+        steps: int | None,
+        temperature: float | None,
+    ) -> tuple[str, dict[str, Any]]:
+        return self.generate_text(length, generator, prompt, steps, temperature)
+
+    def generate_text(
+        self,
+        length: int,
+        generator: torch.Generator,
+        prompt: str = "",
+        steps: int | None = None,
+        temperature: float | None = None,
+    ) -> tuple[str, dict[str, Any]]:
+        """``length`` characters after ``prompt`` and facts about the generation (calls made);
+        ``steps`` and ``temperature`` default to the config's."""
+        raise NotImplementedError
+
     def trivial_baseline(self, split: str = "test") -> dict[str, float]:
         """The unigram model: bits per character (``bpc``) and cross-entropy in nats
         (``heldout_ce``) of the whole ``split`` text under the training text's character
         frequencies, add-one smoothed (:meth:`TextCorpus.unigram_bits_per_char`)."""
-        if split not in self.splits:
-            raise ConfigError(
-                f"invalid value for 'split': {split!r} (this run has {', '.join(self.splits)})"
-            )
+        self.split_seqs(split)  # refuses a split this run does not have, naming the key
         ids = self.corpus.val_ids if split == "val" else self.corpus.test_ids
         bits = self.corpus.unigram_bits_per_char(ids)
         return {"bpc": bits, "heldout_ce": bits * math.log(2)}

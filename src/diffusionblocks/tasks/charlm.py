@@ -225,16 +225,6 @@ class CharLM(TextTask):
         """Logits (N, T-1, V) for characters 1..T-1 of ids (N, T), each from its prefix."""
         raise NotImplementedError
 
-    def _sample_text(
-        self,
-        length: int,
-        generator: torch.Generator,
-        prompt: str,
-        steps: int | None,
-        temperature: float | None,
-    ) -> tuple[str, dict[str, Any]]:
-        return self.generate_text(length, generator, prompt, steps, temperature)
-
     def generate_text(
         self,
         length: int,

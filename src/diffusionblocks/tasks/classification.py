@@ -32,9 +32,9 @@ from ..networks.vit import ViT, ViTShape
 from .base import Task, refuse_options
 from .images import (
     ImageTaskConfig,
-    LabelBaseline,
     auto_patch_size,
     fit_images,
+    majority_baseline,
     split_images,
     validation_images,
 )
@@ -65,7 +65,7 @@ class ClassificationConfig(ImageTaskConfig):
         _check(self, "bridge_temperature", 0 <= self.bridge_temperature <= 100, "in [0, 100]")
 
 
-class _ImageClassification(LabelBaseline, Task):
+class _ImageClassification(Task):
     """Data, network and evaluation loop shared by both methods."""
 
     config: ClassificationConfig
@@ -162,6 +162,9 @@ class _ImageClassification(LabelBaseline, Task):
 
     plot_key = "ce"
     plot_label = "cross-entropy (unweighted)"
+
+    def trivial_baseline(self, split: str = "test") -> dict[str, float]:
+        return majority_baseline(self.data, split)
 
     def heldout_batch(self) -> tuple[torch.Tensor, torch.Tensor] | None:
         val = validation_images(self.data, self.config.batch_size)

@@ -52,27 +52,17 @@ class ImageTaskConfig(RunConfig):
         check_layer_split(self)
 
 
-class LabelBaseline:
-    """The trivial baseline of a task that predicts the labels of ``self.data``: mixed into the
-    classification task before :class:`~diffusionblocks.tasks.base.Task`."""
-
-    data: ImageDataset
-    splits: tuple[str, ...]
-
-    def trivial_baseline(self, split: str = "test") -> dict[str, float]:
-        """Accuracy on ``split`` of always predicting the most frequent training label
-        (``accuracy``, the headline's key; a tie goes to the lowest label), and of guessing
-        uniformly (``chance_accuracy``, 1 / classes)."""
-        if split not in self.splits:
-            raise ConfigError(
-                f"invalid value for 'split': {split!r} (choose one of {', '.join(self.splits)})"
-            )
-        majority = int(torch.bincount(self.data.train_y, minlength=self.data.num_classes).argmax())
-        _, labels = self.data.split(split)
-        return {
-            "accuracy": float((labels == majority).double().mean()),
-            "chance_accuracy": 1.0 / self.data.num_classes,
-        }
+def majority_baseline(data: ImageDataset, split: str) -> dict[str, float]:
+    """The trivial baseline of a classifier of ``data`` on ``split`` (refused as
+    :func:`split_images` refuses it): the accuracy of always predicting the most frequent
+    training label (``accuracy``; a tie goes to the lowest label), and of guessing uniformly
+    (``chance_accuracy``, 1 / classes)."""
+    _, labels = split_images(data, split)
+    majority = int(torch.bincount(data.train_y, minlength=data.num_classes).argmax())
+    return {
+        "accuracy": float((labels == majority).double().mean()),
+        "chance_accuracy": 1.0 / data.num_classes,
+    }
 
 
 def fit_images(

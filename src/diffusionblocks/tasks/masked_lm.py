@@ -244,31 +244,20 @@ class _MaskedLM(TextTask):
         raise NotImplementedError
 
     # -- sampling ---------------------------------------------------------------------------
-    @torch.no_grad()
-    def _sample_text(
-        self,
-        length: int,
-        generator: torch.Generator,
-        prompt: str,
-        steps: int | None,
-        temperature: float | None,
-    ) -> tuple[str, dict[str, Any]]:
-        temperature = 1.0 if temperature is None else temperature  # generate_text's default
-        return self.generate_text(length, generator, prompt, steps, temperature)
-
     def generate_text(
         self,
         length: int,
         generator: torch.Generator,
         prompt: str = "",
         steps: int | None = None,
-        temperature: float = 1.0,
+        temperature: float | None = None,
     ) -> tuple[str, dict[str, Any]]:
         """Ancestral unmasking: start from ``prompt`` followed by ``length`` masks; over S steps
         t goes 1 -> 0; at the step from t to s each masked position is revealed with probability
         (t - s)/t, drawn from the network that owns t. The last step (s = 0) reveals the rest."""
         c = self.config
         steps = c.inference_steps if steps is None else steps
+        temperature = 1.0 if temperature is None else temperature
         if not isinstance(steps, int) or steps < 1:
             raise ConfigError(f"steps must be an integer >= 1, got {steps!r}")
         if length < 1:
