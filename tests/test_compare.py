@@ -6,7 +6,7 @@ import json
 import statistics
 
 from diffusionblocks.cli import main
-from diffusionblocks.comparison import beats, depth_verdict, method_row
+from diffusionblocks.comparison import beats, depth_check, depth_verdict, method_row
 
 SCHEMA = {"method", "depth", "num_blocks", "seeds", "metric", "key", "higher_is_better",
           "val_mean", "val_sd", "test_mean", "test_sd", "val_values", "test_values",
@@ -41,6 +41,7 @@ def test_compare_with_seeds_writes_the_documented_rows(tmp_path, capsys):
     saved = json.loads((out / "comparison.json").read_text())
     assert saved["rows"] == rows
     assert saved["protocol"]["seeds"] == 2 and saved["protocol"]["baselines"] == ["e2e"]
+    assert saved["depth_check"] is None  # no e2e-shallow row compared
     assert saved["protocol"]["command"].startswith("dblocks compare --preset tiny --seeds 2")
     assert "| method | depth | B | seeds | test acc |" in stdout and " ± " in stdout
     # the reference row: the majority class of the training labels on test and val
@@ -74,7 +75,10 @@ def test_beyond_seed_noise_means_a_gap_larger_than_both_deviations():
     assert full["val_mean"] is None  # no validation split in these rows
     assert beats(full, far) is True and beats(full, close) is False and beats(far, full) is False
     assert "does NOT beat" in depth_verdict([full, close])
-    assert "beats e2e-shallow beyond seed noise" in depth_verdict([full, far])
+    assert "beats e2e-shallow by 0.1000 acc (test), beyond seed noise" in depth_verdict([full, far])
+    check = depth_check([full, far])
+    assert check["split"] == "test" and check["beyond_noise"] is True
+    assert abs(check["gap"] - 0.1) < 1e-12
     one = method_row([_run("e2e", 0, 0.9)])
     assert one["test_sd"] is None and beats(one, far) is None
     assert "needs two or more seeds" in depth_verdict([one, far])
@@ -82,6 +86,9 @@ def test_beyond_seed_noise_means_a_gap_larger_than_both_deviations():
     small = method_row([lower, {**lower, "value": 2.2}])
     large = method_row([{**lower, "value": 3.0}, {**lower, "value": 3.2}])
     assert beats(small, large) is True  # a loss: lower is better
+    deep, shallow = ({**small, "method": "e2e"}, {**large, "method": "s", "shallow": True})
+    assert abs(depth_check([deep, shallow])["gap"] - 1.0) < 1e-12  # positive: full depth lower
+    assert depth_check([deep]) is None
 
 
 def test_compare_refuses_bad_methods_and_a_json_folder_before_training(tmp_path, capsys):

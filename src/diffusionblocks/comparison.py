@@ -20,7 +20,8 @@ A method row (``comparison.json`` ``rows``, and the list ``--json FILE`` writes)
 
 ``comparison.json`` holds ``rows``, the ``trivial`` reference row (:func:`trivial_row`: the
 headline metric of the majority class, the unigram model or noise images, on test and val) and
-the ``protocol`` object (``selected_on``, ``reported_on``, ``seeds``, ``baselines``, ``command``).
+the ``protocol`` object (``selected_on``, ``reported_on``, ``seeds``, ``baselines``, ``command``,
+``caveats``) and ``depth_check`` (:func:`depth_check`; null without e2e and e2e-shallow).
 """
 
 from __future__ import annotations
@@ -146,23 +147,41 @@ def beats(a: dict[str, Any], b: dict[str, Any], split: str = "test") -> bool | N
     return bool(gap > sa + sb)
 
 
-def depth_verdict(rows: list[dict[str, Any]], baseline: str = "e2e") -> str | None:
+def depth_check(rows: list[dict[str, Any]], baseline: str = "e2e") -> dict[str, Any] | None:
     """Whether this setting can show a method using its depth: full-depth end to end must beat
-    the end-to-end model of depth L/B (``e2e-shallow``) beyond seed noise."""
+    the end-to-end model of depth L/B (``e2e-shallow``) beyond seed noise. Judged on the
+    validation split where both rows have it (a choice: may this setting judge depth?).
+
+    Returns None without both rows, else ``{"split", "gap", "beyond_noise", "text"}``: ``gap`` is
+    full depth's advantage in the metric's better direction (mean over seeds), ``beyond_noise``
+    is :func:`beats` (None with fewer than two seeds), ``text`` the sentence the table prints."""
     full = next((r for r in rows if r["method"] == baseline), None)
     shallow = next((r for r in rows if r.get("shallow")), None)
     if full is None or shallow is None:
         return None
-    # A choice (may this setting judge depth?), so on the validation split where both have it.
     split = "val" if full["val_mean"] is not None and shallow["val_mean"] is not None else "test"
+    gap = full[f"{split}_mean"] - shallow[f"{split}_mean"]
+    if not full.get("higher_is_better"):
+        gap = -gap
     verdict = beats(full, shallow, split)
+    by = f"by {gap:.4f} {full['metric']} ({split})"
     if verdict is None:
-        return "depth check: needs two or more seeds (--seeds 2+) to say whether depth matters here"
-    if verdict:
-        return (f"depth check ({split}): full-depth {baseline} beats e2e-shallow beyond seed "
+        text = (f"depth check: full-depth {baseline} ahead of e2e-shallow {by}; needs two or "
+                "more seeds (--seeds 2+) to say whether depth matters here")  # fmt: skip
+    elif verdict:
+        text = (f"depth check: full-depth {baseline} beats e2e-shallow {by}, beyond seed "
                 "noise, so this setting can show whether a method uses its depth")  # fmt: skip
-    return (f"depth check ({split}): full-depth {baseline} does NOT beat e2e-shallow beyond seed "
-            "noise: this setting cannot show whether a method uses its depth")  # fmt: skip
+    else:
+        text = (f"depth check: full-depth {baseline} does NOT beat e2e-shallow beyond seed noise "
+                f"(gap {gap:.4f} {full['metric']}, {split}): this setting cannot show whether a "
+                "method uses its depth")  # fmt: skip
+    return {"split": split, "gap": gap, "beyond_noise": verdict, "text": text}
+
+
+def depth_verdict(rows: list[dict[str, Any]], baseline: str = "e2e") -> str | None:
+    """The sentence of :func:`depth_check` (None without both rows)."""
+    check = depth_check(rows, baseline)
+    return check["text"] if check else None
 
 
 def _cell(mean: float | None, sd: float | None) -> str:

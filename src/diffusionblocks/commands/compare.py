@@ -14,7 +14,7 @@ from typing import Any
 
 from ..comparison import (
     add_ratios,
-    depth_verdict,
+    depth_check,
     format_comparison,
     method_row,
     run_row,
@@ -134,8 +134,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
         rows.append(method_row(runs))
     add_ratios(rows, baseline)
     table = format_comparison(rows)
-    verdict = depth_verdict(rows, baseline)
-    notes = ([verdict] if verdict else []) + [
+    check = depth_check(rows, baseline)
+    notes = ([check["text"]] if check else []) + [
         f"warning ({r['method']}): {w}" for r in rows for w in r["warnings"]
     ]
     table += "".join(f"\n\n{note}" for note in notes)
@@ -149,7 +149,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
                 "caveats": list(args.caveat or [])}  # fmt: skip
     atomic_write_json(out / "comparison.json", {"preset": args.preset, "overrides": base,
                                                 "protocol": protocol, "rows": rows,
-                                                "trivial": trivial_row(rows)})  # fmt: skip
+                                                "trivial": trivial_row(rows),
+                                                "depth_check": check})  # fmt: skip
     atomic_write_text(out / "comparison.md", table + "\n")
     written = [f"{out}/comparison.json", f"{out}/comparison.md"]
     if args.json:
