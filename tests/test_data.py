@@ -13,6 +13,7 @@ from diffusionblocks.data.images import (
     load_digits_dataset,
     load_fashion_mnist,
     load_image_dataset,
+    load_mnist1d,
     load_npz,
     read_idx,
 )
@@ -183,3 +184,43 @@ def test_training_without_a_validation_split_completes(tmp_path):
 
     results = json.loads((out / "results.json").read_text())
     assert "eval_val" not in results and results["eval"]["split"] == "test"
+
+
+def test_mnist1d_is_generated_deterministically_without_touching_global_seeds():
+    import random
+
+    random.seed(5)
+    np.random.seed(5)
+    expect = (random.random(), np.random.rand())
+    random.seed(5)
+    np.random.seed(5)
+    a = load_mnist1d(num_samples=500)
+    assert (random.random(), np.random.rand()) == expect  # the generator's seeding undone
+    b = load_mnist1d(num_samples=500)
+    assert torch.equal(a.train_x, b.train_x) and torch.equal(a.test_y, b.test_y)
+    assert a.train_x.shape == (400, 2, 4, 5) and a.test_x.shape == (100, 2, 4, 5)
+    assert a.train_x.dtype == torch.float32 and a.train_y.dtype == torch.int64
+    lo = min(a.train_x.min(), a.test_x.min())
+    hi = max(a.train_x.max(), a.test_x.max())
+    assert (lo, hi) == (0.0, 1.0)
+    assert set(a.train_y.tolist()) == set(range(10)) and a.num_classes == 10
+    # pixel (r, c) holds points 2t and 2t+1 of the signal, t = 5r + c: the layout is the
+    # signal's order, so neighbouring points share a token
+    from mnist1d.data import get_dataset_args, make_dataset
+
+    args = get_dataset_args()
+    args.num_samples = 500
+    raw = make_dataset(args)
+    lo = min(raw["x"].min(), raw["x_test"].min())
+    hi = max(raw["x"].max(), raw["x_test"].max())
+    flat = a.train_x.permute(0, 2, 3, 1).reshape(400, 40).numpy()  # index 2t + k
+    np.testing.assert_allclose(flat, (raw["x"] - lo) / (hi - lo), rtol=0, atol=1e-6)
+    assert np.array_equal(a.train_y.numpy(), raw["y"])
+
+
+def test_mnist1d_without_its_package_says_how_to_install(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "mnist1d.data", None)  # the import fails
+    with pytest.raises(DataError, match=r"pip install 'diffusionblocks\[mnist1d\]'"):
+        load_image_dataset("mnist1d")
