@@ -75,7 +75,8 @@ def test_beyond_seed_noise_means_a_gap_larger_than_both_deviations():
     assert full["val_mean"] is None  # no validation split in these rows
     assert beats(full, far) is True and beats(full, close) is False and beats(far, full) is False
     assert "does NOT beat" in depth_verdict([full, close])
-    assert "beats e2e-shallow by 0.1000 acc (test), beyond seed noise" in depth_verdict([full, far])
+    verdict = depth_verdict([full, far])
+    assert "beats e2e-shallow by 0.1000 accuracy (test), beyond seed noise" in verdict
     check = depth_check([full, far])
     assert check["split"] == "test" and check["beyond_noise"] is True
     assert abs(check["gap"] - 0.1) < 1e-12

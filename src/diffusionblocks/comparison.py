@@ -164,7 +164,7 @@ def depth_check(rows: list[dict[str, Any]], baseline: str = "e2e") -> dict[str, 
     if not full.get("higher_is_better"):
         gap = -gap
     verdict = beats(full, shallow, split)
-    by = f"by {gap:.4f} {full['metric']} ({split})"
+    by = f"by {gap:.4f} {full['key']} ({split})"
     if verdict is None:
         text = (f"depth check: full-depth {baseline} ahead of e2e-shallow {by}; needs two or "
                 "more seeds (--seeds 2+) to say whether depth matters here")  # fmt: skip
@@ -173,7 +173,7 @@ def depth_check(rows: list[dict[str, Any]], baseline: str = "e2e") -> dict[str, 
                 "noise, so this setting can show whether a method uses its depth")  # fmt: skip
     else:
         text = (f"depth check: full-depth {baseline} does NOT beat e2e-shallow beyond seed noise "
-                f"(gap {gap:.4f} {full['metric']}, {split}): this setting cannot show whether a "
+                f"(gap {gap:.4f} {full['key']}, {split}): this setting cannot show whether a "
                 "method uses its depth")  # fmt: skip
     return {"split": split, "gap": gap, "beyond_noise": verdict, "text": text}
 

@@ -182,11 +182,12 @@ def load_mnist1d(num_samples: int | None = None) -> ImageDataset:
     hi = max(data["x"].max(), data["x_test"].max())
     p = MNIST1D_POINTS_PER_TOKEN
     pixels = 40 // p
+    rows = max(d for d in range(2, int(pixels**0.5) + 1) if pixels % d == 0)  # 4x5 for 20
 
     def images(x: np.ndarray) -> torch.Tensor:
         x = ((x - lo) / (hi - lo)).astype(np.float32).reshape(len(x), pixels, p)
         return torch.from_numpy(np.ascontiguousarray(x.transpose(0, 2, 1))).reshape(
-            len(x), p, 4, pixels // 4
+            len(x), p, rows, pixels // rows
         )
 
     def labels(y: np.ndarray) -> torch.Tensor:
