@@ -3,6 +3,7 @@ method with mean and sample s.d. over seeds of the test and validation metric, m
 time and peak memory (the schema documented in diffusionblocks/comparison.py)."""
 
 import json
+import shlex
 import statistics
 
 from diffusionblocks.cli import main
@@ -17,7 +18,7 @@ def test_compare_with_seeds_writes_the_documented_rows(tmp_path, capsys):
     out, rows_file = tmp_path / "cmp", tmp_path / "rows.json"
     assert main(["compare", "--preset", "tiny", "--seeds", "2", "--out", str(out),
                  "--json", str(rows_file), "--no-progress", "--set", "device=cpu",
-                 "--set", "epochs=0.3"]) == 0  # fmt: skip
+                 "--set", "epochs=0.3", "--caveat", "a value's caveat"]) == 0  # fmt: skip
     stdout = capsys.readouterr().out
     rows = json.loads(rows_file.read_text())
     assert [r["method"] for r in rows] == ["e2e", "dblocks"]
@@ -43,6 +44,10 @@ def test_compare_with_seeds_writes_the_documented_rows(tmp_path, capsys):
     assert saved["protocol"]["seeds"] == 2 and saved["protocol"]["baselines"] == ["e2e"]
     assert saved["depth_check"] is None  # no e2e-shallow row compared
     assert saved["protocol"]["command"].startswith("dblocks compare --preset tiny --seeds 2")
+    # recorded commands are shell-quoted: they split back into the arguments given
+    assert shlex.split(saved["protocol"]["command"])[-2:] == ["--caveat", "a value's caveat"]
+    assert saved["protocol"]["caveats"] == ["a value's caveat"]
+    assert shlex.split(rows[0]["command"])[:4] == ["dblocks", "train", "--preset", "tiny"]
     assert "| method | depth | B | seeds | test acc |" in stdout and " ± " in stdout
     # the reference row: the majority class of the training labels on test and val
     from diffusionblocks.registry import make_config, make_task

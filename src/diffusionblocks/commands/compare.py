@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -125,12 +126,12 @@ def cmd_compare(args: argparse.Namespace) -> int:
             cmd += ["--out", str(run_dir)]
             if args.no_progress:
                 cmd.append("--no-progress")
-            print(f"\n=== {m}, seed {seed}: {' '.join(cmd[1:])}", flush=True)
+            print(f"\n=== {m}, seed {seed}: {shlex.join(cmd[1:])}", flush=True)
             proc = subprocess.run(cmd, env=os.environ.copy())
             if proc.returncode != 0:
                 raise UsageError(f"training {m} (seed {seed}) failed (exit code {proc.returncode})")
             results = json.loads((run_dir / "results.json").read_text())
-            runs.append(run_row(m, results, " ".join(["dblocks", *cmd[3:]])))
+            runs.append(run_row(m, results, shlex.join(["dblocks", *cmd[3:]])))
         rows.append(method_row(runs))
     add_ratios(rows, baseline)
     table = format_comparison(rows)
@@ -140,7 +141,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     ]
     table += "".join(f"\n\n{note}" for note in notes)
     print("\n" + table)
-    command = "dblocks " + " ".join(args.argv) if getattr(args, "argv", None) else None
+    command = shlex.join(["dblocks", *args.argv]) if getattr(args, "argv", None) else None
     baselines = [m for m in methods if make_config(args.preset, {**base, "method": m}).end_to_end]
     # What the protocol requires of the settings compared (docs/protocol.md); where a setting
     # was chosen otherwise (e.g. on test before the protocol existed), --caveat says so.
