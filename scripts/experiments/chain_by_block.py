@@ -1,0 +1,53 @@
+"""Where a classification chain gets its accuracy: the validation accuracy of the chain stopped
+after each block (results.json -> eval_val -> per_block -> chain_accuracy), mean and s.d. over
+the seeds of a `dblocks compare` folder's DiffusionBlocks runs. Reads val only.
+
+    python scripts/experiments/chain_by_block.py docs/results/classification/vit-fmnist \
+        --json docs/results/classification/vit-fmnist/chain-by-block.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+
+
+def chain_by_block(folder: Path) -> list[dict[str, object]]:
+    runs = sorted(folder.glob("**/dblocks/seed-*/results.json"))
+    if not runs:
+        raise SystemExit(f"{folder} holds no dblocks/seed-*/results.json")
+    results = [json.loads(p.read_text()) for p in runs]
+    per_seed = [r["eval_val"]["per_block"] for r in results]
+    layers = results[0]["accounting"]["layers_per_unit"]
+    rows = []
+    for b in range(len(per_seed[0])):
+        values = [seed[b]["chain_accuracy"] for seed in per_seed]
+        rows.append({
+            "after_block": b,
+            "layers_run": sum(layers[: b + 1]),
+            "sigma_interval": per_seed[0][b]["sigma_interval"],
+            "val_values": values,
+            "val_mean": statistics.fmean(values),
+            "val_sd": statistics.stdev(values) if len(values) > 1 else None,
+            "runs": [str(p.parent.relative_to(folder)) for p in runs],
+        })  # fmt: skip
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("folder", type=Path)
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args()
+    rows = chain_by_block(args.folder)
+    for r in rows:
+        sd = f" ± {r['val_sd']:.4f}" if r["val_sd"] is not None else ""
+        print(f"chain stopped after block {r['after_block']}: val accuracy {r['val_mean']:.4f}{sd}")
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,70 @@
+"""The scripts that publish results (scripts/experiments/): publish_comparison.py copies what a
+comparison needs and nothing else; chain_by_block.py reads the val accuracy of the chain stopped
+after each block, over the seeds."""
+
+import importlib.util
+import json
+import statistics
+from pathlib import Path
+
+import pytest
+
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts" / "experiments"
+
+
+def load(name: str):
+    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def fake_compare(root: Path, chains: list[list[float]]) -> Path:
+    """A compare folder with one dblocks run per seed (two blocks of 2 layers) and an e2e run."""
+    src = root / "cmp"
+    src.mkdir()
+    (src / "comparison.json").write_text("{}")
+    (src / "comparison.md").write_text("| table |")
+    for seed, chain in enumerate(chains):
+        run = src / "dblocks" / f"seed-{seed}"
+        run.mkdir(parents=True)
+        per_block = [{"block": b, "sigma_interval": [b, b + 1], "chain_accuracy": acc}
+                     for b, acc in enumerate(chain)]  # fmt: skip
+        results = {"eval_val": {"per_block": per_block},
+                   "accounting": {"layers_per_unit": [2] * len(chain)}}  # fmt: skip
+        (run / "results.json").write_text(json.dumps(results))
+        (run / "config.json").write_text("{}")
+        (run / "checkpoint.pt").write_bytes(b"weights")
+    e2e = src / "e2e" / "seed-0"
+    e2e.mkdir(parents=True)
+    (e2e / "results.json").write_text("{}")
+    (e2e / "config.json").write_text("{}")
+    return src
+
+
+def test_publish_copies_the_tables_rows_and_each_runs_results_but_no_weights(tmp_path):
+    src = fake_compare(tmp_path, [[0.5, 0.6], [0.7, 0.8]])
+    rows = tmp_path / "rows.json"
+    rows.write_text("[]")
+    dest = tmp_path / "docs" / "cmp"
+    load("publish_comparison").main([str(src), str(dest), "--rows", str(rows)])
+    copied = sorted(str(p.relative_to(dest)) for p in dest.rglob("*") if p.is_file())
+    assert copied == ["comparison.json", "comparison.md",
+                      "rows.json", "runs/dblocks/seed-0/config.json",
+                      "runs/dblocks/seed-0/results.json", "runs/dblocks/seed-1/config.json",
+                      "runs/dblocks/seed-1/results.json", "runs/e2e/seed-0/config.json",
+                      "runs/e2e/seed-0/results.json"]  # fmt: skip
+    (src / "comparison.json").unlink()  # an unfinished compare is refused
+    with pytest.raises(SystemExit, match="holds no comparison.json"):
+        load("publish_comparison").main([str(src), str(tmp_path / "other")])
+    assert not (tmp_path / "other").exists()
+
+
+def test_chain_by_block_is_the_mean_and_sd_over_seeds_of_each_stopping_point(tmp_path):
+    src = fake_compare(tmp_path, [[0.5, 0.6], [0.7, 0.8], [0.9, 0.7]])
+    rows = load("chain_by_block").chain_by_block(src)
+    assert [r["after_block"] for r in rows] == [0, 1]
+    assert [r["layers_run"] for r in rows] == [2, 4]
+    assert rows[0]["val_values"] == [0.5, 0.7, 0.9]
+    assert rows[1]["val_mean"] == statistics.fmean([0.6, 0.8, 0.7])
+    assert rows[1]["val_sd"] == statistics.stdev([0.6, 0.8, 0.7])
