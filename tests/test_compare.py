@@ -7,7 +7,7 @@ import shlex
 import statistics
 
 from diffusionblocks.cli import main
-from diffusionblocks.comparison import beats, depth_check, depth_verdict, method_row
+from diffusionblocks.comparison import beats, depth_check, method_row
 
 SCHEMA = {"method", "depth", "num_blocks", "seeds", "metric", "key", "higher_is_better",
           "val_mean", "val_sd", "test_mean", "test_sd", "val_values", "test_values",
@@ -79,15 +79,15 @@ def test_beyond_seed_noise_means_a_gap_larger_than_both_deviations():
     far = method_row([_run("e2e-shallow", 0, 0.80), _run("e2e-shallow", 1, 0.82)])
     assert full["val_mean"] is None  # no validation split in these rows
     assert beats(full, far) is True and beats(full, close) is False and beats(far, full) is False
-    assert "does NOT beat" in depth_verdict([full, close])
-    verdict = depth_verdict([full, far])
+    assert "does NOT beat" in depth_check([full, close])["text"]
+    verdict = depth_check([full, far])["text"]
     assert "beats e2e-shallow by 0.1000 accuracy (test), beyond seed noise" in verdict
     check = depth_check([full, far])
     assert check["split"] == "test" and check["beyond_noise"] is True
     assert abs(check["gap"] - 0.1) < 1e-12
     one = method_row([_run("e2e", 0, 0.9)])
     assert one["test_sd"] is None and beats(one, far) is None
-    assert "needs two or more seeds" in depth_verdict([one, far])
+    assert "needs two or more seeds" in depth_check([one, far])["text"]
     lower = {**_run("x", 0, 2.0), "higher_is_better": False}
     small = method_row([lower, {**lower, "value": 2.2}])
     large = method_row([{**lower, "value": 3.0}, {**lower, "value": 3.2}])

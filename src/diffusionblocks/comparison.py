@@ -178,12 +178,6 @@ def depth_check(rows: list[dict[str, Any]], baseline: str = "e2e") -> dict[str, 
     return {"split": split, "gap": gap, "beyond_noise": verdict, "text": text}
 
 
-def depth_verdict(rows: list[dict[str, Any]], baseline: str = "e2e") -> str | None:
-    """The sentence of :func:`depth_check` (None without both rows)."""
-    check = depth_check(rows, baseline)
-    return check["text"] if check else None
-
-
 def _cell(mean: float | None, sd: float | None) -> str:
     if mean is None:
         return "-"

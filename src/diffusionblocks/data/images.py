@@ -181,7 +181,7 @@ def load_mnist1d(num_samples: int | None = None) -> ImageDataset:
     lo = min(data["x"].min(), data["x_test"].min())
     hi = max(data["x"].max(), data["x_test"].max())
     p = MNIST1D_POINTS_PER_TOKEN
-    pixels = 40 // p
+    pixels = data["x"].shape[1] // p  # 40-point signals
     rows = max(d for d in range(2, int(pixels**0.5) + 1) if pixels % d == 0)  # 4x5 for 20
 
     def images(x: np.ndarray) -> torch.Tensor:

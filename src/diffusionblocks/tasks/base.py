@@ -306,8 +306,9 @@ class TextTask(Task):
         steps: int | None = None,
         temperature: float | None = None,
     ) -> tuple[str, dict[str, Any]]:
-        """``length`` characters after ``prompt`` and facts about the generation (calls made);
-        ``steps`` and ``temperature`` default to the config's."""
+        """``length`` characters after ``prompt`` and facts about the generation (calls made;
+        blockwise AR adds ``cache``: whether the clean prefix was reused); ``steps`` and
+        ``temperature`` default to the config's."""
         raise NotImplementedError
 
     def trivial_baseline(self, split: str = "test") -> dict[str, float]:

@@ -225,18 +225,6 @@ class CharLM(TextTask):
         """Logits (N, T-1, V) for characters 1..T-1 of ids (N, T), each from its prefix."""
         raise NotImplementedError
 
-    def generate_text(
-        self,
-        length: int,
-        generator: torch.Generator,
-        prompt: str = "",
-        steps: int | None = None,
-        temperature: float | None = None,
-    ) -> tuple[str, dict[str, Any]]:
-        """``length`` characters after ``prompt`` (see :meth:`encode_prompt`) and facts about
-        the generation (calls made). Blockwise AR adds ``cache`` (reuse the clean prefix)."""
-        raise NotImplementedError
-
     def _pick(self, logits: torch.Tensor, temperature: float, generator: torch.Generator) -> int:
         if temperature == 0:
             return int(logits.argmax())
