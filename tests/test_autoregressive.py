@@ -113,3 +113,19 @@ def test_cli_end_to_end_with_judge_and_bad_input(tmp_path, capsys):
         assert len(out) == 6 and out.endswith("\n"), repr(out)  # 5 characters, then the newline
     assert main(["eval", "--run", run, "--judge", run]) == 2
     assert "not an end-to-end" in capsys.readouterr().err
+
+
+def test_ensemble_call_averages_every_blocks_log_probabilities_at_sigma_max():
+    task = ar_task()
+    task.model.eval()
+    ids = task.eval_sequences(split="val")[:3]
+    n, t = ids.shape
+    z = torch.zeros(n, t, task.model.shape.hidden)
+    level = torch.full((n, t), task.schedule.sigma_max)
+    per_block = [task.denoise_logits(b, ids, z, level)[0].log_softmax(-1) for b in range(2)]
+    by_hand = ((per_block[0] + per_block[1]) / 2).log_softmax(-1)[:, 1:]
+    got = task.ensemble_logits(ids)
+    assert torch.allclose(got, by_hand, atol=1e-6)
+    assert torch.allclose(got.exp().sum(-1), torch.ones(n, t - 1), atol=1e-5)  # a distribution
+    ev = task.evaluate(split="val")
+    assert ev["ensemble_call"] == task.score(task.eval_sequences(split="val"), task.ensemble_logits)

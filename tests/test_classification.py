@@ -52,9 +52,10 @@ def test_block_loss_equals_the_inline_formula(weighting):
 
 @pytest.mark.parametrize("num_blocks", [2, 4])
 def test_default_chain_calls_each_block_once_at_the_cost_of_one_forward(num_blocks):
-    """B denoiser calls by default (the paper's procedure): every block once, the last call at
-    sigma_min; layer evaluations counted by forward hooks equal one end-to-end forward."""
-    task = tiny_task(num_blocks=num_blocks, depth=4)
+    """The chain makes B denoiser calls by default (the paper's procedure): every block once, the
+    last call at sigma_min; the ensemble readout calls every block once at sigma_max; layer
+    evaluations counted by forward hooks equal one end-to-end forward for both."""
+    task = tiny_task(num_blocks=num_blocks, depth=4, readout="chain")
     images, _ = task.train_batch(torch.arange(4))
     with count_layer_calls(task.model) as counted:
         final, calls = task.predict(images)
@@ -66,10 +67,15 @@ def test_default_chain_calls_each_block_once_at_the_cost_of_one_forward(num_bloc
     with count_layer_calls(e2e.model) as counted_e2e:
         e2e.logits(images)
     assert counted.layers == counted_e2e.layers
+    ensemble = tiny_task(num_blocks=num_blocks, depth=4)  # the default readout
+    with count_layer_calls(ensemble.model) as counted_ensemble:
+        _, calls = ensemble.predict(images)
+    assert [(b, s) for b, s, _ in calls] == [(b, 80.0) for b in range(num_blocks)]
+    assert counted_ensemble.layers == counted_e2e.layers
 
 
 def test_steps_count_denoiser_calls():
-    task = tiny_task(num_blocks=2)
+    task = tiny_task(num_blocks=2, readout="chain")
     images, _ = task.train_batch(torch.arange(4))
     for steps in (1, 3, 6):
         with count_layer_calls(task.model) as counted:
@@ -100,6 +106,9 @@ def test_eval_set_accepts_only_inference_keys(tmp_path, capsys):
     assert main(["train", "--preset", "tiny", "--out", out, "--no-progress"]) == 0
     capsys.readouterr()
     assert main(["eval", "--run", out, "--set", "bridge_temperature=0", "--json"]) == 0
+    capsys.readouterr()
+    assert main(["eval", "--run", out, "--set", "readout=ensemble", "--json"]) == 0
+    assert '"readout": "ensemble"' in capsys.readouterr().out
     assert main(["eval", "--run", out, "--set", "lr=1"]) == 2
     assert "inference keys" in capsys.readouterr().err
 
@@ -109,3 +118,59 @@ def test_a_step_count_scores_the_same_whatever_else_is_swept():
     alone = task.evaluate(steps=[3])["steps_sweep"]["3"]
     swept = task.evaluate(steps=[1, 3, 8])["steps_sweep"]["3"]
     assert alone == swept
+
+
+def test_label_swap_builds_noisy_labels_around_other_classes_but_keeps_the_loss_target():
+    """label_swap=p: about p of the centres are another class (never the true one, every other
+    class drawn), the cross-entropy still targets the true class; p=0 draws nothing extra."""
+    task = tiny_task(label_swap=0.3)
+    labels = torch.randint(0, 10, (20000,), generator=torch.Generator().manual_seed(1))
+    centres = task._centres(labels, torch.Generator().manual_seed(2))
+    swapped = centres != labels
+    assert abs(swapped.float().mean().item() - 0.3) < 0.02
+    assert set(((centres - labels) % 10)[swapped].tolist()) == set(range(1, 10))
+    plain = tiny_task()  # label_swap=0, the default
+    gen = torch.Generator().manual_seed(3)
+    assert plain._centres(labels, gen) is labels
+    assert torch.equal(gen.get_state(), torch.Generator().manual_seed(3).get_state())
+
+    images, batch_labels = task.train_batch(torch.arange(16))
+    gen = torch.Generator().manual_seed(5)
+    _, stats = task.loss(1, (images, batch_labels), gen)
+    gen = torch.Generator().manual_seed(5)
+    sigma = task.partition.sample_sigma(1, 16, gen)
+    y = task.model.label_table()[task._centres(batch_labels, gen)]
+    z = y + sigma[:, None] * torch.randn(y.shape, generator=gen)
+    logits = task.block_logits(1, z, sigma, task.block_patches(1, images))
+    assert stats["ce"] == pytest.approx(F.cross_entropy(logits, batch_labels).item(), rel=1e-5)
+
+
+def test_label_swap_refuses_a_certainty():
+    with pytest.raises(Exception, match="label_swap"):
+        tiny_task(label_swap=1.0)
+
+
+def test_ensemble_readout_averages_every_blocks_log_probabilities_at_sigma_max():
+    task = tiny_task(num_blocks=2, readout="ensemble", eval_subset=64, eval_batch_size=32)
+    images, _ = task.train_batch(torch.arange(8))
+    mean, calls = task.predict(images, steps=5)  # steps belong to the chain: unused here
+    s_max = torch.full((8,), task.schedule.sigma_max)
+    by_hand = [task.block_logits(b, torch.zeros(8, task.model.shape.hidden), s_max,
+                                 task.block_patches(b, images)).log_softmax(-1)
+               for b in range(2)]  # fmt: skip
+    s_max_value = task.schedule.sigma_max
+    assert [(b, s) for b, s, _ in calls] == [(0, s_max_value), (1, s_max_value)]
+    assert torch.allclose(mean, (by_hand[0] + by_hand[1]) / 2, atol=1e-6)
+    assert torch.equal(task.predict(images)[0], mean)  # no draws: the same every time
+    ev = task.evaluate(split="val")
+    assert ev["readout"] == "ensemble" and ev["accuracy"] == ev["readouts"]["ensemble"]
+    chain = tiny_task(num_blocks=2, readout="chain", eval_subset=64, eval_batch_size=32)
+    chain.model.load_state_dict(task.model.state_dict())
+    ev_chain = chain.evaluate(split="val")
+    assert ev_chain["accuracy"] == ev_chain["readouts"]["chain"] == ev_chain["steps_sweep"]["2"]
+    assert ev_chain["readouts"] == ev["readouts"]
+
+
+def test_readout_refuses_an_unknown_name():
+    with pytest.raises(Exception, match="readout"):
+        tiny_task(readout="vote")

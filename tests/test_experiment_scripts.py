@@ -68,3 +68,29 @@ def test_chain_by_block_is_the_mean_and_sd_over_seeds_of_each_stopping_point(tmp
     assert rows[0]["val_values"] == [0.5, 0.7, 0.9]
     assert rows[1]["val_mean"] == statistics.fmean([0.6, 0.8, 0.7])
     assert rows[1]["val_sd"] == statistics.stdev([0.6, 0.8, 0.7])
+
+
+def test_readout_scripts_agree_with_dblocks_eval(tmp_path, capsys):
+    """readout_sweep.py, readout_table.py and chain_readouts.py read one tiny run: each one's
+    ensemble and chain numbers are the ones `dblocks eval` reports on val."""
+    from diffusionblocks.cli import main
+
+    run = tmp_path / "setting" / "seed-0"
+    assert main(["train", "--preset", "tiny", "--out", str(run), "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["eval", "--run", str(run), "--split", "val", "--steps", "2", "--json"]) == 0
+    ev = json.loads(capsys.readouterr().out)
+    evals = tmp_path / "evals"
+    evals.mkdir()
+    (evals / "tiny-seed-0-val.json").write_text(json.dumps(ev))
+
+    summary = load("readout_sweep").summarise("tiny", tmp_path / "setting", reeval=False)
+    assert summary["ensemble"]["values"] == [ev["readouts"]["ensemble"]]
+    assert summary["chain"]["values"] == [ev["readouts"]["chain"]]
+    assert summary["first_call"]["values"] == [ev["per_block"][0]["chain_accuracy"]]
+    table = load("readout_table").table(evals)
+    assert table["tiny"]["val"]["ensemble"]["values"] == [ev["readouts"]["ensemble"]]
+    assert table["tiny"]["val"]["readout"] == "ensemble"
+    readouts = load("chain_readouts").readouts(run)
+    key = "every block at sigma_max, z = 0, mean log-prob (readout=ensemble)"
+    assert readouts[key] == ev["readouts"]["ensemble"]

@@ -123,6 +123,10 @@ def test_classify_from_python_takes_uint8_floats_and_channels_last(images_run, u
     assert model.classify(x[0]).shape == (1,)  # one image
     probs = model.probabilities(x[:5])
     assert probs.shape == (5, 4) and torch.allclose(probs.sum(-1), torch.ones(5))
+    with pytest.raises(ConfigError, match="readout=ensemble"):  # steps belong to the chain
+        model.probabilities(x[:5], steps=2)
+    chain = db.load(images_run, readout="chain")
+    assert chain.probabilities(x[:5], steps=2).shape == (5, 4)
     with pytest.raises(DataError, match=r"must lie in \[0, 1\]"):
         model.classify(x.astype(np.float32))  # 0..255 floats: the old silent wrong answer
     with pytest.raises(DataError, match="do not fit this model's 1x16x16 images"):

@@ -23,7 +23,9 @@ def test_an_old_run_folder_evaluates_and_resumes_to_the_same_weights(tmp_path, c
     run = tmp_path / "old"
     shutil.copytree(FIXTURE, run)
     assert main(["eval", "--run", str(run), "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)["checkpoint_step"] == 12
+    evaluated = json.loads(capsys.readouterr().out)
+    assert evaluated["checkpoint_step"] == 12
+    assert evaluated["readout"] == "chain"  # saved before readout existed: predicts as it did
     assert main(["train", "--out", str(run), "--resume", "--no-progress"]) == 0
     assert "resumed" in capsys.readouterr().out
     resumed, ckpt = load_run(run)

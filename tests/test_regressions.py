@@ -40,7 +40,7 @@ def test_the_chain_bridges_with_the_normalised_target_table(preset, module, monk
     spy = _BridgeSpy(module, monkeypatch)
     if preset == "tiny":
         images, _ = task.train_batch(torch.arange(4))
-        task.predict(images, 3)
+        task.predict(images, 3, readout="chain")
     else:
         task.predict_logits(task.test_seqs[:2], torch.Generator().manual_seed(0), 3)
     assert spy.tables, "the chain never called the soft bridge"
@@ -94,7 +94,7 @@ def test_recurrent_training_compute_is_what_the_hooks_count(method):
 
 
 def test_classification_steps_are_denoiser_calls_as_counted_by_hooks():
-    task = tiny_task(num_blocks=2, depth=4)
+    task = tiny_task(num_blocks=2, depth=4, readout="chain")
     images, _ = task.train_batch(torch.arange(4))
     for steps in (1, 2, 5):
         with count_layer_calls(task.model) as counted:

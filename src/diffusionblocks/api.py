@@ -68,8 +68,14 @@ class Model:
         """Class probabilities (N, classes) of ``images``: an array or tensor of uint8 pixels
         (0..255), other integers in 0..255, or floats in [0, 1]; laid out (N, H, W),
         (N, C, H, W) or (N, H, W, C), or one image without the N axis. ``steps``: denoiser calls
-        of the DiffusionBlocks chain (default: the run's, B)."""
+        of the DiffusionBlocks chain (default: the run's, B), for a model loaded with
+        ``readout="chain"`` (the default readout, ``ensemble``, calls every block once)."""
         task = self._need(self.task.predicts == "classes", "classify", "a classification run")
+        if steps is not None and getattr(task.config, "readout", "chain") == "ensemble":
+            raise ConfigError(
+                "steps counts the calls of the chain, but this model reads out with "
+                "readout=ensemble (every block once); load it with readout='chain' to run a chain"
+            )
         x = as_images(images, task.data.image_shape)
         if batch_size is not None and batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {batch_size}")

@@ -33,6 +33,7 @@ INFERENCE_KEYS = (
     "fid_samples",
     "grid",
     "bridge_temperature",
+    "readout",
     "eval_batch_size",
     "test_subset",
     "device",

@@ -22,7 +22,7 @@ What the columns measure (interleaved repeats in one process; medians):
                 dblocks, the whole network for e2e
   vs e2e        ratio of the median steps
   paired ratio  median of the per-repeat ratios (repeats taken moments apart): the ratio to trust
-  inference     one prediction of a batch: the B-block chain for dblocks, one forward for e2e
+  inference     one prediction of a batch: each block once (dblocks readout), one forward (e2e)
 Per-step speed is not total training time: at equal compute a dblocks run takes B times the
 steps of e2e (each step runs 1/B of the layers); `dblocks compare` measures whole runs."""
 
@@ -45,7 +45,7 @@ def run_speed_bench(
     log: Callable[[str], None] = print,
 ) -> list[dict[str, Any]]:
     """Median training-step time of every configuration, interleaved in one process, and the
-    inference latency of the classification chain vs one end-to-end forward."""
+    inference latency of a DiffusionBlocks prediction (each block once) vs one e2e forward."""
     from ..networks.placement import device_of
     from ..registry import make_config, make_task
     from ..training.blockmodel import block_model

@@ -167,12 +167,13 @@ class BlockwiseAR(TokenTargets, CharLM):
         split: str | None = None,
         **options: Any,
     ) -> dict[str, Any]:
-        """As the baseline's (on ``split``), plus two diagnostics: ``sigma_max_call`` scores the
+        """As the baseline's (on ``split``), plus diagnostics: ``sigma_max_call`` scores the
         logits of ONE call of the noisiest block on pure noise at sigma_max (the noisy token
         carries almost no information, so this is the model's predictive distribution of the
-        next character given the prefix: a CE comparable with a likelihood), and, with
-        ``steps``, ``steps_sweep`` scores the chain's final prediction for each number of
-        denoising steps."""
+        next character given the prefix: a CE comparable with a likelihood),
+        ``ensemble_call`` every block's such call averaged (:meth:`ensemble_logits`, also a
+        likelihood), and, with ``steps``, ``steps_sweep`` scores the chain's final prediction
+        for each number of denoising steps."""
         result = super().evaluate(quick=quick, steps=None, judge=judge, split=split, **options)
         if quick:
             return result
@@ -183,6 +184,7 @@ class BlockwiseAR(TokenTargets, CharLM):
 
         gen = fresh()
         result["sigma_max_call"] = self.score(seqs, lambda ids: self.sigma_max_logits(ids, gen))
+        result["ensemble_call"] = self.score(seqs, self.ensemble_logits)
         if steps:
             sweep: dict[str, dict[str, float]] = {}
             for k in sorted(set(steps)):
@@ -194,6 +196,17 @@ class BlockwiseAR(TokenTargets, CharLM):
                 sweep[str(k)] = self.score(seqs, predict)
             result["steps_sweep"] = sweep
         return result
+
+    def ensemble_logits(self, ids: torch.Tensor) -> torch.Tensor:
+        """Every block called once at sigma_max on z = 0 (no draw), the renormalised mean of
+        their log-probabilities (N, T-1, V): each block's estimate of the next character from
+        the prefix alone, averaged (the classification task's ``readout=ensemble``)."""
+        n, t = ids.shape
+        z = torch.zeros(n, t, self.model.shape.hidden, device=self.device)
+        levels = torch.full((n, t), self.schedule.sigma_max, device=self.device)
+        logps = [self.denoise_logits(b, ids, z, levels)[0].log_softmax(-1)
+                 for b in range(len(self.model.blocks))]  # fmt: skip
+        return torch.stack(logps).mean(0).log_softmax(-1)[:, 1:]
 
     def sigma_max_logits(self, ids: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """Logits (N, T-1, V) of the noisiest block, called once on z ~ sigma_max N(0, I): the

@@ -138,6 +138,12 @@ class CharLM(TextTask):
                 f"  one call at sigma_max (predictive, comparable with a likelihood): CE "
                 f"{e['heldout_ce']:.4f}, accuracy {e['heldout_accuracy']:.4f}"
             )
+        if "ensemble_call" in ev:
+            e = ev["ensemble_call"]
+            lines.append(
+                f"  every block once at sigma_max, log-probabilities averaged (a likelihood): CE "
+                f"{e['heldout_ce']:.4f}, accuracy {e['heldout_accuracy']:.4f}"
+            )
         for key, label in (("steps_sweep", "denoising steps"), ("depth_sweep", "core iterations")):
             for k, e in ev.get(key, {}).items():
                 lines.append(
