@@ -1,5 +1,7 @@
 """The classification task: targets, loss formula, inference chain."""
 
+import json
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -107,8 +109,9 @@ def test_eval_set_accepts_only_inference_keys(tmp_path, capsys):
     capsys.readouterr()
     assert main(["eval", "--run", out, "--set", "bridge_temperature=0", "--json"]) == 0
     capsys.readouterr()
-    assert main(["eval", "--run", out, "--set", "readout=ensemble", "--json"]) == 0
-    assert '"readout": "ensemble"' in capsys.readouterr().out
+    assert main(["eval", "--run", out, "--set", "readout=chain", "--json"]) == 0
+    ev = json.loads(capsys.readouterr().out)  # the run's default is the ensemble
+    assert ev["readout"] == "chain" and ev["accuracy"] == ev["readouts"]["chain"]
     assert main(["eval", "--run", out, "--set", "lr=1"]) == 2
     assert "inference keys" in capsys.readouterr().err
 
@@ -174,3 +177,12 @@ def test_ensemble_readout_averages_every_blocks_log_probabilities_at_sigma_max()
 def test_readout_refuses_an_unknown_name():
     with pytest.raises(Exception, match="readout"):
         tiny_task(readout="vote")
+
+
+def test_every_inference_key_may_change_when_a_run_resumes():
+    """A key `dblocks eval --set` may change (it only affects prediction) may also change on
+    --resume --allow-safe-changes: the two lists must not drift apart (readout did once)."""
+    from diffusionblocks.config.run import SAFE_RESUME_KEYS
+    from diffusionblocks.loading import INFERENCE_KEYS
+
+    assert set(INFERENCE_KEYS) <= set(SAFE_RESUME_KEYS)

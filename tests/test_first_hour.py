@@ -397,3 +397,12 @@ def test_a_judge_is_loaded_above_the_task(tmp_path):
     with pytest.raises(ConfigError, match="pass the loaded run"):
         model.task.evaluate(judge=str(tmp_path / "judge"))
     assert "judge_skipped" in model.task.evaluate()  # the config's path is not read down here
+
+
+def test_steps_on_an_end_to_end_classifier_is_refused_for_what_it_is(tmp_path):
+    """An e2e model has no chain: the refusal says so, not the DiffusionBlocks readout."""
+    model = db.train("tiny", out=tmp_path / "e2e", progress=False, method="e2e", epochs=0.2)
+    x = np.zeros((2, 8, 8), np.uint8)
+    assert model.probabilities(x).shape == (2, 10)
+    with pytest.raises(ConfigError, match="steps applies to DiffusionBlocks runs"):
+        model.probabilities(x, steps=2)

@@ -25,6 +25,7 @@ def readouts(run: Path) -> dict[str, float]:
     task, _ = load_run(run)
     task.model.eval()
     c = task.config
+    own_temperature = c.bridge_temperature
     hits: dict[str, list[int]] = {}
 
     def add(name: str, logits: torch.Tensor, labels: torch.Tensor) -> None:
@@ -37,7 +38,7 @@ def readouts(run: Path) -> dict[str, float]:
 
     with torch.no_grad():
         for images, labels in task._eval_batches("val"):
-            n, B = len(labels), c.num_blocks
+            n, B, dev = len(labels), c.num_blocks, task.device
             for temperature in (1.0, 0.0, 0.5, 2.0):
                 c.bridge_temperature = temperature
                 gen = torch.Generator().manual_seed(c.seed + 1_000_003)
@@ -48,7 +49,7 @@ def readouts(run: Path) -> dict[str, float]:
                     labels)  # fmt: skip
                 add(f"chain, {B} calls, T={temperature}: mean prob of calls", logp.exp().mean(0),
                     labels)  # fmt: skip
-            c.bridge_temperature = 1.0
+            c.bridge_temperature = own_temperature
             for steps in (2, 4, 6):
                 gen = torch.Generator().manual_seed(c.seed + 1_000_003)
                 final, calls = task.predict(images, steps, gen, readout="chain")
@@ -56,11 +57,12 @@ def readouts(run: Path) -> dict[str, float]:
                 add(f"chain, {steps} calls: mean log-prob of calls", together(calls).mean(0),
                     labels)  # fmt: skip
             gen = torch.Generator().manual_seed(c.seed + 2_000_003)
-            s_max = torch.full((n,), task.schedule.sigma_max)
+            s_max = torch.full((n,), task.schedule.sigma_max, device=dev)
             noisy = []
             for b in range(B):
                 patches = task.block_patches(b, images)
                 z = task.schedule.sigma_max * torch.randn(n, task.model.shape.hidden, generator=gen)
+                z = z.to(dev)
                 logits = task.block_logits(b, z, s_max, patches)
                 noisy.append(logits.log_softmax(-1))
                 add(f"block {b} alone at sigma_max, pure noise", logits, labels)

@@ -71,7 +71,8 @@ class Model:
         of the DiffusionBlocks chain (default: the run's, B), for a model loaded with
         ``readout="chain"`` (the default readout, ``ensemble``, calls every block once)."""
         task = self._need(self.task.predicts == "classes", "classify", "a classification run")
-        if steps is not None and getattr(task.config, "readout", "chain") == "ensemble":
+        blockwise = hasattr(task, "predict")  # DiffusionBlocks; end to end has one forward
+        if blockwise and steps is not None and task.config.readout == "ensemble":
             raise ConfigError(
                 "steps counts the calls of the chain, but this model reads out with "
                 "readout=ensemble (every block once); load it with readout='chain' to run a chain"
@@ -88,7 +89,7 @@ class Model:
         try:
             for start in range(0, len(x), size):
                 batch = task._prepare(x[start : start + size])
-                if hasattr(task, "predict"):  # DiffusionBlocks: the chain of blocks
+                if blockwise:  # DiffusionBlocks: its readout (the ensemble or the chain)
                     logits = task.predict(batch, steps, generator)[0]
                 else:
                     if steps is not None:

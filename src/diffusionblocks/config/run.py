@@ -32,7 +32,8 @@ NAN_POLICIES = ("skip", "abort")
 SAFE_RESUME_KEYS = (
     "log_every", "eval_every", "checkpoint_every", "keep_checkpoints", "device",
     "nan_policy", "nan_max_skips", "eval_batch_size", "eval_subset", "eval_sequences",
-    "eval_draws", "fid_samples", "inference_steps", "grid", "bridge_temperature", "cfg_scale",
+    "eval_draws", "fid_samples", "inference_steps", "grid", "bridge_temperature", "readout",
+    "cfg_scale",
     "temperature", "judge", "gen_prompts", "gen_prompt_len", "gen_length", "test_subset",
 )  # fmt: skip
 

@@ -335,9 +335,11 @@ class BlockwiseClassification(_ImageClassification):
     log_legend = {
         "loss": "the block's training objective: cross-entropy weighted over sigma (weighting)",
         "ce": "cross-entropy of the block's logits given the image and a noisy label embedding "
-        "at a sigma of its interval (unweighted)",
+        "at a sigma of its interval (unweighted; with label_swap > 0 some noisy labels are built "
+        "around another class, on the held-out batch too: the same objective as training)",
         "noisy_label_acc": "accuracy of those logits: NOT a classification accuracy, the noisy "
-        "label gives the class away at small sigma; the held-out chain accuracy is "
+        "label gives the class away at small sigma; the held-out accuracy of the model's "
+        "prediction (its readout: the ensemble by default, or the chain) is "
         "val_accuracy / test_accuracy",
     }
 
@@ -399,8 +401,11 @@ class BlockwiseClassification(_ImageClassification):
         n, s_max = len(images), self.schedule.sigma_max
         sigmas = torch.full((n,), s_max, device=self.device)
         z = torch.zeros(n, self.model.shape.hidden, device=self.device)
-        calls = [(b, s_max, self.block_logits(b, z, sigmas, self.block_patches(b, images)))
-                 for b in range(self.config.num_blocks)]  # fmt: skip
+        shared = None if self.model.has_shared_variants else self.block_patches(0, images)
+        calls = []
+        for b in range(self.config.num_blocks):  # the stem once, unless blocks own copies of it
+            patches = self.block_patches(b, images) if shared is None else shared
+            calls.append((b, s_max, self.block_logits(b, z, sigmas, patches)))
         mean = torch.stack([logits.log_softmax(-1) for _, _, logits in calls]).mean(0)
         return mean, calls
 
