@@ -11,14 +11,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 from pathlib import Path
 from typing import Any
 
-
-def spread(values: list[float]) -> dict[str, Any]:
-    return {"values": values, "mean": statistics.fmean(values),
-            "sd": statistics.stdev(values) if len(values) > 1 else None}  # fmt: skip
+from diffusionblocks.comparison import mean_sd
 
 
 def main() -> None:
@@ -35,13 +31,13 @@ def main() -> None:
         "split": "val",
         "runs": str(args.runs),
         "dblocks": {
-            "one_call_ce": spread([e["sigma_max_call"]["heldout_ce"] for e in evs]),
-            "ensemble_ce": spread([e["ensemble_call"]["heldout_ce"] for e in evs]),
-            "one_call_accuracy": spread([e["sigma_max_call"]["heldout_accuracy"] for e in evs]),
-            "ensemble_accuracy": spread([e["ensemble_call"]["heldout_accuracy"] for e in evs]),
-            "chain_accuracy": spread([e["heldout_accuracy"] for e in evs]),
+            "one_call_ce": mean_sd([e["sigma_max_call"]["heldout_ce"] for e in evs]),
+            "ensemble_ce": mean_sd([e["ensemble_call"]["heldout_ce"] for e in evs]),
+            "one_call_accuracy": mean_sd([e["sigma_max_call"]["heldout_accuracy"] for e in evs]),
+            "ensemble_accuracy": mean_sd([e["ensemble_call"]["heldout_accuracy"] for e in evs]),
+            "chain_accuracy": mean_sd([e["heldout_accuracy"] for e in evs]),
             "train_flops": results[0]["compute"]["train_flops"],
-            "train_peak_bytes": spread([r["memory"]["train_peak_rss_bytes"] for r in results]),
+            "train_peak_bytes": mean_sd([r["memory"]["train_peak_rss_bytes"] for r in results]),
         },
         "e2e": {},
     }
@@ -50,7 +46,7 @@ def main() -> None:
         for row in json.loads((Path(folder) / "comparison.json").read_text())["rows"]:
             if row["method"] in ("e2e", "e2e-shallow"):
                 key = f"{name}:{row['method']}"
-                out["e2e"][key] = {"val_ce": spread(row["val_values"]),
+                out["e2e"][key] = {"val_ce": mean_sd(row["val_values"]),
                                    "train_flops": row["train_flops"]}  # fmt: skip
     for k, v in out["dblocks"].items():
         if not isinstance(v, dict) or k == "train_peak_bytes":

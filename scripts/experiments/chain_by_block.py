@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 from pathlib import Path
+
+from diffusionblocks.comparison import mean_sd
 
 
 def chain_by_block(folder: Path) -> list[dict[str, object]]:
@@ -24,13 +25,14 @@ def chain_by_block(folder: Path) -> list[dict[str, object]]:
     rows = []
     for b in range(len(per_seed[0])):
         values = [seed[b]["chain_accuracy"] for seed in per_seed]
+        summary = mean_sd(values)
         rows.append({
             "after_block": b,
             "layers_run": sum(layers[: b + 1]),
             "sigma_interval": per_seed[0][b]["sigma_interval"],
             "val_values": values,
-            "val_mean": statistics.fmean(values),
-            "val_sd": statistics.stdev(values) if len(values) > 1 else None,
+            "val_mean": summary["mean"],
+            "val_sd": summary["sd"],
             "runs": [str(p.parent.relative_to(folder)) for p in runs],
         })  # fmt: skip
     return rows

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from diffusionblocks.comparison import mean_sd
 from diffusionblocks.loading import load_run
 
 
@@ -86,9 +86,8 @@ def main() -> None:
     table: dict[str, Any] = {}
     for name in names:
         values = [acc[name] for acc in per_run.values()]
-        sd = statistics.stdev(values) if len(values) > 1 else None
-        table[name] = {"values": values, "mean": statistics.fmean(values), "sd": sd}
-        print(f"{name:68s} {table[name]['mean']:.4f} ± {sd or 0:.4f}")
+        table[name] = mean_sd(values)
+        print(f"{name:68s} {table[name]['mean']:.4f} ± {table[name]['sd'] or 0:.4f}")
     if args.json:
         args.json.write_text(json.dumps({"split": "val", "runs": list(per_run),
                                          "readouts": table}, indent=1) + "\n")  # fmt: skip

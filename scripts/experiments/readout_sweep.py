@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 from pathlib import Path
 from typing import Any
+
+from diffusionblocks.comparison import mean_sd
 
 
 def seed_row(run: Path, reeval: bool) -> dict[str, Any]:
@@ -35,11 +36,6 @@ def seed_row(run: Path, reeval: bool) -> dict[str, Any]:
     }
 
 
-def spread(values: list[float]) -> dict[str, Any]:
-    return {"values": values, "mean": statistics.fmean(values),
-            "sd": statistics.stdev(values) if len(values) > 1 else None}  # fmt: skip
-
-
 def summarise(name: str, folder: Path, reeval: bool) -> dict[str, Any]:
     runs = sorted(p.parent for p in folder.glob("seed-*/results.json"))
     if not runs:
@@ -50,11 +46,11 @@ def summarise(name: str, folder: Path, reeval: bool) -> dict[str, Any]:
         "setting": name,
         "folder": str(folder),
         "seeds": [r["seed"] for r in rows],
-        "chain": spread([r["chain"] for r in rows]),
-        "ensemble": spread([r["ensemble"] for r in rows]),
-        "first_call": spread([r["chain_after_block"][0] for r in rows]),
+        "chain": mean_sd([r["chain"] for r in rows]),
+        "ensemble": mean_sd([r["ensemble"] for r in rows]),
+        "first_call": mean_sd([r["chain_after_block"][0] for r in rows]),
         "chain_after_block": [
-            spread([r["chain_after_block"][b] for r in rows]) for b in range(blocks)
+            mean_sd([r["chain_after_block"][b] for r in rows]) for b in range(blocks)
         ],  # fmt: skip
         "per_seed": rows,
     }
@@ -64,7 +60,7 @@ def paired(base: dict[str, Any], other: dict[str, Any], key: str) -> dict[str, A
     """other - base on the seeds both have, for readout ``key``."""
     a = {r["seed"]: r[key] for r in base["per_seed"]}
     diffs = [r[key] - a[r["seed"]] for r in other["per_seed"] if r["seed"] in a]
-    return spread(diffs) if diffs else None
+    return mean_sd(diffs) if diffs else None
 
 
 def main() -> None:

@@ -10,14 +10,10 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import statistics
 from pathlib import Path
 from typing import Any
 
-
-def spread(values: list[float]) -> dict[str, Any]:
-    return {"values": values, "mean": statistics.fmean(values),
-            "sd": statistics.stdev(values) if len(values) > 1 else None}  # fmt: skip
+from diffusionblocks.comparison import mean_sd
 
 
 def table(folder: Path) -> dict[str, Any]:
@@ -33,9 +29,9 @@ def table(folder: Path) -> dict[str, Any]:
         out.setdefault(name, {})[split] = {
             "seeds": len(evs),
             "readout": evs[0]["readout"],
-            "accuracy": spread([e["accuracy"] for e in evs]),
-            "chain": spread([e["readouts"]["chain"] for e in evs]),
-            "ensemble": spread([e["readouts"]["ensemble"] for e in evs]),
+            "accuracy": mean_sd([e["accuracy"] for e in evs]),
+            "chain": mean_sd([e["readouts"]["chain"] for e in evs]),
+            "ensemble": mean_sd([e["readouts"]["ensemble"] for e in evs]),
             "runs": [e["run_dir"] for e in evs],
         }
     return out

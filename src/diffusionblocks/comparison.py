@@ -74,6 +74,13 @@ def _spread(values: list[float | None]) -> tuple[float | None, float | None]:
     return statistics.fmean(known), statistics.stdev(known) if len(known) > 1 else None
 
 
+def mean_sd(values: list[float]) -> dict[str, Any]:
+    """``{"values", "mean", "sd"}`` over seeds (sample s.d.; None with one value), as the
+    experiment scripts publish them; mean and sd are None if a value is missing or NaN."""
+    mean, sd = _spread(list(values))
+    return {"values": list(values), "mean": mean, "sd": sd}
+
+
 def method_row(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """One method's row: its runs (one per seed) summarised (mean, sample s.d.)."""
     first = runs[0]
