@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from diffusionblocks.cli import main
+from diffusionblocks.config import ConfigError
 from diffusionblocks.data.images import DataError
 from diffusionblocks.data.text import load_text_file
 from diffusionblocks.diffusion.masking import TimePartition, alpha, elbo_weight, mask_tokens
@@ -159,3 +160,26 @@ def test_user_text_file_and_seq_len_errors(tmp_path, capsys):
         ]
     )
     assert code == 2 and "longer than" in capsys.readouterr().err
+
+
+def test_readout_diagnostics_score_the_same_masking_draws():
+    """Block k alone, the ensemble and the routed estimate use the same masking draws: with the
+    two blocks' weights made equal, all four readouts agree; with the trained (different)
+    weights they differ, and an unknown readout is refused by name."""
+    task = mdm_task(method="dblocks")
+    seqs = task.split_seqs("val")[:16]
+    blocks = task.model.blocks
+    gen = torch.Generator().manual_seed(3)
+    with torch.no_grad():  # random weights everywhere (the zero-initialised head included)
+        for p in task.model.parameters():
+            p.copy_(0.3 * torch.randn(p.shape, generator=gen))
+    diag = task.readout_diagnostics(seqs, draws=2, seed=5)
+    alone = [row["bpc"] for row in diag["block_alone"]]
+    assert alone[0] != pytest.approx(alone[1], abs=1e-3)
+    blocks[1].load_state_dict(blocks[0].state_dict())
+    routed = task.estimate_bpc(seqs, 2, 5)["bpc"]
+    diag = task.readout_diagnostics(seqs, draws=2, seed=5)
+    for value in [row["bpc"] for row in diag["block_alone"]] + [diag["ensemble"]["bpc"]]:
+        assert value == pytest.approx(routed, rel=1e-5)
+    with pytest.raises(ConfigError, match="readout"):
+        task.estimate_bpc(seqs, 2, 5, readout="block:2")

@@ -194,7 +194,7 @@ def test_text_evaluations_score_the_split_they_are_asked_for(preset):
     scored: list[torch.Tensor] = []
     if preset == "mdm-tiny":
         original = task.estimate_bpc
-        task.estimate_bpc = lambda seqs, *a: (scored.append(seqs), original(seqs, *a))[1]
+        task.estimate_bpc = lambda seqs, *a, **k: (scored.append(seqs), original(seqs, *a, **k))[1]
     else:
         score = task.score
         task.score = lambda seqs, predict: (scored.append(seqs), score(seqs, predict))[1]

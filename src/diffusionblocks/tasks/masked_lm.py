@@ -11,6 +11,7 @@ Sampling: ancestral unmasking from t = 1 to 0 over S steps, each step run by the
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -115,6 +116,10 @@ class _MaskedLM(TextTask):
                 f"  block {row['block']} t in [{lo:.3f}, {hi:.3f}]: "
                 f"BPC share {row['bpc_share']:.4f}"
             )
+        for row in ev.get("block_alone", []):
+            lines.append(f"  block {row['block']} alone at every t: BPC {row['bpc']:.4f}")
+        if "ensemble" in ev:
+            lines.append(f"  every block, log-probs averaged: BPC {ev['ensemble']['bpc']:.4f}")
         return lines
 
     headline_metric = ("bpc", "held-out BPC")
@@ -159,11 +164,21 @@ class _MaskedLM(TextTask):
 
     # -- the ELBO ---------------------------------------------------------------------------
     def elbo_terms(
-        self, block: int, ids: torch.Tensor, t: torch.Tensor, generator: torch.Generator
+        self,
+        block: int,
+        ids: torch.Tensor,
+        t: torch.Tensor,
+        generator: torch.Generator,
+        network: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     ) -> torch.Tensor:
-        """Per-sequence ELBO term in nats per character: (1/t) * sum_{masked} CE / T."""
+        """Per-sequence ELBO term in nats per character: (1/t) * sum_{masked} CE / T, with
+        ``block``'s network (or ``network(x_t, t)``, any predictor of the masked characters:
+        the bound holds for every distribution it returns)."""
         x_t, masked = mask_tokens(ids, t.float(), self.vocab.mask_id, generator)
-        logits = self.network(block, x_t, t.float().to(self.device))  # (N, T, V)
+        if network is None:
+            logits = self.network(block, x_t, t.float().to(self.device))  # (N, T, V)
+        else:
+            logits = network(x_t, t.float().to(self.device))
         ce = F.cross_entropy(logits.transpose(1, 2), ids, reduction="none")  # (N, T)
         weight = elbo_weight(t.to(self.device).float())  # (N,)
         return weight * (ce * masked).sum(1) / ids.shape[1]
@@ -177,11 +192,17 @@ class _MaskedLM(TextTask):
         return loss, {"loss": loss.item(), "bpc_term": loss.item() / math.log(2)}
 
     @torch.no_grad()
-    def estimate_bpc(self, sequences: torch.Tensor, draws: int, seed: int) -> dict[str, Any]:
+    def estimate_bpc(
+        self, sequences: torch.Tensor, draws: int, seed: int, readout: str = "routed"
+    ) -> dict[str, Any]:
         """Held-out bits per character from the ELBO: for each sequence, ``draws`` masking times
         stratified over (t_min, 1] (draw k in [k/K, (k+1)/K), unbiased for the integral), each
-        routed to the block that owns it. Returns the mean, its standard error over sequences,
-        and the counts."""
+        routed to the block that owns it (``readout`` "routed", the model's BPC), or scored by
+        block k alone at every t ("block:k"), or by every block's prediction with their
+        log-probabilities averaged ("ensemble"; both diagnostics, also bounds). The same masking
+        draws for every readout. Returns the mean, its standard error over sequences, and the
+        counts."""
+        network = self._readout_network(readout)
         gen = torch.Generator().manual_seed(seed)
         self.model.eval()
         per_seq = []
@@ -194,11 +215,11 @@ class _MaskedLM(TextTask):
                 u = torch.rand(n, generator=gen, dtype=torch.float64)
                 t = (k + u) / draws
                 t = t.clamp(min=T_MIN)
-                owners = self._owners(t)
+                owners = self._owners(t)  # a readout's groups too: the same masking draws
                 for block in owners.unique().tolist():
                     sel = owners == block
                     total[sel.to(self.device)] += self.elbo_terms(
-                        block, ids[sel.to(self.device)], t[sel], gen
+                        block, ids[sel.to(self.device)], t[sel], gen, network
                     )
             per_seq.append((total / draws).cpu())
         self.model.train()
@@ -210,6 +231,27 @@ class _MaskedLM(TextTask):
             "draws_per_sequence": draws,
             "characters": len(values) * sequences.shape[1],
         }
+
+    def _readout_network(
+        self, readout: str
+    ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None:
+        """The predictor of ``readout`` for :meth:`estimate_bpc` (None: each t's own block)."""
+        blocks = len(self.model.blocks)
+        if readout == "routed":
+            return None
+        if readout == "ensemble":
+
+            def pooled(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+                logps = [self.network(b, x_t, t).log_softmax(-1) for b in range(blocks)]
+                return torch.stack(logps).mean(0)  # cross_entropy renormalises
+
+            return pooled
+        if readout.startswith("block:") and readout[6:].isdigit() and int(readout[6:]) < blocks:
+            block = int(readout[6:])
+            return lambda x_t, t: self.network(block, x_t, t)
+        raise ConfigError(
+            f"readout must be 'routed', 'ensemble' or 'block:k' with k < {blocks}, got {readout!r}"
+        )
 
     def _owners(self, t: torch.Tensor) -> torch.Tensor:
         return torch.tensor([self.route(float(x)) for x in t], dtype=torch.long)
@@ -238,7 +280,12 @@ class _MaskedLM(TextTask):
             # Per-block ELBO share: the estimate restricted to each block's own interval.
             # "per_unit": saved key ("unit": a block's old name), kept for old results
             result["per_unit"] = self.per_block_terms(seqs[: min(len(seqs), 256)], c.seed + 17)
+            result.update(self.readout_diagnostics(seqs, c.eval_draws, c.seed + 1_000_003))
         return result
+
+    def readout_diagnostics(self, seqs: torch.Tensor, draws: int, seed: int) -> dict[str, Any]:
+        """Other readouts of the same ELBO estimate (DiffusionBlocks only; none end to end)."""
+        return {}
 
     def per_block_terms(self, seqs: torch.Tensor, seed: int) -> list[dict[str, Any]]:
         raise NotImplementedError
@@ -322,6 +369,19 @@ class BlockwiseMaskedLM(_MaskedLM):
     def sample_t(self, block: int, n: int, generator: torch.Generator) -> torch.Tensor:
         return self.partition.sample_t(block, n, generator)
 
+    def readout_diagnostics(self, seqs: torch.Tensor, draws: int, seed: int) -> dict[str, Any]:
+        """``block_alone``: each block scoring every masking time by itself (block 0, the most
+        masked, is the analogue of the chain's first call: do the other blocks earn their
+        depth?); ``ensemble``: every block's log-probabilities averaged at every t (B x the
+        calls). BPC of the same masking draws as the headline estimate (lower is better)."""
+        keep = ("bpc", "bpc_stderr")
+        alone = []
+        for b in range(self.config.num_blocks):
+            est = self.estimate_bpc(seqs, draws, seed, readout=f"block:{b}")
+            alone.append({"block": b, **{k: est[k] for k in keep}})
+        est = self.estimate_bpc(seqs, draws, seed, readout="ensemble")
+        return {"block_alone": alone, "ensemble": {k: est[k] for k in keep}}
+
     def network(self, block: int, ids: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return self.model.run_block(block, ids, t)
 
@@ -369,6 +429,27 @@ PRESETS: dict[str, tuple[dict[str, Any], str]] = {
         ),  # fmt: skip
         "paper-like masked diffusion LM: Shakespeare characters (Hamlet held out), sequences "
         "of 128, 6-layer bidirectional transformer (hidden 128), B=3, gamma 0.05",
+    ),
+    "mdm-shakespeare-small": (
+        dict(
+            data="shakespeare",
+            seq_len=64,
+            train_subset=64000,
+            depth=6,
+            hidden=64,
+            heads=4,
+            num_blocks=3,
+            overlap=0.05,
+            epochs=1,
+            batch_size=32,
+            lr=5e-4,
+            eval_draws=8,
+            eval_sequences=512,
+            inference_steps=64,
+            log_every=50,
+        ),  # fmt: skip
+        "a masked-diffusion LM a few CPU minutes per method: sequences of 64, 6 layers (hidden "
+        "64), 2,000 steps, B=3; lr chosen on val (docs/results/masked-lm/)",
     ),
     "mdm-tiny": (
         dict(
