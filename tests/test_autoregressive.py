@@ -45,8 +45,9 @@ def test_noisy_token_i_is_paired_with_target_token_i():
     assert logs["ce"] < 1e-3
 
 
-def test_cached_and_uncached_generation_give_identical_tokens():
-    task = ar_task()
+@pytest.mark.parametrize("readout", ["ensemble", "chain"])
+def test_cached_and_uncached_generation_give_identical_tokens(readout):
+    task = ar_task(readout=readout)
     from diffusionblocks.training import Trainer
 
     Trainer(task, None, progress=False).fit()  # non-trivial weights
@@ -81,14 +82,16 @@ def test_cli_end_to_end_with_judge_and_bad_input(tmp_path, capsys):
     capsys.readouterr()
     assert main(["eval", "--run", run, "--judge", judge, "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert out["judge_perplexity"] > 1 and not out["ce_is_likelihood"]
+    assert out["judge_perplexity"] > 1 and out["ce_is_likelihood"]  # readout=ensemble
     assert 0 <= out["heldout_accuracy"] <= 1 and "distinct_1" in out
-    # The sweep's B-step entry is the default chain with the same noise: identical numbers.
-    assert main(["eval", "--run", run, "--steps", "1", "2", "--json"]) == 0
+    # The sweep's B-step entry is the chain with the same noise: the numbers of readout=chain.
+    assert main(["eval", "--run", run, "--steps", "1", "2", "--set", "readout=chain",
+                 "--json"]) == 0  # fmt: skip
     swept = json.loads(capsys.readouterr().out)
-    assert set(swept["steps_sweep"]) == {"1", "2"}
+    assert not swept["ce_is_likelihood"] and set(swept["steps_sweep"]) == {"1", "2"}
     assert swept["steps_sweep"]["2"]["heldout_ce"] == swept["heldout_ce"]  # ar-tiny: B=2
     assert swept["steps_sweep"]["1"]["heldout_ce"] != swept["heldout_ce"]
+    assert out["chain_call"]["heldout_ce"] == swept["heldout_ce"]
     first = swept["sigma_max_call"]
     assert 0 < first["heldout_ce"] < 20 and 0 <= first["heldout_accuracy"] <= 1
     assert main(["eval", "--run", run, "--steps", "1"]) == 0
@@ -129,3 +132,35 @@ def test_ensemble_call_averages_every_blocks_log_probabilities_at_sigma_max():
     assert torch.allclose(got.exp().sum(-1), torch.ones(n, t - 1), atol=1e-5)  # a distribution
     ev = task.evaluate(split="val")
     assert ev["ensemble_call"] == task.score(task.eval_sequences(split="val"), task.ensemble_logits)
+
+
+def test_readout_ensemble_predicts_and_generates_with_the_averaged_blocks():
+    """The default readout: held-out CE is the ensemble's (a likelihood), the chain is scored
+    beside it; greedy generation picks the ensemble's most likely next character each time; the
+    chain readout gives the chain's CE (not a likelihood); a saved config without the key (an
+    older run) predicts with the chain."""
+    from diffusionblocks.config.parse import config_from_dict
+    from diffusionblocks.training import Trainer
+
+    task = ar_task()
+    assert task.config.readout == "ensemble"
+    Trainer(task, None, progress=False).fit()  # non-trivial weights
+    ev = task.evaluate(split="val")
+    assert ev["ce_is_likelihood"] and ev["heldout_ce"] == ev["ensemble_call"]["heldout_ce"]
+    assert ev["chain_call"]["heldout_ce"] != ev["heldout_ce"]
+    text, info = task.generate_text(6, torch.Generator().manual_seed(0), "KING", temperature=0)
+    assert info["calls_per_unit"] == [6, 6]
+    ids = task.vocab.encode("KING")[None]
+    for ch in text:
+        task.model.eval()
+        best = int(task.ensemble_logits(torch.cat([ids, ids[:, :1]], 1))[0, -1].argmax())
+        assert task.vocab.decode([best]) == ch
+        ids = torch.cat([ids, task.vocab.encode(ch)[None]], 1)
+    task.config.readout = "chain"
+    chain_task = make_task(task.config, torch.device("cpu"))
+    chain_task.model.load_state_dict(task.model.state_dict())
+    ev_chain = chain_task.evaluate(split="val")
+    assert not ev_chain["ce_is_likelihood"]
+    assert ev_chain["heldout_ce"] == ev["chain_call"]["heldout_ce"]
+    saved = {k: v for k, v in vars(task.config).items() if k != "readout"}
+    assert config_from_dict(type(task.config), saved).readout == "chain"

@@ -154,6 +154,8 @@ class BlockwiseAR(TokenTargets, CharLM):
         super().__init__(config, device)
         self.partition = config.block_partition()
         self.schedule = self.partition.schedule
+        # The ensemble is one deterministic prediction per prefix; the chain's depends on noise.
+        self.ce_is_likelihood = config.readout == "ensemble"
 
     def route(self, sigma: float) -> int:
         return int(self.partition.block_of(sigma))
@@ -185,6 +187,9 @@ class BlockwiseAR(TokenTargets, CharLM):
         gen = fresh()
         result["sigma_max_call"] = self.score(seqs, lambda ids: self.sigma_max_logits(ids, gen))
         result["ensemble_call"] = self.score(seqs, self.ensemble_logits)
+        if self.config.readout != "chain":  # the paper's chain beside the default readout
+            g = fresh()
+            result["chain_call"] = self.score(seqs, lambda ids: self.chain_logits(ids, g))
         if steps:
             sweep: dict[str, dict[str, float]] = {}
             for k in sorted(set(steps)):
@@ -211,7 +216,7 @@ class BlockwiseAR(TokenTargets, CharLM):
     def sigma_max_logits(self, ids: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """Logits (N, T-1, V) of the noisiest block, called once on z ~ sigma_max N(0, I): the
         chain with a single call."""
-        return self.predict_logits(ids, generator, 1)
+        return self.chain_logits(ids, generator, 1)
 
     def denoise_logits(
         self, block: int, ids: torch.Tensor, z: torch.Tensor, sigma: torch.Tensor
@@ -266,6 +271,15 @@ class BlockwiseAR(TokenTargets, CharLM):
         return loss, logs
 
     def predict_logits(
+        self, ids: torch.Tensor, generator: torch.Generator, steps: int | None = None
+    ) -> torch.Tensor:
+        """Logits (N, T-1, V) of characters 1..T-1: the run's ``readout`` (the ensemble draws
+        nothing), or with ``steps`` the chain of that many calls."""
+        if steps is None and self.config.readout == "ensemble":
+            return self.ensemble_logits(ids)
+        return self.chain_logits(ids, generator, steps)
+
+    def chain_logits(
         self, ids: torch.Tensor, generator: torch.Generator, steps: int | None = None
     ) -> torch.Tensor:
         """Every position at once: the chain from noise for each noisy token (they do not see
@@ -333,9 +347,24 @@ class BlockwiseAR(TokenTargets, CharLM):
         temperature: float | None = None,
         cache: bool = True,
     ) -> tuple[str, dict[str, Any]]:
-        levels = self.levels(steps)
         calls = [0] * len(self.model.blocks)
         hidden = self.model.shape.hidden
+        if steps is None and self.config.readout == "ensemble":
+            sigma_max = float(self.schedule.sigma_max)
+
+            def ensemble(ids: torch.Tensor) -> torch.Tensor:  # every block once, no draw
+                caches: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {}
+                z = torch.zeros(1, 1, hidden, device=self.device)
+                logps = []
+                for block in range(len(calls)):
+                    calls[block] += 1
+                    logits = self._noisy_logits(block, ids, z, sigma_max, caches, cache)
+                    logps.append(logits.log_softmax(-1))
+                return torch.stack(logps).mean(0).log_softmax(-1)
+
+            text = self._autoregress(length, generator, prompt, temperature, ensemble)
+            return text, {"readout": "ensemble", "calls_per_unit": calls}
+        levels = self.levels(steps)
 
         def next_logits(ids: torch.Tensor) -> torch.Tensor:  # one chain from sigma_max
             caches: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {}
