@@ -112,3 +112,64 @@ def test_cli_end_to_end_with_depth_sweep(tmp_path, capsys):
     assert "choose one of dblocks, bptt" in capsys.readouterr().err
     assert main(["train", "--preset", "recurrent-tiny", "--set", "core=3"]) == 2
     assert "prelude=1 + core=3 + coda=1" in capsys.readouterr().err
+
+
+def test_self_conditioning_starts_as_the_plain_model_and_trains_its_projection():
+    """self_condition adds one zero-initialised projection: before training the model is the
+    plain one exactly (torch.equal, whatever estimate it reads); a step runs the core twice
+    (the estimate without gradients), counts it, and trains the projection."""
+    plain, sc = rec_task(method="dblocks"), rec_task(method="dblocks", self_condition=0.5)
+    assert plain.model.stack.estimate_in is None
+    names = set(sc.model.state_dict()) - set(plain.model.state_dict())
+    assert names == {"blocks.0.estimate_in.weight", "blocks.0.estimate_in.bias"}
+    for key, value in plain.model.state_dict().items():
+        assert torch.equal(sc.model.state_dict()[key], value)
+    ids = plain.test_seqs[:2]
+    e = sc.model.encode(ids)[:, :-1]
+    z = torch.randn(e.shape, generator=torch.Generator().manual_seed(1))
+    sigma = torch.full(e.shape[:2], 2.0)
+    estimate = torch.randn(e.shape, generator=torch.Generator().manual_seed(2))
+    assert torch.equal(sc.denoise(e, z, sigma, estimate), plain.denoise(e, z, sigma))
+    with torch.no_grad():  # a head that is not zero (as at initialisation) passes gradients
+        sc.model.head.linear.weight.normal_(0, 1.0)
+    calls = _count_core_calls(sc)
+    loss, _ = sc.loss(0, sc.train_batch(torch.arange(4)), torch.Generator().manual_seed(0))
+    loss.backward()
+    assert calls == [False, True]  # the estimate's pass has no graph
+    assert sc.layer_evals(0) == 4 + 3 and sc.backward_layer_evals(0) == 4
+    assert sc.model.stack.estimate_in.weight.grad.abs().sum() > 0
+
+
+def test_refine_readout_iterates_only_with_an_estimate_to_read():
+    """readout=refine: calls at sigma_max on z = 0 (no draw). Without self-conditioning every
+    call is the same, so K calls equal one; with a (non-zero) projection the K-th call reads the
+    previous estimate and differs from the first. The chain and refine differ; both run when
+    generating."""
+    for sc in (0.0, 0.5):
+        task = rec_task(method="dblocks", self_condition=sc, readout="refine")
+        if sc:
+            with torch.no_grad():
+                task.model.stack.estimate_in.weight.normal_(0, 1.0)
+                task.model.head.linear.weight.normal_(0, 1.0)
+        ids = task.test_seqs[:2]
+        one, three = (task.predict_logits(ids, torch.Generator().manual_seed(0), steps=k)
+                      for k in (1, 3))  # fmt: skip
+        assert torch.equal(one, three) == (sc == 0)
+        gen = torch.Generator().manual_seed(0)
+        assert torch.equal(task.predict_logits(ids, gen, steps=3), three)  # no draw
+        text, _ = task.generate_text(5, torch.Generator().manual_seed(0), "KING", temperature=0)
+        assert len(text) == 5
+
+
+def test_recurrent_option_refusals_name_their_key():
+    import pytest
+
+    from diffusionblocks.config import ConfigError
+
+    for overrides, key in (
+        ({"method": "bptt", "self_condition": 0.5}, "self_condition"),
+        ({"method": "dblocks", "self_condition": 1.5}, "self_condition"),
+        ({"method": "dblocks", "readout": "ensemble"}, "readout"),
+    ):
+        with pytest.raises(ConfigError, match=f"'{key}'"):
+            make_config("recurrent-tiny", overrides).validate()

@@ -34,6 +34,7 @@ class RecurrentShape:
     coda: int = 2  # layers after the loop
     mlp_ratio: float = 4.0  # MLP width / hidden
     seed: int = 0  # initialisation seed of the layers
+    self_condition: bool = False  # the core also reads a previous estimate (zero-initialised)
 
 
 def prelude_mask(t: int, device: torch.device | str | None = None) -> torch.Tensor:
@@ -63,6 +64,14 @@ class RecurrentStack(nn.Module):
         with seeded(s.seed * 10_007 + 1_000):
             self.prelude, self.core, self.coda = group(s.prelude), group(s.core), group(s.coda)
         self.adapter = nn.Linear(2 * s.hidden, s.hidden)
+        # Self-conditioning: a previous estimate of the target enters the core's input through
+        # a zero-initialised projection (a model trained without it has no such weights).
+        self.estimate_in: nn.Linear | None = None
+        if s.self_condition:  # drawing nothing: every other weight as without it
+            with torch.random.fork_rng(devices=[]):
+                self.estimate_in = nn.Linear(s.hidden, s.hidden)
+            nn.init.zeros_(self.estimate_in.weight)
+            nn.init.zeros_(self.estimate_in.bias)
 
     def __len__(self) -> int:
         return len(self.prelude) + len(self.core) + len(self.coda)
@@ -127,14 +136,24 @@ class RecurrentDepthLM(nn.Module):
         c = torch.cat([self.clean_cond.expand(n, t, -1), cond], 1)
         return group(x, c, mask)[:, t:]
 
-    def core_step(self, e: torch.Tensor, state: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        """One core application: state (N, T, C) -> new state (N, T, C). cond (N, T, C)."""
+    def core_step(
+        self,
+        e: torch.Tensor,
+        state: torch.Tensor,
+        cond: torch.Tensor,
+        estimate: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """One core application: state (N, T, C) -> new state (N, T, C). cond (N, T, C);
+        ``estimate`` (N, T, C): a previous estimate of the target, read only by a model built
+        with ``self_condition`` (None there = zeros: no estimate)."""
         t = e.shape[1]
         u = (
             self.stack.adapter(torch.cat([state, e], -1))
             + self.pos_embed[:, :t]
             + self.stream_embed[1]
         )
+        if self.stack.estimate_in is not None and estimate is not None:
+            u = u + self.stack.estimate_in(estimate)
         return self._two_stream(self.stack.core, e, u, cond, state_mask(t, e.device))
 
     def readout(self, e: torch.Tensor, state: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:

@@ -50,7 +50,7 @@ class RecurrentConfig(ARConfig):
     task_groups = {
         **ARConfig.task_groups,
         "model": ("depth", "hidden", "heads", "mlp_ratio", "prelude", "core", "coda"),
-        "training": ("aux_ce", "mean_iterations", "truncation", "init_std"),
+        "training": ("aux_ce", "mean_iterations", "truncation", "init_std", "self_condition"),
     }
 
     num_blocks: int = 1  # one trained block (the whole recurrent network)
@@ -63,6 +63,16 @@ class RecurrentConfig(ARConfig):
     truncation: int = 4  # bptt: backpropagate through the last k iterations only
     init_std: float = 1.0  # bptt: std of the initial state noise
     inference_steps: int = 16  # K: core applications at inference (both methods)
+    # dblocks: probability that a training step gives the core its own first estimate of the
+    # target (self-conditioning; 0 = off, the paper)
+    self_condition: float = 0.0
+    # DiffusionBlocks' readouts of K core applications (the baseline iterates its state):
+    # "chain": the Euler chain from sigma_max to sigma_min, soft bridge between calls (the
+    # paper); "refine": K calls at sigma_max on z = 0 (no draw), each given the previous call's
+    # estimate of the target (the soft bridge of its logits) when the model was trained with
+    # self_condition; a model without it repeats the same call, so "refine" is its single call.
+    readout: str = "chain"
+    readouts = ("chain", "refine")
 
     baseline_method = "bptt"  # the recurrent-depth baseline is truncated backpropagation
 
@@ -111,6 +121,10 @@ class RecurrentConfig(ARConfig):
         _check(self, "truncation", 1 <= self.truncation <= 1000, "an integer in [1, 1000]")
         _check(self, "init_std", 0 < self.init_std <= 100, "a number in (0, 100]")
         _check(self, "inference_steps", self.inference_steps >= 1, "an integer >= 1")
+        _check(self, "self_condition", 0 <= self.self_condition <= 1, "a probability in [0, 1]")
+        _check(self, "self_condition", self.self_condition == 0 or not self.end_to_end,
+               "0 for the truncated-BPTT baseline (self-conditioning is a DiffusionBlocks "
+               "option)")  # fmt: skip
 
 
 class _RecurrentLM(CharLM):
@@ -122,6 +136,7 @@ class _RecurrentLM(CharLM):
         shape = RecurrentShape(
             vocab=self.vocab.size, max_len=c.seq_len, hidden=c.hidden, heads=c.heads,
             prelude=c.prelude, core=c.core, coda=c.coda, mlp_ratio=c.mlp_ratio, seed=c.seed,
+            self_condition=c.self_condition > 0,
         )  # fmt: skip
         return RecurrentDepthLM(shape).to(self.device)
 
@@ -294,14 +309,21 @@ class BlockwiseRecurrent(TokenTargets, _RecurrentLM):
         super().__init__(config, device)
         self.schedule = config.noise_schedule()
 
-    def denoise(self, e: torch.Tensor, z: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-        """Logits (N, T, V) from one core application at levels sigma (N, T)."""
+    def denoise(
+        self,
+        e: torch.Tensor,
+        z: torch.Tensor,
+        sigma: torch.Tensor,
+        estimate: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Logits (N, T, V) from one core application at levels sigma (N, T), given (with
+        self-conditioning) a previous estimate of the target (N, T, C)."""
         m = self.model
         conds: list[torch.Tensor] = []
 
         def network(scaled: torch.Tensor, c_noise: torch.Tensor) -> torch.Tensor:
             conds.append(m.condition(c_noise[..., 0]))
-            return m.core_step(e, scaled, conds[0])
+            return m.core_step(e, scaled, conds[0], estimate)
 
         denoised = edm_denoise(network, z, sigma[..., None], self.schedule.sigma_data)
         return m.readout(e, denoised, conds[0])
@@ -320,13 +342,30 @@ class BlockwiseRecurrent(TokenTargets, _RecurrentLM):
         z = target + sigma[..., None] * torch.randn(target.shape, generator=generator).to(
             self.device
         )
-        logits = self.denoise(e, z, sigma)
+        estimate = None
+        if c.self_condition > 0:
+            # Self-conditioning (the previous estimate dropped for a 1 - p share of examples):
+            # the core's own first estimate from the same z, without gradients, as in
+            # diffusion self-conditioning; at inference each call gets the previous call's.
+            with torch.no_grad():
+                first = self.bridge(self.denoise(e, z, sigma))
+            keep = torch.rand(n, generator=generator) < c.self_condition
+            estimate = first * keep.to(self.device, first.dtype)[:, None, None]
+        logits = self.denoise(e, z, sigma, estimate)
         ce = F.cross_entropy(logits.transpose(1, 2), batch[:, 1:], reduction="none")
         loss = weighted_loss(ce.reshape(-1), sigma.reshape(-1), c.weighting, c.sigma_data,
                              c.weight_clamp)  # fmt: skip
         # One core application: the step runs layers_in_block forward and backward (the default
-        # layer_evals / backward_layer_evals of the task protocol).
+        # layer_evals / backward_layer_evals of the task protocol), plus with self-conditioning
+        # a forward pass of the core and coda for the first estimate (layer_evals).
         return loss, {"loss": loss.item(), "ce": ce.mean().item()}
+
+    def layer_evals(self, block: int) -> int:
+        """Forward layer evaluations per example of a training step: prelude + core + coda, and
+        core + coda again for the self-conditioning estimate."""
+        c = self.config
+        extra = c.core + c.coda if c.self_condition > 0 else 0
+        return self.layers_in_block(block) + extra
 
     def inference_layer_evals(self, k: int) -> int:
         c = self.config
@@ -335,21 +374,34 @@ class BlockwiseRecurrent(TokenTargets, _RecurrentLM):
     def states(
         self, e: torch.Tensor, k: int, generator: torch.Generator, last_only: bool
     ) -> torch.Tensor:
-        """The chain of k core applications (k denoiser calls, the last one's logits)."""
+        """The last of k core applications' logits, read out as ``readout`` says: the chain
+        from sigma_max to sigma_min, or k refining calls at sigma_max on z = 0."""
         n, t, h = e.shape
         positions = 1 if last_only else t
-        z = self.schedule.sigma_max * torch.randn(n, positions, h, generator=generator)
-        levels = self.levels(k)
+        sc = self.config.self_condition > 0
+        estimate: list[torch.Tensor | None] = [None]  # the previous call's, self-conditioning
 
-        def call(z: torch.Tensor, sigma: float, block: int) -> torch.Tensor:
+        def call(z: torch.Tensor, sigma: float, block: int = 0) -> torch.Tensor:
             s = torch.full((n, positions), sigma, device=self.device)
             if not last_only:
-                return self.denoise(e, z, s)
-            return TruncatedBPTTRecurrent._last(
-                lambda e_, z_, s_: self.denoise(e_, z_, s_[..., 0]), e, z, s[..., None]
-            )
+                logits = self.denoise(e, z, s, estimate[0])
+            else:
+                given = estimate[0]
+                pad = None if given is None else given.expand(-1, t, -1)
+                logits = TruncatedBPTTRecurrent._last(
+                    lambda e_, z_, s_: self.denoise(e_, z_, s_[..., 0], pad), e, z, s[..., None]
+                )
+            if sc:
+                estimate[0] = self.bridge(logits)
+            return logits
 
-        return chain(call, z.to(self.device), levels, bridge=self.bridge)
+        if self.config.readout == "refine":
+            zero = torch.zeros(n, positions, h, device=self.device)
+            for _ in range(k if sc else 1):  # without an estimate to read, calls repeat
+                logits = call(zero, self.schedule.sigma_max)
+            return logits
+        z = self.schedule.sigma_max * torch.randn(n, positions, h, generator=generator)
+        return chain(call, z.to(self.device), self.levels(k), bridge=self.bridge)
 
 
 # Presets of this task: name -> (config overrides, one-line description); the registry gathers
@@ -377,6 +429,33 @@ PRESETS: dict[str, tuple[dict[str, Any], str]] = {
         ),  # fmt: skip
         "paper-like recurrent depth: 2 prelude, 4-layer core, 2 coda (hidden 128), Shakespeare "
         "characters; bptt: 16 iterations on average, backprop through 4",
+    ),
+    "recurrent-shakespeare-small": (
+        dict(
+            data="shakespeare",
+            seq_len=64,
+            train_subset=32000,
+            hidden=64,
+            heads=4,
+            prelude=1,
+            core=2,
+            coda=1,
+            depth=4,
+            mean_iterations=8,
+            truncation=4,
+            inference_steps=8,
+            epochs=1,
+            batch_size=32,
+            lr=2e-3,
+            eval_sequences=512,
+            gen_prompts=16,
+            gen_prompt_len=16,
+            gen_length=48,
+            log_every=50,
+        ),  # fmt: skip
+        "recurrent depth a few CPU minutes per method: the ar-shakespeare-small data and "
+        "training (1,000 steps), 1 prelude, 2-layer core, 1 coda (hidden 64); bptt: 8 iterations "
+        "on average, backprop through 4; K = 8 at inference",
     ),
     "recurrent-tiny": (
         dict(
