@@ -176,10 +176,13 @@ def test_readout_diagnostics_score_the_same_masking_draws():
     diag = task.readout_diagnostics(seqs, draws=2, seed=5)
     alone = [row["bpc"] for row in diag["block_alone"]]
     assert alone[0] != pytest.approx(alone[1], abs=1e-3)
+    assert diag["interval_shares"][0] != pytest.approx(diag["interval_shares"][1], rel=1e-3)
     blocks[1].load_state_dict(blocks[0].state_dict())
     routed = task.estimate_bpc(seqs, 2, 5)["bpc"]
     diag = task.readout_diagnostics(seqs, draws=2, seed=5)
     for value in [row["bpc"] for row in diag["block_alone"]] + [diag["ensemble"]["bpc"]]:
         assert value == pytest.approx(routed, rel=1e-5)
+    shares = diag["interval_shares"]  # equal blocks, same draws per interval: equal rows
+    assert shares[0] == pytest.approx(shares[1], rel=1e-5) and len(shares[0]) == 2
     with pytest.raises(ConfigError, match="readout"):
         task.estimate_bpc(seqs, 2, 5, readout="block:2")

@@ -120,6 +120,9 @@ class _MaskedLM(TextTask):
             lines.append(f"  block {row['block']} alone at every t: BPC {row['bpc']:.4f}")
         if "ensemble" in ev:
             lines.append(f"  every block, log-probs averaged: BPC {ev['ensemble']['bpc']:.4f}")
+        for b, row in enumerate(ev.get("interval_shares", [])):
+            cells = ", ".join(f"{x:.3f}" for x in row)
+            lines.append(f"  block {b} on each block's interval: BPC shares {cells}")
         return lines
 
     headline_metric = ("bpc", "held-out BPC")
@@ -380,7 +383,32 @@ class BlockwiseMaskedLM(_MaskedLM):
             est = self.estimate_bpc(seqs, draws, seed, readout=f"block:{b}")
             alone.append({"block": b, **{k: est[k] for k in keep}})
         est = self.estimate_bpc(seqs, draws, seed, readout="ensemble")
-        return {"block_alone": alone, "ensemble": {k: est[k] for k in keep}}
+        return {
+            "block_alone": alone,
+            "ensemble": {k: est[k] for k in keep},
+            "interval_shares": self.interval_shares(seqs[: min(len(seqs), 256)], seed + 29),
+        }
+
+    @torch.no_grad()
+    def interval_shares(self, seqs: torch.Tensor, seed: int) -> list[list[float]]:
+        """``[b][i]``: block b's share of the ELBO (bits per character) on block i's interval,
+        every block scored on the same masking draws of that interval (the diagonal is the
+        routed model's ``per_unit``, with other draws): which block predicts best where."""
+        self.model.eval()
+        ids = seqs.to(self.device)
+        rows: list[list[float]] = []
+        for block in range(self.config.num_blocks):
+            row = []
+            for interval in range(self.config.num_blocks):
+                gen = torch.Generator().manual_seed(seed + interval)  # same draws for every block
+                lo, hi = self.partition.interval(interval)
+                lo_t = max(lo, T_MIN)
+                t = lo_t + (hi - lo_t) * torch.rand(len(ids), generator=gen, dtype=torch.float64)
+                terms = self.elbo_terms(block, ids, t, gen)
+                row.append(float(terms.mean()) * (hi - lo) / math.log(2))
+            rows.append(row)
+        self.model.train()
+        return rows
 
     def network(self, block: int, ids: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return self.model.run_block(block, ids, t)
