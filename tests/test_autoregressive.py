@@ -164,3 +164,22 @@ def test_readout_ensemble_predicts_and_generates_with_the_averaged_blocks():
     assert ev_chain["heldout_ce"] == ev["chain_call"]["heldout_ce"]
     saved = {k: v for k, v in vars(task.config).items() if k != "readout"}
     assert config_from_dict(type(task.config), saved).readout == "chain"
+
+
+def test_resuming_a_run_saved_before_readout_keeps_its_chain(tmp_path, capsys):
+    """A run folder whose config.json predates ``readout`` resumes with its preset (whose
+    field default is now the ensemble) without a refusal and keeps the chain it trained with;
+    evaluating it with the ensemble is one --set away."""
+    run = tmp_path / "old"
+    args = ["train", "--preset", "ar-tiny", "--set", "epochs=0.5", "--set", "gen_prompts=0"]
+    assert main([*args, "--out", str(run), "--no-progress"]) == 0
+    saved = json.loads((run / "config.json").read_text())
+    for group in (saved["config"], *[v for v in saved["config"].values() if isinstance(v, dict)]):
+        group.pop("readout", None)
+    (run / "config.json").write_text(json.dumps(saved))
+    capsys.readouterr()
+    assert main([*args, "--out", str(run), "--resume", "--no-progress"]) == 0
+    assert main(["eval", "--run", str(run), "--json"]) == 0
+    assert not json.loads(capsys.readouterr().out.splitlines()[-1])["ce_is_likelihood"]  # chain
+    assert main(["eval", "--run", str(run), "--set", "readout=ensemble", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out.splitlines()[-1])["ce_is_likelihood"]

@@ -164,8 +164,8 @@ def test_user_text_file_and_seq_len_errors(tmp_path, capsys):
 
 def test_readout_diagnostics_score_the_same_masking_draws():
     """Block k alone, the ensemble and the routed estimate use the same masking draws: with the
-    two blocks' weights made equal, all four readouts agree; with the trained (different)
-    weights they differ, and an unknown readout is refused by name."""
+    two blocks' weights made equal, all four readouts agree; with different (random) weights
+    they differ, and an unknown readout is refused by name."""
     task = mdm_task(method="dblocks")
     seqs = task.split_seqs("val")[:16]
     blocks = task.model.blocks

@@ -121,7 +121,7 @@ def test_self_conditioning_starts_as_the_plain_model_and_trains_its_projection()
     plain, sc = rec_task(method="dblocks"), rec_task(method="dblocks", self_condition=0.5)
     assert plain.model.stack.estimate_in is None
     names = set(sc.model.state_dict()) - set(plain.model.state_dict())
-    assert names == {"blocks.0.estimate_in.weight", "blocks.0.estimate_in.bias"}
+    assert names == {"blocks.0.estimate_in.weight"}  # no bias: no estimate == a zero estimate
     for key, value in plain.model.state_dict().items():
         assert torch.equal(sc.model.state_dict()[key], value)
     ids = plain.test_seqs[:2]
@@ -138,27 +138,44 @@ def test_self_conditioning_starts_as_the_plain_model_and_trains_its_projection()
     assert calls == [False, True]  # the estimate's pass has no graph
     assert sc.layer_evals(0) == 4 + 3 and sc.backward_layer_evals(0) == 4
     assert sc.model.stack.estimate_in.weight.grad.abs().sum() > 0
+    with torch.no_grad():  # after a step: the first call (no estimate) is the trained path
+        for p in sc.model.parameters():
+            if p.grad is not None:
+                p.sub_(0.1 * p.grad)
+        assert sc.model.stack.estimate_in.weight.abs().sum() > 0
+        zeros = torch.zeros(e.shape)
+        assert torch.equal(sc.denoise(e, z, sigma, None), sc.denoise(e, z, sigma, zeros))
 
 
 def test_refine_readout_iterates_only_with_an_estimate_to_read():
     """readout=refine: calls at sigma_max on z = 0 (no draw). Without self-conditioning every
-    call is the same, so K calls equal one; with a (non-zero) projection the K-th call reads the
-    previous estimate and differs from the first. The chain and refine differ; both run when
-    generating."""
+    call is the same, so K calls equal one (and cost one); with a (non-zero) projection the K-th
+    call reads the previous estimate and differs from the first. The chain and refine differ;
+    both run when generating; refine's CE is a likelihood, the chain's is not."""
     for sc in (0.0, 0.5):
         task = rec_task(method="dblocks", self_condition=sc, readout="refine")
-        if sc:
-            with torch.no_grad():
+        with torch.no_grad():  # the head is zero at initialisation: every logit 0
+            task.model.head.linear.weight.normal_(0, 1.0)
+            if sc:
                 task.model.stack.estimate_in.weight.normal_(0, 1.0)
-                task.model.head.linear.weight.normal_(0, 1.0)
         ids = task.test_seqs[:2]
         one, three = (task.predict_logits(ids, torch.Generator().manual_seed(0), steps=k)
                       for k in (1, 3))  # fmt: skip
         assert torch.equal(one, three) == (sc == 0)
         gen = torch.Generator().manual_seed(0)
         assert torch.equal(task.predict_logits(ids, gen, steps=3), three)  # no draw
-        text, _ = task.generate_text(5, torch.Generator().manual_seed(0), "KING", temperature=0)
+        text, info = task.generate_text(5, torch.Generator().manual_seed(0), "KING",
+                                        temperature=0)  # fmt: skip
         assert len(text) == 5
+        assert info["core_applications"] == (task.config.inference_steps if sc else 1)
+        assert task.inference_layer_evals(3) == 1 + (3 if sc else 1) * 3  # prelude + (core+coda)
+        assert task.ce_is_likelihood
+        task.config.readout = "chain"
+        chained = make_task(task.config, torch.device("cpu"))
+        chained.model.load_state_dict(task.model.state_dict())
+        assert not chained.ce_is_likelihood and chained.inference_layer_evals(3) == 1 + 3 * 3
+        chain3 = chained.predict_logits(ids, torch.Generator().manual_seed(0), steps=3)
+        assert not torch.equal(chain3, three)
 
 
 def test_recurrent_option_refusals_name_their_key():

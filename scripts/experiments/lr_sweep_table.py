@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +52,13 @@ def main() -> None:
         print(f"chosen: {method} lr {row['lr']:g}")
     if args.json:
         out = {
+            "protocol": {
+                "selected_on": "val",
+                "reported_on": "val (a choice; the final tables read test once)",
+                "seeds": 1,
+                "baselines": sorted({r["method"] for r in rows} - {"dblocks"}),
+                "command": shlex.join(["python", *sys.argv]),
+            },
             "split": "val",
             "seed": 0,
             "trivial_val_bpc": trivial,

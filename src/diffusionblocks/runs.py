@@ -6,6 +6,7 @@ A run folder holds ``config.json`` (the resolved config), ``metrics.jsonl``, ``c
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import platform
@@ -17,7 +18,14 @@ from typing import Any
 import torch
 
 from .assemble import assemble
-from .config import SAFE_RESUME_KEYS, ConfigError, RunConfig, config_diff, config_from_dict
+from .config import (
+    SAFE_RESUME_KEYS,
+    ConfigError,
+    RunConfig,
+    config_diff,
+    config_from_dict,
+    flat_keys,
+)
 from .eval.fid import EvaluatorError
 from .loading import (  # noqa: F401 - re-exported: the run-folder API in one place
     INFERENCE_KEYS,
@@ -56,6 +64,23 @@ def refuse_existing_run(run_dir: Path) -> None:
         )
 
 
+def keep_saved_defaults(config: RunConfig, saved: RunConfig, run_dir: Path) -> RunConfig:
+    """``config`` with each key the run's saved config.json lacks (written before the key
+    existed; ``saved_defaults`` gives what the run did) kept at the saved run's value where the
+    request carries the key's field default: resuming an older run with its preset must not
+    switch it to a newer default (e.g. ``readout``; ``dblocks eval --set`` changes inference
+    keys). Any other value stays (and is then a change the resume checks)."""
+    try:
+        raw = json.loads((run_dir / "config.json").read_text())["config"]
+        present = set(flat_keys(type(saved), {k: v for k, v in raw.items() if k != "task"}))
+    except (OSError, ValueError, KeyError, TypeError, ConfigError):
+        return config
+    defaults = {f.name: f.default for f in dataclasses.fields(config)}
+    keep = {key: getattr(saved, key) for key in type(saved).saved_defaults
+            if key not in present and getattr(config, key) == defaults.get(key)}  # fmt: skip
+    return dataclasses.replace(config, **keep) if keep else config
+
+
 def prepare_run_dir(
     config: RunConfig | None,
     run_dir: str | os.PathLike,
@@ -78,7 +103,7 @@ def prepare_run_dir(
         if config is None:
             check_moved_data(run_dir, saved, saved)
             return saved
-        config = resolve_paths(config)
+        config = resolve_paths(keep_saved_defaults(config, saved, run_dir))
         diff = config_diff(resolve_paths(saved), config)  # older runs saved paths as typed
         check_moved_data(run_dir, saved, config)  # a moved data file must hold the same bytes
         if not diff:

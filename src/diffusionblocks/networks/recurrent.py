@@ -65,13 +65,13 @@ class RecurrentStack(nn.Module):
             self.prelude, self.core, self.coda = group(s.prelude), group(s.core), group(s.coda)
         self.adapter = nn.Linear(2 * s.hidden, s.hidden)
         # Self-conditioning: a previous estimate of the target enters the core's input through
-        # a zero-initialised projection (a model trained without it has no such weights).
+        # a zero-initialised linear map without bias, so that no estimate (None) and a zero
+        # estimate are the same input (a model trained without it has no such weights).
         self.estimate_in: nn.Linear | None = None
         if s.self_condition:  # drawing nothing: every other weight as without it
             with torch.random.fork_rng(devices=[]):
-                self.estimate_in = nn.Linear(s.hidden, s.hidden)
+                self.estimate_in = nn.Linear(s.hidden, s.hidden, bias=False)
             nn.init.zeros_(self.estimate_in.weight)
-            nn.init.zeros_(self.estimate_in.bias)
 
     def __len__(self) -> int:
         return len(self.prelude) + len(self.core) + len(self.coda)

@@ -186,7 +186,12 @@ class BlockwiseAR(TokenTargets, CharLM):
 
         gen = fresh()
         result["sigma_max_call"] = self.score(seqs, lambda ids: self.sigma_max_logits(ids, gen))
-        result["ensemble_call"] = self.score(seqs, self.ensemble_logits)
+        if self.config.readout == "ensemble":  # the headline already is the ensemble's
+            keys = ("heldout_ce", "heldout_accuracy", "heldout_characters")
+            result["ensemble_call"] = {k.replace("heldout_characters", "characters"): result[k]
+                                       for k in keys}  # fmt: skip
+        else:
+            result["ensemble_call"] = self.score(seqs, self.ensemble_logits)
         if self.config.readout != "chain":  # the paper's chain beside the default readout
             g = fresh()
             result["chain_call"] = self.score(seqs, lambda ids: self.chain_logits(ids, g))
@@ -349,7 +354,13 @@ class BlockwiseAR(TokenTargets, CharLM):
     ) -> tuple[str, dict[str, Any]]:
         calls = [0] * len(self.model.blocks)
         hidden = self.model.shape.hidden
-        if steps is None and self.config.readout == "ensemble":
+        if steps is not None and self.config.readout == "ensemble":
+            raise ConfigError(
+                "steps counts the calls of the chain, but this run generates with "
+                "readout=ensemble (every block once per character); pass --set readout=chain "
+                "to generate with a chain"
+            )
+        if self.config.readout == "ensemble":
             sigma_max = float(self.schedule.sigma_max)
 
             def ensemble(ids: torch.Tensor) -> torch.Tensor:  # every block once, no draw

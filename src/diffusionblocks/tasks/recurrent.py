@@ -63,15 +63,13 @@ class RecurrentConfig(ARConfig):
     truncation: int = 4  # bptt: backpropagate through the last k iterations only
     init_std: float = 1.0  # bptt: std of the initial state noise
     inference_steps: int = 16  # K: core applications at inference (both methods)
-    # dblocks: probability that a training step gives the core its own first estimate of the
-    # target (self-conditioning; 0 = off, the paper)
-    self_condition: float = 0.0
+    self_condition: float = 0.0  # dblocks: share of examples given the core's first estimate
     # DiffusionBlocks' readouts of K core applications (the baseline iterates its state):
     # "chain": the Euler chain from sigma_max to sigma_min, soft bridge between calls (the
     # paper); "refine": K calls at sigma_max on z = 0 (no draw), each given the previous call's
     # estimate of the target (the soft bridge of its logits) when the model was trained with
     # self_condition; a model without it repeats the same call, so "refine" is its single call.
-    readout: str = "chain"
+    readout: str = "chain"  # dblocks: chain (the paper) | refine (K calls at sigma_max)
     readouts = ("chain", "refine")
 
     baseline_method = "bptt"  # the recurrent-depth baseline is truncated backpropagation
@@ -151,6 +149,10 @@ class _RecurrentLM(CharLM):
         """Layer evaluations per predicted character with k core applications."""
         raise NotImplementedError
 
+    def applications(self, k: int) -> int:
+        """Core applications that K = k runs per predicted character."""
+        return k
+
     def states(
         self, e: torch.Tensor, k: int, generator: torch.Generator, last_only: bool
     ) -> torch.Tensor:
@@ -179,7 +181,7 @@ class _RecurrentLM(CharLM):
             length, generator, prompt, temperature,
             lambda ids: self.states(self.model.encode(ids), k, generator, last_only=True)[0, -1],
         )  # fmt: skip
-        return text, {"core_applications": k}
+        return text, {"core_applications": self.applications(k)}
 
     @torch.no_grad()
     def evaluate(
@@ -308,6 +310,14 @@ class BlockwiseRecurrent(TokenTargets, _RecurrentLM):
     def __init__(self, config: RecurrentConfig, device: torch.device):
         super().__init__(config, device)
         self.schedule = config.noise_schedule()
+        # refine draws no noise: one deterministic prediction per prefix, a likelihood
+        self.ce_is_likelihood = config.readout == "refine"
+
+    def applications(self, k: int) -> int:
+        """Core applications that K = k runs: k, but one for ``refine`` without
+        self-conditioning (its calls would all be the same)."""
+        c = self.config
+        return 1 if c.readout == "refine" and c.self_condition == 0 else k
 
     def denoise(
         self,
@@ -368,8 +378,8 @@ class BlockwiseRecurrent(TokenTargets, _RecurrentLM):
         return self.layers_in_block(block) + extra
 
     def inference_layer_evals(self, k: int) -> int:
-        c = self.config
-        return c.prelude + k * (c.core + c.coda)  # every application reads out for the bridge
+        c = self.config  # every application reads out (for the bridge, or the estimate)
+        return c.prelude + self.applications(k) * (c.core + c.coda)
 
     def states(
         self, e: torch.Tensor, k: int, generator: torch.Generator, last_only: bool
@@ -397,7 +407,7 @@ class BlockwiseRecurrent(TokenTargets, _RecurrentLM):
 
         if self.config.readout == "refine":
             zero = torch.zeros(n, positions, h, device=self.device)
-            for _ in range(k if sc else 1):  # without an estimate to read, calls repeat
+            for _ in range(self.applications(k)):  # without an estimate, calls would repeat
                 logits = call(zero, self.schedule.sigma_max)
             return logits
         z = self.schedule.sigma_max * torch.randn(n, positions, h, generator=generator)

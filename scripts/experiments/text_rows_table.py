@@ -1,0 +1,115 @@
+"""One table from several `dblocks compare` folders of a text task (each run at its own
+settings: a method's lr, an option), with FLOPs and memory relative to a reference row, and for
+masked-diffusion DiffusionBlocks runs their readout diagnostics on val (each block alone, the
+ensemble, the best block per interval from ``interval_shares``: from ``eval-val.json`` beside
+a run's results.json when present, else its results.json). Mean and sample s.d. over seeds.
+
+    python scripts/experiments/text_rows_table.py NAME=COMPARE_FOLDER... --reference NAME \
+      --json OUT
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+from pathlib import Path
+from typing import Any
+
+from diffusionblocks.comparison import mean_sd
+
+
+def diagnostics(runs: list[Path]) -> dict[str, Any]:
+    """Masked-diffusion readouts of the runs' val evaluations (empty for other tasks)."""
+    evs = []
+    for run in runs:
+        extra = run / "eval-val.json"
+        evs.append(json.loads(extra.read_text()) if extra.is_file() else
+                   json.loads((run / "results.json").read_text())["eval_val"])  # fmt: skip
+    if not evs or not all("block_alone" in ev for ev in evs):
+        return {}
+    blocks = len(evs[0]["block_alone"])
+    out: dict[str, Any] = {
+        "routed": mean_sd([ev["bpc"] for ev in evs]),
+        "ensemble": mean_sd([ev["ensemble"]["bpc"] for ev in evs]),
+        **{f"block_{b}_alone": mean_sd([ev["block_alone"][b]["bpc"] for ev in evs])
+           for b in range(blocks)},
+    }  # fmt: skip
+    if all("interval_shares" in ev for ev in evs):
+        diag, best, choice = [], [], []
+        for ev in evs:
+            m = ev["interval_shares"]
+            diag.append(sum(m[i][i] for i in range(blocks)))
+            best.append(sum(min(m[b][i] for b in range(blocks)) for i in range(blocks)))
+            choice.append([min(range(blocks), key=lambda b, i=i: m[b][i]) for i in range(blocks)])
+        out["interval_shares_routed"] = mean_sd(diag)
+        out["interval_shares_best_block_per_interval"] = mean_sd(best)
+        out["best_block_per_interval"] = choice
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("rows", nargs="+", help="NAME=COMPARE_FOLDER")
+    ap.add_argument("--reference", help="the row FLOPs and memory are relative to")
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args()
+    table: dict[str, Any] = {}
+    trivial = None
+    for item in args.rows:
+        name, _, folder = item.partition("=")
+        comparison = json.loads((Path(folder) / "comparison.json").read_text())
+        trivial = comparison.get("trivial", trivial)
+        for row in comparison["rows"]:
+            method = row["method"]  # runs: FOLDER/METHOD/seed-N, or published FOLDER/runs/...
+            runs = [next((p for p in (Path(folder) / method / f"seed-{seed}",
+                                      Path(folder) / "runs" / method / f"seed-{seed}")
+                          if p.is_dir()), Path(folder) / method / f"seed-{seed}")
+                    for seed in row["seeds"]]  # fmt: skip
+            key = name if len(comparison["rows"]) == 1 else f"{name}:{method}"
+            table[key] = {
+                "method": row["method"],
+                "metric": row["metric"],
+                "val": mean_sd(row["val_values"]),
+                "test": mean_sd(row["test_values"]),
+                "train_flops": row["train_flops"],
+                "train_peak_mib": row["train_peak_mib"],
+                "train_seconds": row["train_seconds"],
+                "command": row["command"],
+                "overrides": comparison.get("overrides"),
+                "protocol": comparison.get("protocol"),
+                "diagnostics_val": diagnostics([r for r in runs if r.is_dir()]),
+            }
+    if args.reference and args.reference not in table:
+        raise SystemExit(f"--reference {args.reference}: no such row ({', '.join(table)})")
+    ref = table.get(args.reference) if args.reference else None
+    for name, row in table.items():
+        if ref:
+            row["flops_vs_reference"] = row["train_flops"] / ref["train_flops"]
+            row["memory_vs_reference"] = row["train_peak_mib"] / ref["train_peak_mib"]
+        v, t = row["val"], row["test"]
+        print(f"{name:28s} val {v['mean']:.4f} ± {v['sd'] or 0:.4f}  test {t['mean']:.4f} ± "
+              f"{t['sd'] or 0:.4f}  FLOPs {row.get('flops_vs_reference', 1):.2f}x  memory "
+              f"{row.get('memory_vs_reference', 1):.2f}x")  # fmt: skip
+        for key, value in row["diagnostics_val"].items():
+            if isinstance(value, dict):
+                print(f"    {key:40s} {value['mean']:.4f} ± {value['sd'] or 0:.4f}")
+            else:
+                print(f"    {key:40s} {value}")
+    if args.json:
+        protocol = {
+            "selected_on": "val",
+            "reported_on": "test",
+            "seeds": min(len(row["val"]["values"]) for row in table.values()),
+            "baselines": sorted({row["method"] for row in table.values()} - {"dblocks"})
+            + ["trivial"],
+            "command": shlex.join(["python", *sys.argv]),
+        }
+        out = {"protocol": protocol, "reference": args.reference, "trivial": trivial,
+               "rows": table}  # fmt: skip
+        args.json.write_text(json.dumps(out, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
