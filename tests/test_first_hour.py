@@ -316,18 +316,27 @@ def test_every_logged_key_is_in_the_legend(preset, method, tmp_path):
     assert keys and not [k for k in keys if legend_entry(legend, k) is None]
 
 
-def test_compare_on_recurrent_depth_keeps_likelihoods_apart(tmp_path, capsys):
+@pytest.mark.parametrize("readout", ["refine", "chain"])
+def test_compare_on_recurrent_depth_keeps_likelihoods_apart(tmp_path, capsys, readout):
+    """The default readout (refine, no draw) is a likelihood and the headline; the paper's
+    chain is not: it gets its own column and no headline."""
     corpus = tmp_path / "c.txt"
     corpus.write_text("".join(f"{i} to be or not to be, that is it.\n" for i in range(300)))
     out = tmp_path / "cmp"
-    assert main(["compare", "--preset", "recurrent-tiny", "--set", f"data={corpus}", "--out",
-                 str(out), "--no-progress"]) == 0  # fmt: skip
+    assert main(["compare", "--preset", "recurrent-tiny", "--set", f"data={corpus}", "--set",
+                 f"readout={readout}", "--out", str(out), "--no-progress"]) == 0  # fmt: skip
     rows = json.loads((out / "comparison.json").read_text())["rows"]
     bptt, blocks = rows
     assert bptt["method"] == "bptt" and bptt["value"] == bptt["heldout_ce"] > 0
-    assert "chain_ce_not_likelihood" not in bptt and blocks["chain_ce_not_likelihood"] > 0
-    assert blocks["value"] != blocks["value"]  # NaN: this task has no one-call likelihood
-    assert "chain's final-step CE (not a likelihood)" in capsys.readouterr().out
+    assert "chain_ce_not_likelihood" not in bptt
+    printed = capsys.readouterr().out
+    if readout == "refine":
+        assert blocks["value"] == blocks["heldout_ce"] > 0
+        assert "chain_ce_not_likelihood" not in blocks
+    else:
+        assert blocks["chain_ce_not_likelihood"] > 0
+        assert blocks["value"] != blocks["value"]  # NaN: this task has no one-call likelihood
+        assert "chain's final-step CE (not a likelihood)" in printed
 
 
 def test_text_sampling_defaults_to_what_the_context_leaves(tmp_path, capsys):

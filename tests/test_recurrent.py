@@ -82,8 +82,10 @@ def test_compute_accounting_is_exact():
 
 
 def test_inference_depth_changes_the_cost_and_runs():
+    # dblocks with the chain: K applications (the default refine runs one without
+    # self-conditioning: test_refine_readout_iterates_only_with_an_estimate_to_read)
     for method in ("bptt", "dblocks"):
-        task = rec_task(method=method)
+        task = rec_task(method=method, **({"readout": "chain"} if method == "dblocks" else {}))
         ids = task.test_seqs[:2]
         for k in (1, 3):
             logits = task.predict_logits(ids, torch.Generator().manual_seed(0), steps=k)
@@ -107,7 +109,13 @@ def test_cli_end_to_end_with_depth_sweep(tmp_path, capsys):
         assert main(["sample", "--run", run, "--prompt", "KING", "--length", "6",
                      "--steps", "2"]) == 0  # fmt: skip
         out, err = capsys.readouterr()
-        assert out.startswith("KING") and "core applications per character 2" in err
+        # dblocks' default readout (refine) without self-conditioning: one application
+        applications = 2 if method == "bptt" else 1
+        assert out.startswith("KING") and f"core applications per character {applications}" in err
+        if method == "dblocks":
+            assert main(["sample", "--run", run, "--prompt", "KING", "--length", "6",
+                         "--steps", "2", "--set", "readout=chain"]) == 0  # fmt: skip
+            assert "core applications per character 2" in capsys.readouterr().err
     assert main(["train", "--preset", "recurrent-tiny", "--set", "method=e2e"]) == 2
     assert "choose one of dblocks, bptt" in capsys.readouterr().err
     assert main(["train", "--preset", "recurrent-tiny", "--set", "core=3"]) == 2

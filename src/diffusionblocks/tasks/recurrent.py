@@ -65,12 +65,14 @@ class RecurrentConfig(ARConfig):
     inference_steps: int = 16  # K: core applications at inference (both methods)
     self_condition: float = 0.0  # dblocks: share of examples given the core's first estimate
     # DiffusionBlocks' readouts of K core applications (the baseline iterates its state):
-    # "chain": the Euler chain from sigma_max to sigma_min, soft bridge between calls (the
-    # paper); "refine": K calls at sigma_max on z = 0 (no draw), each given the previous call's
-    # estimate of the target (the soft bridge of its logits) when the model was trained with
-    # self_condition; a model without it repeats the same call, so "refine" is its single call.
-    readout: str = "chain"  # dblocks: chain (the paper) | refine (K calls at sigma_max)
-    readouts = ("chain", "refine")
+    # "refine" (default, chosen on val: docs/results/recurrent/): K calls at sigma_max on z = 0
+    # (no draw), each given the previous call's estimate of the target (the soft bridge of its
+    # logits) when the model was trained with self_condition; a model without it would repeat
+    # the same call, so "refine" is then ONE application, a feed-forward pass; "chain": the Euler
+    # chain from sigma_max to sigma_min, soft bridge between calls (the paper). Runs saved before
+    # the key existed keep the chain (ARConfig.saved_defaults).
+    readout: str = "refine"  # dblocks: refine (K calls at sigma_max) | chain (the paper)
+    readouts = ("refine", "chain")
 
     baseline_method = "bptt"  # the recurrent-depth baseline is truncated backpropagation
 
