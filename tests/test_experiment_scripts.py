@@ -94,3 +94,41 @@ def test_readout_scripts_agree_with_dblocks_eval(tmp_path, capsys):
     readouts = load("chain_readouts").readouts(run)
     key = "every block at sigma_max, z = 0, mean log-prob (readout=ensemble)"
     assert readouts[key] == ev["readouts"]["ensemble"]
+
+
+def test_text_rows_diagnostics_and_lr_choice_from_recorded_evaluations(tmp_path, monkeypatch):
+    """text_rows_table.diagnostics averages the masked-LM readouts over seeds and picks, per
+    interval, the block with the lowest ELBO share; lr_sweep_table chooses each method's lr by
+    the lowest val BPC."""
+    rows = load("text_rows_table")
+    runs = []
+    for seed, (routed, shares) in enumerate([(3.5, [[1.4, 1.2], [1.3, 0.9]]),
+                                              (3.7, [[1.2, 1.1], [1.5, 1.0]])]):  # fmt: skip
+        run = tmp_path / f"seed-{seed}"
+        run.mkdir()
+        ev = {"bpc": routed, "ensemble": {"bpc": routed - 0.1},
+              "block_alone": [{"bpc": routed + 0.2}, {"bpc": routed - 0.2}],
+              "interval_shares": shares}  # fmt: skip
+        (run / "eval-val.json").write_text(json.dumps(ev))
+        runs.append(run)
+    out = rows.diagnostics(runs)
+    assert out["routed"]["mean"] == pytest.approx(3.6) and out["ensemble"]["mean"] == 3.5
+    assert out["block_1_alone"]["mean"] == pytest.approx(3.4)
+    assert out["best_block_per_interval"] == [[1, 1], [0, 1]]
+    assert out["interval_shares_best_block_per_interval"]["values"] == pytest.approx([2.2, 2.2])
+    assert rows.diagnostics([]) == {}
+    sweep = tmp_path / "sweep"
+    for method, lr, bpc in [("e2e", 1e-3, 4.0), ("e2e", 2e-3, 4.8), ("dblocks", 1e-3, 3.5),
+                            ("dblocks", 2e-3, 3.4)]:  # fmt: skip
+        run = sweep / f"{method}-lr{lr:g}"
+        run.mkdir(parents=True)
+        results = {"eval_val": {"bpc": bpc, "bpc_stderr": 0.02}, "config": {"method": method,
+                   "lr": lr}, "trivial": {"val": {"bpc": 4.8}}, "timing": {"train_seconds": 1},
+                   "command": "dblocks train ..."}  # fmt: skip
+        (run / "results.json").write_text(json.dumps(results))
+    monkeypatch.setattr("sys.argv", ["lr_sweep_table.py", str(sweep), "--json",
+                                     str(tmp_path / "s.json")])  # fmt: skip
+    load("lr_sweep_table").main()
+    chosen = json.loads((tmp_path / "s.json").read_text())
+    assert chosen["chosen_lr"] == {"dblocks": 2e-3, "e2e": 1e-3}
+    assert chosen["protocol"]["selected_on"] == "val"

@@ -63,10 +63,18 @@ def main() -> None:
         trivial = comparison.get("trivial", trivial)
         for row in comparison["rows"]:
             method = row["method"]  # runs: FOLDER/METHOD/seed-N, or published FOLDER/runs/...
-            runs = [next((p for p in (Path(folder) / method / f"seed-{seed}",
-                                      Path(folder) / "runs" / method / f"seed-{seed}")
-                          if p.is_dir()), Path(folder) / method / f"seed-{seed}")
-                    for seed in row["seeds"]]  # fmt: skip
+            places = [Path(folder) / method, Path(folder) / "runs" / method]
+            runs = [
+                next(
+                    (
+                        p
+                        for p in [*(d / f"seed-{seed}" for d in places), *places]
+                        if (p / "results.json").is_file()
+                    ),
+                    places[0],
+                )
+                for seed in row["seeds"]
+            ]  # fmt: skip (one seed: no seed-N folder)
             key = name if len(comparison["rows"]) == 1 else f"{name}:{method}"
             table[key] = {
                 "method": row["method"],
@@ -101,7 +109,8 @@ def main() -> None:
         protocol = {
             "selected_on": "val",
             "reported_on": "test",
-            "seeds": min(len(row["val"]["values"]) for row in table.values()),
+            "seeds": max(len(row["val"]["values"]) for row in table.values()),
+            "seeds_per_row": {name: len(row["val"]["values"]) for name, row in table.items()},
             "baselines": sorted({row["method"] for row in table.values()} - {"dblocks"})
             + ["trivial"],
             "command": shlex.join(["python", *sys.argv]),
