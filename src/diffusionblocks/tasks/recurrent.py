@@ -37,6 +37,7 @@ from torch import nn
 from ..config import ConfigError, _check
 from ..diffusion import chain, edm_denoise, weighted_loss
 from ..networks.recurrent import RecurrentDepthLM, RecurrentShape
+from .autoregressive import PRESETS as AR_PRESETS
 from .autoregressive import TokenTargets
 from .charlm import ARConfig, CharLM
 
@@ -416,6 +417,11 @@ class BlockwiseRecurrent(TokenTargets, _RecurrentLM):
         return chain(call, z.to(self.device), self.levels(k), bridge=self.bridge)
 
 
+# Keys recurrent-shakespeare-small takes from ar-shakespeare-small (everything but the network).
+SMALL_SHARED = ("data", "seq_len", "train_subset", "hidden", "heads", "epochs", "batch_size",
+                "lr", "eval_sequences", "gen_prompts", "gen_prompt_len", "gen_length",
+                "log_every")  # fmt: skip
+
 # Presets of this task: name -> (config overrides, one-line description); the registry gathers
 # every task's presets (`dblocks presets`).
 PRESETS: dict[str, tuple[dict[str, Any], str]] = {
@@ -444,11 +450,8 @@ PRESETS: dict[str, tuple[dict[str, Any], str]] = {
     ),
     "recurrent-shakespeare-small": (
         dict(
-            data="shakespeare",
-            seq_len=64,
-            train_subset=32000,
-            hidden=64,
-            heads=4,
+            # the data and training of ar-shakespeare-small, so the two tables line up
+            **{k: AR_PRESETS["ar-shakespeare-small"][0][k] for k in SMALL_SHARED},
             prelude=1,
             core=2,
             coda=1,
@@ -456,14 +459,6 @@ PRESETS: dict[str, tuple[dict[str, Any], str]] = {
             mean_iterations=8,
             truncation=4,
             inference_steps=8,
-            epochs=1,
-            batch_size=32,
-            lr=2e-3,
-            eval_sequences=512,
-            gen_prompts=16,
-            gen_prompt_len=16,
-            gen_length=48,
-            log_every=50,
         ),  # fmt: skip
         "recurrent depth a few CPU minutes per method: the ar-shakespeare-small data and "
         "training (1,000 steps), 1 prelude, 2-layer core, 1 coda (hidden 64); bptt: 8 iterations "
