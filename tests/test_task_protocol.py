@@ -128,8 +128,10 @@ def test_one_sample_call_for_every_task():
     assert isinstance(a, torch.Tensor) and torch.equal(a, b) and info["steps"] == 3
     with pytest.raises(ConfigError, match="takes no length, temperature"):
         images.sample(gen(), labels=labels, length=4, temperature=0.5)
+    with pytest.raises(ConfigError, match="readout=chain"):  # the AR ensemble has no steps
+        make_task(make_config("ar-tiny")).sample(gen(), length=5, steps=2)
     for preset in ("ar-tiny", "mdm-tiny", "recurrent-tiny"):
-        text = make_task(make_config(preset))
+        text = make_task(make_config(preset, {"readout": "chain"} if preset == "ar-tiny" else {}))
         s, _ = text.sample(gen(), length=5, prompt="the ", steps=2, temperature=0.7)
         t, _ = text.generate_text(5, gen(), "the ", 2, 0.7)
         assert s == t and len(s) == 5, preset
