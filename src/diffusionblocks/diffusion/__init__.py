@@ -12,7 +12,15 @@ from .noise import (
     max_edm_weight,
 )
 from .partition import PARTITIONS, BlockPartition, partition_boundaries, widen_interval
-from .samplers import GRIDS, chain, chain_levels, euler_sample, euler_step, sigma_grid
+from .samplers import (
+    GRIDS,
+    chain,
+    chain_levels,
+    euler_sample,
+    euler_step,
+    mean_log_probs,
+    sigma_grid,
+)
 from .weighting import WEIGHTINGS, weighted_loss
 
 __all__ = [
@@ -31,6 +39,7 @@ __all__ = [
     "lognormal_cdf",
     "lognormal_icdf",
     "max_edm_weight",
+    "mean_log_probs",
     "partition_boundaries",
     "sigma_grid",
     "soft_bridge",

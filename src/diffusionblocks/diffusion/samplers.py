@@ -122,3 +122,9 @@ def chain(
         if i + 1 < len(levels):
             z = euler_step(z, bridge(out), sigma, levels[i + 1])
     return out
+
+
+def mean_log_probs(logits: list[torch.Tensor]) -> torch.Tensor:
+    """The ensemble readout's pooling: the mean of the calls' log-probabilities over the last
+    axis (not renormalised; a softmax or cross-entropy of it renormalises)."""
+    return torch.stack([x.log_softmax(-1) for x in logits]).mean(0)

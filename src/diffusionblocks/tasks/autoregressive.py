@@ -30,6 +30,7 @@ from ..diffusion import (
     chain,
     chain_levels,
     edm_denoise,
+    mean_log_probs,
     soft_bridge,
     unit_table,
     weighted_loss,
@@ -187,9 +188,9 @@ class BlockwiseAR(TokenTargets, CharLM):
         gen = fresh()
         result["sigma_max_call"] = self.score(seqs, lambda ids: self.sigma_max_logits(ids, gen))
         if self.config.readout == "ensemble":  # the headline already is the ensemble's
-            keys = ("heldout_ce", "heldout_accuracy", "heldout_characters")
-            result["ensemble_call"] = {k.replace("heldout_characters", "characters"): result[k]
-                                       for k in keys}  # fmt: skip
+            result["ensemble_call"] = {"heldout_ce": result["heldout_ce"],
+                                       "heldout_accuracy": result["heldout_accuracy"],
+                                       "characters": result["heldout_characters"]}  # fmt: skip
         else:
             result["ensemble_call"] = self.score(seqs, self.ensemble_logits)
         if self.config.readout != "chain":  # the paper's chain beside the default readout
@@ -214,9 +215,8 @@ class BlockwiseAR(TokenTargets, CharLM):
         n, t = ids.shape
         z = torch.zeros(n, t, self.model.shape.hidden, device=self.device)
         levels = torch.full((n, t), self.schedule.sigma_max, device=self.device)
-        logps = [self.denoise_logits(b, ids, z, levels)[0].log_softmax(-1)
-                 for b in range(len(self.model.blocks))]  # fmt: skip
-        return torch.stack(logps).mean(0).log_softmax(-1)[:, 1:]
+        logits = [self.denoise_logits(b, ids, z, levels)[0] for b in range(len(self.model.blocks))]
+        return mean_log_probs(logits).log_softmax(-1)[:, 1:]
 
     def sigma_max_logits(self, ids: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """Logits (N, T-1, V) of the noisiest block, called once on z ~ sigma_max N(0, I): the
@@ -366,12 +366,11 @@ class BlockwiseAR(TokenTargets, CharLM):
             def ensemble(ids: torch.Tensor) -> torch.Tensor:  # every block once, no draw
                 caches: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {}
                 z = torch.zeros(1, 1, hidden, device=self.device)
-                logps = []
                 for block in range(len(calls)):
                     calls[block] += 1
-                    logits = self._noisy_logits(block, ids, z, sigma_max, caches, cache)
-                    logps.append(logits.log_softmax(-1))
-                return torch.stack(logps).mean(0).log_softmax(-1)
+                logits = [self._noisy_logits(block, ids, z, sigma_max, caches, cache)
+                          for block in range(len(calls))]  # fmt: skip
+                return mean_log_probs(logits).log_softmax(-1)
 
             text = self._autoregress(length, generator, prompt, temperature, ensemble)
             return text, {"readout": "ensemble", "calls_per_unit": calls}

@@ -26,7 +26,14 @@ import torch.nn.functional as F
 
 from ..config import ConfigError, _check
 from ..data.images import ImageDataset, load_image_dataset
-from ..diffusion import chain, chain_levels, edm_denoise, soft_bridge, weighted_loss
+from ..diffusion import (
+    chain,
+    chain_levels,
+    edm_denoise,
+    mean_log_probs,
+    soft_bridge,
+    weighted_loss,
+)
 from ..eval.classification import block_diagnostics
 from ..networks.layers import seeded
 from ..networks.placement import to_device
@@ -406,8 +413,7 @@ class BlockwiseClassification(_ImageClassification):
         for b in range(self.config.num_blocks):  # the stem once, unless blocks own copies of it
             patches = self.block_patches(b, images) if shared is None else shared
             calls.append((b, s_max, self.block_logits(b, z, sigmas, patches)))
-        mean = torch.stack([logits.log_softmax(-1) for _, _, logits in calls]).mean(0)
-        return mean, calls
+        return mean_log_probs([logits for _, _, logits in calls]), calls
 
     def _route(self, sigma: float) -> int:
         return int(self.partition.block_of(sigma))

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from ..config import ConfigError, RunConfig, _check, check_layer_split, check_transformer
+from ..diffusion import mean_log_probs
 from ..diffusion.masking import (
     T_MIN,
     TimePartition,
@@ -245,8 +246,7 @@ class _MaskedLM(TextTask):
         if readout == "ensemble":
 
             def pooled(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-                logps = [self.network(b, x_t, t).log_softmax(-1) for b in range(blocks)]
-                return torch.stack(logps).mean(0)  # cross_entropy renormalises
+                return mean_log_probs([self.network(b, x_t, t) for b in range(blocks)])
 
             return pooled
         if readout.startswith("block:") and readout[6:].isdigit() and int(readout[6:]) < blocks:
@@ -396,19 +396,22 @@ class BlockwiseMaskedLM(_MaskedLM):
         routed model's ``per_unit``, with other draws): which block predicts best where."""
         self.model.eval()
         ids = seqs.to(self.device)
-        rows: list[list[float]] = []
-        for block in range(self.config.num_blocks):
-            row = []
-            for interval in range(self.config.num_blocks):
-                gen = torch.Generator().manual_seed(seed + interval)  # same draws for every block
-                lo, hi = self.partition.interval(interval)
-                lo_t = max(lo, T_MIN)
-                t = lo_t + (hi - lo_t) * torch.rand(len(ids), generator=gen, dtype=torch.float64)
-                terms = self.elbo_terms(block, ids, t, gen)
-                row.append(float(terms.mean()) * (hi - lo) / math.log(2))
-            rows.append(row)
+        B = self.config.num_blocks
+        rows = [[self.interval_share(block, interval, ids,  # the same draws for every block
+                                     torch.Generator().manual_seed(seed + interval))
+                 for interval in range(B)] for block in range(B)]  # fmt: skip
         self.model.train()
         return rows
+
+    def interval_share(
+        self, block: int, interval: int, ids: torch.Tensor, gen: torch.Generator
+    ) -> float:
+        """``block``'s share of the ELBO (bits per character) on ``interval``'s masking times:
+        one t uniform in that interval per sequence, the mean term times the interval's width."""
+        lo, hi = self.partition.interval(interval)
+        lo_t = max(lo, T_MIN)
+        t = lo_t + (hi - lo_t) * torch.rand(len(ids), generator=gen, dtype=torch.float64)
+        return float(self.elbo_terms(block, ids, t, gen).mean()) * (hi - lo) / math.log(2)
 
     def network(self, block: int, ids: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return self.model.run_block(block, ids, t)
@@ -423,14 +426,11 @@ class BlockwiseMaskedLM(_MaskedLM):
         gen = torch.Generator().manual_seed(seed)
         out = []
         self.model.eval()
-        for block in range(self.config.num_blocks):
-            lo, hi = self.partition.interval(block)
-            ids = seqs.to(self.device)
-            lo_t = max(lo, T_MIN)
-            t = lo_t + (hi - lo_t) * torch.rand(len(ids), generator=gen, dtype=torch.float64)
-            terms = self.elbo_terms(block, ids, t, gen)
-            share = float(terms.mean()) * (hi - lo) / math.log(2)
-            out.append({"block": block, "t_interval": [lo, hi], "bpc_share": share})
+        ids = seqs.to(self.device)
+        for block in range(self.config.num_blocks):  # one generator: the draws of before
+            share = self.interval_share(block, block, ids, gen)
+            interval = list(self.partition.interval(block))
+            out.append({"block": block, "t_interval": interval, "bpc_share": share})
         self.model.train()
         return out
 
