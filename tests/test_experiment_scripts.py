@@ -132,3 +132,22 @@ def test_text_rows_diagnostics_and_lr_choice_from_recorded_evaluations(tmp_path,
     chosen = json.loads((tmp_path / "s.json").read_text())
     assert chosen["chosen_lr"] == {"dblocks": 2e-3, "e2e": 1e-3}
     assert chosen["protocol"]["selected_on"] == "val"
+
+
+def test_lr_sweep_table_chooses_the_highest_val_accuracy_for_classification(tmp_path, monkeypatch):
+    """For a classification sweep the metric is val accuracy, higher is better (BPC is lower)."""
+    sweep = tmp_path / "sweep"
+    for method, lr, acc in [("e2e", 1e-3, 0.90), ("e2e", 2e-3, 0.92), ("e2e", 4e-3, 0.91),
+                            ("dblocks", 1e-3, 0.93), ("dblocks", 2e-3, 0.89)]:  # fmt: skip
+        run = sweep / f"{method}-lr{lr:g}"
+        run.mkdir(parents=True)
+        results = {"eval_val": {"accuracy": acc}, "config": {"method": method, "lr": lr},
+                   "trivial": {"val": {"accuracy": 0.09}}, "timing": {"train_seconds": 1},
+                   "command": "dblocks train ..."}  # fmt: skip
+        (run / "results.json").write_text(json.dumps(results))
+    monkeypatch.setattr("sys.argv", ["lr_sweep_table.py", str(sweep), "--json",
+                                     str(tmp_path / "s.json")])  # fmt: skip
+    load("lr_sweep_table").main()
+    out = json.loads((tmp_path / "s.json").read_text())
+    assert out["chosen_lr"] == {"dblocks": 1e-3, "e2e": 2e-3}
+    assert out["trivial_val_accuracy"] == 0.09 and "higher" in out["metric"]

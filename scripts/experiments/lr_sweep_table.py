@@ -1,7 +1,8 @@
-"""The validation table of a learning-rate sweep (`mdm_lr_sweep.sh`): for every run folder
-METHOD-lrLR under OUT, its val BPC (and, for DiffusionBlocks, each block alone and the
-ensemble), the trivial unigram BPC, and the lr each method would take (lowest val BPC). Reads
-val only.
+"""The validation table of a learning-rate sweep (`mdm_lr_sweep.sh`, `lr_sweep.sh`): for every run
+folder METHOD-lrLR under OUT, its val metric (BPC for the masked LM, lower is better, with each
+block alone and the ensemble for DiffusionBlocks; accuracy for classification, higher is
+better), the trivial baseline, and the lr each method would take (best val metric). Reads val
+only.
 
     python scripts/experiments/lr_sweep_table.py OUT --json FILE
 """
@@ -26,28 +27,31 @@ def main() -> None:
     for path in sorted(args.out.glob("*-lr*/results.json")):
         r = json.loads(path.read_text())
         ev, config = r["eval_val"], r["config"]
-        trivial = r["trivial"]["val"]["bpc"]
+        key = "bpc" if "bpc" in ev else "accuracy"
+        trivial = r["trivial"]["val"][key]
         rows.append({
             "method": config["method"],
             "lr": config["lr"],
-            "val_bpc": ev["bpc"],
-            "val_bpc_stderr": ev["bpc_stderr"],
-            "block_alone": [b["bpc"] for b in ev.get("block_alone", [])],
-            "ensemble": ev.get("ensemble", {}).get("bpc"),
+            f"val_{key}": ev[key],
+            **({"val_bpc_stderr": ev["bpc_stderr"]} if key == "bpc" else {}),
+            **({"block_alone": [b["bpc"] for b in ev.get("block_alone", [])],
+                "ensemble": ev.get("ensemble", {}).get("bpc")} if key == "bpc" else {}),
             "train_seconds": r["timing"]["train_seconds"],
             "command": r["command"],
             "run": path.parent.name,
         })  # fmt: skip
     if not rows:
         raise SystemExit(f"{args.out} holds no METHOD-lrLR/results.json")
+    higher_better = key == "accuracy"
+    metric = f"val_{key}"
     chosen = {}
     for row in sorted(rows, key=lambda r: (r["method"], r["lr"])):
         best = chosen.get(row["method"])
-        if best is None or row["val_bpc"] < best["val_bpc"]:
+        if best is None or (row[metric] > best[metric]) == higher_better:
             chosen[row["method"]] = row
-        print(f"{row['method']:12s} lr {row['lr']:<8g} val BPC {row['val_bpc']:.4f} "
-              f"± {row['val_bpc_stderr']:.4f}")  # fmt: skip
-    print(f"trivial (unigram) val BPC {trivial:.4f}")
+        spread = f" ± {row['val_bpc_stderr']:.4f}" if key == "bpc" else ""
+        print(f"{row['method']:12s} lr {row['lr']:<8g} val {key} {row[metric]:.4f}{spread}")
+    print(f"trivial val {key} {trivial:.4f}")
     for method, row in chosen.items():
         print(f"chosen: {method} lr {row['lr']:g}")
     if args.json:
@@ -61,7 +65,8 @@ def main() -> None:
             },
             "split": "val",
             "seed": 0,
-            "trivial_val_bpc": trivial,
+            "metric": f"val {key} ({'higher' if higher_better else 'lower'} is better)",
+            f"trivial_val_{key}": trivial,
             "chosen_lr": {m: r["lr"] for m, r in chosen.items()},
             "rows": rows,
         }
