@@ -117,37 +117,35 @@ def test_text_rows_diagnostics_and_lr_choice_from_recorded_evaluations(tmp_path,
     assert out["best_block_per_interval"] == [[1, 1], [0, 1]]
     assert out["interval_shares_best_block_per_interval"]["values"] == pytest.approx([2.2, 2.2])
     assert rows.diagnostics([]) == {}
-    sweep = tmp_path / "sweep"
-    for method, lr, bpc in [("e2e", 1e-3, 4.0), ("e2e", 2e-3, 4.8), ("dblocks", 1e-3, 3.5),
-                            ("dblocks", 2e-3, 3.4)]:  # fmt: skip
-        run = sweep / f"{method}-lr{lr:g}"
-        run.mkdir(parents=True)
-        results = {"eval_val": {"bpc": bpc, "bpc_stderr": 0.02}, "config": {"method": method,
-                   "lr": lr}, "trivial": {"val": {"bpc": 4.8}}, "timing": {"train_seconds": 1},
-                   "command": "dblocks train ..."}  # fmt: skip
-        (run / "results.json").write_text(json.dumps(results))
-    monkeypatch.setattr("sys.argv", ["lr_sweep_table.py", str(sweep), "--json",
-                                     str(tmp_path / "s.json")])  # fmt: skip
-    load("lr_sweep_table").main()
-    chosen = json.loads((tmp_path / "s.json").read_text())
+    chosen = run_lr_sweep_table(tmp_path, monkeypatch, "bpc", 4.8, [
+        ("e2e", 1e-3, 4.0), ("e2e", 2e-3, 4.8), ("dblocks", 1e-3, 3.5),
+        ("dblocks", 2e-3, 3.4)])  # fmt: skip
     assert chosen["chosen_lr"] == {"dblocks": 2e-3, "e2e": 1e-3}
     assert chosen["protocol"]["selected_on"] == "val"
 
 
 def test_lr_sweep_table_chooses_the_highest_val_accuracy_for_classification(tmp_path, monkeypatch):
     """For a classification sweep the metric is val accuracy, higher is better (BPC is lower)."""
+    out = run_lr_sweep_table(tmp_path, monkeypatch, "accuracy", 0.09, [
+        ("e2e", 1e-3, 0.90), ("e2e", 2e-3, 0.92), ("e2e", 4e-3, 0.91), ("dblocks", 1e-3, 0.93),
+        ("dblocks", 2e-3, 0.89)])  # fmt: skip
+    assert out["chosen_lr"] == {"dblocks": 1e-3, "e2e": 2e-3}
+    assert out["trivial_val_accuracy"] == 0.09 and "higher" in out["metric"]
+
+
+def run_lr_sweep_table(tmp_path, monkeypatch, key, trivial, runs):
+    """Write one results.json per (method, lr, val metric) as lr_sweep.sh lays them out, run
+    lr_sweep_table on them and return the JSON it writes."""
     sweep = tmp_path / "sweep"
-    for method, lr, acc in [("e2e", 1e-3, 0.90), ("e2e", 2e-3, 0.92), ("e2e", 4e-3, 0.91),
-                            ("dblocks", 1e-3, 0.93), ("dblocks", 2e-3, 0.89)]:  # fmt: skip
+    for method, lr, value in runs:
         run = sweep / f"{method}-lr{lr:g}"
         run.mkdir(parents=True)
-        results = {"eval_val": {"accuracy": acc}, "config": {"method": method, "lr": lr},
-                   "trivial": {"val": {"accuracy": 0.09}}, "timing": {"train_seconds": 1},
+        ev = {key: value, **({"bpc_stderr": 0.02} if key == "bpc" else {})}
+        results = {"eval_val": ev, "config": {"method": method, "lr": lr},
+                   "trivial": {"val": {key: trivial}}, "timing": {"train_seconds": 1},
                    "command": "dblocks train ..."}  # fmt: skip
         (run / "results.json").write_text(json.dumps(results))
     monkeypatch.setattr("sys.argv", ["lr_sweep_table.py", str(sweep), "--json",
                                      str(tmp_path / "s.json")])  # fmt: skip
     load("lr_sweep_table").main()
-    out = json.loads((tmp_path / "s.json").read_text())
-    assert out["chosen_lr"] == {"dblocks": 1e-3, "e2e": 2e-3}
-    assert out["trivial_val_accuracy"] == 0.09 and "higher" in out["metric"]
+    return json.loads((tmp_path / "s.json").read_text())
