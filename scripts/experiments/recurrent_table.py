@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from diffusionblocks.comparison import mean_sd
+from diffusionblocks.comparison import cost_ratios, mean_sd, row_costs, spread_line
 
 
 def compare_row(folder: Path) -> dict[str, Any]:
@@ -27,9 +27,7 @@ def compare_row(folder: Path) -> dict[str, Any]:
     return {
         "val_ce": mean_sd(row["val_values"]),
         "test_ce": mean_sd(row["test_values"]),
-        "train_flops": row["train_flops"],
-        "train_peak_mib": row["train_peak_mib"],
-        "command": row["command"],
+        **row_costs(row),
         "trivial": comparison["trivial"],
     }
 
@@ -44,9 +42,7 @@ def refine_row(folder: Path) -> dict[str, Any]:
         "val_ce": mean_sd([e["heldout_ce"] for e in val]),
         "test_ce": mean_sd([e["heldout_ce"] for e in test]),
         "val_accuracy": mean_sd([e["heldout_accuracy"] for e in val]),
-        "train_flops": row["train_flops"],
-        "train_peak_mib": row["train_peak_mib"],
-        "command": row["command"],
+        **row_costs(row),
         "readout": "refine",
         "eval_command": "dblocks eval --run RUN --split val|test --set readout=refine "
         "--set gen_prompts=0 --json",
@@ -66,12 +62,8 @@ def main() -> None:
         rows[name] = refine_row(Path(folder))
     ref = rows["bptt"]
     for name, row in rows.items():
-        row["flops_vs_bptt"] = row["train_flops"] / ref["train_flops"]
-        row["memory_vs_bptt"] = row["train_peak_mib"] / ref["train_peak_mib"]
-        v, t = row["val_ce"], row["test_ce"]
-        print(f"{name:24s} val {v['mean']:.4f} ± {v['sd'] or 0:.4f}  test {t['mean']:.4f} ± "
-              f"{t['sd'] or 0:.4f}  FLOPs {row['flops_vs_bptt']:.2f}x  memory "
-              f"{row['memory_vs_bptt']:.2f}x")  # fmt: skip
+        ratios = row["flops_vs_bptt"], row["memory_vs_bptt"] = cost_ratios(row, ref)
+        print(f"{name:24s} " + spread_line(row["val_ce"], row["test_ce"], *ratios))
     if args.json:
         protocol = {
             "selected_on": "val",

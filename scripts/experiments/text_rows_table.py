@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from diffusionblocks.comparison import mean_sd
+from diffusionblocks.comparison import cost_ratios, mean_sd, row_costs, spread_line
 
 
 def diagnostics(runs: list[Path]) -> dict[str, Any]:
@@ -81,10 +81,8 @@ def main() -> None:
                 "metric": row["metric"],
                 "val": mean_sd(row["val_values"]),
                 "test": mean_sd(row["test_values"]),
-                "train_flops": row["train_flops"],
-                "train_peak_mib": row["train_peak_mib"],
+                **row_costs(row),
                 "train_seconds": row["train_seconds"],
-                "command": row["command"],
                 "overrides": comparison.get("overrides"),
                 "protocol": comparison.get("protocol"),
                 "diagnostics_val": diagnostics([r for r in runs if r.is_dir()]),
@@ -93,13 +91,10 @@ def main() -> None:
         raise SystemExit(f"--reference {args.reference}: no such row ({', '.join(table)})")
     ref = table.get(args.reference) if args.reference else None
     for name, row in table.items():
+        ratios = cost_ratios(row, ref) if ref else (1.0, 1.0)
         if ref:
-            row["flops_vs_reference"] = row["train_flops"] / ref["train_flops"]
-            row["memory_vs_reference"] = row["train_peak_mib"] / ref["train_peak_mib"]
-        v, t = row["val"], row["test"]
-        print(f"{name:28s} val {v['mean']:.4f} ± {v['sd'] or 0:.4f}  test {t['mean']:.4f} ± "
-              f"{t['sd'] or 0:.4f}  FLOPs {row.get('flops_vs_reference', 1):.2f}x  memory "
-              f"{row.get('memory_vs_reference', 1):.2f}x")  # fmt: skip
+            row["flops_vs_reference"], row["memory_vs_reference"] = ratios
+        print(f"{name:28s} " + spread_line(row["val"], row["test"], *ratios))
         for key, value in row["diagnostics_val"].items():
             if isinstance(value, dict):
                 print(f"    {key:40s} {value['mean']:.4f} ± {value['sd'] or 0:.4f}")

@@ -81,6 +81,25 @@ def mean_sd(values: list[float]) -> dict[str, Any]:
     return {"values": list(values), "mean": mean, "sd": sd}
 
 
+def row_costs(row: dict[str, Any]) -> dict[str, Any]:
+    """The cost columns of a published ``compare`` row that tables built on it carry along:
+    measured training FLOPs, training peak memory (MiB) and the first seed's command."""
+    return {key: row[key] for key in ("train_flops", "train_peak_mib", "command")}
+
+
+def cost_ratios(row: dict[str, Any], reference: dict[str, Any]) -> tuple[float, float]:
+    """(training FLOPs, training peak memory) of a table row relative to a reference row."""
+    return (row["train_flops"] / reference["train_flops"],
+            row["train_peak_mib"] / reference["train_peak_mib"])  # fmt: skip
+
+
+def spread_line(val: dict[str, Any], test: dict[str, Any], flops: float, memory: float) -> str:
+    """One printed line of a table row: val and test mean ± s.d. (:func:`mean_sd` dicts), and
+    FLOPs and memory relative to the table's reference."""
+    return (f"val {val['mean']:.4f} ± {val['sd'] or 0:.4f}  test {test['mean']:.4f} ± "
+            f"{test['sd'] or 0:.4f}  FLOPs {flops:.2f}x  memory {memory:.2f}x")  # fmt: skip
+
+
 def method_row(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """One method's row: its runs (one per seed) summarised (mean, sample s.d.)."""
     first = runs[0]
