@@ -29,6 +29,24 @@ def seeded(seed: int) -> Iterator[None]:
         yield
 
 
+@contextmanager
+def drawn_from(
+    generator: torch.Generator, device: torch.device, enabled: bool = True
+) -> Iterator[None]:
+    """Draws of the global generators inside (dropout masks) come from a seed drawn from
+    ``generator`` (a task's training generator, saved with the checkpoints), so that runs with
+    dropout are reproducible and resume as they would have run; the global generators are left as
+    they were. Not ``enabled``: nothing is drawn (runs without dropout keep their streams)."""
+    if not enabled:
+        yield
+        return
+    seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
+
+
 def _per_token(cond: torch.Tensor) -> torch.Tensor:
     """Conditioning (N, C) for a whole sequence becomes (N, 1, C); (N, T, C) is per token."""
     return cond[:, None, :] if cond.dim() == 2 else cond
@@ -107,11 +125,14 @@ class Attention(nn.Module):
 
 
 class AdaLNLayer(nn.Module):
-    """Pre-norm transformer layer with adaLN-Zero: six modulation vectors from ``cond``."""
+    """Pre-norm transformer layer with adaLN-Zero: six modulation vectors from ``cond``.
+    ``dropout`` > 0 zeroes units of each residual branch's output while training (as ViT's
+    dropout; 0 = no dropout module at all)."""
 
-    def __init__(self, dim: int, heads: int, mlp_ratio: float = 4.0):
+    def __init__(self, dim: int, heads: int, mlp_ratio: float = 4.0, dropout: float = 0.0):
         super().__init__()
         hidden = int(dim * mlp_ratio)
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.norm1 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
         self.attn = Attention(dim, heads)
         self.norm2 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
@@ -134,8 +155,8 @@ class AdaLNLayer(nn.Module):
         mods = self.modulation(_per_token(cond)).chunk(6, dim=-1)  # 6 x (N, 1 or T, C)
         shift1, scale1, gate1, shift2, scale2, gate2 = mods
         h = modulate(self.norm1(x), shift1, scale1)
-        x = x + gate1 * self.attn(h, mask, prefix, kv_out)
-        return x + gate2 * self.mlp(modulate(self.norm2(x), shift2, scale2))
+        x = x + gate1 * self.dropout(self.attn(h, mask, prefix, kv_out))
+        return x + gate2 * self.dropout(self.mlp(modulate(self.norm2(x), shift2, scale2)))
 
 
 class AdaLNOutput(nn.Module):

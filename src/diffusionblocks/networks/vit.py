@@ -32,6 +32,10 @@ class ViTShape:
     mlp_ratio: float = 4.0  # MLP width / hidden
     num_blocks: int = 1  # groups the layers are split into
     seed: int = 0  # seed of the per-block initialisation
+    dropout: float = 0.0  # dropout on every layer's residual branches while training
+    # The slot also reads a previous estimate of the label embedding (self-conditioning) through
+    # a zero-initialised projection, shared by every block
+    self_condition: bool = False
 
     @property
     def num_patches(self) -> int:
@@ -61,13 +65,17 @@ class ViT(BlockStack):
         self._init_blocks(
             s.depth,
             s.num_blocks,
-            lambda: AdaLNLayer(s.hidden, s.heads, s.mlp_ratio),
+            lambda: AdaLNLayer(s.hidden, s.heads, s.mlp_ratio, s.dropout),
             s.seed,
             materialize_blocks,
         )
         self.head = AdaLNOutput(s.hidden, s.num_classes, zero_init=True)
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
         nn.init.normal_(self.label_embed.weight, std=1.0)
+        if s.self_condition:  # created after the rest: every other weight as without it
+            self.self_cond = nn.Linear(s.hidden, s.hidden)
+            nn.init.zeros_(self.self_cond.weight)
+            nn.init.zeros_(self.self_cond.bias)
 
     def embed_patches(self, images: torch.Tensor) -> torch.Tensor:
         """images (N, C, H, W) -> patch tokens with position embedding (N, P, hidden)."""
@@ -79,10 +87,19 @@ class ViT(BlockStack):
         return F.normalize(self.label_embed.weight, dim=-1)
 
     def run_block(
-        self, block: int, slot: torch.Tensor, patches: torch.Tensor, cond: torch.Tensor
+        self,
+        block: int,
+        slot: torch.Tensor,
+        patches: torch.Tensor,
+        cond: torch.Tensor,
+        previous: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Run one block on [slot; patches]; return the output at the slot (N, hidden)."""
+        """Run one block on [slot; patches]; return the output at the slot (N, hidden). With
+        ``self_condition``, ``previous`` (N, hidden) is an earlier estimate of the label
+        embedding, projected into the slot (None = zeros: no estimate)."""
         self.use_shared(block)
+        if self.shape.self_condition:
+            slot = slot + self.self_cond(torch.zeros_like(slot) if previous is None else previous)
         x = torch.cat([slot[:, None] + self.pos_embed[:, :1], patches], dim=1)  # (N, 1+P, C)
         return self.blocks[block](x, cond)[:, 0]
 

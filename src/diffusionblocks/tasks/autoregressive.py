@@ -9,9 +9,10 @@ see noisy ones. Noisy token i is paired with target token i (never i+1). Clean t
 conditioned by a learned vector, noisy ones by their sigma (adaLN per token), so the clean prefix
 does not depend on the noise level and can be cached while a new token is denoised. Loss: CE of
 the logits from D = c_skip z + c_out F, weighted over sigma (``weighting``), plus optionally
-``aux_ce`` x the clean stream's next-token CE. Generation: each new token starts from noise and
-takes K denoising steps (default K = B) routed across blocks, soft bridge between steps, and the
-last call's logits pick the token.
+``aux_ce`` x the clean stream's next-token CE; with ``context_noise`` > 0 some characters of the
+clean stream are replaced by random ones in training (the targets are not). Generation: each new
+token starts from noise and takes K denoising steps (default K = B) routed across blocks, soft
+bridge between steps, and the last call's logits pick the token.
 
 End to end: the same transformer on the clean stream with a causal mask, trained to predict the
 next character.
@@ -247,6 +248,16 @@ class BlockwiseAR(TokenTargets, CharLM):
         logits = m.head(denoised, kept[0])
         return logits, kept[1][:, :t]
 
+    def _noisy_context(self, batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """The clean stream's characters: ``batch``, each replaced with probability
+        ``context_noise`` by a uniformly drawn character (nothing drawn when 0)."""
+        p = self.config.context_noise
+        if p == 0:
+            return batch
+        swap = (torch.rand(batch.shape, generator=generator) < p).to(batch.device)
+        drawn = torch.randint(0, self.vocab.size, batch.shape, generator=generator)
+        return torch.where(swap, drawn.to(batch.device), batch)
+
     def _sigmas(self, block: int, n: int, t: int, generator: torch.Generator) -> torch.Tensor:
         if self.config.sigma_sampling == "token":
             return self.partition.sample_sigma(block, n * t, generator, self.device).view(n, t)
@@ -260,7 +271,7 @@ class BlockwiseAR(TokenTargets, CharLM):
         sigma = self._sigmas(block, n, t, generator)
         noise = torch.randn(target.shape, generator=generator).to(self.device)
         z = target + sigma[..., None] * noise
-        logits, clean = self.denoise_logits(block, batch, z, sigma)
+        logits, clean = self.denoise_logits(block, self._noisy_context(batch, generator), z, sigma)
         ce = F.cross_entropy(logits.transpose(1, 2), batch, reduction="none")  # token i -> i
         c = self.config
         loss = weighted_loss(ce.reshape(-1), sigma.reshape(-1), c.weighting, c.sigma_data,

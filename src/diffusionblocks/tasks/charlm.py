@@ -34,7 +34,7 @@ class ARConfig(RunConfig):
         "data": ("data", "test_fraction", "val_fraction", "seq_len", "train_subset"),
         "model": ("depth", "hidden", "heads", "mlp_ratio"),
         "noise": ("sigma_sampling",),
-        "training": ("aux_ce",),
+        "training": ("aux_ce", "context_noise"),
         "eval": ("bridge_temperature", "readout", "temperature", "eval_sequences",
                  "eval_batch_size", "eval_subset", "gen_prompts", "gen_prompt_len", "gen_length",
                  "judge"),
@@ -63,6 +63,11 @@ class ARConfig(RunConfig):
     mlp_ratio: float = 4.0  # MLP width / hidden
     sigma_sampling: str = "token"  # one sigma per noisy token, or one per sequence ("example")
     aux_ce: float = 0.0  # weight of the clean stream's next-token CE (0 = pure DiffusionBlocks)
+    # DiffusionBlocks training: the probability that each character of the clean context is
+    # replaced by a uniformly drawn one (the noisy targets and the loss keep the true ones), as
+    # generation feeds back its own mistakes (0 = the paper; measured on val in
+    # docs/results/autoregressive/chain-research/context-noise/)
+    context_noise: float = 0.0
     bridge_temperature: float = 1.0  # soft bridge softmax(logits / T) @ normalize(E)
     readout: str = "ensemble"  # dblocks: how the next character is predicted (readouts above)
     temperature: float = 1.0  # sampling temperature of generated characters (0 = greedy)
@@ -90,6 +95,10 @@ class ARConfig(RunConfig):
                 f"{', '.join(SIGMA_SAMPLING)})"
             )
         _check(self, "aux_ce", 0 <= self.aux_ce <= 100, "a number in [0, 100]")
+        _check(self, "context_noise", 0 <= self.context_noise < 1, "a probability in [0, 1)")
+        _check(self, "context_noise", self.context_noise == 0 or not self.end_to_end,
+               "0 for end-to-end training (it corrupts the clean stream DiffusionBlocks "
+               "conditions on)")  # fmt: skip
         _check(self, "bridge_temperature", 0 <= self.bridge_temperature <= 100, "in [0, 100]")
         _check(self, "readout", self.readout in self.readouts, " or ".join(self.readouts))
         _check(self, "temperature", 0 <= self.temperature <= 100, "in [0, 100] (0 = greedy)")

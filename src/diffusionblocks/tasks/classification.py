@@ -35,12 +35,13 @@ from ..diffusion import (
     weighted_loss,
 )
 from ..eval.classification import block_diagnostics
-from ..networks.layers import seeded
+from ..networks.layers import drawn_from, seeded
 from ..networks.placement import to_device
 from ..networks.vit import ViT, ViTShape
 from .base import Task, refuse_options
 from .images import (
     ImageTaskConfig,
+    augment_images,
     auto_patch_size,
     fit_images,
     majority_baseline,
@@ -59,9 +60,10 @@ class ClassificationConfig(ImageTaskConfig):
 
     task_groups = {
         "data": ImageTaskConfig.task_groups["data"],  # val_fraction: ImageTaskConfig
-        "model": ImageTaskConfig.task_groups["model"],
+        "model": (*ImageTaskConfig.task_groups["model"], "dropout"),
         "eval": (*ImageTaskConfig.task_groups["eval"], "bridge_temperature", "readout"),
         "noise": ("label_swap",),
+        "training": ("augment_shift", "augment_flip", "self_condition"),
     }
 
     hidden: int = 128  # token width (= label embedding size)
@@ -78,6 +80,17 @@ class ClassificationConfig(ImageTaskConfig):
     # called once at sigma_max on z = 0, the mean of their log-probabilities; docs/method.md §6.1),
     # the default: better on every seed of both validation sets measured
     readout: str = "ensemble"
+    # Regularisation (the authors' recipe has dropout 0.1 and augmentation; off by default: neither
+    # gained on val, docs/results/classification/chain-research/regularisation/):
+    dropout: float = 0.0  # dropout on every layer's attention and MLP outputs while training
+    augment_shift: int = 0  # training images shifted by up to N pixels each way (edges: 0 pixels)
+    augment_flip: bool = False  # training images mirrored left-right with probability 1/2
+    # DiffusionBlocks: the share of training examples whose slot also reads the block's own first
+    # estimate of the label embedding (the soft bridge of a first pass, no gradient through it);
+    # the others read zeros, as the chain's first call. At inference each call reads the previous
+    # call's estimate (self-conditioning; 0 = off, the paper; measured in
+    # docs/results/classification/chain-research/self-condition/).
+    self_condition: float = 0.0
     # Runs saved before the key existed predicted with the chain.
     saved_defaults = {**ImageTaskConfig.saved_defaults, "readout": "chain"}
 
@@ -90,6 +103,15 @@ class ClassificationConfig(ImageTaskConfig):
         _check(self, "bridge_temperature", 0 <= self.bridge_temperature <= 100, "in [0, 100]")
         _check(self, "label_swap", 0 <= self.label_swap < 1, "a probability in [0, 1)")
         _check(self, "readout", self.readout in READOUTS, " or ".join(READOUTS))
+        _check(self, "dropout", 0 <= self.dropout < 1, "a probability in [0, 1)")
+        _check(self, "augment_shift", 0 <= self.augment_shift <= 64, "pixels in [0, 64]")
+        for key in ("augment_shift", "augment_flip"):
+            _check(self, key, not getattr(self, key) or self.data != "mnist1d",
+                   "off for mnist1d (its images lay a 1-D signal out row by row: a shift or a "
+                   "mirror of that layout is not the same signal moved)")  # fmt: skip
+        _check(self, "self_condition", 0 <= self.self_condition <= 1, "a probability in [0, 1]")
+        _check(self, "self_condition", self.self_condition == 0 or not self.end_to_end,
+               "0 for end-to-end training (a block reads an earlier block's estimate)")  # fmt: skip
 
 
 class _ImageClassification(Task):
@@ -159,6 +181,8 @@ class _ImageClassification(Task):
                     mlp_ratio=config.mlp_ratio,
                     num_blocks=config.num_model_blocks,
                     seed=config.seed,
+                    dropout=config.dropout,
+                    self_condition=config.self_condition > 0,
                 ),
                 materialize_blocks=not config.block_resident,
             )
@@ -175,6 +199,15 @@ class _ImageClassification(Task):
 
     def train_batch(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self._prepare(self.data.train_x[indices]), self.data.train_y[indices].to(self.device)
+
+    def _augmented(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """A training batch after ``augment_shift`` and ``augment_flip`` (as given when both are
+        off; uncovered pixels take the value of a 0 pixel)."""
+        c = self.config
+        if not c.augment_shift and not c.augment_flip:
+            return images
+        background = -self.pixel_mean / self.pixel_std
+        return augment_images(images, c.augment_shift, c.augment_flip, background, generator)
 
     def _eval_batches(
         self, split: str, limit: int | None = None
@@ -235,7 +268,9 @@ class EndToEndClassification(_ImageClassification):
         self, block: int, batch: tuple[torch.Tensor, torch.Tensor], generator: torch.Generator
     ) -> tuple[torch.Tensor, dict[str, float]]:
         images, labels = batch
-        logits = self.logits(images)
+        images = self._augmented(images, generator)
+        with drawn_from(generator, self.device, self.config.dropout > 0):
+            logits = self.logits(images)
         loss = F.cross_entropy(logits, labels)
         acc = (logits.argmax(-1) == labels).float().mean()
         return loss, {"loss": loss.item(), "ce": loss.item(), "acc": acc.item()}
@@ -284,18 +319,24 @@ class BlockwiseClassification(_ImageClassification):
         self.schedule = self.partition.schedule
 
     def block_logits(
-        self, block: int, z: torch.Tensor, sigma: torch.Tensor, patches: torch.Tensor
+        self,
+        block: int,
+        z: torch.Tensor,
+        sigma: torch.Tensor,
+        patches: torch.Tensor,
+        previous: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Logits of block ``block`` for noisy label embeddings z (N, C) at levels sigma (N,).
         ``patches`` must come from :meth:`block_patches` of the same block (blocks may own
-        copies of the stem: ``shared=block-copies``)."""
+        copies of the stem: ``shared=block-copies``). ``previous`` (N, C): an earlier estimate
+        of the label embedding, read with ``self_condition`` (None = zeros)."""
         m = self.model
         m.use_shared(block)
         conds: list[torch.Tensor] = []
 
         def network(scaled: torch.Tensor, c_noise: torch.Tensor) -> torch.Tensor:  # F: (N, C)
             conds.append(m.cond_embed(c_noise[:, 0]))  # (N, C)
-            return m.run_block(block, scaled, patches, conds[0])
+            return m.run_block(block, scaled, patches, conds[0], previous)
 
         denoised = edm_denoise(network, z, sigma[:, None], self.schedule.sigma_data)  # D
         return m.head(denoised, conds[0])  # (N, classes)
@@ -319,13 +360,38 @@ class BlockwiseClassification(_ImageClassification):
         target = self.model.label_table()[centres]  # y: (N, C), unit norm
         noise = torch.randn(target.shape, generator=generator).to(self.device)
         z = target + sigma[:, None] * noise  # z = y + sigma * eps
-        logits = self.block_logits(block, z, sigma, self.block_patches(block, images))
-        ce = F.cross_entropy(logits, labels, reduction="none")  # (N,)
         c = self.config
+        images = self._augmented(images, generator)
+        with drawn_from(generator, self.device, c.dropout > 0):
+            patches = self.block_patches(block, images)
+            previous = self._self_condition(block, z, sigma, patches, generator)
+            logits = self.block_logits(block, z, sigma, patches, previous)
+        ce = F.cross_entropy(logits, labels, reduction="none")  # (N,)
         loss = weighted_loss(ce, sigma, c.weighting, c.sigma_data, c.weight_clamp)
         hint_acc = (logits.argmax(-1) == labels).float().mean()
         return loss, {"loss": loss.item(), "ce": ce.mean().item(),
                       "noisy_label_acc": hint_acc.item()}  # fmt: skip
+
+    def _self_condition(
+        self,
+        block: int,
+        z: torch.Tensor,
+        sigma: torch.Tensor,
+        patches: torch.Tensor,
+        generator: torch.Generator,
+    ) -> torch.Tensor | None:
+        """With ``self_condition`` = p > 0: the estimate each training example's slot reads,
+        the block's own first estimate (its soft bridge on zeros for ``previous``, no gradient)
+        for a share p of the examples and zeros for the rest (as the chain's first call);
+        None when off (nothing drawn)."""
+        p = self.config.self_condition
+        if p == 0:
+            return None
+        keep = (torch.rand(len(z), generator=generator) < p).to(self.device)
+        with torch.no_grad():
+            first = self.block_logits(block, z, sigma, patches)
+            estimate = soft_bridge(first, self.label_table(), self.config.bridge_temperature)
+        return torch.where(keep[:, None], estimate, torch.zeros_like(estimate))
 
     def _centres(self, labels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """The classes the noisy labels are built around: the true ones, each swapped with
@@ -386,7 +452,10 @@ class BlockwiseClassification(_ImageClassification):
             if key not in patches:
                 patches[key] = self.block_patches(block, images)
             sigmas = torch.full((n,), sigma, device=z.device)
-            logits = self.block_logits(block, z, sigmas, patches[key])
+            # self-conditioning: the previous call's estimate (the soft bridge the chain takes)
+            previous = (soft_bridge(calls[-1][2], table, c.bridge_temperature)
+                        if c.self_condition > 0 and calls else None)  # fmt: skip
+            logits = self.block_logits(block, z, sigmas, patches[key], previous)
             calls.append((block, sigma, logits))
             return logits
 

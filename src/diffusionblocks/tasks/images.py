@@ -116,3 +116,32 @@ def validation_images(data: ImageDataset, n: int) -> tuple[torch.Tensor, torch.T
         return None
     pick = torch.randperm(len(data.val_y), generator=torch.Generator().manual_seed(0))[:n]
     return data.val_x[pick], data.val_y[pick]
+
+
+def augment_images(
+    images: torch.Tensor,
+    shift: int,
+    flip: bool,
+    background: float,
+    generator: torch.Generator,
+) -> torch.Tensor:
+    """Training augmentation of a batch (N, C, H, W): each image moved by up to ``shift`` pixels
+    along each axis (drawn uniformly per image; uncovered pixels take the value ``background``)
+    and, with ``flip``, mirrored left-right with probability 1/2. Draws from ``generator`` only
+    what is enabled (none when ``shift`` is 0 and ``flip`` off: the batch comes back as given)."""
+    n, c, h, w = images.shape
+    if shift > 0:
+        dy, dx = (torch.randint(-shift, shift + 1, (2, n), generator=generator)
+                  .to(images.device))  # fmt: skip
+        padded = images.new_full((n, c, h + 2 * shift, w + 2 * shift), background)
+        padded[:, :, shift : shift + h, shift : shift + w] = images
+        rows = (shift - dy)[:, None] + torch.arange(h, device=images.device)  # (N, H)
+        cols = (shift - dx)[:, None] + torch.arange(w, device=images.device)  # (N, W)
+        batch = torch.arange(n, device=images.device)[:, None, None]
+        # (N, H, W, C) from advanced indexing over the batch, row and column dimensions
+        images = padded.permute(0, 2, 3, 1)[batch, rows[:, :, None], cols[:, None, :]]
+        images = images.permute(0, 3, 1, 2).contiguous()
+    if flip:
+        mirror = (torch.rand(n, generator=generator) < 0.5).to(images.device)
+        images = torch.where(mirror[:, None, None, None], images.flip(-1), images)
+    return images

@@ -51,7 +51,14 @@ class RecurrentConfig(ARConfig):
     task_groups = {
         **ARConfig.task_groups,
         "model": ("depth", "hidden", "heads", "mlp_ratio", "prelude", "core", "coda"),
-        "training": ("aux_ce", "mean_iterations", "truncation", "init_std", "self_condition"),
+        "training": (
+            "aux_ce",
+            "context_noise",
+            "mean_iterations",
+            "truncation",
+            "init_std",
+            "self_condition",
+        ),
     }
 
     num_blocks: int = 1  # one trained block (the whole recurrent network)
@@ -118,6 +125,8 @@ class RecurrentConfig(ARConfig):
             )
         _check(self, "num_blocks", self.num_blocks == 1, "1 (the recurrent model is one block)")
         _check(self, "aux_ce", self.aux_ce == 0, "0 (aux_ce applies to the autoregressive task)")
+        _check(self, "context_noise", self.context_noise == 0,
+               "0 (context_noise applies to the autoregressive task)")  # fmt: skip
         _check(self, "mean_iterations", 1 <= self.mean_iterations <= 1000, "in [1, 1000]")
         _check(self, "truncation", 1 <= self.truncation <= 1000, "an integer in [1, 1000]")
         _check(self, "init_std", 0 < self.init_std <= 100, "a number in (0, 100]")
