@@ -1,10 +1,11 @@
-"""Tables for issues 5-7 from the runs of ``scripts/experiments/text_small.sh``.
+"""First-round tables of the three text tasks, from the runs of
+``scripts/experiments/text_small.sh``.
 
     python scripts/experiments/text_report.py [RUNS_DIR]   # default runs/text-small
 
-Writes ``docs/results/issue{5,6,7}/results.{json,csv}`` (one row per run, with the exact training
-and evaluation commands) and ``samples.md`` (continuations of the same prompts), and prints the
-Markdown tables used in each issue's README.
+Writes ``docs/results/{masked-lm,autoregressive,recurrent}/first-round/results.{json,csv}`` (one
+row per run, with the exact training and evaluation commands) and ``samples.md`` (continuations
+of the same prompts), and prints the Markdown tables used in each folder's README.
 """
 
 from __future__ import annotations
@@ -58,8 +59,8 @@ def lm_metrics(ev: dict) -> dict:
     }
 
 
-def write(issue: str, rows: list[dict], samples: dict[str, str]) -> None:
-    out = Path("docs/results") / issue
+def write(folder: str, rows: list[dict], samples: dict[str, str]) -> None:
+    out = Path("docs/results") / folder / "first-round"
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(rows, indent=2) + "\n")
     keys: list[str] = []
@@ -69,7 +70,7 @@ def write(issue: str, rows: list[dict], samples: dict[str, str]) -> None:
         w = csv.DictWriter(fh, fieldnames=keys, extrasaction="ignore")
         w.writeheader()
         w.writerows(rows)
-    lines = [f"# Samples ({issue})", ""]
+    lines = [f"# Samples ({folder}, first round)", ""]
     for name, text in samples.items():
         lines += [f"## {name}", "", "```", text.strip(), "```", ""]
     (out / "samples.md").write_text("\n".join(lines))
@@ -90,7 +91,7 @@ def masked(runs: Path) -> None:
             "command": r["command"],
         })  # fmt: skip
         samples[run.name] = r["samples_text"]
-    write("issue5", rows, samples)
+    write("masked-lm", rows, samples)
     print("| method | seed | held-out BPC ± s.e. | train time | layer evaluations |")
     print("|---|---|---|---|---|")
     for row in rows:
@@ -137,7 +138,7 @@ def autoregressive(runs: Path) -> None:
             "eval_command": f"dblocks eval --run {runs}/{run.name} --judge {runs}/ar-e2e-s0 --json",
         })  # fmt: skip
         samples[run.name] = "\n".join(ev["samples"]) + "\n\n" + r["samples_text"]
-    write("issue6", rows, samples)
+    write("autoregressive", rows, samples)
     swept = [row for row in rows if "sigma_max_call_ce" in row]
     if swept:
         ks = sorted(
@@ -178,7 +179,7 @@ def recurrent(runs: Path) -> None:
             "--steps 1 2 4 8 12 16 24 32 --json",
         })  # fmt: skip
         samples[run.name] = "\n".join(ev["samples"]) + "\n\n" + r["samples_text"]
-    write("issue7", rows, samples)
+    write("recurrent", rows, samples)
     print("\n| method | held-out CE | accuracy | judge ppl | distinct-4 | forward layer evals "
           "| backward layer evals | train time |")  # fmt: skip
     print("|---|---|---|---|---|---|---|---|")

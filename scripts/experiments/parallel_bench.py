@@ -1,0 +1,192 @@
+"""Issue 8 measurements: block-parallel training (torchrun + gloo, one process per block) against
+single-process training of the same blocks, on the ``bench`` preset (12-layer ViT, hidden 128).
+
+    python scripts/experiments/parallel_bench.py --out docs/results/parallel/first-round \
+        [--repeats 2]
+
+Every configuration runs as its own fresh ``dblocks train`` (so peak RSS is per configuration) and
+records, per process: peak RSS above the moment before the first step (``train_peak``), the
+parameter bytes that existed then (``weights``), their sum, the training wall time and the final
+test accuracy. Configurations, repeated ``--repeats`` times in interleaved order:
+
+- ``e2e``: the plain end-to-end model (one process);
+- ``single-synchronous-B{B}``: one process trains all B blocks with the ``synchronous`` schedule
+  (the computation a B-process run does, step for step);
+- ``single-cycle-B{B}``: one process, the paper's one-block-per-step schedule (same updates per
+  block);
+- ``parallel-B{B}``: B processes, one block each.
+
+Threads: every process gets ``--threads`` (default 1) OpenMP threads; single-process runs are also
+measured with ``B x threads`` threads, so that "the same cores" compares fairly. Writes
+``parallel.json`` and ``parallel.csv`` and prints a Markdown table. As in ``dblocks bench memory``,
+glibc's ``MALLOC_MMAP_THRESHOLD_`` is pinned (default 128 KiB) so peak RSS measures tensors, not
+heap fragmentation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+PRESET = "bench"
+MMAP_THRESHOLD = 131072
+
+
+def run_config(name: str, blocks: int, threads: int, epochs: float, workdir: Path) -> dict:
+    out = workdir / f"{name}-t{threads}"
+    shutil.rmtree(out, ignore_errors=True)
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    if MMAP_THRESHOLD:  # as in `dblocks bench memory`: freed tensors go back to the OS
+        env["MALLOC_MMAP_THRESHOLD_"] = str(MMAP_THRESHOLD)
+    common = ["--preset", PRESET, "--no-progress", "--set", "device=cpu",
+              "--set", f"epochs={epochs}", "--out", str(out)]  # fmt: skip
+    if name == "e2e":
+        cmd = [sys.executable, "-m", "diffusionblocks", "train", *common, "--set", "method=e2e"]
+    elif name.startswith("single-"):
+        schedule = name.split("-")[1]
+        cmd = [sys.executable, "-m", "diffusionblocks", "train", *common,
+               "--set", f"num_blocks={blocks}", "--set", f"schedule={schedule}"]  # fmt: skip
+    else:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               f"--nproc-per-node={blocks}", "-m", "diffusionblocks", "train", *common,
+               "--set", f"num_blocks={blocks}", "--set", "parallel=true"]  # fmt: skip
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise RuntimeError(f"{name} failed:\n{proc.stderr[-3000:]}")
+    r = json.loads((out / "results.json").read_text())
+    ranks = r.get("ranks") or [{"memory": r["memory"], "timing": r["timing"], "block": None}]
+    procs = []
+    for rank in ranks:
+        mem = rank["memory"]
+        procs.append({
+            "block": rank.get("block"),
+            "train_peak_bytes": mem["train_peak_rss_bytes"],
+            "weights_bytes": mem["params_at_first_step_bytes"],
+            "peak_with_weights_bytes": mem["train_peak_rss_bytes"]
+            + mem["params_at_first_step_bytes"],
+            "peak_rss_bytes": mem["peak_rss_bytes"],
+            "train_seconds": rank["timing"]["train_seconds"],
+        })  # fmt: skip
+    record = {
+        "config": name,
+        "blocks": blocks if name != "e2e" else 1,
+        "processes": len(procs),
+        "threads_per_process": threads,
+        "epochs_per_block": epochs,
+        "train_seconds": max(p["train_seconds"] for p in procs),
+        "process_wall_seconds": wall,
+        "max_process_peak_with_weights_bytes": max(p["peak_with_weights_bytes"] for p in procs),
+        "accuracy": r["eval"]["accuracy"],
+        "per_process": procs,
+        "command": f"OMP_NUM_THREADS={threads} python " + " ".join(cmd[1:]),
+    }
+    shutil.rmtree(out, ignore_errors=True)
+    return record
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--out", default="docs/results/parallel/first-round")
+    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--epochs", type=float, default=4.0)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--blocks", type=int, nargs="+", default=[2, 3])
+    p.add_argument(
+        "--malloc-mmap-threshold",
+        type=int,
+        default=131072,
+        help="glibc MALLOC_MMAP_THRESHOLD_ for every process (0 = allocator default)",
+    )
+    args = p.parse_args(argv)
+    global MMAP_THRESHOLD
+    MMAP_THRESHOLD = args.malloc_mmap_threshold
+    plan = [("e2e", 1, args.threads)]
+    for b in args.blocks:
+        plan += [
+            (f"single-synchronous-B{b}", b, args.threads),
+            (f"single-synchronous-B{b}", b, b * args.threads),
+            (f"single-cycle-B{b}", b, args.threads),
+            (f"parallel-B{b}", b, args.threads),
+        ]
+    records = []
+    with tempfile.TemporaryDirectory(prefix="dblocks-par-") as tmp:
+        for rep in range(args.repeats):
+            for name, b, t in plan:
+                rec = run_config(name, b, t, args.epochs, Path(tmp))
+                rec["repeat"] = rep
+                records.append(rec)
+                print(f"[{rep}] {name} threads={t}: train {rec['train_seconds']:.1f} s, "
+                      f"peak+weights {rec['max_process_peak_with_weights_bytes'] / 2**20:.1f} MiB, "
+                      f"acc {rec['accuracy']:.4f}", flush=True)  # fmt: skip
+    # Medians per configuration.
+    summary = []
+    e2e_mem = statistics.median(
+        r["max_process_peak_with_weights_bytes"] for r in records if r["config"] == "e2e"
+    )
+    for name, _b, t in plan:
+        rs = [r for r in records if r["config"] == name and r["threads_per_process"] == t]
+        row = {
+            "config": name,
+            "blocks": rs[0]["blocks"],
+            "processes": rs[0]["processes"],
+            "threads_per_process": t,
+            "median_train_seconds": statistics.median(r["train_seconds"] for r in rs),
+            "median_max_process_peak_with_weights_mib": statistics.median(
+                r["max_process_peak_with_weights_bytes"] for r in rs
+            )
+            / 2**20,
+            "accuracy": rs[0]["accuracy"],
+            "repeats": len(rs),
+            "command": rs[0]["command"],
+        }
+        row["memory_vs_e2e"] = row["median_max_process_peak_with_weights_mib"] * 2**20 / e2e_mem
+        summary.append(row)
+    for b in args.blocks:
+        par = next(s for s in summary if s["config"] == f"parallel-B{b}")
+        for s in summary:
+            if s["blocks"] == b and s["config"].startswith("single-"):
+                s["speedup_of_parallel"] = s["median_train_seconds"] / par["median_train_seconds"]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    meta = {
+        "preset": PRESET,
+        "epochs_per_block": args.epochs,
+        "repeats": args.repeats,
+        "cpu_count": os.cpu_count(),
+        "malloc_mmap_threshold": MMAP_THRESHOLD,
+        "date": time.strftime("%Y-%m-%d"),
+        "command": "python scripts/experiments/parallel_bench.py "
+        + " ".join(argv if argv is not None else sys.argv[1:]),
+    }
+    (out / "parallel.json").write_text(
+        json.dumps({"meta": meta, "summary": summary, "records": records}, indent=2) + "\n"
+    )
+    with open(out / "parallel.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(summary[0]) + ["speedup_of_parallel"])
+        w.writeheader()
+        w.writerows(summary)
+    print("\n| configuration | processes x threads | train time (median) | speed-up of parallel "
+          "| peak + weights per process | vs e2e | test acc |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|")
+    for s in summary:
+        sp = f"{s['speedup_of_parallel']:.2f}x" if "speedup_of_parallel" in s else ""
+        print(f"| {s['config']} | {s['processes']} x {s['threads_per_process']} "
+              f"| {s['median_train_seconds']:.1f} s | {sp} "
+              f"| {s['median_max_process_peak_with_weights_mib']:.1f} MiB "
+              f"| {s['memory_vs_e2e']:.3f} | {s['accuracy']:.4f} |")  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
