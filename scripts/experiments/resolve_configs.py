@@ -5,10 +5,11 @@
 
 The config is rebuilt from the command with the presets and defaults of the code that runs this
 script (the commit is recorded with it); keys added to the library after a run was made take
-their defaults, except ``val_fraction`` for the tasks whose published runs all predate their
-validation split (image generation and the language models: 0, every training image or all of
-the text before the test text trained, as those runs did). Rows whose command does not parse
-are left as they are and listed.
+their defaults, except ``val_fraction`` in the first-round folders (``docs/results/*/first-round``)
+of the tasks whose runs there all predate their validation split (image generation and the
+language models: 0, every training image or all of the text before the test text trained, as
+those runs did); later runs of those tasks recorded their ``val_fraction`` (0.1) and keep it.
+Rows whose command does not parse are left as they are and listed.
 """
 
 from __future__ import annotations
@@ -21,18 +22,19 @@ from pathlib import Path
 from diffusionblocks.config import config_from_dict, parse_assignments
 from diffusionblocks.registry import make_config
 
-# Tasks whose published runs were all made before they had a validation split (added 2026-11-28).
+# Tasks whose first-round runs were all made before they had a validation split (added
+# 2026-11-28).
 BEFORE_VALIDATION = ("generation", "autoregressive", "masked-lm", "recurrent")
 
 
-def config_of(command: str):
+def config_of(command: str, first_round: bool = False):
     argv = shlex.split(command)
     if argv[:2] != ["dblocks", "train"] or "--preset" not in argv:
         return None
     preset = argv[argv.index("--preset") + 1]
     sets = parse_assignments([argv[i + 1] for i, a in enumerate(argv) if a == "--set"])
     config = make_config(preset, sets)
-    if config.task in BEFORE_VALIDATION and "val_fraction" not in sets:
+    if first_round and config.task in BEFORE_VALIDATION and "val_fraction" not in sets:
         config = config_from_dict(type(config), {**config.to_dict(), "val_fraction": 0.0})
     return config
 
@@ -55,7 +57,7 @@ def main() -> None:
         for row in rows_of(data):
             if not isinstance(row, dict) or "command" not in row:
                 continue
-            config = config_of(row["command"])
+            config = config_of(row["command"], "first-round" in path.parts)
             if config is None:
                 skipped += 1
                 continue
