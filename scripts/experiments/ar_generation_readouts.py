@@ -5,7 +5,9 @@ judge run, their diversity and repetition, and the next-character CE/accuracy of
 readout. Mean and s.d. over the runs (seeds). Reads val only.
 
     python scripts/experiments/ar_generation_readouts.py RUN... --judge E2E_RUN \
-      --prompts 32 --json OUT
+      --prompts 32 [--temperature 0] --json OUT
+
+``--temperature 0`` decodes greedily (the paper's AR generation); the default 1 samples.
 """
 
 from __future__ import annotations
@@ -27,20 +29,23 @@ def main() -> None:
     ap.add_argument("runs", type=Path, nargs="+", help="DiffusionBlocks run folders")
     ap.add_argument("--judge", type=Path, required=True, help="an end-to-end run")
     ap.add_argument("--prompts", type=int, default=32)
+    ap.add_argument("--temperature", type=float, default=1.0, help="0 = greedy decoding")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     per_run: list[dict[str, Any]] = []
     for run in args.runs:
         for readout in ("ensemble", "chain"):
-            overrides = {"readout": readout, "gen_prompts": args.prompts}
+            overrides = {"readout": readout, "gen_prompts": args.prompts,
+                         "temperature": args.temperature}  # fmt: skip
             ev = evaluate_run(run, overrides=overrides, split="val", judge=str(args.judge))
             row = {"run": str(run), "readout": readout, "heldout_ce": ev["heldout_ce"],
                    "ce_is_likelihood": ev["ce_is_likelihood"], "samples": ev["samples"],
                    **{k: ev[k] for k in KEYS}}  # fmt: skip
             per_run.append(row)
             print(run, readout, {k: round(row[k], 4) for k in KEYS})
-    judge_ev = evaluate_run(args.judge, overrides={"gen_prompts": args.prompts}, split="val",
-                            judge=str(args.judge))  # fmt: skip
+    judge_ev = evaluate_run(args.judge, split="val", judge=str(args.judge),
+                            overrides={"gen_prompts": args.prompts,
+                                       "temperature": args.temperature})  # fmt: skip
     summary: dict[str, Any] = {
         r: {k: mean_sd([row[k] for row in per_run if row["readout"] == r]) for k in KEYS}
         for r in ("ensemble", "chain")
@@ -55,7 +60,7 @@ def main() -> None:
         print(name, json.dumps(row))
     if args.json:
         out = {"split": "val", "judge": str(args.judge), "prompts": args.prompts,
-               "summary": summary, "runs": per_run}  # fmt: skip
+               "temperature": args.temperature, "summary": summary, "runs": per_run}  # fmt: skip
         args.json.write_text(json.dumps(out, indent=1) + "\n")
 
 
