@@ -35,15 +35,23 @@ def drawn_from(
 ) -> Iterator[None]:
     """Draws of the global generators inside (dropout masks) come from a seed drawn from
     ``generator`` (a task's training generator, saved with the checkpoints), so that runs with
-    dropout are reproducible and resume as they would have run; the global generators are left as
-    they were. Not ``enabled``: nothing is drawn (runs without dropout keep their streams)."""
+    dropout are reproducible and resume as they would have run. Seeds the CPU generator and, on
+    CUDA, the generator of ``device`` only, and restores both afterwards (dropout on another
+    accelerator draws from its own generator, unseeded: not reproducible there). Not ``enabled``:
+    nothing is drawn (runs without dropout keep their streams)."""
     if not enabled:
         yield
         return
     seed = int(torch.randint(0, 2**62, (1,), generator=generator))
-    devices = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
+    cuda = device.type == "cuda"
+    index = (
+        (device.index if device.index is not None else torch.cuda.current_device()) if cuda else 0
+    )
+    with torch.random.fork_rng(devices=[index] if cuda else []):  # restores what is seeded below
+        torch.default_generator.manual_seed(seed)
+        if cuda:
+            with torch.cuda.device(index):
+                torch.cuda.manual_seed(seed)  # this device's generator only
         yield
 
 

@@ -109,7 +109,13 @@ class ClassificationConfig(ImageTaskConfig):
             _check(self, key, not getattr(self, key) or self.data != "mnist1d",
                    "off for mnist1d (its images lay a 1-D signal out row by row: a shift or a "
                    "mirror of that layout is not the same signal moved)")  # fmt: skip
-        _check(self, "self_condition", 0 <= self.self_condition <= 1, "a probability in [0, 1]")
+        _check(self, "self_condition", 0 <= self.self_condition < 1,
+               "a probability in [0, 1) (at 1 no training example reads zeros, as every first "
+               "call does at inference)")  # fmt: skip
+        _check(self, "self_condition",
+               self.self_condition == 0 or self.shared_policy not in ("frozen", "first-block"),
+               f"0 with shared={self.shared_policy} (its projection is a shared module, which "
+               "that policy freezes for all or all but the first block)")  # fmt: skip
         _check(self, "self_condition", self.self_condition == 0 or not self.end_to_end,
                "0 for end-to-end training (a block reads an earlier block's estimate)")  # fmt: skip
 
@@ -202,10 +208,10 @@ class _ImageClassification(Task):
 
     def _augmented(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """A training batch after ``augment_shift`` and ``augment_flip`` (as given when both are
-        off; uncovered pixels take the value of a 0 pixel)."""
+        off, or when the model is in eval mode; uncovered pixels take the value of a 0 pixel)."""
         c = self.config
-        if not c.augment_shift and not c.augment_flip:
-            return images
+        if (not c.augment_shift and not c.augment_flip) or not self.model.training:
+            return images  # held-out losses (model in eval mode) read the images as they are
         background = -self.pixel_mean / self.pixel_std
         return augment_images(images, c.augment_shift, c.augment_flip, background, generator)
 
@@ -292,6 +298,7 @@ class EndToEndClassification(_ImageClassification):
         refuse_options("classification", options,
                        " (--fid and --inception apply to image generation runs)")  # fmt: skip
         split = split or self.default_split(quick)
+        was_training = self.model.training
         self.model.eval()
         correct = total = 0
         ce = 0.0
@@ -300,7 +307,7 @@ class EndToEndClassification(_ImageClassification):
             correct += int((logits.argmax(-1) == labels).sum())
             ce += float(F.cross_entropy(logits, labels, reduction="sum"))
             total += len(labels)
-        self.model.train()
+        self.model.train(was_training)
         return {
             "split": split,
             "accuracy": correct / total,
@@ -506,6 +513,7 @@ class BlockwiseClassification(_ImageClassification):
             sweep = [default] if c.readout == "chain" else []
         else:
             sweep = sorted({default, *(steps or [])})
+        was_training = self.model.training
         self.model.eval()
         # One generator per step count, so that a step count's accuracy does not depend on which
         # other step counts are swept with it; another for the per-block diagnostics.
@@ -534,7 +542,7 @@ class BlockwiseClassification(_ImageClassification):
         if not quick:  # each block alone, its own generator (the chain's draws are unchanged)
             gen = torch.Generator().manual_seed(c.seed + 1_000_003)
             diagnostics = block_diagnostics(self, self._eval_batches(split), B, gen)
-        self.model.train()
+        self.model.train(was_training)
         chain_acc = correct[default] / total if sweep else None
         ensemble_acc = ensemble / total
         result: dict[str, Any] = {

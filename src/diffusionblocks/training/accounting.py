@@ -117,15 +117,21 @@ class Heldout:
         """The loss of each block trained at this step on the held-out batch
         (``val_<key>_block_<b>``), so that a block that only fits its training batches shows.
         Empty when the task has no validation split. Uses its own generator: training draws are
-        unchanged."""
+        unchanged; the model is in eval mode meanwhile (no dropout or augmentation)."""
         if self.batch is None:
             return {}
         record = {}
-        for u in blocks:
-            generator = torch.Generator().manual_seed(self.seed + 7_000_003 + u)
-            _, logs = self.task.loss(u, self.batch, generator)
-            for k, v in logs.items():
-                record[f"val_{k}_block_{u}"] = v
+        model = self.task.model
+        was_training = model.training
+        model.eval()  # no dropout, no augmentation: the held-out batch as it is
+        try:
+            for u in blocks:
+                generator = torch.Generator().manual_seed(self.seed + 7_000_003 + u)
+                _, logs = self.task.loss(u, self.batch, generator)
+                for k, v in logs.items():
+                    record[f"val_{k}_block_{u}"] = v
+        finally:
+            model.train(was_training)
         return record
 
 
