@@ -67,6 +67,7 @@ def test_dropout_acts_on_the_residual_branches_in_training_mode_only():
 @pytest.mark.parametrize("method", ["dblocks", "e2e"])
 def test_dropout_masks_come_from_the_training_generator_not_the_global_one(method):
     task = tiny_task(method=method, dropout=0.3)
+    Trainer(task, None, progress=False).fit(stop_at=6)  # open the zero-initialised gates and head
     batch = task.train_batch(torch.arange(32))
     losses = []
     for _ in range(2):
@@ -75,6 +76,22 @@ def test_dropout_masks_come_from_the_training_generator_not_the_global_one(metho
         losses.append(task.loss(0, batch, torch.Generator().manual_seed(7))[0])
         assert torch.equal(torch.get_rng_state(), state)  # the global generator is untouched
     assert torch.equal(losses[0], losses[1])
+    # the masks matter: another training-generator state gives another loss (e2e draws nothing
+    # else from it, so there only the masks differ)
+    assert not torch.equal(losses[0], task.loss(0, batch, torch.Generator().manual_seed(8))[0])
+
+
+def test_held_out_losses_are_recorded_without_dropout_or_augmentation():
+    task = tiny_task(method="e2e", dropout=0.5, augment_shift=2, augment_flip=True)
+    trainer = Trainer(task, None, progress=False)
+    trainer.fit(stop_at=6)
+    held_out = trainer.heldout.record([0])
+    task.model.eval()
+    images, labels = task.heldout_batch()
+    expected = torch.nn.functional.cross_entropy(task.logits(images), labels).item()
+    task.model.train()
+    assert abs(held_out["val_ce_block_0"] - expected) < 1e-6
+    assert task.model.training  # training mode is back
 
 
 # ---------------------------------------------------------------------- self-conditioning
@@ -146,14 +163,23 @@ def test_context_noise_corrupts_the_clean_stream_only():
     seen = []
     original = task.denoise_logits
 
+    seen_z = []
+
     def record(block, ids, z, sigma):
         seen.append(ids)
+        seen_z.append(z)
         return original(block, ids, z, sigma)
 
     task.denoise_logits = record
     task.loss(0, batch, torch.Generator().manual_seed(0))
     changed = (seen[0] != batch).float().mean()
     assert 0.15 < float(changed) < 0.35  # 0.3 replaced, a few by the same character
+    # the noisy targets are built around the true characters, drawn before the context's noise
+    gen = torch.Generator().manual_seed(0)
+    sigma = task._sigmas(0, *batch.shape, gen)
+    target = task.table()[batch]
+    expected_z = target + sigma[..., None] * torch.randn(target.shape, generator=gen)
+    assert torch.equal(seen_z[0], expected_z)
     plain = ar_task()
     gen = torch.Generator().manual_seed(0)
     assert plain._noisy_context(batch, gen) is batch
@@ -199,6 +225,13 @@ def test_runs_with_the_options_resume_from_a_mid_training_checkpoint_bitwise(tmp
         ("tiny", {"data": "mnist1d", "augment_shift": 1}, "augment_shift"),
         ("tiny", {"data": "mnist1d", "augment_flip": True}, "augment_flip"),
         ("tiny", {"self_condition": 1.5}, "self_condition"),
+        ("tiny", {"self_condition": 1.0}, "self_condition"),
+        ("tiny", {"self_condition": 0.5, "shared": "frozen"}, "self_condition"),
+        (
+            "tiny",
+            {"self_condition": 0.5, "schedule": "sequential", "shared": "first-block"},
+            "self_condition",
+        ),
         ("tiny", {"method": "e2e", "self_condition": 0.5}, "self_condition"),
         ("ar-tiny", {"context_noise": 1.0}, "context_noise"),
         ("ar-tiny", {"method": "e2e", "context_noise": 0.1}, "context_noise"),
