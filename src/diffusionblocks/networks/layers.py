@@ -30,6 +30,17 @@ def seeded(seed: int) -> Iterator[None]:
 
 
 @contextmanager
+def evaluating(model: nn.Module) -> Iterator[None]:
+    """``model`` in eval mode inside (no dropout), then back in the mode it was in."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
+@contextmanager
 def drawn_from(
     generator: torch.Generator, device: torch.device, enabled: bool = True
 ) -> Iterator[None]:

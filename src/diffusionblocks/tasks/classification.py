@@ -35,7 +35,7 @@ from ..diffusion import (
     weighted_loss,
 )
 from ..eval.classification import block_diagnostics
-from ..networks.layers import drawn_from, seeded
+from ..networks.layers import drawn_from, evaluating, seeded
 from ..networks.placement import to_device
 from ..networks.vit import ViT, ViTShape
 from .base import Task, refuse_options
@@ -298,16 +298,15 @@ class EndToEndClassification(_ImageClassification):
         refuse_options("classification", options,
                        " (--fid and --inception apply to image generation runs)")  # fmt: skip
         split = split or self.default_split(quick)
-        was_training = self.model.training
-        self.model.eval()
-        correct = total = 0
-        ce = 0.0
-        for images, labels in self._eval_batches(split, self.config.eval_subset if quick else None):
-            logits = self.logits(images)
-            correct += int((logits.argmax(-1) == labels).sum())
-            ce += float(F.cross_entropy(logits, labels, reduction="sum"))
-            total += len(labels)
-        self.model.train(was_training)
+        with evaluating(self.model):
+            correct = total = 0
+            ce = 0.0
+            limit = self.config.eval_subset if quick else None
+            for images, labels in self._eval_batches(split, limit):
+                logits = self.logits(images)
+                correct += int((logits.argmax(-1) == labels).sum())
+                ce += float(F.cross_entropy(logits, labels, reduction="sum"))
+                total += len(labels)
         return {
             "split": split,
             "accuracy": correct / total,
@@ -513,36 +512,34 @@ class BlockwiseClassification(_ImageClassification):
             sweep = [default] if c.readout == "chain" else []
         else:
             sweep = sorted({default, *(steps or [])})
-        was_training = self.model.training
-        self.model.eval()
-        # One generator per step count, so that a step count's accuracy does not depend on which
-        # other step counts are swept with it; another for the per-block diagnostics.
-        chain_gens = {
-            s: torch.Generator().manual_seed(c.seed + 1_000_003 + 7919 * s) for s in sweep
-        }
-        correct = dict.fromkeys(sweep, 0)
-        ensemble = 0  # the other readout, scored beside the chain (no draws: fixed z = 0)
-        after_block = [0] * B  # chain stopped after block b (default steps)
-        called: set[int] = set()
-        total = 0
-        for images, labels in self._eval_batches(split, c.eval_subset if quick else None):
-            total += len(labels)
-            if not quick or c.readout == "ensemble":
-                ensemble += int((self.ensemble(images)[0].argmax(-1) == labels).sum())
-            for s in sweep:
-                final, calls = self.predict(images, s, chain_gens[s], readout="chain")
-                correct[s] += int((final.argmax(-1) == labels).sum())
-                if s == default:
-                    last: dict[int, torch.Tensor] = {}
-                    for block, _, logits in calls:
-                        last[block] = logits
-                    called.update(last)
-                    for block, logits in last.items():
-                        after_block[block] += int((logits.argmax(-1) == labels).sum())
-        if not quick:  # each block alone, its own generator (the chain's draws are unchanged)
-            gen = torch.Generator().manual_seed(c.seed + 1_000_003)
-            diagnostics = block_diagnostics(self, self._eval_batches(split), B, gen)
-        self.model.train(was_training)
+        with evaluating(self.model):
+            # One generator per step count, so that a step count's accuracy does not depend on which
+            # other step counts are swept with it; another for the per-block diagnostics.
+            chain_gens = {
+                s: torch.Generator().manual_seed(c.seed + 1_000_003 + 7919 * s) for s in sweep
+            }
+            correct = dict.fromkeys(sweep, 0)
+            ensemble = 0  # the other readout, scored beside the chain (no draws: fixed z = 0)
+            after_block = [0] * B  # chain stopped after block b (default steps)
+            called: set[int] = set()
+            total = 0
+            for images, labels in self._eval_batches(split, c.eval_subset if quick else None):
+                total += len(labels)
+                if not quick or c.readout == "ensemble":
+                    ensemble += int((self.ensemble(images)[0].argmax(-1) == labels).sum())
+                for s in sweep:
+                    final, calls = self.predict(images, s, chain_gens[s], readout="chain")
+                    correct[s] += int((final.argmax(-1) == labels).sum())
+                    if s == default:
+                        last: dict[int, torch.Tensor] = {}
+                        for block, _, logits in calls:
+                            last[block] = logits
+                        called.update(last)
+                        for block, logits in last.items():
+                            after_block[block] += int((logits.argmax(-1) == labels).sum())
+            if not quick:  # each block alone, its own generator (the chain's draws are unchanged)
+                gen = torch.Generator().manual_seed(c.seed + 1_000_003)
+                diagnostics = block_diagnostics(self, self._eval_batches(split), B, gen)
         chain_acc = correct[default] / total if sweep else None
         ensemble_acc = ensemble / total
         result: dict[str, Any] = {

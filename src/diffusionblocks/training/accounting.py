@@ -17,6 +17,7 @@ from typing import IO, TYPE_CHECKING, Any
 import torch
 from tqdm.auto import tqdm
 
+from ..networks.layers import evaluating
 from .metrics import MetricsWriter, current_rss_bytes, peak_rss_bytes
 from .schedule import Plan, Position
 
@@ -121,17 +122,12 @@ class Heldout:
         if self.batch is None:
             return {}
         record = {}
-        model = self.task.model
-        was_training = model.training
-        model.eval()  # no dropout, no augmentation: the held-out batch as it is
-        try:
+        with evaluating(self.task.model):  # no dropout, no augmentation: the batch as it is
             for u in blocks:
                 generator = torch.Generator().manual_seed(self.seed + 7_000_003 + u)
                 _, logs = self.task.loss(u, self.batch, generator)
                 for k, v in logs.items():
                     record[f"val_{k}_block_{u}"] = v
-        finally:
-            model.train(was_training)
         return record
 
 
