@@ -108,3 +108,29 @@ def kill_and_resume(run: Path, reference: dict[str, bytes], rng: random.Random |
         and record["bit_exact"]
     )  # fmt: skip
     return record
+
+
+def names_key(message: str, key: str) -> bool:
+    """Whether a refusal ``message`` names config key ``key`` (quoted, or as ``key=value``)."""
+    return f"'{key}'" in message or (bool(key) and f"{key}=" in message)
+
+
+def refused_alone(cls: type, data: dict) -> list[str]:
+    """The keys of ``data`` that ``cls`` refuses when each is given alone (over the defaults):
+    the offending keys. Empty when only a combination of keys is wrong (e.g. ``heads`` that does
+    not divide ``hidden``), and then any of the given keys is the right one to name."""
+    from diffusionblocks.config import ConfigError, build_config
+
+    offending = []
+    for key, value in data.items():
+        try:
+            build_config(cls, {key: value})
+        except ConfigError:
+            offending.append(key)
+    return offending
+
+
+def names_the_offending_key(cls: type, data: dict, message: str) -> bool:
+    """The campaign's and the property test's criterion: a refusal of ``data`` names one of the
+    keys that are refused on their own, or, when none is, one of the keys that were given."""
+    return any(names_key(message, k) for k in (refused_alone(cls, data) or list(data)))
