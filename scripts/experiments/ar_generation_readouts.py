@@ -15,23 +15,31 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from diffusionblocks.comparison import mean_sd
 from diffusionblocks.loading import evaluate_run
 
+HERE = str(Path(__file__).resolve().parent)
+if HERE not in sys.path:  # protocol.py beside this file, also when a test loads it by path
+    sys.path.insert(0, HERE)
+from protocol import add_caveat_argument, protocol  # noqa: E402
+
 KEYS = ("judge_perplexity", "distinct_4_chars", "repetition_4_chars", "heldout_accuracy")
 
 
-def main() -> None:
+def main(argv: Sequence[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("runs", type=Path, nargs="+", help="DiffusionBlocks run folders")
     ap.add_argument("--judge", type=Path, required=True, help="an end-to-end run")
     ap.add_argument("--prompts", type=int, default=32)
     ap.add_argument("--temperature", type=float, default=1.0, help="0 = greedy decoding")
     ap.add_argument("--json", type=Path)
-    args = ap.parse_args()
+    add_caveat_argument(ap)
+    args = ap.parse_args(argv)
     per_run: list[dict[str, Any]] = []
     for run in args.runs:
         for readout in ("ensemble", "chain"):
@@ -59,8 +67,15 @@ def main() -> None:
     for name, row in summary.items():
         print(name, json.dumps(row))
     if args.json:
-        out = {"split": "val", "judge": str(args.judge), "prompts": args.prompts,
-               "temperature": args.temperature, "summary": summary, "runs": per_run}  # fmt: skip
+        # The readouts are compared on val to choose one (the ensemble became the default after
+        # these numbers); the judge is an end-to-end run, its own continuations the reference.
+        record = protocol(selected_on="val", reported_on="val", seeds=len(args.runs),
+                          baselines=["e2e (the judge, its own continuations)"],
+                          caveats=["val only: no test number in this file", *args.caveat],
+                          argv=argv, script=__file__)  # fmt: skip
+        out = {"protocol": record, "split": "val", "judge": str(args.judge),
+               "prompts": args.prompts, "temperature": args.temperature, "summary": summary,
+               "runs": per_run}  # fmt: skip
         args.json.write_text(json.dumps(out, indent=1) + "\n")
 
 

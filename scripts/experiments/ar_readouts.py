@@ -11,23 +11,32 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from diffusionblocks.comparison import mean_sd
 
+HERE = str(Path(__file__).resolve().parent)
+if HERE not in sys.path:  # protocol.py beside this file, also when a test loads it by path
+    sys.path.insert(0, HERE)
+from protocol import add_caveat_argument, protocol  # noqa: E402
 
-def main() -> None:
+
+def main(argv: Sequence[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("runs", type=Path, help="a folder of seed-N DiffusionBlocks run folders")
     ap.add_argument("--e2e", action="append", default=[], help="NAME=compare folder")
     ap.add_argument("--json", type=Path)
-    args = ap.parse_args()
+    add_caveat_argument(ap)
+    args = ap.parse_args(argv)
     results = [json.loads(p.read_text()) for p in sorted(args.runs.glob("seed-*/results.json"))]
     if not results:
         raise SystemExit(f"{args.runs} holds no seed-*/results.json")
     evs = [r["eval_val"] for r in results]
     out: dict[str, Any] = {
+        "protocol": None,  # filled in below, once the baselines are read
         "split": "val",
         "runs": str(args.runs),
         "dblocks": {
@@ -48,6 +57,12 @@ def main() -> None:
                 key = f"{name}:{row['method']}"
                 out["e2e"][key] = {"val_ce": mean_sd(row["val_values"]),
                                    "train_flops": row["train_flops"]}  # fmt: skip
+    # The readouts are compared on val to choose one (the ensemble became the task's default).
+    out["protocol"] = protocol(
+        selected_on="val", reported_on="val", seeds=len(results), baselines=list(out["e2e"]),
+        caveats=["val only: no test number in this file (the runs' results.json hold test "
+                 "numbers from the end of training)", *args.caveat],
+        argv=argv, script=__file__)  # fmt: skip
     for k, v in out["dblocks"].items():
         if not isinstance(v, dict) or k == "train_peak_bytes":
             continue

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +21,11 @@ import torch
 
 from diffusionblocks.comparison import mean_sd
 from diffusionblocks.loading import load_run
+
+HERE = str(Path(__file__).resolve().parent)
+if HERE not in sys.path:  # protocol.py beside this file, also when a test loads it by path
+    sys.path.insert(0, HERE)
+from protocol import add_caveat_argument, protocol  # noqa: E402
 
 
 def readouts(run: Path) -> dict[str, float]:
@@ -75,11 +82,12 @@ def readouts(run: Path) -> dict[str, float]:
     return {name: h[0] / h[1] for name, h in hits.items()}
 
 
-def main() -> None:
+def main(argv: Sequence[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("runs", nargs="+", type=Path)
     ap.add_argument("--json", type=Path)
-    args = ap.parse_args()
+    add_caveat_argument(ap)
+    args = ap.parse_args(argv)
     torch.set_num_threads(1)
     per_run = {str(run): readouts(run) for run in args.runs}
     names = list(next(iter(per_run.values())))
@@ -89,8 +97,16 @@ def main() -> None:
         table[name] = mean_sd(values)
         print(f"{name:68s} {table[name]['mean']:.4f} ± {table[name]['sd'] or 0:.4f}")
     if args.json:
-        args.json.write_text(json.dumps({"split": "val", "runs": list(per_run),
-                                         "readouts": table}, indent=1) + "\n")  # fmt: skip
+        # The readouts are compared on val to choose one (the ensemble became the default after
+        # them); every row reads the same DiffusionBlocks runs: no baseline method.
+        record = protocol(
+            selected_on="val", reported_on="val", seeds=len(per_run), baselines=[],
+            caveats=["val only: no test number in this file",
+                     "readouts of the DiffusionBlocks runs only: no baseline method in this file",
+                     *args.caveat],
+            argv=argv, script=__file__)  # fmt: skip
+        out = {"protocol": record, "split": "val", "runs": list(per_run), "readouts": table}
+        args.json.write_text(json.dumps(out, indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -1,18 +1,28 @@
 """Collect run folders into one results table (CSV + JSON), one row per run, each with the exact
 command that produced it.
 
-    python scripts/experiments/collect.py OUT_PREFIX RUN_DIR [RUN_DIR ...]
+    python scripts/experiments/collect.py OUT_PREFIX RUN_DIR [RUN_DIR ...] \
+        [--selected-on TEXT] [--caveat TEXT ...]
 
-writes OUT_PREFIX.csv and OUT_PREFIX.json. Extra evaluations stored beside a run as
-``eval-*.json`` (e.g. ``eval-hard-bridge.json``) are added as ``<name>_accuracy`` columns.
+writes OUT_PREFIX.csv and OUT_PREFIX.json (``{"protocol": ..., "rows": [...]}``). Extra
+evaluations stored beside a run as ``eval-*.json`` (e.g. ``eval-hard-bridge.json``) are added as
+``<name>_accuracy`` columns. The accuracy is each run's end-of-training evaluation
+(``results.json`` -> ``eval``: the test split). ``--selected-on`` says what the table was used to
+choose, if anything (default: nothing).
 """
 
 from __future__ import annotations
 
+import argparse
 import csv
 import json
 import sys
 from pathlib import Path
+
+HERE = str(Path(__file__).resolve().parent)
+if HERE not in sys.path:  # protocol.py beside this file, also when a test loads it by path
+    sys.path.insert(0, HERE)
+from protocol import add_caveat_argument, protocol  # noqa: E402
 
 
 def row(run_dir: Path) -> dict:
@@ -46,11 +56,15 @@ def row(run_dir: Path) -> dict:
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) < 2:
-        print(__doc__)
-        return 2
-    prefix, dirs = Path(argv[0]), [Path(d) for d in argv[1:]]
-    rows = [row(d) for d in dirs if (d / "results.json").is_file()]
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("prefix", type=Path, help="OUT_PREFIX: writes OUT_PREFIX.csv and .json")
+    ap.add_argument("runs", type=Path, nargs="+", help="run folders")
+    ap.add_argument("--selected-on", default="none (a table of runs; nothing is chosen on it)",
+                    help="what this table was used to choose, on which split")  # fmt: skip
+    add_caveat_argument(ap)
+    args = ap.parse_args(argv)
+    prefix = args.prefix
+    rows = [row(d) for d in args.runs if (d / "results.json").is_file()]
     keys: list[str] = []
     for r in rows:
         keys += [k for k in r if k not in keys]
@@ -61,7 +75,15 @@ def main(argv: list[str]) -> int:
         writer = csv.DictWriter(fh, fieldnames=keys)
         writer.writeheader()
         writer.writerows(rows)
-    prefix.with_suffix(".json").write_text(json.dumps(rows, indent=1) + "\n")
+    record = protocol(
+        selected_on=args.selected_on,
+        reported_on="test (each run's end-of-training evaluation, results.json -> eval)",
+        seeds=len({r["seed"] for r in rows}),
+        baselines=sorted({r["method"] for r in rows} - {"dblocks"}),
+        caveats=args.caveat, argv=argv, script=__file__)  # fmt: skip
+    prefix.with_suffix(".json").write_text(
+        json.dumps({"protocol": record, "rows": rows}, indent=1) + "\n"
+    )
     print(f"{len(rows)} runs -> {prefix}.csv, {prefix}.json")
     return 0
 

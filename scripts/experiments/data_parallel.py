@@ -19,9 +19,14 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
+HERE = str(Path(__file__).resolve().parent)
+if HERE not in sys.path:  # protocol.py beside this file, also when a test loads it by path
+    sys.path.insert(0, HERE)
+from protocol import add_caveat_argument, protocol  # noqa: E402
 
 
 def run(nproc: int, preset: str, epochs: float, out: Path) -> dict:
@@ -55,13 +60,29 @@ def run(nproc: int, preset: str, epochs: float, out: Path) -> dict:
     }
 
 
-def main() -> None:
+def dp_protocol(args: argparse.Namespace, argv: Sequence[str] | None = None) -> dict:
+    """The protocol object of runs.json: a throughput measurement, one seed, repeats of timing."""
+    record = protocol(
+        selected_on="none",
+        reported_on=f"none: throughput and job time (each record's accuracy is the test accuracy "
+        f"of a run of {args.epochs:g} epoch(s) per block on the {args.preset} preset, not a "
+        "result)",
+        seeds=1,
+        baselines=["dp=1 (one process per block)"],
+        caveats=[f"one seed (the {args.preset} preset's); the {args.repeats} repeats, "
+                 "interleaved dp=1 and dp=2, are timing repeats, not seeds", *args.caveat],
+        argv=argv, script=__file__)  # fmt: skip
+    return {**record, "repeats": args.repeats}
+
+
+def main(argv: Sequence[str] | None = None) -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--preset", default="bench")
     p.add_argument("--epochs", type=float, default=1.0)
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--out", default="docs/results/data-parallel")
-    args = p.parse_args()
+    add_caveat_argument(p)
+    args = p.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="dblocks-dp-"))
     records = []
     for r in range(args.repeats):
@@ -91,7 +112,8 @@ def main() -> None:
     )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "runs.json").write_text(json.dumps({"summary": summary, "records": records}, indent=1))
+    record = {"protocol": dp_protocol(args, argv), "summary": summary, "records": records}
+    (out / "runs.json").write_text(json.dumps(record, indent=1))
     print(json.dumps(summary, indent=1))
 
 

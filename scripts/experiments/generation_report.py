@@ -1,7 +1,8 @@
 """The first-round image-generation table from the runs of
 ``scripts/experiments/generation_cpu.sh`` (preset ``dit-fmnist``).
 
-    python scripts/experiments/generation_report.py [RUNS_DIR]  # runs/generation-first-round
+    python scripts/experiments/generation_report.py [RUNS_DIR] [--caveat TEXT ...]
+    # RUNS_DIR: runs/generation-first-round
 
 Writes ``docs/results/generation/first-round/results.{json,csv}`` (one row per run with its
 exact command and the recorded architecture) and prints the Markdown table. Also measures two
@@ -12,6 +13,7 @@ this sample size) and 2,000 images of uniform noise.
 
 from __future__ import annotations
 
+import argparse
 import csv
 import json
 import sys
@@ -22,7 +24,13 @@ import torch
 from diffusionblocks import fid
 from diffusionblocks.data.images import load_fashion_mnist
 
+HERE = str(Path(__file__).resolve().parent)
+if HERE not in sys.path:  # protocol.py beside this file, also when a test loads it by path
+    sys.path.insert(0, HERE)
+from protocol import add_caveat_argument, protocol  # noqa: E402
+
 OUT = Path("docs/results/generation/first-round")
+RUNS = Path("runs/generation-first-round")  # where generation_cpu.sh trains
 
 
 def reference_points(n: int = 2000) -> dict[str, float]:
@@ -39,7 +47,11 @@ def reference_points(n: int = 2000) -> dict[str, float]:
 
 
 def main(argv: list[str]) -> int:
-    runs = Path(argv[0] if argv else "runs/generation-first-round")
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("runs", type=Path, nargs="?", default=RUNS)
+    add_caveat_argument(ap)
+    args = ap.parse_args(argv)
+    runs = args.runs
     rows = []
     for run in sorted(runs.glob("*/")):
         f = run / "results.json"
@@ -71,8 +83,19 @@ def main(argv: list[str]) -> int:
         })  # fmt: skip
     refs = reference_points()
     OUT.mkdir(parents=True, exist_ok=True)
+    record = protocol(
+        selected_on="none (nothing is chosen on these numbers)",
+        reported_on="test",
+        seeds=len({row["seed"] for row in rows}),
+        baselines=sorted({row["method"] for row in rows} - {"dblocks"}),
+        caveats=["FID from generated samples against the 10,000 test images in the feature space "
+                 "of the package's Fashion-MNIST classifier, not Inception: not comparable with "
+                 "the paper's", *args.caveat],
+        argv=argv, script=__file__,
+        preceded_by="bash scripts/experiments/generation_cpu.sh" if runs == RUNS else None,
+    )  # fmt: skip
     (OUT / "results.json").write_text(
-        json.dumps({"runs": rows, "reference_fid": refs}, indent=2) + "\n"
+        json.dumps({"protocol": record, "runs": rows, "reference_fid": refs}, indent=2) + "\n"
     )
     keys = [k for k in rows[0] if not isinstance(rows[0][k], list)]
     with open(OUT / "results.csv", "w", newline="") as fh:

@@ -4,6 +4,7 @@
 mean and s.d. over seeds, and the paired difference of each setting from the first one given.
 Reads val only: the runs' ``eval_val`` (runs trained before the ensemble readout existed are
 re-evaluated on val with ``--reeval``, which loads each run; nothing is written into the runs).
+Writes ``{"protocol": ..., "rows": [one summary per setting]}``.
 
     python scripts/experiments/readout_sweep.py --json OUT.json \\
         preset=/tmp/depth/vit-mnist1d/dblocks swap0.1=/tmp/r17/swap01 --reeval
@@ -13,10 +14,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from diffusionblocks.comparison import mean_sd
+
+HERE = str(Path(__file__).resolve().parent)
+if HERE not in sys.path:  # protocol.py beside this file, also when a test loads it by path
+    sys.path.insert(0, HERE)
+from protocol import add_caveat_argument, protocol  # noqa: E402
 
 
 def seed_row(run: Path, reeval: bool) -> dict[str, Any]:
@@ -63,12 +71,26 @@ def paired(base: dict[str, Any], other: dict[str, Any], key: str) -> dict[str, A
     return mean_sd(diffs) if diffs else None
 
 
-def main() -> None:
+def sweep_protocol(out: list[dict[str, Any]], caveats: Sequence[str] = (),
+                   argv: Sequence[str] | None = None) -> dict[str, Any]:  # fmt: skip
+    """The protocol object: settings compared on val, against the first one given."""
+    return protocol(
+        selected_on="val", reported_on="val", seeds=max(len(s["seeds"]) for s in out),
+        baselines=[f"{out[0]['setting']} (the first setting: paired differences are taken from "
+                   "it)"],
+        caveats=["val only: no test number in this file",
+                 *[f"{s['setting']}: {len(s['seeds'])} seeds" for s in out
+                   if len(s["seeds"]) < max(len(t["seeds"]) for t in out)], *caveats],
+        argv=argv, script=__file__)  # fmt: skip
+
+
+def main(argv: Sequence[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("settings", nargs="+", help="NAME=FOLDER; the first is the reference")
     ap.add_argument("--json", type=Path)
     ap.add_argument("--reeval", action="store_true")
-    args = ap.parse_args()
+    add_caveat_argument(ap)
+    args = ap.parse_args(argv)
     out = []
     for item in args.settings:
         name, _, folder = item.partition("=")
@@ -83,7 +105,8 @@ def main() -> None:
             f"ensemble - {out[0]['setting']}: {d['mean']:+.4f} ± {d['sd'] or 0:.4f}"
         )
     if args.json:
-        args.json.write_text(json.dumps(out, indent=1) + "\n")
+        record = {"protocol": sweep_protocol(out, args.caveat, argv), "rows": out}
+        args.json.write_text(json.dumps(record, indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -3,6 +3,8 @@ the accuracy of the readout evaluated, and both readouts (``readouts``: chain an
 
     python scripts/experiments/readout_table.py DIR --json OUT.json
     # DIR holds NAME-seed-S-SPLIT.json files (one ``dblocks eval --split SPLIT --json`` each)
+
+Writes ``{"protocol": ..., "rows": {NAME: {SPLIT: ...}}}``.
 """
 
 from __future__ import annotations
@@ -10,10 +12,17 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from diffusionblocks.comparison import mean_sd
+
+HERE = str(Path(__file__).resolve().parent)
+if HERE not in sys.path:  # protocol.py beside this file, also when a test loads it by path
+    sys.path.insert(0, HERE)
+from protocol import add_caveat_argument, protocol  # noqa: E402
 
 
 def table(folder: Path) -> dict[str, Any]:
@@ -37,11 +46,25 @@ def table(folder: Path) -> dict[str, Any]:
     return out
 
 
-def main() -> None:
+def table_protocol(out: dict[str, Any], caveats: Sequence[str] = (),
+                   argv: Sequence[str] | None = None) -> dict[str, Any]:  # fmt: skip
+    """The protocol object: the readout is chosen on val, test (when present) read once."""
+    splits = sorted({split for splits in out.values() for split in splits}, reverse=True)
+    return protocol(
+        selected_on="val", reported_on=" and ".join(splits),
+        seeds=max(row["seeds"] for splits in out.values() for row in splits.values()),
+        baselines=["chain (the paper's readout; each row's readouts.chain)"],
+        caveats=["readouts of DiffusionBlocks runs only: the baseline methods at the same seeds "
+                 "are in the comparisons the runs come from", *caveats],
+        argv=argv, script=__file__)  # fmt: skip
+
+
+def main(argv: Sequence[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("folder", type=Path)
     ap.add_argument("--json", type=Path)
-    args = ap.parse_args()
+    add_caveat_argument(ap)
+    args = ap.parse_args(argv)
     out = table(args.folder)
     for name, splits in out.items():
         for split, row in splits.items():
@@ -53,7 +76,8 @@ def main() -> None:
                 )
             )
     if args.json:
-        args.json.write_text(json.dumps(out, indent=1) + "\n")
+        record = {"protocol": table_protocol(out, args.caveat, argv), "rows": out}
+        args.json.write_text(json.dumps(record, indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -14,6 +14,8 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +24,11 @@ import torch
 from diffusionblocks.comparison import mean_sd
 from diffusionblocks.diffusion import chain_levels, soft_bridge
 from diffusionblocks.loading import load_run
+
+HERE = str(Path(__file__).resolve().parent)
+if HERE not in sys.path:  # protocol.py beside this file, also when a test loads it by path
+    sys.path.insert(0, HERE)
+from protocol import add_caveat_argument, protocol  # noqa: E402
 
 CHURN = 0.4  # sigma raised by 40% before each call (EDM's gamma, below its cap sqrt(2) - 1)
 
@@ -75,18 +82,24 @@ def probe(run: Path) -> dict[str, float]:
     return {name: right / total for name, (right, total) in hits.items()}
 
 
-def main() -> None:
+def main(argv: Sequence[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("runs", type=Path, nargs="+")
     ap.add_argument("--json", type=Path)
-    args = ap.parse_args()
+    add_caveat_argument(ap)
+    args = ap.parse_args(argv)
     per_run = [probe(run) for run in args.runs]
     summary: dict[str, Any] = {k: mean_sd([r[k] for r in per_run]) for k in per_run[0]}
     for k, v in summary.items():
         print(f"{k:<10} {v['mean']:.4f} ± {v['sd']:.4f}")
     if args.json:
-        out = {"split": "val", "runs": [str(r) for r in args.runs], "churn": CHURN,
-               "summary": summary, "per_run": per_run}  # fmt: skip
+        record = protocol(
+            selected_on="none (a lever screened on val; nothing chosen)", reported_on="val",
+            seeds=len(args.runs), baselines=["euler chain (the paper's sampler)"],
+            caveats=["val only: no test number in this file", *args.caveat],
+            argv=argv, script=__file__)  # fmt: skip
+        out = {"protocol": record, "split": "val", "runs": [str(r) for r in args.runs],
+               "churn": CHURN, "summary": summary, "per_run": per_run}  # fmt: skip
         args.json.write_text(json.dumps(out, indent=1) + "\n")
 
 

@@ -1,22 +1,31 @@
 """First-round tables of the three text tasks, from the runs of
 ``scripts/experiments/text_small.sh``.
 
-    python scripts/experiments/text_report.py [RUNS_DIR]   # default runs/text-small
+    python scripts/experiments/text_report.py [RUNS_DIR] [--caveat TEXT ...]  # runs/text-small
 
-Writes ``docs/results/{masked-lm,autoregressive,recurrent}/first-round/results.{json,csv}`` (one
-row per run, with the exact training and evaluation commands) and ``samples.md`` (continuations
-of the same prompts), and prints the Markdown tables used in each folder's README.
+Writes ``docs/results/{masked-lm,autoregressive,recurrent}/first-round/results.{json,csv}``
+(``{"protocol": ..., "rows": [one row per run, with the exact training and evaluation
+commands]}``) and ``samples.md`` (continuations of the same prompts), and prints the Markdown
+tables used in each folder's README. ``--caveat`` goes into all three files' protocol.
 """
 
 from __future__ import annotations
 
+import argparse
 import csv
 import json
 import statistics
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
+HERE = str(Path(__file__).resolve().parent)
+if HERE not in sys.path:  # protocol.py beside this file, also when a test loads it by path
+    sys.path.insert(0, HERE)
+from protocol import add_caveat_argument, protocol  # noqa: E402
+
 EVAL_MDM = "(end of training)"
+RUNS = Path("runs/text-small")  # where text_small.sh trains
 
 
 def load(run: Path) -> dict:
@@ -59,10 +68,24 @@ def lm_metrics(ev: dict) -> dict:
     }
 
 
-def write(folder: str, rows: list[dict], samples: dict[str, str]) -> None:
+def text_protocol(rows: list[dict], runs: Path, caveats: Sequence[str] = (),
+                  argv: Sequence[str] | None = None) -> dict:  # fmt: skip
+    """The protocol object of one task's results.json: a table of runs read on the held-out
+    text, compared with the task's baseline methods."""
+    return protocol(
+        selected_on="none (a table of runs; nothing is chosen on it)",
+        reported_on="test (the held-out text: each run's end-of-training or judged evaluation)",
+        seeds=len({r["seed"] for r in rows}),
+        baselines=sorted({r["method"] for r in rows} - {"dblocks"}),
+        caveats=caveats, argv=argv, script=__file__,
+        preceded_by="bash scripts/experiments/text_small.sh" if runs == RUNS else None)  # fmt: skip
+
+
+def write(folder: str, rows: list[dict], samples: dict[str, str], record_protocol: dict) -> None:
     out = Path("docs/results") / folder / "first-round"
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(rows, indent=2) + "\n")
+    record = {"protocol": record_protocol, "rows": rows}
+    (out / "results.json").write_text(json.dumps(record, indent=2) + "\n")
     keys: list[str] = []
     for r in rows:
         keys += [k for k in r if k not in keys and not isinstance(r[k], (dict, list))]
@@ -76,7 +99,7 @@ def write(folder: str, rows: list[dict], samples: dict[str, str]) -> None:
     (out / "samples.md").write_text("\n".join(lines))
 
 
-def masked(runs: Path) -> None:
+def masked(runs: Path, caveats: Sequence[str] = (), argv: Sequence[str] | None = None) -> None:
     rows, samples = [], {}
     for run in sorted(runs.glob("mdm-*/")):
         if not (run / "results.json").is_file():
@@ -91,7 +114,7 @@ def masked(runs: Path) -> None:
             "command": r["command"],
         })  # fmt: skip
         samples[run.name] = r["samples_text"]
-    write("masked-lm", rows, samples)
+    write("masked-lm", rows, samples, text_protocol(rows, runs, caveats, argv))
     print("| method | seed | held-out BPC ± s.e. | train time | layer evaluations |")
     print("|---|---|---|---|---|")
     for row in rows:
@@ -119,7 +142,9 @@ def ar_extra(sweep: dict | None) -> dict:
     return out
 
 
-def autoregressive(runs: Path) -> None:
+def autoregressive(
+    runs: Path, caveats: Sequence[str] = (), argv: Sequence[str] | None = None
+) -> None:
     rows, samples = [], {}
     for run in sorted(runs.glob("ar-*/")):
         if not (run / "results.json").is_file():
@@ -138,7 +163,7 @@ def autoregressive(runs: Path) -> None:
             "eval_command": f"dblocks eval --run {runs}/{run.name} --judge {runs}/ar-e2e-s0 --json",
         })  # fmt: skip
         samples[run.name] = "\n".join(ev["samples"]) + "\n\n" + r["samples_text"]
-    write("autoregressive", rows, samples)
+    write("autoregressive", rows, samples, text_protocol(rows, runs, caveats, argv))
     swept = [row for row in rows if "sigma_max_call_ce" in row]
     if swept:
         ks = sorted(
@@ -161,7 +186,7 @@ def autoregressive(runs: Path) -> None:
               f"| {row['train_seconds']:.0f} s |")  # fmt: skip
 
 
-def recurrent(runs: Path) -> None:
+def recurrent(runs: Path, caveats: Sequence[str] = (), argv: Sequence[str] | None = None) -> None:
     rows, samples = [], {}
     for run in sorted(runs.glob("rec-*/")):
         if not (run / "results.json").is_file():
@@ -179,7 +204,7 @@ def recurrent(runs: Path) -> None:
             "--steps 1 2 4 8 12 16 24 32 --json",
         })  # fmt: skip
         samples[run.name] = "\n".join(ev["samples"]) + "\n\n" + r["samples_text"]
-    write("recurrent", rows, samples)
+    write("recurrent", rows, samples, text_protocol(rows, runs, caveats, argv))
     print("\n| method | held-out CE | accuracy | judge ppl | distinct-4 | forward layer evals "
           "| backward layer evals | train time |")  # fmt: skip
     print("|---|---|---|---|---|---|---|---|")
@@ -198,10 +223,12 @@ def recurrent(runs: Path) -> None:
 
 
 def main(argv: list[str]) -> int:
-    runs = Path(argv[0] if argv else "runs/text-small")
-    masked(runs)
-    autoregressive(runs)
-    recurrent(runs)
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("runs", type=Path, nargs="?", default=RUNS)
+    add_caveat_argument(ap)
+    args = ap.parse_args(argv)
+    for report in (masked, autoregressive, recurrent):
+        report(args.runs, args.caveat, argv)
     return 0
 
 

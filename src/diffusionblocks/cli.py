@@ -165,7 +165,9 @@ def build_parser() -> argparse.ArgumentParser:
         k.add_argument("--blocks", default=default_blocks, help="comma-separated block counts")
         k.add_argument("--batch-size", type=int, help="override the preset's batch size")
         k.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a key")
-        k.add_argument("--json", help="write the records to this JSON file")
+        k.add_argument(
+            "--json", help="write the records, with the command and a protocol object, to this file"
+        )
         if kind == "memory":
             k.add_argument("--steps", type=int, default=3, help="training steps before measuring")
             k.add_argument("--plot", help="write a PNG plot here")

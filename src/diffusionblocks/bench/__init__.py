@@ -16,6 +16,13 @@ the real trainer. For each one we record
 
 Speed: one process, all configurations built side by side, repeats interleaved so that machine
 noise hits every configuration alike; medians and ratios to ``e2e``.
+
+``dblocks bench memory|speed --json FILE`` writes ``{"protocol": ..., "command": ...,
+"records": [one per configuration and B, the keys above]}``; ``protocol`` is the object of
+docs/protocol.md §5 (``commands/bench.py::bench_protocol``): ``selected_on`` "none",
+``reported_on`` "none: ..." (no data split is read), ``seeds`` 1 (one model per configuration;
+speed repeats are timing repeats, said in ``caveats``), ``baselines`` the ``e2e`` configurations
+measured, ``command`` the ``dblocks bench`` command line.
 """
 
 from __future__ import annotations

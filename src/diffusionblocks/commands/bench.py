@@ -26,7 +26,33 @@ def _int_list(text: str, name: str) -> list[int]:
     return values
 
 
+def bench_protocol(
+    kind: str, preset: str, configs: tuple[str, ...], repeats: int, command: str
+) -> dict[str, Any]:
+    """The ``protocol`` object of the JSON ``--json`` writes (docs/protocol.md §5): a measurement
+    of time or memory, no data split read, nothing chosen, one model per configuration (the
+    preset's seed); the baselines are the end-to-end configurations measured."""
+    if kind == "memory":
+        reported_on = "none: training memory, no data split"
+        spread = (f"one measurement per configuration (the {preset} preset's seed), each in a "
+                  "fresh process: no seeds or repeats")  # fmt: skip
+    else:
+        reported_on = "none: timings, no data split"
+        spread = (f"one model per configuration (the {preset} preset's seed): medians of "
+                  f"{repeats} interleaved timing repeats, not seeds")  # fmt: skip
+    return {
+        "selected_on": "none",
+        "reported_on": reported_on,
+        "seeds": 1,
+        "baselines": [name for name in configs if name.startswith("e2e")],
+        "command": command,
+        "caveats": [spread, "no e2e-shallow row (the protocol's depth-L/B baseline)"],
+    }
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
+    """Run the memory or speed benchmark, print its table; ``--json`` writes
+    ``{"protocol": ..., "command": ..., "records": [...]}`` (the records' keys: ``bench``)."""
     from .. import bench
 
     overrides: dict[str, Any] = preset_overrides(args.preset, args.set or [])
@@ -59,7 +85,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
     print("\n" + key + "\n\n" + table)
     command = command_line(args.argv)
     if args.json:
-        atomic_write_json(args.json, {"command": command, "records": records})
+        repeats = args.repeats if args.kind == "speed" else 1
+        protocol = bench_protocol(args.kind, args.preset, configs, repeats, command)
+        atomic_write_json(args.json, {"protocol": protocol, "command": command,
+                                      "records": records})  # fmt: skip
         print(f"written: {args.json}")
     if args.kind == "memory" and args.plot:
         if bench.plot_memory(records, args.plot) is None:
