@@ -33,6 +33,7 @@ class DiTShape:
     mlp_ratio: float = 4.0  # MLP width / hidden
     num_blocks: int = 1  # groups the layers are split into
     seed: int = 0  # seed of the per-block initialisation
+    averaged: bool = False  # keep an EMA of the weights (per block, and of the shared modules)
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -51,6 +52,7 @@ class DiT(BlockStack):
                 f"{s.image_height}x{s.image_width}"
             )
         self.shape = s
+        self.averaged = s.averaged
         gh, gw = s.grid
         self.patch_embed = nn.Conv2d(s.image_channels, s.hidden, s.patch_size, s.patch_size)
         self.pos_embed = nn.Parameter(torch.zeros(1, gh * gw, s.hidden))
@@ -66,6 +68,7 @@ class DiT(BlockStack):
         self.head = AdaLNOutput(s.hidden, s.patch_size**2 * s.image_channels, zero_init=True)
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
         nn.init.normal_(self.class_embed.weight, std=0.02)
+        self._average_shared_modules()
 
     @property
     def null_class(self) -> int:

@@ -238,6 +238,29 @@ class LayerGroup(nn.Module):
         return len(self.layers)
 
 
+class WeightAverage(nn.Module):
+    """An exponential moving average of some parameters (EMA, as DiT and EDM sample from), kept in
+    buffers so that it travels with its module's ``state_dict``: checkpoints, the files of
+    swapped-out blocks, per-block checkpoints of block-parallel runs and assembled models. It
+    starts equal to the parameters; :meth:`update` moves it by ``1 - decay`` towards them."""
+
+    def __init__(self, named: list[tuple[str, nn.Parameter]]):
+        super().__init__()
+        self.names = [name for name, _ in named]
+        for name, param in named:  # buffer names cannot hold dots
+            self.register_buffer(name.replace(".", "__"), param.detach().clone())
+
+    def shadows(self) -> list[torch.Tensor]:
+        """The averages, in the order of ``names``."""
+        return [cast(torch.Tensor, getattr(self, n.replace(".", "__"))) for n in self.names]
+
+    @torch.no_grad()
+    def update(self, params: dict[str, torch.Tensor], decay: float) -> None:
+        """``average <- decay * average + (1 - decay) * param`` for every averaged parameter."""
+        for name, shadow in zip(self.names, self.shadows(), strict=True):
+            shadow.lerp_(params[name].detach(), 1.0 - decay)
+
+
 class BlockStack(nn.Module):
     """Base for networks whose layers are grouped into blocks (``self.blocks``).
 
@@ -249,6 +272,10 @@ class BlockStack(nn.Module):
     """
 
     blocks: nn.ModuleList
+    # Whether every block and the shared modules keep an average of their weights
+    # (``WeightAverage``); set before ``_init_blocks``, then ``_average_shared_modules`` at the
+    # end of the network's ``__init__``.
+    averaged: bool = False
 
     def _init_blocks(
         self,
@@ -273,7 +300,61 @@ class BlockStack(nn.Module):
         """A freshly initialised block ``block`` (same weights every time), on the default
         device (the CPU)."""
         with seeded(self._block_seed * 10_007 + 1_000 + block):
-            return LayerGroup([self._make_layer() for _ in range(self._layers_per_block)])
+            group = LayerGroup([self._make_layer() for _ in range(self._layers_per_block)])
+        if self.averaged:  # per block: it moves only when its block trains
+            group.average = WeightAverage(list(group.named_parameters()))
+        return group
+
+    # -- averaged weights (EMA) -------------------------------------------------------------------
+    def _shared_named_parameters(self) -> list[tuple[str, nn.Parameter]]:
+        return [(n, q) for n, q in self.named_parameters() if not n.startswith("blocks.")]
+
+    def _average_shared_modules(self) -> None:
+        """Give the shared modules (everything outside ``blocks``) their average; call at the end
+        of ``__init__``, after every shared module exists and is initialised."""
+        if self.averaged:
+            self.shared_average = WeightAverage(self._shared_named_parameters())
+
+    @torch.no_grad()
+    def update_averages(self, blocks: list[int], decay: float) -> None:
+        """After an optimizer step that updated ``blocks`` (and the shared modules): move their
+        averages, and the shared modules', towards the new weights."""
+        for b in blocks:
+            group = self.blocks[b]
+            cast(WeightAverage, group.average).update(dict(group.named_parameters()), decay)
+        self.shared_average.update(dict(self._shared_named_parameters()), decay)
+
+    def _averaged_pairs(self) -> list[tuple[nn.Parameter, torch.Tensor]]:
+        pairs: list[tuple[nn.Parameter, torch.Tensor]] = []
+        for group in self.blocks:
+            params = dict(group.named_parameters())
+            if any(q.is_meta for q in params.values()):
+                continue  # a block without storage (block-resident): nothing to swap
+            average = cast(WeightAverage, group.average)
+            pairs += [(params[n], t) for n, t in zip(average.names, average.shadows(), strict=True)]
+        shared = dict(self._shared_named_parameters())
+        average = self.shared_average
+        pairs += [(shared[n], t) for n, t in zip(average.names, average.shadows(), strict=True)]
+        return pairs
+
+    @contextmanager
+    def averaged_weights(self) -> Iterator[None]:
+        """Inside, every block in memory and the shared modules hold their averaged weights;
+        afterwards their trained weights again, bitwise. A no-op for a network without averages."""
+        if not self.averaged:
+            yield
+            return
+        pairs = self._averaged_pairs()
+        trained = [q.detach().clone() for q, _ in pairs]
+        with torch.no_grad():
+            for q, average in pairs:
+                q.copy_(average)
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for (q, _), saved in zip(pairs, trained, strict=True):
+                    q.copy_(saved)
 
     def set_checkpointing(self, enabled: bool) -> None:
         for group in self.blocks:

@@ -189,6 +189,11 @@ class Task:
         """Plain-data facts about the task for logs and results (dataset sizes, shapes...)."""
         return {}
 
+    def after_update(self, blocks: list[int]) -> None:
+        """Called by the trainer after every optimizer step that updated ``blocks`` (and the
+        shared modules, if they train); not after a skipped step. Image generation moves its
+        weight averages here (``ema``)."""
+
     # -- helpers ----------------------------------------------------------------------------
     def block_parameters(self, block: int) -> list[nn.Parameter]:
         """The parameters one block's optimizer updates (everything else is shared)."""

@@ -40,7 +40,7 @@ class GenerationConfig(ImageTaskConfig):
 
     task_groups = {
         "data": ImageTaskConfig.task_groups["data"],
-        "model": (*ImageTaskConfig.task_groups["model"], "label_dropout"),
+        "model": (*ImageTaskConfig.task_groups["model"], "label_dropout", "ema"),
         "eval": ("cfg_scale", "fid_samples", *ImageTaskConfig.task_groups["eval"]),
     }
 
@@ -49,6 +49,9 @@ class GenerationConfig(ImageTaskConfig):
     label_dropout: float = 0.1  # probability of training with the "no class" token (for CFG)
     cfg_scale: float = 2.0  # guidance weight w: D = D_uncond + w (D_cond - D_uncond); 1 = none
     fid_samples: int = 1000  # samples for the FID at the end of training (0 = skip)
+    # DiT and EDM sample from an exponential moving average (EMA) of the weights. DiffusionBlocks:
+    # one average per block, moved only when its block trains, and one of the shared modules.
+    ema: float = 0.0  # EMA decay of the weights sampling and evaluation use (0 = off: the trained)
 
     def validate(self) -> None:
         super().validate()
@@ -57,6 +60,13 @@ class GenerationConfig(ImageTaskConfig):
         _check(self, "cfg_scale", 0 <= self.cfg_scale <= 100, "a number in [0, 100]")
         _check(self, "fid_samples", 0 <= self.fid_samples <= 1_000_000, "an integer >= 0")
         _check(self, "inference_steps", self.inference_steps >= 1, "an integer >= 1")
+        _check(self, "ema", 0 <= self.ema < 1, "a decay in [0, 1); 0 = off")
+        if self.ema > 0 and self.shared_policy in ("block-copies", "per-block"):
+            raise ConfigError(
+                f"invalid value for 'ema': {self.ema} with shared={self.shared_policy!r} (each "
+                "block's own copy of the shared modules would need its own average; use "
+                "shared=sync, frozen or first-block)"
+            )
 
 
 class _ImageGeneration(Task):
@@ -132,6 +142,7 @@ class _ImageGeneration(Task):
                     mlp_ratio=config.mlp_ratio,
                     num_blocks=config.num_model_blocks,
                     seed=config.seed,
+                    averaged=config.ema > 0,
                 ),
                 materialize_blocks=not config.block_resident,
             )
@@ -213,6 +224,11 @@ class _ImageGeneration(Task):
         loss = weighted_loss(l2, sigma, c.weighting, c.sigma_data, c.weight_clamp)
         return loss, {"loss": loss.item(), "mse": l2.mean().item()}
 
+    def after_update(self, blocks: list[int]) -> None:
+        """``ema``: move the averages of the blocks just updated and of the shared modules."""
+        if self.config.ema > 0:
+            self.model.update_averages(blocks, self.config.ema)
+
     # -- sampling -----------------------------------------------------------------------------
     @torch.no_grad()
     def _sample_images(
@@ -264,7 +280,8 @@ class _ImageGeneration(Task):
         shape = (n, *self.data.image_shape)
         z = self.schedule.sigma_max * torch.randn(shape, generator=generator)
         levels = chain_levels(steps, self.schedule, grid or c.grid)
-        z = chain(denoise, z.to(self.device), levels, self.route)  # the last call's D
+        with self.model.averaged_weights():  # the EMA weights, with ``ema`` > 0
+            z = chain(denoise, z.to(self.device), levels, self.route)  # the last call's D
         self.model.train()
         # "calls_per_unit" ("unit": a block's old name): saved key, kept for old results
         info = {"steps": steps, "cfg_scale": w, "calls_per_unit": calls,
@@ -296,6 +313,15 @@ class _ImageGeneration(Task):
             x, y = x[:limit], y[:limit]
         self.model.eval()
         out = []
+        with self.model.averaged_weights():  # the weights sampling uses
+            out = self._heldout_mse(generator, x, y)
+        self.model.train()
+        return {"heldout_mse_per_unit": out}  # saved key, kept for old results
+
+    def _heldout_mse(
+        self, generator: torch.Generator, x: torch.Tensor, y: torch.Tensor
+    ) -> list[float]:
+        out = []
         for block in range(len(self.model.blocks)):
             total, count = 0.0, 0
             for start in range(0, len(y), self.config.eval_batch_size):
@@ -308,8 +334,7 @@ class _ImageGeneration(Task):
                 total += float(err.flatten(1).mean(1).sum())
                 count += len(labels)
             out.append(total / count)
-        self.model.train()
-        return {"heldout_mse_per_unit": out}  # saved key, kept for old results
+        return out
 
     def evaluate(
         self,

@@ -161,6 +161,7 @@ class Trainer:
             # Shared modules that belong to one block at a time follow that block's schedule.
             one_block = self.shared_policy in ("first-block", "block-copies")
             step_at(shared_opt, lr if one_block else self.plan.global_lr(pos.step))
+        self.task.after_update([block])
         self.residency.note_state_bytes(block)
         for p in params:
             p.grad = None
@@ -204,6 +205,7 @@ class Trainer:
             if c.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(self.shared_params, c.grad_clip)
             step_at(shared_opt, self.plan.global_lr(pos.step))
+        self.task.after_update(blocks)
         self.residency.note_state_bytes(blocks[0])
         for p in every:
             p.grad = None
