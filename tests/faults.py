@@ -111,8 +111,13 @@ def kill_and_resume(run: Path, reference: dict[str, bytes], rng: random.Random |
 
 
 def names_key(message: str, key: str) -> bool:
-    """Whether a refusal ``message`` names config key ``key`` (quoted, or as ``key=value``)."""
-    return f"'{key}'" in message or (bool(key) and f"{key}=" in message)
+    """Whether a refusal ``message`` names config key ``key`` (quoted, or as ``key=value`` not
+    preceded by more of a name: ``num_blocks=`` does not name ``blocks``)."""
+    import re
+
+    if f"'{key}'" in message:
+        return True
+    return bool(key) and re.search(rf"(?<![\w.]){re.escape(key)}=", message) is not None
 
 
 def refused_alone(cls: type, data: dict) -> list[str]:

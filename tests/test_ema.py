@@ -173,3 +173,64 @@ def test_weight_average_update_is_the_closed_form():
         param.copy_(torch.tensor([3.0, 0.0, 0.0]))
     avg.update({"w": param}, 0.75)
     assert torch.equal(avg.shadows()[0], torch.tensor([1.5, -1.5, 3.0]))
+
+
+def test_a_skipped_non_finite_step_leaves_the_averages_alone(synth):
+    task = task_of(synth, num_blocks=2, ema=DECAY)
+    trainer = Trainer(task, None, progress=False)
+    batch = task.train_batch(torch.arange(32))
+    trainer.train_step(0, batch)
+    before = averages(task.model)
+    task.loss = lambda *a, **k: (torch.tensor(float("nan"), requires_grad=True), {})
+    trainer.train_step(0, batch)
+    assert trainer.faults.skipped_steps  # the step was skipped ...
+    assert same_state(before, averages(task.model))  # ... and nothing was averaged
+
+
+def test_held_out_evaluation_uses_the_averages(synth):
+    task = task_of(synth, num_blocks=2, ema=DECAY)
+    Trainer(task, None, progress=False).fit(stop_at=6)
+    twin = task_of(synth, num_blocks=2, ema=DECAY)
+    state = dict(task.model.state_dict())
+    for b, group in enumerate(task.model.blocks):  # the twin's weights := the averages
+        for name, shadow in zip(group.average.names, group.average.shadows(), strict=True):
+            state[f"blocks.{b}.{name}"] = shadow
+    for name, shadow in zip(task.model.shared_average.names, task.model.shared_average.shadows(),
+                            strict=True):  # fmt: skip
+        state[name] = shadow
+    twin.model.load_state_dict(state)
+    got = task.heldout_mse(torch.Generator().manual_seed(3), limit=32)
+    # the twin's averages are not its weights, so compare with its trained weights swapped off
+    with torch.no_grad():
+        twin.model.averaged = False
+        expected = twin.heldout_mse(torch.Generator().manual_seed(3), limit=32)
+    assert got == expected
+
+
+@pytest.mark.parametrize("source_ema", [0.0, DECAY])
+def test_shared_init_loads_the_weights_and_restarts_the_average_there(synth, tmp_path, source_ema):
+    source = task_of(synth, num_blocks=2, ema=source_ema)
+    Trainer(source, tmp_path / "source", progress=False).fit()
+    task = task_of(synth, num_blocks=2, ema=DECAY, shared="frozen",
+                   shared_init=str(tmp_path / "source"))  # fmt: skip
+    Trainer(task, None, progress=False)  # loads shared_init
+    src = dict(source.model.named_parameters())
+    shared = task.model.shared_average
+    for name, shadow in zip(shared.names, shared.shadows(), strict=True):
+        assert torch.equal(dict(task.model.named_parameters())[name], src[name])
+        assert torch.equal(shadow, src[name])  # not the source's average
+
+
+@pytest.mark.parametrize("shared", ["frozen", "first-block"])
+def test_other_shared_policies_train_and_sample_with_averages(synth, shared):
+    common = {"num_blocks": 2, "ema": DECAY, "shared": shared}
+    if shared == "first-block":
+        common["schedule"] = "sequential"
+    task = task_of(synth, **common)
+    trainer = Trainer(task, None, progress=False)
+    trainer.fit()
+    restore = trainer.prepare_evaluation()
+    trained = weights(task.model)
+    images, _ = task.generate(torch.arange(4), torch.Generator().manual_seed(0), steps=4)
+    restore()
+    assert torch.isfinite(images).all() and same_state(trained, weights(task.model))

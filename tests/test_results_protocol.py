@@ -194,7 +194,7 @@ def test_readout_sweep_and_collect_write_their_protocol(tmp_path):
     assert load("collect").main([str(tmp_path / "table"), str(e2e), str(dbl)]) == 0
     data = json.loads((tmp_path / "table.json").read_text())
     assert list(data) == ["protocol", "rows"] and len(data["rows"]) == 2
-    assert data["protocol"]["baselines"] == ["e2e"] and data["protocol"]["seeds"] == 2
+    assert data["protocol"]["baselines"] == ["e2e"] and data["protocol"]["seeds"] == 1
     assert data["protocol"]["reported_on"].startswith("test")
 
 

@@ -24,10 +24,17 @@ from protocol import add_caveat_argument, protocol  # noqa: E402
 
 
 def chain_by_block(folder: Path) -> list[dict[str, object]]:
-    runs = sorted(folder.glob("**/dblocks/seed-*/results.json"))
+    # a comparison's folder (dblocks/seed-*) or a published one (runs/dblocks/seed-*); not
+    # deeper, where other comparisons may have been published beside it
+    runs = sorted([*folder.glob("dblocks/seed-*/results.json"),
+                   *folder.glob("runs/dblocks/seed-*/results.json")])  # fmt: skip
     if not runs:
         raise SystemExit(f"{folder} holds no dblocks/seed-*/results.json")
     results = [json.loads(p.read_text()) for p in runs]
+    configs = {json.dumps({k: v for k, v in r.get("config", {}).items() if k != "seed"},
+                          sort_keys=True) for r in results}  # fmt: skip
+    if len(configs) > 1:
+        raise SystemExit(f"{folder}: its dblocks runs differ in more than their seed")
     per_seed = [r["eval_val"]["per_block"] for r in results]
     layers = results[0]["accounting"]["layers_per_unit"]
     rows = []
@@ -52,7 +59,7 @@ def chain_protocol(folder: Path, rows: list[dict[str, object]], caveats: Sequenc
     runs = rows[0]["runs"] if rows else []
     return protocol(
         selected_on="none (a diagnostic of where the chain gets its accuracy; nothing is chosen)",
-        reported_on="val", seeds=len(runs) if isinstance(runs, list) else 0,
+        reported_on="val", seeds=len(runs) if isinstance(runs, list) else 0,  # one per seed
         baselines=["the full chain (stopped after the last block)"],
         caveats=["val only: no test number in this file",
                  f"the DiffusionBlocks runs of {folder} alone: the baseline methods at the same "

@@ -22,7 +22,7 @@ from pathlib import Path
 HERE = str(Path(__file__).resolve().parent)
 if HERE not in sys.path:  # protocol.py beside this file, also when a test loads it by path
     sys.path.insert(0, HERE)
-from protocol import add_caveat_argument, protocol  # noqa: E402
+from protocol import add_caveat_argument, protocol, seeds_per_method  # noqa: E402
 
 
 def row(run_dir: Path) -> dict:
@@ -78,7 +78,7 @@ def main(argv: list[str]) -> int:
     record = protocol(
         selected_on=args.selected_on,
         reported_on="test (each run's end-of-training evaluation, results.json -> eval)",
-        seeds=len({r["seed"] for r in rows}),
+        seeds=seeds_per_method(rows),
         baselines=sorted({r["method"] for r in rows} - {"dblocks"}),
         caveats=args.caveat, argv=argv, script=__file__)  # fmt: skip
     prefix.with_suffix(".json").write_text(

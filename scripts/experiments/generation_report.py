@@ -27,7 +27,7 @@ from diffusionblocks.data.images import load_fashion_mnist
 HERE = str(Path(__file__).resolve().parent)
 if HERE not in sys.path:  # protocol.py beside this file, also when a test loads it by path
     sys.path.insert(0, HERE)
-from protocol import add_caveat_argument, protocol  # noqa: E402
+from protocol import add_caveat_argument, protocol, seeds_per_method  # noqa: E402
 
 OUT = Path("docs/results/generation/first-round")
 RUNS = Path("runs/generation-first-round")  # where generation_cpu.sh trains
@@ -86,7 +86,7 @@ def main(argv: list[str]) -> int:
     record = protocol(
         selected_on="none (nothing is chosen on these numbers)",
         reported_on="test",
-        seeds=len({row["seed"] for row in rows}),
+        seeds=seeds_per_method(rows),
         baselines=sorted({row["method"] for row in rows} - {"dblocks"}),
         caveats=["FID from generated samples against the 10,000 test images in the feature space "
                  "of the package's Fashion-MNIST classifier, not Inception: not comparable with "

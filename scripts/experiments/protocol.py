@@ -75,6 +75,15 @@ def protocol(
     }
 
 
+def seeds_per_method(rows: Iterable[dict[str, Any]]) -> int:
+    """The ``seeds`` of a table of runs: the fewest distinct seeds any method has (a number in the
+    table rests on at least that many independent runs); 0 for no rows."""
+    seeds: dict[str, set[Any]] = {}
+    for row in rows:
+        seeds.setdefault(str(row["method"]), set()).add(row["seed"])
+    return min((len(s) for s in seeds.values()), default=0)
+
+
 def add_caveat_argument(parser: argparse.ArgumentParser) -> None:
     """A repeatable ``--caveat TEXT`` (as ``dblocks compare --caveat``): a way this run departs
     from the protocol, recorded in the JSON's ``protocol.caveats`` after the script's own."""

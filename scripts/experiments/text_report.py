@@ -22,7 +22,7 @@ from pathlib import Path
 HERE = str(Path(__file__).resolve().parent)
 if HERE not in sys.path:  # protocol.py beside this file, also when a test loads it by path
     sys.path.insert(0, HERE)
-from protocol import add_caveat_argument, protocol  # noqa: E402
+from protocol import add_caveat_argument, protocol, seeds_per_method  # noqa: E402
 
 EVAL_MDM = "(end of training)"
 RUNS = Path("runs/text-small")  # where text_small.sh trains
@@ -75,7 +75,7 @@ def text_protocol(rows: list[dict], runs: Path, caveats: Sequence[str] = (),
     return protocol(
         selected_on="none (a table of runs; nothing is chosen on it)",
         reported_on="test (the held-out text: each run's end-of-training or judged evaluation)",
-        seeds=len({r["seed"] for r in rows}),
+        seeds=seeds_per_method(rows),
         baselines=sorted({r["method"] for r in rows} - {"dblocks"}),
         caveats=caveats, argv=argv, script=__file__,
         preceded_by="bash scripts/experiments/text_small.sh" if runs == RUNS else None)  # fmt: skip

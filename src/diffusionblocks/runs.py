@@ -253,13 +253,15 @@ def trivial_baselines(task: Task, evaluation: dict[str, Any]) -> dict[str, Any]:
 
 def check_disk_space(run_dir: Path, task: Task, config: RunConfig) -> None:
     """Fail before training when the folder cannot hold the checkpoints: each one holds the
-    weights and two Adam moments (3x the parameters), ``keep_checkpoints`` + 1 of them at once."""
+    weights and two Adam moments (3x the parameters; 4x with their averages, ``ema``),
+    ``keep_checkpoints`` + 1 of them at once."""
     import shutil
 
     params = sum(p.numel() * p.element_size() for p in task.model.parameters() if not p.is_meta)
     if not params:  # block-resident models: count one block's worth per block
         params = 1
-    need = 3 * params * (config.keep_checkpoints + 1) + (16 << 20)
+    copies = 4 if getattr(task.model, "averaged", False) else 3
+    need = copies * params * (config.keep_checkpoints + 1) + (16 << 20)
     free = shutil.disk_usage(run_dir).free
     if free < need:
         raise ConfigError(

@@ -316,6 +316,15 @@ class BlockStack(nn.Module):
             self.shared_average = WeightAverage(self._shared_named_parameters())
 
     @torch.no_grad()
+    def restart_shared_average(self) -> None:
+        """Make the shared modules' average equal to their weights (e.g. after ``shared_init``
+        loaded them: a run's average starts at its initial weights)."""
+        shared = dict(self._shared_named_parameters())
+        for name, shadow in zip(self.shared_average.names, self.shared_average.shadows(),
+                                strict=True):  # fmt: skip
+            shadow.copy_(shared[name])
+
+    @torch.no_grad()
     def update_averages(self, blocks: list[int], decay: float) -> None:
         """After an optimizer step that updated ``blocks`` (and the shared modules): move their
         averages, and the shared modules', towards the new weights."""

@@ -173,11 +173,15 @@ class BlockResidency:
                 materialize(self.model, u, device_of(self.model), load_file(self.block_files[u]))
 
     def held_bytes(self) -> dict[str, int]:
-        """Bytes of parameters, gradients and optimizer state that exist right now, and of the
-        finished blocks' copies of the shared modules (``shared=block-copies``)."""
+        """Bytes of parameters, gradients and optimizer state that exist right now, of the
+        finished blocks' copies of the shared modules (``shared=block-copies``), and of the
+        weight averages (``ema``: buffers named ``...average...``)."""
         params = [p for p in self.model.parameters() if not p.is_meta]
+        averages = [b for n, b in self.model.named_buffers()
+                    if "average." in n and not b.is_meta]  # fmt: skip
         return {
             "param_bytes": sum(p.numel() * p.element_size() for p in params),
+            "average_bytes": sum(b.numel() * b.element_size() for b in averages),
             "grad_bytes": sum(
                 p.grad.numel() * p.grad.element_size() for p in params if p.grad is not None
             ),

@@ -12,6 +12,7 @@ non-finite weights and reports a failed write, whatever the store.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -248,7 +249,13 @@ def truncate_metrics(metrics: MetricsWriter, step: int) -> None:
 def load_shared_init(model: BlockModel, folder: str) -> None:
     """``shared_init``: the shared modules from a block-parallel run's latest shared checkpoint,
     or from any run or model folder that ``dblocks eval`` accepts."""
-    state = shared_state_of(folder)
-    if set(state) != set(shared_state(model)):
+
+    def weights(tensors: Mapping[str, Any]) -> dict[str, Any]:  # without the averages (ema)
+        return {k: v for k, v in tensors.items() if not k.startswith("shared_average.")}
+
+    state = weights(shared_state_of(folder))
+    if set(state) != set(weights(shared_state(model))):
         raise ConfigError(f"shared_init={folder}: its shared modules do not fit this model")
     model.load_state_dict(state, strict=False)
+    if getattr(model, "averaged", False):  # ema: the average starts at the weights loaded
+        model.restart_shared_average()

@@ -223,7 +223,7 @@ class Trainer:
             self.residency.prepare()
             if self.step < end:  # the first block is in memory before the baseline, as in e2e
                 self.activate(plan.blocks_at(self.step)[0])
-        memory = MemoryProbe(device_of(self.model), lambda: self.resident_bytes()["param_bytes"])
+        memory = MemoryProbe(device_of(self.model), self._weight_bytes)
         log = ProgressLog(self.settings, self.task.plot_key, self.metrics, self.heldout,
                           self.progress, plan, self.step)  # fmt: skip
         with self.faults.catch_signals():
@@ -301,3 +301,8 @@ class Trainer:
     def resident_bytes(self) -> dict[str, int]:
         """Bytes of parameters, gradients, optimizer state and shared copies held now."""
         return self.residency.held_bytes()
+
+    def _weight_bytes(self) -> int:
+        """Bytes of the weights in memory: parameters and their averages (``ema``)."""
+        held = self.resident_bytes()
+        return held["param_bytes"] + held["average_bytes"]
