@@ -224,7 +224,7 @@ def test_dit_on_users_images_skips_the_fashion_mnist_fid(tmp_path, capsys):
                  "--set", "patch_size=4", "--out", str(tmp_path / "dit"),
                  "--no-progress"]) == 0  # fmt: skip
     out = capsys.readouterr().out
-    assert "note: no FID" in out
+    assert "note: no Frechet distance" in out
     results = json.loads((tmp_path / "dit" / "results.json").read_text())
     assert "fid_skipped" in results["eval"] and "fid" not in results["eval"]
     model = db.load(tmp_path / "dit")

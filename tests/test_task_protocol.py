@@ -46,7 +46,14 @@ def test_no_comparison_with_a_task_name(module):
 def test_every_task_reports_and_headlines_its_own_evaluation():
     examples = {
         "classification": ({"accuracy": 0.5, "examples": 10}, "test acc", "test accuracy"),
-        "generation": ({"fid": 3.0, "steps_sweep": {}}, "FID", None),
+        "generation": ({"fid": 3.0, "steps_sweep": {"50": {"fid": 3.0, "samples": 10,
+                                                              "cfg_scale": 2.0,
+                                                              "layer_evals_per_image": 4,
+                                                              "calls_per_unit": [2],
+                                                              "class_agreement": 0.5,
+                                                              "class_counts": [5, 5]}}},
+                       "Frechet distance (classifier features)",
+                       "Frechet distance in the shipped classifier's feature space (not Inception"),
         "masked-lm": ({"bpc": 2.0, "bpc_stderr": 0.1, "sequences": 2, "draws_per_sequence": 1,
                        "held_out": "tail"}, "held-out BPC", "held-out BPC"),  # fmt: skip
         "autoregressive": ({"heldout_ce": 1.5, "ce_is_likelihood": True, "heldout_accuracy": 0.4,

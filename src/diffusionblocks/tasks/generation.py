@@ -92,7 +92,7 @@ class _ImageGeneration(Task):
         lines = []
         val = ev.get("split") == "val"  # validation: the MSE and the FID reference
         if "fid_skipped" in ev:
-            lines.append(f"note: no FID ({ev['fid_skipped']})")
+            lines.append(f"note: no Frechet distance ({ev['fid_skipped']})")
         if "heldout_mse_per_unit" in ev:
             mse = ", ".join(f"{v:.4f}" for v in ev["heldout_mse_per_unit"])
             where = "validation" if val else "held-out"
@@ -100,7 +100,8 @@ class _ImageGeneration(Task):
         if "fid" in ev:
             for steps, e in ev["steps_sweep"].items():
                 line = (
-                    f"{'validation ' if val else ''}FID ({e['samples']} samples, {steps} steps, "
+                    f"{'validation ' if val else ''}Frechet distance in the shipped classifier's "
+                    f"feature space (not Inception FID; {e['samples']} samples, {steps} steps, "
                     f"CFG {e['cfg_scale']}): {e['fid']:.3f}"
                 )
                 if "fid_inception" in e:
@@ -113,7 +114,8 @@ class _ImageGeneration(Task):
                 )
         return lines
 
-    headline_metric = ("fid", "FID")
+    # "fid" (the saved key): a Frechet distance in the shipped Fashion-MNIST classifier's features
+    headline_metric = ("fid", "Frechet distance (classifier features)")
 
     def __init__(self, config: GenerationConfig, device: torch.device):
         super().__init__(config, device)
