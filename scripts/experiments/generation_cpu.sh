@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Issue 4 results on the CPU: preset dit-fmnist (12-layer DiT, hidden 64, patch 7, 3 epochs per
-# block = equal total layer evaluations), seed 0: end to end (= B=1), DiffusionBlocks B=2, 3, 4,
-# and B=3 with the uniform-log partition. FID from 2000 samples (50 Euler steps, CFG 2) in the
-# Fashion-MNIST evaluator's feature space. Then sample grids of e2e and B=3.
+# The first-round generation results (2026-11-26) on the CPU: the dit-fmnist preset as it was
+# then (12-layer DiT, hidden 64, patch 7, 3 epochs per block = equal total layer evaluations, 50
+# Euler steps on the CDF grid, 2000 samples; given explicitly below since the preset was resized
+# on 2026-11-29), seed 0: end to end (= B=1), DiffusionBlocks B=2, 3, 4, and B=3 with the
+# uniform-log partition. Frechet distance from 2000 samples (CFG 2) in the Fashion-MNIST
+# evaluator's feature space. Then sample grids of e2e and B=3.
 #   bash scripts/experiments/generation_cpu.sh [PARALLEL]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -16,7 +18,9 @@ printf '%s\n' "e2e-s0 --set method=e2e" "dblocks-B3-s0 --set num_blocks=3" \
   set -- {}; name=$1; shift
   [ -f "'"$OUT"'/$name/results.json" ] && exit 0
   rm -rf "'"$OUT"'/$name"
-  '"$D"' train --preset dit-fmnist --no-progress "$@" --out "'"$OUT"'/$name" \
+  '"$D"' train --preset dit-fmnist --set depth=12 --set patch_size=7 --set epochs=3 \
+    --set inference_steps=50 --set grid=cdf --set fid_samples=2000 --no-progress "$@" \
+    --out "'"$OUT"'/$name" \
     > "'"$OUT"'/$name.log" 2>&1 || echo "FAILED $name"'
 for name in e2e-s0 dblocks-B3-s0 dblocks-B4-s0; do
   [ -f "$OUT/$name/results.json" ] && $D sample --run "$OUT/$name" --n 8 --seed 0 \
