@@ -63,6 +63,9 @@ KNOWN_DRIFT: dict[str, tuple[dict[str, tuple[Any, Any]], str]] = {
     # day, 'chain'; the task's default became 'refine' (commit 625b98e, 2026-11-29, chosen on val
     # from these runs: docs/results/recurrent/readouts.json), so today's command evaluates them
     # differently. (recurrent/e2e-ckpt/ was trained after the change: no drift.)
+    # The patch-7 sizing probe ran before its own result made the Karras grid the dit-fmnist
+    # preset's (2026-11-29): it sampled on the CDF grid, today's command on Karras.
+    "generation/sizing/runs/p7-d6-e8/": ({"grid": ("cdf", "karras")}, "inference"),
     **{
         f"recurrent/{folder}/": ({"readout": ("chain", "refine")}, "inference")
         for folder in ("bptt", "dblocks", "dblocks-same-flops", "dblocks-sc", "e2e-shallow")
