@@ -255,6 +255,12 @@ class WeightAverage(nn.Module):
         return [cast(torch.Tensor, getattr(self, n.replace(".", "__"))) for n in self.names]
 
     @torch.no_grad()
+    def restart(self, params: dict[str, torch.Tensor]) -> None:
+        """Make every average equal to its parameter again (bitwise)."""
+        for name, shadow in zip(self.names, self.shadows(), strict=True):
+            shadow.copy_(params[name])
+
+    @torch.no_grad()
     def update(self, params: dict[str, torch.Tensor], decay: float) -> None:
         """``average <- decay * average + (1 - decay) * param`` for every averaged parameter."""
         for name, shadow in zip(self.names, self.shadows(), strict=True):
@@ -315,14 +321,10 @@ class BlockStack(nn.Module):
         if self.averaged:
             self.shared_average = WeightAverage(self._shared_named_parameters())
 
-    @torch.no_grad()
     def restart_shared_average(self) -> None:
         """Make the shared modules' average equal to their weights (e.g. after ``shared_init``
         loaded them: a run's average starts at its initial weights)."""
-        shared = dict(self._shared_named_parameters())
-        for name, shadow in zip(self.shared_average.names, self.shared_average.shadows(),
-                                strict=True):  # fmt: skip
-            shadow.copy_(shared[name])
+        self.shared_average.restart(dict(self._shared_named_parameters()))
 
     @torch.no_grad()
     def update_averages(self, blocks: list[int], decay: float) -> None:
@@ -349,8 +351,9 @@ class BlockStack(nn.Module):
     @contextmanager
     def averaged_weights(self) -> Iterator[None]:
         """Inside, every block in memory and the shared modules hold their averaged weights;
-        afterwards their trained weights again, bitwise. A no-op for a network without averages."""
-        if not self.averaged:
+        afterwards their trained weights again, bitwise. A no-op for a network without averages,
+        and inside another ``averaged_weights`` (an evaluation swaps once for all its batches)."""
+        if not self.averaged or getattr(self, "_averages_in", False):
             yield
             return
         pairs = self._averaged_pairs()
@@ -358,9 +361,11 @@ class BlockStack(nn.Module):
         with torch.no_grad():
             for q, average in pairs:
                 q.copy_(average)
+        self._averages_in = True
         try:
             yield
         finally:
+            self._averages_in = False
             with torch.no_grad():
                 for (q, _), saved in zip(pairs, trained, strict=True):
                     q.copy_(saved)
