@@ -62,6 +62,39 @@ def test_cached_and_uncached_generation_give_identical_tokens(readout):
     assert c == d
 
 
+@pytest.mark.parametrize("overrides", [{"method": "e2e"}, {"readout": "ensemble"},
+                                       {"readout": "chain"}])  # fmt: skip
+def test_generation_past_the_context_sees_the_last_seq_len_characters(overrides):
+    """Any length works (nanoGPT's crop): a prompt longer than the context gives the tokens of
+    its last seq_len - 1 characters alone (the longest prefix training predicts from),
+    generation runs on past seq_len, and the DiffusionBlocks models' cached clean prefix rolls
+    with the window (cached = uncached)."""
+    task = ar_task(**overrides)
+    torch.manual_seed(0)
+    with torch.no_grad():  # non-trivial weights without training (adaLN-Zero starts at zero)
+        for p in task.model.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    n = task.config.seq_len - 1  # the window
+    text = "ROMEO. But soft, what light through yonder window breaks? It is the east."
+    assert len(text) > n + 10
+
+    def gen(prompt, length, **kw):
+        out, _ = task.generate_text(length, torch.Generator().manual_seed(1), prompt,
+                                    temperature=0, **kw)  # fmt: skip
+        return out
+
+    long = gen(text, n + 7)
+    assert len(long) == n + 7
+    assert long == gen(text[-n:], n + 7)  # only the window is seen
+    # Past the context the window rolls: the character after a window of generated ones
+    # depends on those alone, not on the prompt (for the readouts that draw no noise; the
+    # chain draws its starting point per character).
+    if overrides.get("readout") != "chain":
+        assert gen(text, 2 * n + 1)[-1] == gen(text[-3:] + gen(text, 2 * n)[-n:], 1)
+    if "readout" in overrides:
+        assert long == gen(text, n + 7, cache=False)
+
+
 def test_text_metrics():
     assert distinct_n(["a b a b"], 1, words=True) == pytest.approx(2 / 4)
     assert distinct_n(["abcd"], 2) == 1.0
@@ -102,6 +135,10 @@ def test_cli_end_to_end_with_judge_and_bad_input(tmp_path, capsys):
     assert main(["sample", "--run", judge, "--prompt", "KING", "--length", "8"]) == 0  # baseline
     out, err = capsys.readouterr()
     assert out.startswith("KING") and "model calls 8" in err
+    # Past the context (ar-tiny: 32 characters): the window rolls; the default is 32 characters.
+    for argv, printed in ((["--length", "45"], 4 + 45), ([], 4 + 32)):
+        assert main(["sample", "--run", run, "--prompt", "KING", *argv]) == 0, argv
+        assert len(capsys.readouterr().out) == printed + 1  # and the newline
     for argv, message in (
         (["--length", "5", "--prompt", "\u4e2d\u6587"], "outside the vocabulary"),
         (["--length", "0", "--prompt", "A"], "--length must be >= 1"),

@@ -3,6 +3,7 @@ step, exact compute accounting, test-time depth, CLI."""
 
 import json
 
+import pytest
 import torch
 
 from diffusionblocks.cli import main
@@ -93,6 +94,22 @@ def test_inference_depth_changes_the_cost_and_runs():
         assert task.inference_layer_evals(8) > task.inference_layer_evals(2)
         text, _ = task.generate_text(5, torch.Generator().manual_seed(0), "KING", temperature=0)
         assert len(text) == 5
+
+
+@pytest.mark.parametrize("method", ["bptt", "dblocks"])
+def test_generation_past_the_context_sees_the_last_seq_len_characters(method):
+    task = rec_task(method=method)
+    n = task.config.seq_len - 1  # the longest prefix training predicts from
+    text = "KING. Now is the winter of our discontent made glorious summer by this sun."
+    assert len(text) > n + 10
+
+    def gen(prompt, length):
+        out, _ = task.generate_text(length, torch.Generator().manual_seed(1), prompt,
+                                    temperature=0)  # fmt: skip
+        return out
+
+    long = gen(text, n + 7)
+    assert len(long) == n + 7 and long == gen(text[-n:], n + 7)
 
 
 def test_cli_end_to_end_with_depth_sweep(tmp_path, capsys):

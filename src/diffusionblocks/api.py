@@ -148,9 +148,10 @@ class Model:
         seed: int = 0,
     ) -> str:
         """``length`` generated characters after ``prompt`` (the prompt is not repeated; default:
-        as many as the model's context leaves, see :func:`text_room`). Without a prompt,
-        autoregressive models start from a newline (or the training text's first character when
-        the text has no newline). ``temperature`` and ``steps`` default to the run's."""
+        :func:`text_room`; autoregressive models take any length, seeing the last sequence
+        length of characters). Without a prompt, autoregressive models start from a newline (or
+        the training text's first character when the text has no newline). ``temperature`` and
+        ``steps`` default to the run's."""
         task = self._need(self.task.generates == "text", "sample_text", "a language-model run")
         generator = torch.Generator().manual_seed(seed)
         if length is None:
@@ -215,11 +216,13 @@ def train(
 
 
 def text_room(task: Task, prompt: str = "") -> int:
-    """How many characters a language-model run can generate after ``prompt``: its sequence
-    length minus the prompt (or, without one, minus the autoregressive start character)."""
-    start = prompt or (task.start_text() if hasattr(task, "start_text") else "")
+    """How many characters a language-model run generates after ``prompt`` by default: one
+    context's worth (its sequence length) for the autoregressive models, which can go on past
+    it; the sequence length minus the prompt for masked diffusion, which fills one window."""
     config: Any = task.config  # a language-model config: it has seq_len
-    return max(config.seq_len - len(start), 0)
+    if hasattr(task, "start_text"):  # autoregressive (CharLM): the window rolls
+        return int(config.seq_len)
+    return max(config.seq_len - len(prompt), 0)
 
 
 def as_images(images: npt.ArrayLike | torch.Tensor, shape: tuple[int, int, int]) -> torch.Tensor:

@@ -114,7 +114,7 @@ SAMPLE_N_DEFAULT = 8  # `dblocks sample --n`: image samples per class
 def sample_text(task: Task, args: argparse.Namespace) -> int:
     import torch
 
-    if args.length is None:  # as many characters as the model's context leaves
+    if args.length is None:  # one context's worth (masked: what the window leaves)
         from ..api import text_room
 
         args.length = text_room(task, args.prompt or "")

@@ -271,30 +271,30 @@ class CharLM(TextTask):
     ) -> str:
         """``length`` characters after ``prompt`` (or :meth:`start_text`), one at a time:
         ``next_logits(ids (1, T))`` gives the next character's logits (V,), :meth:`_pick` draws
-        it at ``temperature`` (default the run's). Returns the generated text alone."""
+        it at ``temperature`` (default the run's). Returns the generated text alone.
+
+        Any prompt and length work: the model sees the last ``seq_len - 1`` characters (the
+        longest prefix a training sequence predicts its next character from; nanoGPT's crop), so
+        past the context the window rolls, and with it the clean prefix the DiffusionBlocks
+        models cache per character."""
         temperature = self.config.temperature if temperature is None else temperature
         ids = self.encode_prompt(prompt)
-        self._check_generation(length, len(ids), temperature)
+        self._check_generation(length, temperature)
         ids = ids[None].to(self.device)
+        context = self.config.seq_len - 1
         self.model.eval()
         for _ in range(length):
-            token = self._pick(next_logits(ids), temperature, generator)
+            token = self._pick(next_logits(ids[:, -context:]), temperature, generator)
             ids = torch.cat([ids, torch.tensor([[token]], device=self.device)], 1)
         self.model.train()
         start = len(prompt or self.start_text())
         return self.vocab.decode(ids[0, start:].tolist())
 
-    def _check_generation(self, length: int, prompt_len: int, temperature: float) -> None:
+    def _check_generation(self, length: int, temperature: float) -> None:
         if length < 1:
             raise ConfigError(f"length must be >= 1, got {length}")
         if not 0 <= temperature <= 100:
             raise ConfigError(f"temperature must be in [0, 100], got {temperature}")
-        if prompt_len + length > self.config.seq_len:
-            raise ConfigError(
-                f"prompt ({prompt_len} characters; without a prompt, the 1 start character) + "
-                f"length ({length}) exceeds the model's sequence length {self.config.seq_len}: "
-                f"at most {max(self.config.seq_len - prompt_len, 0)} characters can follow"
-            )
 
     @torch.no_grad()
     def evaluate(
