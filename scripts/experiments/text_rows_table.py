@@ -1,8 +1,10 @@
-"""One table from several `dblocks compare` folders of a text task (each run at its own
-settings: a method's lr, an option), with FLOPs and memory relative to a reference row, and for
-masked-diffusion DiffusionBlocks runs their readout diagnostics on val (each block alone, the
-ensemble, the best block per interval from ``interval_shares``: from ``eval-val.json`` beside
-a run's results.json when present, else its results.json). Mean and sample s.d. over seeds.
+"""One table from several `dblocks compare` folders of a text or image-generation task (each run
+at its own settings: a method's lr, an option), with FLOPs and memory relative to a reference
+row; for masked-diffusion DiffusionBlocks runs their readout diagnostics on val (each block
+alone, the ensemble, the best block per interval from ``interval_shares``: from
+``eval-val.json`` beside a run's results.json when present, else its results.json); for image
+generation the class agreement on val and test and the sampling cost. Mean and sample s.d. over
+seeds.
 
     python scripts/experiments/text_rows_table.py NAME=COMPARE_FOLDER... --reference NAME \
       --json OUT
@@ -20,8 +22,26 @@ from typing import Any
 from diffusionblocks.comparison import cost_ratios, mean_sd, row_costs, spread_line
 
 
+def generation(runs: list[Path]) -> dict[str, Any]:
+    """Image-generation runs: class agreement on val and test, and the sampling cost (layer
+    evaluations per image, denoiser calls per block) of their evaluation (empty otherwise)."""
+    results = [json.loads((run / "results.json").read_text()) for run in runs]
+    if not results or not all("class_agreement" in r["eval"] for r in results):
+        return {}
+    first = results[0]["eval"]
+    return {
+        "class_agreement_val": mean_sd([r["eval_val"]["class_agreement"] for r in results]),
+        "class_agreement_test": mean_sd([r["eval"]["class_agreement"] for r in results]),
+        "layer_evals_per_image": first["layer_evals_per_image"],
+        "calls_per_block": first["calls_per_unit"],
+    }
+
+
 def diagnostics(runs: list[Path]) -> dict[str, Any]:
-    """Masked-diffusion readouts of the runs' val evaluations (empty for other tasks)."""
+    """Masked-diffusion readouts of the runs' val evaluations, or :func:`generation`'s numbers
+    for image-generation runs (empty for other tasks)."""
+    if found := generation(runs):
+        return found
     evs = []
     for run in runs:
         extra = run / "eval-val.json"

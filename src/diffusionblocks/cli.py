@@ -18,7 +18,7 @@ from typing import TextIO
 
 from . import __version__
 from .commands import UsageError
-from .commands.bench import cmd_bench, cmd_evaluator
+from .commands.bench import cmd_bench, cmd_bench_cap, cmd_evaluator
 from .commands.compare import cmd_compare, cmd_schedule
 from .commands.sample import SAMPLE_N_DEFAULT, cmd_sample, sample_text
 from .commands.train import cmd_assemble, cmd_eval, cmd_presets, cmd_train
@@ -156,7 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--no-progress", action="store_true")
     c.set_defaults(func=cmd_compare)
 
-    b = sub.add_parser("bench", help="memory and speed benchmarks")
+    b = sub.add_parser("bench", help="memory, speed and memory-cap benchmarks")
     bsub = b.add_subparsers(dest="kind", required=True)
     for kind, default_blocks, text in (
         ("memory", "1,2,3,4,6", "peak training memory per configuration, one process each"),
@@ -182,6 +182,21 @@ def build_parser() -> argparse.ArgumentParser:
         else:
             k.add_argument("--repeats", type=int, default=10, help="timed repeats per config")
         k.set_defaults(func=cmd_bench)
+    k = bsub.add_parser(
+        "cap",
+        help="a memory cap the OS enforces (RLIMIT_DATA; CUDA: the allocator's fraction): which "
+        "of e2e, e2e-ckpt and block-resident DiffusionBlocks train under it",
+    )
+    k.add_argument("--preset", choices=preset_names(), default="bench")
+    k.add_argument(
+        "--cap",
+        help="bytes, or with a K/M/G suffix (e.g. 600M); default: a quarter of the way from "
+        "DiffusionBlocks' peak to end-to-end's, measured by uncapped probe runs",
+    )
+    k.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a key")
+    k.add_argument("--out", help="folder for the runs (default runs/bench-cap-PRESET-TIME)")
+    k.add_argument("--json", help="write the statuses, records, command and protocol here")
+    k.set_defaults(func=cmd_bench_cap)
 
     ev = sub.add_parser("evaluator", help="train the Fashion-MNIST classifier used for FID")
     ev.add_argument(

@@ -1,4 +1,6 @@
-"""Memory and speed benchmarks: ``dblocks bench memory`` and ``dblocks bench speed``.
+"""Memory and speed benchmarks: ``dblocks bench memory`` and ``dblocks bench speed``; and
+``dblocks bench cap``, a memory cap enforced by the kernel and which methods train under it
+(:mod:`diffusionblocks.bench.cap`).
 
 Memory: every configuration runs in its own fresh Python process (peak counters only go up), with
 the real trainer. For each one we record

@@ -1,11 +1,13 @@
 """``python -m diffusionblocks.bench worker ...``: one memory-benchmark configuration measured in
-this (fresh) process, printed as one JSON line."""
+this (fresh) process, printed as one JSON line; ``... cap-worker ...``: one training run under a
+memory cap (``dblocks bench cap``), its status printed as one JSON line."""
 
 from __future__ import annotations
 
 import json
 import sys
 
+from .cap import cap_worker
 from .memory import measure_memory
 
 
@@ -22,9 +24,26 @@ def _worker(argv: list[str]) -> int:
     return 0
 
 
+def _cap_worker(argv: list[str]) -> int:
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m diffusionblocks.bench cap-worker")
+    p.add_argument("--preset", required=True)
+    p.add_argument("--overrides", default="{}")
+    p.add_argument("--out", required=True)
+    p.add_argument("--cap", type=int)
+    args = p.parse_args(argv)
+    record = cap_worker(args.preset, json.loads(args.overrides), args.out, args.cap)
+    print(json.dumps(record))
+    return 0
+
+
 if __name__ == "__main__":  # pragma: no cover - subprocess entry point
     if len(sys.argv) > 1 and sys.argv[1] == "worker":
         sys.exit(_worker(sys.argv[2:]))
+    if len(sys.argv) > 1 and sys.argv[1] == "cap-worker":
+        sys.exit(_cap_worker(sys.argv[2:]))
     sys.exit(
         "usage: python -m diffusionblocks.bench worker --preset P [--steps N] [--overrides JSON]"
+        " | cap-worker --preset P --out DIR [--overrides JSON] [--cap BYTES]"
     )

@@ -98,6 +98,54 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def parse_bytes(text: str, name: str) -> int:
+    """``text`` as a byte count: an integer, optionally with a K, M or G suffix (powers of 1024)."""
+    scale = {"K": 2**10, "M": 2**20, "G": 2**30}
+    body, unit = (text[:-1], text[-1].upper()) if text[-1:].upper() in scale else (text, "")
+    try:
+        value = int(float(body) * scale.get(unit, 1))
+    except ValueError:
+        raise UsageError(f"{name} expects bytes (e.g. 600M or 629145600), got {text!r}") from None
+    if value < 2**20:
+        raise UsageError(f"{name} must be at least 1M, got {text!r}")
+    return value
+
+
+def cmd_bench_cap(args: argparse.Namespace) -> int:
+    """Train e2e, e2e-ckpt and block-resident DiffusionBlocks under a memory cap the operating
+    system enforces; print which fit; ``--json`` writes ``e2e_status``, ``e2e_ckpt_status``,
+    ``dblocks_status``, the cap and one record per method."""
+    from ..bench.cap import CAP_METHODS, format_cap_table, run_cap_bench
+
+    if sys.platform != "linux":
+        raise UsageError("bench cap enforces the cap with Linux's RLIMIT_DATA: run it on Linux")
+    overrides: dict[str, Any] = preset_overrides(args.preset, args.set or [])
+    cap = parse_bytes(args.cap, "--cap") if args.cap is not None else None
+    for extra in CAP_METHODS.values():  # validate every configuration before any work starts
+        make_config(args.preset, {**overrides, **extra})
+    out = Path(args.out or f"runs/bench-cap-{args.preset}-{time.strftime('%Y%m%d-%H%M%S')}")
+    if out.exists() and any(out.iterdir()):
+        raise UsageError(f"--out {out} is not empty; choose another folder")
+    print(f"memory-cap benchmark, preset {args.preset}, each method in a fresh process")
+    result = run_cap_bench(args.preset, overrides, out, cap)
+    print("\n" + format_cap_table(result))
+    if args.json:
+        command = command_line(args.argv)
+        protocol = {
+            "selected_on": "none",
+            "reported_on": "test (quality of the runs that trained; val beside it)",
+            "seeds": 1,
+            "baselines": ["e2e", "e2e-ckpt"],
+            "command": command,
+            "caveats": ["one run per method (the preset's seed): a demonstration of what fits, "
+                        "not a quality comparison"],
+        }  # fmt: skip
+        atomic_write_json(args.json, {"protocol": protocol, "command": command, "preset":
+                                      args.preset, "overrides": overrides, **result})  # fmt: skip
+        print(f"written: {args.json}")
+    return 0
+
+
 # ---------------------------------------------------------------------- evaluator
 def cmd_evaluator(args: argparse.Namespace) -> int:
     """Train the Fashion-MNIST classifier whose features FID uses; write its weights and card."""

@@ -1,0 +1,103 @@
+"""`dblocks bench cap`: a memory cap the operating system enforces (RLIMIT_DATA), the status of
+each method under it, the automatic cap, and bad input."""
+
+import json
+import sys
+
+import pytest
+
+from diffusionblocks.bench import cap as capmod
+from diffusionblocks.cli import main
+from diffusionblocks.commands import UsageError
+from diffusionblocks.commands.bench import parse_bytes
+
+pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="RLIMIT_DATA and /proc: Linux")
+
+
+def test_parse_bytes_and_its_refusals_name_the_option():
+    assert parse_bytes("600M", "--cap") == 600 * 2**20
+    assert parse_bytes("1.5g", "--cap") == int(1.5 * 2**30)
+    assert parse_bytes("629145600", "--cap") == 629145600
+    for bad in ("abc", "12Q", "100K", "-5M"):
+        with pytest.raises(UsageError, match="--cap"):
+            parse_bytes(bad, "--cap")
+
+
+def test_auto_cap_lies_between_the_two_peaks_on_a_mib():
+    e2e, db = 900 * 2**20 + 123, 400 * 2**20 + 7
+    cap = capmod.auto_cap(e2e, db)
+    assert db < cap < e2e and cap % 2**20 == 0
+    assert cap == pytest.approx(db + (e2e - db) / 4, abs=2**20)
+
+
+def test_the_cap_is_enforced_by_the_kernel_and_reported_as_oom(tmp_path):
+    """A real child process: under a cap far below what training needs the allocation fails
+    in the allocator (RLIMIT_DATA), the worker reports "oom" with the allocator's message, and
+    no cap lets the same run train (status "ok", peaks sampled)."""
+    ok = capmod.run_cap_worker("tiny", {"method": "e2e"}, tmp_path / "free", None)
+    assert ok["status"] == "ok" and ok["peak_bytes"] > 100 * 2**20, ok
+    assert (tmp_path / "free" / "results.json").exists()
+    capped = capmod.run_cap_worker("tiny", {"method": "e2e"}, tmp_path / "capped",
+                                   ok["peak_bytes"] // 2)  # fmt: skip
+    assert capped["status"] == "oom", capped
+    assert any(m in capped["message"] for m in capmod.OOM_MARKERS), capped["message"]
+
+
+def test_is_oom_knows_the_allocators_messages_and_nothing_else():
+    assert capmod.is_oom(MemoryError())
+    assert capmod.is_oom(RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried"))
+    assert capmod.is_oom(RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB"))
+    assert not capmod.is_oom(RuntimeError("shape mismatch"))
+    assert not capmod.is_oom(ValueError("cap"))
+
+
+def test_bench_cap_command_auto_cap_statuses_and_json(tmp_path, monkeypatch, capsys):
+    """The command's logic with the worker replaced: probes choose the cap, every method runs
+    under it, the JSON has the three statuses, the cap and a protocol."""
+    peaks = {"e2e": 800 * 2**20, "e2e-ckpt": 600 * 2**20, "dblocks": 400 * 2**20}
+    calls = []
+
+    def worker(preset, overrides, out, cap):
+        name = {"e2e": "e2e", "e2e-ckpt": "e2e-ckpt", "dblocks": "dblocks"}[overrides["method"]]
+        calls.append((name, cap))
+        peak = peaks[name]
+        status = "ok" if cap is None or peak <= cap else "oom"
+        return {"status": status, "message": "", "peak_bytes": peak if status == "ok"
+                else None, "peak_rss_bytes": None, "wall_seconds": 1.0}  # fmt: skip
+
+    monkeypatch.setattr(capmod, "run_cap_worker", worker)
+    out, js = tmp_path / "runs", tmp_path / "cap.json"
+    assert main(["bench", "cap", "--preset", "tiny", "--out", str(out), "--json", str(js)]) == 0
+    result = json.loads(js.read_text())
+    cap = capmod.auto_cap(peaks["e2e"], peaks["dblocks"])
+    assert calls == [("e2e", None), ("dblocks", None), ("e2e", cap), ("e2e-ckpt", cap),
+                     ("dblocks", cap)]  # fmt: skip
+    assert (result["e2e_status"], result["e2e_ckpt_status"], result["dblocks_status"]) == (
+        "oom",
+        "oom",
+        "ok",
+    )
+    assert result["cap_bytes"] == cap and result["cap_chosen"] == "auto"
+    assert result["protocol"]["command"].startswith("dblocks bench cap")
+    printed = capsys.readouterr().out
+    assert "| e2e | **oom** |" in printed and "| dblocks | **ok** |" in printed
+    # A given cap: no probes.
+    calls.clear()
+    js2 = tmp_path / "given.json"
+    assert main(["bench", "cap", "--preset", "tiny", "--cap", "600M", "--out",
+                 str(tmp_path / "given"), "--json", str(js2)]) == 0  # fmt: skip
+    assert [c[1] for c in calls] == [600 * 2**20] * 3
+    assert json.loads(js2.read_text())["e2e_ckpt_status"] == "ok"  # 600M fits 600 MiB
+
+
+def test_bench_cap_refuses_bad_input_before_any_work(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(capmod, "run_cap_worker", lambda *a: pytest.fail("no run expected"))
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "x").write_text("")
+    for argv, message in (
+        (["--cap", "lots"], "--cap"),
+        (["--set", "nosuchkey=1"], "nosuchkey"),
+        (["--out", str(tmp_path / "full")], "--out"),
+    ):
+        assert main(["bench", "cap", "--preset", "tiny", *argv]) == 2, argv
+        assert message in capsys.readouterr().err, argv
