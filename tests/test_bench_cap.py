@@ -57,7 +57,8 @@ def test_bench_cap_command_auto_cap_statuses_and_json(tmp_path, monkeypatch, cap
     peaks = {"e2e": 800 * 2**20, "e2e-ckpt": 600 * 2**20, "dblocks": 400 * 2**20}
     calls = []
 
-    def worker(preset, overrides, out, cap):
+    def worker(preset, overrides, out, cap, mmap_threshold):
+        assert mmap_threshold == 131072  # as dblocks bench memory
         name = {"e2e": "e2e", "e2e-ckpt": "e2e-ckpt", "dblocks": "dblocks"}[overrides["method"]]
         calls.append((name, cap))
         peak = peaks[name]
@@ -70,8 +71,8 @@ def test_bench_cap_command_auto_cap_statuses_and_json(tmp_path, monkeypatch, cap
     assert main(["bench", "cap", "--preset", "tiny", "--out", str(out), "--json", str(js)]) == 0
     result = json.loads(js.read_text())
     cap = capmod.auto_cap(peaks["e2e"], peaks["dblocks"])
-    assert calls == [("e2e", None), ("dblocks", None), ("e2e", cap), ("e2e-ckpt", cap),
-                     ("dblocks", cap)]  # fmt: skip
+    assert calls == [("e2e", None), ("e2e-ckpt", None), ("dblocks", None), ("e2e", cap),
+                     ("e2e-ckpt", cap), ("dblocks", cap)]  # fmt: skip
     assert (result["e2e_status"], result["e2e_ckpt_status"], result["dblocks_status"]) == (
         "oom",
         "oom",
@@ -98,6 +99,7 @@ def test_bench_cap_refuses_bad_input_before_any_work(tmp_path, monkeypatch, caps
         (["--cap", "lots"], "--cap"),
         (["--set", "nosuchkey=1"], "nosuchkey"),
         (["--out", str(tmp_path / "full")], "--out"),
+        (["--malloc-mmap-threshold", "-1"], "--malloc-mmap-threshold"),
     ):
         assert main(["bench", "cap", "--preset", "tiny", *argv]) == 2, argv
         assert message in capsys.readouterr().err, argv

@@ -196,6 +196,12 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a key")
     k.add_argument("--out", help="folder for the runs (default runs/bench-cap-PRESET-TIME)")
     k.add_argument("--json", help="write the statuses, records, command and protocol here")
+    k.add_argument(
+        "--malloc-mmap-threshold",
+        type=int,
+        default=131072,
+        help="glibc MALLOC_MMAP_THRESHOLD_ for the runs, as in bench memory (0 = glibc default)",
+    )
     k.set_defaults(func=cmd_bench_cap)
 
     ev = sub.add_parser("evaluator", help="train the Fashion-MNIST classifier used for FID")

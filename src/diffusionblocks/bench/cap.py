@@ -15,9 +15,11 @@ package may import, imported first in every run, then the data, the model and tr
 The methods: ``e2e`` (full depth), ``e2e-ckpt`` (full depth with activation checkpointing, the
 usual way to save memory), and ``dblocks`` with ``resident=true`` (block-resident
 DiffusionBlocks: one block's weights, gradients and optimizer state in memory at a time; the
-same weights as the default run, bitwise). Without ``--cap`` the cap is chosen from uncapped
-probe runs of ``e2e`` and ``dblocks``: a quarter of the way from DiffusionBlocks' peak to
-end-to-end's (:func:`auto_cap`), so that the end-to-end run needs more than the cap.
+same weights as the default run, bitwise). Without ``--cap`` every method first runs uncapped
+(its peak and quality are reported beside) and the cap is a quarter of the way from
+DiffusionBlocks' peak to end-to-end's (:func:`auto_cap`), so that the end-to-end run needs more
+than the cap. The workers get glibc's ``MALLOC_MMAP_THRESHOLD_`` as in ``dblocks bench memory``
+(:func:`run_cap_worker`).
 """
 
 from __future__ import annotations
@@ -34,12 +36,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from .memory import DEFAULT_MMAP_THRESHOLD
+
 CAP_METHODS: dict[str, dict[str, Any]] = {
     "e2e": {"method": "e2e"},
     "e2e-ckpt": {"method": "e2e-ckpt"},
     "dblocks": {"method": "dblocks", "resident": True},
 }
-# Messages of a failed allocation: PyTorch's CPU allocator, CUDA's, Python's, OpenBLAS's.
+# Messages of a failed allocation: PyTorch's CPU allocator, CUDA's, Python's, OpenBLAS's,
+# zlib's.
 OOM_MARKERS = (
     "can't allocate memory",
     "Cannot allocate memory",
@@ -47,6 +52,7 @@ OOM_MARKERS = (
     "out of memory",
     "MemoryError",
     "Memory allocation still failed",
+    "Error -4 while",  # zlib's Z_MEM_ERROR
 )
 
 
@@ -177,15 +183,27 @@ def hard_limit() -> int:
 
 
 def run_cap_worker(
-    preset: str, overrides: dict[str, Any], out: Path, cap: int | None
+    preset: str,
+    overrides: dict[str, Any],
+    out: Path,
+    cap: int | None,
+    mmap_threshold: int = DEFAULT_MMAP_THRESHOLD,
 ) -> dict[str, Any]:
     """:func:`cap_worker` in a fresh subprocess; a worker that dies (a signal, an abort inside a
-    library whose allocation failed) is reported as ``error`` with its exit code."""
+    library whose allocation failed) is reported as ``error`` with its exit code.
+    ``mmap_threshold`` > 0 sets glibc's ``MALLOC_MMAP_THRESHOLD_`` as ``dblocks bench memory``
+    does (freed activations go back to the system instead of fragmenting the heap, which would
+    count against the cap; activation checkpointing suffers most); 0 keeps glibc's default."""
     cmd = [sys.executable, "-m", "diffusionblocks.bench", "cap-worker", "--preset", preset,
            "--overrides", json.dumps(overrides), "--out", str(out)]  # fmt: skip
     if cap is not None:
         cmd += ["--cap", str(cap)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy())
+    env = os.environ.copy()
+    if mmap_threshold > 0:
+        env["MALLOC_MMAP_THRESHOLD_"] = str(mmap_threshold)
+    else:
+        env.pop("MALLOC_MMAP_THRESHOLD_", None)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     lines = proc.stdout.strip().splitlines()
     if proc.returncode == 0 and lines:
         try:
@@ -230,20 +248,21 @@ def run_cap_bench(
     overrides: dict[str, Any],
     out: Path,
     cap: int | None = None,
+    mmap_threshold: int = DEFAULT_MMAP_THRESHOLD,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Train every method of :data:`CAP_METHODS` under ``cap`` bytes (None: :func:`auto_cap` from
-    uncapped probe runs, kept under ``out/probe``); runs go to ``out/METHOD``. Returns the
-    cap, how it was chosen, ``e2e_status``, ``e2e_ckpt_status``, ``dblocks_status`` and one
-    record per method (status, peak, wall time, quality when it trained)."""
+    uncapped probe runs of every method, kept under ``out/probe``); runs go to ``out/METHOD``.
+    Returns the cap, how it was chosen, ``e2e_status``, ``e2e_ckpt_status``,
+    ``dblocks_status`` and one record per method (status, peak, wall time, quality when it
+    trained, and without ``cap`` its uncapped peak and quality)."""
     probes: dict[str, dict[str, Any]] = {}
     warnings: list[str] = []
     if cap is None:
-        for name in ("e2e", "dblocks"):
+        for name, method_overrides in CAP_METHODS.items():
             log(f"  probe without a cap: {name} ...")
-            probes[name] = run_cap_worker(
-                preset, {**overrides, **CAP_METHODS[name]}, out / "probe" / name, None
-            )
+            probes[name] = run_cap_worker(preset, {**overrides, **method_overrides},
+                                          out / "probe" / name, None, mmap_threshold)  # fmt: skip
             if probes[name]["status"] != "ok" or not probes[name]["peak_bytes"]:
                 raise RuntimeError(f"the uncapped {name} probe failed: {probes[name]['message']}")
         e2e_peak, dblocks_peak = (probes[m]["peak_bytes"] for m in ("e2e", "dblocks"))
@@ -258,7 +277,9 @@ def run_cap_bench(
     records = []
     for name, method_overrides in CAP_METHODS.items():
         log(f"  {name} under a cap of {cap / 2**20:.0f} MiB ...")
-        record = run_cap_worker(preset, {**overrides, **method_overrides}, out / name, cap)
+        record = run_cap_worker(
+            preset, {**overrides, **method_overrides}, out / name, cap, mmap_threshold
+        )
         record = {"method": name, "overrides": method_overrides, **record}
         if record["status"] == "ok":
             record.update(_quality(out / name))
@@ -268,7 +289,8 @@ def run_cap_bench(
         records.append(record)
     status = {f"{r['method'].replace('-', '_')}_status": r["status"] for r in records}
     return {"cap_bytes": cap, "cap_chosen": "given" if not probes else "auto", **status,
-            "records": records, "warnings": warnings}  # fmt: skip
+            "malloc_mmap_threshold": mmap_threshold or None, "records": records,
+            "warnings": warnings}  # fmt: skip
 
 
 def format_cap_table(result: dict[str, Any]) -> str:

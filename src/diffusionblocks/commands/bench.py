@@ -126,8 +126,10 @@ def cmd_bench_cap(args: argparse.Namespace) -> int:
     out = Path(args.out or f"runs/bench-cap-{args.preset}-{time.strftime('%Y%m%d-%H%M%S')}")
     if out.exists() and any(out.iterdir()):
         raise UsageError(f"--out {out} is not empty; choose another folder")
+    if args.malloc_mmap_threshold < 0:
+        raise UsageError("--malloc-mmap-threshold must be >= 0 (0 = glibc default)")
     print(f"memory-cap benchmark, preset {args.preset}, each method in a fresh process")
-    result = run_cap_bench(args.preset, overrides, out, cap)
+    result = run_cap_bench(args.preset, overrides, out, cap, args.malloc_mmap_threshold)
     print("\n" + format_cap_table(result))
     if args.json:
         command = command_line(args.argv)
