@@ -18,7 +18,7 @@ def test_parse_bytes_and_its_refusals_name_the_option():
     assert parse_bytes("600M", "--cap") == 600 * 2**20
     assert parse_bytes("1.5g", "--cap") == int(1.5 * 2**30)
     assert parse_bytes("629145600", "--cap") == 629145600
-    for bad in ("abc", "12Q", "100K", "-5M"):
+    for bad in ("abc", "12Q", "100K", "-5M", "inf", "nan", "2000T"):
         with pytest.raises(UsageError, match="--cap"):
             parse_bytes(bad, "--cap")
 
@@ -30,17 +30,24 @@ def test_auto_cap_lies_between_the_two_peaks_on_a_mib():
     assert cap == pytest.approx(db + (e2e - db) / 4, abs=2**20)
 
 
-def test_the_cap_is_enforced_by_the_kernel_and_reported_as_oom(tmp_path):
-    """A real child process: under a cap far below what training needs the allocation fails
-    in the allocator (RLIMIT_DATA), the worker reports "oom" with the allocator's message, and
-    no cap lets the same run train (status "ok", peaks sampled)."""
-    ok = capmod.run_cap_worker("tiny", {"method": "e2e"}, tmp_path / "free", None)
-    assert ok["status"] == "ok" and ok["peak_bytes"] > 100 * 2**20, ok
+def test_the_cap_is_enforced_by_the_kernel_and_reported_as_oom(tmp_path, monkeypatch):
+    """A real child process: under a cap halfway between what the process holds before training
+    and its uncapped peak, an allocation fails in the allocator (RLIMIT_DATA) after training
+    started, and the worker reports "oom" with the allocator's message; without a cap the same
+    run trains. A cap below the start is said to be so, not reported as an out-of-memory run."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    cpu = {"method": "e2e", "device": "cpu"}
+    ok = capmod.run_cap_worker("tiny", cpu, tmp_path / "free", None)
+    assert ok["status"] == "ok" and ok["peak_bytes"] > ok["start_bytes"] > 100 * 2**20, ok
     assert (tmp_path / "free" / "results.json").exists()
-    capped = capmod.run_cap_worker("tiny", {"method": "e2e"}, tmp_path / "capped",
-                                   ok["peak_bytes"] // 2)  # fmt: skip
+    half = ok["start_bytes"] + (ok["peak_bytes"] - ok["start_bytes"]) // 2
+    capped = capmod.run_cap_worker("tiny", cpu, tmp_path / "capped", half)
     assert capped["status"] == "oom", capped
     assert any(m in capped["message"] for m in capmod.OOM_MARKERS), capped["message"]
+    assert (tmp_path / "capped" / "config.json").exists()  # the run had started
+    assert not (tmp_path / "capped" / "results.json").exists()
+    low = capmod.run_cap_worker("tiny", cpu, tmp_path / "low", ok["start_bytes"] // 2)
+    assert low["status"] == "error" and "before training" in low["message"], low
 
 
 def test_is_oom_knows_the_allocators_messages_and_nothing_else():
@@ -91,12 +98,34 @@ def test_bench_cap_command_auto_cap_statuses_and_json(tmp_path, monkeypatch, cap
     assert json.loads(js2.read_text())["e2e_ckpt_status"] == "ok"  # 600M fits 600 MiB
 
 
+def test_bench_cap_says_why_no_cap_can_be_chosen(tmp_path, monkeypatch, capsys):
+    """A probe that fails, or a DiffusionBlocks run that needs as much as end to end: one
+    sentence, exit code 2, no traceback."""
+
+    def worker(preset, overrides, out, cap, mmap_threshold, peaks=None):
+        failed = overrides["method"] == "e2e-ckpt" and peaks is None
+        return {"status": "error" if failed else "ok", "message": "killed", "peak_bytes": 500}
+
+    monkeypatch.setattr(capmod, "run_cap_worker", worker)
+    assert main(["bench", "cap", "--preset", "tiny", "--out", str(tmp_path / "a")]) == 2
+    assert "the uncapped e2e-ckpt run failed (killed)" in capsys.readouterr().err
+    monkeypatch.setattr(capmod, "run_cap_worker", lambda *a: worker(*a, peaks=True))
+    assert main(["bench", "cap", "--preset", "tiny", "--out", str(tmp_path / "b")]) == 2
+    assert "as much memory as end to end" in capsys.readouterr().err
+
+
 def test_bench_cap_refuses_bad_input_before_any_work(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(capmod, "run_cap_worker", lambda *a: pytest.fail("no run expected"))
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "x").write_text("")
+    (tmp_path / "file").write_text("")
     for argv, message in (
         (["--cap", "lots"], "--cap"),
+        (["--cap", "inf"], "--cap"),
+        (["--cap", "1e30G"], "--cap"),
+        (["--set", "method=e2e"], "--set method"),
+        (["--set", "resident=false"], "--set resident"),
+        (["--out", str(tmp_path / "file")], "--out"),
         (["--set", "nosuchkey=1"], "nosuchkey"),
         (["--out", str(tmp_path / "full")], "--out"),
         (["--malloc-mmap-threshold", "-1"], "--malloc-mmap-threshold"),

@@ -27,9 +27,10 @@ from diffusionblocks.registry import PRESETS, make_config, read_run_config
 RESULTS = Path(__file__).resolve().parents[1] / "docs" / "results"
 ABSENT = "<not in the recorded config>"
 
-# One recorded run per table, at least one table per task kind that publishes its runs (no
-# generation comparison does: docs/results/generation/first-round predates `dblocks compare`).
+# One recorded run per table, at least one table per task kind that publishes its runs
+# (docs/results/generation/first-round predates `dblocks compare` and publishes none).
 ROWS = {
+    "generation/protocol/dblocks": "dblocks/seed-1",
     "classification/vit-fmnist": "dblocks/seed-0",
     "classification/depth-check/vit-mnist1d": "e2e-shallow/seed-1",
     "classification/chain-research/label-swap-0.1/vit-mnist1d": "dblocks/seed-0",

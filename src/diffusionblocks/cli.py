@@ -104,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--length", type=int,
         help="text: characters to generate (default: the model's sequence length; masked "
         "diffusion: what its window leaves after the prompt; autoregressive models take any "
-        "length, seeing the last sequence length of characters)",
+        "length, seeing the last seq_len - 1 characters)",
     )  # fmt: skip
     sm.add_argument(
         "--prompt",

@@ -6,11 +6,13 @@ with the cap applied to the whole process (the Python runtime, PyTorch and every
 package may import, imported first in every run, then the data, the model and training) before
 ``dblocks train`` starts:
 
-- CPU (Linux): ``RLIMIT_DATA``, the kernel's limit on the process's data segment (heap and
-  private writable mappings: every tensor). An allocation past it fails inside the allocator
-  ("can't allocate memory"); nothing in this package checks or reports the limit itself.
+- CPU (Linux 4.7 or later): ``RLIMIT_DATA``, the kernel's limit on the process's data segment
+  (heap and private writable mappings: every tensor, and also every thread's stack and memory
+  mapped but not yet touched, so it counts address space, not resident memory, and depends on
+  the number of threads). An allocation past it fails inside the allocator ("can't allocate
+  memory"); nothing in this package checks or reports the limit itself.
 - CUDA: ``torch.cuda.set_per_process_memory_fraction``, so the caching allocator raises
-  ``torch.cuda.OutOfMemoryError`` past the cap.
+  ``torch.cuda.OutOfMemoryError`` past the cap (the CUDA context itself is outside it).
 
 The methods: ``e2e`` (full depth), ``e2e-ckpt`` (full depth with activation checkpointing, the
 usual way to save memory), and ``dblocks`` with ``resident=true`` (block-resident
@@ -27,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import platform
 import resource
 import subprocess
 import sys
@@ -44,7 +47,7 @@ CAP_METHODS: dict[str, dict[str, Any]] = {
     "dblocks": {"method": "dblocks", "resident": True},
 }
 # Messages of a failed allocation: PyTorch's CPU allocator, CUDA's, Python's, OpenBLAS's,
-# zlib's.
+# zlib's, C++'s, OpenMP's.
 OOM_MARKERS = (
     "can't allocate memory",
     "Cannot allocate memory",
@@ -53,7 +56,13 @@ OOM_MARKERS = (
     "MemoryError",
     "Memory allocation still failed",
     "Error -4 while",  # zlib's Z_MEM_ERROR
+    "std::bad_alloc",
+    "Thread creation failed",  # OpenMP (libgomp) when a thread's stack cannot be mapped
 )
+
+
+class CapBenchError(RuntimeError):
+    """The benchmark cannot choose a cap (a probe failed, or the two peaks do not separate)."""
 
 
 def data_bytes(status: str = "/proc/self/status") -> int | None:
@@ -125,9 +134,10 @@ def import_everything() -> None:
     import importlib
     import pkgutil
 
-    import matplotlib
+    with contextlib.suppress(ImportError):  # optional (the `plot` extra)
+        import matplotlib
 
-    matplotlib.use("Agg")
+        matplotlib.use("Agg")
     package = importlib.import_module("diffusionblocks")
     names = [m.name for m in pkgutil.walk_packages(package.__path__, "diffusionblocks.")
              if not m.name.endswith("__main__")]  # fmt: skip
@@ -136,11 +146,27 @@ def import_everything() -> None:
             importlib.import_module(name)
 
 
+def warm_up() -> None:
+    """What every run does before its cap: :func:`import_everything`, and start PyTorch's
+    intra-op thread pool (each thread's stack counts against ``RLIMIT_DATA``, and OpenMP exits
+    the process when it cannot create one)."""
+    import torch
+
+    import_everything()
+    x = torch.ones(512, 512)
+    (x @ x).sum()
+
+
 def cap_worker(preset: str, overrides: dict[str, Any], out: str, cap: int | None) -> dict[str, Any]:
     """Train one configuration in this (fresh) process under ``cap`` bytes (None: no cap) with
-    the real ``dblocks train``; return its status (``ok``, ``oom`` or ``error``), the sampled
-    peak of what the cap limits (``peak_bytes``: the data segment on CPU, the CUDA allocator's
-    reserved memory on CUDA), peak RSS and wall time."""
+    the real ``dblocks train``; return its status (``ok``, ``oom`` or ``error``) with a message,
+    the data segment when the cap was applied (``start_bytes``), the sampled peak of what the
+    cap limits (``peak_bytes``: the data segment on CPU, the CUDA allocator's reserved memory on
+    CUDA), peak RSS, threads and wall time."""
+    import traceback
+
+    import torch
+
     from ..cli import main
     from ..registry import make_config, resolve_device
     from ..training.metrics import peak_rss_bytes
@@ -149,9 +175,18 @@ def cap_worker(preset: str, overrides: dict[str, Any], out: str, cap: int | None
     for key, value in overrides.items():
         argv += ["--set", f"{key}={value}"]
     device = str(resolve_device(make_config(preset, overrides).device))
+    cuda = device.startswith("cuda")
     status, message = "ok", ""
     start = time.perf_counter()
-    import_everything()  # with or without a cap, so that probes and capped runs compare
+    warm_up()  # with or without a cap, so that probes and capped runs compare
+    start_bytes = data_bytes()
+    record: dict[str, Any] = {"start_bytes": start_bytes, "cpu_threads": torch.get_num_threads()}
+    if cap is not None and not cuda and start_bytes is not None and cap <= start_bytes:
+        return {**record, "status": "error", "peak_bytes": None, "peak_rss_bytes": None,
+                "wall_seconds": None, "message": (
+                    f"the cap ({cap / 2**20:.0f} MiB) is below the {start_bytes / 2**20:.0f} MiB "
+                    "this process holds before training (Python, PyTorch, the libraries): "
+                    "nothing can train under it")}  # fmt: skip
     with DataPeak() as peak:
         try:
             if cap is not None:
@@ -159,20 +194,22 @@ def cap_worker(preset: str, overrides: dict[str, Any], out: str, cap: int | None
             code = main(argv)
             if code != 0:
                 status, message = "error", f"dblocks train exited with code {code}"
-        except BaseException as err:  # noqa: BLE001 - every failure is reported, not raised
-            if not is_oom(err):
-                raise
-            status, message = "oom", f"{type(err).__name__}: {str(err).splitlines()[0][:300]}"
+        except KeyboardInterrupt:
+            raise
+        except BaseException as err:  # noqa: BLE001 - every failure is reported
+            if cap is not None and not cuda:  # room to report
+                resource.setrlimit(resource.RLIMIT_DATA, (hard_limit(),) * 2)
+            traceback.print_exc()
+            status = "oom" if is_oom(err) else "error"
+            message = f"{type(err).__name__}: {(str(err).splitlines() or [''])[0][:300]}"
     wall = time.perf_counter() - start
-    record = {"status": status, "message": message, "peak_bytes": peak.peak,
-              "peak_of": "data segment (VmData, sampled)", "peak_data_bytes": peak.peak,
-              "peak_rss_bytes": peak_rss_bytes(), "wall_seconds": wall}  # fmt: skip
-    if device.startswith("cuda"):  # the cap limits the CUDA allocator: its peak is the one
-        import torch
-
+    record.update({"status": status, "message": message, "peak_bytes": peak.peak,
+                   "peak_of": "data segment (VmData, sampled)", "peak_data_bytes": peak.peak,
+                   "peak_rss_bytes": peak_rss_bytes(), "wall_seconds": wall})  # fmt: skip
+    if cuda:  # the cap limits the CUDA allocator: its peak is the one
         record["peak_bytes"] = torch.cuda.max_memory_reserved(torch.device(device))
         record["peak_of"] = "CUDA memory reserved by the allocator"
-    elif cap is not None:  # room to report
+    elif cap is not None:
         resource.setrlimit(resource.RLIMIT_DATA, (hard_limit(),) * 2)
     return record
 
@@ -204,6 +241,9 @@ def run_cap_worker(
     else:
         env.pop("MALLOC_MMAP_THRESHOLD_", None)
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    # The last line of stderr that reports a failed allocation (a library's own message).
+    oom_line = next((line.strip() for line in reversed(proc.stderr.splitlines())
+                     if any(m in line for m in OOM_MARKERS)), None)  # fmt: skip
     lines = proc.stdout.strip().splitlines()
     if proc.returncode == 0 and lines:
         try:
@@ -211,12 +251,14 @@ def run_cap_worker(
         except json.JSONDecodeError:
             pass
         else:  # an allocation failure the command line turned into an error exit is still one
-            if record["status"] == "error" and any(m in proc.stderr for m in OOM_MARKERS):
+            exited = record["status"] == "error" and record["message"].startswith("dblocks")
+            if exited and oom_line:
                 record["status"] = "oom"
+                record["message"] += f": {oom_line[:300]}"
             return record
-    tail = (proc.stderr.strip().splitlines() or [""])[-1][:300]
-    status = "oom" if any(m in proc.stderr for m in OOM_MARKERS) else "error"
-    return {"status": status, "message": f"worker exited with code {proc.returncode}: {tail}",
+    tail = oom_line or (proc.stderr.strip().splitlines() or [""])[-1]
+    return {"status": "oom" if oom_line else "error",
+            "message": f"worker exited with code {proc.returncode}: {tail[:300]}",
             "peak_bytes": None, "peak_rss_bytes": None, "wall_seconds": None}  # fmt: skip
 
 
@@ -264,8 +306,17 @@ def run_cap_bench(
             probes[name] = run_cap_worker(preset, {**overrides, **method_overrides},
                                           out / "probe" / name, None, mmap_threshold)  # fmt: skip
             if probes[name]["status"] != "ok" or not probes[name]["peak_bytes"]:
-                raise RuntimeError(f"the uncapped {name} probe failed: {probes[name]['message']}")
+                raise CapBenchError(
+                    f"the uncapped {name} run failed ({probes[name]['message']}); "
+                    "pass --cap BYTES to train every method under your own budget instead"
+                )
         e2e_peak, dblocks_peak = (probes[m]["peak_bytes"] for m in ("e2e", "dblocks"))
+        if e2e_peak <= dblocks_peak:
+            raise CapBenchError(
+                f"DiffusionBlocks needed as much memory as end to end at these settings "
+                f"({dblocks_peak / 2**20:.0f} against {e2e_peak / 2**20:.0f} MiB): no cap lets "
+                "one train and not the other; pass --cap BYTES to test a budget of your own"
+            )
         cap = auto_cap(e2e_peak, dblocks_peak)
         if e2e_peak - dblocks_peak < e2e_peak // 10:
             warnings.append(
@@ -288,9 +339,14 @@ def run_cap_bench(
             record["uncapped_quality"] = _quality(out / "probe" / name)
         records.append(record)
     status = {f"{r['method'].replace('-', '_')}_status": r["status"] for r in records}
+    # RLIMIT_DATA counts mapped address space (thread stacks included), so the figures depend
+    # on the number of threads and the kernel: recorded with them.
+    environment = {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
+                   "cpu_threads": records[0].get("cpu_threads"), "kernel": platform.release(),
+                   "cpu_count": os.cpu_count()}  # fmt: skip
     return {"cap_bytes": cap, "cap_chosen": "given" if not probes else "auto", **status,
-            "malloc_mmap_threshold": mmap_threshold or None, "records": records,
-            "warnings": warnings}  # fmt: skip
+            "malloc_mmap_threshold": mmap_threshold or None, "environment": environment,
+            "records": records, "warnings": warnings}  # fmt: skip
 
 
 def format_cap_table(result: dict[str, Any]) -> str:
@@ -315,5 +371,7 @@ def format_cap_table(result: dict[str, Any]) -> str:
                 break
         wall = "-" if r.get("wall_seconds") is None else f"{r['wall_seconds']:.0f} s"
         rows.append(f"| {r['method']} | **{r['status']}** | {peak_text} | {quality} | {wall} |")
-    notes = "".join(f"\n\nwarning: {w}" for w in result["warnings"])
+    notes = "".join(f"\n\n{r['method']}: {r['message']}" for r in result["records"]
+                    if r["status"] != "ok" and r.get("message"))  # fmt: skip
+    notes += "".join(f"\n\nwarning: {w}" for w in result["warnings"])
     return head + "\n" + "\n".join(rows) + notes

@@ -104,10 +104,10 @@ def parse_bytes(text: str, name: str) -> int:
     body, unit = (text[:-1], text[-1].upper()) if text[-1:].upper() in scale else (text, "")
     try:
         value = int(float(body) * scale.get(unit, 1))
-    except ValueError:
+    except (ValueError, OverflowError):
         raise UsageError(f"{name} expects bytes (e.g. 600M or 629145600), got {text!r}") from None
-    if value < 2**20:
-        raise UsageError(f"{name} must be at least 1M, got {text!r}")
+    if not 2**20 <= value <= 2**50:
+        raise UsageError(f"{name} must be between 1M and 1024T, got {text!r}")
     return value
 
 
@@ -115,21 +115,33 @@ def cmd_bench_cap(args: argparse.Namespace) -> int:
     """Train e2e, e2e-ckpt and block-resident DiffusionBlocks under a memory cap the operating
     system enforces; print which fit; ``--json`` writes ``e2e_status``, ``e2e_ckpt_status``,
     ``dblocks_status``, the cap and one record per method."""
-    from ..bench.cap import CAP_METHODS, format_cap_table, run_cap_bench
+    from ..bench.cap import CAP_METHODS, CapBenchError, format_cap_table, hard_limit, run_cap_bench
 
     if sys.platform != "linux":
         raise UsageError("bench cap enforces the cap with Linux's RLIMIT_DATA: run it on Linux")
     overrides: dict[str, Any] = preset_overrides(args.preset, args.set or [])
+    fixed = sorted({k for extra in CAP_METHODS.values() for k in extra} & set(overrides))
+    if fixed:
+        raise UsageError(f"--set {fixed[0]}: bench cap sets {' and '.join(fixed)} itself for "
+                         "each method it trains; leave it out")  # fmt: skip
     cap = parse_bytes(args.cap, "--cap") if args.cap is not None else None
+    hard = hard_limit()
+    if cap is not None and 0 <= hard < cap:
+        raise UsageError(f"--cap {args.cap} is above this shell's hard data limit ({hard} bytes, "
+                         "ulimit -d); choose a smaller cap")  # fmt: skip
     for extra in CAP_METHODS.values():  # validate every configuration before any work starts
         make_config(args.preset, {**overrides, **extra})
     out = Path(args.out or f"runs/bench-cap-{args.preset}-{time.strftime('%Y%m%d-%H%M%S')}")
-    if out.exists() and any(out.iterdir()):
-        raise UsageError(f"--out {out} is not empty; choose another folder")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise UsageError(f"--out {out} is a file or a folder that is not empty; choose another")
     if args.malloc_mmap_threshold < 0:
-        raise UsageError("--malloc-mmap-threshold must be >= 0 (0 = glibc default)")
+        threshold = args.malloc_mmap_threshold
+        raise UsageError(f"--malloc-mmap-threshold must be >= 0 (0: glibc's), got {threshold}")
     print(f"memory-cap benchmark, preset {args.preset}, each method in a fresh process")
-    result = run_cap_bench(args.preset, overrides, out, cap, args.malloc_mmap_threshold)
+    try:
+        result = run_cap_bench(args.preset, overrides, out, cap, args.malloc_mmap_threshold)
+    except CapBenchError as err:
+        raise UsageError(str(err)) from None
     print("\n" + format_cap_table(result))
     if args.json:
         command = command_line(args.argv)
