@@ -124,6 +124,23 @@ def test_text_rows_diagnostics_and_lr_choice_from_recorded_evaluations(tmp_path,
     assert chosen["protocol"]["selected_on"] == "val"
 
 
+def test_text_rows_table_reads_image_generation_runs(tmp_path):
+    """For generation runs the table carries class agreement (val and test) and the sampling
+    cost from each run's results.json."""
+    rows = load("text_rows_table")
+    runs = []
+    for seed, agreement in enumerate([0.8, 0.9]):
+        run = tmp_path / f"seed-{seed}"
+        run.mkdir()
+        ev = {"fid": 100.0, "class_agreement": agreement, "layer_evals_per_image": 128,
+              "calls_per_unit": [21, 3, 8]}  # fmt: skip
+        (run / "results.json").write_text(json.dumps({"eval": ev, "eval_val": ev}))
+        runs.append(run)
+    out = rows.diagnostics(runs)
+    assert out["class_agreement_val"]["mean"] == pytest.approx(0.85)
+    assert out["layer_evals_per_image"] == 128 and out["calls_per_block"] == [21, 3, 8]
+
+
 def test_lr_sweep_table_chooses_the_highest_val_accuracy_for_classification(tmp_path, monkeypatch):
     """For a classification sweep the metric is val accuracy, higher is better (BPC is lower)."""
     out = run_lr_sweep_table(tmp_path, monkeypatch, "accuracy", 0.09, [

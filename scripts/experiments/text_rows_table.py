@@ -25,8 +25,10 @@ from diffusionblocks.comparison import cost_ratios, mean_sd, row_costs, spread_l
 def generation(runs: list[Path]) -> dict[str, Any]:
     """Image-generation runs: class agreement on val and test, and the sampling cost (layer
     evaluations per image, denoiser calls per block) of their evaluation (empty otherwise)."""
+    if not runs or not all((run / "results.json").is_file() for run in runs):
+        return {}
     results = [json.loads((run / "results.json").read_text()) for run in runs]
-    if not results or not all("class_agreement" in r["eval"] for r in results):
+    if not all("class_agreement" in r["eval"] for r in results):
         return {}
     first = results[0]["eval"]
     return {

@@ -33,7 +33,9 @@ def _cap_worker(argv: list[str]) -> int:
     p.add_argument("--out", required=True)
     p.add_argument("--cap", type=int)
     args = p.parse_args(argv)
-    record = cap_worker(args.preset, json.loads(args.overrides), args.out, args.cap)
+    from ..cli import main
+
+    record = cap_worker(args.preset, json.loads(args.overrides), args.out, args.cap, main)
     print(json.dumps(record))
     return 0
 

@@ -90,7 +90,8 @@ class DataPeak:
 
     def _run(self) -> None:
         while not self._stop.wait(self._interval):
-            self.peak = max(self.peak, data_bytes() or 0)
+            with contextlib.suppress(MemoryError):  # a sample lost under the cap, not the thread
+                self.peak = max(self.peak, data_bytes() or 0)
 
     def __enter__(self) -> DataPeak:
         self._thread.start()
@@ -157,17 +158,24 @@ def warm_up() -> None:
     (x @ x).sum()
 
 
-def cap_worker(preset: str, overrides: dict[str, Any], out: str, cap: int | None) -> dict[str, Any]:
+def cap_worker(
+    preset: str,
+    overrides: dict[str, Any],
+    out: str,
+    cap: int | None,
+    command: Callable[[list[str]], int],
+) -> dict[str, Any]:
     """Train one configuration in this (fresh) process under ``cap`` bytes (None: no cap) with
-    the real ``dblocks train``; return its status (``ok``, ``oom`` or ``error``) with a message,
-    the data segment when the cap was applied (``start_bytes``), the sampled peak of what the
-    cap limits (``peak_bytes``: the data segment on CPU, the CUDA allocator's reserved memory on
-    CUDA), peak RSS, threads and wall time."""
+    the real ``dblocks train`` (``command``: the command line's entry point, passed in by the
+    worker's ``__main__`` so that this module does not import the command line). Returns its
+    status (``ok``, ``oom`` or ``error``) with a message, the data segment when the cap was
+    applied (``start_bytes``), the sampled peak of what the cap limits (``peak_bytes``: the data
+    segment on CPU, the CUDA allocator's reserved memory on CUDA), peak RSS, threads and wall
+    time."""
     import traceback
 
     import torch
 
-    from ..cli import main
     from ..registry import make_config, resolve_device
     from ..training.metrics import peak_rss_bytes
 
@@ -191,7 +199,7 @@ def cap_worker(preset: str, overrides: dict[str, Any], out: str, cap: int | None
         try:
             if cap is not None:
                 apply_cap(cap, device)
-            code = main(argv)
+            code = command(argv)
             if code != 0:
                 status, message = "error", f"dblocks train exited with code {code}"
         except KeyboardInterrupt:
