@@ -132,3 +132,12 @@ def test_bench_cap_refuses_bad_input_before_any_work(tmp_path, monkeypatch, caps
     ):
         assert main(["bench", "cap", "--preset", "tiny", *argv]) == 2, argv
         assert message in capsys.readouterr().err, argv
+
+
+def test_the_command_lines_mmap_threshold_is_the_benchmarks_default():
+    from diffusionblocks.bench import DEFAULT_MMAP_THRESHOLD
+    from diffusionblocks.cli import build_parser
+
+    for kind in ("cap", "memory"):
+        args = build_parser().parse_args(["bench", kind])
+        assert args.malloc_mmap_threshold == DEFAULT_MMAP_THRESHOLD

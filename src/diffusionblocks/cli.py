@@ -156,6 +156,17 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--no-progress", action="store_true")
     c.set_defaults(func=cmd_compare)
 
+    def add_mmap_threshold(parser: argparse.ArgumentParser) -> None:
+        # bench memory and bench cap; the value of diffusionblocks.bench.DEFAULT_MMAP_THRESHOLD
+        # (not imported here: it would load PyTorch; tests/test_bench_cap.py checks they agree)
+        parser.add_argument(
+            "--malloc-mmap-threshold",
+            type=int,
+            default=131072,
+            help="glibc MALLOC_MMAP_THRESHOLD_ for the worker processes: freed memory goes back "
+            "to the system (0 = glibc's default)",
+        )
+
     b = sub.add_parser("bench", help="memory, speed and memory-cap benchmarks")
     bsub = b.add_subparsers(dest="kind", required=True)
     for kind, default_blocks, text in (
@@ -173,12 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
         if kind == "memory":
             k.add_argument("--steps", type=int, default=3, help="training steps before measuring")
             k.add_argument("--plot", help="write a PNG plot here")
-            k.add_argument(
-                "--malloc-mmap-threshold",
-                type=int,
-                default=131072,
-                help="glibc MALLOC_MMAP_THRESHOLD_ for the workers (0 = allocator default)",
-            )
+            add_mmap_threshold(k)
         else:
             k.add_argument("--repeats", type=int, default=10, help="timed repeats per config")
         k.set_defaults(func=cmd_bench)
@@ -196,12 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a key")
     k.add_argument("--out", help="folder for the runs (default runs/bench-cap-PRESET-TIME)")
     k.add_argument("--json", help="write the statuses, records, command and protocol here")
-    k.add_argument(
-        "--malloc-mmap-threshold",
-        type=int,
-        default=131072,
-        help="glibc MALLOC_MMAP_THRESHOLD_ for the runs, as in bench memory (0 = glibc default)",
-    )
+    add_mmap_threshold(k)
     k.set_defaults(func=cmd_bench_cap)
 
     ev = sub.add_parser("evaluator", help="train the Fashion-MNIST classifier used for FID")

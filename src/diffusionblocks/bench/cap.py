@@ -39,7 +39,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .memory import DEFAULT_MMAP_THRESHOLD
+from .memory import DEFAULT_MMAP_THRESHOLD, worker_env
 
 CAP_METHODS: dict[str, dict[str, Any]] = {
     "e2e": {"method": "e2e"},
@@ -243,12 +243,7 @@ def run_cap_worker(
            "--overrides", json.dumps(overrides), "--out", str(out)]  # fmt: skip
     if cap is not None:
         cmd += ["--cap", str(cap)]
-    env = os.environ.copy()
-    if mmap_threshold > 0:
-        env["MALLOC_MMAP_THRESHOLD_"] = str(mmap_threshold)
-    else:
-        env.pop("MALLOC_MMAP_THRESHOLD_", None)
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=worker_env(mmap_threshold))
     # The last line of stderr that reports a failed allocation (a library's own message).
     oom_line = next((line.strip() for line in reversed(proc.stderr.splitlines())
                      if any(m in line for m in OOM_MARKERS)), None)  # fmt: skip

@@ -141,6 +141,17 @@ def predicted_bytes(
 DEFAULT_MMAP_THRESHOLD = 131072
 
 
+def worker_env(mmap_threshold: int) -> dict[str, str]:
+    """This process's environment for a benchmark worker, with glibc's
+    ``MALLOC_MMAP_THRESHOLD_`` set to ``mmap_threshold`` (0: removed, glibc's default)."""
+    env = os.environ.copy()
+    if mmap_threshold > 0:
+        env["MALLOC_MMAP_THRESHOLD_"] = str(mmap_threshold)
+    else:
+        env.pop("MALLOC_MMAP_THRESHOLD_", None)
+    return env
+
+
 def run_memory_bench(
     preset: str,
     blocks: list[int],
@@ -180,12 +191,7 @@ def run_memory_bench(
             json.dumps(ov),
         ]
         log(f"  measuring {name} B={b} ...")
-        env = os.environ.copy()
-        if mmap_threshold > 0:
-            env["MALLOC_MMAP_THRESHOLD_"] = str(mmap_threshold)
-        else:
-            env.pop("MALLOC_MMAP_THRESHOLD_", None)
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=worker_env(mmap_threshold))
         if proc.returncode != 0:
             raise RuntimeError(f"benchmark worker for {name} B={b} failed:\n{proc.stderr[-3000:]}")
         rec = json.loads(proc.stdout.strip().splitlines()[-1])
