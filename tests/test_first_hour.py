@@ -339,20 +339,20 @@ def test_compare_on_recurrent_depth_keeps_likelihoods_apart(tmp_path, capsys, re
         assert "chain's final-step CE (not a likelihood)" in printed
 
 
-def test_text_sampling_defaults_to_what_the_context_leaves(tmp_path, capsys):
+def test_text_sampling_defaults_to_one_context_and_goes_past_it(tmp_path, capsys):
     corpus = tmp_path / "c.txt"
     corpus.write_text("".join(f"{i} the quick brown fox.\n" for i in range(300)))
     assert main(["train", "--preset", "ar-tiny", "--set", f"data={corpus}", "--out",
                  str(tmp_path / "lm"), "--no-progress"]) == 0  # fmt: skip
     capsys.readouterr()
     assert main(["sample", "--run", str(tmp_path / "lm"), "--temperature", "0"]) == 0
-    assert len(capsys.readouterr().out) == 32  # seq_len 32: the start character, 31 generated
-    assert main(["sample", "--run", str(tmp_path / "lm"), "--length", "40"]) == 2
-    err = capsys.readouterr().err
-    assert "without a prompt, the 1 start character" in err and "at most 31" in err
+    assert len(capsys.readouterr().out) == 33  # seq_len 32: 32 generated, then the newline
+    assert main(["sample", "--run", str(tmp_path / "lm"), "--length", "40"]) == 0
+    assert len(capsys.readouterr().out) == 41  # past the context: the window rolls
     model = db.load(tmp_path / "lm")
-    assert len(model.sample_text(temperature=0)) == 31
-    assert len(model.sample_text(prompt="12 the")) == 26
+    assert len(model.sample_text(temperature=0)) == 32
+    assert len(model.sample_text(prompt="12 the")) == 32
+    assert len(model.sample_text(prompt="12 the", length=50)) == 50
 
 
 def test_images_of_odd_sizes_and_dtypes(tmp_path, capsys):
