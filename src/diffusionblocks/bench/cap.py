@@ -195,6 +195,11 @@ def cap_worker(
                     f"the cap ({cap / 2**20:.0f} MiB) is below the {start_bytes / 2**20:.0f} MiB "
                     "this process holds before training (Python, PyTorch, the libraries): "
                     "nothing can train under it")}  # fmt: skip
+
+    def lift() -> None:  # the CPU cap back to the hard limit (CUDA's fraction stays)
+        if cap is not None and not cuda:
+            resource.setrlimit(resource.RLIMIT_DATA, (hard_limit(),) * 2)
+
     with DataPeak() as peak:
         try:
             if cap is not None:
@@ -205,11 +210,12 @@ def cap_worker(
         except KeyboardInterrupt:
             raise
         except BaseException as err:  # noqa: BLE001 - every failure is reported
-            if cap is not None and not cuda:  # room to report
-                resource.setrlimit(resource.RLIMIT_DATA, (hard_limit(),) * 2)
+            lift()  # room to report it
             traceback.print_exc()
             status = "oom" if is_oom(err) else "error"
             message = f"{type(err).__name__}: {(str(err).splitlines() or [''])[0][:300]}"
+        finally:
+            lift()
     wall = time.perf_counter() - start
     record.update({"status": status, "message": message, "peak_bytes": peak.peak,
                    "peak_of": "data segment (VmData, sampled)", "peak_data_bytes": peak.peak,
@@ -217,8 +223,6 @@ def cap_worker(
     if cuda:  # the cap limits the CUDA allocator: its peak is the one
         record["peak_bytes"] = torch.cuda.max_memory_reserved(torch.device(device))
         record["peak_of"] = "CUDA memory reserved by the allocator"
-    elif cap is not None:
-        resource.setrlimit(resource.RLIMIT_DATA, (hard_limit(),) * 2)
     return record
 
 
