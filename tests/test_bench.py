@@ -139,6 +139,62 @@ def test_bench_speed_end_to_end(tmp_path, capsys):
     assert all(r["median_step_seconds"] > 0 for r in records)
     assert records[0]["step_ratio_to_e2e"] == 1.0
     assert "inference_ratio_to_e2e" in records[2]
+    # Both DiffusionBlocks readouts are timed, the run's own (the ensemble) first, B calls each.
+    whats = [case["what"] for case in records[2]["inference"]]
+    assert whats == ["ensemble readout, 2 calls", "chain readout, 2 calls"]
+    assert records[0]["inference"][0]["unit"] == "images/s"
+
+
+@pytest.mark.parametrize(
+    "preset,blocks,unit",
+    [("dit-tiny", "2", "images/s"), ("mdm-tiny", "2", "characters/s"),
+     ("ar-tiny", "2", "characters/s"), ("recurrent-tiny", "1", "characters/s")],
+)  # fmt: skip
+def test_bench_speed_times_generation_per_image_and_character(tmp_path, preset, blocks, unit):
+    out_json = tmp_path / "s.json"
+    argv = ["bench", "speed", "--preset", preset, "--blocks", blocks, "--repeats", "1",
+            "--json", str(out_json)]  # fmt: skip
+    assert main(argv) == 0
+    records = json.loads(out_json.read_text())["records"]
+    timed = [r for r in records if "inference" in r]
+    assert [r["config"] for r in timed] == ["e2e", "dblocks"]  # recurrent's e2e row: bptt
+    for r in timed:
+        (case,) = r["inference"]
+        assert case["unit"] == unit and case["items"] >= 1
+        assert case["items_per_second"] == pytest.approx(case["items"] / case["median_seconds"])
+
+
+def test_bench_threads_end_to_end(tmp_path, capsys):
+    out_json = tmp_path / "t.json"
+    argv = ["bench", "threads", "--preset", "tiny", "--threads", "1", "--processes", "1,2",
+            "--steps", "3", "--warmup", "1", "--json", str(out_json)]  # fmt: skip
+    assert main(argv) == 0, capsys.readouterr().err
+    data = json.loads(out_json.read_text())
+    assert data["protocol"]["command"].startswith("dblocks bench threads")
+    one, two = data["records"]
+    assert (one["processes"], two["processes"]) == (1, 2)
+    assert len(two["workers"]) == 2 and all(w["threads"] == 1 for w in two["workers"])
+    assert all(len(w["step_seconds"]) == 3 for w in two["workers"])
+    assert two["steps_per_second_total"] == pytest.approx(
+        sum(1 / m for m in two["median_step_seconds_by_process"])
+    )
+    assert one["total_vs_1x1"] == 1.0
+    assert "| 2 x 1 |" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["--set", "threads=2"], "--set threads"),
+        (["--steps", "0"], "--steps"),
+        (["--warmup", "-1"], "--warmup"),
+        (["--threads", "x"], "--threads"),
+        (["--processes", "0"], "--processes"),
+    ],
+)
+def test_bench_threads_refusals_name_their_option(capsys, argv, message):
+    assert main(["bench", "threads", "--preset", "tiny", *argv]) == 2
+    assert message in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

@@ -18,7 +18,7 @@ from typing import TextIO
 
 from . import __version__
 from .commands import UsageError
-from .commands.bench import cmd_bench, cmd_bench_cap, cmd_evaluator
+from .commands.bench import cmd_bench, cmd_bench_cap, cmd_bench_threads, cmd_evaluator
 from .commands.compare import cmd_compare, cmd_schedule
 from .commands.sample import SAMPLE_N_DEFAULT, cmd_sample, sample_text
 from .commands.train import cmd_assemble, cmd_eval, cmd_presets, cmd_train
@@ -204,6 +204,24 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--json", help="write the statuses, records, command and protocol here")
     add_mmap_threshold(k)
     k.set_defaults(func=cmd_bench_cap)
+
+    k = bsub.add_parser(
+        "threads",
+        help="training steps/s at each CPU thread count, one process alone and several at once "
+        "(what the threads=0 default rests on)",
+    )
+    k.add_argument("--preset", choices=preset_names(), default="bench")
+    k.add_argument(
+        "--threads", default=None, help="comma-separated thread counts (default 1..cores)"
+    )
+    k.add_argument(
+        "--processes", default="1,2", help="comma-separated numbers of processes training at once"
+    )
+    k.add_argument("--steps", type=int, default=30, help="timed training steps per process")
+    k.add_argument("--warmup", type=int, default=5, help="untimed steps before timing")
+    k.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a key")
+    k.add_argument("--json", help="write the records, command and protocol to this file")
+    k.set_defaults(func=cmd_bench_threads)
 
     ev = sub.add_parser("evaluator", help="train the Fashion-MNIST classifier used for FID")
     ev.add_argument(

@@ -10,6 +10,7 @@ from typing import Any
 
 from .config import ConfigError, RunConfig, config_from_dict, flat_keys
 from .registry import make_task, read_run_config, resolve_device
+from .runtime import running
 from .tasks.base import Task
 from .training.runfolder import (
     BUILTIN_DATA,
@@ -37,6 +38,7 @@ INFERENCE_KEYS = (
     "eval_batch_size",
     "test_subset",
     "device",
+    "threads",
 )
 
 
@@ -137,7 +139,9 @@ def evaluate_task(task: Task, steps: list[int] | None = None, **options: Any) ->
         )
     if split is not None and len(task.splits) > 1:
         options["split"] = split
-    return task.evaluate(quick=False, steps=steps, **with_judge(options, task))
+    options = with_judge(options, task)
+    with running(task):  # the config's threads and precision
+        return task.evaluate(quick=False, steps=steps, **options)
 
 
 def with_judge(options: dict[str, Any], task: Task) -> dict[str, Any]:

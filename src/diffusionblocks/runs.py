@@ -39,6 +39,7 @@ from .loading import (  # noqa: F401 - re-exported: the run-folder API in one pl
 from .networks.placement import device_of
 from .registry import make_task, read_run_config, resolve_device
 from .reporting import legend_entry, metrics_legend, run_warnings  # noqa: F401
+from .runtime import autocast, threads_for, use_threads
 from .tasks.base import Task
 from .training.blockmodel import block_model
 from .training.checkpoint import atomic_write_json
@@ -177,51 +178,56 @@ def train_run(
         device = resolve_device(config.device)
         task = make_task(config, device)
         config = prepare_run_dir(config, run_dir, resume, preset, command, allow_safe_changes)
-    check_disk_space(run_dir, task, config)
-    trainer = Trainer(task, run_dir, progress=progress, log=log)
-    if resume and trainer.resume():
-        log(f"resumed {run_dir} at step {trainer.step}/{trainer.total_steps}")
-    info = task.describe()
-    trained = len(trainer.trained_blocks)
-    log(
-        f"{config.task}/{config.method}: {info.get('parameters', 0):,} parameters, "
-        f"{trainer.total_steps} steps ({trainer.steps_per_block} per block x "
-        f"{trained} block{'s' if trained != 1 else ''}) on {device}"
-    )
-    fitted = trainer.fit()
-    trainer.prepare_evaluation()  # every block in memory, with its own shared copy if any
-    steps = list(sweep or task.default_sweep or ()) or None
-    options = with_judge({}, task)  # a language-model judge, loaded once for both splits
-    evaluation = task.evaluate(quick=False, steps=steps, **options)
-    extra = {}
-    if "val" in task.splits:  # the split every choice is made on, reported beside the test split
-        extra["eval_val"] = task.evaluate(quick=False, steps=steps, split="val", **options)
-    # Measured training compute (after evaluation: the measurement's steps change no weight).
-    batch = task.train_batch(trainer.plan.batch_indices(0))
-    step_flops, varies = measure_step_flops(task, trainer.trained_blocks, batch, seed=config.seed)
-    extra["compute"] = train_flops(step_flops, trainer.block_steps, estimate=varies)
-    extra["trivial"] = trivial_baselines(task, evaluation)
-    results = {
-        "run_dir": str(run_dir),
-        "preset": preset,
-        "command": command or _saved_command(run_dir),
-        "config": config.to_dict(),
-        "resolved": config.resolved(),
-        "task": info,
-        **fitted,
-        "eval": evaluation,
-        **extra,
-        "environment": environment(device),
-    }
-    results["metrics_legend"] = metrics_legend(task)
-    results["warnings"] = run_warnings(task, trainer)
-    atomic_write_json(run_dir / "results.json", results)
-    final = {"step": trainer.step, **split_record(evaluation)}
-    if "eval_val" in extra:
-        final.update(split_record(extra["eval_val"]))
-    trainer.metrics.write(final)
-    plot_losses(run_dir / "metrics.jsonl", run_dir / "loss.png", task.plot_key, task.plot_label)
-    return results
+    threads, threads_reason = threads_for(task)
+    with use_threads(threads):
+        check_disk_space(run_dir, task, config)
+        trainer = Trainer(task, run_dir, progress=progress, log=log)
+        if resume and trainer.resume():
+            log(f"resumed {run_dir} at step {trainer.step}/{trainer.total_steps}")
+        info = task.describe()
+        trained = len(trainer.trained_blocks)
+        log(
+            f"{config.task}/{config.method}: {info.get('parameters', 0):,} parameters, "
+            f"{trainer.total_steps} steps ({trainer.steps_per_block} per block x "
+            f"{trained} block{'s' if trained != 1 else ''}) on {device}"
+        )
+        fitted = trainer.fit()
+        trainer.prepare_evaluation()  # every block in memory, with its own shared copy if any
+        steps = list(sweep or task.default_sweep or ()) or None
+        options = with_judge({}, task)  # a language-model judge, loaded once for both splits
+        extra = {}
+        with autocast(config.precision, device):
+            evaluation = task.evaluate(quick=False, steps=steps, **options)
+            if "val" in task.splits:  # where every choice is made, reported beside the test split
+                extra["eval_val"] = task.evaluate(quick=False, steps=steps, split="val", **options)
+        # Measured training compute (after evaluation: the measurement's steps change no weight).
+        batch = task.train_batch(trainer.plan.batch_indices(0))
+        step_flops, varies = measure_step_flops(
+            task, trainer.trained_blocks, batch, seed=config.seed
+        )
+        extra["compute"] = train_flops(step_flops, trainer.block_steps, estimate=varies)
+        extra["trivial"] = trivial_baselines(task, evaluation)
+        results = {
+            "run_dir": str(run_dir),
+            "preset": preset,
+            "command": command or _saved_command(run_dir),
+            "config": config.to_dict(),
+            "resolved": config.resolved(),
+            "task": info,
+            **fitted,
+            "eval": evaluation,
+            **extra,
+            "environment": environment(device, threads_reason),
+        }
+        results["metrics_legend"] = metrics_legend(task)
+        results["warnings"] = run_warnings(task, trainer)
+        atomic_write_json(run_dir / "results.json", results)
+        final = {"step": trainer.step, **split_record(evaluation)}
+        if "eval_val" in extra:
+            final.update(split_record(extra["eval_val"]))
+        trainer.metrics.write(final)
+        plot_losses(run_dir / "metrics.jsonl", run_dir / "loss.png", task.plot_key, task.plot_label)
+        return results
 
 
 def _merge_compute(ranks: list[dict[str, Any]]) -> dict[str, Any]:
@@ -318,77 +324,85 @@ def train_parallel(
         if resume:
             config = _resumable(config, run_dir)
             task = make_task(config, resolve_device(_rank_device(config)))
-        check_disk_space(run_dir, task, config)
-        trainer = ParallelTrainer(task, run_dir, ctx, progress=progress, log=log)
-        if resume and trainer.resume():
-            log(f"rank {ctx.rank}: resumed block {ctx.block} at step {trainer.step}")
-        log(
-            f"rank {ctx.rank}/{ctx.world}: block {ctx.block} (data shard {ctx.dp_rank}/{ctx.dp}), "
-            f"{trainer.total_steps} synchronous steps, shared={config.shared_policy}"
-        )
-        fitted = trainer.fit()
-        model = block_model(task.model)
-        # This rank's training FLOPs: its block's step on its own first batch, times its steps.
-        batch = task.train_batch(trainer.plan.batch_indices(0))
-        step_flops, varies = measure_step_flops(
-            task, trainer.plan.local_blocks, batch, seed=config.seed
-        )
-        record = {
-            "rank": ctx.rank,
-            "block": ctx.block,
-            # What this process held: its own block only (checked by the tests).
-            "materialized_blocks": [
-                u for u in range(len(model.blocks)) if is_materialized(model, u)
-            ],
-            "optimizer_units": sorted(trainer.optimizers),  # saved key, kept for old results
-            "data_shard": [ctx.dp_rank, ctx.dp],
-            # The examples this process trained on in its first epoch (the data shards' audit).
-            "first_epoch_indices": sorted(trainer.first_epoch_indices),
-            **fitted,
-            "compute": train_flops(step_flops, trainer.block_steps, estimate=varies),
-        }
-        if ctx.world > 1:
-            gathered: list[Any] = [None] * ctx.world
-            dist.all_gather_object(gathered, record)
-        else:
-            gathered = [record]
-        if ctx.rank != 0:
-            return {"rank": ctx.rank, **record}
-        model_dir = assemble(run_dir)
-        model_task, _ = load_run(model_dir)
-        sweep = list(model_task.default_sweep or ()) or None
-        evaluation = model_task.evaluate(quick=False, steps=sweep)
-        extra = {}
-        if "val" in model_task.splits:  # as a single-process run: beside the test evaluation
-            extra["eval_val"] = model_task.evaluate(quick=False, steps=sweep, split="val")
-        results = {
-            "run_dir": str(run_dir),
-            "preset": preset,
-            "command": command or _saved_command(run_dir),
-            "config": config.to_dict(),
-            "resolved": config.resolved(),
-            "task": task.describe(),
-            "parallel": {"world": ctx.world, "dp": ctx.dp, "shared": config.shared_policy},
-            "ranks": gathered,
-            "accounting": _merge_accounting([r["accounting"] for r in gathered]),
-            "timing": {
-                "train_seconds": max(r["timing"]["train_seconds"] for r in gathered),
-                "median_step_seconds": gathered[0]["timing"]["median_step_seconds"],
-            },
-            "memory": {
-                "train_peak_rss_bytes": max(r["memory"]["train_peak_rss_bytes"] for r in gathered),
-                "per_rank_train_peak_rss_bytes": [
-                    r["memory"]["train_peak_rss_bytes"] for r in gathered
+        threads, threads_reason = threads_for(task)
+        with use_threads(threads):
+            check_disk_space(run_dir, task, config)
+            trainer = ParallelTrainer(task, run_dir, ctx, progress=progress, log=log)
+            if resume and trainer.resume():
+                log(f"rank {ctx.rank}: resumed block {ctx.block} at step {trainer.step}")
+            log(
+                f"rank {ctx.rank}/{ctx.world}: block {ctx.block} "
+                f"(data shard {ctx.dp_rank}/{ctx.dp}), "
+                f"{trainer.total_steps} synchronous steps, shared={config.shared_policy}"
+            )
+            fitted = trainer.fit()
+            model = block_model(task.model)
+            # This rank's training FLOPs: its block's step on its own first batch, times its steps.
+            batch = task.train_batch(trainer.plan.batch_indices(0))
+            step_flops, varies = measure_step_flops(
+                task, trainer.plan.local_blocks, batch, seed=config.seed
+            )
+            record = {
+                "rank": ctx.rank,
+                "block": ctx.block,
+                # What this process held: its own block only (checked by the tests).
+                "materialized_blocks": [
+                    u for u in range(len(model.blocks)) if is_materialized(model, u)
                 ],
-            },
-            "eval": evaluation,
-            **extra,
-            "compute": _merge_compute([r["compute"] for r in gathered]),
-            "trivial": trivial_baselines(model_task, evaluation),
-            "environment": environment(device_of(model)),
-        }
-        atomic_write_json(run_dir / "results.json", results)
-        return results
+                "optimizer_units": sorted(trainer.optimizers),  # saved key, kept for old results
+                "data_shard": [ctx.dp_rank, ctx.dp],
+                # The examples this process trained on in its first epoch (the data shards' audit).
+                "first_epoch_indices": sorted(trainer.first_epoch_indices),
+                **fitted,
+                "compute": train_flops(step_flops, trainer.block_steps, estimate=varies),
+            }
+            if ctx.world > 1:
+                gathered: list[Any] = [None] * ctx.world
+                dist.all_gather_object(gathered, record)
+            else:
+                gathered = [record]
+            if ctx.rank != 0:
+                return {"rank": ctx.rank, **record}
+            model_dir = assemble(run_dir)
+            model_task, _ = load_run(model_dir)
+            sweep = list(model_task.default_sweep or ()) or None
+            extra = {}
+            # The other ranks wait at the closing barrier: the evaluation has the machine.
+            eval_threads, _ = threads_for(model_task, alone=True)
+            with use_threads(eval_threads), autocast(config.precision, device_of(model)):
+                evaluation = model_task.evaluate(quick=False, steps=sweep)
+                if "val" in model_task.splits:  # as a single process does: beside the test split
+                    extra["eval_val"] = model_task.evaluate(quick=False, steps=sweep, split="val")
+            results = {
+                "run_dir": str(run_dir),
+                "preset": preset,
+                "command": command or _saved_command(run_dir),
+                "config": config.to_dict(),
+                "resolved": config.resolved(),
+                "task": task.describe(),
+                "parallel": {"world": ctx.world, "dp": ctx.dp, "shared": config.shared_policy},
+                "ranks": gathered,
+                "accounting": _merge_accounting([r["accounting"] for r in gathered]),
+                "timing": {
+                    "train_seconds": max(r["timing"]["train_seconds"] for r in gathered),
+                    "median_step_seconds": gathered[0]["timing"]["median_step_seconds"],
+                },
+                "memory": {
+                    "train_peak_rss_bytes": max(
+                        r["memory"]["train_peak_rss_bytes"] for r in gathered
+                    ),
+                    "per_rank_train_peak_rss_bytes": [
+                        r["memory"]["train_peak_rss_bytes"] for r in gathered
+                    ],
+                },
+                "eval": evaluation,
+                **extra,
+                "compute": _merge_compute([r["compute"] for r in gathered]),
+                "trivial": trivial_baselines(model_task, evaluation),
+                "environment": environment(device_of(model), threads_reason),
+            }
+            atomic_write_json(run_dir / "results.json", results)
+            return results
     finally:
         shutdown(ctx)
 
@@ -421,7 +435,7 @@ def _saved_command(run_dir: Path) -> str | None:
         return None
 
 
-def environment(device: torch.device) -> dict[str, Any]:
+def environment(device: torch.device, threads_reason: str | None = None) -> dict[str, Any]:
     env = {
         "torch": torch.__version__,
         "python": platform.python_version(),
@@ -429,6 +443,8 @@ def environment(device: torch.device) -> dict[str, Any]:
         "cpu_threads": torch.get_num_threads(),
         "device": str(device),
     }
+    if threads_reason is not None:  # how the ``threads`` key was resolved (runtime.py)
+        env["cpu_threads_chosen_by"] = threads_reason
     if device.type == "cuda":
         env["gpu"] = torch.cuda.get_device_name(device)
     return env

@@ -9,12 +9,13 @@ MEMORY_CONFIGS = ("e2e", "e2e+ckpt", "dblocks", "dblocks-resident", "dblocks-swa
 SPEED_CONFIGS = ("e2e", "e2e+ckpt", "dblocks", "dblocks+ckpt")
 
 
-def config_overrides(name: str, blocks: int) -> dict[str, Any]:
-    """Config keys that turn a preset into benchmark configuration ``name`` with B = ``blocks``."""
+def config_overrides(name: str, blocks: int, baseline: str = "e2e") -> dict[str, Any]:
+    """Config keys that turn a preset into benchmark configuration ``name`` with B = ``blocks``;
+    "e2e" is the task's end-to-end ``baseline`` method (recurrent depth: ``bptt``)."""
     ckpt = name.endswith("+ckpt")
     base = name.removesuffix("+ckpt")
     if base == "e2e":
-        return {"method": "e2e", "checkpointing": ckpt}
+        return {"method": baseline, "checkpointing": ckpt}
     if base == "dblocks":  # the paper's schedule, every block and optimizer resident
         return {
             "method": "dblocks",

@@ -175,9 +175,12 @@ def run_memory_bench(
             jobs.append((name, 1))
         else:
             jobs.extend((name, b) for b in blocks)
+    from ..registry import make_config
+
+    baseline = make_config(preset, overrides).baseline_method  # "e2e" rows: recurrent's bptt
     records = []
     for name, b in jobs:
-        ov = {**overrides, **config_overrides(name, b)}
+        ov = {**overrides, **config_overrides(name, b, baseline)}
         cmd = [
             sys.executable,
             "-m",

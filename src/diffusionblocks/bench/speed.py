@@ -6,6 +6,7 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import TYPE_CHECKING, Any, TypedDict
 
 import torch
@@ -22,7 +23,9 @@ What the columns measure (interleaved repeats in one process; medians):
                 dblocks, the whole network for e2e
   vs e2e        ratio of the median steps
   paired ratio  median of the per-repeat ratios (repeats taken moments apart): the ratio to trust
-  inference     one prediction of a batch: each block once (dblocks readout), one forward (e2e)
+  inference     one prediction of a batch: each block once (dblocks readout), one forward (e2e);
+                generation: a batch of images, or gen_length characters, with the run's sampler
+                (throughput per unit in the JSON: images/s, characters/s)
 Per-step speed is not total training time: at equal compute a dblocks run takes B times the
 steps of e2e (each step runs 1/B of the layers); `dblocks compare` measures whole runs."""
 
@@ -52,9 +55,10 @@ def run_speed_bench(
     from ..training.trainer import Trainer
 
     entries: list[_Entry] = []
+    baseline = make_config(preset, overrides).baseline_method  # "e2e" rows: recurrent's bptt
     for name in configs:
         for b in [1] if name.startswith("e2e") else blocks:
-            ov = {**overrides, **config_overrides(name, b)}
+            ov = {**overrides, **config_overrides(name, b, baseline)}
             config = make_config(preset, ov)
             task = make_task(config)
             entries.append(
@@ -77,8 +81,14 @@ def run_speed_bench(
         return time.perf_counter() - t0
 
     step_times: dict[int, list[float]] = {i: [] for i in range(len(entries))}
-    infer_times: dict[int, list[float]] = {i: [] for i in range(len(entries))}
-    images = batch[0]
+    cases = {
+        i: inference_cases(e["task"], batch)
+        for i, e in enumerate(entries)
+        if not e["config"].endswith("+ckpt")
+    }  # the same inference with or without it
+    infer_times: dict[tuple[int, str], list[float]] = {
+        (i, name): [] for i, cs in cases.items() for name, *_ in cs
+    }  # fmt: skip
     log(f"  {len(entries)} configurations x {repeats} interleaved repeats ...")
     for repeat in range(warmup + repeats):
         for i, e in enumerate(entries):
@@ -86,20 +96,13 @@ def run_speed_bench(
             t = timed(lambda e=e, block=block: e["trainer"].train_step(block, batch))
             if repeat >= warmup:
                 step_times[i].append(t)
-        for i, e in enumerate(entries):
-            if e["config"].endswith("+ckpt"):
-                continue  # inference is the same with or without activation checkpointing
-            task = e["task"]
-            with torch.no_grad():
-                if e["config"] == "e2e":
-                    t = timed(lambda task=task: task.logits(images))
-                else:
-                    gen = torch.Generator().manual_seed(repeat)
-                    t = timed(
-                        lambda task=task, gen=gen: task.predict(images, task.config.num_blocks, gen)
-                    )
-            if repeat >= warmup:
-                infer_times[i].append(t)
+        for i, cs in cases.items():
+            for name, fn, _, _ in cs:
+                gen = torch.Generator().manual_seed(repeat)
+                with torch.no_grad():
+                    t = timed(lambda fn=fn, gen=gen: fn(gen))
+                if repeat >= warmup:
+                    infer_times[(i, name)].append(t)
     records: list[dict[str, Any]] = []
     for i, e in enumerate(entries):
         rec: dict[str, Any] = {
@@ -111,9 +114,18 @@ def run_speed_bench(
             "median_step_seconds": statistics.median(step_times[i]),
             "step_seconds": step_times[i],
         }
-        if infer_times[i]:
-            rec["median_inference_seconds"] = statistics.median(infer_times[i])
-            rec["inference_seconds"] = infer_times[i]
+        inference = []
+        for name, _, items, unit in cases.get(i, []):
+            times = infer_times[(i, name)]
+            median = statistics.median(times)
+            inference.append({"what": name, "median_seconds": median, "seconds": times,
+                              "items": items, "unit": unit,
+                              "items_per_second": items / median})  # fmt: skip
+        if inference:  # the first case is what the run's own settings infer
+            rec["inference"] = inference
+            rec["median_inference_seconds"] = inference[0]["median_seconds"]
+            rec["inference_seconds"] = inference[0]["seconds"]
+            rec["inference_what"] = inference[0]["what"]
         records.append(rec)
     e2e = next(r for r in records if r["config"] == "e2e")
     for r in records:
@@ -127,7 +139,45 @@ def run_speed_bench(
             r["inference_ratio_to_e2e"] = (
                 r["median_inference_seconds"] / e2e["median_inference_seconds"]
             )
+            for case in r["inference"]:
+                case["ratio_to_e2e"] = case["median_seconds"] / e2e["median_inference_seconds"]
     return records
+
+
+def inference_cases(task: Task, batch: Any) -> list[tuple[str, Any, int, str]]:
+    """What the speed benchmark times at inference for ``task``: (name, function of a
+    generator, items it produces, their unit). The first case is the run's own setting.
+
+    - classification: a batch of predictions: one forward (e2e); the run's readout and the other
+      one, each B block calls (DiffusionBlocks);
+    - image generation: a batch of images of the run's sampler (``inference_steps`` calls);
+    - text: ``gen_length`` characters from an empty prompt (the run's steps and temperature)."""
+    c: Any = task.config
+    t: Any = task  # each kind's own methods (logits, predict, data)
+    if task.predicts == "classes":
+        images = batch[0]
+        if c.end_to_end:
+            return [("forward", lambda g: t.logits(images), len(images), "images/s")]
+        readouts = [c.readout, *(r for r in ("ensemble", "chain") if r != c.readout)]
+        return [
+            (f"{r} readout, {c.num_blocks} calls",
+             partial(_predict, t, images, c.num_blocks, r), len(images), "images/s")
+            for r in readouts
+        ]  # fmt: skip
+    if task.generates == "images":
+        n = min(16, c.eval_batch_size)
+        labels = torch.arange(n) % t.data.num_classes
+        what = f"{n} images, {c.steps_at_inference} calls"
+        return [(what, lambda g: t.sample(g, labels=labels), n, "images/s")]
+    if task.generates == "text":
+        length = getattr(c, "gen_length", c.seq_len)  # masked LM: one whole sequence
+        what = f"{length} characters"
+        return [(what, lambda g: t.sample(g, length=length), length, "characters/s")]
+    return []
+
+
+def _predict(task: Any, images: torch.Tensor, calls: int, readout: str, g: torch.Generator) -> Any:
+    return task.predict(images, calls, g, readout=readout)
 
 
 def format_speed_table(records: list[dict[str, Any]]) -> str:
@@ -144,4 +194,16 @@ def format_speed_table(records: list[dict[str, Any]]) -> str:
             f"| {r['step_ratio_to_e2e']:.3f}x | {r['median_paired_step_ratio']:.3f}x "
             f"| {inf_text} | {ratio_text} |"
         )
+    lines += [
+        "",
+        "| config | B | inference | median | throughput | vs e2e |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in records:
+        for case in r.get("inference", []):
+            lines.append(
+                f"| {r['config']} | {r['blocks']} | {case['what']} "
+                f"| {case['median_seconds'] * 1000:.1f} ms "
+                f"| {case['items_per_second']:.1f} {case['unit']} | {case['ratio_to_e2e']:.3f}x |"
+            )
     return "\n".join(lines)

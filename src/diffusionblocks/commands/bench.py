@@ -66,9 +66,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.kind == "speed" and args.repeats < 1:
         raise UsageError(f"--repeats must be >= 1, got {args.repeats}")
     configs = bench.MEMORY_CONFIGS if args.kind == "memory" else bench.SPEED_CONFIGS
+    baseline = make_config(args.preset, overrides).baseline_method  # recurrent: bptt
     for name in configs:  # validate every configuration before any work starts
         for b in [1] if name.startswith("e2e") else blocks:
-            make_config(args.preset, {**overrides, **bench.config_overrides(name, b)})
+            make_config(args.preset, {**overrides, **bench.config_overrides(name, b, baseline)})
     if args.kind == "memory":
         print(f"memory benchmark, preset {args.preset}, each configuration in a fresh process")
         if args.malloc_mmap_threshold < 0:
@@ -156,6 +157,48 @@ def cmd_bench_cap(args: argparse.Namespace) -> int:
         }  # fmt: skip
         atomic_write_json(args.json, {"protocol": protocol, "command": command, "preset":
                                       args.preset, "overrides": overrides, **result})  # fmt: skip
+        print(f"written: {args.json}")
+    return 0
+
+
+def cmd_bench_threads(args: argparse.Namespace) -> int:
+    """Training steps/s of the run at each thread count, one process alone and several at
+    once; ``--json`` writes the records with the command and a protocol object."""
+    from ..bench.threads import THREADS_TABLE_KEY, format_threads_table, run_threads_bench
+    from ..runtime import available_cores
+
+    overrides: dict[str, Any] = preset_overrides(args.preset, args.set or [])
+    if "threads" in overrides:
+        raise UsageError("--set threads: bench threads sets threads itself; use --threads")
+    cores = available_cores()
+    counts = _int_list(args.threads, "--threads") if args.threads else list(range(1, cores + 1))
+    processes = _int_list(args.processes, "--processes")
+    if args.steps < 1:
+        raise UsageError(f"--steps must be >= 1, got {args.steps}")
+    if args.warmup < 0:
+        raise UsageError(f"--warmup must be >= 0, got {args.warmup}")
+    if args.json and not Path(args.json).expanduser().resolve().parent.is_dir():
+        raise UsageError(f"--json {args.json}: its folder does not exist")
+    make_config(args.preset, overrides)  # validate before any work starts
+    print(f"threads benchmark, preset {args.preset}, {cores} cores available")
+    records = run_threads_bench(args.preset, overrides, counts, processes, args.steps,
+                                args.warmup)  # fmt: skip
+    print("\n" + format_threads_table(records) + "\n\n" + THREADS_TABLE_KEY)
+    if args.json:
+        command = command_line(args.argv)
+        protocol = {
+            "selected_on": "none",
+            "reported_on": "none: timings, no data split",
+            "seeds": 1,
+            "baselines": ["1 process x 1 thread"],
+            "command": command,
+            "caveats": [f"one model (the {args.preset} preset's seed): medians of {args.steps} "
+                        "timed steps per process, not seeds; timings depend on the machine and "
+                        "its other load"],
+        }  # fmt: skip
+        atomic_write_json(args.json, {"protocol": protocol, "command": command,
+                                      "preset": args.preset, "overrides": overrides,
+                                      "available_cores": cores, "records": records})  # fmt: skip
         print(f"written: {args.json}")
     return 0
 

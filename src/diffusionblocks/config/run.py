@@ -26,11 +26,13 @@ BASELINE_VARIANTS = ("e2e-shallow", "e2e-ckpt")
 SCHEDULES = ("random", "cycle", "sequential", "synchronous")
 SHARED_POLICIES = ("auto", "sync", "frozen", "first-block", "block-copies", "per-block")
 NAN_POLICIES = ("skip", "abort")
+PRECISIONS = ("fp32", "bf16")
 # Keys a resumed run may change (with --allow-safe-changes): bookkeeping, evaluation and
 # inference. Everything else would make the checkpoint describe another run; ``epochs`` too, since
 # it sets every block's learning-rate schedule (a changed resume would equal no fresh run).
 SAFE_RESUME_KEYS = (
-    "log_every", "eval_every", "checkpoint_every", "keep_checkpoints", "device",
+    "log_every", "eval_every", "checkpoint_every", "keep_checkpoints", "device", "threads",
+    "compile",
     "nan_policy", "nan_max_skips", "eval_batch_size", "eval_subset", "eval_sequences",
     "eval_draws", "fid_samples", "inference_steps", "grid", "bridge_temperature", "readout",
     "cfg_scale",
@@ -65,7 +67,8 @@ class RunConfig:
                      "shared", "shared_init"),
         "noise": ("partition", "overlap", "weighting", "weight_clamp", "p_mean", "p_std",
                   "sigma_min", "sigma_max", "sigma_data", "inference_steps", "grid"),
-        "run": ("device", "log_every", "eval_every", "checkpoint_every", "keep_checkpoints"),
+        "run": ("device", "threads", "precision", "compile", "log_every", "eval_every",
+                "checkpoint_every", "keep_checkpoints"),
         "parallel": ("parallel",),
     }  # fmt: skip
     task_groups: ClassVar[dict[str, tuple[str, ...]]] = {}
@@ -95,6 +98,9 @@ class RunConfig:
     grad_clip: float = 1.0  # max gradient norm per step (0 = no clipping)
     seed: int = 0  # seed for initialisation, data order, block order and noise
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+    threads: int = 0  # CPU threads (0 = auto: OMP_NUM_THREADS if set, else by model size)
+    precision: str = "fp32"  # fp32 | bf16 (autocast: matrix products in bfloat16)
+    compile: bool = False  # torch.compile (inductor) each block before it trains
     checkpointing: bool = False  # activation checkpointing per layer (recompute in backward)
     # Noise (docs/method.md §2-3)
     partition: str = "equi-probability"  # equi-probability | uniform-log | uniform
@@ -140,6 +146,8 @@ class RunConfig:
         _choice(self, "grid", GRIDS)
         _choice(self, "shared", SHARED_POLICIES)
         _choice(self, "nan_policy", NAN_POLICIES)
+        _choice(self, "precision", PRECISIONS)
+        _check(self, "threads", 0 <= self.threads <= 4096, "an integer >= 0 (0 = auto)")
         _check(self, "nan_max_skips", 0 <= self.nan_max_skips <= 1_000_000, "an integer >= 0")
         if self.schedule == "synchronous" and self.end_to_end:
             raise ConfigError(
@@ -362,6 +370,7 @@ class RunConfig:
             nan_max_skips=self.nan_max_skips, shared_init=self.shared_init,
             log_every=self.log_every, eval_every=self.eval_every,
             checkpoint_every=self.checkpoint_every, keep_checkpoints=self.keep_checkpoints,
+            precision=self.precision, compile=self.compile,
             trained_blocks=self.trained_blocks, shared_policy=self.shared_policy,
             block_resident=self.block_resident,
         )  # fmt: skip

@@ -29,6 +29,8 @@ class TrainingSettings:
     eval_every: int
     checkpoint_every: int
     keep_checkpoints: int
+    precision: str  # fp32 | bf16 (autocast around each block's loss)
+    compile: bool  # torch.compile each block before it trains
     # resolved from the config
     trained_blocks: tuple[int, ...]
     shared_policy: str

@@ -27,6 +27,9 @@ class Task:
 
     model: nn.Module
     source: str | None = None  # the run or model folder the weights were loaded from, if any
+    # Positions (tokens, patches) the network processes per example: with the parameter count
+    # and batch size, an estimate of a training step's work (``runtime.step_flops``).
+    positions: int = 1
 
     def __init__(self, config: RunConfig, device: torch.device):
         self.config = config
@@ -121,17 +124,22 @@ class Task:
         """One call for what the task generates (``generates``): images of the classes
         ``labels`` (with ``steps`` and the guidance weight ``cfg``), or ``length`` characters
         after ``prompt`` (with ``steps`` and ``temperature``); and facts about the sampling
-        (denoiser calls, layer evaluations). Options that do not apply are refused by name."""
+        (denoiser calls, layer evaluations). Options that do not apply are refused by name.
+        Runs with the config's ``threads`` and ``precision`` (``runtime.running``)."""
+        from ..runtime import running
+
         if self.generates == "images":
             self._sampling_options({"length": length, "prompt": prompt, "temperature": temperature})
             if labels is None:
                 raise ConfigError("sampling images needs labels (class indices, one per image)")
-            return self._sample_images(labels, generator, steps, cfg)
+            with running(self):
+                return self._sample_images(labels, generator, steps, cfg)
         if self.generates == "text":
             self._sampling_options({"labels": labels, "cfg": cfg})
             if length is None:
                 raise ConfigError("sampling text needs length (characters to generate)")
-            return self._sample_text(length, generator, prompt, steps, temperature)
+            with running(self):
+                return self._sample_text(length, generator, prompt, steps, temperature)
         raise ConfigError(f"{self.config.task} runs generate nothing to sample")
 
     def _sampling_options(self, unused: dict[str, Any]) -> None:
@@ -232,6 +240,7 @@ class TextTask(Task):
         self.corpus: TextCorpus = load_text_corpus(c.data, c.test_fraction, c.val_fraction)
         self.vocab = self.corpus.vocab
         train = self.corpus.chunks("train", c.seq_len)
+        self.positions = c.seq_len
         self.train_seqs = train[: c.train_subset] if c.train_subset else train
         if c.batch_size > len(self.train_seqs):
             raise ConfigError(

@@ -163,6 +163,7 @@ class _ImageClassification(Task):
         c, h, w = data.image_shape
         self.patch_size = config.patch_size or auto_patch_size(h, w)
         grid = (h // self.patch_size, w // self.patch_size)
+        self.positions = grid[0] * grid[1]
         if not config.patch_size and max(grid) > 8:
             raise ConfigError(
                 f"invalid value for 'patch_size': 0 (auto) finds no patch side giving 4 to 8 "

@@ -129,6 +129,7 @@ class _ImageGeneration(Task):
         self.splits = ("val", "test") if data.val_y is not None else ("test",)
         c, h, w = self.data.image_shape
         self.pixel_mean, self.pixel_std = fit_images(config, self.data, config.patch_size)
+        self.positions = (h // config.patch_size) * (w // config.patch_size)
         self.schedule = config.noise_schedule()
         with seeded(config.seed):  # initialisation, global generator untouched
             model = DiT(

@@ -21,6 +21,7 @@ from torch import nn
 
 from ..config import RunConfig
 from ..networks.placement import device_of
+from ..runtime import autocast, compile_block
 from ..tasks.base import Task
 from .accounting import Accounting, Heldout, MemoryProbe, ProgressLog
 from .blockmodel import block_model
@@ -147,7 +148,7 @@ class Trainer:
         params = self.task.block_parameters(block) + shared
         for p in params:
             p.grad = None
-        loss, logs = self.task.loss(block, batch, pos.generator)
+        loss, logs = self._loss(block, batch, pos.generator)
         loss.backward()
         norm = torch.nn.utils.clip_grad_norm_(params, c.grad_clip if c.grad_clip > 0 else math.inf)
         logs["grad_norm"] = float(norm)
@@ -169,6 +170,15 @@ class Trainer:
         logs["lr"] = lr
         return logs
 
+    def _loss(
+        self, block: int, batch: Any, generator: torch.Generator
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """``task.loss`` of ``block``, compiled and under autocast as the config asks."""
+        if self.settings.compile:
+            compile_block(self.model.blocks[block])
+        with autocast(self.settings.precision, device_of(self.model)):
+            return self.task.loss(block, batch, generator)
+
     def synchronous_step(self, blocks: list[int], batch: Any) -> dict[str, float]:
         """One step of every block in ``blocks`` on the same batch, each with its own noise
         generator; the shared modules take the mean of the blocks' gradients (across processes
@@ -183,7 +193,7 @@ class Trainer:
             block_params[u] = self.task.block_parameters(u)
             for p in block_params[u]:
                 p.grad = None
-            loss, block_logs = self.task.loss(u, batch, pos.block_generators[u])
+            loss, block_logs = self._loss(u, batch, pos.block_generators[u])
             loss.backward()
             for k, v in block_logs.items():
                 logs[k] = logs.get(k, 0.0) + v / len(blocks)
@@ -260,7 +270,8 @@ class Trainer:
             log.add(logs, blocks, pos, end, self.resident)
             before_end = pos.step < plan.total_steps
             if c.eval_every and self.can_evaluate and pos.step % c.eval_every == 0 and before_end:
-                quick = self.task.evaluate(quick=True)  # not block-resident (refused there)
+                with autocast(c.precision, device_of(self.model)):  # not block-resident
+                    quick = self.task.evaluate(quick=True)  # (refused there)
                 self.metrics.write({"step": pos.step, **{f"eval_{k}": v for k, v in quick.items()}})
             every = c.checkpoint_every
             if self.run_dir is not None and every and pos.step % every == 0 and before_end:

@@ -1,0 +1,121 @@
+"""How a run uses the machine, apart from what it computes: CPU threads (``threads``), reduced
+precision (``precision``) and compilation (``compile``).
+
+**Threads.** PyTorch starts one intra-op thread per physical core. Small models lose to this on
+the CPU: their matrix products are too small to split, and the threads' synchronisation costs
+more than it saves. Worse, two processes that each start a thread per core oversubscribe the
+cores, and the threads then wait for each other (a `tiny` run fell from ~145 steps/s on one
+thread to 2-8 steps/s beside a second run). ``threads=0`` (the default) therefore chooses:
+
+1. ``OMP_NUM_THREADS`` when it is set (the user, torchrun or a job scheduler decided);
+2. else one thread for a model whose training step is small (:data:`SMALL_STEP_FLOPS`);
+3. else the cores this process may use, divided among the processes of a torchrun launch on
+   this machine (``LOCAL_WORLD_SIZE``: block-parallel training), so that they never
+   oversubscribe.
+
+A positive ``threads`` is used as it is. Within Python (``api.train``) the previous thread count
+comes back when the run ends (:func:`use_threads`).
+
+**Precision.** ``precision=bf16`` runs the loss (forward) and evaluation under
+``torch.autocast`` with bfloat16: matrix products and attention in bfloat16, weights, gradients
+and optimizer state in float32 (no loss scaling needed, unlike float16).
+
+**Compile.** ``compile=true`` compiles each block of layers with ``torch.compile``
+(``nn.Module.compile``: in place, so parameter names, checkpoints and the block interface stay
+as they are). A block that is built again (block-resident training brings blocks back from disk)
+is compiled when it is next used.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch import nn
+
+# Below this estimate of one training step's FLOPs (the whole network, :func:`step_flops`),
+# ``threads=0`` runs one thread. Provisional: to be set from ``dblocks bench threads``
+# measurements on a quiet machine.
+SMALL_STEP_FLOPS = 2e9
+# The backend of ``compile=true`` (tests switch to "aot_eager", which skips code generation).
+COMPILE_BACKEND = "inductor"
+
+
+def step_flops(parameters: int, examples: int, positions: int) -> float:
+    """An estimate of one end-to-end training step's FLOPs: 6 per parameter per position
+    (forward 2, backward 4), for ``examples`` examples of ``positions`` positions each
+    (tokens, patches; 1 for a network that sees an example as one vector)."""
+    return 6.0 * parameters * examples * max(1, positions)
+
+
+def available_cores() -> int:
+    """The CPU cores this process may run on (its affinity mask where the OS has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return max(1, os.cpu_count() or 1)
+
+
+def choose_threads(requested: int, work: float, alone: bool = False) -> tuple[int, str]:
+    """The intra-op thread count for a run, and why: ``requested`` (the ``threads`` key) when
+    positive; else ``OMP_NUM_THREADS``; else 1 for a step of fewer than
+    :data:`SMALL_STEP_FLOPS` estimated FLOPs (``work``); else the available cores divided among
+    this machine's torchrun processes (all of them when ``alone``: the others are idle)."""
+    if requested > 0:
+        return requested, "threads key"
+    env = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if env.isdigit() and int(env) > 0:
+        return int(env), "OMP_NUM_THREADS"
+    if work < SMALL_STEP_FLOPS:
+        return 1, f"small model (step ~{work:.1e} FLOPs < {SMALL_STEP_FLOPS:.0e})"
+    local = "1" if alone else os.environ.get("LOCAL_WORLD_SIZE", "1").strip()
+    processes = int(local) if local.isdigit() and int(local) > 0 else 1
+    cores = available_cores()
+    share = max(1, cores // processes)
+    if processes > 1:
+        return share, f"{cores} cores / {processes} processes"
+    return share, f"{cores} cores"
+
+
+def threads_for(task: Any, alone: bool = False) -> tuple[int, str]:
+    """:func:`choose_threads` for a built task: its ``threads`` key and the estimated work of
+    one end-to-end training step (every parameter, blocks on the meta device included)."""
+    parameters = sum(p.numel() for p in task.model.parameters())
+    work = step_flops(parameters, task.config.batch_size, task.positions)
+    return choose_threads(task.config.threads, work, alone)
+
+
+@contextlib.contextmanager
+def use_threads(count: int) -> Iterator[None]:
+    """Run the block with ``count`` intra-op threads, then restore the previous count."""
+    before = torch.get_num_threads()
+    if count != before:
+        torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != before:
+            torch.set_num_threads(before)
+
+
+def autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager[Any]:
+    """The autocast context of ``precision`` on ``device`` (``fp32``: none)."""
+    if precision == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def compile_block(block: nn.Module) -> None:
+    """Compile ``block`` in place with ``torch.compile`` unless it already is."""
+    if getattr(block, "_compiled_call_impl", None) is None:
+        block.compile(backend=COMPILE_BACKEND)
+
+
+@contextlib.contextmanager
+def running(task: Any) -> Iterator[None]:
+    """Inference with a task's ``threads`` (:func:`threads_for`) and ``precision``."""
+    threads, _ = threads_for(task)
+    with use_threads(threads), autocast(task.config.precision, task.device):
+        yield
