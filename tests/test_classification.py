@@ -186,3 +186,40 @@ def test_every_inference_key_may_change_when_a_run_resumes():
     from diffusionblocks.loading import INFERENCE_KEYS
 
     assert set(INFERENCE_KEYS) <= set(SAFE_RESUME_KEYS)
+
+
+@pytest.mark.parametrize("readout", ["ensemble", "chain"])
+def test_final_eval_readout_computes_only_the_readout_and_the_same_accuracy(tmp_path, readout):
+    """final_eval=readout (one forward pass per image) reports the accuracy the full evaluation
+    reports for the run's readout, to the last digit, without the sweep and diagnostics."""
+    from helpers import tiny_config
+
+    from diffusionblocks.runs import evaluate_run, train_run
+
+    run = tmp_path / "run"
+    train_run(tiny_config(readout=readout), run, progress=False, log=lambda s: 0)
+    full = evaluate_run(run)
+    light = evaluate_run(run, overrides={"final_eval": "readout"})
+    assert light["accuracy"] == full["accuracy"] == full["readouts"][readout]
+    assert light["final_eval"] == "readout" and full["final_eval"] == "full"
+    other = "chain" if readout == "ensemble" else "ensemble"
+    assert light["readouts"] == {readout: full["accuracy"], other: None}
+    assert light["steps_sweep"] == ({"2": full["accuracy"]} if readout == "chain" else {})
+    assert "per_block" not in light and len(full["per_block"]) == 2
+    assert set(full["steps_sweep"]) == {"1", "2", "4", "8"}
+    # A sweep asked for still runs, and scores as the full evaluation's.
+    asked = evaluate_run(run, steps=[4], overrides={"final_eval": "readout"})
+    assert asked["steps_sweep"]["4"] == full["steps_sweep"]["4"]
+
+
+def test_a_run_with_final_eval_readout_ends_with_the_light_evaluation(tmp_path):
+    from helpers import tiny_config
+
+    from diffusionblocks.runs import train_run
+
+    r = train_run(tiny_config(final_eval="readout"), tmp_path / "run", progress=False,
+                  log=lambda s: 0)  # fmt: skip
+    for ev in (r["eval"], r["eval_val"]):
+        assert ev["final_eval"] == "readout" and "per_block" not in ev
+    with pytest.raises(Exception, match="final_eval"):
+        tiny_task(final_eval="some")

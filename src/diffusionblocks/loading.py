@@ -35,6 +35,7 @@ INFERENCE_KEYS = (
     "grid",
     "bridge_temperature",
     "readout",
+    "final_eval",
     "eval_batch_size",
     "test_subset",
     "device",
@@ -121,8 +122,8 @@ def evaluate_task(task: Task, steps: list[int] | None = None, **options: Any) ->
     """The full evaluation of a loaded task, as ``dblocks eval`` and ``Model.evaluate`` run it:
     the task's ``default_sweep`` of inference step counts unless ``steps`` is given, ``split``
     is checked against the task's splits, and a language-model judge given by path is loaded."""
-    if steps is None and task.default_sweep:
-        steps = list(task.default_sweep)
+    if steps is None:
+        steps = task.final_sweep()
     options = {k: v for k, v in options.items() if v not in (None, False)}
     split = options.pop("split", None)
     if split is not None and split not in task.splits:

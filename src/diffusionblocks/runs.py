@@ -193,7 +193,7 @@ def train_run(
         )
         fitted = trainer.fit()
         trainer.prepare_evaluation()  # every block in memory, with its own shared copy if any
-        steps = list(sweep or task.default_sweep or ()) or None
+        steps = list(sweep or ()) or task.final_sweep()
         options = with_judge({}, task)  # a language-model judge, loaded once for both splits
         extra = {}
         with autocast(config.precision, device):
@@ -365,7 +365,7 @@ def train_parallel(
                 return {"rank": ctx.rank, **record}
             model_dir = assemble(run_dir)
             model_task, _ = load_run(model_dir)
-            sweep = list(model_task.default_sweep or ()) or None
+            sweep = model_task.final_sweep()
             extra = {}
             # The other ranks wait at the closing barrier: the evaluation has the machine.
             eval_threads, _ = threads_for(model_task, alone=True)

@@ -23,11 +23,15 @@ What the columns measure (interleaved repeats in one process; medians):
                 dblocks, the whole network for e2e
   vs e2e        ratio of the median steps
   paired ratio  median of the per-repeat ratios (repeats taken moments apart): the ratio to trust
+  equal compute one step of every block, each on a freshly fetched batch (e2e: one step), paired
+                ratio to e2e: training time at equal layer evaluations, with what DiffusionBlocks
+                runs B times as often (shared modules, batch fetches, optimizer calls)
   inference     one prediction of a batch: each block once (dblocks readout), one forward (e2e);
                 generation: a batch of images, or gen_length characters, with the run's sampler
                 (throughput per unit in the JSON: images/s, characters/s)
 Per-step speed is not total training time: at equal compute a dblocks run takes B times the
-steps of e2e (each step runs 1/B of the layers); `dblocks compare` measures whole runs."""
+steps of e2e (each step runs 1/B of the layers): the equal-compute column counts them; `dblocks
+compare` measures whole runs."""
 
 
 class _Entry(TypedDict):
@@ -89,6 +93,7 @@ def run_speed_bench(
     infer_times: dict[tuple[int, str], list[float]] = {
         (i, name): [] for i, cs in cases.items() for name, *_ in cs
     }  # fmt: skip
+    round_times: dict[int, list[float]] = {i: [] for i in range(len(entries))}
     log(f"  {len(entries)} configurations x {repeats} interleaved repeats ...")
     for repeat in range(warmup + repeats):
         for i, e in enumerate(entries):
@@ -96,6 +101,10 @@ def run_speed_bench(
             t = timed(lambda e=e, block=block: e["trainer"].train_step(block, batch))
             if repeat >= warmup:
                 step_times[i].append(t)
+        for i, e in enumerate(entries):  # equal compute: every block once, as training does
+            t = timed(lambda e=e, repeat=repeat: _round(e["trainer"], repeat))
+            if repeat >= warmup:
+                round_times[i].append(t)
         for i, cs in cases.items():
             for name, fn, _, _ in cs:
                 gen = torch.Generator().manual_seed(repeat)
@@ -113,6 +122,8 @@ def run_speed_bench(
             "repeats": repeats,
             "median_step_seconds": statistics.median(step_times[i]),
             "step_seconds": step_times[i],
+            "median_round_seconds": statistics.median(round_times[i]),
+            "round_seconds": round_times[i],
         }
         inference = []
         for name, _, items, unit in cases.get(i, []):
@@ -135,6 +146,9 @@ def run_speed_bench(
         r["median_paired_step_ratio"] = statistics.median(
             a / b for a, b in zip(r["step_seconds"], e2e["step_seconds"], strict=True)
         )
+        r["equal_compute_ratio"] = statistics.median(
+            a / b for a, b in zip(r["round_seconds"], e2e["round_seconds"], strict=True)
+        )
         if "median_inference_seconds" in r:
             r["inference_ratio_to_e2e"] = (
                 r["median_inference_seconds"] / e2e["median_inference_seconds"]
@@ -142,6 +156,16 @@ def run_speed_bench(
             for case in r["inference"]:
                 case["ratio_to_e2e"] = case["median_seconds"] / e2e["median_inference_seconds"]
     return records
+
+
+def _round(trainer: Trainer, repeat: int) -> None:
+    """One step of every block (end to end: one step), each on its own batch fetched as the
+    training loop fetches it: the training of one end-to-end step's worth of layer
+    evaluations, with what runs B times as often (shared modules, batches, optimizer calls)."""
+    task = trainer.task
+    for block in range(trainer.num_blocks):
+        indices = trainer.plan.batch_indices((repeat * trainer.num_blocks + block) % 64)
+        trainer.train_step(block, task.train_batch(indices))
 
 
 def inference_cases(task: Task, batch: Any) -> list[tuple[str, Any, int, str]]:
@@ -182,8 +206,9 @@ def _predict(task: Any, images: torch.Tensor, calls: int, readout: str, g: torch
 
 def format_speed_table(records: list[dict[str, Any]]) -> str:
     lines = [
-        "| config | B | median step | vs e2e | paired ratio | inference | vs e2e forward |",
-        "|---|---|---|---|---|---|---|",
+        "| config | B | median step | vs e2e | paired ratio | equal compute | inference "
+        "| vs e2e forward |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in records:
         inf = r.get("median_inference_seconds")
@@ -192,7 +217,7 @@ def format_speed_table(records: list[dict[str, Any]]) -> str:
         lines.append(
             f"| {r['config']} | {r['blocks']} | {r['median_step_seconds'] * 1000:.1f} ms "
             f"| {r['step_ratio_to_e2e']:.3f}x | {r['median_paired_step_ratio']:.3f}x "
-            f"| {inf_text} | {ratio_text} |"
+            f"| {r['equal_compute_ratio']:.3f}x | {inf_text} | {ratio_text} |"
         )
     lines += [
         "",

@@ -35,6 +35,7 @@ SAFE_RESUME_KEYS = (
     "compile",
     "nan_policy", "nan_max_skips", "eval_batch_size", "eval_subset", "eval_sequences",
     "eval_draws", "fid_samples", "inference_steps", "grid", "bridge_temperature", "readout",
+    "final_eval",
     "cfg_scale",
     "temperature", "judge", "gen_prompts", "gen_prompt_len", "gen_length", "test_subset",
 )  # fmt: skip

@@ -142,6 +142,13 @@ class Task:
                 return self._sample_text(length, generator, prompt, steps, temperature)
         raise ConfigError(f"{self.config.task} runs generate nothing to sample")
 
+    def final_sweep(self) -> list[int] | None:
+        """The inference step counts the final evaluation sweeps: ``default_sweep``, or none
+        where the config's ``final_eval`` is "readout" (the run's readout only)."""
+        if getattr(self.config, "final_eval", "full") == "readout" or not self.default_sweep:
+            return None
+        return list(self.default_sweep)
+
     def _sampling_options(self, unused: dict[str, Any]) -> None:
         given = [
             k for k, v in unused.items() if v is not None and not (isinstance(v, str) and not v)

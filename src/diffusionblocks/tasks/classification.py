@@ -50,6 +50,7 @@ from .images import (
 )
 
 READOUTS = ("chain", "ensemble")
+FINAL_EVALS = ("full", "readout")
 
 
 @dataclass
@@ -61,7 +62,12 @@ class ClassificationConfig(ImageTaskConfig):
     task_groups = {
         "data": ImageTaskConfig.task_groups["data"],  # val_fraction: ImageTaskConfig
         "model": (*ImageTaskConfig.task_groups["model"], "dropout"),
-        "eval": (*ImageTaskConfig.task_groups["eval"], "bridge_temperature", "readout"),
+        "eval": (
+            *ImageTaskConfig.task_groups["eval"],
+            "bridge_temperature",
+            "readout",
+            "final_eval",
+        ),
         "noise": ("label_swap",),
         "training": ("augment_shift", "augment_flip", "self_condition"),
     }
@@ -80,6 +86,10 @@ class ClassificationConfig(ImageTaskConfig):
     # called once at sigma_max on z = 0, the mean of their log-probabilities; docs/method.md §6.1),
     # the default: better on every seed of both validation sets measured
     readout: str = "ensemble"
+    # What the evaluation at the end of training and `dblocks eval` compute on each split: "full"
+    # (both readouts, the chain at 1, 2, 4 and 8 calls and each block's diagnostics: DiffusionBlocks
+    # about ten forward passes per image) or "readout" (the run's readout only: one forward pass)
+    final_eval: str = "full"
     # Regularisation (the authors' recipe has dropout 0.1 and augmentation; off by default: neither
     # gained on val, docs/results/classification/chain-research/regularisation/):
     dropout: float = 0.0  # dropout on every layer's attention and MLP outputs while training
@@ -103,6 +113,7 @@ class ClassificationConfig(ImageTaskConfig):
         _check(self, "bridge_temperature", 0 <= self.bridge_temperature <= 100, "in [0, 100]")
         _check(self, "label_swap", 0 <= self.label_swap < 1, "a probability in [0, 1)")
         _check(self, "readout", self.readout in READOUTS, " or ".join(READOUTS))
+        _check(self, "final_eval", self.final_eval in FINAL_EVALS, " or ".join(FINAL_EVALS))
         _check(self, "dropout", 0 <= self.dropout < 1, "a probability in [0, 1)")
         _check(self, "augment_shift", 0 <= self.augment_shift <= 64, "pixels in [0, 64]")
         for key in ("augment_shift", "augment_flip"):
@@ -136,9 +147,10 @@ class _ImageClassification(Task):
         split = ev.get("split", "test")
         lines = [f"{split} accuracy{' ' * (9 - len(split))}{ev['accuracy']:.4f}  "
                  f"({ev['examples']} {split} examples)"]  # fmt: skip
-        if "readouts" in ev:
-            lines.append(f"  readout {ev['readout']}; chain {ev['readouts']['chain']:.4f}, "
-                         f"ensemble {ev['readouts']['ensemble']:.4f}")  # fmt: skip
+        if "readouts" in ev:  # final_eval=readout leaves the other readout out (None)
+            shown = {k: "-" if v is None else f"{v:.4f}" for k, v in ev["readouts"].items()}
+            lines.append(f"  readout {ev['readout']}; chain {shown['chain']}, "
+                         f"ensemble {shown['ensemble']}")  # fmt: skip
         for steps, value in ev.get("steps_sweep", {}).items():
             lines.append(f"  {steps:>3} block calls (chain): {value:.4f}")
         for row in ev.get("per_block", []):
@@ -508,9 +520,13 @@ class BlockwiseClassification(_ImageClassification):
         c = self.config
         B = c.num_blocks
         default = c.steps_at_inference
-        # quick (the periodic evaluation while training): only the readout the run predicts with
+        # quick (the periodic evaluation while training) or final_eval=readout: only the readout
+        # the run predicts with (a sweep asked for by ``steps`` still runs)
+        light = quick or c.final_eval == "readout"
         if quick:
             sweep = [default] if c.readout == "chain" else []
+        elif light:
+            sweep = sorted({*([default] if c.readout == "chain" else []), *(steps or [])})
         else:
             sweep = sorted({default, *(steps or [])})
         with evaluating(self.model):
@@ -526,7 +542,7 @@ class BlockwiseClassification(_ImageClassification):
             total = 0
             for images, labels in self._eval_batches(split, c.eval_subset if quick else None):
                 total += len(labels)
-                if not quick or c.readout == "ensemble":
+                if not light or c.readout == "ensemble":
                     ensemble += int((self.ensemble(images)[0].argmax(-1) == labels).sum())
                 for s in sweep:
                     final, calls = self.predict(images, s, chain_gens[s], readout="chain")
@@ -538,11 +554,11 @@ class BlockwiseClassification(_ImageClassification):
                         called.update(last)
                         for block, logits in last.items():
                             after_block[block] += int((logits.argmax(-1) == labels).sum())
-            if not quick:  # each block alone, its own generator (the chain's draws are unchanged)
+            if not light:  # each block alone, its own generator (the chain's draws are unchanged)
                 gen = torch.Generator().manual_seed(c.seed + 1_000_003)
                 diagnostics = block_diagnostics(self, self._eval_batches(split), B, gen)
-        chain_acc = correct[default] / total if sweep else None
-        ensemble_acc = ensemble / total
+        chain_acc = correct[default] / total if default in correct else None
+        ensemble_acc = ensemble / total if not light or c.readout == "ensemble" else None
         result: dict[str, Any] = {
             "split": split,
             "accuracy": ensemble_acc if c.readout == "ensemble" else chain_acc,
@@ -551,9 +567,11 @@ class BlockwiseClassification(_ImageClassification):
             "examples": total,
             "layer_evals_per_image": c.depth if c.readout == "ensemble" else default * c.depth // B,
         }
-        if not quick:
+        if not quick:  # final_eval=readout: the readout not computed is None, no diagnostics
+            result["final_eval"] = c.final_eval
             result["readouts"] = {"chain": chain_acc, "ensemble": ensemble_acc}
             result["steps_sweep"] = {str(s): correct[s] / total for s in sweep}
+        if not light:
             result["per_block"] = [
                 {
                     "block": b,
