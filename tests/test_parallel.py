@@ -58,6 +58,14 @@ def test_parallel_equals_the_single_process_synchronous_run(two_block_run, tmp_p
     assert a.keys() == b.keys()
     for k in a:  # bitwise: the same computation in one process and in two
         assert torch.equal(a[k], b[k]), k
+    # Its evaluation, shared by the ranks (one split each), is the single process's.
+    par = json.loads((two_block_run / "results.json").read_text())
+    one = json.loads((single / "results.json").read_text())
+    assert par["parallel"]["evaluated_by_rank"] == {"test": 0, "val": 1}
+    for key in ("eval", "eval_val"):
+        assert par[key]["split"] == one[key]["split"]
+        assert par[key]["accuracy"] == one[key]["accuracy"]
+        assert par[key]["steps_sweep"] == one[key]["steps_sweep"]
 
 
 def test_assembled_model_is_the_union_of_the_blocks_bitwise(two_block_run):

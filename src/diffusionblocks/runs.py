@@ -361,18 +361,12 @@ def train_parallel(
                 dist.all_gather_object(gathered, record)
             else:
                 gathered = [record]
+            evaluated, model_task = _evaluate_assembled(run_dir, ctx, config)
             if ctx.rank != 0:
                 return {"rank": ctx.rank, **record}
-            model_dir = assemble(run_dir)
-            model_task, _ = load_run(model_dir)
-            sweep = model_task.final_sweep()
-            extra = {}
-            # The other ranks wait at the closing barrier: the evaluation has the machine.
-            eval_threads, _ = threads_for(model_task, alone=True)
-            with use_threads(eval_threads), autocast(config.precision, device_of(model)):
-                evaluation = model_task.evaluate(quick=False, steps=sweep)
-                if "val" in model_task.splits:  # as a single process does: beside the test split
-                    extra["eval_val"] = model_task.evaluate(quick=False, steps=sweep, split="val")
+            assert model_task is not None  # rank 0 evaluates the test split
+            evaluation = evaluated["test"]
+            extra = {"eval_val": evaluated["val"]} if "val" in evaluated else {}
             results = {
                 "run_dir": str(run_dir),
                 "preset": preset,
@@ -380,7 +374,16 @@ def train_parallel(
                 "config": config.to_dict(),
                 "resolved": config.resolved(),
                 "task": task.describe(),
-                "parallel": {"world": ctx.world, "dp": ctx.dp, "shared": config.shared_policy},
+                "parallel": {
+                    "world": ctx.world,
+                    "dp": ctx.dp,
+                    "shared": config.shared_policy,
+                    # which rank evaluated each split of the assembled model
+                    "evaluated_by_rank": {
+                        "test": 0,
+                        **({"val": min(1, ctx.world - 1)} if "eval_val" in extra else {}),
+                    },
+                },
                 "ranks": gathered,
                 "accounting": _merge_accounting([r["accounting"] for r in gathered]),
                 "timing": {
@@ -405,6 +408,65 @@ def train_parallel(
             return results
     finally:
         shutdown(ctx)
+
+
+class _NothingToDo(Exception):
+    pass
+
+
+def _evaluate_assembled(
+    run_dir: Path, ctx: Any, config: RunConfig
+) -> tuple[dict[str, Any], Task | None]:
+    """A block-parallel run's last act on every rank: rank 0 assembles the blocks into one
+    model, then the ranks share its evaluation, one split each (rank 0 the test split, rank 1
+    the validation split, as a single process computes them: each split's evaluation draws from
+    its own generators). Returns every split's evaluation (on rank 0; others: their own) and the
+    loaded model on the ranks that evaluated. A failure on any rank is raised on rank 0 and the
+    others return, so that no rank waits for one that has stopped."""
+    import torch.distributed as dist
+
+    def share(value: Any) -> list[Any]:
+        if ctx.world == 1:
+            return [value]
+        gathered: list[Any] = [None] * ctx.world
+        dist.all_gather_object(gathered, value)
+        return gathered
+
+    model_dir, failure = None, None
+    if ctx.rank == 0:
+        try:
+            model_dir = str(assemble(run_dir))
+        except Exception as err:  # every rank must hear of it before rank 0 raises it
+            failure = err
+    shared = share((model_dir, None if failure is None else repr(failure)))[0]
+    if failure is not None:
+        raise failure
+    if shared[1] is not None:
+        return {}, None  # rank 0 raises the assembly's error
+    model_task, mine, error = None, {}, None
+    try:
+        if ctx.rank > 1:  # two splits at most: the other ranks have nothing to evaluate
+            raise _NothingToDo
+        model_task, _ = load_run(shared[0])
+        splits = ["test", *(["val"] if "val" in model_task.splits else [])]
+        sweep = model_task.final_sweep()
+        threads, _ = threads_for(model_task, alone=len(splits) < 2 or ctx.world < 2)
+        with use_threads(threads), autocast(config.precision, model_task.device):
+            for split in splits[ctx.rank :: ctx.world]:
+                options = {"split": "val"} if split == "val" else {}
+                mine[split] = model_task.evaluate(quick=False, steps=sweep, **options)
+    except _NothingToDo:
+        pass
+    except Exception as err:
+        error = err
+    results = share((mine, None if error is None else repr(error)))
+    if ctx.rank == 0:
+        if error is not None:
+            raise error
+        failed = [e for _, e in results if e is not None]
+        if failed:
+            raise RuntimeError(f"the evaluation of the assembled model failed: {failed[0]}")
+    return {k: v for part, _ in results for k, v in part.items()}, model_task
 
 
 def _merge_accounting(records: list[dict[str, Any]]) -> dict[str, Any]:
