@@ -43,6 +43,7 @@ from pathlib import Path
 
 PRESET = "bench"
 MMAP_THRESHOLD = 131072
+EXTRA: list[str] = []  # --set KEY=VALUE for every configuration
 
 
 def run_config(name: str, blocks: int, threads: int, epochs: float, workdir: Path) -> dict:
@@ -52,6 +53,8 @@ def run_config(name: str, blocks: int, threads: int, epochs: float, workdir: Pat
     if MMAP_THRESHOLD:  # as in `dblocks bench memory`: freed tensors go back to the OS
         env["MALLOC_MMAP_THRESHOLD_"] = str(MMAP_THRESHOLD)
     common = ["--preset", PRESET, "--no-progress", "--set", "device=cpu", "--out", str(out)]
+    for item in EXTRA:
+        common += ["--set", item]
     if epochs > 0:  # 0: the preset's own epochs
         common += ["--set", f"epochs={epochs}"]
     if name == "e2e":
@@ -116,9 +119,23 @@ def main(argv: list[str] | None = None) -> int:
         default=131072,
         help="glibc MALLOC_MMAP_THRESHOLD_ for every process (0 = allocator default)",
     )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a config key for every configuration (e.g. final_eval=readout)",
+    )
+    p.add_argument(
+        "--only",
+        nargs="+",
+        metavar="CONFIG:THREADS",
+        help="measure only these configurations, e.g. e2e:1 e2e:2 parallel-B2:1",
+    )
     args = p.parse_args(argv)
     MMAP_THRESHOLD = args.malloc_mmap_threshold
     PRESET = args.preset
+    EXTRA[:] = args.set
     plan = [("e2e", 1, args.threads), ("e2e", 1, max(args.blocks) * args.threads)]
     for b in args.blocks:
         plan += [
@@ -127,6 +144,11 @@ def main(argv: list[str] | None = None) -> int:
             (f"single-cycle-B{b}", b, args.threads),
             (f"parallel-B{b}", b, args.threads),
         ]
+    if args.only:
+        wanted = {(c.split(":")[0], int(c.split(":")[1])) for c in args.only}
+        plan = [(n, b, t) for n, b, t in plan if (n, t) in wanted]
+        if not any(n == "e2e" and t == args.threads for n, _, t in plan):
+            p.error(f"--only must include e2e:{args.threads} (the memory reference)")
     records = []
     with tempfile.TemporaryDirectory(prefix="dblocks-par-") as tmp:
         for rep in range(args.repeats):
@@ -166,7 +188,9 @@ def main(argv: list[str] | None = None) -> int:
         row["memory_vs_e2e"] = row["median_max_process_peak_with_weights_mib"] * 2**20 / e2e_mem
         summary.append(row)
     for b in args.blocks:
-        par = next(s for s in summary if s["config"] == f"parallel-B{b}")
+        par = next((s for s in summary if s["config"] == f"parallel-B{b}"), None)
+        if par is None:
+            continue
         for s in summary:
             if s["blocks"] in (b, 1) and not s["config"].startswith("parallel-"):
                 s[f"speedup_of_parallel_B{b}"] = (
@@ -179,6 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     meta = {
         "preset": PRESET,
+        "overrides": list(EXTRA),
         "threads_note": "OMP_NUM_THREADS per process as in threads_per_process",
         "epochs_per_block": args.epochs,
         "repeats": args.repeats,
