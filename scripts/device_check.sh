@@ -1,7 +1,14 @@
 #!/usr/bin/env bash
-# CUDA check of the training, evaluation and benchmark paths, as run on a lent GPU machine:
+# The whole CUDA check, as one prepared script for a lent GPU machine (budget: under 8 minutes):
 #   bash scripts/device_check.sh OUT_DIR [FASHION_MNIST_DIR]
-# Uses the python3 on PATH with the package importable from src/.
+# 1. the tests that need CUDA (pytest -m cuda: every task trains and evaluates on the GPU,
+#    block-resident training, precision=bf16, compile=true, the CUDA memory cap);
+# 2. the memory and speed benchmarks on the `bench` preset (fp32, and the speed again in bf16);
+# 3. `dblocks bench cap` on the GPU (the allocator's memory fraction as the cap);
+# 4. `dblocks compare` of e2e and DiffusionBlocks on vit-fmnist-quick.
+# Every step has its own time limit and the script goes on after a failure; OUT_DIR gets the
+# JSON files, the log of every step (steps.log) and the card's name (device.txt).
+# Uses the python3 on PATH with the package importable from src/ (and pytest installed).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:?usage: device_check.sh OUT_DIR [FASHION_MNIST_DIR]}
@@ -9,14 +16,30 @@ FM=${2:-/usr/share/datasets/fashion-mnist}
 export PYTHONPATH=$PWD/src PYTHONUNBUFFERED=1
 D="python3 -m diffusionblocks"
 mkdir -p "$OUT"
-python3 -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name(0))"
-step() { echo "=== $*"; "$@" || echo "FAILED ($?): $*"; }
-step $D train --preset tiny --set device=cuda --out /tmp/dc-tiny --no-progress
-step $D eval --run /tmp/dc-tiny --json
-step $D train --preset tiny --set device=cuda --set schedule=sequential --out /tmp/dc-seq --no-progress
-step $D train --preset tiny --set device=cuda --set blocks=1 --set checkpointing=true --out /tmp/dc-one --no-progress
-step $D compare --preset vit-fmnist-quick --set device=cuda --set data_dir="$FM" --out /tmp/dc-cmp --no-progress
+START=$SECONDS
+python3 -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name(0))" \
+  | tee "$OUT/device.txt"
+# step LIMIT_SECONDS COMMAND...: run it under a time limit, log its status and duration
+step() {
+  local limit=$1
+  shift
+  local t0=$SECONDS
+  echo "=== $*"
+  timeout "$limit" "$@"
+  local rc=$?
+  echo "$(printf '%4d' $((SECONDS - t0))) s  rc=$rc  $*" >>"$OUT/steps.log"
+  [ $rc -eq 0 ] || echo "FAILED ($rc): $*"
+}
+step 170 python3 -m pytest -q -m cuda tests/test_cuda.py -p no:cacheprovider
+step 45 $D bench speed --preset bench --blocks 2,3,4 --set device=cuda --set data_dir="$FM" \
+  --repeats 30 --json "$OUT/bench-speed-cuda.json"
+step 30 $D bench speed --preset bench --blocks 3 --set device=cuda --set data_dir="$FM" \
+  --set precision=bf16 --repeats 30 --json "$OUT/bench-speed-cuda-bf16.json"
+step 75 $D bench memory --preset bench --blocks 1,2,3,4,6 --set device=cuda --set data_dir="$FM" \
+  --json "$OUT/bench-memory-cuda.json" --plot "$OUT/bench-memory-cuda.png"
+step 60 $D bench cap --preset bench --set device=cuda --set data_dir="$FM" \
+  --out /tmp/dc-cap --json "$OUT/bench-cap-cuda.json"
+step 80 $D compare --preset vit-fmnist-quick --set device=cuda --set data_dir="$FM" \
+  --out /tmp/dc-cmp --json "$OUT/compare-quick-cuda-rows.json" --no-progress
 cp /tmp/dc-cmp/comparison.json "$OUT/compare-quick-cuda.json" 2>/dev/null
-step $D bench speed --preset bench --blocks 2,3,4 --set device=cuda --set data_dir="$FM" --repeats 30 --json "$OUT/bench-speed-cuda.json"
-step $D bench memory --preset bench --blocks 1,2,3,4,6 --set device=cuda --set data_dir="$FM" --json "$OUT/bench-memory-cuda.json" --plot "$OUT/bench-memory-cuda.png"
-echo "=== done"
+echo "=== done in $((SECONDS - START)) s (steps: $OUT/steps.log)"
