@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, TypedDict
 
 import torch
 
+from ..runtime import threads_for, use_threads
 from .configs import SPEED_CONFIGS, config_overrides
 
 if TYPE_CHECKING:
@@ -94,30 +95,22 @@ def run_speed_bench(
         (i, name): [] for i, cs in cases.items() for name, *_ in cs
     }  # fmt: skip
     round_times: dict[int, list[float]] = {i: [] for i in range(len(entries))}
-    log(f"  {len(entries)} configurations x {repeats} interleaved repeats ...")
-    for repeat in range(warmup + repeats):
-        for i, e in enumerate(entries):
-            block = repeat % e["trainer"].num_blocks
-            t = timed(lambda e=e, block=block: e["trainer"].train_step(block, batch))
-            if repeat >= warmup:
-                step_times[i].append(t)
-        for i, e in enumerate(entries):  # equal compute: every block once, as training does
-            t = timed(lambda e=e, repeat=repeat: _round(e["trainer"], repeat))
-            if repeat >= warmup:
-                round_times[i].append(t)
-        for i, cs in cases.items():
-            for name, fn, _, _ in cs:
-                gen = torch.Generator().manual_seed(repeat)
-                with torch.no_grad():
-                    t = timed(lambda fn=fn, gen=gen: fn(gen))
-                if repeat >= warmup:
-                    infer_times[(i, name)].append(t)
+    # The threads a training run of the first configuration would take (the threads key, or its
+    # automatic choice), for every configuration alike.
+    threads, threads_reason = threads_for(entries[0]["task"])
+    log(f"  {len(entries)} configurations x {repeats} interleaved repeats, {threads} thread(s) "
+        f"({threads_reason}) ...")  # fmt: skip
+    with use_threads(threads):
+        _interleave(entries, batch, cases, repeats, warmup, timed, step_times, round_times,
+                    infer_times)  # fmt: skip
     records: list[dict[str, Any]] = []
     for i, e in enumerate(entries):
         rec: dict[str, Any] = {
             "config": e["config"],
             "blocks": e["blocks"],
             "device": str(device),
+            "threads": threads,
+            "threads_chosen_by": threads_reason,
             "batch_size": e["task"].config.batch_size,
             "repeats": repeats,
             "median_step_seconds": statistics.median(step_times[i]),
@@ -156,6 +149,32 @@ def run_speed_bench(
             for case in r["inference"]:
                 case["ratio_to_e2e"] = case["median_seconds"] / e2e["median_inference_seconds"]
     return records
+
+
+def _interleave(
+    entries: list[_Entry], batch: Any, cases: dict[int, Any], repeats: int, warmup: int,
+    timed: Callable[[Callable[..., object]], float], step_times: dict[int, list[float]],
+    round_times: dict[int, list[float]], infer_times: dict[tuple[int, str], list[float]],
+) -> None:  # fmt: skip
+    """The benchmark's repeats: each configuration's step, its round of every block, and its
+    inference cases, interleaved so that machine noise hits them alike."""
+    for repeat in range(warmup + repeats):
+        for i, e in enumerate(entries):
+            block = repeat % e["trainer"].num_blocks
+            t = timed(lambda e=e, block=block: e["trainer"].train_step(block, batch))
+            if repeat >= warmup:
+                step_times[i].append(t)
+        for i, e in enumerate(entries):  # equal compute: every block once, as training does
+            t = timed(lambda e=e, repeat=repeat: _round(e["trainer"], repeat))
+            if repeat >= warmup:
+                round_times[i].append(t)
+        for i, cs in cases.items():
+            for name, fn, _, _ in cs:
+                gen = torch.Generator().manual_seed(repeat)
+                with torch.no_grad():
+                    t = timed(lambda fn=fn, gen=gen: fn(gen))
+                if repeat >= warmup:
+                    infer_times[(i, name)].append(t)
 
 
 def _round(trainer: Trainer, repeat: int) -> None:
