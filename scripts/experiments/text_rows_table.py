@@ -8,6 +8,9 @@ seeds.
 
     python scripts/experiments/text_rows_table.py NAME=COMPARE_FOLDER... --reference NAME \
       --json OUT
+
+A row's folders joined with ``+`` (``NAME=F1+F2+F3``) are single-seed comparisons of one method
+(``--set seed=S``), tabulated as one row of their seeds.
 """
 
 from __future__ import annotations
@@ -71,36 +74,72 @@ def diagnostics(runs: list[Path]) -> dict[str, Any]:
     return out
 
 
+def run_folders(folder: str, row: dict[str, Any]) -> list[Path]:
+    """The run folders of a comparison row: FOLDER/METHOD/seed-N, or published FOLDER/runs/...
+    (one seed: no seed-N folder)."""
+    method = row["method"]
+    places = [Path(folder) / method, Path(folder) / "runs" / method]
+    return [
+        next(
+            (p for p in [*(d / f"seed-{seed}" for d in places), *places]
+             if (p / "results.json").is_file()),
+            places[0],
+        )
+        for seed in row["seeds"]
+    ]  # fmt: skip
+
+
+def rows_of(
+    folders: list[str], comparisons: list[dict[str, Any]]
+) -> list[tuple[dict[str, Any], list[Path], dict[str, Any]]]:
+    """(row, its run folders, its comparison) for each row of one comparison; several
+    comparisons of one method each (seeds run separately, ``--set seed=S``) make one row: their
+    values and seeds joined, FLOPs and time their mean, memory their largest, and the
+    comparison's protocol listing every command."""
+    if len(folders) == 1:
+        return [(row, run_folders(folders[0], row), comparisons[0])
+                for row in comparisons[0]["rows"]]  # fmt: skip
+    rows = []
+    for folder, comparison in zip(folders, comparisons, strict=True):
+        if len(comparison["rows"]) != 1:
+            raise SystemExit(f"{folder}: joining seeds needs one method per comparison")
+        rows.append(comparison["rows"][0])
+    if len({r["method"] for r in rows}) != 1:
+        raise SystemExit(f"{'+'.join(folders)}: the comparisons are of different methods")
+    merged = dict(rows[0])
+    for key in ("val_values", "test_values", "seeds", "runs"):
+        merged[key] = [v for r in rows for v in r.get(key, [])]
+    for key in ("train_flops", "train_seconds"):
+        merged[key] = sum(r[key] for r in rows) / len(rows)
+    merged["peak_memory_bytes"] = max(r["peak_memory_bytes"] for r in rows)
+    runs = [p for folder, r in zip(folders, rows, strict=True) for p in run_folders(folder, r)]
+    protocol = dict(comparisons[0].get("protocol") or {})
+    protocol["seeds"] = len(merged["seeds"])
+    protocol["command"] = [c.get("protocol", {}).get("command") for c in comparisons]
+    protocol["caveats"] = [v for c in comparisons for v in c.get("protocol", {}).get("caveats", [])]
+    comparison = {**comparisons[0], "protocol": protocol}
+    return [(merged, runs, comparison)]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("rows", nargs="+", help="NAME=COMPARE_FOLDER")
+    ap.add_argument("rows", nargs="+", help="NAME=COMPARE_FOLDER[+COMPARE_FOLDER...]")
     ap.add_argument("--reference", help="the row FLOPs and memory are relative to")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     table: dict[str, Any] = {}
     trivial = None
     for item in args.rows:
-        name, _, folder = item.partition("=")
-        comparison = json.loads((Path(folder) / "comparison.json").read_text())
-        trivial = comparison.get("trivial", trivial)
-        for row in comparison["rows"]:
-            method = row["method"]  # runs: FOLDER/METHOD/seed-N, or published FOLDER/runs/...
-            places = [Path(folder) / method, Path(folder) / "runs" / method]
-            runs = [
-                next(
-                    (
-                        p
-                        for p in [*(d / f"seed-{seed}" for d in places), *places]
-                        if (p / "results.json").is_file()
-                    ),
-                    places[0],
-                )
-                for seed in row["seeds"]
-            ]  # fmt: skip (one seed: no seed-N folder)
-            key = name if len(comparison["rows"]) == 1 else f"{name}:{method}"
+        name, _, spec = item.partition("=")
+        folders = spec.split("+")  # several single-seed comparisons of one method: one row
+        comparisons = [json.loads((Path(f) / "comparison.json").read_text()) for f in folders]
+        trivial = comparisons[0].get("trivial", trivial)
+        for row, runs, comparison in rows_of(folders, comparisons):
+            key = name if len(comparisons[0]["rows"]) == 1 else f"{name}:{row['method']}"
             table[key] = {
                 "method": row["method"],
                 "metric": row["metric"],
+                "seeds": row["seeds"],
                 "val": mean_sd(row["val_values"]),
                 "test": mean_sd(row["test_values"]),
                 **row_costs(row),
