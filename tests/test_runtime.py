@@ -165,3 +165,16 @@ def test_compile_with_inductor_trains_as_eager(tmp_path):
     a = train_run(tiny_config(compile=True), tmp_path / "a", progress=False, log=lambda s: 0)
     b = train_run(tiny_config(), tmp_path / "b", progress=False, log=lambda s: 0)
     assert a["eval"]["accuracy"] == pytest.approx(b["eval"]["accuracy"], abs=0.03)
+
+
+def test_the_metric_networks_run_in_float32_under_a_bf16_autocast():
+    """precision=bf16 autocasts the evaluation; the Fréchet distance's feature network and the
+    class-agreement classifier must not follow, or metrics would not compare across runs."""
+    from diffusionblocks.eval.fid import EvaluatorFeatures
+
+    extractor = EvaluatorFeatures("cpu")
+    images = torch.rand(4, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    plain, labels = extractor(images), extractor.predict(images)
+    with runtime.autocast("bf16", torch.device("cpu")):
+        assert torch.equal(extractor(images), plain)
+        assert torch.equal(extractor.predict(images), labels)

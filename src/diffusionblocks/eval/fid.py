@@ -205,11 +205,13 @@ class EvaluatorFeatures(FeatureExtractor):
 
     @torch.no_grad()
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        return self.model.features(images.to(self.device)).cpu()
+        with float32(self.device):
+            return self.model.features(images.to(self.device).float()).cpu()
 
     @torch.no_grad()
     def predict(self, images: torch.Tensor) -> torch.Tensor:
-        return self.model(images.to(self.device)).argmax(-1).cpu()
+        with float32(self.device):
+            return self.model(images.to(self.device).float()).argmax(-1).cpu()
 
 
 class InceptionFeatures(FeatureExtractor):
@@ -238,10 +240,17 @@ class InceptionFeatures(FeatureExtractor):
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         x = images.to(self.device).float().clamp(0, 1).expand(-1, 3, -1, -1)
         x = F.interpolate(x, size=(299, 299), mode="bilinear", align_corners=False)
-        feats = self.model(x * (0.9921875 + 1) - 1)
+        with float32(self.device):
+            feats = self.model(x * (0.9921875 + 1) - 1)
         if feats.dim() > 2:
             feats = feats.flatten(2).mean(-1)
         return feats.cpu()
+
+
+def float32(device: str | torch.device) -> torch.autocast:
+    """Autocast switched off: the metric networks run in float32 whatever precision the run
+    samples in (``precision=bf16`` autocasts the evaluation), so metrics compare across runs."""
+    return torch.autocast(device_type=torch.device(device).type, enabled=False)
 
 
 def extract(extractor: FeatureExtractor, images: torch.Tensor, batch: int = 500) -> torch.Tensor:

@@ -7,6 +7,7 @@ import math
 from collections import Counter
 from typing import Any, Protocol, cast
 
+import torch
 from torch import nn
 
 from ..config import ConfigError
@@ -54,7 +55,10 @@ def judge_perplexity(
         raise ConfigError(f"judge {name} was trained on another vocabulary")
     judge.model.eval()
     total, count = 0.0, 0
-    for prompt, text in zip(prompts, continuations, strict=True):
-        nll, n = judge.continuation_nll(prompt, text)
-        total, count = total + nll, count + n
+    device = next(judge.model.parameters()).device
+    # The judge scores in float32 whatever precision the judged run samples in.
+    with torch.autocast(device_type=device.type, enabled=False):
+        for prompt, text in zip(prompts, continuations, strict=True):
+            nll, n = judge.continuation_nll(prompt, text)
+            total, count = total + nll, count + n
     return math.exp(total / max(count, 1))
