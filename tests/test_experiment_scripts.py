@@ -180,3 +180,28 @@ def test_the_device_check_is_valid_bash_within_its_time_budget():
     limits = [int(m) for m in re.findall(r"^step (\d+) ", script.read_text(), re.M)]
     assert len(limits) == 6 and sum(limits) <= 8 * 60
     assert "pytest -q -m cuda" in script.read_text()
+
+
+def test_text_rows_table_joins_single_seed_comparisons_into_one_row(tmp_path):
+    """NAME=F1+F2+F3: the seeds' values joined, FLOPs and time their mean, memory their
+    largest (in both units), every command in the protocol; a repeated seed is refused."""
+    rows = load("text_rows_table")
+    folders, comparisons = [], []
+    for seed, (val, mib) in enumerate([(1.0, 100.0), (2.0, 150.0), (3.0, 120.0)]):
+        row = {"method": "e2e-ckpt", "metric": "m", "seeds": [seed], "val_values": [val],
+               "test_values": [val + 1], "train_flops": 10.0 * (seed + 1),
+               "train_seconds": 5.0, "peak_memory_bytes": int(mib * 2**20),
+               "train_peak_mib": mib, "command": f"c{seed}", "runs": []}  # fmt: skip
+        comparison = {"rows": [row], "protocol": {"command": f"compare {seed}", "seeds": 1}}
+        folder = tmp_path / f"s{seed}"
+        folder.mkdir()
+        folders.append(str(folder))
+        comparisons.append(comparison)
+    ((merged, _runs, comparison),) = rows.rows_of(folders, comparisons)
+    assert merged["val_values"] == [1.0, 2.0, 3.0] and merged["seeds"] == [0, 1, 2]
+    assert merged["train_flops"] == 20.0 and merged["train_peak_mib"] == 150.0
+    assert merged["peak_memory_bytes"] == 150 * 2**20
+    assert comparison["protocol"]["seeds"] == 3
+    assert comparison["protocol"]["command"] == ["compare 0", "compare 1", "compare 2"]
+    with pytest.raises(SystemExit, match="twice"):
+        rows.rows_of(folders[:2], [comparisons[0], comparisons[0]])

@@ -44,6 +44,21 @@ def test_auto_shares_the_cores_among_torchrun_processes(monkeypatch):
     assert runtime.choose_threads(0, big)[0] == 1
 
 
+def test_torchruns_default_of_one_thread_is_read_as_no_choice(monkeypatch):
+    """torchrun sets OMP_NUM_THREADS=1 when it starts several processes; the processes then
+    share the cores instead (here 8 cores, 2 processes: 4 each), never more than the cores."""
+    monkeypatch.setattr(runtime, "available_cores", lambda: 8)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    assert runtime.choose_threads(0, runtime.SMALL_STEP_FLOPS * 10) == (4, "8 cores / 2 processes")
+    assert runtime.choose_threads(0, 1.0)[0] == 1  # a small model: one thread
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")  # anything else is the user's
+    assert runtime.choose_threads(0, runtime.SMALL_STEP_FLOPS * 10) == (3, "OMP_NUM_THREADS")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")  # one process: the 1 is the user's
+    assert runtime.choose_threads(0, runtime.SMALL_STEP_FLOPS * 10) == (1, "OMP_NUM_THREADS")
+
+
 def test_the_step_estimate_counts_parameters_examples_and_positions():
     assert runtime.step_flops(1000, 8, 50) == 6 * 1000 * 8 * 50
     assert runtime.step_flops(1000, 8, 0) == runtime.step_flops(1000, 8, 1)
@@ -144,6 +159,14 @@ def test_compile_compiles_each_block_once_and_trains_as_eager(monkeypatch):
     """The wiring of compile=true, with the ``aot_eager`` backend (dynamo's graph capture and
     autograd tracing, without inductor's code generation: fast enough for every run)."""
     monkeypatch.setattr(runtime, "COMPILE_BACKEND", "aot_eager")
+    calls = []
+    compile_module = torch.nn.Module.compile
+
+    def counted(module, *args, **kwargs):
+        calls.append(module)
+        return compile_module(module, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.Module, "compile", counted)
     compiled, eager = tiny_task(compile=True), tiny_task()
     batch = compiled.train_batch(torch.arange(compiled.config.batch_size))
     a = Trainer(compiled, None, progress=False)
@@ -153,6 +176,7 @@ def test_compile_compiles_each_block_once_and_trains_as_eager(monkeypatch):
         lb = b.train_step(step % 2, batch)
         assert la["loss"] == pytest.approx(lb["loss"], rel=1e-5, abs=1e-6)
     blocks = compiled.model.blocks
+    assert calls == list(blocks)  # each block once, though each trained twice
     assert all(getattr(m, "_compiled_call_impl", None) is not None for m in blocks)
     assert not any(getattr(m, "_compiled_call_impl", None) is not None for m in eager.model.blocks)
     # In place: parameter names (checkpoints) are those of the eager model.
@@ -178,3 +202,13 @@ def test_the_metric_networks_run_in_float32_under_a_bf16_autocast():
     with runtime.autocast("bf16", torch.device("cpu")):
         assert torch.equal(extractor(images), plain)
         assert torch.equal(extractor.predict(images), labels)
+
+
+def test_compile_refusals_name_the_key():
+    from diffusionblocks.registry import make_config
+
+    with pytest.raises(ConfigError, match="'compile'.*every swap"):
+        tiny_config(compile=True, resident=True, schedule="cycle")
+    tiny_config(compile=True, schedule="sequential")  # one block after another: compiled once
+    with pytest.raises(ConfigError, match="'compile'.*recurrent|'compile'.*prelude"):
+        make_config("recurrent-tiny", {"compile": True})

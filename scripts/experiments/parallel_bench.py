@@ -145,6 +145,8 @@ def main(argv: list[str] | None = None) -> int:
             (f"parallel-B{b}", b, args.threads),
         ]
     if args.only:
+        if not all(c.count(":") == 1 and c.split(":")[1].isdigit() for c in args.only):
+            p.error("--only takes CONFIG:THREADS entries, e.g. e2e:1 parallel-B2:1")
         wanted = {(c.split(":")[0], int(c.split(":")[1])) for c in args.only}
         plan = [(n, b, t) for n, b, t in plan if (n, t) in wanted]
         if not any(n == "e2e" and t == args.threads for n, _, t in plan):

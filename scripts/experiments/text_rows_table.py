@@ -109,9 +109,16 @@ def rows_of(
     merged = dict(rows[0])
     for key in ("val_values", "test_values", "seeds", "runs"):
         merged[key] = [v for r in rows for v in r.get(key, [])]
+    seeds = merged["seeds"]
+    if len(set(seeds)) != len(seeds):
+        raise SystemExit(f"{'+'.join(folders)}: a seed appears twice ({seeds})")
     for key in ("train_flops", "train_seconds"):
-        merged[key] = sum(r[key] for r in rows) / len(rows)
-    merged["peak_memory_bytes"] = max(r["peak_memory_bytes"] for r in rows)
+        values = [r[key] for r in rows if r.get(key) is not None]
+        merged[key] = sum(values) / len(values) if len(values) == len(rows) else None
+    peaks = [r["peak_memory_bytes"] for r in rows if r.get("peak_memory_bytes") is not None]
+    merged["peak_memory_bytes"] = max(peaks) if len(peaks) == len(rows) else None
+    mibs = [r["train_peak_mib"] for r in rows if r.get("train_peak_mib") is not None]
+    merged["train_peak_mib"] = max(mibs) if len(mibs) == len(rows) else None
     runs = [p for folder, r in zip(folders, rows, strict=True) for p in run_folders(folder, r)]
     protocol = dict(comparisons[0].get("protocol") or {})
     protocol["seeds"] = len(merged["seeds"])

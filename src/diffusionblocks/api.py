@@ -28,6 +28,7 @@ import torch
 
 from .config import ConfigError
 from .data.images import DataError
+from .runtime import running
 
 if TYPE_CHECKING:
     import numpy.typing as npt
@@ -86,16 +87,17 @@ class Model:
         size = batch_size or task.config.eval_batch_size
         out = []
         task.model.eval()
+        if steps is not None and not blockwise:
+            raise ConfigError("steps applies to DiffusionBlocks runs (method dblocks)")
         try:
-            for start in range(0, len(x), size):
-                batch = task._prepare(x[start : start + size])
-                if blockwise:  # DiffusionBlocks: its readout (the ensemble or the chain)
-                    logits = task.predict(batch, steps, generator)[0]
-                else:
-                    if steps is not None:
-                        raise ConfigError("steps applies to DiffusionBlocks runs (method dblocks)")
-                    logits = task.logits(batch)
-                out.append(logits.float().softmax(-1).cpu())
+            with running(task):  # the run's threads and precision
+                for start in range(0, len(x), size):
+                    batch = task._prepare(x[start : start + size])
+                    if blockwise:  # DiffusionBlocks: its readout (the ensemble or the chain)
+                        logits = task.predict(batch, steps, generator)[0]
+                    else:
+                        logits = task.logits(batch)
+                    out.append(logits.float().softmax(-1).cpu())
         finally:
             task.model.train()
         return torch.cat(out)

@@ -447,14 +447,15 @@ def _evaluate_assembled(
     try:
         if ctx.rank > 1:  # two splits at most: the other ranks have nothing to evaluate
             raise _NothingToDo
-        model_task, _ = load_run(shared[0])
+        model_task, _ = load_run(shared[0], _rank_device(config))
         splits = ["test", *(["val"] if "val" in model_task.splits else [])]
         sweep = model_task.final_sweep()
+        options = with_judge({}, model_task)  # as a single process: the judge loaded once
         threads, _ = threads_for(model_task, alone=len(splits) < 2 or ctx.world < 2)
         with use_threads(threads), autocast(config.precision, model_task.device):
             for split in splits[ctx.rank :: ctx.world]:
-                options = {"split": "val"} if split == "val" else {}
-                mine[split] = model_task.evaluate(quick=False, steps=sweep, **options)
+                where = {"split": "val"} if split == "val" else {}
+                mine[split] = model_task.evaluate(quick=False, steps=sweep, **where, **options)
     except _NothingToDo:
         pass
     except Exception as err:

@@ -7,11 +7,15 @@ more than it saves. Worse, two processes that each start a thread per core overs
 cores, and the threads then wait for each other (a `tiny` run fell from ~145 steps/s on one
 thread to 2-8 steps/s beside a second run). ``threads=0`` (the default) therefore chooses:
 
-1. ``OMP_NUM_THREADS`` when it is set (the user, torchrun or a job scheduler decided);
+1. ``OMP_NUM_THREADS`` when it is set (the user or a job scheduler decided), except the 1
+   torchrun sets by default when it starts several processes (``LOCAL_WORLD_SIZE`` > 1), which
+   is read as no choice (a user's own 1 then gets step 3's share, at least 1: never more
+   threads than cores);
 2. else one thread for a model whose training step is small (:data:`SMALL_STEP_FLOPS`);
-3. else the cores this process may use, divided among the processes of a torchrun launch on
-   this machine (``LOCAL_WORLD_SIZE``: block-parallel training), so that they never
-   oversubscribe.
+3. else the cores this process may use (PyTorch's own default when the package was imported,
+   one per physical core, within the process's affinity mask), divided among the processes of a
+   torchrun launch on this machine (``LOCAL_WORLD_SIZE``: block-parallel training), so that
+   they never oversubscribe.
 
 A positive ``threads`` is used as it is. Within Python (``api.train``) the previous thread count
 comes back when the run ends (:func:`use_threads`).
@@ -51,11 +55,17 @@ def step_flops(parameters: int, examples: int, positions: int) -> float:
     return 6.0 * parameters * examples * max(1, positions)
 
 
+# PyTorch's default intra-op thread count (one per physical core) as the package found it, when
+# OMP_NUM_THREADS did not set it (None: it did).
+_DEFAULT_THREADS = None if os.environ.get("OMP_NUM_THREADS") else torch.get_num_threads()
+
+
 def available_cores() -> int:
-    """The CPU cores this process may run on (its affinity mask where the OS has one)."""
-    if hasattr(os, "sched_getaffinity"):
-        return max(1, len(os.sched_getaffinity(0)))
-    return max(1, os.cpu_count() or 1)
+    """The cores this process may use: within its affinity mask (where the OS has one), at most
+    PyTorch's default thread count when the package was imported (one per physical core),
+    unless ``OMP_NUM_THREADS`` had set that (then the logical CPUs of the mask)."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, min(cpus or 1, _DEFAULT_THREADS or cpus or 1))
 
 
 def choose_threads(requested: int, work: float, alone: bool = False) -> tuple[int, str]:
@@ -65,13 +75,16 @@ def choose_threads(requested: int, work: float, alone: bool = False) -> tuple[in
     this machine's torchrun processes (all of them when ``alone``: the others are idle)."""
     if requested > 0:
         return requested, "threads key"
+    local = os.environ.get("LOCAL_WORLD_SIZE", "1").strip()
+    processes = int(local) if local.isdigit() and int(local) > 0 else 1
     env = os.environ.get("OMP_NUM_THREADS", "").strip()
-    if env.isdigit() and int(env) > 0:
+    torchrun_default = env == "1" and processes > 1
+    if env.isdigit() and int(env) > 0 and not torchrun_default:
         return int(env), "OMP_NUM_THREADS"
     if work < SMALL_STEP_FLOPS:
         return 1, f"small model (step ~{work:.1e} FLOPs < {SMALL_STEP_FLOPS:.0e})"
-    local = "1" if alone else os.environ.get("LOCAL_WORLD_SIZE", "1").strip()
-    processes = int(local) if local.isdigit() and int(local) > 0 else 1
+    if alone:
+        processes = 1
     cores = available_cores()
     share = max(1, cores // processes)
     if processes > 1:

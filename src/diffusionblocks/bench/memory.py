@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from ..runtime import autocast
 from .configs import MEMORY_CONFIGS, config_overrides
 
 if TYPE_CHECKING:
@@ -89,7 +90,7 @@ def measure_memory(preset: str, overrides: dict[str, Any], steps: int) -> dict[s
     batch = task.train_batch(idx)
     params = [p for p in task.model.parameters()]
     counter = SavedTensorCounter(params)
-    with counter.counting():
+    with counter.counting(), autocast(config.precision, device):  # as the trainer's step
         loss, _ = task.loss(block, batch, trainer.generator)
     loss.backward()
     resident = trainer.resident_bytes()

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, TypedDict
 
 import torch
 
-from ..runtime import threads_for, use_threads
+from ..runtime import autocast, threads_for, use_threads
 from .configs import SPEED_CONFIGS, config_overrides
 
 if TYPE_CHECKING:
@@ -169,9 +169,10 @@ def _interleave(
             if repeat >= warmup:
                 round_times[i].append(t)
         for i, cs in cases.items():
+            task = entries[i]["task"]
             for name, fn, _, _ in cs:
                 gen = torch.Generator().manual_seed(repeat)
-                with torch.no_grad():
+                with torch.no_grad(), autocast(task.config.precision, task.device):
                     t = timed(lambda fn=fn, gen=gen: fn(gen))
                 if repeat >= warmup:
                     infer_times[(i, name)].append(t)

@@ -79,8 +79,10 @@ def threads_worker(
         times.append(time.perf_counter() - t0)
     (sync / f"done-{index}").touch()
     done = [sync / f"done-{k}" for k in range(processes)]
-    i = steps
+    i, deadline = steps, time.monotonic() + 600.0
     while not all(p.exists() for p in done):  # keep the load on until every worker is done
+        if time.monotonic() > deadline:
+            raise TimeoutError("the other benchmark workers did not finish")
         step(i)
         i += 1
     parameters = sum(p.numel() for p in task.model.parameters())
@@ -93,6 +95,36 @@ def threads_worker(
         "parameters": parameters,
         "method": config.method,
     }
+
+
+def _run_workers(
+    preset: str, overrides: dict[str, Any], steps: int, warmup: int, sync_dir: Path,
+    processes: int, env: dict[str, str],
+) -> list[dict[str, Any]]:  # fmt: skip
+    """Start ``processes`` workers at once (output to files, so none blocks on a full pipe);
+    if one fails, stop the others (they would wait for it) and raise with its error."""
+    procs = []
+    for k in range(processes):
+        cmd = [sys.executable, "-m", "diffusionblocks.bench", "threads-worker",
+               "--preset", preset, "--overrides", json.dumps(overrides), "--steps", str(steps),
+               "--warmup", str(warmup), "--sync-dir", str(sync_dir), "--index", str(k),
+               "--processes", str(processes)]  # fmt: skip
+        with (sync_dir / f"out-{k}").open("w") as out, (sync_dir / f"err-{k}").open("w") as err:
+            procs.append(subprocess.Popen(cmd, stdout=out, stderr=err, env=env))
+    while any(p.poll() is None for p in procs):
+        if any(p.poll() not in (None, 0) for p in procs):
+            for p in procs:
+                if p.poll() is None:
+                    p.kill()
+            break
+        time.sleep(0.05)
+    for k, p in enumerate(procs):
+        p.wait()
+        if p.returncode != 0:
+            error = (sync_dir / f"err-{k}").read_text().strip()[-800:]
+            raise RuntimeError(f"threads worker {k} failed (exit {p.returncode}): {error}")
+    return [json.loads((sync_dir / f"out-{k}").read_text().strip().splitlines()[-1])
+            for k in range(processes)]  # fmt: skip
 
 
 def run_threads_bench(
@@ -114,43 +146,7 @@ def run_threads_bench(
             env["OMP_NUM_THREADS"] = str(threads)
             ov = {**overrides, "threads": threads}
             with tempfile.TemporaryDirectory(prefix="dblocks-threads-") as sync_dir:
-                procs = [
-                    subprocess.Popen(
-                        [
-                            sys.executable,
-                            "-m",
-                            "diffusionblocks.bench",
-                            "threads-worker",
-                            "--preset",
-                            preset,
-                            "--overrides",
-                            json.dumps(ov),
-                            "--steps",
-                            str(steps),
-                            "--warmup",
-                            str(warmup),
-                            "--sync-dir",
-                            sync_dir,
-                            "--index",
-                            str(k),
-                            "--processes",
-                            str(processes),
-                        ],
-                        stdout=subprocess.PIPE,
-                        stderr=subprocess.PIPE,
-                        text=True,
-                        env=env,
-                    )  # fmt: skip
-                    for k in range(processes)
-                ]
-                outputs = [p.communicate() for p in procs]
-            workers = []
-            for p, (out, err) in zip(procs, outputs, strict=True):
-                if p.returncode != 0:
-                    raise RuntimeError(
-                        f"threads worker failed (exit {p.returncode}): {err.strip()[-800:]}"
-                    )
-                workers.append(json.loads(out.strip().splitlines()[-1]))
+                workers = _run_workers(preset, ov, steps, warmup, Path(sync_dir), processes, env)
             medians = [w["median_step_seconds"] for w in workers]
             per_process = [1.0 / m for m in medians]
             records.append({

@@ -181,6 +181,12 @@ class RunConfig:
                 f"invalid value for 'cycle_steps': {self.cycle_steps} (steps per visit of the "
                 f"cycle schedule; schedule={self.schedule} does not use it)"
             )
+        if self.compile and self.resident and self.schedule in ("random", "cycle"):
+            raise ConfigError(
+                f"invalid value for 'compile': true (with resident=true and schedule="
+                f"{self.schedule} a block is rebuilt at every swap and compiled again; use "
+                "schedule=sequential, or resident=false)"
+            )
         if self.resident and self.schedule == "synchronous" and not self.parallel:
             raise ConfigError(
                 "invalid value for 'resident': true (schedule=synchronous trains every block at "

@@ -116,6 +116,9 @@ class RecurrentConfig(ARConfig):
                "spread over processes")  # fmt: skip
         _check(self, "resident", not self.resident,
                "false: a recurrent-depth model is one trained block")  # fmt: skip
+        _check(self, "compile", not self.compile,
+               "false: compile=true compiles each block's call, and the recurrent model runs "
+               "its prelude, core and coda outside it (nothing would be compiled)")  # fmt: skip
         for name in ("prelude", "core", "coda"):
             _check(self, name, 1 <= getattr(self, name) <= 64, "an integer in [1, 64]")
         if self.depth != self.prelude + self.core + self.coda:

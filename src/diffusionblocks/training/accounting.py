@@ -18,6 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..networks.layers import evaluating
+from ..runtime import autocast
 from .metrics import MetricsWriter, current_rss_bytes, peak_rss_bytes
 from .schedule import Plan, Position
 
@@ -125,7 +126,8 @@ class Heldout:
         with evaluating(self.task.model):  # no dropout, no augmentation: the batch as it is
             for u in blocks:
                 generator = torch.Generator().manual_seed(self.seed + 7_000_003 + u)
-                _, logs = self.task.loss(u, self.batch, generator)
+                with autocast(self.task.config.precision, self.task.device):  # as training
+                    _, logs = self.task.loss(u, self.batch, generator)
                 for k, v in logs.items():
                     record[f"val_{k}_block_{u}"] = v
         return record
