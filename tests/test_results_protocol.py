@@ -224,7 +224,8 @@ def test_bench_json_carries_the_protocol_first(tmp_path, monkeypatch, capsys):
 
     def fake_speed(preset, blocks, overrides, repeats):
         return [{"config": name, "blocks": b, "median_step_seconds": 0.01 / b,
-                 "step_ratio_to_e2e": 1 / b, "median_paired_step_ratio": 1 / b}
+                 "step_ratio_to_e2e": 1 / b, "median_paired_step_ratio": 1 / b,
+                 "equal_compute_ratio": 1.0}
                 for name, b in (("e2e", 1), ("e2e+ckpt", 1), ("dblocks", 2))]  # fmt: skip
 
     monkeypatch.setattr(bench, "run_speed_bench", fake_speed)
