@@ -17,31 +17,36 @@ from diffusionblocks.training.trainer import Trainer
 # ---------------------------------------------------------------------- threads
 def test_a_positive_threads_key_is_used_as_it_is(monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "3")
-    assert runtime.choose_threads(5, work=1e15) == (5, "threads key")
+    assert runtime.choose_threads(5) == (5, "threads key")
 
 
 def test_auto_respects_omp_num_threads(monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "3")
-    assert runtime.choose_threads(0, work=1.0) == (3, "OMP_NUM_THREADS")
+    assert runtime.choose_threads(0) == (3, "OMP_NUM_THREADS")
 
 
-def test_auto_gives_a_small_model_one_thread(monkeypatch):
+def test_auto_alone_takes_every_core_pytorch_would(monkeypatch):
+    """Measured: alone, every preset trained fastest on all cores (docs/results/threads/)."""
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    threads, why = runtime.choose_threads(0, work=runtime.SMALL_STEP_FLOPS / 2)
-    assert threads == 1 and "small model" in why
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    monkeypatch.setattr(runtime, "_DEFAULT_THREADS", 6)  # PyTorch's default: physical cores
+    monkeypatch.setattr(runtime.os, "sched_getaffinity", lambda pid: set(range(12)), raising=False)
+    assert runtime.available_cores() == 6  # not the 12 logical CPUs
+    assert runtime.choose_threads(0) == (6, "6 cores")
+    monkeypatch.setattr(runtime.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    assert runtime.available_cores() == 2  # a narrower affinity mask wins
 
 
 def test_auto_shares_the_cores_among_torchrun_processes(monkeypatch):
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setattr(runtime, "available_cores", lambda: 8)
-    big = runtime.SMALL_STEP_FLOPS * 10
     monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
-    assert runtime.choose_threads(0, big) == (8, "8 cores")
+    assert runtime.choose_threads(0) == (8, "8 cores")
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "3")  # three processes on this machine: 2 each
-    assert runtime.choose_threads(0, big) == (2, "8 cores / 3 processes")
-    assert runtime.choose_threads(0, big, alone=True) == (8, "8 cores")  # the others are idle
+    assert runtime.choose_threads(0) == (2, "8 cores / 3 processes")
+    assert runtime.choose_threads(0, alone=True) == (8, "8 cores")  # the others are idle
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "16")  # more processes than cores: one each
-    assert runtime.choose_threads(0, big)[0] == 1
+    assert runtime.choose_threads(0)[0] == 1
 
 
 def test_torchruns_default_of_one_thread_is_read_as_no_choice(monkeypatch):
@@ -50,13 +55,12 @@ def test_torchruns_default_of_one_thread_is_read_as_no_choice(monkeypatch):
     monkeypatch.setattr(runtime, "available_cores", lambda: 8)
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
-    assert runtime.choose_threads(0, runtime.SMALL_STEP_FLOPS * 10) == (4, "8 cores / 2 processes")
-    assert runtime.choose_threads(0, 1.0)[0] == 1  # a small model: one thread
+    assert runtime.choose_threads(0) == (4, "8 cores / 2 processes")
     monkeypatch.setenv("OMP_NUM_THREADS", "3")  # anything else is the user's
-    assert runtime.choose_threads(0, runtime.SMALL_STEP_FLOPS * 10) == (3, "OMP_NUM_THREADS")
+    assert runtime.choose_threads(0) == (3, "OMP_NUM_THREADS")
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")  # one process: the 1 is the user's
-    assert runtime.choose_threads(0, runtime.SMALL_STEP_FLOPS * 10) == (1, "OMP_NUM_THREADS")
+    assert runtime.choose_threads(0) == (1, "OMP_NUM_THREADS")
 
 
 def test_the_step_estimate_counts_parameters_examples_and_positions():
@@ -86,12 +90,14 @@ def _spy(fit, seen):
     return wrapped
 
 
-def test_auto_threads_for_the_tiny_model_is_one(tmp_path, monkeypatch):
+def test_a_run_with_automatic_threads_takes_the_cores_and_says_so(tmp_path, monkeypatch):
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    torch.set_num_threads(2)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    monkeypatch.setattr(runtime, "available_cores", lambda: 2)
     results = train_run(tiny_config(), tmp_path / "run", progress=False, log=lambda s: 0)
-    assert results["environment"]["cpu_threads"] == 1
-    assert "small model" in results["environment"]["cpu_threads_chosen_by"]
+    assert results["environment"]["cpu_threads"] == 2
+    assert results["environment"]["cpu_threads_chosen_by"] == "2 cores"
+    assert torch.get_num_threads() == 1  # the test's own count came back
 
 
 def test_eval_may_change_threads_and_refuses_a_negative_count(tmp_path):

@@ -221,10 +221,11 @@ def main(argv: list[str] | None = None) -> int:
         "reported_on": "test (and val)",
         "seeds": 1,
         "repeats": args.repeats,
+        # the configurations measured other than the parallel runs
         "baselines": [
-            "e2e (1 process, 1 and all threads)",
-            "single-process synchronous",
-            "single-process cycle (the paper's schedule)",
+            f"{name} ({t} thread{'s' if t > 1 else ''})"
+            for name, _, t in plan
+            if not name.startswith("parallel-")
         ],  # fmt: skip
         "command": meta["command"],
     }

@@ -1,21 +1,25 @@
 """How a run uses the machine, apart from what it computes: CPU threads (``threads``), reduced
 precision (``precision``) and compilation (``compile``).
 
-**Threads.** PyTorch starts one intra-op thread per physical core. Small models lose to this on
-the CPU: their matrix products are too small to split, and the threads' synchronisation costs
-more than it saves. Worse, two processes that each start a thread per core oversubscribe the
-cores, and the threads then wait for each other (a `tiny` run fell from ~145 steps/s on one
-thread to 2-8 steps/s beside a second run). ``threads=0`` (the default) therefore chooses:
+**Threads.** PyTorch starts one intra-op thread per physical core. Alone on the machine that is
+the fastest choice for every preset measured, the smallest included (``dblocks bench threads``,
+``docs/results/threads/``: on 2 cores, 1.2-1.8x the steps/s of one thread). But two processes
+that each start a thread per core oversubscribe the cores and their threads wait for each other:
+two such training processes on 2 cores made 0.03-1.2x the steps/s of a single one-thread
+process between them, against 1.9-2.0x for two one-thread processes. ``threads=0`` (the default)
+therefore chooses:
 
 1. ``OMP_NUM_THREADS`` when it is set (the user or a job scheduler decided), except the 1
    torchrun sets by default when it starts several processes (``LOCAL_WORLD_SIZE`` > 1), which
-   is read as no choice (a user's own 1 then gets step 3's share, at least 1: never more
+   is read as no choice (a user's own 1 then gets step 2's share, at least 1: never more
    threads than cores);
-2. else one thread for a model whose training step is small (:data:`SMALL_STEP_FLOPS`);
-3. else the cores this process may use (PyTorch's own default when the package was imported,
+2. else the cores this process may use (PyTorch's own default when the package was imported,
    one per physical core, within the process's affinity mask), divided among the processes of a
    torchrun launch on this machine (``LOCAL_WORLD_SIZE``: block-parallel training), so that
    they never oversubscribe.
+
+Processes it does not know of (two ``dblocks train`` started side by side) it cannot divide the
+cores among: give each ``--set threads=N`` (or ``OMP_NUM_THREADS``) with N x jobs <= cores.
 
 A positive ``threads`` is used as it is. Within Python (``api.train``) the previous thread count
 comes back when the run ends (:func:`use_threads`).
@@ -40,10 +44,6 @@ from typing import Any
 import torch
 from torch import nn
 
-# Below this estimate of one training step's FLOPs (the whole network, :func:`step_flops`),
-# ``threads=0`` runs one thread. Provisional: to be set from ``dblocks bench threads``
-# measurements on a quiet machine.
-SMALL_STEP_FLOPS = 2e9
 # The backend of ``compile=true`` (tests switch to "aot_eager", which skips code generation).
 COMPILE_BACKEND = "inductor"
 
@@ -51,7 +51,8 @@ COMPILE_BACKEND = "inductor"
 def step_flops(parameters: int, examples: int, positions: int) -> float:
     """An estimate of one end-to-end training step's FLOPs: 6 per parameter per position
     (forward 2, backward 4), for ``examples`` examples of ``positions`` positions each
-    (tokens, patches; 1 for a network that sees an example as one vector)."""
+    (tokens, patches; 1 for a network that sees an example as one vector). ``dblocks bench
+    threads`` records it beside its timings, to relate them to a model's size."""
     return 6.0 * parameters * examples * max(1, positions)
 
 
@@ -68,11 +69,11 @@ def available_cores() -> int:
     return max(1, min(cpus or 1, _DEFAULT_THREADS or cpus or 1))
 
 
-def choose_threads(requested: int, work: float, alone: bool = False) -> tuple[int, str]:
+def choose_threads(requested: int, alone: bool = False) -> tuple[int, str]:
     """The intra-op thread count for a run, and why: ``requested`` (the ``threads`` key) when
-    positive; else ``OMP_NUM_THREADS``; else 1 for a step of fewer than
-    :data:`SMALL_STEP_FLOPS` estimated FLOPs (``work``); else the available cores divided among
-    this machine's torchrun processes (all of them when ``alone``: the others are idle)."""
+    positive; else ``OMP_NUM_THREADS`` (not torchrun's default of 1); else the available cores
+    divided among this machine's torchrun processes (all of them when ``alone``: the others
+    are idle)."""
     if requested > 0:
         return requested, "threads key"
     local = os.environ.get("LOCAL_WORLD_SIZE", "1").strip()
@@ -81,8 +82,6 @@ def choose_threads(requested: int, work: float, alone: bool = False) -> tuple[in
     torchrun_default = env == "1" and processes > 1
     if env.isdigit() and int(env) > 0 and not torchrun_default:
         return int(env), "OMP_NUM_THREADS"
-    if work < SMALL_STEP_FLOPS:
-        return 1, f"small model (step ~{work:.1e} FLOPs < {SMALL_STEP_FLOPS:.0e})"
     if alone:
         processes = 1
     cores = available_cores()
@@ -93,11 +92,8 @@ def choose_threads(requested: int, work: float, alone: bool = False) -> tuple[in
 
 
 def threads_for(task: Any, alone: bool = False) -> tuple[int, str]:
-    """:func:`choose_threads` for a built task: its ``threads`` key and the estimated work of
-    one end-to-end training step (every parameter, blocks on the meta device included)."""
-    parameters = sum(p.numel() for p in task.model.parameters())
-    work = step_flops(parameters, task.config.batch_size, task.positions)
-    return choose_threads(task.config.threads, work, alone)
+    """:func:`choose_threads` for a built task (its ``threads`` key)."""
+    return choose_threads(task.config.threads, alone)
 
 
 @contextlib.contextmanager
