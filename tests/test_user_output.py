@@ -308,7 +308,8 @@ def test_bench_tables_say_what_they_measure(capsys, monkeypatch):
     def fake_speed(preset, blocks, overrides, repeats):
         return [
             {"config": name, "blocks": b, "median_step_seconds": 0.01 / b,
-             "step_ratio_to_e2e": 1 / b, "median_paired_step_ratio": 1 / b}
+             "step_ratio_to_e2e": 1 / b, "median_paired_step_ratio": 1 / b,
+             "equal_compute_ratio": 1.0}
             for name, b in (("e2e", 1), ("dblocks", 2))
         ]  # fmt: skip
 

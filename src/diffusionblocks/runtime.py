@@ -92,8 +92,9 @@ def choose_threads(requested: int, alone: bool = False) -> tuple[int, str]:
 
 
 def threads_for(task: Any, alone: bool = False) -> tuple[int, str]:
-    """:func:`choose_threads` for a built task (its ``threads`` key)."""
-    return choose_threads(task.config.threads, alone)
+    """:func:`choose_threads` for a built task (its ``threads`` key; 0 for a config without
+    one)."""
+    return choose_threads(getattr(task.config, "threads", 0), alone)
 
 
 @contextlib.contextmanager
@@ -126,5 +127,7 @@ def compile_block(block: nn.Module) -> None:
 def running(task: Any) -> Iterator[None]:
     """Inference with a task's ``threads`` (:func:`threads_for`) and ``precision``."""
     threads, _ = threads_for(task)
-    with use_threads(threads), autocast(task.config.precision, task.device):
+    precision = getattr(task.config, "precision", "fp32")
+    device = getattr(task, "device", torch.device("cpu"))
+    with use_threads(threads), autocast(precision, device):
         yield

@@ -23,7 +23,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 import torch
 from torch import nn
@@ -97,6 +97,7 @@ class BlockResidency:
         self._offload_dir: Path | None = None
         self.peak_state_bytes = 0  # max parameters + gradients + optimizer state at a step
         self._state_noted_for: int | None = None  # the block trained when it was last counted
+        self._states_counted: set[tuple[Any, ...]] = set()  # what was held when counted
 
     @property
     def offload_dir(self) -> Path:
@@ -196,7 +197,24 @@ class BlockResidency:
     def note_state_bytes(self, block: int) -> None:
         """Track the peak of parameters + gradients + optimizer state held at once (exact
         accounting, independent of the allocator; activations are not included). What is held
-        changes only when another block trains, so it is counted at the first step of a visit."""
-        if block != self._state_noted_for:
-            self._state_noted_for = block
-            self.peak_state_bytes = max(self.peak_state_bytes, sum(self.held_bytes().values()))
+        changes only when another block trains, so it is counted at the first step of a visit,
+        and only once for each combination of what is held: the trained block, the blocks in
+        memory, the optimizers and whether they have state yet, the shared modules' optimizer and
+        copies (the schedules that change block at every step would otherwise count the same
+        bytes at every step)."""
+        if block == self._state_noted_for:
+            return
+        self._state_noted_for = block
+        opt = self.optimizers
+        held = (
+            block,
+            tuple(u for u in range(len(self.model.blocks)) if is_materialized(self.model, u)),
+            tuple(sorted((b, bool(o.state)) for b, o in opt.by_block.items())),
+            tuple(sorted(opt.pending)),
+            opt.shared_optimizer is not None and bool(opt.shared_optimizer.state),
+            tuple(sorted(opt.shared.copies)),
+        )
+        if held in self._states_counted:
+            return
+        self._states_counted.add(held)
+        self.peak_state_bytes = max(self.peak_state_bytes, sum(self.held_bytes().values()))
