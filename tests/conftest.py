@@ -1,5 +1,12 @@
+import os
+
 import pytest
 import torch
+
+# Every run of the suite on one thread, in this process and in every process it starts (the CLI
+# in subprocesses, torchrun's ranks): results depend slightly on the thread count, and the tests
+# compare runs bitwise (threads=0 takes OMP_NUM_THREADS when set: runtime.py).
+os.environ["OMP_NUM_THREADS"] = "1"
 
 
 @pytest.fixture(autouse=True)

@@ -49,18 +49,17 @@ def test_auto_shares_the_cores_among_torchrun_processes(monkeypatch):
     assert runtime.choose_threads(0)[0] == 1
 
 
-def test_torchruns_default_of_one_thread_is_read_as_no_choice(monkeypatch):
-    """torchrun sets OMP_NUM_THREADS=1 when it starts several processes; the processes then
-    share the cores instead (here 8 cores, 2 processes: 4 each), never more than the cores."""
+def test_under_torchrun_its_omp_num_threads_is_respected(monkeypatch):
+    """torchrun sets OMP_NUM_THREADS=1 when it starts several processes: respected (no
+    oversubscription); a user's own value too."""
     monkeypatch.setattr(runtime, "available_cores", lambda: 8)
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
-    assert runtime.choose_threads(0) == (4, "8 cores / 2 processes")
-    monkeypatch.setenv("OMP_NUM_THREADS", "3")  # anything else is the user's
-    assert runtime.choose_threads(0) == (3, "OMP_NUM_THREADS")
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")  # one process: the 1 is the user's
     assert runtime.choose_threads(0) == (1, "OMP_NUM_THREADS")
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert runtime.choose_threads(0) == (3, "OMP_NUM_THREADS")
+    monkeypatch.delenv("OMP_NUM_THREADS")  # another launcher: the cores shared
+    assert runtime.choose_threads(0) == (4, "8 cores / 2 processes")
 
 
 def test_the_step_estimate_counts_parameters_examples_and_positions():

@@ -9,14 +9,15 @@ two such training processes on 2 cores made 0.03-1.2x the steps/s of a single on
 process between them, against 1.9-2.0x for two one-thread processes. ``threads=0`` (the default)
 therefore chooses:
 
-1. ``OMP_NUM_THREADS`` when it is set (the user or a job scheduler decided), except the 1
-   torchrun sets by default when it starts several processes (``LOCAL_WORLD_SIZE`` > 1), which
-   is read as no choice (a user's own 1 then gets step 2's share, at least 1: never more
-   threads than cores);
+1. ``OMP_NUM_THREADS`` when it is set: the user, a job scheduler or torchrun decided (torchrun
+   sets 1 when it starts several processes and the variable is unset: block-parallel ranks then
+   run one thread each unless the user sets ``OMP_NUM_THREADS`` or ``threads``);
 2. else the cores this process may use (PyTorch's own default when the package was imported,
-   one per physical core, within the process's affinity mask), divided among the processes of a
-   torchrun launch on this machine (``LOCAL_WORLD_SIZE``: block-parallel training), so that
-   they never oversubscribe.
+   one per physical core, within the process's affinity mask), divided among the processes a
+   launcher started on this machine (``LOCAL_WORLD_SIZE``), so that they never oversubscribe.
+
+Results depend slightly on the thread count (floating-point sums split differently), so runs
+compared bitwise must run on the same number of threads (the tests run everything on one).
 
 Processes it does not know of (two ``dblocks train`` started side by side) it cannot divide the
 cores among: give each ``--set threads=N`` (or ``OMP_NUM_THREADS``) with N x jobs <= cores.
@@ -71,17 +72,15 @@ def available_cores() -> int:
 
 def choose_threads(requested: int, alone: bool = False) -> tuple[int, str]:
     """The intra-op thread count for a run, and why: ``requested`` (the ``threads`` key) when
-    positive; else ``OMP_NUM_THREADS`` (not torchrun's default of 1); else the available cores
-    divided among this machine's torchrun processes (all of them when ``alone``: the others
-    are idle)."""
+    positive; else ``OMP_NUM_THREADS``; else the available cores divided among the processes a
+    launcher started on this machine (all of them when ``alone``: the others are idle)."""
     if requested > 0:
         return requested, "threads key"
+    env = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if env.isdigit() and int(env) > 0:
+        return int(env), "OMP_NUM_THREADS"
     local = os.environ.get("LOCAL_WORLD_SIZE", "1").strip()
     processes = int(local) if local.isdigit() and int(local) > 0 else 1
-    env = os.environ.get("OMP_NUM_THREADS", "").strip()
-    torchrun_default = env == "1" and processes > 1
-    if env.isdigit() and int(env) > 0 and not torchrun_default:
-        return int(env), "OMP_NUM_THREADS"
     if alone:
         processes = 1
     cores = available_cores()
