@@ -145,20 +145,25 @@ def cmd_bench_cap(args: argparse.Namespace) -> int:
         raise UsageError(str(err)) from None
     print("\n" + format_cap_table(result))
     if args.json:
-        command = command_line(args.argv)
-        protocol = {
-            "selected_on": "none",
-            "reported_on": "test (quality of the runs that trained; val beside it)",
-            "seeds": 1,
-            "baselines": ["e2e", "e2e-ckpt"],
-            "command": command,
-            "caveats": ["one run per method (the preset's seed): a demonstration of what fits, "
-                        "not a quality comparison"],
-        }  # fmt: skip
-        atomic_write_json(args.json, {"protocol": protocol, "command": command, "preset":
-                                      args.preset, "overrides": overrides, **result})  # fmt: skip
-        print(f"written: {args.json}")
+        write_measurement(args, "test (quality of the runs that trained; val beside it)",
+                          ["e2e", "e2e-ckpt"],
+                          "one run per method (the preset's seed): a demonstration of what "
+                          "fits, not a quality comparison",
+                          {"preset": args.preset, "overrides": overrides, **result})  # fmt: skip
     return 0
+
+
+def write_measurement(
+    args: argparse.Namespace, reported_on: str, baselines: list[str], caveat: str,
+    payload: dict[str, Any],
+) -> None:  # fmt: skip
+    """Write ``--json``: the protocol object of a measurement (docs/protocol.md §5: nothing
+    selected, one seed), the command line, then ``payload``."""
+    command = command_line(args.argv)
+    protocol = {"selected_on": "none", "reported_on": reported_on, "seeds": 1,
+                "baselines": baselines, "command": command, "caveats": [caveat]}  # fmt: skip
+    atomic_write_json(args.json, {"protocol": protocol, "command": command, **payload})
+    print(f"written: {args.json}")
 
 
 def cmd_bench_threads(args: argparse.Namespace) -> int:
@@ -185,21 +190,12 @@ def cmd_bench_threads(args: argparse.Namespace) -> int:
                                 args.warmup)  # fmt: skip
     print("\n" + format_threads_table(records) + "\n\n" + THREADS_TABLE_KEY)
     if args.json:
-        command = command_line(args.argv)
-        protocol = {
-            "selected_on": "none",
-            "reported_on": "none: timings, no data split",
-            "seeds": 1,
-            "baselines": ["1 process x 1 thread"],
-            "command": command,
-            "caveats": [f"one model (the {args.preset} preset's seed): medians of {args.steps} "
-                        "timed steps per process, not seeds; timings depend on the machine and "
-                        "its other load"],
-        }  # fmt: skip
-        atomic_write_json(args.json, {"protocol": protocol, "command": command,
-                                      "preset": args.preset, "overrides": overrides,
-                                      "available_cores": cores, "records": records})  # fmt: skip
-        print(f"written: {args.json}")
+        write_measurement(args, "none: timings, no data split", ["1 process x 1 thread"],
+                          f"one model (the {args.preset} preset's seed): medians of "
+                          f"{args.steps} timed steps per process, not seeds; timings depend on "
+                          "the machine and its other load",
+                          {"preset": args.preset, "overrides": overrides,
+                           "available_cores": cores, "records": records})  # fmt: skip
     return 0
 
 
