@@ -32,7 +32,9 @@ and optimizer state in float32 (no loss scaling needed, unlike float16).
 **Compile.** ``compile=true`` compiles each block of layers with ``torch.compile``
 (``nn.Module.compile``: in place, so parameter names, checkpoints and the block interface stay
 as they are). A block that is built again (block-resident training brings blocks back from disk)
-is compiled when it is next used.
+is compiled when it is next used. Refused where it would recompile at every swap
+(``resident=true`` with the random or cycle order) and for recurrent depth, whose layers run
+outside its block's call (nothing would be compiled).
 """
 
 from __future__ import annotations
