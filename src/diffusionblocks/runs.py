@@ -207,13 +207,8 @@ def train_run(
         )
         extra["compute"] = train_flops(step_flops, trainer.block_steps, estimate=varies)
         extra["trivial"] = trivial_baselines(task, evaluation)
-        results = {
-            "run_dir": str(run_dir),
-            "preset": preset,
-            "command": command or _saved_command(run_dir),
-            "config": config.to_dict(),
-            "resolved": config.resolved(),
-            "task": info,
+        results: dict[str, Any] = {
+            **_run_record(run_dir, preset, command, config, info),
             **fitted,
             "eval": evaluation,
             **extra,
@@ -228,6 +223,22 @@ def train_run(
         trainer.metrics.write(final)
         plot_losses(run_dir / "metrics.jsonl", run_dir / "loss.png", task.plot_key, task.plot_label)
         return results
+
+
+def _run_record(
+    run_dir: Path, preset: str | None, command: str | None, config: RunConfig,
+    task_info: dict[str, Any],
+) -> dict[str, Any]:  # fmt: skip
+    """What every ``results.json`` opens with: where the run is, how it was made, its config
+    and what it resolved to, and the task's facts."""
+    return {
+        "run_dir": str(run_dir),
+        "preset": preset,
+        "command": command or _saved_command(run_dir),
+        "config": config.to_dict(),
+        "resolved": config.resolved(),
+        "task": task_info,
+    }
 
 
 def _merge_compute(ranks: list[dict[str, Any]]) -> dict[str, Any]:
@@ -368,12 +379,7 @@ def train_parallel(
             evaluation = evaluated["test"]
             extra = {"eval_val": evaluated["val"]} if "val" in evaluated else {}
             results = {
-                "run_dir": str(run_dir),
-                "preset": preset,
-                "command": command or _saved_command(run_dir),
-                "config": config.to_dict(),
-                "resolved": config.resolved(),
-                "task": task.describe(),
+                **_run_record(run_dir, preset, command, config, task.describe()),
                 "parallel": {
                     "world": ctx.world,
                     "dp": ctx.dp,

@@ -208,7 +208,10 @@ class BlockResidency:
         opt = self.optimizers
         held = (
             block,
-            tuple(u for u in range(len(self.model.blocks)) if is_materialized(self.model, u)),
+            # the blocks in memory (all of them unless resident: not looked up every step)
+            tuple(u for u in range(len(self.model.blocks)) if is_materialized(self.model, u))
+            if self.resident
+            else (),
             tuple(sorted((b, bool(o.state)) for b, o in opt.by_block.items())),
             tuple(sorted(opt.pending)),
             opt.shared_optimizer is not None and bool(opt.shared_optimizer.state),

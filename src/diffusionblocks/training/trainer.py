@@ -79,6 +79,7 @@ class Trainer:
         self.settings = c = task.config.training_settings()
         self.config: RunConfig = task.config
         self.model = block_model(task.model)
+        self.device = device_of(self.model)  # the shared modules' (blocks may be on meta)
         self.run_dir = Path(run_dir) if run_dir is not None else None
         if self.run_dir is not None:
             self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -176,7 +177,7 @@ class Trainer:
         """``task.loss`` of ``block``, compiled and under autocast as the config asks."""
         if self.settings.compile:
             compile_block(self.model.blocks[block])
-        with autocast(self.settings.precision, device_of(self.model)):
+        with autocast(self.settings.precision, self.device):
             return self.task.loss(block, batch, generator)
 
     def synchronous_step(self, blocks: list[int], batch: Any) -> dict[str, float]:
@@ -233,7 +234,7 @@ class Trainer:
             self.residency.prepare()
             if self.step < end:  # the first block is in memory before the baseline, as in e2e
                 self.activate(plan.blocks_at(self.step)[0])
-        memory = MemoryProbe(device_of(self.model), self._weight_bytes)
+        memory = MemoryProbe(self.device, self._weight_bytes)
         log = ProgressLog(self.settings, self.task.plot_key, self.metrics, self.heldout,
                           self.progress, plan, self.step)  # fmt: skip
         with self.faults.catch_signals():
@@ -270,7 +271,7 @@ class Trainer:
             log.add(logs, blocks, pos, end, self.resident)
             before_end = pos.step < plan.total_steps
             if c.eval_every and self.can_evaluate and pos.step % c.eval_every == 0 and before_end:
-                with autocast(c.precision, device_of(self.model)):  # not block-resident
+                with autocast(c.precision, self.device):  # not block-resident
                     quick = self.task.evaluate(quick=True)  # (refused there)
                 self.metrics.write({"step": pos.step, **{f"eval_{k}": v for k, v in quick.items()}})
             every = c.checkpoint_every
