@@ -128,8 +128,8 @@ def refused_alone(cls: type, data: dict) -> list[str]:
 
     offending = []
     for key, value in data.items():
-        try:
-            build_config(cls, {key: value})
+        try:  # keys without a usable default get their example values
+            build_config(cls, {**getattr(cls, "required", {}), key: value})
         except ConfigError:
             offending.append(key)
     return offending
@@ -137,5 +137,10 @@ def refused_alone(cls: type, data: dict) -> list[str]:
 
 def names_the_offending_key(cls: type, data: dict, message: str) -> bool:
     """The campaign's and the property test's criterion: a refusal of ``data`` names one of the
-    keys that are refused on their own, or, when none is, one of the keys that were given."""
+    keys that are refused on their own, or, when none is, one of the keys that were given; or
+    it names a key the config requires (no usable default: ``required``) that ``data`` left
+    empty."""
+    required = getattr(cls, "required", {})
+    if any(f"missing value for '{k}'" in message and not data.get(k) for k in required):
+        return True
     return any(names_key(message, k) for k in (refused_alone(cls, data) or list(data)))

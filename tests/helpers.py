@@ -20,6 +20,50 @@ def tiny_task(**overrides):
     return make_task(tiny_config(**overrides), torch.device("cpu"))
 
 
+FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
+_STACK_DATA: dict[bool, str] = {}
+
+
+def stack_data(continuous: bool = False) -> str:
+    """scikit-learn's digits as a user's .npz (made once per test session)."""
+    if continuous not in _STACK_DATA:
+        import sys
+        import tempfile
+
+        sys.path.insert(0, FIXTURES)
+        from stack_models import digits_npz
+
+        folder = tempfile.mkdtemp(prefix="dblocks-stack-")
+        _STACK_DATA[continuous] = digits_npz(os.path.join(folder, "digits.npz"), continuous)
+    return _STACK_DATA[continuous]
+
+
+def stack_config(model: str = "", **overrides):
+    """A user's network (``tests/fixtures/stack_models.py``, by default a residual MLP of
+    ``depth`` layers: 4 or 6; or ``model`` given as FILE.py:NAME) on digits, as small as the
+    tiny preset."""
+    depth = overrides.pop("depth", 4)
+    continuous = overrides.get("target") == "continuous"
+    if ":" not in model:
+        model = f"{FIXTURES}/stack_models.py:{model or f'mlp{depth}'}"
+    values = {"device": "cpu", "log_every": 1000, "epochs": 1, "num_blocks": 2,
+              "data": stack_data(continuous), "eval_subset": 200, "eval_batch_size": 200,
+              "model": model}  # fmt: skip
+    values.update(overrides)
+    return make_config("your-model", values)
+
+
+def stack_task(model: str = "", **overrides):
+    return make_task(stack_config(model, **overrides), torch.device("cpu"))
+
+
+def llama_masked_task(**overrides):
+    """The masked-diffusion LM (``mdm-tiny``) with Llama decoder layers from transformers
+    (``layer=hf:llama``)."""
+    values = {"device": "cpu", "log_every": 1000, "layer": "hf:llama", **overrides}
+    return make_task(make_config("mdm-tiny", values), torch.device("cpu"))
+
+
 def snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in module.state_dict().items()}
 

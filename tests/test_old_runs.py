@@ -33,7 +33,18 @@ def test_an_old_run_folder_evaluates_and_resumes_to_the_same_weights(tmp_path, c
     saved = json.loads((FIXTURE / "config.json").read_text())["config"]
     keys = ("epochs", "hidden", "heads", "depth", "log_every", "device")
     fresh = make_task(make_config("tiny", {k: saved[k] for k in keys}))
-    Trainer(fresh, None, progress=False).fit()
+    trainer = Trainer(fresh, None, progress=False)
+    # Bitwise where this machine computes the fixture's first 12 steps bitwise (its float
+    # kernels are those of the machine that wrote it); elsewhere the last bits differ from the
+    # first step on (measured on an AVX-512 machine: 4.4e-7 at most at step 12, the same at 40),
+    # and the resumed run must end within a tolerance well above that.
+    trainer.fit(stop_at=12)
+    old = load_run(FIXTURE)[0].model.state_dict()
+    same_start = all(torch.equal(a, old[k]) for k, a in fresh.model.state_dict().items())
+    trainer.fit()
     for (k, a), b in zip(fresh.model.state_dict().items(), resumed.model.state_dict().values(),
                          strict=True):  # fmt: skip
-        assert torch.equal(a, b), k
+        if same_start:
+            assert torch.equal(a, b), k
+        else:
+            assert torch.allclose(a, b, rtol=0, atol=1e-5), (k, float((a - b).abs().max()))

@@ -309,3 +309,23 @@ def test_a_numerical_fault_in_a_parallel_rank_names_its_blocks_checkpoint(tmp_pa
     with pytest.raises(NumericalFault) as err:
         trainer.fit()
     assert str(tmp_path / "run" / "blocks" / "block-1" / "step-") in str(err.value)
+
+
+def test_a_users_network_trains_block_parallel_as_in_one_process(tmp_path):
+    """Your own network (``stack``): each rank imports the model file, holds its block only, and
+    the assembled model equals the single-process synchronous run's bitwise."""
+    from helpers import FIXTURES, stack_data
+
+    sets = ["--preset", "your-model", "--set", f"model={FIXTURES}/stack_models.py:mixer4",
+            "--set", f"data={stack_data()}", "--set", "num_blocks=2", "--set", "epochs=0.3",
+            "--set", "device=cpu"]  # fmt: skip
+    proc = torchrun(2, *sets, "--set", "parallel=true", "--out", str(tmp_path / "par"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((tmp_path / "par" / "results.json").read_text())
+    assert [r["materialized_blocks"] for r in results["ranks"]] == [[0], [1]]
+    single = tmp_path / "single"
+    assert main(["train", *sets, "--set", "schedule=synchronous", "--out", str(single),
+                 "--no-progress"]) == 0  # fmt: skip
+    a = load_file(assemble(single) / "model.safetensors")
+    b = load_file(tmp_path / "par" / "model" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -60,6 +60,8 @@ def test_every_task_reports_and_headlines_its_own_evaluation():
                             "heldout_characters": 9}, "held-out CE (likelihood)", "next-char CE"),
         "recurrent": ({"heldout_ce": 1.5, "ce_is_likelihood": False, "heldout_accuracy": 0.4,
                        "heldout_characters": 9}, "held-out CE (likelihood)", "not a likelihood"),
+        "stack": ({"task": "stack", "accuracy": 0.5, "examples": 10}, "test acc",
+                  "test accuracy"),
     }  # fmt: skip
     assert set(examples) == TASK_NAMES
     for name, (ev, metric, line) in examples.items():
@@ -98,7 +100,8 @@ def test_task_classes_declare_what_differs():
                 if {cls.predicts for cls in methods.values()} == {"classes"}}  # fmt: skip
     assert predicts == {"classification"}
     assert kinds == {"classification": {None}, "generation": {"images"}, "masked-lm": {"text"},
-                     "autoregressive": {"text"}, "recurrent": {"text"}}  # fmt: skip
+                     "autoregressive": {"text"}, "recurrent": {"text"},
+                     "stack": {None}}  # fmt: skip
     sweeps = {name: next(iter(methods.values())).default_sweep for name, (_, methods) in
               TASKS.items()}  # fmt: skip
     assert sweeps["classification"] == (1, 2, 4, 8)
@@ -153,12 +156,15 @@ def test_every_task_answers_its_layer_evaluations():
     latest loss call on a block ran; no task hides the counts in its loss logs any more. Only the
     truncated-BPTT baseline's cost varies from step to step (the drawn number of iterations)."""
     import torch
+    from helpers import stack_config
 
     from diffusionblocks.registry import make_config, make_task
 
     presets = {"classification": ("tiny", {}), "generation": ("dit-tiny", {"fid_samples": "0"}),
                "masked-lm": ("mdm-tiny", {}), "autoregressive": ("ar-tiny", {}),
-               "recurrent": ("recurrent-tiny", {})}  # fmt: skip
+               "recurrent": ("recurrent-tiny", {}),
+               "stack": ("your-model", {"data": stack_config().data, "num_blocks": 2,
+                                        "model": stack_config().model})}  # fmt: skip
     assert set(presets) == TASK_NAMES
     for name, (preset, overrides) in presets.items():
         for method, cls in TASKS[name][1].items():

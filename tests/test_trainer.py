@@ -2,7 +2,14 @@
 
 import pytest
 import torch
-from helpers import optimizer_snapshot, same_state, snapshot, tiny_task
+from helpers import (
+    llama_masked_task,
+    optimizer_snapshot,
+    same_state,
+    snapshot,
+    stack_task,
+    tiny_task,
+)
 
 from diffusionblocks.training import (
     Checkpoint,
@@ -14,6 +21,12 @@ from diffusionblocks.training import (
 from diffusionblocks.training.residency import is_materialized, materialize
 from diffusionblocks.training.trainer import batch_indices
 
+# The built-in ViT, a user's own network (``stack``: a residual MLP through the public API) and
+# the masked-diffusion LM built from Llama decoder layers (``layer=hf:llama``) pass the same
+# isolation and resume tests.
+TASKS = pytest.mark.parametrize("make", [tiny_task, stack_task, llama_masked_task],
+                                ids=["builtin", "your-model", "hf-llama"])  # fmt: skip
+
 
 def _warm_up_all(trainer, steps_each=2):
     for _ in range(steps_each):
@@ -22,9 +35,10 @@ def _warm_up_all(trainer, steps_each=2):
             trainer.train_step(u, trainer.task.train_batch(idx))
 
 
+@TASKS
 @pytest.mark.parametrize("block", [0, 1, 2])
-def test_a_step_on_one_block_moves_nothing_else(block):
-    task = tiny_task(num_blocks=3, depth=6, weight_decay=0.1)
+def test_a_step_on_one_block_moves_nothing_else(block, make):
+    task = make(num_blocks=3, depth=6, weight_decay=0.1)
     trainer = Trainer(task, None, progress=False)
     _warm_up_all(trainer)  # every block has weights, gradients history and optimizer state
     blocks_before = [snapshot(b) for b in task.model.blocks]
@@ -46,8 +60,9 @@ def test_a_step_on_one_block_moves_nothing_else(block):
     assert not same_state(shared_before, shared_after), "shared modules should train every step"
 
 
-def test_gradients_reach_only_the_active_block():
-    task = tiny_task(num_blocks=2)
+@TASKS
+def test_gradients_reach_only_the_active_block(make):
+    task = make(num_blocks=2)
     _warm_up_all(Trainer(task, None, progress=False), 1)  # the zero-initialised head opens up
     loss, _ = task.loss(1, task.train_batch(torch.arange(32)), torch.Generator().manual_seed(0))
     loss.backward()
@@ -149,19 +164,20 @@ def test_same_seed_same_result_different_seed_differs():
     assert not same_state(run(0), run(1))
 
 
+@TASKS
 @pytest.mark.parametrize("schedule", ["random", "sequential"])
-def test_resume_continues_identically(tmp_path, schedule):
-    full_task = tiny_task(schedule=schedule)
+def test_resume_continues_identically(tmp_path, schedule, make):
+    full_task = make(schedule=schedule)
     full = Trainer(full_task, tmp_path / "full", progress=False)
     full.fit()
     full.materialize_all()  # sequential runs are block-resident: blocks come back from disk
 
-    first = tiny_task(schedule=schedule)
+    first = make(schedule=schedule)
     t1 = Trainer(first, tmp_path / "split", progress=False)
     stop = t1.total_steps // 2 + 1
     t1.fit(stop_at=stop)
     t1.save()
-    second = tiny_task(schedule=schedule)
+    second = make(schedule=schedule)
     t2 = Trainer(second, tmp_path / "split", progress=False)
     assert t2.resume() and t2.step == stop
     t2.fit()
@@ -179,8 +195,9 @@ def test_e2e_trainer_learns_digits():
     assert task.evaluate()["accuracy"] > 0.7
 
 
-def test_resident_training_holds_only_the_active_block(tmp_path):
-    task = tiny_task(num_blocks=3, depth=6, schedule="sequential")
+@TASKS
+def test_resident_training_holds_only_the_active_block(tmp_path, make):
+    task = make(num_blocks=3, depth=6, schedule="sequential")
     trainer = Trainer(task, tmp_path, progress=False)
     assert trainer.resident
     assert not any(is_materialized(task.model, u) for u in range(3))

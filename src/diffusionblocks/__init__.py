@@ -7,6 +7,9 @@ Start here (docs in :mod:`diffusionblocks.api`)::
     model = db.load("runs/mine")
     model.classify(images)
 
+Your own network (docs/your-model.md): a function returning :class:`ResidualStack` (stem,
+residual layers, head), then ``db.train("your-model", model=build, data="my.npz")``.
+
 Layers of the package:
 
 - :mod:`diffusionblocks.diffusion` -- the math (noise, partition, preconditioning, samplers);
@@ -24,9 +27,11 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .api import Model
+    from .networks.stack import ResidualStack
     from .tasks.base import Task
 
 __version__ = "0.1.0"
+__all__ = ["ResidualStack", "load", "load_pretrained", "train"]
 
 
 def load(path: str | os.PathLike, device: str | None = None, **overrides: Any) -> Model:
@@ -53,3 +58,12 @@ def load_pretrained(path: str | os.PathLike, device: str | None = None) -> Task:
     from .loading import load_pretrained as _load
 
     return _load(path, device)
+
+
+def __getattr__(name: str) -> Any:
+    """``ResidualStack`` on first use (``import diffusionblocks`` stays light)."""
+    if name == "ResidualStack":
+        from .networks.stack import ResidualStack
+
+        return ResidualStack
+    raise AttributeError(f"module 'diffusionblocks' has no attribute {name!r}")

@@ -5,6 +5,8 @@
     model = db.train("images", data="my_images.npz", out="runs/mine")  # = dblocks train
     model = db.load("runs/mine")                   # a run folder or an assembled model folder
     labels = model.classify(images)                # uint8 0..255 or float 0..1 images
+    model = db.train("your-model", model=build, data="xy.npz")  # your own network
+    y = model.predict(x)                           # its predictions (docs/your-model.md)
     images = model.generate(labels=[0, 1, 2])      # image generation runs: floats in [0, 1]
     text = model.sample_text(100, prompt="ROMEO:") # language-model runs
     model.evaluate(split="val")                    # the same numbers as `dblocks eval`
@@ -113,6 +115,35 @@ class Model:
         data = getattr(self.task, "data", None)
         return getattr(data, "class_names", None)
 
+    # -- your own network (the stack task) ----------------------------------------------------
+    @torch.no_grad()
+    def predict(
+        self, inputs: npt.ArrayLike | torch.Tensor, batch_size: int | None = None
+    ) -> torch.Tensor:
+        """Predictions of a run of your own network (``docs/your-model.md``) for ``inputs``
+        (N, ...) shaped as the training data's ``x``: class indices (N,) for class targets,
+        values (N, ...) in the data's units for continuous targets; by the run's readout."""
+        task = self._need(self.task.predicts == "targets", "predict", "a run of your own network")
+        x = torch.as_tensor(np.asarray(inputs), dtype=torch.float32)
+        if tuple(x.shape[1:]) != task.data.input_shape:
+            raise DataError(f"inputs of shape {tuple(x.shape)} do not fit this model's "
+                            f"{task.data.input_shape} inputs (give (N, ...) as x)")  # fmt: skip
+        size = batch_size or task.config.eval_batch_size
+        out = []
+        task.model.eval()
+        try:
+            with running(task):
+                for start in range(0, len(x), size):
+                    pred = task.predict(task._prepare(x[start : start + size])).float().cpu()
+                    out.append(
+                        pred.argmax(-1)
+                        if task.classes
+                        else task._values(pred).reshape(len(pred), *task.data.target_shape)
+                    )
+        finally:
+            task.model.train()
+        return torch.cat(out) if out else torch.empty(0)
+
     # -- generation --------------------------------------------------------------------------
     @torch.no_grad()
     def generate(
@@ -206,6 +237,8 @@ def train(
 
     overrides = {k: os.fspath(v) if isinstance(v, os.PathLike) else v
                  for k, v in overrides.items()}  # fmt: skip
+    if callable(overrides.get("model")):  # your own network: where its function is defined
+        overrides["model"] = function_reference(overrides["model"])
     config = make_config(preset, overrides)
     out = Path(out) if out is not None else default_run_dir(preset, config)
     args = " ".join(f"--set {k}={v}" for k, v in overrides.items())
@@ -215,6 +248,31 @@ def train(
         warnings.warn(note, RuntimeWarning, stacklevel=3)  # the caller of db.train
     task, ckpt = load_run(out)
     return Model(task, out, int(ckpt.step), results)
+
+
+def function_reference(function: Any) -> str:
+    """The ``model`` key for a top-level function: ``FILE.py:NAME`` with the file's absolute
+    path, so that the run folder can build the network again from any process (``dblocks
+    eval``, resume, block-parallel ranks), or ``package.module:NAME`` for a function of an
+    installed package."""
+    import inspect
+
+    name = getattr(function, "__qualname__", "")
+    if not name or "<" in name:
+        raise ConfigError(
+            f"invalid value for 'model': {function!r} (give a function defined at the top level "
+            "of a file, so that the run can build the network again)"
+        )
+    source = inspect.getsourcefile(function)
+    module = getattr(function, "__module__", None)
+    installed = source is not None and any(
+        part in ("site-packages", "dist-packages") for part in Path(source).parts
+    )
+    if module and installed:
+        return f"{module}:{name}"
+    if source is None:
+        raise ConfigError(f"invalid value for 'model': {name} (its file cannot be found)")
+    return f"{Path(source).resolve()}:{name}"
 
 
 def text_room(task: Task, prompt: str = "") -> int:

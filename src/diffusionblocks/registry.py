@@ -18,7 +18,7 @@ from .config import (
     flat_keys,
     parse_assignments,
 )
-from .tasks import autoregressive, classification, generation, masked_lm, recurrent
+from .tasks import autoregressive, classification, generation, masked_lm, recurrent, stack
 from .tasks.autoregressive import ARConfig, BlockwiseAR, EndToEndAR
 from .tasks.base import Task
 from .tasks.classification import (
@@ -29,6 +29,7 @@ from .tasks.classification import (
 from .tasks.generation import BlockwiseGeneration, EndToEndGeneration, GenerationConfig
 from .tasks.masked_lm import BlockwiseMaskedLM, EndToEndMaskedLM, MaskedLMConfig
 from .tasks.recurrent import BlockwiseRecurrent, RecurrentConfig, TruncatedBPTTRecurrent
+from .tasks.stack import BlockwiseStack, EndToEndStack, StackConfig
 
 # task name -> (config class, {method: task class})
 TASKS: dict[str, tuple[type[RunConfig], dict[str, type[Task]]]] = {
@@ -49,6 +50,7 @@ TASKS: dict[str, tuple[type[RunConfig], dict[str, type[Task]]]] = {
         RecurrentConfig,
         {"dblocks": BlockwiseRecurrent, "bptt": TruncatedBPTTRecurrent},
     ),
+    "stack": (StackConfig, {"dblocks": BlockwiseStack, "e2e": EndToEndStack}),
 }
 
 # preset name -> (task, overrides, one-line description), gathered from the task modules
@@ -60,6 +62,7 @@ PRESETS: dict[str, tuple[str, dict[str, Any], str]] = {
         ("masked-lm", masked_lm),
         ("autoregressive", autoregressive),
         ("recurrent", recurrent),
+        ("stack", stack),
     )
     for name, (values, text) in module.PRESETS.items()
 }

@@ -256,8 +256,7 @@ def trivial_baselines(task: Task, evaluation: dict[str, Any]) -> dict[str, Any]:
     """The task's trivial baseline on each of its splits (what a model must beat to have
     learned anything), where the evaluation computed the headline metric it is compared with;
     a split it cannot score records why."""
-    key = task.headline_metric[0] if task.headline_metric else None
-    if key is None or key not in evaluation:
+    if task.headline(evaluation) is None:  # the evaluation lacks the task's headline metric
         return {}
     out: dict[str, Any] = {}
     for split in task.splits:

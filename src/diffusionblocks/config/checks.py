@@ -24,13 +24,20 @@ def check_transformer(cfg: Any) -> None:
 
 def check_layer_split(cfg: Any) -> None:
     """A transformer config's heads must divide its width, and (DiffusionBlocks) its blocks its
-    depth, so that every block has the same number of layers; ``e2e-shallow`` builds depth //
+    depth, so that every block has the same number of layers, unless ``layers_per_block`` gives
+    the sizes (then they must sum to the depth); ``e2e-shallow`` builds depth //
     num_blocks layers, so its blocks must divide the depth too."""
     if cfg.hidden % cfg.heads:
         raise ConfigError(
             f"invalid value for 'heads': {cfg.heads} (must divide hidden={cfg.hidden})"
         )
-    if not cfg.end_to_end and cfg.depth % cfg.num_blocks:
+    sizes = cfg.layers_per_block
+    if not cfg.end_to_end and sizes is not None and sum(sizes) != cfg.depth:
+        raise ConfigError(
+            f"invalid value for 'layers_per_block': {','.join(map(str, sizes))} (sums to "
+            f"{sum(sizes)}; the blocks must hold all depth={cfg.depth} layers)"
+        )
+    if not cfg.end_to_end and sizes is None and cfg.depth % cfg.num_blocks:
         raise ConfigError(
             f"invalid value for 'num_blocks': {cfg.num_blocks} (must divide "
             f"depth={cfg.depth} so that every block has the same number of layers)"

@@ -165,15 +165,15 @@ def build_config(cls: type[RunConfig], values: dict[str, Any]) -> RunConfig:
     names = [f.name for f in fields(cls) if f.init and f.name != "task"]
     for key in values:
         if key == "task":
-            if values[key] != cls().task:
+            if values[key] != cls.task:
                 raise ConfigError(
-                    f"'task' is fixed by the preset ({cls().task!r}); pick another preset instead"
+                    f"'task' is fixed by the preset ({cls.task!r}); pick another preset instead"
                 )
             continue
         if key not in names:
             close = difflib.get_close_matches(key, [*names, *cls.key_aliases], n=1, cutoff=0.5)
             hint = f"; did you mean '{close[0]}'?" if close else ""
-            raise ConfigError(f"unknown config key '{key}' for task '{cls().task}'{hint}")
+            raise ConfigError(f"unknown config key '{key}' for task '{cls.task}'{hint}")
     typed = {k: coerce(cls, k, v) for k, v in values.items() if k != "task"}
     try:
         return cls(**typed)
@@ -186,8 +186,8 @@ def config_from_dict(cls: type[RunConfig], data: dict[str, Any]) -> RunConfig:
     config lacks (written before the key existed) takes the value in ``cls.saved_defaults`` that
     reproduces what the saved run did, else its field default."""
     task = data.get("task", "")
-    if task and task != cls().task:
-        raise ConfigError(f"config is for task '{task}', not '{cls().task}'")
+    if task and task != cls.task:
+        raise ConfigError(f"config is for task '{task}', not '{cls.task}'")
     values = flat_keys(cls, {k: v for k, v in data.items() if k != "task"})
     for key, old in cls.saved_defaults.items():
         values.setdefault(key, old)

@@ -62,10 +62,10 @@ class RunConfig:
     # the same key (flat names stay valid everywhere). Task configs add their ``data``, ``model``
     # and ``eval`` groups in ``task_groups`` (and may add keys to these groups).
     groups: ClassVar[dict[str, tuple[str, ...]]] = {
-        "training": ("method", "num_blocks", "schedule", "cycle_steps", "resident", "blocks",
-                     "epochs", "batch_size", "lr", "weight_decay", "warmup", "min_lr_ratio",
-                     "grad_clip", "seed", "checkpointing", "nan_policy", "nan_max_skips",
-                     "shared", "shared_init"),
+        "training": ("method", "num_blocks", "layers_per_block", "schedule", "cycle_steps",
+                     "resident", "blocks", "epochs", "batch_size", "lr", "weight_decay",
+                     "warmup", "min_lr_ratio", "grad_clip", "seed", "checkpointing",
+                     "nan_policy", "nan_max_skips", "shared", "shared_init"),
         "noise": ("partition", "overlap", "weighting", "weight_clamp", "p_mean", "p_std",
                   "sigma_min", "sigma_max", "sigma_data", "inference_steps", "grid"),
         "run": ("device", "threads", "precision", "compile", "log_every", "eval_every",
@@ -86,6 +86,8 @@ class RunConfig:
     task: str = ""  # task name (set by the task's config class)
     method: str = "dblocks"  # dblocks | e2e (baseline) | e2e-shallow (depth L/B) | e2e-ckpt
     num_blocks: int = 3  # B: number of blocks the layers are split into (dblocks only)
+    # Layers in each block, e.g. "3,6,3" (the paper's Table 7; sums to depth); none: equal blocks
+    layers_per_block: tuple[int, ...] | None = None
     schedule: str = "random"  # block_order: random (paper) | cycle | sequential | synchronous
     cycle_steps: int = 1  # schedule=cycle: consecutive steps per visit of a block
     resident: bool = False  # keep only the active block in memory (implied by sequential)
@@ -176,6 +178,11 @@ class RunConfig:
                 f"method {self.method!r} trains all layers together)"
             )
         _check(self, "cycle_steps", 1 <= self.cycle_steps <= 1 << 30, "an integer >= 1")
+        sizes = self.layers_per_block
+        _check(self, "layers_per_block",
+               sizes is None or (len(sizes) == self.num_blocks and min(sizes) >= 1),
+               f"{self.num_blocks} sizes >= 1, one per block "
+               f"(num_blocks={self.num_blocks})")  # fmt: skip
         if self.cycle_steps != 1 and self.schedule != "cycle":
             raise ConfigError(
                 f"invalid value for 'cycle_steps': {self.cycle_steps} (steps per visit of the "
@@ -291,6 +298,12 @@ class RunConfig:
         """How many separately trained blocks the network is built with, ``len(model.blocks)``
         (B for dblocks, 1 end to end: all layers in one block)."""
         return 1 if self.end_to_end else self.num_blocks
+
+    @property
+    def block_sizes(self) -> tuple[int, ...] | None:
+        """The layers of each block the network is built with: ``layers_per_block`` for
+        DiffusionBlocks, None (equal blocks; one block end to end) otherwise."""
+        return None if self.end_to_end else self.layers_per_block
 
     @property
     def units(self) -> int:

@@ -33,6 +33,8 @@ class DiTShape:
     mlp_ratio: float = 4.0  # MLP width / hidden
     num_blocks: int = 1  # groups the layers are split into
     seed: int = 0  # seed of the per-block initialisation
+    # layers in each block (None: equal blocks; docs/method.md §3, the paper's Table 7)
+    layers_per_block: tuple[int, ...] | None = None
     averaged: bool = False  # keep an EMA of the weights (per block, and of the shared modules)
 
     @property
@@ -61,9 +63,10 @@ class DiT(BlockStack):
         self._init_blocks(
             s.depth,
             s.num_blocks,
-            lambda: AdaLNLayer(s.hidden, s.heads, s.mlp_ratio),
+            lambda _: AdaLNLayer(s.hidden, s.heads, s.mlp_ratio),
             s.seed,
             materialize_blocks,
+            s.layers_per_block,
         )
         self.head = AdaLNOutput(s.hidden, s.patch_size**2 * s.image_channels, zero_init=True)
         nn.init.trunc_normal_(self.pos_embed, std=0.02)

@@ -10,7 +10,7 @@ schedules: they see a conditioning scalar and vectors.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import cast
 
@@ -287,14 +287,25 @@ class BlockStack(nn.Module):
         self,
         depth: int,
         num_blocks: int,
-        make_layer: Callable[[], nn.Module],
+        make_layer: Callable[[int], nn.Module],
         seed: int,
         materialize: bool = True,
+        layers_per_block: Sequence[int] | None = None,
     ) -> None:
-        if num_blocks < 1 or depth % num_blocks:
-            raise ValueError(f"depth {depth} cannot be split into {num_blocks} equal blocks")
+        """Blocks of ``make_layer(i)`` (i: the layer's index in the whole stack): ``num_blocks``
+        equal blocks of ``depth`` layers, or the sizes ``layers_per_block`` (summing to
+        ``depth``; the paper's layer-distribution ablation, Table 7)."""
+        if layers_per_block is None:
+            if num_blocks < 1 or depth % num_blocks:
+                raise ValueError(f"depth {depth} cannot be split into {num_blocks} equal blocks")
+            layers_per_block = [depth // num_blocks] * num_blocks
+        sizes = [int(n) for n in layers_per_block]
+        if len(sizes) != num_blocks or sum(sizes) != depth or min(sizes) < 1:
+            raise ValueError(
+                f"layers_per_block {sizes} must be {num_blocks} sizes >= 1 summing to {depth}"
+            )
         self._make_layer = make_layer
-        self._layers_per_block = depth // num_blocks
+        self._block_sizes = sizes
         self._block_seed = seed
         if materialize:
             self.blocks = nn.ModuleList(self.build_block(b) for b in range(num_blocks))
@@ -302,11 +313,16 @@ class BlockStack(nn.Module):
             with torch.device("meta"):
                 self.blocks = nn.ModuleList(self.build_block(b) for b in range(num_blocks))
 
+    def block_layers(self, block: int) -> range:
+        """The indices (in the whole stack) of the layers of ``block``."""
+        start = sum(self._block_sizes[:block])
+        return range(start, start + self._block_sizes[block])
+
     def build_block(self, block: int) -> LayerGroup:
         """A freshly initialised block ``block`` (same weights every time), on the default
         device (the CPU)."""
         with seeded(self._block_seed * 10_007 + 1_000 + block):
-            group = LayerGroup([self._make_layer() for _ in range(self._layers_per_block)])
+            group = LayerGroup([self._make_layer(i) for i in self.block_layers(block)])
         if self.averaged:  # per block: it moves only when its block trains
             group.average = WeightAverage(list(group.named_parameters()))
         return group

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from .layers import AdaLNLayer, AdaLNOutput, BlockStack, ScalarEmbedding
+from .stack import conditioned_layers
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,11 @@ class TokenShape:
     mlp_ratio: float = 4.0  # MLP width / hidden
     num_blocks: int = 1  # groups the layers are split into
     seed: int = 0  # seed of the per-block initialisation
+    # layers in each block (None: equal blocks; docs/method.md §3, the paper's Table 7)
+    layers_per_block: tuple[int, ...] | None = None
+    # "": the built-in adaLN-Zero layer; "hf:llama" or FILE.py:NAME: another residual layer,
+    # wrapped with sigma conditioning (networks/stack.py: conditioned_layers)
+    layer: str = ""
 
 
 class TokenTransformer(BlockStack):
@@ -42,12 +48,17 @@ class TokenTransformer(BlockStack):
         self.token_embed = nn.Embedding(s.vocab_in, s.hidden)
         self.pos_embed = nn.Parameter(torch.zeros(1, s.max_len, s.hidden))
         self.cond_embed = ScalarEmbedding(s.hidden)
+        if s.layer:
+            make = conditioned_layers(s.layer, s.hidden, s.heads, s.mlp_ratio, s.max_len, False)
+        else:
+            make = lambda _: AdaLNLayer(s.hidden, s.heads, s.mlp_ratio)  # noqa: E731
         self._init_blocks(
             s.depth,
             s.num_blocks,
-            lambda: AdaLNLayer(s.hidden, s.heads, s.mlp_ratio),
+            make,
             s.seed,
             materialize_blocks,
+            s.layers_per_block,
         )
         self.head = AdaLNOutput(s.hidden, s.vocab_out, zero_init=True)
         nn.init.trunc_normal_(self.pos_embed, std=0.02)

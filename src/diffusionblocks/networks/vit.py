@@ -32,6 +32,8 @@ class ViTShape:
     mlp_ratio: float = 4.0  # MLP width / hidden
     num_blocks: int = 1  # groups the layers are split into
     seed: int = 0  # seed of the per-block initialisation
+    # layers in each block (None: equal blocks; docs/method.md §3, the paper's Table 7)
+    layers_per_block: tuple[int, ...] | None = None
     dropout: float = 0.0  # dropout on every layer's residual branches while training
     # The slot also reads a previous estimate of the label embedding (self-conditioning) through
     # a zero-initialised projection, shared by every block
@@ -65,9 +67,10 @@ class ViT(BlockStack):
         self._init_blocks(
             s.depth,
             s.num_blocks,
-            lambda: AdaLNLayer(s.hidden, s.heads, s.mlp_ratio, s.dropout),
+            lambda _: AdaLNLayer(s.hidden, s.heads, s.mlp_ratio, s.dropout),
             s.seed,
             materialize_blocks,
+            s.layers_per_block,
         )
         self.head = AdaLNOutput(s.hidden, s.num_classes, zero_init=True)
         nn.init.trunc_normal_(self.pos_embed, std=0.02)

@@ -107,7 +107,8 @@ class Task:
     # What ``dblocks sample`` and ``Model.generate``/``sample_text`` make: "images", "text" or
     # nothing (None).
     generates: ClassVar[str | None] = None
-    # What ``Model.classify``/``probabilities`` predict: "classes", or nothing (None).
+    # What ``Model.classify``/``probabilities`` predict: "classes" (images); "targets" for a
+    # user's own network (``Model.predict``: class indices or values); or nothing (None).
     predicts: ClassVar[str | None] = None
 
     def sample(
@@ -184,12 +185,21 @@ class Task:
     # The evaluation key of the task's one quality number and its label in tables.
     headline_metric: ClassVar[tuple[str, str] | None] = None
     headline_higher_is_better: ClassVar[bool] = False  # accuracy: True; losses, distances: False
+    # The ``task`` key this task's evaluations carry: None for the built-in tasks (their metric
+    # keys tell them apart); a user's network's evaluations say "stack", so that an accuracy of
+    # theirs is not read as an image classifier's.
+    evaluation_tag: ClassVar[str | None] = None
+
+    @classmethod
+    def claims(cls, ev: dict[str, Any]) -> bool:
+        """Whether ``ev`` may be this task's evaluation (its ``task`` tag is this task's)."""
+        return ev.get("task") == cls.evaluation_tag
 
     @classmethod
     def headline(cls, ev: dict[str, Any]) -> dict[str, Any] | None:
         """The one quality number ``dblocks compare`` tabulates: ``{"metric": label, "value": v,
         ...}`` (extra columns allowed), or None when ``ev`` does not hold this task's metric."""
-        if cls.headline_metric is None or cls.headline_metric[0] not in ev:
+        if not cls.claims(ev) or cls.headline_metric is None or cls.headline_metric[0] not in ev:
             return None
         key, label = cls.headline_metric
         return {"metric": label, "value": ev[key], key: ev[key], "key": key,

@@ -223,6 +223,7 @@ class CharLM(TextTask):
                 heads=c.heads,
                 mlp_ratio=c.mlp_ratio,
                 num_blocks=c.num_model_blocks,
+                layers_per_block=c.block_sizes,
                 seed=c.seed,
             ),
             materialize_blocks=not c.block_resident,

@@ -142,7 +142,7 @@ class _ImageClassification(Task):
 
     @classmethod
     def report(cls, ev: dict[str, Any]) -> list[str]:
-        if "accuracy" not in ev:
+        if "accuracy" not in ev or not cls.claims(ev):
             return []
         split = ev.get("split", "test")
         lines = [f"{split} accuracy{' ' * (9 - len(split))}{ev['accuracy']:.4f}  "
@@ -199,6 +199,7 @@ class _ImageClassification(Task):
                     heads=config.heads,
                     mlp_ratio=config.mlp_ratio,
                     num_blocks=config.num_model_blocks,
+                    layers_per_block=config.block_sizes,
                     seed=config.seed,
                     dropout=config.dropout,
                     self_condition=config.self_condition > 0,

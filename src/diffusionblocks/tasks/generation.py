@@ -144,6 +144,7 @@ class _ImageGeneration(Task):
                     heads=config.heads,
                     mlp_ratio=config.mlp_ratio,
                     num_blocks=config.num_model_blocks,
+                    layers_per_block=config.block_sizes,
                     seed=config.seed,
                     averaged=config.ema > 0,
                 ),

@@ -27,6 +27,7 @@ from ..diffusion.masking import (
     mask_tokens,
     sample_t_full,
 )
+from ..networks.hf import HF_LAYERS
 from ..networks.layers import seeded
 from ..networks.placement import to_device
 from ..networks.token_transformer import TokenShape, TokenTransformer
@@ -41,7 +42,7 @@ class MaskedLMConfig(RunConfig):
 
     task_groups = {
         "data": ("data", "test_fraction", "val_fraction", "seq_len", "train_subset"),
-        "model": ("depth", "hidden", "heads", "mlp_ratio"),
+        "model": ("depth", "hidden", "heads", "mlp_ratio", "layer"),
         "eval": ("eval_draws", "eval_sequences", "eval_batch_size", "eval_subset"),
     }  # fmt: skip
     # Runs saved before ``val_fraction`` existed trained on all of the text before the test text.
@@ -57,6 +58,11 @@ class MaskedLMConfig(RunConfig):
     hidden: int = 128  # token width
     heads: int = 4  # attention heads
     mlp_ratio: float = 4.0  # MLP width / hidden
+    # The layers: "" (the built-in adaLN-Zero transformer layer), hf:llama (a Llama decoder layer
+    # from transformers: RMSNorm, RoPE, SwiGLU; extra [hf]) or FILE.py:NAME (your function
+    # NAME(index, hidden, heads, mlp_ratio) returning a residual layer), wrapped with sigma
+    # conditioning (docs/your-model.md)
+    layer: str = ""
     eval_draws: int = 8  # masking times per held-out sequence for the BPC estimate
     eval_sequences: int = 0  # held-out sequences for the BPC estimate (0 = all)
     eval_batch_size: int = 256  # sequences per evaluation batch
@@ -85,6 +91,10 @@ class MaskedLMConfig(RunConfig):
         _check(self, "eval_subset", self.eval_subset >= 1, "an integer >= 1")
         _check(self, "inference_steps", self.inference_steps >= 1, "an integer >= 1")
         check_layer_split(self)
+        user = ":" in self.layer and not self.layer.startswith("hf:")  # FILE.py:NAME, module:NAME
+        _check(self, "layer", self.layer in ("", *HF_LAYERS) or user,
+               f"empty (the built-in layer), {' or '.join(HF_LAYERS)}, "
+               "or FILE.py:NAME")  # fmt: skip
 
 
 class _MaskedLM(TextTask):
@@ -141,7 +151,9 @@ class _MaskedLM(TextTask):
                     heads=config.heads,
                     mlp_ratio=config.mlp_ratio,
                     num_blocks=config.num_model_blocks,
+                    layers_per_block=config.block_sizes,
                     seed=config.seed,
+                    layer=config.layer,
                 ),
                 materialize_blocks=not config.block_resident,
             )

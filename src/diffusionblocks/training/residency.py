@@ -48,8 +48,9 @@ def materialize(
     state: dict[str, torch.Tensor] | None = None,
 ) -> nn.Module:
     """Give block ``block`` storage on ``device``: its initial weights (``model.build_block``),
-    or ``state`` loaded strictly into an empty skeleton (built on the meta device). The block's
-    checkpointing flags are kept."""
+    or ``state`` loaded strictly into an empty skeleton (built on the meta device; built for real
+    when the block has buffers that are not saved, which only its construction computes). The
+    block's checkpointing flags are kept."""
     flags = {
         name: getattr(m, _CHECKPOINTING)
         for name, m in model.blocks[block].named_modules()
@@ -60,7 +61,10 @@ def materialize(
     else:
         with torch.device("meta"):
             new = model.build_block(block)
-        new = new.to_empty(device=device)
+        if set(dict(new.named_buffers())) <= set(new.state_dict()):
+            new = new.to_empty(device=device)
+        else:  # buffers the state does not hold (e.g. rotary frequencies): built for real
+            new = model.build_block(block).to(device)
         new.load_state_dict(state, strict=True)
     for name, flag in flags.items():
         setattr(new.get_submodule(name), _CHECKPOINTING, flag)

@@ -23,8 +23,10 @@ from .checkpoint import (
 CONFIG_FILE = "config.json"
 PATH_KEYS = ("data", "data_dir", "shared_init", "judge")  # config keys that may name files
 BUILTIN_DATA = IMAGE_DATASETS + TEXT_DATASETS  # dataset names, not paths
-# Where a run's data lives: a moved file (same bytes) may be pointed at on eval, sample, resume.
-DATA_KEYS = ("data", "data_dir")
+# Where a run's data (and its network's code) lives: a moved file (same bytes for data) may be
+# pointed at on eval, sample, resume.
+CODE_KEYS = ("model", "layer")  # config keys that may name a function in a user's file
+DATA_KEYS = ("data", "data_dir", *CODE_KEYS)
 
 
 def resolve_paths(config: RunConfig) -> RunConfig:
@@ -32,6 +34,14 @@ def resolve_paths(config: RunConfig) -> RunConfig:
     that the run folder keeps working from another directory. Built-in dataset names stay."""
     values = config.to_dict()
     changed = False
+    for key in CODE_KEYS:  # FILE.py:NAME of the user's network or layers
+        value = values.get(key)
+        if isinstance(value, str) and ".py:" in value:
+            file, _, name = value.rpartition(":")
+            if Path(file).expanduser().is_file():
+                resolved = f"{Path(file).expanduser().resolve()}:{name}"
+                changed |= resolved != value
+                values[key] = resolved
     for key in PATH_KEYS:
         value = values.get(key)
         if not isinstance(value, str) or not value or value in BUILTIN_DATA:

@@ -308,10 +308,26 @@ def install_shared(model: nn.Module | BlockModel, weights: SavedWeights) -> None
             f"{weights.path} does not fit this model: shared tensors missing {sorted(missing)}, "
             f"unexpected {sorted(extra)}"
         )
+    expected_shapes = {k: v.shape for k, v in model.state_dict().items()}
+    why = shape_mismatch(expected_shapes, shared)
+    if why:
+        raise CheckpointError(f"{weights.path} does not fit this model (another architecture?): "
+                              f"{why}")  # fmt: skip
     try:
         model.load_state_dict(shared, strict=False)
     except RuntimeError as err:
         raise CheckpointError(f"{weights.path} does not fit this model: {err}") from None
+
+
+def shape_mismatch(expected: dict[str, torch.Size], saved: dict[str, torch.Tensor]) -> str | None:
+    """The first tensor of ``saved`` whose shape differs from ``expected`` (by name), said in
+    words; None when every shape fits."""
+    for name, tensor in saved.items():
+        want = expected.get(name)
+        if want is not None and tuple(want) != tuple(tensor.shape):
+            return (f"tensor {name} has shape {tuple(tensor.shape)} in the checkpoint "
+                    f"and {tuple(want)} in this model")  # fmt: skip
+    return None
 
 
 def install_weights(model: nn.Module | BlockModel, weights: SavedWeights) -> None:
@@ -329,6 +345,15 @@ def install_weights(model: nn.Module | BlockModel, weights: SavedWeights) -> Non
         blocks.set_shared_variants({b: read() for b, read in weights.variants.items()})
     for b, read in weights.blocks.items():
         state = read()
+        # shapes from the block as it is (tensors on the meta device have shapes too)
+        layout = {k: v.shape for k, v in blocks.blocks[b].state_dict().items()}
+        why = shape_mismatch(layout, state)
+        missing = sorted(set(layout) - set(state))
+        if why or missing:
+            raise CheckpointError(
+                f"{weights.path} block {b} does not fit this model (another architecture?): "
+                + (why or f"tensors missing from the checkpoint: {', '.join(missing[:3])}")
+            )
         try:
             materialize(blocks, b, device_of(blocks), state)
         except RuntimeError as err:

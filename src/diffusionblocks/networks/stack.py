@@ -1,0 +1,381 @@
+"""Your own residual network, block-wise: the user's stem, residual layers and head, with what
+DiffusionBlocks adds around them (``docs/your-model.md``).
+
+A user describes the network with :class:`ResidualStack`: a ``stem`` (input -> tokens (N, T, C)
+or a vector (N, C), optionally with a condition vector (N, C) as a second output), residual
+``layers`` that keep that shape, and a ``head`` (a vector (N, C) -> logits (N, K) or the target's
+values). :class:`StackNetwork` adds:
+
+- sigma conditioning: every plain layer is wrapped in :class:`SigmaConditioned` (adaLN-Zero: a
+  shift and scale of its input and a gate on its residual, all from the noise level's embedding
+  and zero-initialised, so a wrapped layer starts as exactly the layer it wraps); a layer whose
+  ``forward(x, cond)`` takes the condition itself is used as it is;
+- the entry of the noisy target: a label embedding table (class targets: the unit-norm rows are
+  the clean targets, as the paper's classification) or a linear map of the target's values
+  (continuous targets), in a slot token put before the stem's tokens (or added to the stem's
+  vector);
+- the blocks: the layers grouped into B blocks (equal, or ``layers_per_block``), each built from
+  its own seed so that it can be built alone (block-resident training).
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib
+import importlib.util
+import inspect
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..config import ConfigError
+from .layers import BlockStack, ScalarEmbedding, _per_token, _zero_linear, evaluating, modulate
+
+TARGETS = ("classes", "continuous")
+
+
+def load_function(reference: str, key: str) -> Callable[..., Any]:
+    """The function ``reference`` names: ``FILE.py:NAME`` (the file imported as a module, once)
+    or ``package.module:NAME``; a failure is one sentence naming the config ``key``."""
+    where, _, name = reference.rpartition(":")
+    try:
+        if where.endswith(".py"):
+            path = Path(where).expanduser()
+            if not path.is_file():
+                raise ConfigError(f"invalid value for '{key}': {reference} ({path} does not "
+                                  "exist; give the file that defines your network)")  # fmt: skip
+            module_name = f"diffusionblocks_user_{abs(hash(str(path.resolve())))}"
+            module = sys.modules.get(module_name)
+            if module is None:
+                spec = importlib.util.spec_from_file_location(module_name, path)
+                assert spec is not None and spec.loader is not None
+                module = importlib.util.module_from_spec(spec)
+                sys.modules[module_name] = module
+                try:
+                    spec.loader.exec_module(module)
+                except BaseException:
+                    del sys.modules[module_name]  # a fixed file is imported afresh next time
+                    raise
+        else:
+            module = importlib.import_module(where)
+    except ConfigError:
+        raise
+    except Exception as err:
+        raise ConfigError(f"invalid value for '{key}': {reference} (importing {where} failed: "
+                          f"{type(err).__name__}: {err})") from err  # fmt: skip
+    target: Any = module
+    for part in name.split("."):
+        target = getattr(target, part, None)
+    if not callable(target):
+        raise ConfigError(f"invalid value for '{key}': {reference} ({where} has no function "
+                          f"{name!r})")  # fmt: skip
+    return target
+
+
+@dataclass
+class ResidualStack:
+    """A residual network for DiffusionBlocks: ``stem``, ``layers``, ``head`` and its ``target``.
+
+    ``layers``: the residual layers, each mapping x (N, C) or (N, T, C) to the same shape with
+    ``forward(x)`` (the library adds sigma conditioning) or ``forward(x, cond)`` (cond: (N, C),
+    used as it is); either a list of modules or a function ``layer(i)`` of the layer's index
+    with ``depth`` layers (then block-resident training builds only the block it trains, where a
+    list is held whole). ``target``: "classes" (integer labels; the head gives (N, K) logits) or
+    "continuous" (numbers; the head gives (N, *target_shape) values)."""
+
+    stem: nn.Module
+    layers: Sequence[nn.Module] | Callable[[int], nn.Module]
+    head: nn.Module
+    target: str = "classes"
+    depth: int | None = None  # with ``layers`` a function: how many layers
+
+    def __post_init__(self) -> None:
+        for name in ("stem", "head"):
+            if not isinstance(getattr(self, name), nn.Module):
+                raise ConfigError(f"the stack's {name} must be a torch.nn.Module, got "
+                                  f"{type(getattr(self, name)).__name__}")  # fmt: skip
+        if self.target not in TARGETS:
+            raise ConfigError(f"the stack's target must be one of {', '.join(TARGETS)}, got "
+                              f"{self.target!r}")  # fmt: skip
+        if callable(self.layers) and not isinstance(self.layers, nn.Module):
+            if not isinstance(self.depth, int) or self.depth < 1:
+                raise ConfigError("a stack whose layers are a function layer(i) needs depth, "
+                                  "the number of layers (an integer >= 1)")  # fmt: skip
+            return
+        layers = list(self.layers)  # type: ignore[arg-type]
+        self.layers = layers  # a generator is read once: keep the list
+        if not layers:
+            raise ConfigError("the stack has no layers")
+        for i, layer in enumerate(layers):
+            if not isinstance(layer, nn.Module):
+                raise ConfigError(f"layer {i} of the stack is a {type(layer).__name__}, not a "
+                                  "torch.nn.Module")  # fmt: skip
+            takes_condition(layer, i)
+        if self.depth is not None and self.depth != len(layers):
+            raise ConfigError(f"the stack's depth is {self.depth} but it has {len(layers)} layers")
+        self.depth = len(layers)
+
+    def layer(self, index: int) -> nn.Module:
+        """A new layer ``index``: a copy of the given one, or ``layers(index)``."""
+        if callable(self.layers) and not isinstance(self.layers, nn.Module):
+            layer = self.layers(index)
+            if not isinstance(layer, nn.Module):
+                raise ConfigError(f"layers({index}) returned a {type(layer).__name__}, not a "
+                                  "torch.nn.Module")  # fmt: skip
+            return layer
+        layer = copy.deepcopy(list(self.layers)[index])  # type: ignore[arg-type]
+        if torch.get_default_device().type == "meta":  # a block built without storage
+            layer = layer.to("meta")
+        return layer
+
+
+def takes_condition(layer: nn.Module, index: int) -> bool:
+    """Whether ``layer`` takes the condition (``forward(x, cond)``: two required arguments, or a
+    second one named ``cond``) or not (``forward(x)``, other arguments optional); any other
+    signature is refused, naming the layer."""
+    try:
+        params = inspect.signature(layer.forward).parameters.values()
+    except (TypeError, ValueError):  # a builtin without a signature: try it as forward(x)
+        return False
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    required = [p for p in positional if p.default is p.empty]
+    if len(required) <= 2 and len(positional) >= 2 and positional[1].name == "cond":
+        return True  # forward(x, cond) or forward(x, cond=None): it takes the condition
+    if len(required) == 1 or (not required and positional):
+        return False
+    if len(required) == 2:
+        return True
+    names = ", ".join(p.name for p in positional) or "nothing"
+    raise ConfigError(
+        f"layer {index} of the stack ({type(layer).__name__}) must take forward(x) or "
+        f"forward(x, cond), but its forward takes ({names})"
+    )
+
+
+class SigmaConditioned(nn.Module):
+    """A user's layer with adaLN-Zero sigma conditioning: ``h = x * (1 + scale) + shift`` goes
+    into the layer, and its residual ``layer(h) - h`` comes back gated by ``1 + gate``; shift,
+    scale and gate come from the condition through a zero-initialised projection, so at
+    initialisation the output is exactly ``layer(x)`` (bitwise). A layer that takes the
+    condition itself (``forward(x, cond)``) is called as it is."""
+
+    def __init__(self, layer: nn.Module, dim: int, index: int):
+        super().__init__()
+        self.layer = layer
+        self.index = index
+        self.own_condition = takes_condition(layer, index)
+        if not self.own_condition:
+            self.modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 3 * dim))
+            _zero_linear(self.modulation[1])
+
+    def forward(
+        self, x: torch.Tensor, cond: torch.Tensor, mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        if mask is not None:
+            raise ConfigError(
+                f"layer {self.index} ({type(self.layer).__name__}) takes no attention mask, and "
+                "this network passes one (use the built-in layer here)"
+            )
+        if self.own_condition:
+            out = self.layer(x, cond)
+        else:
+            mod = self.modulation(cond)
+            shift, scale, gate = (_per_token(mod) if x.dim() == 3 else mod).chunk(3, dim=-1)
+            h = modulate(x, shift, scale)
+            branch = self.layer(h)
+            if isinstance(branch, torch.Tensor) and branch.shape == x.shape:
+                # = x + (1 + gate) * (branch - h), written so that at gate = shift = scale = 0
+                # it is branch itself, bitwise
+                return branch + (x - h) + gate * (branch - h)
+            out = branch
+        return self.checked(out, x, self.layer, self.index)
+
+    @staticmethod
+    def checked(out: Any, x: torch.Tensor, layer: nn.Module, index: int) -> torch.Tensor:
+        """``out`` when it is a tensor shaped like ``x``; otherwise the layer is named."""
+        if not isinstance(out, torch.Tensor) or out.shape != x.shape:
+            got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise ConfigError(
+                f"layer {index} of the stack ({type(layer).__name__}) maps an input of shape "
+                f"{tuple(x.shape)} to {got}: a residual layer must keep its input's shape"
+            )
+        return out
+
+
+def conditioned_layers(
+    reference: str, hidden: int, heads: int, mlp_ratio: float, max_len: int, causal: bool
+) -> Callable[[int], nn.Module]:
+    """``layer(index)`` for a built-in network's blocks from the config's ``layer``: a layer of
+    ``transformers`` (``hf:llama``) or the user's ``FILE.py:NAME``, a function ``NAME(index,
+    hidden, heads, mlp_ratio)`` returning a residual layer on (N, T, hidden); each wrapped with
+    sigma conditioning (:class:`SigmaConditioned`)."""
+    if reference.startswith("hf:"):
+        from .hf import hf_layer
+
+        build = hf_layer(reference, hidden, heads, mlp_ratio, max_len, causal)
+    else:
+        function = load_function(reference, "layer")
+        try:
+            inspect.signature(function).bind(0, hidden, heads, mlp_ratio)
+        except TypeError:
+            raise ConfigError(
+                f"invalid value for 'layer': {reference} (the function must take (index, "
+                "hidden, heads, mlp_ratio) and return one residual layer)"
+            ) from None
+        except ValueError:  # no signature to read: it is called as it is
+            pass
+
+        def build(index: int) -> nn.Module:
+            return function(index, hidden, heads, mlp_ratio)
+
+    def make(index: int) -> nn.Module:
+        layer = build(index)
+        if not isinstance(layer, nn.Module):
+            raise ConfigError(f"invalid value for 'layer': {reference} returned a "
+                              f"{type(layer).__name__}, not a torch.nn.Module")  # fmt: skip
+        return SigmaConditioned(layer, hidden, index)
+
+    return make
+
+
+@dataclass(frozen=True)
+class StackShape:
+    """What a :class:`StackNetwork` is built for (from the data and the config)."""
+
+    num_classes: int  # classes (target "classes"), 0 for continuous targets
+    target_size: int  # numbers per target (continuous), 0 for classes
+    depth: int  # layers built (end to end at depth L/B: the first L/B of the stack's)
+    num_blocks: int
+    layers_per_block: tuple[int, ...] | None = None  # None: equal blocks
+    seed: int = 0
+
+
+class StackNetwork(BlockStack):
+    """The user's stem and head (shared by every block), the sigma embedder, the target's entry
+    (a label table, or a linear map of continuous values) and a slot token (token stems), and
+    ``blocks[b]``: the user's layers of block b, sigma-conditioned."""
+
+    def __init__(
+        self,
+        stack: ResidualStack,
+        shape: StackShape,
+        example: torch.Tensor,
+        materialize_blocks: bool = True,
+    ):
+        super().__init__()
+        self.stack_shape = shape
+        self.stem = stack.stem
+        self.head = stack.head
+        with torch.no_grad(), evaluating(self.stem):  # a check: no running statistics move
+            tokens, extra = self._stem_outputs(self.stem(example))
+        self.token_stem = tokens.dim() == 3
+        # positions the layers see per example: the tokens and the slot, or one vector
+        self.positions = 1 + int(tokens.shape[1]) if self.token_stem else 1
+        self.hidden = hidden = int(tokens.shape[-1])
+        self.has_condition = extra is not None
+        self.cond_embed = ScalarEmbedding(hidden)
+        if shape.num_classes:
+            self.label_embed = nn.Embedding(shape.num_classes, hidden)
+            nn.init.normal_(self.label_embed.weight, std=1.0)
+        else:
+            self.target_in = nn.Linear(shape.target_size, hidden)
+        if self.token_stem:
+            self.slot = nn.Parameter(torch.zeros(1, hidden))
+            nn.init.trunc_normal_(self.slot, std=0.02)
+        self._init_blocks(
+            shape.depth,
+            shape.num_blocks,
+            lambda i: SigmaConditioned(stack.layer(i), hidden, i),
+            shape.seed,
+            materialize_blocks,
+            shape.layers_per_block,
+        )
+        self._check_layers(stack, tokens, extra)
+        self._check_head(example)
+
+    def _check_layers(
+        self, stack: ResidualStack, tokens: torch.Tensor, extra: torch.Tensor | None
+    ) -> None:
+        """Run the example through the given layers (a list) or the blocks in memory, so that a
+        layer that changes the shape is named now, not at the first training step."""
+        x = self.enter(tokens, torch.zeros(len(tokens), self.hidden))
+        cond = torch.zeros(len(tokens), self.hidden) if extra is None else extra
+        given = stack.layers
+        with torch.no_grad():
+            if isinstance(given, Sequence):
+                for i, layer in enumerate(given):
+                    with evaluating(layer):
+                        out = layer(x, cond) if takes_condition(layer, i) else layer(x)
+                    x = SigmaConditioned.checked(out, x, layer, i)
+            else:
+                for group in self.blocks:
+                    if not any(p.is_meta for p in group.parameters()):
+                        with evaluating(group):
+                            x = group(x, cond)
+
+    def _stem_outputs(self, out: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The stem's tokens (N, T, C) or vector (N, C), and its condition (N, C) or None."""
+        extra = None
+        if isinstance(out, (tuple, list)) and len(out) == 2:
+            out, extra = out
+        if not isinstance(out, torch.Tensor) or out.dim() not in (2, 3):
+            got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise ConfigError(
+                f"the stack's stem returned {got}: it must return tokens (N, T, C) or a vector "
+                "(N, C), optionally with a condition (N, C) as a second output"
+            )
+        if extra is not None and (
+            not isinstance(extra, torch.Tensor) or tuple(extra.shape) != (len(out), out.shape[-1])
+        ):
+            got = tuple(extra.shape) if isinstance(extra, torch.Tensor) else type(extra).__name__
+            raise ConfigError(f"the stack's stem returned a condition of shape {got}; it must be "
+                              f"(N, C) = ({len(out)}, {out.shape[-1]})")  # fmt: skip
+        return out, extra
+
+    def _check_head(self, example: torch.Tensor) -> None:
+        s = self.stack_shape
+        want = s.num_classes or s.target_size
+        with torch.no_grad(), evaluating(self.head):
+            out = self.head(torch.zeros(len(example), self.hidden, device=example.device))
+        if not isinstance(out, torch.Tensor) or out.flatten(1).shape[1:] != (want,):
+            got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            what = f"{want} logits" if s.num_classes else f"the target's {want} values"
+            raise ConfigError(
+                f"the stack's head maps (N, {self.hidden}) to {got}, but this data needs "
+                f"{what} per example"
+            )
+
+    def features(self, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The stem on ``inputs``: tokens or vector, and its condition (or None)."""
+        return self._stem_outputs(self.stem(inputs))
+
+    def condition(self, c_noise: torch.Tensor, extra: torch.Tensor | None) -> torch.Tensor:
+        """The conditioning vector (N, C): the noise level's embedding, plus the stem's own."""
+        cond = self.cond_embed(c_noise)
+        return cond if extra is None else cond + extra
+
+    def enter(self, tokens: torch.Tensor, slot: torch.Tensor) -> torch.Tensor:
+        """The noisy target's embedding ``slot`` (N, C) joined to the stem's output: a token
+        before the tokens, or added to the vector."""
+        if self.token_stem:
+            return torch.cat([(slot + self.slot)[:, None], tokens], dim=1)
+        return tokens + slot
+
+    @staticmethod
+    def leave(x: torch.Tensor) -> torch.Tensor:
+        """The output at the slot (N, C)."""
+        return x[:, 0] if x.dim() == 3 else x
+
+    def run_block(self, block: int, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        self.use_shared(block)
+        return self.leave(self.blocks[block](x, cond))
+
+    def run_all(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        for group in self.blocks:
+            x = group(x, cond)
+        return self.leave(x)

@@ -1,0 +1,254 @@
+"""Your own residual network through the public API (``stack`` task, docs/your-model.md): the
+wrapper starts as the wrapped layer, bad stacks and bad checkpoints are refused in one sentence
+naming what is wrong, uneven blocks, learning, the CLI, the Python API, assembly and loading.
+(Block isolation and resume: tests/test_trainer.py runs its tests on a user's network too.)"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import FIXTURES, stack_config, stack_data, stack_task
+from torch import nn
+
+import diffusionblocks as db
+from diffusionblocks.config import ConfigError
+from diffusionblocks.networks.stack import ResidualStack, SigmaConditioned
+from diffusionblocks.registry import make_config, make_task
+from diffusionblocks.runs import train_run
+from diffusionblocks.tasks.stack import load_stack
+from diffusionblocks.training import Trainer
+from diffusionblocks.training.checkpoint import CheckpointError
+
+sys.path.insert(0, FIXTURES)
+import stack_models  # noqa: E402
+
+
+@pytest.mark.parametrize("shape", [(5, 32), (5, 17, 32)], ids=["vector", "tokens"])
+def test_a_wrapped_layer_starts_as_exactly_the_layer(shape):
+    torch.manual_seed(0)
+    layer = stack_models.ResMLP()
+    wrapped = SigmaConditioned(layer, 32, 0)
+    x, cond = torch.randn(shape), torch.randn(shape[0], 32)
+    assert torch.equal(wrapped(x, cond), layer(x))
+    # after training moves the modulation, the condition changes the output
+    nn.init.normal_(wrapped.modulation[1].weight)
+    assert not torch.allclose(wrapped(x, cond), layer(x))
+
+
+def test_the_network_starts_as_exactly_the_network_the_user_wrote():
+    """End to end at initialisation: head(layer_4(...layer_1(stem(x)))) with the user's own
+    modules, bitwise (the slot adds zeros to a vector stem, the wrappers start as their layers)."""
+    task = stack_task(method="e2e")
+    m = task.model
+    layers = [wrapped.layer for block in m.blocks for wrapped in block.layers]
+    assert len(layers) == 4 and all(type(layer).__name__ == "ResMLP" for layer in layers)
+    x = task.train_batch(torch.arange(5))[0]
+    with torch.no_grad():
+        h = m.stem(x)
+        for layer in layers:
+            h = layer(h)
+        assert torch.equal(task.predict(x), m.head(h))
+    # a layer that takes the condition is used as it is, without modulation
+    assert not hasattr(stack_task("conditioned4").model.blocks[0].layers[0], "modulation")
+
+
+def test_a_layer_function_builds_each_block_alone_with_the_same_weights():
+    task = stack_task("by_function4")
+    model = task.model
+    again = model.build_block(1).state_dict()
+    assert all(torch.equal(v, again[k]) for k, v in model.blocks[1].state_dict().items())
+
+
+@pytest.mark.parametrize(
+    "model, overrides, words",
+    [
+        ("mlp5", {}, ["'num_blocks'", "5 layers", "layers_per_block"]),
+        ("mlp4", {"layers_per_block": "1,2"}, ["'layers_per_block'", "sums to 3", "4 layers"]),
+        (
+            "mlp4",
+            {"layers_per_block": "1,1,2"},
+            ["'layers_per_block'", "one per block", "num_blocks=2"],
+        ),
+        ("wrong_signature", {}, ["layer 1", "ThreeInputs", "forward(x, cond)"]),
+        ("wrong_shape", {}, ["layer 1", "Linear", "keep its input's shape"]),
+        ("wrong_head", {}, ["head", "10 logits"]),
+        ("not_a_stack", {}, ["'model'", "ResidualStack"]),
+        ("no_such_function", {}, ["'model'", "no function 'no_such_function'"]),
+    ],
+)
+def test_a_bad_stack_is_refused_in_one_sentence_naming_what_is_wrong(model, overrides, words):
+    with pytest.raises(ConfigError) as err:
+        stack_task(model, **overrides)
+    message = str(err.value)
+    assert "\n" not in message
+    for word in words:
+        assert word in message, message
+
+
+def test_a_missing_model_file_or_key_is_named():
+    with pytest.raises(ConfigError, match="'model'.*does not exist"):
+        stack_task("/nonexistent/net.py:build")
+    with pytest.raises(ConfigError, match="missing value for 'model'"):
+        make_config("your-model", {"data": stack_data()})
+    with pytest.raises(ConfigError, match="target must be one of"):
+        ResidualStack(stem=nn.Linear(2, 2), layers=[nn.Identity()], head=nn.Linear(2, 2),
+                      target="tokens")  # fmt: skip
+
+
+def test_uneven_blocks_hold_their_layers_and_count_them():
+    task = stack_task(layers_per_block="1,3")
+    assert [len(b) for b in task.model.blocks] == [1, 3]
+    assert [task.layers_in_block(b) for b in (0, 1)] == [1, 3]
+    assert task.describe()["layers_per_block"] == [1, 3]
+
+
+@pytest.mark.parametrize("preset", ["tiny", "dit-tiny", "mdm-tiny", "ar-tiny"])
+def test_the_built_in_presets_take_uneven_blocks_too(preset):
+    config = make_config(preset, {"depth": 6, "num_blocks": 3, "layers_per_block": "1,4,1",
+                                  "device": "cpu"})  # fmt: skip
+    task = make_task(config, torch.device("cpu"))
+    assert [len(b) for b in task.model.blocks] == [1, 4, 1]
+    # a block built alone has its size and the weights of the block built with the network
+    again = task.model.build_block(1).state_dict()
+    assert all(torch.equal(v, again[k]) for k, v in task.model.blocks[1].state_dict().items())
+    e2e = make_task(make_config(preset, {"depth": 6, "num_blocks": 3, "method": "e2e",
+                                         "layers_per_block": "1,4,1"}))  # fmt: skip
+    assert [len(b) for b in e2e.model.blocks] == [6]  # one block end to end: the sizes unused
+    with pytest.raises(ConfigError, match="'layers_per_block'.*sums to 3"):
+        make_config(preset, {"depth": 6, "num_blocks": 3, "layers_per_block": "1,1,1"})
+
+
+def test_the_recurrent_model_refuses_uneven_blocks():
+    with pytest.raises(ConfigError, match="'layers_per_block'"):
+        make_config("recurrent-tiny", {"layers_per_block": "4"})
+
+
+@pytest.mark.parametrize("model", ["mlp4", "mixer4"])
+def test_diffusionblocks_learns_the_users_network_above_the_trivial_baseline(model):
+    task = stack_task(model, epochs=8)
+    Trainer(task, None, progress=False).fit()
+    ev = task.evaluate(split="val")
+    trivial = task.trivial_baseline("val")["accuracy"]
+    # clearly above the trivial baseline: four times chance (10 classes)
+    assert trivial < 0.2 and ev["accuracy"] > 0.4, (ev, trivial)
+    assert set(ev["readouts"]) == {"ensemble", "chain"} and ev["readout"] == "ensemble"
+
+
+def test_continuous_targets_learn_with_the_chain():
+    task = stack_task("regression4", target="continuous", epochs=8)
+    Trainer(task, None, progress=False).fit()
+    ev = task.evaluate(split="val")
+    assert ev["readout"] == "chain" and ev["r2"] > 0.5, ev
+    assert task.trivial_baseline("val")["r2"] < 0.05
+    e2e = stack_task("regression4", target="continuous", method="e2e", epochs=8)
+    Trainer(e2e, None, progress=False).fit()
+    assert e2e.evaluate(split="val")["r2"] > 0.5
+
+
+def test_a_checkpoint_of_another_architecture_is_refused_in_one_sentence(tmp_path):
+    train_run(stack_config(epochs=0.05), tmp_path / "run", progress=False)
+    with pytest.raises(CheckpointError) as err:
+        db.load(tmp_path / "run", model=f"{FIXTURES}/stack_models.py:wide4")
+    message = str(err.value)
+    assert "\n" not in message and "another architecture" in message
+    assert "(48" in message or "48)" in message, message
+
+
+def test_the_python_api_trains_loads_predicts_and_refuses_a_local_function(tmp_path):
+    model = db.train("your-model", out=tmp_path / "run", progress=False,
+                     model=stack_models.mlp4, data=stack_data(), epochs=0.2,
+                     num_blocks=2, device="cpu")  # fmt: skip
+    # the file's absolute path: other processes (dblocks eval, torchrun ranks) find it too
+    assert model.config.model == f"{Path(FIXTURES).resolve()}/stack_models.py:mlp4"
+    x = torch.from_numpy(__import__("numpy").load(stack_data())["x"][:7])
+    labels = model.predict(x)
+    assert labels.shape == (7,) and labels.dtype == torch.int64
+    again = db.load(tmp_path / "run")
+    assert torch.equal(again.predict(x), labels)
+    assert again.evaluate(split="val")["examples"] == 162
+
+    def local():
+        return stack_models.mlp4()
+
+    with pytest.raises(ConfigError, match="top level"):
+        db.train("your-model", model=local, data=stack_data(), out=tmp_path / "x")
+
+
+def test_the_cli_trains_assembles_and_evaluates_a_users_network(tmp_path):
+    run, out = tmp_path / "run", tmp_path / "model"
+    model = f"{FIXTURES}/stack_models.py:mixer4"
+    cmd = [sys.executable, "-m", "diffusionblocks.cli"]
+    sets = ["--set", f"model={model}", "--set", f"data={stack_data()}", "--set", "epochs=0.2",
+            "--set", "num_blocks=2", "--set", "device=cpu"]  # fmt: skip
+    subprocess.run([*cmd, "train", "--preset", "your-model", *sets, "--out", str(run),
+                    "--no-progress"], check=True, capture_output=True)  # fmt: skip
+    results = json.loads((run / "results.json").read_text())
+    assert results["task"]["depth"] == 4 and "test" in results["trivial"]
+    subprocess.run([*cmd, "assemble", str(run), "--out", str(out)], check=True,
+                   capture_output=True)  # fmt: skip
+    ev = subprocess.run([*cmd, "eval", "--run", str(out), "--split", "val"], check=True,
+                        capture_output=True, text=True).stdout  # fmt: skip
+    assert "val accuracy" in ev
+    missing = subprocess.run([*cmd, "train", "--preset", "your-model", "--set",
+                              f"data={stack_data()}", "--out", str(tmp_path / "m")],
+                             capture_output=True, text=True)  # fmt: skip
+    assert missing.returncode != 0 and "'model'" in missing.stderr
+    assert not (tmp_path / "m").exists()
+
+
+def test_continuous_predictions_come_back_in_the_targets_shape_and_units(tmp_path):
+    model = db.train("your-model", out=tmp_path / "run", progress=False, target="continuous",
+                     model=f"{FIXTURES}/stack_models.py:regression4", data=stack_data(True),
+                     epochs=0.2, num_blocks=2, device="cpu")  # fmt: skip
+    arrays = __import__("numpy").load(stack_data(True))
+    values = model.predict(arrays["x"][:6])
+    assert values.shape == (6, 2) and values.dtype == torch.float32
+    # in the data's units: the training targets' scale, not the standardised one
+    y = torch.from_numpy(arrays["y"])
+    assert abs(float(values[:, 1].mean()) - float(y[:, 1].mean())) < 3 * float(y[:, 1].std())
+    np = __import__("numpy")
+    np.savez(tmp_path / "one.npz", x=arrays["x"], y=arrays["y"][:, 1])  # one number each: (N,)
+    one = db.train("your-model", out=tmp_path / "one", progress=False, target="continuous",
+                   model=f"{FIXTURES}/stack_models.py:regression1", data=tmp_path / "one.npz",
+                   epochs=0.2, num_blocks=2, device="cpu")  # fmt: skip
+    assert one.predict(arrays["x"][:6]).shape == (6,)
+
+
+def test_a_layer_function_trains_block_resident_holding_one_block(tmp_path):
+    from diffusionblocks.training.residency import is_materialized
+
+    task = stack_task("by_function4", schedule="sequential")
+    trainer = Trainer(task, tmp_path, progress=False)
+    held = []
+    original = trainer.train_step
+
+    def spy(block, batch):
+        held.append([b for b in range(2) if is_materialized(task.model, b)])
+        return original(block, batch)
+
+    trainer.train_step = spy
+    trainer.fit()
+    half = len(held) // 2
+    assert held == [[0]] * half + [[1]] * half
+    # nothing but the model holds the layers: the stack keeps a function, not modules
+    assert callable(load_stack(task.config.model).layers)
+
+
+def test_which_layers_take_the_condition():
+    from diffusionblocks.networks.stack import takes_condition
+
+    class Optional(nn.Module):
+        def forward(self, x, cond=None):
+            return x
+
+    class Masked(nn.Module):
+        def forward(self, x, mask=None):
+            return x
+
+    assert takes_condition(Optional(), 0) and takes_condition(stack_models.CondMLP(), 0)
+    assert not takes_condition(Masked(), 0) and not takes_condition(nn.Identity(), 0)
