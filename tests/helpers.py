@@ -64,6 +64,13 @@ def llama_masked_task(**overrides):
     return make_task(make_config("mdm-tiny", values), torch.device("cpu"))
 
 
+def llama_ar_task(**overrides):
+    """The autoregressive model (``ar-tiny``: two streams, causal and two-stream attention
+    masks) with Llama decoder layers from transformers (``layer=hf:llama``)."""
+    values = {"device": "cpu", "log_every": 1000, "layer": "hf:llama", **overrides}
+    return make_task(make_config("ar-tiny", values), torch.device("cpu"))
+
+
 def snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in module.state_dict().items()}
 

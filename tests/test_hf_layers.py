@@ -9,7 +9,7 @@ import sys
 
 import pytest
 import torch
-from helpers import FIXTURES, llama_masked_task
+from helpers import FIXTURES, llama_ar_task, llama_masked_task
 
 from diffusionblocks.config import ConfigError
 from diffusionblocks.networks.hf import LlamaLayer, llama_config
@@ -75,3 +75,35 @@ def test_without_transformers_the_error_says_how_to_install_it(monkeypatch):
     with pytest.raises(ConfigError, match=r"diffusionblocks\[hf\]"):
         llama_masked_task()
     assert make_config("mdm-tiny", {"layer": "hf:llama"}).layer == "hf:llama"
+
+
+def test_the_autoregressive_model_with_llama_layers_never_sees_the_next_characters():
+    """Two streams with rotary positions: the logits for character i (the noisy stream) depend
+    on the characters before i only, through every block."""
+    task = llama_ar_task()
+    Trainer(task, None, progress=False).fit()  # past the zero-initialised head
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, task.vocab.size, (1, 12), generator=gen)
+    z = torch.randn(1, 12, task.model.shape.hidden, generator=gen)
+    sigma = torch.full((1, 12), 1.0)
+    k = 6
+    changed = ids.clone()
+    changed[0, k] = (ids[0, k] + 1) % task.vocab.size
+    with torch.no_grad():
+        for block in range(len(task.model.blocks)):
+            a = task.denoise_logits(block, ids, z, sigma)[0]
+            b = task.denoise_logits(block, changed, z, sigma)[0]
+            assert torch.equal(a[:, : k + 1], b[:, : k + 1]), block  # character k itself too
+            assert not torch.equal(a[:, k + 1 :], b[:, k + 1 :]), block
+
+
+def test_the_autoregressive_model_with_llama_layers_generates_without_the_cache():
+    task = llama_ar_task(readout="chain")
+    text, info = task.generate_text(7, torch.Generator().manual_seed(0), "the ", 2, 1.0)
+    assert len(text) == 7 and sum(info["calls_per_unit"]) == 7 * 2
+
+
+def test_a_layer_without_a_mask_argument_is_refused_where_the_model_needs_one():
+    task = llama_ar_task(layer=f"{FIXTURES}/stack_models.py:token_layer")
+    with pytest.raises(ConfigError, match=r"layer 0 \(ResMLP\) takes no attention mask.*mask=None"):
+        task.loss(0, task.train_batch(torch.arange(2)), torch.Generator().manual_seed(0))

@@ -3,6 +3,7 @@
 import pytest
 import torch
 from helpers import (
+    llama_ar_task,
     llama_masked_task,
     optimizer_snapshot,
     same_state,
@@ -22,10 +23,13 @@ from diffusionblocks.training.residency import is_materialized, materialize
 from diffusionblocks.training.trainer import batch_indices
 
 # The built-in ViT, a user's own network (``stack``: a residual MLP through the public API) and
-# the masked-diffusion LM built from Llama decoder layers (``layer=hf:llama``) pass the same
-# isolation and resume tests.
-TASKS = pytest.mark.parametrize("make", [tiny_task, stack_task, llama_masked_task],
-                                ids=["builtin", "your-model", "hf-llama"])  # fmt: skip
+# the masked-diffusion and autoregressive LMs built from Llama decoder layers (``layer=hf:llama``)
+# pass the same isolation and resume tests.
+TASKS = pytest.mark.parametrize(
+    "make",
+    [tiny_task, stack_task, llama_masked_task, llama_ar_task],
+    ids=["builtin", "your-model", "hf-llama", "hf-llama-ar"],
+)
 
 
 def _warm_up_all(trainer, steps_each=2):

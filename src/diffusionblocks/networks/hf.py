@@ -68,13 +68,24 @@ class LlamaLayer(nn.Module):
         self.rotary = LlamaRotaryEmbedding(config)  # no parameters; its buffer is not saved
         self.causal = causal
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        positions = torch.arange(x.shape[1], device=x.device)[None].expand(len(x), -1)
-        cos_sin = self.rotary(x, positions)
+    def forward(
+        self,
+        x: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        positions: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """x (N, L, C); ``mask`` (L, L) bool, True where attention is allowed (None: the layer's
+        own pattern, ``causal`` or both ways); ``positions`` (L,) the rotary position of each
+        input (None: 0..L-1; the autoregressive model's two streams share positions)."""
+        if positions is None:
+            positions = torch.arange(x.shape[1], device=x.device)
+        ids = positions[None].expand(len(x), -1)
+        cos_sin = self.rotary(x, ids)
+        attention = None if mask is None else mask[None, None]  # (1, 1, L, L), True = attend
         # is_causal is passed as well as set on the module: releases differ in which one their
-        # attention functions read
-        out = self.layer(x, attention_mask=None, position_ids=positions,
-                         position_embeddings=cos_sin, is_causal=self.causal)  # fmt: skip
+        # attention functions read; an explicit mask always wins
+        out = self.layer(x, attention_mask=attention, position_ids=ids, position_embeddings=cos_sin,
+                         is_causal=self.causal and mask is None)  # fmt: skip
         return out[0] if isinstance(out, tuple) else out
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from functools import partial
 from typing import cast
 
 import torch
@@ -168,9 +169,12 @@ class AdaLNLayer(nn.Module):
         mask: torch.Tensor | None = None,
         prefix: tuple[torch.Tensor, torch.Tensor] | None = None,
         kv_out: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
+        *,
+        positions: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """``prefix``: cached (keys, values) of earlier tokens that x also attends to;
-        ``kv_out``: a list that receives this layer's (keys, values) of x."""
+        ``kv_out``: a list that receives this layer's (keys, values) of x. ``positions`` is
+        unused: this layer's positions are in its inputs (learned embeddings)."""
         mods = self.modulation(_per_token(cond)).chunk(6, dim=-1)  # 6 x (N, 1 or T, C)
         shift1, scale1, gate1, shift2, scale2, gate2 = mods
         h = modulate(self.norm1(x), shift1, scale1)
@@ -223,15 +227,22 @@ class LayerGroup(nn.Module):
         return x, kvs
 
     def forward(
-        self, x: torch.Tensor, cond: torch.Tensor, mask: torch.Tensor | None = None
+        self,
+        x: torch.Tensor,
+        cond: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        positions: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        """``positions`` (L,): each input position's index in the sequence, for layers that
+        encode positions themselves (rotary embeddings); the built-in layers ignore it."""
         for layer in self.layers:
+            call = partial(layer, positions=positions) if positions is not None else layer
             if self.checkpointing and torch.is_grad_enabled() and x.requires_grad:
                 # Reentrant mode saves the layer input through autograd's saved tensors, so the
                 # activation accounting (saved-tensor hooks) sees exactly what is kept.
-                x = torch.utils.checkpoint.checkpoint(layer, x, cond, mask, use_reentrant=True)
+                x = torch.utils.checkpoint.checkpoint(call, x, cond, mask, use_reentrant=True)
             else:
-                x = layer(x, cond, mask)
+                x = call(x, cond, mask)
         return x
 
     def __len__(self) -> int:

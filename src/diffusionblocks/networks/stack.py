@@ -134,6 +134,14 @@ class ResidualStack:
         return layer
 
 
+def _parameter_names(layer: nn.Module) -> list[str]:
+    """The names of ``layer.forward``'s parameters (none when it has no readable signature)."""
+    try:
+        return list(inspect.signature(layer.forward).parameters)
+    except (TypeError, ValueError):
+        return []
+
+
 def takes_condition(layer: nn.Module, index: int) -> bool:
     """Whether ``layer`` takes the condition (``forward(x, cond)``: two required arguments, or a
     second one named ``cond``) or not (``forward(x)``, other arguments optional); any other
@@ -142,7 +150,8 @@ def takes_condition(layer: nn.Module, index: int) -> bool:
         params = inspect.signature(layer.forward).parameters.values()
     except (TypeError, ValueError):  # a builtin without a signature: try it as forward(x)
         return False
-    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+                  and p.name not in ("mask", "positions")]  # fmt: skip
     required = [p for p in positional if p.default is p.empty]
     if len(required) <= 2 and len(positional) >= 2 and positional[1].name == "cond":
         return True  # forward(x, cond) or forward(x, cond=None): it takes the condition
@@ -169,25 +178,40 @@ class SigmaConditioned(nn.Module):
         self.layer = layer
         self.index = index
         self.own_condition = takes_condition(layer, index)
+        # keyword arguments the layer takes: an attention mask, the positions of its inputs
+        self.takes = set(_parameter_names(layer)) & {"mask", "positions"}
         if not self.own_condition:
             self.modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 3 * dim))
             _zero_linear(self.modulation[1])
 
     def forward(
-        self, x: torch.Tensor, cond: torch.Tensor, mask: torch.Tensor | None = None
+        self,
+        x: torch.Tensor,
+        cond: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        positions: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        """``mask`` (L, L) bool, True where attention is allowed, and ``positions`` (L,) go to
+        the layer if its ``forward`` takes them by those names; a mask it cannot take is
+        refused (the network needs it: causal or two-stream attention)."""
+        extra: dict[str, torch.Tensor] = {}
         if mask is not None:
-            raise ConfigError(
-                f"layer {self.index} ({type(self.layer).__name__}) takes no attention mask, and "
-                "this network passes one (use the built-in layer here)"
-            )
+            if "mask" not in self.takes:
+                raise ConfigError(
+                    f"layer {self.index} ({type(self.layer).__name__}) takes no attention mask, "
+                    "and this network passes one: give its forward a mask=None argument (a "
+                    "(L, L) bool tensor, True where attention is allowed)"
+                )
+            extra["mask"] = mask
+        if positions is not None and "positions" in self.takes:
+            extra["positions"] = positions
         if self.own_condition:
-            out = self.layer(x, cond)
+            out = self.layer(x, cond, **extra)
         else:
             mod = self.modulation(cond)
             shift, scale, gate = (_per_token(mod) if x.dim() == 3 else mod).chunk(3, dim=-1)
             h = modulate(x, shift, scale)
-            branch = self.layer(h)
+            branch = self.layer(h, **extra)
             if isinstance(branch, torch.Tensor) and branch.shape == x.shape:
                 # = x + (1 + gate) * (branch - h), written so that at gate = shift = scale = 0
                 # it is branch itself, bitwise
@@ -205,6 +229,20 @@ class SigmaConditioned(nn.Module):
                 f"{tuple(x.shape)} to {got}: a residual layer must keep its input's shape"
             )
         return out
+
+
+def check_layer_key(config: Any) -> None:
+    """A config's ``layer``: empty (the built-in layer), a layer of ``transformers``
+    (``hf:llama``), or ``FILE.py:NAME`` / ``package.module:NAME``; refused naming the key."""
+    from .hf import HF_LAYERS
+
+    value = config.layer
+    user = ":" in value and not value.startswith("hf:")
+    if not (value in ("", *HF_LAYERS) or user):
+        raise ConfigError(
+            f"invalid value for 'layer': {value!r} (must be empty for the built-in layer, "
+            f"{' or '.join(HF_LAYERS)}, or FILE.py:NAME)"
+        )
 
 
 def conditioned_layers(

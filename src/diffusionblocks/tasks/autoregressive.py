@@ -240,7 +240,8 @@ class BlockwiseAR(TokenTargets, CharLM):
             x = torch.cat([clean, m.noisy_inputs(scaled)], 1)  # (N, 2T, C)
             noisy_cond = m.cond_embed(c_noise.reshape(-1)).view(n, t, -1)
             cond = torch.cat([m.clean_condition(n, t), noisy_cond], 1)
-            h = m.blocks[block](x, cond, two_stream_mask(t, ids.device))
+            positions = torch.arange(t, device=ids.device).repeat(2)  # both streams: 0..t-1
+            h = m.blocks[block](x, cond, two_stream_mask(t, ids.device), positions)
             kept.extend([noisy_cond, h])
             return h[:, t:]  # F on the noisy positions
 
@@ -365,6 +366,9 @@ class BlockwiseAR(TokenTargets, CharLM):
     ) -> tuple[str, dict[str, Any]]:
         calls = [0] * len(self.model.blocks)
         hidden = self.model.shape.hidden
+        # the cached prefix needs the built-in layers (keys and values kept per layer); other
+        # layers run the whole [prefix; noisy] sequence at every call
+        cache = cache and not self.config.layer
         if steps is not None and self.config.readout == "ensemble":
             raise ConfigError(
                 "steps counts the calls of the chain, but this run generates with "

@@ -17,6 +17,7 @@ from ..eval.text import distinct_n, judge_perplexity, repetition
 from ..networks.layers import seeded
 from ..networks.placement import to_device
 from ..networks.recurrent import RecurrentDepthLM
+from ..networks.stack import check_layer_key
 from ..networks.token_transformer import TokenShape, TwoStreamTransformer
 from .base import Task, TextTask, refuse_options
 
@@ -32,7 +33,7 @@ class ARConfig(RunConfig):
 
     task_groups = {
         "data": ("data", "test_fraction", "val_fraction", "seq_len", "train_subset"),
-        "model": ("depth", "hidden", "heads", "mlp_ratio"),
+        "model": ("depth", "hidden", "heads", "mlp_ratio", "layer"),
         "noise": ("sigma_sampling",),
         "training": ("aux_ce", "context_noise"),
         "eval": ("bridge_temperature", "readout", "temperature", "eval_sequences",
@@ -61,6 +62,11 @@ class ARConfig(RunConfig):
     hidden: int = 128  # token width
     heads: int = 4  # attention heads
     mlp_ratio: float = 4.0  # MLP width / hidden
+    # The layers: "" (the built-in adaLN-Zero layer), hf:llama (a Llama decoder layer from
+    # transformers; extra [hf]) or FILE.py:NAME (your function NAME(index, hidden, heads,
+    # mlp_ratio)); wrapped with sigma conditioning; such layers must take mask= (the causal and
+    # two-stream attention) and may take positions= (docs/your-model.md)
+    layer: str = ""
     sigma_sampling: str = "token"  # one sigma per noisy token, or one per sequence ("example")
     aux_ce: float = 0.0  # weight of the clean stream's next-token CE (0 = pure DiffusionBlocks)
     # DiffusionBlocks training: the probability that each character of the clean context is
@@ -89,6 +95,7 @@ class ARConfig(RunConfig):
         _check(self, "seq_len", 2 <= self.seq_len <= 65536, "an integer in [2, 65536]")
         _check(self, "train_subset", self.train_subset >= 0, "an integer >= 0 (0 = all)")
         check_transformer(self)
+        check_layer_key(self)
         if self.sigma_sampling not in SIGMA_SAMPLING:
             raise ConfigError(
                 f"invalid value for 'sigma_sampling': {self.sigma_sampling!r} (choose one of "
@@ -225,6 +232,7 @@ class CharLM(TextTask):
                 num_blocks=c.num_model_blocks,
                 layers_per_block=c.block_sizes,
                 seed=c.seed,
+                layer=c.layer,
             ),
             materialize_blocks=not c.block_resident,
         )

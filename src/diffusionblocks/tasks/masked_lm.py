@@ -27,9 +27,9 @@ from ..diffusion.masking import (
     mask_tokens,
     sample_t_full,
 )
-from ..networks.hf import HF_LAYERS
 from ..networks.layers import seeded
 from ..networks.placement import to_device
+from ..networks.stack import check_layer_key
 from ..networks.token_transformer import TokenShape, TokenTransformer
 from .base import TextTask, refuse_options
 
@@ -91,10 +91,7 @@ class MaskedLMConfig(RunConfig):
         _check(self, "eval_subset", self.eval_subset >= 1, "an integer >= 1")
         _check(self, "inference_steps", self.inference_steps >= 1, "an integer >= 1")
         check_layer_split(self)
-        user = ":" in self.layer and not self.layer.startswith("hf:")  # FILE.py:NAME, module:NAME
-        _check(self, "layer", self.layer in ("", *HF_LAYERS) or user,
-               f"empty (the built-in layer), {' or '.join(HF_LAYERS)}, "
-               "or FILE.py:NAME")  # fmt: skip
+        check_layer_key(self)
 
 
 class _MaskedLM(TextTask):

@@ -129,6 +129,8 @@ class RecurrentConfig(ARConfig):
         _check(self, "num_blocks", self.num_blocks == 1, "1 (the recurrent model is one block)")
         _check(self, "layers_per_block", self.layers_per_block is None,
                "unset (the recurrent model is one block)")  # fmt: skip
+        _check(self, "layer", not self.layer,
+               "empty (the recurrent model keeps its own layers)")  # fmt: skip
         _check(self, "aux_ce", self.aux_ce == 0, "0 (aux_ce applies to the autoregressive task)")
         _check(self, "context_noise", self.context_noise == 0,
                "0 (context_noise applies to the autoregressive task)")  # fmt: skip
