@@ -252,3 +252,19 @@ def test_which_layers_take_the_condition():
 
     assert takes_condition(Optional(), 0) and takes_condition(stack_models.CondMLP(), 0)
     assert not takes_condition(Masked(), 0) and not takes_condition(nn.Identity(), 0)
+
+
+def test_mask_and_positions_must_be_optional_keywords():
+    from diffusionblocks.networks.stack import takes_condition
+
+    class MaskFirst(nn.Module):
+        def forward(self, x, mask=None, cond=None):
+            return x
+
+    class MaskRequired(nn.Module):
+        def forward(self, x, mask):
+            return x
+
+    for layer in (MaskFirst(), MaskRequired()):
+        with pytest.raises(ConfigError, match="layer 3 .*optional keywords"):
+            takes_condition(layer, 3)

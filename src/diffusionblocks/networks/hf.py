@@ -1,7 +1,7 @@
 """Layers from Hugging Face ``transformers`` (the optional extra ``[hf]``): a Llama-style decoder
 layer (RMSNorm, rotary position embeddings, SwiGLU; the architecture of the paper's AR model,
-Llama-2-style) as a residual layer ``forward(x)`` that the library wraps with sigma conditioning
-(:class:`~diffusionblocks.networks.stack.SigmaConditioned`).
+Llama-2-style) as a residual layer ``forward(x, mask=None, positions=None)`` that the library
+wraps with sigma conditioning (:class:`~diffusionblocks.networks.stack.SigmaConditioned`).
 
 ``transformers`` is imported only when such a layer is built; without it the error says how to
 install it.
@@ -52,9 +52,9 @@ def llama_config(hidden: int, heads: int, mlp_ratio: float, max_len: int) -> Any
 
 
 class LlamaLayer(nn.Module):
-    """One ``LlamaDecoderLayer`` with its rotary embedding, as ``forward(x)`` on (N, T, C).
-    ``causal``: attention to earlier positions only (the layer's own default); the masked
-    diffusion LM attends both ways (``causal=False``)."""
+    """One ``LlamaDecoderLayer`` with its rotary embedding, as ``forward(x, mask, positions)`` on
+    (N, L, C). Without a mask it attends causally (``causal``) or both ways; the library's
+    networks always pass the mask they need (none for the masked diffusion LM)."""
 
     def __init__(self, config: Any, index: int, causal: bool):
         super().__init__()

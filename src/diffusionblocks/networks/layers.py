@@ -239,7 +239,8 @@ class LayerGroup(nn.Module):
             call = partial(layer, positions=positions) if positions is not None else layer
             if self.checkpointing and torch.is_grad_enabled() and x.requires_grad:
                 # Reentrant mode saves the layer input through autograd's saved tensors, so the
-                # activation accounting (saved-tensor hooks) sees exactly what is kept.
+                # activation accounting (saved-tensor hooks) sees what is kept (but for
+                # ``positions``, held by the call: L integers).
                 x = torch.utils.checkpoint.checkpoint(call, x, cond, mask, use_reentrant=True)
             else:
                 x = call(x, cond, mask)

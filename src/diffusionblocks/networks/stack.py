@@ -143,17 +143,25 @@ def _parameter_names(layer: nn.Module) -> list[str]:
 
 
 def takes_condition(layer: nn.Module, index: int) -> bool:
-    """Whether ``layer`` takes the condition (``forward(x, cond)``: two required arguments, or a
-    second one named ``cond``) or not (``forward(x)``, other arguments optional); any other
-    signature is refused, naming the layer."""
+    """Whether ``layer`` takes the condition (``forward(x, cond)``: a second required argument,
+    or a second argument named ``cond``) or not (``forward(x)``, other arguments optional);
+    ``mask`` and ``positions``, passed by keyword when a network has them, must be optional.
+    Any other signature is refused, naming the layer."""
     try:
-        params = inspect.signature(layer.forward).parameters.values()
+        params = list(inspect.signature(layer.forward).parameters.values())
     except (TypeError, ValueError):  # a builtin without a signature: try it as forward(x)
         return False
-    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
-                  and p.name not in ("mask", "positions")]  # fmt: skip
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
     required = [p for p in positional if p.default is p.empty]
-    if len(required) <= 2 and len(positional) >= 2 and positional[1].name == "cond":
+    keyword = [p.name for p in params if p.name in ("mask", "positions") and p.default is p.empty]
+    order = [p.name for p in positional]
+    if keyword or ("cond" in order and order.index("cond") != 1):
+        raise ConfigError(
+            f"layer {index} ({type(layer).__name__}) must take x, then cond if it takes the "
+            "condition, then mask and positions as optional keywords, e.g. forward(x, cond, "
+            "mask=None)"
+        )
+    if len(positional) >= 2 and positional[1].name == "cond" and len(required) <= 2:
         return True  # forward(x, cond) or forward(x, cond=None): it takes the condition
     if len(required) == 1 or (not required and positional):
         return False
@@ -192,8 +200,9 @@ class SigmaConditioned(nn.Module):
         positions: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """``mask`` (L, L) bool, True where attention is allowed, and ``positions`` (L,) go to
-        the layer if its ``forward`` takes them by those names; a mask it cannot take is
-        refused (the network needs it: causal or two-stream attention)."""
+        the layer by keyword if its ``forward`` takes them by those names; a mask it cannot
+        take is refused (the network needs it: causal or two-stream attention). The token
+        networks always pass ``positions``."""
         extra: dict[str, torch.Tensor] = {}
         if mask is not None:
             if "mask" not in self.takes:

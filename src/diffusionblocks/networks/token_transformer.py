@@ -78,7 +78,8 @@ class TokenTransformer(BlockStack):
         """One block as a whole network: ids (N, T), scalar (N,) -> logits (N, T, vocab_out)."""
         self.use_shared(block)
         cond = self.cond_embed(scalar)
-        return self.head(self.blocks[block](self.embed(ids), cond, mask), cond)
+        positions = torch.arange(ids.shape[1], device=ids.device)
+        return self.head(self.blocks[block](self.embed(ids), cond, mask, positions), cond)
 
     def run_all(
         self, ids: torch.Tensor, scalar: torch.Tensor, mask: torch.Tensor | None = None
@@ -86,8 +87,9 @@ class TokenTransformer(BlockStack):
         """Every block in order (the end-to-end network)."""
         cond = self.cond_embed(scalar)
         x = self.embed(ids)
+        positions = torch.arange(ids.shape[1], device=ids.device)
         for group in self.blocks:
-            x = group(x, cond, mask)
+            x = group(x, cond, mask, positions)
         return self.head(x, cond)
 
 

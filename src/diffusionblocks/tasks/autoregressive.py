@@ -77,9 +77,9 @@ class EndToEndAR(CharLM):
         m = self.model
         n, t = ids.shape
         x, cond = m.clean_inputs(ids), m.clean_condition(n, t)
-        mask = causal_mask(t, ids.device)
+        mask, positions = causal_mask(t, ids.device), torch.arange(t, device=ids.device)
         for group in m.blocks:
-            x = group(x, cond, mask)
+            x = group(x, cond, mask, positions)
         return m.head(x, cond)  # (N, T, V): position i predicts character i+1
 
     def loss(
@@ -348,7 +348,8 @@ class BlockwiseAR(TokenTargets, CharLM):
             mask = torch.ones(p + 1, p + 1, dtype=torch.bool, device=self.device)
             mask[:p, :p] = causal_mask(p, self.device)
             mask[:p, p] = False
-            return group(x, cond, mask)[:, -1:]
+            positions = torch.arange(p + 1, device=self.device)  # the noisy token at p
+            return group(x, cond, mask, positions)[:, -1:]
 
         level = torch.tensor(sigma, device=self.device)
         denoised = edm_denoise(network, z, level, self.schedule.sigma_data)

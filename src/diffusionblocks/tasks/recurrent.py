@@ -50,7 +50,7 @@ class RecurrentConfig(ARConfig):
 
     task_groups = {
         **ARConfig.task_groups,
-        "model": ("depth", "hidden", "heads", "mlp_ratio", "prelude", "core", "coda"),
+        "model": ("depth", "hidden", "heads", "mlp_ratio", "prelude", "core", "coda", "layer"),
         "training": (
             "aux_ce",
             "context_noise",
