@@ -74,7 +74,7 @@ def digits_npz(path: Path) -> Path:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--data", help="your .npz (default: the digits, saved to --out)")
+    parser.add_argument("--data", help="your .npz (default: the digits, saved to runs/digits.npz)")
     parser.add_argument("--out", help="run folder (default: a new one under runs/)")
     parser.add_argument("--quick", action="store_true", help="a short run (CPU, < 1 minute)")
     args = parser.parse_args()
