@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from .base import DataError, ImageDataset
-from .npz import _check_labels, _read_npz
+from .npz import _check_labels, read_xy, split_test
 
 TARGETS = ("classes", "continuous")
 
@@ -47,12 +47,7 @@ def load_arrays(path: str | os.PathLike, target: str, test_fraction: float = 0.1
     path = Path(path).expanduser()
     if not path.is_file():
         raise DataError(f"dataset file {os.path.abspath(path)} does not exist (an .npz with x, y)")
-    arrays = _read_npz(path)
-    for key in ("x", "y"):
-        if key not in arrays:
-            raise DataError(f"{path} has no array '{key}' (found: {', '.join(arrays) or 'none'})")
-    if ("x_test" in arrays) != ("y_test" in arrays):
-        raise DataError(f"{path} must have both 'x_test' and 'y_test', or neither")
+    arrays = read_xy(path)
     x, y = _pair(path, "x", "y", arrays["x"], arrays["y"], target)
     if "x_test" in arrays:
         tx, ty = _pair(path, "x_test", "y_test", arrays["x_test"], arrays["y_test"], target)
@@ -61,19 +56,7 @@ def load_arrays(path: str | os.PathLike, target: str, test_fraction: float = 0.1
                 raise DataError(f"{path}: test {what} have shape {tuple(a.shape[1:])}, "
                                 f"training {what} {tuple(b.shape[1:])}")  # fmt: skip
     else:
-        if not 0 < test_fraction < 1:
-            raise DataError(f"test_fraction must be in (0, 1), got {test_fraction}")
-        n_test = int(round(len(y) * test_fraction))
-        if n_test < 1 or n_test >= len(y):
-            raise DataError(f"{path}: {len(y)} examples cannot be split with test_fraction="
-                            f"{test_fraction} (each split needs at least one)")  # fmt: skip
-        order = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))
-        x, y, tx, ty = (
-            x[order[:-n_test]],
-            y[order[:-n_test]],
-            x[order[-n_test:]],
-            y[order[-n_test:]],
-        )
+        x, y, tx, ty = split_test(path, x, y, test_fraction)
     num_classes = 0
     names = None
     if target == "classes":

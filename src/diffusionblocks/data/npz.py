@@ -56,12 +56,7 @@ def load_npz(
     if not path.is_file():
         hint = f"; {FORMATS_HINT}" if path.suffix == ".txt" else ""
         raise DataError(f"dataset file {os.path.abspath(path)} does not exist{hint}")
-    arrays = _read_npz(path)
-    for key in ("x", "y"):
-        if key not in arrays:
-            raise DataError(f"{path} has no array '{key}' (found: {', '.join(arrays) or 'none'})")
-    if ("x_test" in arrays) != ("y_test" in arrays):
-        raise DataError(f"{path} must have both 'x_test' and 'y_test', or neither")
+    arrays = read_xy(path)
     x, y = _check_split(path, "x", "y", arrays["x"], arrays["y"])
     names = None
     if "class_names" in arrays:
@@ -74,27 +69,43 @@ def load_npz(
                 f"{tuple(x.shape[1:])}"
             )
     else:
-        if not 0 < test_fraction < 1:
-            raise DataError(f"test_fraction must be in (0, 1), got {test_fraction}")
-        n_test = int(round(len(y) * test_fraction))
-        if n_test < 1 or n_test >= len(y):
-            raise DataError(
-                f"{path}: {len(y)} examples cannot be split with test_fraction={test_fraction} "
-                "(each split needs at least one example)"
-            )
-        order = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))
-        x, y, tx, ty = (
-            x[order[:-n_test]],
-            y[order[:-n_test]],
-            x[order[-n_test:]],
-            y[order[-n_test:]],
-        )
+        x, y, tx, ty = split_test(path, x, y, test_fraction)
     num_classes = _check_labels(path, y, ty, allow_sparse_labels, allow_single_class)
     if names is not None and len(names) < num_classes:
         raise DataError(f"{path}: {len(names)} class_names for labels up to {num_classes - 1}")
     # Training examples in the file's order (x_test given) may be sorted: say so.
     return ImageDataset(path.stem, x, y, tx, ty, num_classes, names,
                         shuffled="x_test" not in arrays)  # fmt: skip
+
+
+def read_xy(path: Path) -> dict[str, np.ndarray]:
+    """The arrays of the .npz ``path``, which must hold ``x`` and ``y``, and ``x_test`` and
+    ``y_test`` both or neither."""
+    arrays = _read_npz(path)
+    for key in ("x", "y"):
+        if key not in arrays:
+            raise DataError(f"{path} has no array '{key}' (found: {', '.join(arrays) or 'none'})")
+    if ("x_test" in arrays) != ("y_test" in arrays):
+        raise DataError(f"{path} must have both 'x_test' and 'y_test', or neither")
+    return arrays
+
+
+def split_test(
+    path: Path, x: torch.Tensor, y: torch.Tensor, test_fraction: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Training and test examples (x, y, x_test, y_test): the last ``test_fraction`` of a
+    seed-0 permutation is the test split."""
+    if not 0 < test_fraction < 1:
+        raise DataError(f"test_fraction must be in (0, 1), got {test_fraction}")
+    n_test = int(round(len(y) * test_fraction))
+    if n_test < 1 or n_test >= len(y):
+        raise DataError(
+            f"{path}: {len(y)} examples cannot be split with test_fraction={test_fraction} "
+            "(each split needs at least one example)"
+        )
+    order = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))
+    train, test = order[:-n_test], order[-n_test:]
+    return x[train], y[train], x[test], y[test]
 
 
 def _looks_like_text(head: bytes) -> bool:

@@ -45,7 +45,7 @@ from .images import (
     auto_patch_size,
     fit_images,
     majority_baseline,
-    split_images,
+    split_batches,
     validation_images,
 )
 
@@ -233,12 +233,8 @@ class _ImageClassification(Task):
         self, split: str, limit: int | None = None
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """(images, labels) batches of the ``val`` or ``test`` split (the first ``limit``)."""
-        x, y = split_images(self.data, split)
-        n = len(y) if limit is None else min(limit, len(y))
-        bs = self.config.eval_batch_size
-        for start in range(0, n, bs):
-            stop = min(start + bs, n)
-            yield self._prepare(x[start:stop]), y[start:stop].to(self.device)
+        for x, y in split_batches(self.data, split, self.config.eval_batch_size, limit):
+            yield self._prepare(x), y.to(self.device)
 
     def target_prefixes(self) -> tuple[str, ...]:
         return ("label_embed.",)

@@ -4,6 +4,7 @@ automatic patch size."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -106,6 +107,18 @@ def split_images(data: ImageDataset, split: str) -> tuple[torch.Tensor, torch.Te
             "val_fraction is 0)"
         )
     return data.split(split)
+
+
+def split_batches(
+    data: ImageDataset, split: str, batch_size: int, limit: int | None = None
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(inputs, targets) batches of ``batch_size`` from the ``val`` or ``test`` split of
+    ``data`` (the first ``limit`` examples; refused as :func:`split_images` refuses it), as
+    stored: the task prepares them."""
+    x, y = split_images(data, split)
+    n = len(y) if limit is None else min(limit, len(y))
+    for start in range(0, n, batch_size):
+        yield x[start : start + batch_size], y[start : start + batch_size]
 
 
 def validation_images(data: ImageDataset, n: int) -> tuple[torch.Tensor, torch.Tensor] | None:

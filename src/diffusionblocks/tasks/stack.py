@@ -38,7 +38,7 @@ from ..networks.layers import evaluating, seeded
 from ..networks.placement import to_device
 from ..networks.stack import ResidualStack, StackNetwork, StackShape, load_function
 from .base import Task, refuse_options
-from .images import majority_baseline, split_images
+from .images import majority_baseline, split_batches, split_images, validation_images
 
 READOUTS = ("auto", "ensemble", "chain")
 
@@ -200,19 +200,12 @@ class _StackTask(Task):
     def _eval_batches(
         self, split: str, limit: int | None = None
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        x, y = split_images(self.data, split)
-        n = len(y) if limit is None else min(limit, len(y))
-        bs = self.config.eval_batch_size
-        for start in range(0, n, bs):
-            stop = min(start + bs, n)
-            yield self._prepare(x[start:stop]), y[start:stop]
+        for x, y in split_batches(self.data, split, self.config.eval_batch_size, limit):
+            yield self._prepare(x), y
 
     def heldout_batch(self) -> tuple[torch.Tensor, torch.Tensor] | None:
-        if self.data.val_x is None or self.data.val_y is None:
-            return None
-        pick = torch.randperm(len(self.data.val_y), generator=torch.Generator().manual_seed(0))
-        pick = pick[: self.config.batch_size]
-        return self._prepare(self.data.val_x[pick]), self._targets(self.data.val_y[pick])
+        val = validation_images(self.data, self.config.batch_size)
+        return None if val is None else (self._prepare(val[0]), self._targets(val[1]))
 
     def default_split(self, quick: bool) -> str:
         return "val" if quick and self.data.val_y is not None else "test"
