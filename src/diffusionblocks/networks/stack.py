@@ -102,7 +102,7 @@ class ResidualStack:
         if self.target not in TARGETS:
             raise ConfigError(f"the stack's target must be one of {', '.join(TARGETS)}, got "
                               f"{self.target!r}")  # fmt: skip
-        if callable(self.layers) and not isinstance(self.layers, nn.Module):
+        if self.by_function:
             if not isinstance(self.depth, int) or self.depth < 1:
                 raise ConfigError("a stack whose layers are a function layer(i) needs depth, "
                                   "the number of layers (an integer >= 1)")  # fmt: skip
@@ -120,26 +120,31 @@ class ResidualStack:
             raise ConfigError(f"the stack's depth is {self.depth} but it has {len(layers)} layers")
         self.depth = len(layers)
 
+    @property
+    def by_function(self) -> bool:
+        """Whether ``layers`` is a function ``layer(i)`` (else a list of modules)."""
+        return callable(self.layers) and not isinstance(self.layers, nn.Module)
+
     def layer(self, index: int) -> nn.Module:
         """A new layer ``index``: a copy of the given one, or ``layers(index)``."""
-        if callable(self.layers) and not isinstance(self.layers, nn.Module):
-            layer = self.layers(index)
+        if self.by_function:
+            layer = self.layers(index)  # type: ignore[operator]
             if not isinstance(layer, nn.Module):
                 raise ConfigError(f"layers({index}) returned a {type(layer).__name__}, not a "
                                   "torch.nn.Module")  # fmt: skip
             return layer
-        layer = copy.deepcopy(list(self.layers)[index])  # type: ignore[arg-type]
+        layer = copy.deepcopy(self.layers[index])  # type: ignore[index]
         if torch.get_default_device().type == "meta":  # a block built without storage
             layer = layer.to("meta")
         return layer
 
 
-def _parameter_names(layer: nn.Module) -> list[str]:
-    """The names of ``layer.forward``'s parameters (none when it has no readable signature)."""
+def _forward_parameters(layer: nn.Module) -> list[inspect.Parameter] | None:
+    """The parameters of ``layer.forward`` (None when it has no readable signature)."""
     try:
-        return list(inspect.signature(layer.forward).parameters)
+        return list(inspect.signature(layer.forward).parameters.values())
     except (TypeError, ValueError):
-        return []
+        return None
 
 
 def takes_condition(layer: nn.Module, index: int) -> bool:
@@ -147,9 +152,8 @@ def takes_condition(layer: nn.Module, index: int) -> bool:
     or a second argument named ``cond``) or not (``forward(x)``, other arguments optional);
     ``mask`` and ``positions``, passed by keyword when a network has them, must be optional.
     Any other signature is refused, naming the layer."""
-    try:
-        params = list(inspect.signature(layer.forward).parameters.values())
-    except (TypeError, ValueError):  # a builtin without a signature: try it as forward(x)
+    params = _forward_parameters(layer)
+    if params is None:  # a builtin without a signature: try it as forward(x)
         return False
     positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
     required = [p for p in positional if p.default is p.empty]
@@ -187,7 +191,7 @@ class SigmaConditioned(nn.Module):
         self.index = index
         self.own_condition = takes_condition(layer, index)
         # keyword arguments the layer takes: an attention mask, the positions of its inputs
-        self.takes = set(_parameter_names(layer)) & {"mask", "positions"}
+        self.takes = {p.name for p in _forward_parameters(layer) or []} & {"mask", "positions"}
         if not self.own_condition:
             self.modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 3 * dim))
             _zero_linear(self.modulation[1])
@@ -324,7 +328,6 @@ class StackNetwork(BlockStack):
         # positions the layers see per example: the tokens and the slot, or one vector
         self.positions = 1 + int(tokens.shape[1]) if self.token_stem else 1
         self.hidden = hidden = int(tokens.shape[-1])
-        self.has_condition = extra is not None
         self.cond_embed = ScalarEmbedding(hidden)
         if shape.num_classes:
             self.label_embed = nn.Embedding(shape.num_classes, hidden)
@@ -354,8 +357,8 @@ class StackNetwork(BlockStack):
         cond = torch.zeros(len(tokens), self.hidden) if extra is None else extra
         given = stack.layers
         with torch.no_grad():
-            if isinstance(given, Sequence):
-                for i, layer in enumerate(given):
+            if not stack.by_function:
+                for i, layer in enumerate(given):  # type: ignore[arg-type]
                     with evaluating(layer):
                         out = layer(x, cond) if takes_condition(layer, i) else layer(x)
                     x = SigmaConditioned.checked(out, x, layer, i)

@@ -347,14 +347,37 @@ class BlockwiseStack(_StackTask):
         """The unit-norm label embeddings: the clean targets of class labels (y)."""
         return F.normalize(self.model.label_embed.weight, dim=-1)
 
-    def block_output(
-        self, block: int, z: torch.Tensor, sigma: torch.Tensor, inputs: torch.Tensor
-    ) -> torch.Tensor:
-        """Block ``block``'s prediction for noisy targets z (N, D) at levels sigma (N,):
-        logits of the user's head on D (classes), or D itself (continuous)."""
+    def block_features(
+        self,
+        block: int,
+        inputs: torch.Tensor,
+        cache: dict[int, tuple[torch.Tensor, torch.Tensor | None]] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The stem's output on ``inputs`` as block ``block`` sees it; with a ``cache`` (one
+        inference pass), computed once, or once per block when blocks own copies of the stem
+        (``shared=block-copies`` or ``per-block``)."""
         m = self.model
+        key = block if m.has_shared_variants else -1
+        if cache is not None and key in cache:
+            return cache[key]
         m.use_shared(block)
-        tokens, extra = m.features(inputs)
+        features = m.features(inputs)
+        if cache is not None:
+            cache[key] = features
+        return features
+
+    def block_output(
+        self,
+        block: int,
+        z: torch.Tensor,
+        sigma: torch.Tensor,
+        features: tuple[torch.Tensor, torch.Tensor | None],
+    ) -> torch.Tensor:
+        """Block ``block``'s prediction for noisy targets z (N, D) at levels sigma (N,), given
+        the stem's output :meth:`block_features`: logits of the user's head on D (classes), or
+        D itself (continuous)."""
+        m = self.model
+        tokens, extra = features
         conds: list[torch.Tensor] = []
 
         def network(scaled: torch.Tensor, c_noise: torch.Tensor) -> torch.Tensor:  # F
@@ -374,7 +397,8 @@ class BlockwiseStack(_StackTask):
         sigma = self.partition.sample_sigma(block, n, generator, self.device)  # (N,)
         clean = self.label_table()[targets] if self.classes else targets  # y
         noise = torch.randn(clean.shape, generator=generator).to(self.device)
-        out = self.block_output(block, clean + sigma[:, None] * noise, sigma, inputs)
+        z = clean + sigma[:, None] * noise
+        out = self.block_output(block, z, sigma, self.block_features(block, inputs))
         c = self.config
         if self.classes:
             per_example = F.cross_entropy(out, targets, reduction="none")
@@ -396,7 +420,9 @@ class BlockwiseStack(_StackTask):
         n, s_max = len(inputs), self.schedule.sigma_max
         sigmas = torch.full((n,), s_max, device=self.device)
         z = torch.zeros(n, self._target_width(), device=self.device)
-        outs = [self.block_output(b, z, sigmas, inputs) for b in range(self.config.num_blocks)]
+        cache: dict[int, tuple[torch.Tensor, torch.Tensor | None]] = {}  # the stem once
+        outs = [self.block_output(b, z, sigmas, self.block_features(b, inputs, cache))
+                for b in range(self.config.num_blocks)]  # fmt: skip
         return mean_log_probs(outs) if self.classes else torch.stack(outs).mean(0)
 
     def _target_width(self) -> int:
@@ -415,8 +441,11 @@ class BlockwiseStack(_StackTask):
         n = len(inputs)
         z = self.schedule.sigma_max * torch.randn(n, self._target_width(), generator=generator)
 
+        cache: dict[int, tuple[torch.Tensor, torch.Tensor | None]] = {}  # the stem once
+
         def call(z: torch.Tensor, sigma: float, block: int) -> torch.Tensor:
-            return self.block_output(block, z, torch.full((n,), sigma, device=z.device), inputs)
+            sigmas = torch.full((n,), sigma, device=z.device)
+            return self.block_output(block, z, sigmas, self.block_features(block, inputs, cache))
 
         bridge = ((lambda logits: soft_bridge(logits, self.label_table())) if self.classes
                   else None)  # fmt: skip
