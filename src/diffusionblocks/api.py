@@ -282,7 +282,11 @@ def text_room(task: Task, prompt: str = "") -> int:
     config: Any = task.config  # a language-model config: it has seq_len
     if hasattr(task, "start_text"):  # autoregressive (CharLM): the window rolls
         return int(config.seq_len)
-    return max(config.seq_len - len(prompt), 0)
+    try:  # the prompt's ids (subword tokens: fewer than its characters)
+        used = len(cast(Any, task).vocab.encode(prompt))
+    except DataError:  # characters outside the vocabulary: refused by the caller, by name
+        used = len(prompt)
+    return max(config.seq_len - used, 0)
 
 
 def as_images(images: npt.ArrayLike | torch.Tensor, shape: tuple[int, int, int]) -> torch.Tensor:

@@ -3,8 +3,9 @@
 ``assemble(run_dir, out)`` reads the run's latest weights as every reader does
 (:func:`~.training.weights.run_weights`: a block-parallel run's blocks are checked to be present
 exactly once, of the run's config, trained with one version of the shared modules); then it
-writes ``out/model.safetensors`` (every tensor), ``out/config.json`` and a model
-card ``out/README.md``: the layout of a Hugging Face Hub model folder. ``dblocks eval`` and
+writes ``out/model.safetensors`` (every tensor), ``out/config.json`` (and a subword run's
+``tokenizer.json``) and a model card ``out/README.md``: the layout of a Hugging Face Hub model
+folder. ``dblocks eval`` and
 ``dblocks sample`` accept the folder; :func:`diffusionblocks.load` (or ``load_pretrained``) loads
 it from Python.
 """
@@ -22,6 +23,7 @@ from typing import Any
 from safetensors.torch import save_file
 
 from . import __version__
+from .data.tokens import TOKENIZER_FILE
 from .registry import read_run_config
 from .training.checkpoint import default_mode
 from .training.runfolder import recorded_fingerprint
@@ -56,6 +58,8 @@ def assemble(run_dir: str | os.PathLike, out: str | os.PathLike | None = None) -
         save_file({k: v.contiguous() for k, v in state.items()}, str(tmp / "model.safetensors"))
         (tmp / "config.json").write_text(json.dumps(card, indent=2) + "\n")
         (tmp / "README.md").write_text(_model_card(card))
+        if (run_dir / TOKENIZER_FILE).is_file():  # a subword run's tokenizer travels with it
+            shutil.copyfile(run_dir / TOKENIZER_FILE, tmp / TOKENIZER_FILE)
         # Replace atomically: the old model is renamed aside (one rename), the new one renamed
         # into place (another); at every moment `out` is a complete model or, between the two
         # renames, absent with the old one intact beside it. Only then is the old one deleted.

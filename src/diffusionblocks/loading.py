@@ -15,9 +15,11 @@ from .tasks.base import Task
 from .training.runfolder import (
     BUILTIN_DATA,
     DATA_KEYS,
+    check_run_files,
     data_fingerprint,
     recorded_fingerprint,
     resolve_paths,
+    with_run_tokenizer,
 )
 from .training.weights import SavedWeights, install_weights, read_weights
 
@@ -96,7 +98,8 @@ def load_run(
         values = {**config.to_dict(), **overrides}
         config = resolve_paths(config_from_dict(type(config), values))
     check_moved_data(run_dir, saved, config)
-    task = make_task(config, resolve_device(device or config.device))
+    task = make_task(with_run_tokenizer(config, run_dir), resolve_device(device or config.device))
+    check_run_files(run_dir, task.run_files())  # a subword run's tokenizer.json
     weights = read_weights(run_dir, saved)  # checked against the config it was trained with
     install_weights(task.model, weights)
     model_folder = weights.info.get("layout") == "model folder"

@@ -46,7 +46,14 @@ from .training.checkpoint import atomic_write_json
 from .training.flops import measure_step_flops, train_flops
 from .training.metrics import plot_losses
 from .training.residency import is_materialized
-from .training.runfolder import DATA_KEYS, resolve_paths, write_run_config
+from .training.runfolder import (
+    DATA_KEYS,
+    check_run_files,
+    resolve_paths,
+    with_run_tokenizer,
+    write_run_config,
+    write_run_files,
+)
 from .training.trainer import Trainer
 
 
@@ -170,7 +177,8 @@ def train_run(
     if resume:
         config = prepare_run_dir(config, run_dir, resume, preset, command, allow_safe_changes)
         device = resolve_device(config.device)
-        task = make_task(config, device)
+        task = make_task(with_run_tokenizer(config, run_dir), device)
+        check_run_files(run_dir, task.run_files())
     else:
         # Everything bad input can break (device, data, model) fails before the folder exists,
         # so a corrected command can reuse the same --out.
@@ -178,6 +186,7 @@ def train_run(
         device = resolve_device(config.device)
         task = make_task(config, device)
         config = prepare_run_dir(config, run_dir, resume, preset, command, allow_safe_changes)
+        write_run_files(run_dir, task.run_files())
     threads, threads_reason = threads_for(task)
     with use_threads(threads):
         check_disk_space(run_dir, task, config)
@@ -330,10 +339,15 @@ def train_parallel(
                     )  # same config: (re)train the selected blocks into it
             else:
                 prepare_run_dir(config, run_dir, resume, preset, command)
+                if not resume:
+                    write_run_files(run_dir, task.run_files())
         barrier(ctx)
         if resume:
             config = _resumable(config, run_dir)
-            task = make_task(config, resolve_device(_rank_device(config)))
+            task = make_task(
+                with_run_tokenizer(config, run_dir), resolve_device(_rank_device(config))
+            )
+            check_run_files(run_dir, task.run_files())
         threads, threads_reason = threads_for(task)
         with use_threads(threads):
             check_disk_space(run_dir, task, config)

@@ -2,7 +2,14 @@
 checks that refuse bad values naming their key (:mod:`.checks`), and ``key=value`` parsing
 (:mod:`.parse`)."""
 
-from .checks import ConfigError, _check, _choice, check_layer_split, check_transformer
+from .checks import (
+    ConfigError,
+    _check,
+    _choice,
+    check_layer_split,
+    check_tokenizer_key,
+    check_transformer,
+)
 from .parse import (
     build_config,
     coerce,
@@ -35,6 +42,7 @@ __all__ = [
     "_choice",
     "build_config",
     "check_layer_split",
+    "check_tokenizer_key",
     "check_transformer",
     "coerce",
     "config_diff",

@@ -63,3 +63,14 @@ def _choice(cfg: Any, name: str, allowed: tuple[str, ...]) -> None:
         raise ConfigError(
             f"invalid value for '{name}': {_show(value)} (choose one of {', '.join(allowed)})"
         )
+
+
+def check_tokenizer_key(cfg: Any) -> None:
+    """A language model's ``tokenizer``: char, bpe:N or the path of a tokenizer.json (the file
+    itself is read when the task is built)."""
+    from ..data.tokens import parse_tokenizer
+
+    try:
+        parse_tokenizer(cfg.tokenizer)
+    except ValueError as err:
+        raise ConfigError(f"invalid value for 'tokenizer': {cfg.tokenizer!r} ({err})") from None

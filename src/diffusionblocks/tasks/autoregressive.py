@@ -108,11 +108,12 @@ class EndToEndAR(CharLM):
     @torch.no_grad()
     def continuation_nll(self, prompt: str, continuation: str) -> tuple[float, int]:
         """Summed NLL (nats) of the continuation's characters given the prompt, and their count."""
-        ids = self.vocab.encode(prompt + continuation)[None].to(self.device)
+        head, tail = self.vocab.encode(prompt), self.vocab.encode(continuation)
+        ids = torch.cat([head, tail])[None].to(self.device)
         if ids.shape[1] > self.config.seq_len:
             raise ConfigError(f"judge sequence length {self.config.seq_len} is too short")
         logits = self.clean_logits(ids)[0, :-1]
-        nll = F.cross_entropy(logits, ids[0, 1:], reduction="none")[len(prompt) - 1 :]
+        nll = F.cross_entropy(logits, ids[0, 1:], reduction="none")[len(head) - 1 :]
         return float(nll.sum()), len(continuation)
 
 
@@ -191,7 +192,9 @@ class BlockwiseAR(TokenTargets, CharLM):
         if self.config.readout == "ensemble":  # the headline already is the ensemble's
             result["ensemble_call"] = {"heldout_ce": result["heldout_ce"],
                                        "heldout_accuracy": result["heldout_accuracy"],
-                                       "characters": result["heldout_characters"]}  # fmt: skip
+                                       "characters": result["heldout_characters"],
+                                       **({"tokens": result["heldout_tokens"]}
+                                          if "heldout_tokens" in result else {})}  # fmt: skip
         else:
             result["ensemble_call"] = self.score(seqs, self.ensemble_logits)
         if self.config.readout != "chain":  # the paper's chain beside the default readout

@@ -214,6 +214,12 @@ class Task:
         """Plain-data facts about the task for logs and results (dataset sizes, shapes...)."""
         return {}
 
+    def run_files(self) -> dict[str, str]:
+        """Files a run folder keeps beside its config, name -> text, written when the run
+        starts and checked when it is loaded or resumed (a language model's subword
+        ``tokenizer.json``). None by default."""
+        return {}
+
     def after_update(self, blocks: list[int]) -> None:
         """Called by the trainer after every optimizer step that updated ``blocks`` (and the
         shared modules, if they train); not after a skipped step. Image generation moves its
@@ -254,7 +260,8 @@ class TextTask(Task):
         from ..data.text import load_text_corpus
 
         c: Any = config  # a text task's config: data, test_fraction, val_fraction, seq_len, ...
-        self.corpus: TextCorpus = load_text_corpus(c.data, c.test_fraction, c.val_fraction)
+        corpus = load_text_corpus(c.data, c.test_fraction, c.val_fraction)
+        self.corpus: TextCorpus = corpus.retokenized(c.tokenizer)  # char: the same corpus
         self.vocab = self.corpus.vocab
         train = self.corpus.chunks("train", c.seq_len)
         self.positions = c.seq_len
@@ -262,7 +269,7 @@ class TextTask(Task):
         if c.batch_size > len(self.train_seqs):
             raise ConfigError(
                 f"invalid value for 'batch_size': {c.batch_size} (larger than the "
-                f"{len(self.train_seqs)} training sequences of {c.seq_len} characters)"
+                f"{len(self.train_seqs)} training sequences of {c.seq_len} {self.corpus.unit})"
             )
         self.test_seqs = self.corpus.chunks("test", c.seq_len)
         has_val = self.corpus.val_ids is not None
@@ -301,18 +308,32 @@ class TextTask(Task):
         pick = torch.randperm(len(self.val_seqs), generator=torch.Generator().manual_seed(0))
         return self.val_seqs[pick[: self.config.batch_size]].to(self.device)
 
+    def run_files(self) -> dict[str, str]:
+        """``tokenizer.json`` when the run uses subword tokens (``data/tokens.py``)."""
+        from ..data.tokens import TOKENIZER_FILE, TokenVocabulary
+
+        return {TOKENIZER_FILE: self.vocab.json} if isinstance(self.vocab, TokenVocabulary) else {}
+
     def describe_data(self) -> dict[str, Any]:
-        """Sizes of the splits: characters and sequences of each, and what the held-out text is."""
+        """Sizes of the splits: characters (and, with a tokenizer, tokens) and sequences of
+        each, and what the held-out text is."""
         corpus = self.corpus
         val = corpus.val_ids
+        splits = {"train": corpus.train_ids, "val": val, "test": corpus.test_ids}
+        sizes: dict[str, Any] = {
+            f"{k}_characters": 0 if ids is None else int(self.vocab.characters(ids))
+            for k, ids in splits.items()
+        }
+        if corpus.unit == "tokens":
+            sizes = {"tokenizer": getattr(self.vocab, "source", ""), **sizes}
+            sizes.update({f"{k}_tokens": 0 if ids is None else len(ids)
+                          for k, ids in splits.items()})  # fmt: skip
         return {
             "dataset": corpus.name,
             "held_out": corpus.held_out,
             "validation": corpus.validation,
             "vocab_size": self.vocab.size,
-            "train_characters": len(corpus.train_ids),
-            "val_characters": 0 if val is None else len(val),
-            "test_characters": len(corpus.test_ids),
+            **sizes,
             "train_sequences": len(self.train_seqs),
             "val_sequences": 0 if self.val_seqs is None else len(self.val_seqs),
             "test_sequences": len(self.test_seqs),

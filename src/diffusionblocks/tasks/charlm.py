@@ -11,7 +11,14 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ..config import ConfigError, RunConfig, _check, check_layer_split, check_transformer
+from ..config import (
+    ConfigError,
+    RunConfig,
+    _check,
+    check_layer_split,
+    check_tokenizer_key,
+    check_transformer,
+)
 from ..data.images import DataError
 from ..eval.text import distinct_n, judge_perplexity, repetition
 from ..networks.layers import seeded
@@ -32,7 +39,8 @@ class ARConfig(RunConfig):
     task: str = "autoregressive"  # fixed
 
     task_groups = {
-        "data": ("data", "test_fraction", "val_fraction", "seq_len", "train_subset"),
+        "data": ("data", "tokenizer", "test_fraction", "val_fraction", "seq_len",
+                 "train_subset"),
         "model": ("depth", "hidden", "heads", "mlp_ratio", "layer"),
         "noise": ("sigma_sampling",),
         "training": ("aux_ce", "context_noise"),
@@ -54,6 +62,11 @@ class ARConfig(RunConfig):
     weighting: str = "none"  # CE weighting over sigma: edm | batch | clamped | none
     p_mean: float = 1.0  # mean of ln sigma (see docs/experiments.md: label-like targets)
     data: str = "shakespeare"  # shakespeare | path to a UTF-8 text file
+    # Tokens: char (characters, the default), bpe:N (a byte-level BPE of N tokens, the 256 bytes
+    # included, trained with tokenizers on the training text; extra [hf]) or PATH.json (a local
+    # tokenizer.json); seq_len and the generation lengths then count tokens, and every metric
+    # stays per character (docs/data.md)
+    tokenizer: str = "char"
     test_fraction: float = 0.1  # held-out tail of a user text file
     val_fraction: float = 0.1  # end of the training text held out for validation (0 = none)
     seq_len: int = 128  # characters per training sequence
@@ -94,6 +107,7 @@ class ARConfig(RunConfig):
         _check(self, "val_fraction", 0 <= self.val_fraction < 1, "a fraction in [0, 1)")
         _check(self, "seq_len", 2 <= self.seq_len <= 65536, "an integer in [2, 65536]")
         _check(self, "train_subset", self.train_subset >= 0, "an integer >= 0 (0 = all)")
+        check_tokenizer_key(self)
         check_transformer(self)
         check_layer_key(self)
         if self.sigma_sampling not in SIGMA_SAMPLING:
@@ -157,6 +171,11 @@ class CharLM(TextTask):
             f"{where} next-char CE {ev['heldout_ce']:.4f} nats ({kind}), accuracy "
             f"{ev['heldout_accuracy']:.4f} on {ev['heldout_characters']} characters"
         ]
+        if "heldout_tokens" in ev:  # subword tokens: CE per character, accuracy per token
+            lines[0] = (f"{where} next-token CE {ev['heldout_ce']:.4f} nats per character "
+                        f"({kind}), token accuracy {ev['heldout_accuracy']:.4f} on "
+                        f"{ev['heldout_tokens']} tokens ({ev['heldout_characters']} "
+                        "characters)")  # fmt: skip
         if "sigma_max_call" in ev:
             e = ev["sigma_max_call"]
             lines.append(
@@ -248,7 +267,7 @@ class CharLM(TextTask):
     def start_text(self) -> str:
         """What generation without a prompt starts from (not part of the generated text): a
         newline when the vocabulary has one, otherwise the training text's first character."""
-        if "\n" in self.vocab.chars:
+        if "\n" in self.vocab.chars or self.corpus.unit == "tokens":  # tokens: bytes cover it
             return "\n"
         return self.vocab.decode(self.corpus.train_ids[:1].tolist())
 
@@ -296,7 +315,7 @@ class CharLM(TextTask):
             token = self._pick(next_logits(ids[:, -context:]), temperature, generator)
             ids = torch.cat([ids, torch.tensor([[token]], device=self.device)], 1)
         self.model.train()
-        start = len(prompt or self.start_text())
+        start = len(self.encode_prompt(prompt))  # ids, not characters (subword tokens)
         return self.vocab.decode(ids[0, start:].tolist())
 
     def _check_generation(self, length: int, temperature: float) -> None:
@@ -328,6 +347,7 @@ class CharLM(TextTask):
             "heldout_ce": scored["heldout_ce"],
             "heldout_accuracy": scored["heldout_accuracy"],
             "heldout_characters": scored["characters"],
+            **({"heldout_tokens": scored["tokens"]} if "tokens" in scored else {}),
             "held_out": self.corpus.describe_split(split),
             "ce_is_likelihood": self.ce_is_likelihood,
         }
@@ -359,11 +379,13 @@ class CharLM(TextTask):
     def score(
         self, seqs: torch.Tensor, predict: Callable[[torch.Tensor], torch.Tensor]
     ) -> dict[str, float]:
-        """Held-out CE (nats/char) and accuracy of ``predict(ids) -> logits (N, T-1, V)`` for
-        characters 1..T-1 of every sequence."""
+        """Held-out CE (nats per character) and accuracy of ``predict(ids) -> logits (N, T-1,
+        V)`` for ids 1..T-1 of every sequence. With subword tokens the summed CE is divided by
+        the characters the target tokens hold (``data/tokens.py``) and the accuracy is per
+        token (``tokens``: how many)."""
         c = self.config
         self.model.eval()
-        nll, correct, count = 0.0, 0, 0
+        nll, correct, count, chars = 0.0, 0, 0, 0.0
         for start in range(0, len(seqs), c.eval_batch_size):
             ids = seqs[start : start + c.eval_batch_size].to(self.device)
             logits = predict(ids)
@@ -371,8 +393,13 @@ class CharLM(TextTask):
             nll += float(F.cross_entropy(logits.transpose(1, 2), target, reduction="sum"))
             correct += int((logits.argmax(-1) == target).sum())
             count += target.numel()
+            chars += self.vocab.characters(target)  # subword tokens: the characters they hold
         self.model.train()
-        return {"heldout_ce": nll / count, "heldout_accuracy": correct / count, "characters": count}
+        out = {"heldout_ce": nll / chars, "heldout_accuracy": correct / count,
+               "characters": int(chars)}  # fmt: skip
+        if self.corpus.unit == "tokens":
+            out["tokens"] = count  # accuracy is per token then
+        return out
 
     def generation_metrics(
         self,
@@ -404,6 +431,6 @@ class CharLM(TextTask):
         if judge is not None:
             out["judge"] = str(getattr(judge, "source", "a loaded run"))
             out["judge_perplexity"] = judge_perplexity(
-                judge, prompts, continuations, self.vocab.chars
+                judge, prompts, continuations, self.vocab.key
             )
         return out

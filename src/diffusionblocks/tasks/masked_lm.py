@@ -18,7 +18,14 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ..config import ConfigError, RunConfig, _check, check_layer_split, check_transformer
+from ..config import (
+    ConfigError,
+    RunConfig,
+    _check,
+    check_layer_split,
+    check_tokenizer_key,
+    check_transformer,
+)
 from ..diffusion import mean_log_probs
 from ..diffusion.masking import (
     T_MIN,
@@ -41,7 +48,8 @@ class MaskedLMConfig(RunConfig):
     task: str = "masked-lm"  # fixed
 
     task_groups = {
-        "data": ("data", "test_fraction", "val_fraction", "seq_len", "train_subset"),
+        "data": ("data", "tokenizer", "test_fraction", "val_fraction", "seq_len",
+                 "train_subset"),
         "model": ("depth", "hidden", "heads", "mlp_ratio", "layer"),
         "eval": ("eval_draws", "eval_sequences", "eval_batch_size", "eval_subset"),
     }  # fmt: skip
@@ -50,6 +58,11 @@ class MaskedLMConfig(RunConfig):
 
     inference_steps: int = 128  # ancestral unmasking steps when sampling
     data: str = "shakespeare"  # shakespeare | path to a UTF-8 text file
+    # Tokens: char (characters, the default), bpe:N (a byte-level BPE of N tokens, the 256 bytes
+    # included, trained with tokenizers on the training text; extra [hf]) or PATH.json (a local
+    # tokenizer.json); seq_len and the generation lengths then count tokens, and every metric
+    # stays per character (docs/data.md)
+    tokenizer: str = "char"
     test_fraction: float = 0.1  # held-out tail of a user text file
     val_fraction: float = 0.1  # end of the training text held out for validation (0 = none)
     seq_len: int = 128  # characters per training sequence
@@ -84,6 +97,7 @@ class MaskedLMConfig(RunConfig):
         _check(self, "val_fraction", 0 <= self.val_fraction < 1, "a fraction in [0, 1)")
         _check(self, "seq_len", 2 <= self.seq_len <= 65536, "an integer in [2, 65536]")
         _check(self, "train_subset", self.train_subset >= 0, "an integer >= 0 (0 = all)")
+        check_tokenizer_key(self)
         check_transformer(self)
         _check(self, "eval_draws", 1 <= self.eval_draws <= 10_000, "an integer in [1, 10000]")
         _check(self, "eval_sequences", self.eval_sequences >= 0, "an integer >= 0 (0 = all)")
@@ -184,7 +198,8 @@ class _MaskedLM(TextTask):
         generator: torch.Generator,
         network: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     ) -> torch.Tensor:
-        """Per-sequence ELBO term in nats per character: (1/t) * sum_{masked} CE / T, with
+        """Per-sequence ELBO term in nats per character: (1/t) * sum_{masked} CE / T (T: the
+        sequence's characters, its length for a character model), with
         ``block``'s network (or ``network(x_t, t)``, any predictor of the masked characters:
         the bound holds for every distribution it returns)."""
         x_t, masked = mask_tokens(ids, t.float(), self.vocab.mask_id, generator)
@@ -194,7 +209,14 @@ class _MaskedLM(TextTask):
             logits = network(x_t, t.float().to(self.device))
         ce = F.cross_entropy(logits.transpose(1, 2), ids, reduction="none")  # (N, T)
         weight = elbo_weight(t.to(self.device).float())  # (N,)
-        return weight * (ce * masked).sum(1) / ids.shape[1]
+        return weight * (ce * masked).sum(1) / self.sequence_characters(ids)
+
+    def sequence_characters(self, ids: torch.Tensor) -> int | torch.Tensor:
+        """The characters of each sequence of ``ids`` (N, T): T for characters, each row's own
+        count for subword tokens (so that every ELBO term is per character)."""
+        if self.corpus.unit == "characters":
+            return ids.shape[1]
+        return self.vocab.per_sequence_characters(ids).float()
 
     def loss(
         self, block: int, batch: torch.Tensor, generator: torch.Generator
@@ -242,7 +264,7 @@ class _MaskedLM(TextTask):
             "bpc_stderr": float(values.std() / math.sqrt(len(values))) if len(values) > 1 else 0.0,
             "sequences": len(values),
             "draws_per_sequence": draws,
-            "characters": len(values) * sequences.shape[1],
+            "characters": int(self.vocab.characters(sequences)),
         }
 
     def _readout_network(

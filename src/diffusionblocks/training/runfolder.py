@@ -13,15 +13,17 @@ import time
 from pathlib import Path
 
 from .. import __version__
-from ..config import RunConfig, config_from_dict, dict_hash
+from ..config import ConfigError, RunConfig, config_from_dict, dict_hash
 from ..data.images import IMAGE_DATASETS, TEXT_DATASETS
 from .checkpoint import (
     atomic_write_json,
+    atomic_write_text,
     sha256_file,
 )
 
 CONFIG_FILE = "config.json"
-PATH_KEYS = ("data", "data_dir", "shared_init", "judge")  # config keys that may name files
+# config keys that may name files (``tokenizer`` only when it names a .json file)
+PATH_KEYS = ("data", "data_dir", "shared_init", "judge", "tokenizer")
 BUILTIN_DATA = IMAGE_DATASETS + TEXT_DATASETS  # dataset names, not paths
 # Where a run's data (and its network's code) lives: a moved file (same bytes for data) may be
 # pointed at on eval, sample, resume.
@@ -45,6 +47,8 @@ def resolve_paths(config: RunConfig) -> RunConfig:
     for key in PATH_KEYS:
         value = values.get(key)
         if not isinstance(value, str) or not value or value in BUILTIN_DATA:
+            continue
+        if key == "tokenizer" and not value.endswith(".json"):  # char, bpe:N
             continue
         path = Path(value).expanduser()
         if path.exists() or value.startswith("~"):
@@ -116,3 +120,39 @@ def saved_config_hashes(
     except (OSError, ValueError, KeyError, TypeError):
         return set()
     return {dict_hash(saved, i) for i in (ignore, *older_ignores)} if same else set()
+
+
+def write_run_files(run_dir: str | os.PathLike, files: dict[str, str]) -> None:
+    """Write a task's :meth:`~diffusionblocks.tasks.base.Task.run_files` into ``run_dir``."""
+    for name, text in files.items():
+        atomic_write_text(Path(run_dir) / name, text)
+
+
+def check_run_files(run_dir: str | os.PathLike, files: dict[str, str]) -> None:
+    """Refuse a run folder whose saved task files (``tokenizer.json``) differ from the task's
+    rebuilt ones, or that holds one the task does not have: the weights would read other ids."""
+    from ..data.tokens import TOKENIZER_FILE
+
+    for name in {*files, TOKENIZER_FILE}:
+        path = Path(run_dir) / name
+        saved = path.read_text(encoding="utf-8") if path.is_file() else None
+        if saved != files.get(name):
+            what = "is missing" if saved is None else "is not this config's"
+            if name not in files:
+                what = "belongs to a subword run, but the config says tokenizer=char"
+            raise ConfigError(
+                f"{path} {what}: this run's weights read the ids of the tokenizer it was "
+                "trained with; load it with the run's own config (its tokenizer key)"
+            )
+
+
+def with_run_tokenizer(config: RunConfig, run_dir: str | os.PathLike) -> RunConfig:
+    """``config``, reading the run folder's copy of its tokenizer.json when the file the config
+    names (``tokenizer=PATH.json``) is gone or moved; :func:`check_run_files` then checks it."""
+    from ..data.tokens import TOKENIZER_FILE
+
+    value = getattr(config, "tokenizer", "")
+    copy = Path(run_dir) / TOKENIZER_FILE
+    if value.endswith(".json") and not Path(value).expanduser().is_file() and copy.is_file():
+        return config_from_dict(type(config), {**config.to_dict(), "tokenizer": str(copy)})
+    return config
