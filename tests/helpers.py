@@ -71,6 +71,51 @@ def llama_ar_task(**overrides):
     return make_task(make_config("ar-tiny", values), torch.device("cpu"))
 
 
+_LLAMA: dict[str, str] = {}
+
+
+def tiny_llama_folder() -> str:
+    """A tiny random-initialised Llama causal LM saved with ``save_pretrained`` (6 layers of
+    width 32, 2 attention heads sharing 1 key-value head) with a byte-level BPE of 300 tokens
+    trained on Shakespeare's first 100,000 training characters as its tokenizer.json: what a
+    user's pretrained folder holds, made once per test session, nothing downloaded."""
+    if "folder" not in _LLAMA:
+        import tempfile
+
+        from transformers import LlamaConfig, LlamaForCausalLM
+
+        from diffusionblocks.data.text import load_shakespeare
+        from diffusionblocks.data.tokens import train_bpe
+
+        corpus = load_shakespeare(0.1)
+        tokenizer = train_bpe(corpus.vocab.decode(corpus.train_ids[:100_000].tolist()), 300)
+        config = LlamaConfig(vocab_size=300, hidden_size=32, intermediate_size=64,
+                             num_hidden_layers=6, num_attention_heads=2, num_key_value_heads=1,
+                             max_position_embeddings=128, tie_word_embeddings=False)  # fmt: skip
+        folder = tempfile.mkdtemp(prefix="dblocks-llama-")
+        with torch.random.fork_rng():
+            torch.manual_seed(0)
+            LlamaForCausalLM(config).save_pretrained(folder)
+        with open(os.path.join(folder, "tokenizer.json"), "w", encoding="utf-8") as f:
+            f.write(tokenizer)
+        text = corpus.vocab.decode(corpus.train_ids[:300_000].tolist())
+        _LLAMA["data"] = os.path.join(folder, "corpus.txt")  # a user's text: quick to encode
+        with open(_LLAMA["data"], "w", encoding="utf-8") as f:
+            f.write(text)
+        _LLAMA["folder"] = folder
+    return _LLAMA["folder"]
+
+
+def pretrained_ar_task(**overrides):
+    """The autoregressive model fine-tuning :func:`tiny_llama_folder` (``pretrained``): its 6
+    layers (``depth`` is the model's: 6 if given), embeddings, head and tokenizer, on the first
+    300,000 characters of Shakespeare's training text as a user's text file."""
+    assert overrides.pop("depth", 6) == 6, "the pretrained model has 6 layers"
+    values = {"device": "cpu", "log_every": 1000, "pretrained": tiny_llama_folder(),
+              "data": _LLAMA["data"], **overrides}  # fmt: skip
+    return make_task(make_config("ar-tiny", values), torch.device("cpu"))
+
+
 def snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in module.state_dict().items()}
 

@@ -62,6 +62,9 @@ def test_a_tokens_characters_add_up_to_the_text(corpus_file):
         assert vocab.characters(ids) == len(text)
         assert vocab.per_sequence_characters(ids[None]).item() == len(text)
     assert vocab.characters(torch.tensor([vocab.mask_id])) == 0  # the mask holds no text
+    # a long text is encoded in pieces cut at word boundaries: the same ids as in one go
+    text = corpus_file.read_text(encoding="utf-8")
+    assert torch.equal(vocab.encode_text(text, piece=300), vocab.encode(text))
 
 
 def test_held_out_scores_are_per_character(corpus_file):

@@ -6,6 +6,7 @@ from helpers import (
     llama_ar_task,
     llama_masked_task,
     optimizer_snapshot,
+    pretrained_ar_task,
     same_state,
     snapshot,
     stack_task,
@@ -27,8 +28,8 @@ from diffusionblocks.training.trainer import batch_indices
 # pass the same isolation and resume tests.
 TASKS = pytest.mark.parametrize(
     "make",
-    [tiny_task, stack_task, llama_masked_task, llama_ar_task],
-    ids=["builtin", "your-model", "hf-llama", "hf-llama-ar"],
+    [tiny_task, stack_task, llama_masked_task, llama_ar_task, pretrained_ar_task],
+    ids=["builtin", "your-model", "hf-llama", "hf-llama-ar", "hf-pretrained"],
 )
 
 

@@ -180,10 +180,11 @@ class Model:
         steps: int | None = None,
         seed: int = 0,
     ) -> str:
-        """``length`` generated characters after ``prompt`` (the prompt is not repeated; default:
-        :func:`text_room`; autoregressive models take any length, seeing the last
-        ``seq_len - 1`` characters). Without a prompt, autoregressive models start from a
-        newline (or the training text's first character when the text has no newline).
+        """``length`` generated characters (tokens, with a subword ``tokenizer``) after
+        ``prompt`` (the prompt is not repeated; default: :func:`text_room`; autoregressive
+        models take any length, seeing the last ``seq_len - 1`` of them). Without a prompt,
+        autoregressive models start from a newline (or the training text's first character when
+        the text has no newline).
         ``temperature`` and ``steps`` default to the run's."""
         task = self._need(self.task.generates == "text", "sample_text", "a language-model run")
         generator = torch.Generator().manual_seed(seed)

@@ -90,7 +90,13 @@ def make_config(preset: str, overrides: dict[str, Any] | None = None) -> RunConf
     task, values, _ = PRESETS[preset]
     config_cls = TASKS[task][0]
     base = flat_keys(config_cls, values)  # the overrides win over the preset, by any name
-    return build_config(config_cls, {**base, **flat_keys(config_cls, overrides or {})})
+    given = flat_keys(config_cls, overrides or {})
+    values = {**base, **given}
+    if values.get("pretrained"):  # a pretrained model fixes the shape and the tokenizer
+        from .tasks.charlm import with_pretrained
+
+        values = with_pretrained(values, given)
+    return build_config(config_cls, values)
 
 
 def preset_overrides(preset: str, items: list[str]) -> dict[str, Any]:

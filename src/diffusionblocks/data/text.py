@@ -24,6 +24,7 @@ plus one ``[MASK]`` token at the end. Every problem raises :class:`DataError` na
 
 from __future__ import annotations
 
+import hashlib
 import importlib.resources
 import os
 from collections.abc import Iterable
@@ -153,16 +154,31 @@ class TextCorpus:
         training text alone, or a tokenizer.json; ``data/tokens.py``); ``char``: itself."""
         if tokenizer in ("", "char"):
             return self
+        key = (tokenizer, self.name, self.vocab.chars, _digest(self.train_ids),
+               _digest(self.val_ids), _digest(self.test_ids))  # fmt: skip
+        if key not in _RETOKENIZED:  # tasks are built more than once per process (compare)
+            _RETOKENIZED.clear()  # one corpus kept: Shakespeare's ids take about 40 MB
+            _RETOKENIZED[key] = self._retokenize(tokenizer)
+        return _RETOKENIZED[key]
+
+    def _retokenize(self, tokenizer: str) -> TextCorpus:
         from .tokens import token_vocabulary
 
         train = self.vocab.decode(self.train_ids.tolist())
         vocab = token_vocabulary(tokenizer, train)
-        val = (
-            None if self.val_ids is None else vocab.encode(self.vocab.decode(self.val_ids.tolist()))
-        )
-        test = vocab.encode(self.vocab.decode(self.test_ids.tolist()))
-        return TextCorpus(self.name, vocab, vocab.encode(train), test, self.held_out, val,
+        val = None
+        if self.val_ids is not None:
+            val = vocab.encode_text(self.vocab.decode(self.val_ids.tolist()))
+        test = vocab.encode_text(self.vocab.decode(self.test_ids.tolist()))
+        return TextCorpus(self.name, vocab, vocab.encode_text(train), test, self.held_out, val,
                           self.validation)  # fmt: skip
+
+
+_RETOKENIZED: dict[tuple[str, ...], TextCorpus] = {}
+
+
+def _digest(ids: torch.Tensor | None) -> str:
+    return "" if ids is None else hashlib.sha256(ids.numpy().tobytes()).hexdigest()
 
 
 def _build(

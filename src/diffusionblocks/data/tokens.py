@@ -93,6 +93,11 @@ class TokenVocabulary:
             raise DataError(f"{source} is not a tokenizers tokenizer.json ({err})") from None
         self.json = tokenizer_json
         self.source = source  # what it is, in words (for messages and describe_data)
+        spec = json.loads(tokenizer_json)
+        pre = spec.get("pre_tokenizer") or {}
+        # GPT-2-style byte level: the text splits into words before any merge, so a long
+        # text may be encoded piece by piece (encode_text) with the same ids
+        self.splits_words = pre.get("type") == "ByteLevel" and pre.get("use_regex", True)
         self.size = self.tokenizer.get_vocab_size(with_added_tokens=True)
         self.char_counts = char_counts(self.tokenizer)
         self._lengths = torch.cat([self.char_counts, torch.zeros(1, dtype=torch.float64)])
@@ -113,6 +118,23 @@ class TokenVocabulary:
 
     def encode(self, text: str) -> torch.Tensor:
         return torch.tensor(self.tokenizer.encode(text).ids, dtype=torch.long)
+
+    def encode_text(self, text: str, piece: int = 1 << 18) -> torch.Tensor:
+        """:meth:`encode` for a whole corpus: for a word-splitting byte-level tokenizer, in
+        pieces of about ``piece`` characters cut before a newline that follows a character
+        that is not a space (a word boundary the pre-tokenizer makes anyway: the same ids,
+        tested), so that the tokenizer's per-token records for a long text are never all in
+        memory at once (hundreds of MB for Shakespeare); other tokenizers encode it whole."""
+        if not self.splits_words or len(text) <= piece:
+            return self.encode(text)
+        parts, start = [], 0
+        while start < len(text):
+            end = start + piece
+            while end < len(text) and not (text[end] == "\n" and not text[end - 1].isspace()):
+                end += 1
+            parts.append(self.encode(text[start:end]))
+            start = end
+        return torch.cat(parts)
 
     def decode(self, ids: Iterable[int] | torch.Tensor) -> str:
         kept = [int(i) for i in list(ids) if int(i) < self.size]  # the mask token has no text

@@ -9,6 +9,8 @@ install it.
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -98,3 +100,157 @@ def hf_layer(
                           f"{', '.join(HF_LAYERS)}, or FILE.py:NAME)")  # fmt: skip
     config = llama_config(hidden, heads, mlp_ratio, max_len)
     return lambda index: LlamaLayer(config, index, causal)
+
+
+# ---------------------------------------------------------------------- pretrained models
+PRETRAINED_TYPES = ("llama",)  # model_type values whose decoder layers this module builds
+
+
+def _pretrained_error(folder: str, why: str) -> ConfigError:
+    return ConfigError(f"invalid value for 'pretrained': {folder} ({why})")
+
+
+def read_pretrained_config(folder: str) -> dict[str, Any]:
+    """The ``config.json`` of a local Hugging Face causal-LM folder, as plain JSON (no
+    ``transformers`` needed): what the run's shape keys are filled from."""
+    path = Path(folder).expanduser() / "config.json"
+    if not path.is_file():
+        raise _pretrained_error(folder, "no config.json: not a Hugging Face model folder")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise _pretrained_error(folder, f"its config.json cannot be read: {err}") from None
+    if not isinstance(data, dict) or data.get("model_type") not in PRETRAINED_TYPES:
+        kind = data.get("model_type") if isinstance(data, dict) else None
+        raise _pretrained_error(folder, f"model_type {kind!r}; Llama-style models "
+                                f"({', '.join(PRETRAINED_TYPES)}) are supported")  # fmt: skip
+    return data
+
+
+def pretrained_shape(folder: str) -> dict[str, Any]:
+    """The run keys a pretrained model fixes: depth, hidden, heads, mlp_ratio."""
+    c = read_pretrained_config(folder)
+    try:
+        hidden = int(c["hidden_size"])
+        return {"depth": int(c["num_hidden_layers"]), "hidden": hidden,
+                "heads": int(c["num_attention_heads"]),
+                "mlp_ratio": int(c["intermediate_size"]) / hidden}  # fmt: skip
+    except (KeyError, TypeError, ValueError) as err:
+        raise _pretrained_error(folder, f"its config.json lacks {err}") from None
+
+
+class PretrainedWeights:
+    """The tensors of a folder's ``model.safetensors`` (or the shards its
+    ``model.safetensors.index.json`` names), read one by one on demand: building block b reads
+    only block b's layers."""
+
+    def __init__(self, folder: str):
+        root = Path(folder).expanduser()
+        self.folder = folder
+        index = root / "model.safetensors.index.json"
+        if index.is_file():
+            mapping = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+            self.files = {name: root / file for name, file in mapping.items()}
+        elif (root / "model.safetensors").is_file():
+            from safetensors import safe_open
+
+            with safe_open(str(root / "model.safetensors"), "pt") as f:
+                names = f.keys()  # noqa: SIM118 - a safetensors file, not a dict
+                self.files = {name: root / "model.safetensors" for name in names}
+        else:
+            raise _pretrained_error(folder, "no model.safetensors: save the model with "
+                                    "save_pretrained (safetensors, the default)")  # fmt: skip
+
+    def get(self, name: str) -> torch.Tensor:
+        from safetensors import safe_open
+
+        if name not in self.files:
+            raise _pretrained_error(self.folder, f"its weights have no tensor {name}")
+        with safe_open(str(self.files[name]), "pt") as f:
+            return f.get_tensor(name)
+
+    def has(self, name: str) -> bool:
+        return name in self.files
+
+    def load_into(self, module: nn.Module, prefix: str, rows: int | None = None) -> None:
+        """Copy the tensors ``prefix + key`` into ``module``'s parameters and buffers of the
+        same key (``rows``: only the first rows, for a vocabulary the run uses part of)."""
+        if any(p.is_meta for p in module.parameters()):
+            return  # a block built without storage: filled when it is materialised
+        with torch.no_grad():
+            for key, target in module.state_dict(keep_vars=True).items():
+                name = prefix + key
+                if not self.has(name) and key.endswith("inv_freq"):
+                    continue  # rotary frequencies: computed, not saved
+                source = self.get(name)
+                if rows is not None:
+                    source = source[:rows]
+                if source.shape != target.shape:
+                    raise _pretrained_error(self.folder, f"{name} has shape "
+                                            f"{tuple(source.shape)}, the run needs "
+                                            f"{tuple(target.shape)}")  # fmt: skip
+                target.copy_(source.to(target.dtype))
+
+
+def pretrained_llama_config(folder: str) -> Any:
+    """The folder's ``LlamaConfig`` (read locally, nothing downloaded)."""
+    read_pretrained_config(folder)  # refuses a folder that is not a Llama-style model
+    config = _transformers().AutoConfig.from_pretrained(
+        str(Path(folder).expanduser()), local_files_only=True
+    )
+    config._attn_implementation = "sdpa"
+    return config
+
+
+def pretrained_layers(folder: str, causal: bool) -> Any:
+    """``layer(index)``: the folder's decoder layer ``index`` with its pretrained weights."""
+    config = pretrained_llama_config(folder)
+    weights = PretrainedWeights(folder)
+
+    def build(index: int) -> LlamaLayer:
+        layer = LlamaLayer(config, index, causal)
+        weights.load_into(layer.layer, f"model.layers.{index}.")
+        return layer
+
+    return build
+
+
+class PretrainedHead(nn.Module):
+    """The pretrained model's final RMSNorm and ``lm_head``, modulated by the condition like
+    :class:`~.layers.AdaLNOutput` (shift and scale zero-initialised: at the start it is the
+    pretrained head exactly). ``forward(x, cond)`` -> logits."""
+
+    def __init__(self, folder: str, vocab: int):
+        super().__init__()
+        from transformers.models.llama.modeling_llama import LlamaRMSNorm
+
+        config = pretrained_llama_config(folder)
+        hidden = config.hidden_size
+        self.norm = LlamaRMSNorm(hidden, eps=config.rms_norm_eps)
+        modulation = nn.Linear(hidden, 2 * hidden)
+        nn.init.zeros_(modulation.weight)
+        nn.init.zeros_(modulation.bias)
+        self.modulation = nn.Sequential(nn.SiLU(), modulation)
+        self.linear = nn.Linear(hidden, vocab, bias=False)
+        weights = PretrainedWeights(folder)
+        weights.load_into(self.norm, "model.norm.")
+        head = "lm_head.weight" if weights.has("lm_head.weight") else "model.embed_tokens.weight"
+        with torch.no_grad():  # tied embeddings: the head is the embedding table
+            self.linear.weight.copy_(weights.get(head)[:vocab])
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 3 and cond.dim() == 2:  # one condition per sequence
+            cond = cond[:, None]
+        shift, scale = self.modulation(cond).chunk(2, dim=-1)
+        return self.linear(self.norm(x) * (1 + scale) + shift)
+
+
+def load_pretrained_embedding(embedding: nn.Embedding, folder: str) -> None:
+    """The first rows of the folder's token embedding table into ``embedding`` (the run's
+    vocabulary is the folder's tokenizer: its ids are the model's)."""
+    weights = PretrainedWeights(folder)
+    table = weights.get("model.embed_tokens.weight")
+    if table.shape[0] < embedding.num_embeddings:
+        raise _pretrained_error(folder, f"its embedding table has {table.shape[0]} rows, the "
+                                f"tokenizer {embedding.num_embeddings} ids")  # fmt: skip
+    weights.load_into(embedding, "model.embed_tokens.", rows=embedding.num_embeddings)

@@ -259,13 +259,22 @@ def check_layer_key(config: Any) -> None:
 
 
 def conditioned_layers(
-    reference: str, hidden: int, heads: int, mlp_ratio: float, max_len: int, causal: bool
+    reference: str,
+    hidden: int,
+    heads: int,
+    mlp_ratio: float,
+    max_len: int,
+    causal: bool,
+    build: Callable[[int], nn.Module] | None = None,
 ) -> Callable[[int], nn.Module]:
     """``layer(index)`` for a built-in network's blocks from the config's ``layer``: a layer of
     ``transformers`` (``hf:llama``) or the user's ``FILE.py:NAME``, a function ``NAME(index,
-    hidden, heads, mlp_ratio)`` returning a residual layer on (N, T, hidden); each wrapped with
-    sigma conditioning (:class:`SigmaConditioned`)."""
-    if reference.startswith("hf:"):
+    hidden, heads, mlp_ratio)`` returning a residual layer on (N, T, hidden); or ``build``'s
+    layers (a pretrained model's); each wrapped with sigma conditioning
+    (:class:`SigmaConditioned`)."""
+    if build is not None:
+        reference = reference or "the pretrained model"
+    elif reference.startswith("hf:"):
         from .hf import hf_layer
 
         build = hf_layer(reference, hidden, heads, mlp_ratio, max_len, causal)

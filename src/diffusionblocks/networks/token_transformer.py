@@ -36,6 +36,10 @@ class TokenShape:
     # "": the built-in adaLN-Zero layer; "hf:llama" or FILE.py:NAME: another residual layer,
     # wrapped with sigma conditioning (networks/stack.py: conditioned_layers)
     layer: str = ""
+    # a local Hugging Face causal-LM folder: its decoder layers (with their weights), token
+    # embeddings and head (final norm + lm_head), sigma conditioning zero-initialised around
+    # them; position embedding and stream offsets start at zero (rotary positions inside)
+    pretrained: str = ""
 
 
 class TokenTransformer(BlockStack):
@@ -48,7 +52,12 @@ class TokenTransformer(BlockStack):
         self.token_embed = nn.Embedding(s.vocab_in, s.hidden)
         self.pos_embed = nn.Parameter(torch.zeros(1, s.max_len, s.hidden))
         self.cond_embed = ScalarEmbedding(s.hidden)
-        if s.layer:
+        if s.pretrained:
+            from .hf import pretrained_layers
+
+            make = conditioned_layers(s.layer, s.hidden, s.heads, s.mlp_ratio, s.max_len, True,
+                                      build=pretrained_layers(s.pretrained, True))  # fmt: skip
+        elif s.layer:
             make = conditioned_layers(s.layer, s.hidden, s.heads, s.mlp_ratio, s.max_len, False)
         else:
             make = lambda _: AdaLNLayer(s.hidden, s.heads, s.mlp_ratio)  # noqa: E731
@@ -60,9 +69,15 @@ class TokenTransformer(BlockStack):
             materialize_blocks,
             s.layers_per_block,
         )
-        self.head = AdaLNOutput(s.hidden, s.vocab_out, zero_init=True)
+        self.head: nn.Module = AdaLNOutput(s.hidden, s.vocab_out, zero_init=True)
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
         nn.init.normal_(self.token_embed.weight, std=0.02)
+        if s.pretrained:
+            from .hf import PretrainedHead, load_pretrained_embedding
+
+            self.head = PretrainedHead(s.pretrained, s.vocab_out)
+            load_pretrained_embedding(self.token_embed, s.pretrained)
+            nn.init.zeros_(self.pos_embed)
 
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
         """ids (N, T) -> (N, T, C) with position embeddings."""
@@ -106,7 +121,8 @@ class TwoStreamTransformer(TokenTransformer):
         super().__init__(shape, materialize_blocks)
         self.stream_embed = nn.Parameter(torch.zeros(2, shape.hidden))
         self.clean_cond = nn.Parameter(torch.zeros(shape.hidden))
-        nn.init.normal_(self.stream_embed, std=0.02)
+        if not shape.pretrained:  # pretrained: the clean stream starts as the pretrained model
+            nn.init.normal_(self.stream_embed, std=0.02)
 
     def clean_inputs(self, ids: torch.Tensor, start: int = 0) -> torch.Tensor:
         """Clean token embeddings (N, T, C) for positions start.. start+T-1."""

@@ -372,7 +372,7 @@ class BlockwiseAR(TokenTargets, CharLM):
         hidden = self.model.shape.hidden
         # the cached prefix needs the built-in layers (keys and values kept per layer); other
         # layers run the whole [prefix; noisy] sequence at every call
-        cache = cache and not self.config.layer
+        cache = cache and not (self.config.layer or self.config.pretrained)
         if steps is not None and self.config.readout == "ensemble":
             raise ConfigError(
                 "steps counts the calls of the chain, but this run generates with "

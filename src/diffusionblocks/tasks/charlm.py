@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -41,7 +42,7 @@ class ARConfig(RunConfig):
     task_groups = {
         "data": ("data", "tokenizer", "test_fraction", "val_fraction", "seq_len",
                  "train_subset"),
-        "model": ("depth", "hidden", "heads", "mlp_ratio", "layer"),
+        "model": ("depth", "hidden", "heads", "mlp_ratio", "layer", "pretrained"),
         "noise": ("sigma_sampling",),
         "training": ("aux_ce", "context_noise"),
         "eval": ("bridge_temperature", "readout", "temperature", "eval_sequences",
@@ -80,6 +81,10 @@ class ARConfig(RunConfig):
     # mlp_ratio)); wrapped with sigma conditioning; such layers must take mask= (the causal and
     # two-stream attention) and may take positions= (docs/your-model.md)
     layer: str = ""
+    # A local Hugging Face causal-LM folder (Llama-style; extra [hf]) to fine-tune block-wise:
+    # its layers, embeddings and head, zero-initialised sigma conditioning around them; fills
+    # depth, hidden, heads, mlp_ratio and tokenizer (its tokenizer.json) (docs/your-model.md)
+    pretrained: str = ""
     sigma_sampling: str = "token"  # one sigma per noisy token, or one per sequence ("example")
     aux_ce: float = 0.0  # weight of the clean stream's next-token CE (0 = pure DiffusionBlocks)
     # DiffusionBlocks training: the probability that each character of the clean context is
@@ -110,6 +115,8 @@ class ARConfig(RunConfig):
         check_tokenizer_key(self)
         check_transformer(self)
         check_layer_key(self)
+        _check(self, "layer", not (self.pretrained and self.layer),
+               "empty with pretrained (the pretrained model's layers are the layers)")  # fmt: skip
         if self.sigma_sampling not in SIGMA_SAMPLING:
             raise ConfigError(
                 f"invalid value for 'sigma_sampling': {self.sigma_sampling!r} (choose one of "
@@ -252,6 +259,7 @@ class CharLM(TextTask):
                 layers_per_block=c.block_sizes,
                 seed=c.seed,
                 layer=c.layer,
+                pretrained=check_pretrained_shape(c),
             ),
             materialize_blocks=not c.block_resident,
         )
@@ -434,3 +442,46 @@ class CharLM(TextTask):
                 judge, prompts, continuations, self.vocab.key
             )
         return out
+
+
+def with_pretrained(values: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
+    """A config's ``values`` with the keys a ``pretrained`` folder fixes filled from its
+    config.json (depth, hidden, heads, mlp_ratio) and, unless ``given`` (the user's overrides)
+    names one, its tokenizer.json; a given value that differs from the model's is refused
+    naming the key."""
+    from ..networks.hf import pretrained_shape
+
+    folder = str(values["pretrained"])
+    shape = pretrained_shape(folder)
+    for key, value in shape.items():
+        if key in given and float(given[key]) != float(value):
+            raise ConfigError(
+                f"invalid value for '{key}': {given[key]} (the pretrained model {folder} has "
+                f"{value}; leave {key} out to take it)"
+            )
+    values = {**values, **shape}
+    if "tokenizer" not in given:
+        own = Path(folder).expanduser() / "tokenizer.json"
+        if not own.is_file():
+            raise ConfigError(
+                f"invalid value for 'pretrained': {folder} has no tokenizer.json; pass its "
+                "tokenizer with --set tokenizer=PATH.json"
+            )
+        values["tokenizer"] = str(own.resolve())
+    return values
+
+
+def check_pretrained_shape(c: ARConfig) -> str:
+    """``c.pretrained``, after checking that the run's shape keys are the folder's (a config
+    made by :func:`with_pretrained` always passes); "" without one."""
+    if not c.pretrained:
+        return ""
+    from ..networks.hf import pretrained_shape
+
+    for key, value in pretrained_shape(c.pretrained).items():
+        if key == "depth" and c.model_depth < c.depth:  # e2e-shallow: the first L/B layers
+            continue
+        if float(getattr(c, key)) != float(value):
+            raise ConfigError(f"invalid value for '{key}': {getattr(c, key)} (the pretrained "
+                              f"model {c.pretrained} has {value})")  # fmt: skip
+    return c.pretrained

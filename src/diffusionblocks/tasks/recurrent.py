@@ -50,7 +50,17 @@ class RecurrentConfig(ARConfig):
 
     task_groups = {
         **ARConfig.task_groups,
-        "model": ("depth", "hidden", "heads", "mlp_ratio", "prelude", "core", "coda", "layer"),
+        "model": (
+            "depth",
+            "hidden",
+            "heads",
+            "mlp_ratio",
+            "prelude",
+            "core",
+            "coda",
+            "layer",
+            "pretrained",
+        ),
         "training": (
             "aux_ce",
             "context_noise",
@@ -116,6 +126,8 @@ class RecurrentConfig(ARConfig):
                "spread over processes")  # fmt: skip
         _check(self, "resident", not self.resident,
                "false: a recurrent-depth model is one trained block")  # fmt: skip
+        _check(self, "pretrained", not self.pretrained,
+               "empty (pretrained models fine-tune with the autoregressive presets)")  # fmt: skip
         _check(self, "compile", not self.compile,
                "false: compile=true compiles each block's call, and the recurrent model runs "
                "its prelude, core and coda outside it (nothing would be compiled)")  # fmt: skip

@@ -23,12 +23,12 @@ from .checkpoint import (
 
 CONFIG_FILE = "config.json"
 # config keys that may name files (``tokenizer`` only when it names a .json file)
-PATH_KEYS = ("data", "data_dir", "shared_init", "judge", "tokenizer")
+PATH_KEYS = ("data", "data_dir", "shared_init", "judge", "tokenizer", "pretrained")
 BUILTIN_DATA = IMAGE_DATASETS + TEXT_DATASETS  # dataset names, not paths
 # Where a run's data (and its network's code) lives: a moved file (same bytes for data) may be
 # pointed at on eval, sample, resume.
 CODE_KEYS = ("model", "layer")  # config keys that may name a function in a user's file
-DATA_KEYS = ("data", "data_dir", *CODE_KEYS)
+DATA_KEYS = ("data", "data_dir", "pretrained", *CODE_KEYS)
 
 
 def resolve_paths(config: RunConfig) -> RunConfig:
