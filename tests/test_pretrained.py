@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
 from helpers import _LLAMA, pretrained_ar_task, tiny_llama_folder
 
 from diffusionblocks.config import ConfigError
+from diffusionblocks.data.tokens import train_bpe
 from diffusionblocks.registry import make_config
 from diffusionblocks.runs import train_run
 from diffusionblocks.tasks.autoregressive import causal_mask
@@ -55,11 +57,14 @@ def test_the_shape_and_tokenizer_are_the_models(reference):
 
 
 def test_a_block_built_later_reads_its_pretrained_layers(reference):
-    """Block-resident training builds a block when it first trains: from the folder's weights
-    (its layers only), so the resident run starts from the pretrained model too."""
+    """Block-resident training builds a block when it first trains (``materialize``): from the
+    folder's weights (its layers only), so the resident run starts from the pretrained model."""
+    from diffusionblocks.training.residency import materialize
+
     task = pretrained_ar_task(schedule="sequential", num_blocks=3)
     assert task.config.block_resident
-    block = task.model.build_block(2)
+    assert all(p.is_meta for p in task.model.blocks[2].parameters())
+    block = materialize(task.model, 2, "cpu")
     for i, index in enumerate(task.model.block_layers(2)):
         ours = block.layers[i].layer.layer.state_dict()
         theirs = reference.model.layers[index].state_dict()
@@ -86,9 +91,44 @@ def test_dblocks_holds_one_blocks_gradients_and_optimizer_state(tmp_path):
     assert runs["db"]["eval"]["heldout_tokens"] > 0
 
 
+def test_a_pretrained_run_loads_assembles_and_finds_a_moved_folder(tmp_path):
+    import diffusionblocks as db
+    from diffusionblocks.assemble import assemble
+
+    folder = tmp_path / "llama"
+    shutil.copytree(tiny_llama_folder(), folder)
+    task = pretrained_ar_task(pretrained=str(folder))
+    train_run(task.config, tmp_path / "run", progress=False, log=lambda s: 0)
+    model = assemble(tmp_path / "run", tmp_path / "model")
+    ids = task.split_seqs("val")[:2]
+
+    def logits(path, **overrides):
+        return db.load(path, **overrides).task.predict_logits(ids, torch.Generator())
+
+    before = logits(tmp_path / "run")
+    folder.rename(tmp_path / "moved")
+    with pytest.raises(ConfigError, match="'pretrained'.*--set pretrained=PATH"):
+        db.load(tmp_path / "run")
+    moved = str(tmp_path / "moved")
+    assert torch.equal(logits(tmp_path / "run", pretrained=moved), before)  # the run's weights
+    assert torch.equal(logits(model, pretrained=moved), before)
+
+
+def test_a_tokenizer_that_is_not_the_models_is_refused_naming_the_key(tmp_path):
+    for value in ("char", "bpe:300"):
+        with pytest.raises(ConfigError, match="'tokenizer'"):
+            pretrained_ar_task(tokenizer=value)
+    big = tmp_path / "big.json"
+    big.write_text(train_bpe(Path(_LLAMA["data"]).read_text(encoding="utf-8"), 400))
+    with pytest.raises(ConfigError, match="'pretrained'.*300 rows, the tokenizer 400"):
+        pretrained_ar_task(tokenizer=str(big))
+
+
 def test_a_wrong_shape_override_is_refused_naming_the_key():
     with pytest.raises(ConfigError, match="'hidden'.*has 32"):
         make_config("ar-tiny", {"pretrained": tiny_llama_folder(), "hidden": 64})
+    with pytest.raises(ConfigError, match="'hidden'"):
+        make_config("ar-tiny", {"pretrained": tiny_llama_folder(), "hidden": "abc"})
     with pytest.raises(ConfigError, match="'layer'"):
         make_config("ar-tiny", {"pretrained": tiny_llama_folder(), "layer": "hf:llama"})
     with pytest.raises(ConfigError, match="'pretrained'"):

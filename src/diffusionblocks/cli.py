@@ -102,9 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
     sm.add_argument("--npz", help="also write the raw samples here (x uint8, y labels)")
     sm.add_argument(
         "--length", type=int,
-        help="text: characters to generate (default: the model's sequence length; masked "
-        "diffusion: what its window leaves after the prompt; autoregressive models take any "
-        "length, seeing the last seq_len - 1 characters)",
+        help="text: characters to generate, or tokens for a run with a subword tokenizer "
+        "(default: the model's sequence length; masked diffusion: what its window leaves after "
+        "the prompt; autoregressive models take any length, seeing the last seq_len - 1)",
     )  # fmt: skip
     sm.add_argument(
         "--prompt",

@@ -337,6 +337,7 @@ def train_parallel(
                     raise ConfigError(
                         f"{run_dir} holds a run with another config; choose another --out"
                     )  # same config: (re)train the selected blocks into it
+                check_run_files(run_dir, task.run_files())  # and the same tokenizer
             else:
                 prepare_run_dir(config, run_dir, resume, preset, command)
                 if not resume:

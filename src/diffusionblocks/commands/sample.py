@@ -135,7 +135,8 @@ def sample_text(task: Task, args: argparse.Namespace) -> int:
     ignored = [flag for flag, value in image_flags.items() if value is not None]
     if ignored:
         print(f"note: {', '.join(ignored)} apply to image samples and are not used here; a text "
-              "sample is one continuation of --length characters", file=sys.stderr)  # fmt: skip
+              "sample is one continuation of --length characters (or tokens)",
+              file=sys.stderr)  # fmt: skip
     gen = torch.Generator().manual_seed(args.seed)
     text, info = task.sample(gen, length=args.length, prompt=prompt, steps=args.steps,
                              temperature=args.temperature)  # fmt: skip

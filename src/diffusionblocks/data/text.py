@@ -154,7 +154,10 @@ class TextCorpus:
         training text alone, or a tokenizer.json; ``data/tokens.py``); ``char``: itself."""
         if tokenizer in ("", "char"):
             return self
-        key = (tokenizer, self.name, self.vocab.chars, _digest(self.train_ids),
+        source = tokenizer  # a file: its content (it may change between two tasks)
+        if tokenizer.endswith(".json") and Path(tokenizer).expanduser().is_file():
+            source = hashlib.sha256(Path(tokenizer).expanduser().read_bytes()).hexdigest()
+        key = (tokenizer, source, self.name, self.vocab.chars, _digest(self.train_ids),
                _digest(self.val_ids), _digest(self.test_ids))  # fmt: skip
         if key not in _RETOKENIZED:  # tasks are built more than once per process (compare)
             _RETOKENIZED.clear()  # one corpus kept: Shakespeare's ids take about 40 MB

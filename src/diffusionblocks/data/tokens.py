@@ -3,7 +3,7 @@
 (``tokenizer=PATH``). Characters stay the default (:class:`~.text.Vocabulary`).
 
 Every text metric stays **per character** whatever the tokens: a token's share of the text is
-the number of characters that end in it (:attr:`TokenVocabulary.char_counts`), so that the
+the number of characters that start in it (:attr:`TokenVocabulary.char_counts`), so that the
 summed loss of a batch's target tokens divided by the characters they hold is bits (or nats)
 per character, comparable with a character model's. For a byte-level tokenizer that count is
 exact: the UTF-8 lead bytes among the token's bytes (a character split over two tokens counts
@@ -90,14 +90,18 @@ class TokenVocabulary:
         try:
             self.tokenizer = Tokenizer.from_str(tokenizer_json)
         except Exception as err:  # tokenizers raises its own Exception for a bad file
-            raise DataError(f"{source} is not a tokenizers tokenizer.json ({err})") from None
+            raise DataError(
+                f"invalid value for 'tokenizer': {source} is not a tokenizers "
+                f"tokenizer.json ({err})"
+            ) from None
         self.json = tokenizer_json
         self.source = source  # what it is, in words (for messages and describe_data)
         spec = json.loads(tokenizer_json)
         pre = spec.get("pre_tokenizer") or {}
         # GPT-2-style byte level: the text splits into words before any merge, so a long
         # text may be encoded piece by piece (encode_text) with the same ids
-        self.splits_words = pre.get("type") == "ByteLevel" and pre.get("use_regex", True)
+        self.splits_words = (pre.get("type") == "ByteLevel" and pre.get("use_regex", True)
+                             and not pre.get("add_prefix_space", False))  # fmt: skip
         self.size = self.tokenizer.get_vocab_size(with_added_tokens=True)
         self.char_counts = char_counts(self.tokenizer)
         self._lengths = torch.cat([self.char_counts, torch.zeros(1, dtype=torch.float64)])
@@ -117,7 +121,9 @@ class TokenVocabulary:
         return ""
 
     def encode(self, text: str) -> torch.Tensor:
-        return torch.tensor(self.tokenizer.encode(text).ids, dtype=torch.long)
+        # no special tokens (a Llama tokenizer's <s>): the text's own ids, pieces included
+        ids = self.tokenizer.encode(text, add_special_tokens=False).ids
+        return torch.tensor(ids, dtype=torch.long)
 
     def encode_text(self, text: str, piece: int = 1 << 18) -> torch.Tensor:
         """:meth:`encode` for a whole corpus: for a word-splitting byte-level tokenizer, in
@@ -211,9 +217,9 @@ def token_vocabulary(value: str, train_text: str) -> TokenVocabulary:
         return TokenVocabulary(train_bpe(train_text, int(arg)), f"a byte-level BPE of {arg} tokens")
     path = Path(str(arg)).expanduser()
     if not path.is_file():
-        raise DataError(f"tokenizer file {path} does not exist")
+        raise DataError(f"invalid value for 'tokenizer': the file {path} does not exist")
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as err:
-        raise DataError(f"cannot read tokenizer file {path}: {err}") from None
+        raise DataError(f"invalid value for 'tokenizer': cannot read {path}: {err}") from None
     return TokenVocabulary(text, str(path))

@@ -21,13 +21,14 @@ from ..config import ConfigError
 HF_LAYERS = ("hf:llama",)
 
 
-def _transformers() -> Any:
+def _transformers(key: str = "layer") -> Any:
     try:
         import transformers
     except ImportError:
+        what = "hf:llama needs" if key == "layer" else "a pretrained model needs"
         raise ConfigError(
-            "invalid value for 'layer': hf:llama needs the transformers package; install the "
-            "extra: pip install 'diffusionblocks[hf]'"
+            f"invalid value for '{key}': {what} the transformers package; install the extra: "
+            "pip install 'diffusionblocks[hf]'"
         ) from None
     return transformers
 
@@ -115,7 +116,8 @@ def read_pretrained_config(folder: str) -> dict[str, Any]:
     ``transformers`` needed): what the run's shape keys are filled from."""
     path = Path(folder).expanduser() / "config.json"
     if not path.is_file():
-        raise _pretrained_error(folder, "no config.json: not a Hugging Face model folder")
+        raise _pretrained_error(folder, "no config.json: not a Hugging Face model folder; if "
+                                "it moved, give its new place: --set pretrained=PATH")  # fmt: skip
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
@@ -195,7 +197,7 @@ class PretrainedWeights:
 def pretrained_llama_config(folder: str) -> Any:
     """The folder's ``LlamaConfig`` (read locally, nothing downloaded)."""
     read_pretrained_config(folder)  # refuses a folder that is not a Llama-style model
-    config = _transformers().AutoConfig.from_pretrained(
+    config = _transformers("pretrained").AutoConfig.from_pretrained(
         str(Path(folder).expanduser()), local_files_only=True
     )
     config._attn_implementation = "sdpa"

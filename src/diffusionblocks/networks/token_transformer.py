@@ -75,8 +75,8 @@ class TokenTransformer(BlockStack):
         if s.pretrained:
             from .hf import PretrainedHead, load_pretrained_embedding
 
-            self.head = PretrainedHead(s.pretrained, s.vocab_out)
-            load_pretrained_embedding(self.token_embed, s.pretrained)
+            load_pretrained_embedding(self.token_embed, s.pretrained)  # refuses a vocabulary
+            self.head = PretrainedHead(s.pretrained, s.vocab_out)  # larger than the model's
             nn.init.zeros_(self.pos_embed)
 
     def embed(self, ids: torch.Tensor) -> torch.Tensor:

@@ -70,7 +70,7 @@ class ARConfig(RunConfig):
     tokenizer: str = "char"
     test_fraction: float = 0.1  # held-out tail of a user text file
     val_fraction: float = 0.1  # end of the training text held out for validation (0 = none)
-    seq_len: int = 128  # characters per training sequence
+    seq_len: int = 128  # characters (tokens, with a subword tokenizer) per training sequence
     train_subset: int = 0  # use only the first N training sequences (0 = all)
     depth: int = 8  # transformer layers in total
     hidden: int = 128  # token width
@@ -454,7 +454,11 @@ def with_pretrained(values: dict[str, Any], given: dict[str, Any]) -> dict[str, 
     folder = str(values["pretrained"])
     shape = pretrained_shape(folder)
     for key, value in shape.items():
-        if key in given and float(given[key]) != float(value):
+        try:
+            differs = key in given and float(given[key]) != float(value)
+        except (TypeError, ValueError):
+            differs = True
+        if differs:
             raise ConfigError(
                 f"invalid value for '{key}': {given[key]} (the pretrained model {folder} has "
                 f"{value}; leave {key} out to take it)"
@@ -478,10 +482,15 @@ def check_pretrained_shape(c: ARConfig) -> str:
         return ""
     from ..networks.hf import pretrained_shape
 
+    # depth is the whole model's also for e2e-shallow (which builds its first L/B layers)
     for key, value in pretrained_shape(c.pretrained).items():
-        if key == "depth" and c.model_depth < c.depth:  # e2e-shallow: the first L/B layers
-            continue
         if float(getattr(c, key)) != float(value):
             raise ConfigError(f"invalid value for '{key}': {getattr(c, key)} (the pretrained "
                               f"model {c.pretrained} has {value})")  # fmt: skip
+    if not c.tokenizer.endswith(".json"):
+        raise ConfigError(
+            f"invalid value for 'tokenizer': {c.tokenizer!r} (a pretrained model reads the ids "
+            "of its own tokenizer: leave tokenizer out to take its tokenizer.json, or give that "
+            "file)"
+        )
     return c.pretrained

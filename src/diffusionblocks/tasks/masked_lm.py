@@ -65,7 +65,7 @@ class MaskedLMConfig(RunConfig):
     tokenizer: str = "char"
     test_fraction: float = 0.1  # held-out tail of a user text file
     val_fraction: float = 0.1  # end of the training text held out for validation (0 = none)
-    seq_len: int = 128  # characters per training sequence
+    seq_len: int = 128  # characters (tokens, with a subword tokenizer) per training sequence
     train_subset: int = 0  # use only the first N training sequences (0 = all)
     depth: int = 6  # transformer layers in total
     hidden: int = 128  # token width
@@ -259,8 +259,12 @@ class _MaskedLM(TextTask):
             per_seq.append((total / draws).cpu())
         self.model.train()
         values = torch.cat(per_seq).double() / math.log(2)
+        bpc = float(values.mean())
+        if self.corpus.unit == "tokens":  # each sequence's bits over all the characters
+            chars = self.vocab.per_sequence_characters(sequences)
+            bpc = float((values * chars).sum() / chars.sum())
         return {
-            "bpc": float(values.mean()),
+            "bpc": bpc,
             "bpc_stderr": float(values.std() / math.sqrt(len(values))) if len(values) > 1 else 0.0,
             "sequences": len(values),
             "draws_per_sequence": draws,

@@ -28,7 +28,8 @@ BUILTIN_DATA = IMAGE_DATASETS + TEXT_DATASETS  # dataset names, not paths
 # Where a run's data (and its network's code) lives: a moved file (same bytes for data) may be
 # pointed at on eval, sample, resume.
 CODE_KEYS = ("model", "layer")  # config keys that may name a function in a user's file
-DATA_KEYS = ("data", "data_dir", "pretrained", *CODE_KEYS)
+# ``tokenizer``: its file may move; the run's tokenizer.json is checked against it by content
+DATA_KEYS = ("data", "data_dir", "pretrained", "tokenizer", *CODE_KEYS)
 
 
 def resolve_paths(config: RunConfig) -> RunConfig:
@@ -141,8 +142,8 @@ def check_run_files(run_dir: str | os.PathLike, files: dict[str, str]) -> None:
             if name not in files:
                 what = "belongs to a subword run, but the config says tokenizer=char"
             raise ConfigError(
-                f"{path} {what}: this run's weights read the ids of the tokenizer it was "
-                "trained with; load it with the run's own config (its tokenizer key)"
+                f"invalid value for 'tokenizer': {path} {what} (this run's weights read the ids "
+                "of the tokenizer it was trained with; keep the run's own tokenizer key)"
             )
 
 
