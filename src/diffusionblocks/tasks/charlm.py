@@ -67,7 +67,7 @@ class ARConfig(RunConfig):
     # included, trained with tokenizers on the training text; extra [hf]) or PATH.json (a local
     # tokenizer.json); seq_len and the generation lengths then count tokens, and every metric
     # stays per character (docs/data.md)
-    tokenizer: str = "char"
+    tokenizer: str = "char"  # char | bpe:N | PATH.json (docs/data.md)
     test_fraction: float = 0.1  # held-out tail of a user text file
     val_fraction: float = 0.1  # end of the training text held out for validation (0 = none)
     seq_len: int = 128  # characters (tokens, with a subword tokenizer) per training sequence
@@ -80,11 +80,11 @@ class ARConfig(RunConfig):
     # transformers; extra [hf]) or FILE.py:NAME (your function NAME(index, hidden, heads,
     # mlp_ratio)); wrapped with sigma conditioning; such layers must take mask= (the causal and
     # two-stream attention) and may take positions= (docs/your-model.md)
-    layer: str = ""
+    layer: str = ""  # "" (built-in) | hf:llama | FILE.py:NAME (docs/your-model.md)
     # A local Hugging Face causal-LM folder (Llama-style; extra [hf]) to fine-tune block-wise:
     # its layers, embeddings and head, zero-initialised sigma conditioning around them; fills
     # depth, hidden, heads, mlp_ratio and tokenizer (its tokenizer.json) (docs/your-model.md)
-    pretrained: str = ""
+    pretrained: str = ""  # a local Hugging Face causal-LM folder (docs/your-model.md)
     sigma_sampling: str = "token"  # one sigma per noisy token, or one per sequence ("example")
     aux_ce: float = 0.0  # weight of the clean stream's next-token CE (0 = pure DiffusionBlocks)
     # DiffusionBlocks training: the probability that each character of the clean context is

@@ -62,7 +62,7 @@ class MaskedLMConfig(RunConfig):
     # included, trained with tokenizers on the training text; extra [hf]) or PATH.json (a local
     # tokenizer.json); seq_len and the generation lengths then count tokens, and every metric
     # stays per character (docs/data.md)
-    tokenizer: str = "char"
+    tokenizer: str = "char"  # char | bpe:N | PATH.json (docs/data.md)
     test_fraction: float = 0.1  # held-out tail of a user text file
     val_fraction: float = 0.1  # end of the training text held out for validation (0 = none)
     seq_len: int = 128  # characters (tokens, with a subword tokenizer) per training sequence
@@ -75,7 +75,7 @@ class MaskedLMConfig(RunConfig):
     # from transformers: RMSNorm, RoPE, SwiGLU; extra [hf]) or FILE.py:NAME (your function
     # NAME(index, hidden, heads, mlp_ratio) returning a residual layer), wrapped with sigma
     # conditioning (docs/your-model.md)
-    layer: str = ""
+    layer: str = ""  # "" (built-in) | hf:llama | FILE.py:NAME (docs/your-model.md)
     eval_draws: int = 8  # masking times per held-out sequence for the BPC estimate
     eval_sequences: int = 0  # held-out sequences for the BPC estimate (0 = all)
     eval_batch_size: int = 256  # sequences per evaluation batch
