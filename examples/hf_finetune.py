@@ -11,6 +11,10 @@ splits the model's layers into blocks, adds zero-initialised noise-level conditi
 each (at the start the network computes exactly what the pretrained model does), and trains one
 block at a time: with ``schedule=sequential`` only that block's weights, gradients and optimizer
 state are in memory (docs/your-model.md, "A pretrained model").
+
+Expect the test CE it prints to be no better than the unigram baseline beside it: block-wise
+fine-tuning does not yet keep what the pretrained model knew (the stand-in scores 2.04 nats per
+character before fine-tuning; docs/results/pretrained/finetune/). It took 42 s on 2 CPU cores.
 """
 
 from __future__ import annotations
