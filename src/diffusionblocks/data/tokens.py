@@ -55,10 +55,10 @@ def _lead_bytes(data: Iterable[int]) -> int:
     return sum(1 for b in data if b & 0xC0 != 0x80)
 
 
-def char_counts(tokenizer: object) -> torch.Tensor:
-    """Characters that end in each token id (module docstring), as float64 (V,)."""
+def char_counts(tokenizer: object, spec: dict) -> torch.Tensor:
+    """Characters that start in each token id (module docstring), as float64 (V,); ``spec``:
+    the tokenizer's JSON, parsed."""
     tok = tokenizer  # a tokenizers.Tokenizer
-    spec = json.loads(tok.to_str())  # type: ignore[attr-defined]
     byte_level = (spec.get("decoder") or {}).get("type") == "ByteLevel"
     special = {t["id"] for t in spec.get("added_tokens") or [] if t.get("special")}
     alphabet = byte_alphabet() if byte_level else {}
@@ -103,7 +103,7 @@ class TokenVocabulary:
         self.splits_words = (pre.get("type") == "ByteLevel" and pre.get("use_regex", True)
                              and not pre.get("add_prefix_space", False))  # fmt: skip
         self.size = self.tokenizer.get_vocab_size(with_added_tokens=True)
-        self.char_counts = char_counts(self.tokenizer)
+        self.char_counts = char_counts(self.tokenizer, spec)
         self._lengths = torch.cat([self.char_counts, torch.zeros(1, dtype=torch.float64)])
 
     @property

@@ -174,24 +174,32 @@ class PretrainedWeights:
     def has(self, name: str) -> bool:
         return name in self.files
 
-    def load_into(self, module: nn.Module, prefix: str, rows: int | None = None) -> None:
+    def load_into(self, module: nn.Module, prefix: str) -> None:
         """Copy the tensors ``prefix + key`` into ``module``'s parameters and buffers of the
-        same key (``rows``: only the first rows, for a vocabulary the run uses part of)."""
+        same key, each file opened once."""
+        from safetensors import safe_open
+
         if any(p.is_meta for p in module.parameters()):
             return  # a block built without storage: filled when it is materialised
+        # every parameter and buffer, except rotary frequencies (computed, not saved)
+        targets = {prefix + key: target
+                   for key, target in module.state_dict(keep_vars=True).items()
+                   if self.has(prefix + key) or not key.endswith("inv_freq")}  # fmt: skip
+        missing = [name for name in targets if not self.has(name)]
+        if missing:
+            raise _pretrained_error(self.folder, f"its weights have no tensor {missing[0]}")
         with torch.no_grad():
-            for key, target in module.state_dict(keep_vars=True).items():
-                name = prefix + key
-                if not self.has(name) and key.endswith("inv_freq"):
-                    continue  # rotary frequencies: computed, not saved
-                source = self.get(name)
-                if rows is not None:
-                    source = source[:rows]
-                if source.shape != target.shape:
-                    raise _pretrained_error(self.folder, f"{name} has shape "
-                                            f"{tuple(source.shape)}, the run needs "
-                                            f"{tuple(target.shape)}")  # fmt: skip
-                target.copy_(source.to(target.dtype))
+            for file in {self.files[name] for name in targets}:
+                with safe_open(str(file), "pt") as f:
+                    for name, target in targets.items():
+                        if self.files[name] == file:
+                            self._copy(name, f.get_tensor(name), target)
+
+    def _copy(self, name: str, source: torch.Tensor, target: torch.Tensor) -> None:
+        if source.shape != target.shape:
+            raise _pretrained_error(self.folder, f"{name} has shape {tuple(source.shape)}, the "
+                                    f"run needs {tuple(target.shape)}")  # fmt: skip
+        target.copy_(source.to(target.dtype))
 
 
 def pretrained_llama_config(folder: str) -> Any:
@@ -204,17 +212,42 @@ def pretrained_llama_config(folder: str) -> Any:
     return config
 
 
-def pretrained_layers(folder: str, causal: bool) -> Any:
-    """``layer(index)``: the folder's decoder layer ``index`` with its pretrained weights."""
-    config = pretrained_llama_config(folder)
-    weights = PretrainedWeights(folder)
+class PretrainedModel:
+    """A pretrained folder read once: its ``LlamaConfig`` and its weights' index, and the parts a
+    token network takes from it (layers, head, embedding table)."""
 
-    def build(index: int) -> LlamaLayer:
-        layer = LlamaLayer(config, index, causal)
-        weights.load_into(layer.layer, f"model.layers.{index}.")
-        return layer
+    def __init__(self, folder: str):
+        self.folder = folder
+        self.config = pretrained_llama_config(folder)
+        self.weights = PretrainedWeights(folder)
 
-    return build
+    def layers(self, causal: bool) -> Any:
+        """``layer(index)``: decoder layer ``index`` with its pretrained weights (read when the
+        layer is built: a block reads only its own layers)."""
+
+        def build(index: int) -> LlamaLayer:
+            layer = LlamaLayer(self.config, index, causal)
+            self.weights.load_into(layer.layer, f"model.layers.{index}.")
+            return layer
+
+        return build
+
+    def head(self, vocab: int) -> PretrainedHead:
+        return PretrainedHead(self.config, self.weights, vocab)
+
+    def load_embedding(self, embedding: nn.Embedding) -> None:
+        """The first rows of the token embedding table into ``embedding`` (the run's vocabulary
+        is the folder's tokenizer: its ids are the model's)."""
+        table = self.weights.get("model.embed_tokens.weight")
+        rows = embedding.num_embeddings
+        if table.shape[0] < rows:
+            raise _pretrained_error(self.folder, f"its embedding table has {table.shape[0]} "
+                                    f"rows, the tokenizer {rows} ids")  # fmt: skip
+        if table.shape[1] != embedding.embedding_dim:
+            raise _pretrained_error(self.folder, f"its embedding width is {table.shape[1]}, the "
+                                    f"run needs {embedding.embedding_dim}")  # fmt: skip
+        with torch.no_grad():
+            embedding.weight.copy_(table[:rows].to(embedding.weight.dtype))
 
 
 class PretrainedHead(nn.Module):
@@ -222,11 +255,10 @@ class PretrainedHead(nn.Module):
     :class:`~.layers.AdaLNOutput` (shift and scale zero-initialised: at the start it is the
     pretrained head exactly). ``forward(x, cond)`` -> logits."""
 
-    def __init__(self, folder: str, vocab: int):
+    def __init__(self, config: Any, weights: PretrainedWeights, vocab: int):
         super().__init__()
         from transformers.models.llama.modeling_llama import LlamaRMSNorm
 
-        config = pretrained_llama_config(folder)
         hidden = config.hidden_size
         self.norm = LlamaRMSNorm(hidden, eps=config.rms_norm_eps)
         modulation = nn.Linear(hidden, 2 * hidden)
@@ -234,7 +266,6 @@ class PretrainedHead(nn.Module):
         nn.init.zeros_(modulation.bias)
         self.modulation = nn.Sequential(nn.SiLU(), modulation)
         self.linear = nn.Linear(hidden, vocab, bias=False)
-        weights = PretrainedWeights(folder)
         weights.load_into(self.norm, "model.norm.")
         head = "lm_head.weight" if weights.has("lm_head.weight") else "model.embed_tokens.weight"
         with torch.no_grad():  # tied embeddings: the head is the embedding table
@@ -245,14 +276,3 @@ class PretrainedHead(nn.Module):
             cond = cond[:, None]
         shift, scale = self.modulation(cond).chunk(2, dim=-1)
         return self.linear(self.norm(x) * (1 + scale) + shift)
-
-
-def load_pretrained_embedding(embedding: nn.Embedding, folder: str) -> None:
-    """The first rows of the folder's token embedding table into ``embedding`` (the run's
-    vocabulary is the folder's tokenizer: its ids are the model's)."""
-    weights = PretrainedWeights(folder)
-    table = weights.get("model.embed_tokens.weight")
-    if table.shape[0] < embedding.num_embeddings:
-        raise _pretrained_error(folder, f"its embedding table has {table.shape[0]} rows, the "
-                                f"tokenizer {embedding.num_embeddings} ids")  # fmt: skip
-    weights.load_into(embedding, "model.embed_tokens.", rows=embedding.num_embeddings)

@@ -52,11 +52,13 @@ class TokenTransformer(BlockStack):
         self.token_embed = nn.Embedding(s.vocab_in, s.hidden)
         self.pos_embed = nn.Parameter(torch.zeros(1, s.max_len, s.hidden))
         self.cond_embed = ScalarEmbedding(s.hidden)
+        pretrained = None
         if s.pretrained:
-            from .hf import pretrained_layers
+            from .hf import PretrainedModel
 
+            pretrained = PretrainedModel(s.pretrained)  # its config and weights, read once
             make = conditioned_layers(s.layer, s.hidden, s.heads, s.mlp_ratio, s.max_len, True,
-                                      build=pretrained_layers(s.pretrained, True))  # fmt: skip
+                                      build=pretrained.layers(True))  # fmt: skip
         elif s.layer:
             make = conditioned_layers(s.layer, s.hidden, s.heads, s.mlp_ratio, s.max_len, False)
         else:
@@ -72,11 +74,9 @@ class TokenTransformer(BlockStack):
         self.head: nn.Module = AdaLNOutput(s.hidden, s.vocab_out, zero_init=True)
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
         nn.init.normal_(self.token_embed.weight, std=0.02)
-        if s.pretrained:
-            from .hf import PretrainedHead, load_pretrained_embedding
-
-            load_pretrained_embedding(self.token_embed, s.pretrained)  # refuses a vocabulary
-            self.head = PretrainedHead(s.pretrained, s.vocab_out)  # larger than the model's
+        if pretrained is not None:
+            pretrained.load_embedding(self.token_embed)  # refuses a vocabulary larger than its
+            self.head = pretrained.head(s.vocab_out)  # embedding table before the head
             nn.init.zeros_(self.pos_embed)
 
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
