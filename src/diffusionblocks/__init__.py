@@ -27,11 +27,12 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .api import Model
+    from .hub import DiffusionBlocksModel
     from .networks.stack import ResidualStack
     from .tasks.base import Task
 
 __version__ = "0.1.0"
-__all__ = ["ResidualStack", "load", "load_pretrained", "train"]
+__all__ = ["DiffusionBlocksModel", "ResidualStack", "load", "load_pretrained", "train"]
 
 
 def load(path: str | os.PathLike, device: str | None = None, **overrides: Any) -> Model:
@@ -61,9 +62,14 @@ def load_pretrained(path: str | os.PathLike, device: str | None = None) -> Task:
 
 
 def __getattr__(name: str) -> Any:
-    """``ResidualStack`` on first use (``import diffusionblocks`` stays light)."""
+    """``ResidualStack`` and ``DiffusionBlocksModel`` on first use (``import diffusionblocks``
+    stays light)."""
     if name == "ResidualStack":
         from .networks.stack import ResidualStack
 
         return ResidualStack
+    if name == "DiffusionBlocksModel":
+        from .hub import DiffusionBlocksModel
+
+        return DiffusionBlocksModel
     raise AttributeError(f"module 'diffusionblocks' has no attribute {name!r}")

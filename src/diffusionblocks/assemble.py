@@ -37,6 +37,7 @@ def assemble(run_dir: str | os.PathLike, out: str | os.PathLike | None = None) -
     run_dir = Path(run_dir)
     config = read_run_config(run_dir)
     out = Path(out) if out is not None else run_dir / "model"
+    check_out(run_dir, out)
     weights = run_weights(run_dir, config)
     if weights is None:
         raise AssembleError(f"{run_dir} has neither per-block checkpoints nor a checkpoint")
@@ -51,34 +52,56 @@ def assemble(run_dir: str | os.PathLike, out: str | os.PathLike | None = None) -
         "assembled": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         **weights.info,
     }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    tmp = staging_folder(out)
     try:
-        os.chmod(tmp, default_mode(directory=True))  # mkdtemp's folder is private (0o700)
         save_file({k: v.contiguous() for k, v in state.items()}, str(tmp / "model.safetensors"))
+        os.chmod(tmp / "model.safetensors", default_mode())  # safetensors writes it private
         (tmp / "config.json").write_text(json.dumps(card, indent=2) + "\n")
         (tmp / "README.md").write_text(_model_card(card))
         if (run_dir / TOKENIZER_FILE).is_file():  # a subword run's tokenizer travels with it
             shutil.copyfile(run_dir / TOKENIZER_FILE, tmp / TOKENIZER_FILE)
-        # Replace atomically: the old model is renamed aside (one rename), the new one renamed
-        # into place (another); at every moment `out` is a complete model or, between the two
-        # renames, absent with the old one intact beside it. Only then is the old one deleted.
-        old = None
-        if out.exists():
-            old = out.with_name(f".{out.name}.old-{os.getpid()}")
-            os.replace(out, old)
-        try:
-            os.replace(tmp, out)
-        except BaseException:
-            if old is not None:
-                os.replace(old, out)
-            raise
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        replace_folder(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def check_out(run_dir: Path, out: Path) -> None:
+    """Refuse an output folder that is the run folder or holds it: replacing it would delete
+    the run."""
+    run, target = run_dir.resolve(), out.resolve()
+    if target == run or target in run.parents:
+        where = "the run folder" if target == run else "a folder above the run folder"
+        raise AssembleError(f"invalid value for --out: {out} is {where} {run_dir}, which "
+                            "writing the model there would replace; give a new folder")  # fmt: skip
+
+
+def staging_folder(out: Path) -> Path:
+    """A new empty folder beside ``out`` (same file system) to write a model folder into."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    os.chmod(tmp, default_mode(directory=True))  # mkdtemp's folder is private (0o700)
+    return tmp
+
+
+def replace_folder(tmp: Path, out: Path) -> None:
+    """Put the complete folder ``tmp`` at ``out`` atomically: the old ``out`` is renamed aside
+    (one rename), ``tmp`` renamed into place (another); at every moment ``out`` is a complete
+    folder or, between the two renames, absent with the old one intact beside it. Only then is
+    the old one deleted."""
+    old = None
+    if out.exists():
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        os.replace(out, old)
+    try:
+        os.replace(tmp, out)
+    except BaseException:
+        if old is not None:
+            os.replace(old, out)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def _model_card(card: dict[str, Any]) -> str:

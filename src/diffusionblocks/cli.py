@@ -235,7 +235,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     a = sub.add_parser("assemble", help="join per-block checkpoints into one model folder")
     a.add_argument("run_dir", help="run folder")
-    a.add_argument("--out", help="model folder (default RUN_DIR/model)")
+    a.add_argument("--out", help="model folder (default RUN_DIR/model; with --hub RUN_DIR/hub)")
+    a.add_argument("--hub", action="store_true",
+                   help="a Hugging Face Hub folder: with its data card (it loads without the "
+                        "data: DiffusionBlocksModel.from_pretrained) and model card (the [hf] "
+                        "extra)")  # fmt: skip
+    a.add_argument("--push", metavar="REPO_ID",
+                   help="with --hub: then upload it to this Hub repository (needs a network and "
+                        "a Hub token)")  # fmt: skip
     a.set_defaults(func=cmd_assemble)
 
     ps = sub.add_parser("presets", help="list presets")

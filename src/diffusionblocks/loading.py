@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import ConfigError, RunConfig, config_from_dict, flat_keys
+from .data.base import CARD_ONLY, DataError
 from .registry import make_task, read_run_config, resolve_device
 from .runtime import running
 from .tasks.base import Task
@@ -125,6 +126,8 @@ def evaluate_task(task: Task, steps: list[int] | None = None, **options: Any) ->
     """The full evaluation of a loaded task, as ``dblocks eval`` and ``Model.evaluate`` run it:
     the task's ``default_sweep`` of inference step counts unless ``steps`` is given, ``split``
     is checked against the task's splits, and a language-model judge given by path is loaded."""
+    if task.from_card:
+        raise DataError(CARD_ONLY)
     if steps is None:
         steps = task.final_sweep()
     options = {k: v for k, v in options.items() if v not in (None, False)}

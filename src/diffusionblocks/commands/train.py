@@ -105,8 +105,39 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_assemble(args: argparse.Namespace) -> int:
     from ..assemble import assemble
 
+    if args.hub or args.push:
+        return hub_folder(args)
     out = assemble(args.run_dir, args.out)
     print(f"assembled {args.run_dir} -> {out} (model.safetensors, config.json, README.md)")
+    return 0
+
+
+def hub_folder(args: argparse.Namespace) -> int:
+    """``assemble --hub``: the run's model saved for the Hugging Face Hub (``hub.py``: with its
+    data card and model card), written beside ``--out`` and renamed into place when complete;
+    ``--push REPO``: then uploaded to that Hub repository."""
+    from pathlib import Path
+
+    from ..assemble import check_out, replace_folder, staging_folder
+    from ..hub import DiffusionBlocksModel
+
+    out = Path(args.out) if args.out else Path(args.run_dir) / "hub"
+    check_out(Path(args.run_dir), out)
+    model = DiffusionBlocksModel.from_run(args.run_dir, device="cpu")
+    tmp = staging_folder(out)
+    try:
+        model.save_pretrained(tmp)
+        replace_folder(tmp, out)
+    except BaseException:
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    print(f"saved {args.run_dir} -> {out} (model.safetensors, config.json with its data card, "
+          "README.md): load it with DiffusionBlocksModel.from_pretrained")  # fmt: skip
+    if args.push:
+        url = model.push_to_hub(args.push)
+        print(f"pushed to {url}")
     return 0
 
 

@@ -6,10 +6,22 @@
 from __future__ import annotations
 
 import dataclasses
+from contextvars import ContextVar
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
+
+# While a task is built from a data card (``card.py``: a ``DataCard``, with ``images()`` and
+# ``corpus()``), the loaders return its stand-in instead of reading files.
+ACTIVE_CARD: ContextVar[Any] = ContextVar("data_card", default=None)
+
+
+# What evaluating a task built from a data card says (it has no examples, only the card).
+CARD_ONLY = ("this model was built from its data card (DiffusionBlocksModel.from_pretrained), "
+             "without its data: there are no held-out examples to evaluate on; load the run or "
+             "model folder with diffusionblocks.load, which reads the data")  # fmt: skip
 
 
 class DataError(ValueError):
@@ -34,6 +46,13 @@ class ImageDataset:
     val_x: torch.Tensor | None = None  # validation split (held out of training), if any
     val_y: torch.Tensor | None = None
     shuffled: bool = True  # whether the training examples are in random order (not by class)
+    # A stand-in from a data card (``card.py``): no images, the training pixels' (mean, std)
+    pixel_stats: tuple[float, float] | None = None
+
+    @property
+    def card(self) -> bool:
+        """Whether this is a data card's stand-in (no examples to train or evaluate on)."""
+        return self.pixel_stats is not None
 
     def hold_out(self, fraction: float) -> ImageDataset:
         """Move ``round(fraction * N)`` training examples to the validation split (the split every

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .base import DataError, DataWarning, ImageDataset, _to_images
+from .base import ACTIVE_CARD, DataError, DataWarning, ImageDataset, _to_images
 from .npz import FORMATS_HINT, NPY_MAGIC, ZIP_MAGIC, load_npz
 
 __all__ = [
@@ -208,7 +208,11 @@ def load_image_dataset(
     allow_single_class: bool = False,
 ) -> ImageDataset:
     """``data`` is a dataset name (``fashion-mnist``, ``digits``, ``mnist1d``) or a path to a
-    ``.npz`` file (see :func:`load_npz` for the keywords)."""
+    ``.npz`` file (see :func:`load_npz` for the keywords). While a task is built from a data
+    card (``card.py``), the card's stand-in instead."""
+    card = ACTIVE_CARD.get()
+    if card is not None:
+        return card.images()
     if data == "fashion-mnist":
         return load_fashion_mnist(data_dir)
     if data == "digits":

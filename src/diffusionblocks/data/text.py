@@ -33,6 +33,7 @@ from pathlib import Path
 
 import torch
 
+from .base import ACTIVE_CARD
 from .images import (
     FORMATS_HINT,
     IMAGE_DATASETS,
@@ -100,6 +101,7 @@ class TextCorpus:
     held_out: str  # what the test text is
     val_ids: torch.Tensor | None = None  # the validation text (None: val_fraction is 0)
     validation: str | None = None  # what the validation text is
+    card: bool = False  # a data card's stand-in (``card.py``): the first training id, no text
 
     def ids(self, split: str) -> torch.Tensor:
         """The encoded text of ``split``: ``train``, ``val`` or ``test``."""
@@ -122,8 +124,10 @@ class TextCorpus:
 
     def chunks(self, split: str, length: int) -> torch.Tensor:
         """Non-overlapping sequences (K, length) of a split (``train``, ``val``, ``test``) from
-        its first character; the remainder is dropped."""
+        its first character; the remainder is dropped. A data card's stand-in has none."""
         ids = self.ids(split)
+        if self.card:
+            return ids.new_zeros(0, length)
         if length > len(ids):
             hint = ""
             if split == "val":
@@ -152,7 +156,7 @@ class TextCorpus:
     def retokenized(self, tokenizer: str) -> TextCorpus:
         """The same text in the subword tokens ``tokenizer`` names (``bpe:N``, trained on the
         training text alone, or a tokenizer.json; ``data/tokens.py``); ``char``: itself."""
-        if tokenizer in ("", "char"):
+        if tokenizer in ("", "char") or self.card:  # a card's stand-in has its vocabulary
             return self
         source = tokenizer  # a file: its content (it may change between two tasks)
         if tokenizer.endswith(".json") and Path(tokenizer).expanduser().is_file():
@@ -275,7 +279,11 @@ def load_text_corpus(
     data: str, test_fraction: float = 0.1, val_fraction: float = 0.0
 ) -> TextCorpus:
     """``data``: ``shakespeare`` or a path to a UTF-8 text file; ``val_fraction`` of the text
-    before the test text is held out for validation (0: none)."""
+    before the test text is held out for validation (0: none). While a task is built from a data
+    card (``card.py``), the card's stand-in instead."""
+    card = ACTIVE_CARD.get()
+    if card is not None:
+        return card.corpus()
     if data == "shakespeare":
         return load_shakespeare(val_fraction)
     if data in IMAGE_DATASETS:

@@ -36,6 +36,13 @@ class Task:
         self.device = device
 
     # -- data -------------------------------------------------------------------------------
+    @property
+    def from_card(self) -> bool:
+        """Whether the task was built from a data card (``data/card.py``): its data is a
+        stand-in without examples (it predicts and generates; it cannot train or evaluate)."""
+        data = getattr(self, "corpus", None) or getattr(self, "data", None)
+        return bool(getattr(data, "card", False))
+
     def train_size(self) -> int:
         """Number of training examples (one epoch)."""
         raise NotImplementedError
@@ -266,7 +273,7 @@ class TextTask(Task):
         train = self.corpus.chunks("train", c.seq_len)
         self.positions = c.seq_len
         self.train_seqs = train[: c.train_subset] if c.train_subset else train
-        if c.batch_size > len(self.train_seqs):
+        if c.batch_size > len(self.train_seqs) and not corpus.card:
             raise ConfigError(
                 f"invalid value for 'batch_size': {c.batch_size} (larger than the "
                 f"{len(self.train_seqs)} training sequences of {c.seq_len} {self.corpus.unit})"
@@ -287,6 +294,10 @@ class TextTask(Task):
         have is refused, naming ``val_fraction``."""
         if split not in ("val", "test"):
             raise ConfigError(f"invalid value for 'split': {split!r} (choose one of val, test)")
+        if self.corpus.card:
+            from ..data.base import CARD_ONLY, DataError
+
+            raise DataError(CARD_ONLY)
         if split == "val":
             if self.val_seqs is None:
                 raise ConfigError(

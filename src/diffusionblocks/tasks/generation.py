@@ -23,6 +23,7 @@ from typing import Any, cast
 import torch
 
 from ..config import ConfigError, _check
+from ..data.base import CARD_ONLY, DataError
 from ..data.images import ImageDataset, load_image_dataset
 from ..diffusion import chain, chain_levels, edm_denoise, weighted_loss
 from ..networks.dit import DiT, DiTShape
@@ -345,6 +346,8 @@ class _ImageGeneration(Task):
         ``fid_samples`` samples for each step count, on ``split``: ``test`` (default; the whole
         test split is the reference) or ``val`` (the validation images are the reference).
         Quick evaluations during training read the validation split when there is one."""
+        if self.from_card:
+            raise DataError(CARD_ONLY)
         if options:
             raise ConfigError(f"generation evaluation has no option {', '.join(options)}")
         c = self.config
@@ -366,7 +369,7 @@ class _ImageGeneration(Task):
             result["fid_skipped"] = why  # the end of training never fails on it
             return result
         evaluator = fid.EvaluatorFeatures(self.device)
-        ref = self.reference.test_x if split == "test" else split_images(self.data, "val")[0]
+        ref = split_images(self.reference if split == "test" else self.data, split)[0]
         ref_stats = fid.feature_stats(fid.extract(evaluator, ref))
         for s in sorted({c.inference_steps, *(steps or [])}):
             samples, labels, info = self.generate_balanced(
@@ -400,10 +403,12 @@ class _ImageGeneration(Task):
         (:func:`~diffusionblocks.eval.fid.noise_fid`)."""
         from ..eval import fid
 
+        if self.from_card:
+            raise DataError(CARD_ONLY)
         why = fid.unsupported(self.reference.name, self.data.image_shape)
         if why:
             raise fid.EvaluatorError(why)
-        ref = self.reference.test_x if split == "test" else split_images(self.data, split)[0]
+        ref = split_images(self.reference if split == "test" else self.data, split)[0]
         n = self.config.fid_samples or 1000
         return {"fid": fid.noise_fid(fid.EvaluatorFeatures(self.device), ref, n)}
 

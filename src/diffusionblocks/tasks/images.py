@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 
 from ..config import ConfigError, RunConfig, _check, check_layer_split, check_transformer
-from ..data.base import ImageDataset
+from ..data.base import CARD_ONLY, DataError, ImageDataset
 
 
 @dataclass
@@ -70,13 +70,16 @@ def fit_images(
     config: ImageTaskConfig, data: ImageDataset, patch_size: int, hint: str = ""
 ) -> tuple[float, float]:
     """Refuse a patch size that does not divide the images and a batch larger than the training
-    set (each naming its key); return the training pixels' mean and std (std 1 if constant)."""
+    set (each naming its key); return the training pixels' mean and std (std 1 if constant; a
+    data card's stand-in: the recorded ones)."""
     _, h, w = data.image_shape
     if h % patch_size or w % patch_size:
         raise ConfigError(
             f"invalid value for 'patch_size': {config.patch_size} (must divide the "
             f"{h}x{w} images of {data.name}{hint})"
         )
+    if data.pixel_stats is not None:  # a data card's stand-in: the statistics it recorded
+        return data.pixel_stats
     if config.batch_size > len(data.train_y):
         raise ConfigError(
             f"invalid value for 'batch_size': {config.batch_size} (larger than the "
@@ -98,9 +101,12 @@ def auto_patch_size(height: int, width: int) -> int:
 
 def split_images(data: ImageDataset, split: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Images and labels of the ``val`` or ``test`` split of ``data``; another name, or ``val``
-    when no validation images were held out, is refused naming ``val_fraction``."""
+    when no validation images were held out, is refused naming ``val_fraction``; a data card's
+    stand-in has none (refused)."""
     if split not in ("val", "test"):
         raise ConfigError(f"invalid value for 'split': {split!r} (choose one of val, test)")
+    if data.card:
+        raise DataError(CARD_ONLY)
     if split == "val" and data.val_y is None:
         raise ConfigError(
             "invalid value for 'split': 'val' (this run holds out no validation images: "

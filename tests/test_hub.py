@@ -1,0 +1,334 @@
+"""Models out to and in from a Hugging Face Hub folder (``hub.py``: ``PyTorchModelHubMixin``):
+``save_pretrained`` / ``from_pretrained`` round trips for every built-in task, with the training
+data deleted before loading (the data card stands in for it), the generated model card, and the
+refusals. Nothing touches the network (a Hub id goes through a patched ``snapshot_download``)."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import numpy as np
+import pytest
+import torch
+from helpers import (
+    FIXTURES,
+    llama_masked_task,
+    pretrained_ar_task,
+    stack_data,
+    synthetic_images,
+)
+from safetensors.torch import load_file, save_file
+
+import diffusionblocks as db
+from diffusionblocks.assemble import assemble
+from diffusionblocks.config import ConfigError
+from diffusionblocks.data.images import DataError
+from diffusionblocks.training.weights import CheckpointError
+
+QUICK = {"threads": 1, "device": "cpu"}
+
+
+def trained(tmp_path, preset, data, **overrides):
+    """A short run of ``preset`` on ``data`` (a file under tmp_path, deleted by the caller)."""
+    return db.train(preset, out=tmp_path / "run", progress=False, data=str(data),
+                    **QUICK, **overrides)  # fmt: skip
+
+
+def text_file(tmp_path):
+    rng = random.Random(0)
+    words = ["to", "be", "or", "not", "that", "is", "the", "question", "café", "naïve", "☃"]
+    lines = [" ".join(rng.choice(words) for _ in range(rng.randint(3, 9))) for _ in range(600)]
+    path = tmp_path / "corpus.txt"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize("overrides", [{}, {"resident": "true"}, {"readout": "chain"},
+                                       {"method": "e2e"}, {"method": "e2e-shallow"},
+                                       {"schedule": "sequential", "shared": "block-copies"}],
+                         ids=["dblocks", "resident", "chain", "e2e", "e2e-shallow",
+                              "block-copies"])  # fmt: skip
+def test_a_classifier_saved_for_the_hub_predicts_bitwise_the_same_without_its_data(
+    tmp_path, overrides
+):
+    data = synthetic_images(tmp_path / "images.npz", n=120, size=8)
+    model = trained(tmp_path, "tiny", data, **overrides)
+    x = np.random.default_rng(1).integers(0, 255, size=(20, 8, 8)).astype(np.uint8)
+    expected = model.probabilities(x)
+    db.DiffusionBlocksModel.from_model(model).save_pretrained(tmp_path / "hub")
+    (tmp_path / "images.npz").unlink()  # from here on, only the data card knows the data
+    loaded = db.DiffusionBlocksModel.from_pretrained(tmp_path / "hub")
+    assert torch.equal(loaded.probabilities(x), expected)
+    assert loaded.config.to_dict() == model.config.to_dict()
+    assert isinstance(loaded, torch.nn.Module) and loaded.step == model.step
+    saved = set(load_file(tmp_path / "hub" / "model.safetensors"))
+    assert {k for k in saved if k.startswith("blocks.")}, saved
+    if overrides.get("shared") == "block-copies":
+        assert any(k.startswith("shared_per_block.1.") for k in saved)
+    # Nothing evaluates on the stand-in data: every way in is refused, saying why
+    for evaluate in (loaded.evaluate, lambda: loaded.evaluate(split="val"),
+                     loaded.task.evaluate, loaded.task.trivial_baseline,
+                     lambda: db.api.Model.evaluate(loaded),
+                     db.DiffusionBlocksModel.from_model(loaded).evaluate):  # fmt: skip
+        with pytest.raises(DataError, match="without its data"):
+            evaluate()
+
+
+def test_the_folder_holds_the_config_data_card_and_a_model_card_with_the_results(tmp_path):
+    data = synthetic_images(tmp_path / "images.npz", n=120, size=8)
+    model = trained(tmp_path, "tiny", data)
+    hub = db.DiffusionBlocksModel.from_run(tmp_path / "run")  # results read from the run folder
+    hub.save_pretrained(tmp_path / "hub")
+    saved = json.loads((tmp_path / "hub" / "config.json").read_text())
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert saved["format"] == "diffusionblocks-model"
+    assert saved["config"] == model.config.to_dict()
+    card = saved["data_card"]
+    assert card["kind"] == "images" and card["image_shape"] == [1, 8, 8]
+    assert card["num_classes"] == 10
+    task = model.task
+    assert (card["pixel_mean"], card["pixel_std"]) == (task.pixel_mean, task.pixel_std)
+    assert saved["results"]["test"] == results["eval"]["accuracy"]
+    assert saved["results"]["val"] == results["eval_val"]["accuracy"]
+    readme = (tmp_path / "hub" / "README.md").read_text()
+    assert readme.startswith("---\nlibrary_name: diffusionblocks\n")
+    assert f"| test | {results['eval']['accuracy']:.4f} |" in readme
+    assert f"| val | {results['eval_val']['accuracy']:.4f} |" in readme
+    assert results["command"] in readme and '"num_blocks": 2' in readme
+    # With the data where the run says, db.load reads the folder as a model folder and evaluates
+    assert db.load(tmp_path / "hub").evaluate()["accuracy"] == results["eval"]["accuracy"]
+    # Saved again over the folder, the model card is rewritten for the model saved
+    (tmp_path / "hub" / "README.md").write_text("stale")
+    hub.save_pretrained(tmp_path / "hub")
+    assert (tmp_path / "hub" / "README.md").read_text() == readme
+
+
+@pytest.mark.parametrize("ema", ["0", "0.9"])
+def test_image_generation_round_trips_without_its_data(tmp_path, ema):
+    """With ``ema`` the weight average (buffers of the network) is what generates."""
+    data = synthetic_images(tmp_path / "images.npz", n=160, size=16)
+    model = trained(tmp_path, "dit-tiny", data, patch_size=4, train_subset=0, ema=ema)
+    expected = model.generate(labels=[0, 3], seed=5)
+    db.DiffusionBlocksModel.from_model(model).save_pretrained(tmp_path / "hub")
+    (tmp_path / "images.npz").unlink()
+    loaded = db.DiffusionBlocksModel.from_pretrained(tmp_path / "hub")
+    assert torch.equal(loaded.generate(labels=[0, 3], seed=5), expected)
+    with pytest.raises(DataError, match="without its data"):
+        loaded.task.trivial_baseline()
+
+
+@pytest.mark.parametrize(
+    "preset, overrides",
+    [("ar-tiny", {}), ("ar-tiny", {"tokenizer": "bpe:300"}), ("mdm-tiny", {}),
+     ("mdm-tiny", {"tokenizer": "bpe:300"}), ("recurrent-tiny", {})],
+    ids=["ar", "ar-bpe", "mdm", "mdm-bpe", "recurrent"],
+)  # fmt: skip
+def test_language_models_round_trip_without_their_text(tmp_path, preset, overrides):
+    corpus = text_file(tmp_path)
+    model = trained(tmp_path, preset, corpus, **overrides)
+    expected = [model.sample_text(20, prompt=p, seed=2) for p in ("", "to be")]
+    db.DiffusionBlocksModel.from_model(model).save_pretrained(tmp_path / "hub")
+    corpus.unlink()
+    (tmp_path / "run").rename(tmp_path / "moved")  # the run's tokenizer.json is not read either
+    loaded = db.DiffusionBlocksModel.from_pretrained(tmp_path / "hub")
+    assert [loaded.sample_text(20, prompt=p, seed=2) for p in ("", "to be")] == expected
+    assert loaded.task.vocab.size == model.task.vocab.size
+
+
+def test_a_hub_id_is_downloaded_with_the_models_files_only(tmp_path, monkeypatch):
+    """A name that is not a folder goes to snapshot_download (patched here: no network) with
+    the mixin's options, asking for the three files of the model."""
+    data = synthetic_images(tmp_path / "images.npz", n=120, size=8)
+    model = trained(tmp_path, "tiny", data)
+    db.DiffusionBlocksModel.from_model(model).save_pretrained(tmp_path / "hub")
+    calls = []
+
+    def fake_download(**kwargs):
+        calls.append(kwargs)
+        return str(tmp_path / "hub")
+
+    monkeypatch.setattr("diffusionblocks.hub.snapshot_download", fake_download)
+    loaded = db.DiffusionBlocksModel.from_pretrained("someone/tiny-digits", revision="v1")
+    assert calls[0]["repo_id"] == "someone/tiny-digits" and calls[0]["revision"] == "v1"
+    assert sorted(calls[0]["allow_patterns"]) == ["README.md", "config.json", "model.safetensors"]
+    x = torch.rand(4, 8, 8)
+    assert torch.equal(loaded.probabilities(x), model.probabilities(x))
+
+
+def test_what_a_hub_folder_cannot_hold_is_refused_naming_the_key(tmp_path):
+    """Your own network (``model``) and layer file (``layer``): code the folder cannot carry; a
+    fine-tuned ``pretrained`` model: its architecture is read from its pretrained folder."""
+    run = db.train("your-model", out=tmp_path / "stack", progress=False, data=stack_data(),
+                   model=f"{FIXTURES}/stack_models.py:mlp4", epochs=0.2, num_blocks=2,
+                   **QUICK)  # fmt: skip
+    with pytest.raises(ConfigError, match="'model'"):
+        db.DiffusionBlocksModel.from_model(run)
+    layered = llama_masked_task(layer=f"{FIXTURES}/stack_models.py:token_layer")
+    pretrained = pretrained_ar_task()
+    for key, task in (("layer", layered), ("pretrained", pretrained)):
+        with pytest.raises(ConfigError, match=f"'{key}'"):
+            db.DiffusionBlocksModel.from_model(db.api.Model(task, tmp_path, 0))
+
+
+@pytest.mark.parametrize("key", ["model", "layer", "pretrained"])
+def test_a_downloaded_config_naming_code_or_files_is_refused_before_anything_runs(tmp_path, key):
+    """A config.json edited to name code (or a folder) is refused before the network is built:
+    the file it names is never imported."""
+    data = synthetic_images(tmp_path / "images.npz", n=120, size=8)
+    model = trained(tmp_path, "tiny", data)
+    db.DiffusionBlocksModel.from_model(model).save_pretrained(tmp_path / "hub")
+    marker = tmp_path / "imported"
+    code = tmp_path / "evil.py"
+    code.write_text(f"open({str(marker)!r}, 'w').close()\ndef build(*a):\n    pass\n")
+    saved = json.loads((tmp_path / "hub" / "config.json").read_text())
+    edits = {"model": {"task": "stack", "model": f"{code}:build"},
+             "layer": {"layer": f"{code}:build"},
+             "pretrained": {"pretrained": str(tmp_path)}}[key]  # fmt: skip
+    saved["config"].update(edits)
+    (tmp_path / "hub" / "config.json").write_text(json.dumps(saved))
+    with pytest.raises(ConfigError, match=f"'{key}'"):
+        db.DiffusionBlocksModel.from_pretrained(tmp_path / "hub")
+    assert not marker.exists()
+
+
+def test_folders_that_are_not_complete_hub_models_are_refused(tmp_path):
+    data = synthetic_images(tmp_path / "images.npz", n=120, size=8)
+    model = trained(tmp_path, "tiny", data)
+    db.DiffusionBlocksModel.from_model(model).save_pretrained(tmp_path / "hub")
+    assemble(tmp_path / "run", tmp_path / "assembled")
+    with pytest.raises(DataError, match="no data card"):
+        db.DiffusionBlocksModel.from_pretrained(tmp_path / "assembled")
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "config.json").write_text('{"model_type": "llama"}')
+    with pytest.raises(DataError, match="not a diffusionblocks model folder"):
+        db.DiffusionBlocksModel.from_pretrained(tmp_path / "other")
+    state = load_file(tmp_path / "hub" / "model.safetensors")
+    dropped = next(k for k in state if k.startswith("blocks.1."))
+    del state[dropped]
+    save_file(state, tmp_path / "hub" / "model.safetensors")
+    with pytest.raises(CheckpointError, match="block 1 does not fit"):
+        db.DiffusionBlocksModel.from_pretrained(tmp_path / "hub")
+    with pytest.raises(ConfigError, match="no option colour"):
+        db.DiffusionBlocksModel.from_pretrained(tmp_path / "hub", colour="red")
+    with pytest.raises(ConfigError, match="'strict'"):
+        db.DiffusionBlocksModel.from_pretrained(tmp_path / "hub", strict=False)
+    for path in (tmp_path / "missing", "./missing/model", str(tmp_path / "images.npz")):
+        with pytest.raises(DataError, match="no model folder"):
+            db.DiffusionBlocksModel.from_pretrained(path)
+
+
+def test_the_data_card_is_checked(tmp_path):
+    data = synthetic_images(tmp_path / "images.npz", n=120, size=8)
+    model = trained(tmp_path, "tiny", data)
+    db.DiffusionBlocksModel.from_model(model).save_pretrained(tmp_path / "hub")
+    path = tmp_path / "hub" / "config.json"
+    saved = json.loads(path.read_text())
+    for edit, message in (({"version": 99}, "version 99"), ({"kind": "text"}, "'text' data"),
+                          ({"format": "x"}, "no data card")):  # fmt: skip
+        path.write_text(json.dumps({**saved, "data_card": {**saved["data_card"], **edit}}))
+        with pytest.raises(DataError, match=message):
+            db.DiffusionBlocksModel.from_pretrained(tmp_path / "hub")
+
+
+def test_per_block_copies_of_the_shared_modules_load_strictly(tmp_path):
+    """shared=block-copies: one copy per block, each with the shared state's keys; a missing
+    copy, a missing tensor of one, an extra copy, or copies for a model without them are
+    refused."""
+    data = synthetic_images(tmp_path / "images.npz", n=120, size=8)
+    model = trained(tmp_path, "tiny", data, schedule="sequential", shared="block-copies")
+    db.DiffusionBlocksModel.from_model(model).save_pretrained(tmp_path / "hub")
+    file = tmp_path / "hub" / "model.safetensors"
+    state = load_file(file)
+    copy1 = [k for k in state if k.startswith("shared_per_block.1.")]
+    edits = {
+        "missing copy": {k: v for k, v in state.items() if k not in copy1},
+        "missing tensor": {k: v for k, v in state.items() if k != copy1[0]},
+        "extra copy": {**state, **{k.replace(".1.", ".7.", 1): state[k].clone() for k in copy1}},
+    }
+    for edited in edits.values():  # each refused
+        save_file(edited, file)
+        with pytest.raises(CheckpointError, match="copy|copies"):
+            db.DiffusionBlocksModel.from_pretrained(tmp_path / "hub")
+    plain = trained(tmp_path / "p", "tiny", data)
+    db.DiffusionBlocksModel.from_model(plain).save_pretrained(tmp_path / "plain")
+    plain_state = load_file(tmp_path / "plain" / "model.safetensors")
+    save_file(
+        {**plain_state, **{k: state[k] for k in copy1}}, tmp_path / "plain" / "model.safetensors"
+    )
+    with pytest.raises(CheckpointError, match="needs none"):
+        db.DiffusionBlocksModel.from_pretrained(tmp_path / "plain")
+
+
+def test_inference_keys_at_load_and_devices(tmp_path):
+    """from_pretrained takes inference keys as db.load does (the results of the other settings
+    are then left out of the card); to(device) moves the task too; other dtypes are refused."""
+    data = synthetic_images(tmp_path / "images.npz", n=120, size=8)
+    model = trained(tmp_path, "tiny", data)
+    db.DiffusionBlocksModel.from_model(model).save_pretrained(tmp_path / "hub")
+    chain = db.DiffusionBlocksModel.from_pretrained(tmp_path / "hub", readout="chain")
+    x = torch.rand(5, 8, 8)
+    reference = db.load(tmp_path / "run", readout="chain")
+    assert torch.equal(chain.probabilities(x, steps=4), reference.probabilities(x, steps=4))
+    assert chain.results is None
+    saved = db.DiffusionBlocksModel.from_model(reference)
+    assert saved.results is None  # measured with the ensemble readout, not this one
+    with pytest.raises(ConfigError, match="no option lr"):
+        db.DiffusionBlocksModel.from_pretrained(tmp_path / "hub", lr=0.1)
+    loaded = db.DiffusionBlocksModel.from_pretrained(tmp_path / "hub").to("cpu")
+    assert torch.equal(loaded.probabilities(x), model.probabilities(x))
+    with pytest.raises(TypeError, match="float32"):
+        loaded.double()
+    assert torch.equal(loaded.probabilities(x), model.probabilities(x))
+
+
+def test_the_cli_writes_a_hub_folder_whole_or_not_at_all(tmp_path, monkeypatch):
+    """``dblocks assemble RUN --hub``: a folder from_pretrained loads (model file readable by
+    others, as assemble's); a failure while writing leaves no folder and no staging folder; an
+    --out that is the run folder (or above it) is refused and the run kept."""
+    import argparse
+    import os
+    import stat
+    import subprocess
+    import sys
+
+    from diffusionblocks.commands.train import hub_folder
+
+    data = synthetic_images(tmp_path / "images.npz", n=120, size=8)
+    model = trained(tmp_path, "tiny", data)
+    cmd = [sys.executable, "-m", "diffusionblocks", "assemble"]
+    done = subprocess.run([*cmd, str(tmp_path / "run"), "--hub", "--out", str(tmp_path / "hub")],
+                          capture_output=True, text=True)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    mode = stat.S_IMODE(os.stat(tmp_path / "hub" / "model.safetensors").st_mode)
+    assert mode == 0o666 & ~_umask()
+    loaded = db.DiffusionBlocksModel.from_pretrained(tmp_path / "hub")
+    x = torch.rand(3, 8, 8)
+    assert torch.equal(loaded.probabilities(x), model.probabilities(x))
+
+    def failing(self, folder):
+        (folder / "model.safetensors").write_bytes(b"half")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(db.DiffusionBlocksModel, "_save_pretrained", failing)
+    args = argparse.Namespace(run_dir=str(tmp_path / "run"), out=str(tmp_path / "h2"),
+                              hub=True, push=None)  # fmt: skip
+    with pytest.raises(OSError, match="disk full"):
+        hub_folder(args)
+    assert not (tmp_path / "h2").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".h2")]
+    before = sorted(p.name for p in (tmp_path / "run").iterdir())
+    for out in (tmp_path / "run", tmp_path):
+        for extra in (["--hub"], []):
+            done = subprocess.run([*cmd, str(tmp_path / "run"), *extra, "--out", str(out)],
+                                  capture_output=True, text=True)  # fmt: skip
+            assert done.returncode != 0 and "--out" in done.stderr, done.stderr
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == before
+
+
+def _umask() -> int:
+    import os
+
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
