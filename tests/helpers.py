@@ -64,6 +64,14 @@ def llama_masked_task(**overrides):
     return make_task(make_config("mdm-tiny", values), torch.device("cpu"))
 
 
+def token_stack_task(**overrides):
+    """The masked-diffusion LM (``mdm-tiny``) of a user's whole token network
+    (``model=FILE.py:token_encoder``: ResidualStack(target="tokens"), PyTorch encoder layers)."""
+    values = {"device": "cpu", "log_every": 1000,
+              "model": f"{FIXTURES}/stack_models.py:token_encoder", **overrides}  # fmt: skip
+    return make_task(make_config("mdm-tiny", values), torch.device("cpu"))
+
+
 def llama_ar_task(**overrides):
     """The autoregressive model (``ar-tiny``: two streams, causal and two-stream attention
     masks) with Llama decoder layers from transformers (``layer=hf:llama``)."""

@@ -11,6 +11,7 @@ from helpers import (
     snapshot,
     stack_task,
     tiny_task,
+    token_stack_task,
 )
 
 from diffusionblocks.training import (
@@ -28,8 +29,8 @@ from diffusionblocks.training.trainer import batch_indices
 # pass the same isolation and resume tests.
 TASKS = pytest.mark.parametrize(
     "make",
-    [tiny_task, stack_task, llama_masked_task, llama_ar_task, pretrained_ar_task],
-    ids=["builtin", "your-model", "hf-llama", "hf-llama-ar", "hf-pretrained"],
+    [tiny_task, stack_task, token_stack_task, llama_masked_task, llama_ar_task, pretrained_ar_task],
+    ids=["builtin", "your-model", "your-token-model", "hf-llama", "hf-llama-ar", "hf-pretrained"],
 )
 
 

@@ -97,7 +97,11 @@ def test_a_missing_model_file_or_key_is_named():
         make_config("your-model", {"data": stack_data()})
     with pytest.raises(ConfigError, match="target must be one of"):
         ResidualStack(stem=nn.Linear(2, 2), layers=[nn.Identity()], head=nn.Linear(2, 2),
-                      target="tokens")  # fmt: skip
+                      target="labels")  # fmt: skip
+    with pytest.raises(ConfigError, match="'target'.*says target='tokens'.*mdm-text"):
+        stack_task(f"{FIXTURES}/stack_models.py:tokens_fixed")
+    with pytest.raises(ConfigError, match="'target'.*says target='continuous'"):
+        stack_task(f"{FIXTURES}/stack_models.py:regression4")
 
 
 def test_uneven_blocks_hold_their_layers_and_count_them():
@@ -268,3 +272,60 @@ def test_mask_and_positions_must_be_optional_keywords():
     for layer in (MaskFirst(), MaskRequired()):
         with pytest.raises(ConfigError, match="layer 3 .*optional keywords"):
             takes_condition(layer, 3)
+
+
+# -- your whole token network as a masked-diffusion LM (target tokens) -------------------------
+def test_a_token_stack_starts_as_exactly_the_users_network():
+    """The sigma conditioning around each layer is zero-initialised: the network's logits are
+    the user's stem -> layers -> head, bitwise, at any masking time."""
+    from helpers import token_stack_task
+
+    task = token_stack_task(num_blocks=2, depth=4)
+    net = task.model
+    ids = torch.randint(0, task.vocab.size + 1, (3, 32), generator=torch.Generator().manual_seed(0))
+    net.eval()
+    with torch.no_grad():
+        x = net.stem(ids)
+        for group in net.blocks:
+            for wrapped in group.layers:
+                x = wrapped.layer(x)
+        plain = net.head(x)
+        assert torch.equal(net.run_all(ids, torch.full((3,), 0.7)), plain)
+        assert torch.equal(net.run_block(1, ids, torch.full((3,), 0.2)),
+                           net.head(net.blocks[1](net.stem(ids), net.cond_embed(
+                               torch.full((3,), 0.2)))))  # fmt: skip
+    assert type(net.blocks[0].layers[0].layer).__name__ == "TransformerEncoderLayer"
+
+
+def test_a_token_stack_trains_samples_and_loads_block_resident(tmp_path):
+    model = db.train("mdm-tiny", out=tmp_path / "run", progress=False, device="cpu", threads=1,
+                     model=f"{FIXTURES}/stack_models.py:token_encoder",
+                     resident="true")  # fmt: skip
+    assert type(model.task.model).__name__ == "TokenStackNetwork"
+    assert model.results["eval"]["bpc"] > 0
+    text = model.sample_text(16, seed=3)
+    assert len(text) == 16
+    assert db.load(tmp_path / "run").sample_text(16, seed=3) == text
+    with pytest.raises(ConfigError, match="'model'"):
+        db.DiffusionBlocksModel.from_model(model)
+
+
+@pytest.mark.parametrize(
+    "overrides, key, words",
+    [
+        ({"model": f"{FIXTURES}/stack_models.py:token_encoder3"}, "'depth'", "has 3 layers"),
+        ({"model": f"{FIXTURES}/stack_models.py:token_wrong_head"}, "'model'", "logits"),
+        ({"model": f"{FIXTURES}/stack_models.py:mlp4"}, "'model'", "target='tokens'"),
+        ({"model": f"{FIXTURES}/stack_models.py:mlp"}, "'model'", "takes head, target"),
+        ({"model": f"{FIXTURES}/stack_models.py:token_encoder", "layer": "hf:llama"}, "'layer'",
+         "brings its own layers"),
+        ({"model": "no_colon"}, "'model'", "FILE.py:NAME"),
+    ],
+    ids=["depth", "head", "not-tokens", "parameters", "with-layer", "form"],
+)  # fmt: skip
+def test_a_token_stack_is_refused_naming_the_key(overrides, key, words):
+    from helpers import token_stack_task
+
+    with pytest.raises(ConfigError) as err:
+        token_stack_task(**overrides)
+    assert key in str(err.value) and words in str(err.value), str(err.value)

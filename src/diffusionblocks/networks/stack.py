@@ -36,7 +36,7 @@ from torch import nn
 from ..config import ConfigError
 from .layers import BlockStack, ScalarEmbedding, _per_token, _zero_linear, evaluating, modulate
 
-TARGETS = ("classes", "continuous")
+TARGETS = ("classes", "continuous", "tokens")
 
 
 def load_function(reference: str, key: str) -> Callable[..., Any]:
@@ -85,8 +85,10 @@ class ResidualStack:
     ``forward(x)`` (the library adds sigma conditioning) or ``forward(x, cond)`` (cond: (N, C),
     used as it is); either a list of modules or a function ``layer(i)`` of the layer's index
     with ``depth`` layers (then block-resident training builds only the block it trains, where a
-    list is held whole). ``target``: "classes" (integer labels; the head gives (N, K) logits) or
-    "continuous" (numbers; the head gives (N, *target_shape) values)."""
+    list is held whole). ``target``: "classes" (integer labels; the head gives (N, K) logits),
+    "continuous" (numbers; the head gives (N, *target_shape) values), or "tokens" (a masked-
+    diffusion language model, ``model=`` of the masked-LM presets: the stem embeds token ids
+    (N, T) -> (N, T, C), the head gives (N, T, V) logits; :class:`TokenStackNetwork`)."""
 
     stem: nn.Module
     layers: Sequence[nn.Module] | Callable[[int], nn.Module]
@@ -438,3 +440,123 @@ class StackNetwork(BlockStack):
         for group in self.blocks:
             x = group(x, cond)
         return self.leave(x)
+
+
+STACK_PARAMETERS = ("vocab_size", "depth", "hidden", "heads", "seq_len")
+
+
+def load_token_stack(reference: str, values: dict[str, int]) -> ResidualStack:
+    """The masked-diffusion LM's ``model``: call the function ``reference`` names with the
+    values of :data:`STACK_PARAMETERS` its signature names (``vocab_size``: the characters or
+    tokens V; ids run 0..V, V being the mask token), and check it returns a
+    ``ResidualStack(target="tokens")``; every failure is one sentence naming ``model``."""
+    function = load_function(reference, "model")
+    try:
+        names = set(inspect.signature(function).parameters)
+    except (TypeError, ValueError):
+        names = set()
+    unknown = [n for n in names if n not in STACK_PARAMETERS]
+    if unknown:
+        raise ConfigError(
+            f"invalid value for 'model': {reference} takes {', '.join(sorted(unknown))}; a token "
+            f"stack's function may take {', '.join(STACK_PARAMETERS)} (by name)"
+        )
+    stack = function(**{k: v for k, v in values.items() if k in names})
+    if not isinstance(stack, ResidualStack) or stack.target != "tokens":
+        got = (f"a ResidualStack with target={stack.target!r}" if isinstance(stack, ResidualStack)
+               else f"a {type(stack).__name__}")  # fmt: skip
+        raise ConfigError(
+            f"invalid value for 'model': {reference} returned {got}; the masked-diffusion LM "
+            "needs a diffusionblocks.ResidualStack with target='tokens'"
+        )
+    return stack
+
+
+class TokenStackNetwork(BlockStack):
+    """A user's token network (``ResidualStack(target="tokens")``) with the interface of the
+    built-in :class:`~diffusionblocks.networks.token_transformer.TokenTransformer`, so that the
+    masked-diffusion LM trains, evaluates and samples it unchanged: the user's stem (ids (N, T)
+    -> (N, T, C); ids 0..V, V the mask token) and head ((N, T, C) -> (N, T, V) logits) are
+    shared by every block; a sigma (masking-time) embedder is added; ``blocks[b]``: the user's
+    layers of block b, each sigma-conditioned (:class:`SigmaConditioned`, zero-initialised: at
+    initialisation the network is exactly the user's)."""
+
+    def __init__(
+        self,
+        stack: ResidualStack,
+        vocab_size: int,
+        seq_len: int,
+        depth: int,
+        num_blocks: int,
+        seed: int,
+        layers_per_block: tuple[int, ...] | None = None,
+        materialize_blocks: bool = True,
+    ):
+        super().__init__()
+        self.stem = stack.stem
+        self.head = stack.head
+        example = torch.full((2, seq_len), vocab_size, dtype=torch.long)  # every token masked
+        with torch.no_grad(), evaluating(self.stem):
+            tokens = self.stem(example)
+        if (
+            not isinstance(tokens, torch.Tensor)
+            or tokens.dim() != 3
+            or tokens.shape[:2]
+            != (
+                2,
+                seq_len,
+            )
+        ):
+            got = tuple(tokens.shape) if isinstance(tokens, torch.Tensor) else type(tokens).__name__
+            raise ConfigError(
+                f"invalid value for 'model': the stack's stem maps token ids (2, {seq_len}) to "
+                f"{got}; a token stack's stem must return (N, T, C) (ids 0..{vocab_size}, "
+                f"{vocab_size} the mask token)"
+            )
+        self.hidden = hidden = int(tokens.shape[-1])
+        self.positions = seq_len
+        self.cond_embed = ScalarEmbedding(hidden)
+        self._init_blocks(
+            depth,
+            num_blocks,
+            lambda i: SigmaConditioned(stack.layer(i), hidden, i),
+            seed,
+            materialize_blocks,
+            layers_per_block,
+        )
+        with torch.no_grad(), evaluating(self.head):
+            out = self.head(tokens)
+        if not isinstance(out, torch.Tensor) or tuple(out.shape) != (2, seq_len, vocab_size):
+            got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise ConfigError(
+                f"invalid value for 'model': the stack's head maps (2, {seq_len}, {hidden}) to "
+                f"{got}; it must give (N, T, {vocab_size}) logits, one per character or token"
+            )
+
+    def embed(self, ids: torch.Tensor) -> torch.Tensor:
+        """ids (N, T) -> (N, T, C): the user's stem."""
+        return self.stem(ids)
+
+    def run_block(
+        self,
+        block: int,
+        ids: torch.Tensor,
+        scalar: torch.Tensor,
+        mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """One block as a whole network: ids (N, T), scalar (N,) -> logits (N, T, V)."""
+        self.use_shared(block)
+        cond = self.cond_embed(scalar)
+        positions = torch.arange(ids.shape[1], device=ids.device)
+        return self.head(self.blocks[block](self.embed(ids), cond, mask, positions))
+
+    def run_all(
+        self, ids: torch.Tensor, scalar: torch.Tensor, mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Every block in order (the end-to-end network)."""
+        cond = self.cond_embed(scalar)
+        x = self.embed(ids)
+        positions = torch.arange(ids.shape[1], device=ids.device)
+        for group in self.blocks:
+            x = group(x, cond, mask, positions)
+        return self.head(x)

@@ -36,7 +36,7 @@ from ..diffusion.masking import (
 )
 from ..networks.layers import seeded
 from ..networks.placement import to_device
-from ..networks.stack import check_layer_key
+from ..networks.stack import TokenStackNetwork, check_layer_key, load_token_stack
 from ..networks.token_transformer import TokenShape, TokenTransformer
 from .base import TextTask, refuse_options
 
@@ -50,7 +50,7 @@ class MaskedLMConfig(RunConfig):
     task_groups = {
         "data": ("data", "tokenizer", "test_fraction", "val_fraction", "seq_len",
                  "train_subset"),
-        "model": ("depth", "hidden", "heads", "mlp_ratio", "layer"),
+        "model": ("depth", "hidden", "heads", "mlp_ratio", "layer", "model"),
         "eval": ("eval_draws", "eval_sequences", "eval_batch_size", "eval_subset"),
     }  # fmt: skip
     # Runs saved before ``val_fraction`` existed trained on all of the text before the test text.
@@ -76,6 +76,11 @@ class MaskedLMConfig(RunConfig):
     # NAME(index, hidden, heads, mlp_ratio) returning a residual layer), wrapped with sigma
     # conditioning (docs/your-model.md)
     layer: str = ""  # "" (built-in) | hf:llama | FILE.py:NAME (docs/your-model.md)
+    # Your whole network instead of the built-in transformer: FILE.py:NAME or package.module:NAME,
+    # a function returning ResidualStack(target="tokens") (its stem embeds ids, its head gives
+    # logits), called with the values of vocab_size, depth, hidden, heads, seq_len it names;
+    # its layers must number depth (docs/your-model.md)
+    model: str = ""
     eval_draws: int = 8  # masking times per held-out sequence for the BPC estimate
     eval_sequences: int = 0  # held-out sequences for the BPC estimate (0 = all)
     eval_batch_size: int = 256  # sequences per evaluation batch
@@ -106,6 +111,14 @@ class MaskedLMConfig(RunConfig):
         _check(self, "inference_steps", self.inference_steps >= 1, "an integer >= 1")
         check_layer_split(self)
         check_layer_key(self)
+        _check(
+            self,
+            "model",
+            not self.model or ":" in self.model,
+            "FILE.py:NAME or package.module:NAME (a function returning a ResidualStack)",
+        )
+        _check(self, "layer", not (self.model and self.layer),
+               "empty with model= (your network brings its own layers)")  # fmt: skip
 
 
 class _MaskedLM(TextTask):
@@ -120,7 +133,7 @@ class _MaskedLM(TextTask):
     generates = "text"
 
     config: MaskedLMConfig
-    model: TokenTransformer
+    model: TokenTransformer | TokenStackNetwork
 
     @classmethod
     def report(cls, ev: dict[str, Any]) -> list[str]:
@@ -151,6 +164,10 @@ class _MaskedLM(TextTask):
 
     def __init__(self, config: MaskedLMConfig, device: torch.device):
         super().__init__(config, device)  # the corpus and its sequences (TextTask)
+        if config.model:  # your own network (docs/your-model.md)
+            self.model = self._token_stack(config, device)
+            self.model.set_checkpointing(config.activation_checkpointing)
+            return
         with seeded(config.seed):  # initialisation, global generator untouched
             model = TokenTransformer(
                 TokenShape(
@@ -171,6 +188,24 @@ class _MaskedLM(TextTask):
             to_device(model, device)  # blocks without storage stay on the meta device
             self.model = model
         self.model.set_checkpointing(config.activation_checkpointing)
+
+    def _token_stack(self, config: MaskedLMConfig, device: torch.device) -> Any:
+        """The network of ``model=``: the user's ResidualStack(target="tokens"), its layers
+        sigma-conditioned and grouped into blocks (``networks/stack.py``)."""
+        values = {"vocab_size": self.vocab.size, "depth": config.depth, "hidden": config.hidden,
+                  "heads": config.heads, "seq_len": config.seq_len}  # fmt: skip
+        with seeded(config.seed):  # the user's stem, head and layers, then every block's seed
+            stack = load_token_stack(config.model, values)
+            if stack.depth != config.depth:
+                raise ConfigError(
+                    f"invalid value for 'depth': {config.depth} (your stack {config.model} has "
+                    f"{stack.depth} layers; set depth={stack.depth}, or build depth layers)"
+                )
+            model = TokenStackNetwork(stack, self.vocab.size, config.seq_len, config.model_depth,
+                                      config.num_model_blocks, config.seed, config.block_sizes,
+                                      not config.block_resident)  # fmt: skip
+            to_device(model, device)  # blocks without storage stay on the meta device
+        return model
 
     # -- method-specific --------------------------------------------------------------------
     def sample_t(self, block: int, n: int, generator: torch.Generator) -> torch.Tensor:

@@ -141,6 +141,13 @@ class _StackTask(Task):
         self.y_std = flat.std(0).clamp_min(1e-8) if flat is not None else None
         with seeded(config.seed):  # the user's stem and head, then every block from its seed
             stack = load_stack(config.model)
+            if stack.target != config.target:
+                hint = (" (a language model: train it with a masked-diffusion preset, e.g. "
+                        "mdm-text)" if stack.target == "tokens" else "")  # fmt: skip
+                raise ConfigError(
+                    f"invalid value for 'target': {config.target!r} (your stack {config.model} "
+                    f"says target={stack.target!r}; set the same target{hint})"
+                )
             depth = int(stack.depth or 0)
             if config.shallow:
                 depth //= config.num_blocks
