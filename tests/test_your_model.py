@@ -277,35 +277,44 @@ def test_mask_and_positions_must_be_optional_keywords():
 # -- your whole token network as a masked-diffusion LM (target tokens) -------------------------
 def test_a_token_stack_starts_as_exactly_the_users_network():
     """The sigma conditioning around each layer is zero-initialised: the network's logits are
-    the user's stem -> layers -> head, bitwise, at any masking time."""
+    the user's stem -> layers -> head, bitwise, at any masking time; one block alone is the
+    stem -> that block's layers -> head."""
     from helpers import token_stack_task
 
     task = token_stack_task(num_blocks=2, depth=4)
     net = task.model
     ids = torch.randint(0, task.vocab.size + 1, (3, 32), generator=torch.Generator().manual_seed(0))
+    plain = [wrapped.layer for group in net.blocks for wrapped in group.layers]
+    assert [type(layer).__name__ for layer in plain] == ["TransformerEncoderLayer"] * 4
     net.eval()
-    with torch.no_grad():
+
+    def users(layers):
         x = net.stem(ids)
-        for group in net.blocks:
-            for wrapped in group.layers:
-                x = wrapped.layer(x)
-        plain = net.head(x)
-        assert torch.equal(net.run_all(ids, torch.full((3,), 0.7)), plain)
-        assert torch.equal(net.run_block(1, ids, torch.full((3,), 0.2)),
-                           net.head(net.blocks[1](net.stem(ids), net.cond_embed(
-                               torch.full((3,), 0.2)))))  # fmt: skip
-    assert type(net.blocks[0].layers[0].layer).__name__ == "TransformerEncoderLayer"
+        for layer in layers:
+            x = layer(x)
+        return net.head(x)
+
+    with torch.no_grad():
+        assert torch.equal(net.run_all(ids, torch.full((3,), 0.7)), users(plain))
+        assert torch.equal(net.run_block(1, ids, torch.full((3,), 0.2)), users(plain[2:]))
 
 
-def test_a_token_stack_trains_samples_and_loads_block_resident(tmp_path):
+@pytest.mark.parametrize(
+    "function, overrides",
+    [("token_encoder", {"resident": "true"}), ("token_by_function", {"resident": "true"}),
+     ("token_kwargs", {"method": "e2e"})],
+    ids=["resident", "layer-function-resident", "e2e-kwargs"],
+)  # fmt: skip
+def test_a_token_stack_trains_samples_and_loads(tmp_path, function, overrides):
     model = db.train("mdm-tiny", out=tmp_path / "run", progress=False, device="cpu", threads=1,
-                     model=f"{FIXTURES}/stack_models.py:token_encoder",
-                     resident="true")  # fmt: skip
+                     model=f"{FIXTURES}/stack_models.py:{function}", **overrides)  # fmt: skip
     assert type(model.task.model).__name__ == "TokenStackNetwork"
-    assert model.results["eval"]["bpc"] > 0
+    loaded = db.load(tmp_path / "run")
+    # the run's own final test evaluation, recomputed from the saved weights: the same number
+    assert loaded.evaluate()["bpc"] == model.results["eval"]["bpc"]
     text = model.sample_text(16, seed=3)
-    assert len(text) == 16
-    assert db.load(tmp_path / "run").sample_text(16, seed=3) == text
+    assert len(text) == 16 and loaded.sample_text(16, seed=3) == text
+    assert model.results["task"]["model"].endswith(f"stack_models.py:{function}")
     with pytest.raises(ConfigError, match="'model'"):
         db.DiffusionBlocksModel.from_model(model)
 
@@ -316,12 +325,16 @@ def test_a_token_stack_trains_samples_and_loads_block_resident(tmp_path):
         ({"model": f"{FIXTURES}/stack_models.py:token_encoder3"}, "'depth'", "has 3 layers"),
         ({"model": f"{FIXTURES}/stack_models.py:token_wrong_head"}, "'model'", "logits"),
         ({"model": f"{FIXTURES}/stack_models.py:mlp4"}, "'model'", "target='tokens'"),
-        ({"model": f"{FIXTURES}/stack_models.py:mlp"}, "'model'", "takes head, target"),
+        ({"model": f"{FIXTURES}/stack_models.py:token_needs_width"}, "'model'", "needs width"),
+        ({"model": f"{FIXTURES}/stack_models.py:token_no_mask_row"}, "'model'", "mask token"),
+        ({"model": f"{FIXTURES}/stack_models.py:token_wide_stem"}, "'model'", "layer 0"),
+        ({"model": f"{FIXTURES}/stack_models.py:token_fixed_length"}, "'model'", "stem"),
         ({"model": f"{FIXTURES}/stack_models.py:token_encoder", "layer": "hf:llama"}, "'layer'",
          "brings its own layers"),
         ({"model": "no_colon"}, "'model'", "FILE.py:NAME"),
     ],
-    ids=["depth", "head", "not-tokens", "parameters", "with-layer", "form"],
+    ids=["depth", "head", "not-tokens", "parameters", "no-mask-row", "wide-stem", "fixed-length",
+         "with-layer", "form"],
 )  # fmt: skip
 def test_a_token_stack_is_refused_naming_the_key(overrides, key, words):
     from helpers import token_stack_task

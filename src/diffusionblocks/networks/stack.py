@@ -27,6 +27,7 @@ import inspect
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -447,21 +448,30 @@ STACK_PARAMETERS = ("vocab_size", "depth", "hidden", "heads", "seq_len")
 
 def load_token_stack(reference: str, values: dict[str, int]) -> ResidualStack:
     """The masked-diffusion LM's ``model``: call the function ``reference`` names with the
-    values of :data:`STACK_PARAMETERS` its signature names (``vocab_size``: the characters or
-    tokens V; ids run 0..V, V being the mask token), and check it returns a
-    ``ResidualStack(target="tokens")``; every failure is one sentence naming ``model``."""
+    values of :data:`STACK_PARAMETERS` its signature names (all of them to ``**kwargs``;
+    ``vocab_size``: the characters or tokens V; ids run 0..V, V being the mask token), and check
+    it returns a ``ResidualStack(target="tokens")``; every failure is one sentence naming
+    ``model``."""
     function = load_function(reference, "model")
     try:
-        names = set(inspect.signature(function).parameters)
-    except (TypeError, ValueError):
-        names = set()
-    unknown = [n for n in names if n not in STACK_PARAMETERS]
+        params = list(inspect.signature(function).parameters.values())
+    except (TypeError, ValueError):  # no signature to read: called with nothing
+        params = []
+    if any(p.kind == p.VAR_KEYWORD for p in params):
+        given = dict(values)
+    else:
+        given = {p.name: values[p.name] for p in params if p.name in values}
+    unknown = [p.name for p in params if p.name not in values and p.default is p.empty
+               and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]  # fmt: skip
     if unknown:
         raise ConfigError(
-            f"invalid value for 'model': {reference} takes {', '.join(sorted(unknown))}; a token "
-            f"stack's function may take {', '.join(STACK_PARAMETERS)} (by name)"
+            f"invalid value for 'model': {reference} needs {', '.join(unknown)}; a token stack's "
+            f"function is given (by name) any of {', '.join(STACK_PARAMETERS)}"
         )
-    stack = function(**{k: v for k, v in values.items() if k in names})
+    try:
+        stack = function(**given)
+    except ConfigError as err:  # the ResidualStack's own checks
+        raise ConfigError(f"invalid value for 'model': {reference}: {err}") from None
     if not isinstance(stack, ResidualStack) or stack.target != "tokens":
         got = (f"a ResidualStack with target={stack.target!r}" if isinstance(stack, ResidualStack)
                else f"a {type(stack).__name__}")  # fmt: skip
@@ -476,10 +486,12 @@ class TokenStackNetwork(BlockStack):
     """A user's token network (``ResidualStack(target="tokens")``) with the interface of the
     built-in :class:`~diffusionblocks.networks.token_transformer.TokenTransformer`, so that the
     masked-diffusion LM trains, evaluates and samples it unchanged: the user's stem (ids (N, T)
-    -> (N, T, C); ids 0..V, V the mask token) and head ((N, T, C) -> (N, T, V) logits) are
-    shared by every block; a sigma (masking-time) embedder is added; ``blocks[b]``: the user's
-    layers of block b, each sigma-conditioned (:class:`SigmaConditioned`, zero-initialised: at
-    initialisation the network is exactly the user's)."""
+    -> (N, T, C) for any T up to ``seq_len``; ids 0..V, V the mask token) and head ((N, T, C) ->
+    (N, T, V) logits) are shared by every block; a sigma (masking-time) embedder is added;
+    ``blocks[b]``: the user's layers of block b, each sigma-conditioned
+    (:class:`SigmaConditioned`, zero-initialised: at initialisation the network is exactly the
+    user's). Built, the stem, layers and head are run once on all-masked sequences of
+    ``seq_len`` and of half of it, so that a wrong shape is refused now, naming ``model``."""
 
     def __init__(
         self,
@@ -495,24 +507,8 @@ class TokenStackNetwork(BlockStack):
         super().__init__()
         self.stem = stack.stem
         self.head = stack.head
-        example = torch.full((2, seq_len), vocab_size, dtype=torch.long)  # every token masked
-        with torch.no_grad(), evaluating(self.stem):
-            tokens = self.stem(example)
-        if (
-            not isinstance(tokens, torch.Tensor)
-            or tokens.dim() != 3
-            or tokens.shape[:2]
-            != (
-                2,
-                seq_len,
-            )
-        ):
-            got = tuple(tokens.shape) if isinstance(tokens, torch.Tensor) else type(tokens).__name__
-            raise ConfigError(
-                f"invalid value for 'model': the stack's stem maps token ids (2, {seq_len}) to "
-                f"{got}; a token stack's stem must return (N, T, C) (ids 0..{vocab_size}, "
-                f"{vocab_size} the mask token)"
-            )
+        self.vocab_size = vocab_size
+        tokens = self._check_stem(seq_len)
         self.hidden = hidden = int(tokens.shape[-1])
         self.positions = seq_len
         self.cond_embed = ScalarEmbedding(hidden)
@@ -524,13 +520,70 @@ class TokenStackNetwork(BlockStack):
             materialize_blocks,
             layers_per_block,
         )
-        with torch.no_grad(), evaluating(self.head):
-            out = self.head(tokens)
-        if not isinstance(out, torch.Tensor) or tuple(out.shape) != (2, seq_len, vocab_size):
+        for length in sorted({seq_len, max(1, seq_len // 2)}):  # generation feeds shorter ones
+            x = self._check_stem(length)
+            self._check_head(self._check_layers(stack, x, depth), length)
+
+    def _user(self, what: str, run: Callable[[], Any]) -> Any:
+        """``run()`` (a call of the user's stem, layers or head on an example), any failure
+        refused in one sentence naming ``model``."""
+        try:
+            with torch.no_grad():
+                return run()
+        except ConfigError:
+            raise
+        except Exception as err:
+            raise ConfigError(f"invalid value for 'model': the stack's {what} failed on an "
+                              f"example ({type(err).__name__}: {err})") from None  # fmt: skip
+
+    def _check_stem(self, length: int) -> torch.Tensor:
+        """The stem's output for two all-masked sequences of ``length``; refused unless it is
+        (2, length, C)."""
+        v = self.vocab_size
+        example = torch.full((2, length), v, dtype=torch.long)
+        with evaluating(self.stem):
+            tokens = self._user(f"stem (ids 0..{v}, {v} the mask token: an embedding needs "
+                                f"{v + 1} rows)", lambda: self.stem(example))  # fmt: skip
+        if (
+            not isinstance(tokens, torch.Tensor)
+            or tokens.dim() != 3
+            or (tuple(tokens.shape[:2]) != (2, length))
+        ):
+            got = tuple(tokens.shape) if isinstance(tokens, torch.Tensor) else type(tokens).__name__
+            raise ConfigError(
+                f"invalid value for 'model': the stack's stem maps token ids (2, {length}) to "
+                f"{got}; a token stack's stem must return (N, T, C) for any T up to seq_len"
+            )
+        return tokens
+
+    def _check_layers(self, stack: ResidualStack, x: torch.Tensor, depth: int) -> torch.Tensor:
+        """``x`` through the given layers (a list: the first ``depth``) or the blocks in memory
+        (a function), each checked to keep the shape."""
+        cond = torch.zeros(len(x), self.hidden)
+        if not stack.by_function:
+            for i, layer in enumerate(list(stack.layers)[:depth]):  # type: ignore[arg-type]
+                own = takes_condition(layer, i)
+                with evaluating(layer):
+                    call = partial(layer, x, cond) if own else partial(layer, x)
+                    out = self._user(f"layer {i}", call)
+                x = SigmaConditioned.checked(out, x, layer, i)
+            return x
+        for b, group in enumerate(self.blocks):
+            if not any(p.is_meta for p in group.parameters()):
+                with evaluating(group):
+                    x = self._user(f"block {b}", partial(group, x, cond))
+        return x
+
+    def _check_head(self, x: torch.Tensor, length: int) -> None:
+        with evaluating(self.head):
+            out = self._user("head", lambda: self.head(x))
+        want = (2, length, self.vocab_size)
+        if not isinstance(out, torch.Tensor) or tuple(out.shape) != want:
             got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
             raise ConfigError(
-                f"invalid value for 'model': the stack's head maps (2, {seq_len}, {hidden}) to "
-                f"{got}; it must give (N, T, {vocab_size}) logits, one per character or token"
+                f"invalid value for 'model': the stack's head maps (2, {length}, {self.hidden}) "
+                f"to {got}; it must give (N, T, {self.vocab_size}) logits, one per character or "
+                "token"
             )
 
     def embed(self, ids: torch.Tensor) -> torch.Tensor:

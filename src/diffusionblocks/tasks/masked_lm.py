@@ -80,7 +80,7 @@ class MaskedLMConfig(RunConfig):
     # a function returning ResidualStack(target="tokens") (its stem embeds ids, its head gives
     # logits), called with the values of vocab_size, depth, hidden, heads, seq_len it names;
     # its layers must number depth (docs/your-model.md)
-    model: str = ""
+    model: str = ""  # FILE.py:NAME: your whole token network (docs/your-model.md)
     eval_draws: int = 8  # masking times per held-out sequence for the BPC estimate
     eval_sequences: int = 0  # held-out sequences for the BPC estimate (0 = all)
     eval_batch_size: int = 256  # sequences per evaluation batch
@@ -219,8 +219,12 @@ class _MaskedLM(TextTask):
 
     # -- data -------------------------------------------------------------------------------
     def describe(self) -> dict[str, Any]:
+        mine = (
+            {"model": self.config.model, "hidden": self.model.hidden} if self.config.model else {}
+        )
         return {
             **self.describe_data(),
+            **mine,  # your network: its width is its stem's, whatever the config's hidden
             "parameters": sum(p.numel() for p in self.model.parameters() if not p.is_meta),
         }
 
