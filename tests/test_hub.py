@@ -332,3 +332,30 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def test_dblocks_sample_reads_a_hub_folder_without_its_data(tmp_path):
+    """``dblocks sample --run FOLDER`` on a folder saved with save_pretrained builds from its
+    data card: the same text as from the run with its data, the data deleted; eval still needs
+    the data and says so."""
+    import subprocess
+    import sys
+
+    corpus = text_file(tmp_path)
+    model = trained(tmp_path, "ar-tiny", corpus)
+    db.DiffusionBlocksModel.from_model(model).save_pretrained(tmp_path / "hub")
+    cmd = [sys.executable, "-m", "diffusionblocks"]
+    args = ["--length", "24", "--seed", "4", "--set", "temperature=0.9"]
+
+    def sample(folder):
+        done = subprocess.run([*cmd, "sample", "--run", str(folder), *args],
+                              capture_output=True, text=True)  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    before = sample(tmp_path / "run")
+    corpus.unlink()
+    assert sample(tmp_path / "hub") == before
+    done = subprocess.run([*cmd, "eval", "--run", str(tmp_path / "hub")], capture_output=True,
+                          text=True)  # fmt: skip
+    assert done.returncode != 0 and "'data'" in done.stderr, done.stderr

@@ -39,8 +39,9 @@ from . import __version__
 from .api import Model
 from .config import ConfigError, RunConfig
 from .data.base import CARD_ONLY
-from .data.card import CARD_FORMAT, building_from, data_card
+from .data.card import data_card
 from .data.images import DataError
+from .loading import MODEL_FORMAT, check_card_config
 from .training.checkpoint import default_mode
 
 try:
@@ -51,7 +52,6 @@ except ImportError as err:  # pragma: no cover - the [hf] extra is in every test
     ) from err
 
 PAPER_URL = "https://arxiv.org/abs/2506.14202"
-MODEL_FORMAT = "diffusionblocks-model"  # config.json's "format", as dblocks assemble writes it
 HUB_FILES = ["config.json", "model.safetensors", "README.md"]
 
 
@@ -93,7 +93,7 @@ class DiffusionBlocksModel(
         (naming the key) what a Hub folder cannot hold. The run's results go into the model
         card when they were measured with the model's config (not after ``db.load`` changed an
         inference key such as ``readout``)."""
-        check_hub_config(model.config.to_dict())
+        check_card_config(model.config.to_dict())
         results = model.results
         if results is None and (model.path / "results.json").is_file():
             results = json.loads((model.path / "results.json").read_text())
@@ -166,9 +166,7 @@ class DiffusionBlocksModel(
                          **options: Any) -> DiffusionBlocksModel:  # fmt: skip
         """See :meth:`from_pretrained` (``map_location``: the mixin's name for ``device``;
         ``proxies`` and ``resume_download``: older huggingface_hub options, not used)."""
-        from .config import config_from_dict, flat_keys
-        from .loading import INFERENCE_KEYS
-        from .registry import make_task, read_run_config, resolve_device
+        from .loading import load_card_folder
 
         if not strict:
             raise ConfigError("invalid value for 'strict': False (a model loads strictly: "
@@ -176,27 +174,8 @@ class DiffusionBlocksModel(
         folder = hub_folder(model_id, revision=revision, cache_dir=cache_dir,
                             force_download=force_download, token=token,
                             local_files_only=local_files_only)  # fmt: skip
-        saved = read_model_config(folder)
-        card = saved.get("data_card")
-        if not isinstance(card, dict) or card.get("format") != CARD_FORMAT:
-            raise DataError(
-                f"{folder} has no data card (an assembled model folder, not one saved with "
-                "save_pretrained): load it with diffusionblocks.load, which reads its data"
-            )
-        raw = saved.get("config")
-        check_hub_config(raw if isinstance(raw, dict) else {})  # before any key is even parsed
-        config = read_run_config(folder)
-        if options:
-            given = flat_keys(type(config), {k: str(v) for k, v in options.items()})
-            bad = sorted(k for k in given if k not in INFERENCE_KEYS)
-            if bad:
-                raise ConfigError(f"from_pretrained has no option {', '.join(bad)} (it takes "
-                                  f"inference keys: {', '.join(INFERENCE_KEYS)})")  # fmt: skip
-            config = config_from_dict(type(config), {**config.to_dict(), **given})
-        with building_from(card):
-            task = make_task(config, resolve_device(device or map_location or "cpu"))
-        weights = strict_weights(folder, task, config)
-        task.source = str(folder)
+        task, weights, saved = load_card_folder(folder, device or map_location, options,
+                                                "from_pretrained")  # fmt: skip
         results = saved.get("results") if not options else None
         return cls(task, folder, weights.step, results)
 
@@ -228,29 +207,6 @@ class DiffusionBlocksModel(
         )
 
 
-def check_hub_config(config: dict[str, Any]) -> None:
-    """Refuse (naming the key) a config whose network a Hub folder cannot rebuild without code or
-    files from elsewhere: your own network (``model``), your own layers (``layer``: only the
-    built-in ones and ``hf:llama``), a ``pretrained`` folder. Checked when saving and, before
-    anything is built, when loading (a downloaded config.json never imports code)."""
-    if config.get("model"):  # the stack task always has one
-        raise ConfigError(
-            "invalid value for 'model': a run of your own network cannot be saved for the Hub "
-            "or loaded from it (the folder would need your network's code); use dblocks assemble"
-        )
-    if config.get("layer", "") not in ("", "hf:llama"):
-        raise ConfigError(
-            f"invalid value for 'layer': {config['layer']} is your own layer code, which a Hub "
-            "folder cannot carry (built-in layers and hf:llama can be); use dblocks assemble"
-        )
-    if config.get("pretrained"):
-        raise ConfigError(
-            "invalid value for 'pretrained': a fine-tuned pretrained model reads its "
-            "architecture from its pretrained folder and cannot be saved for the Hub or loaded "
-            "from it yet; use dblocks assemble"
-        )
-
-
 def hub_folder(model_id: str, **download: Any) -> Path:
     """The local folder of ``model_id``: itself when it is a folder; a Hub repository id
     (``user/name``) downloaded (the model's files only); anything else that names a path is
@@ -265,51 +221,6 @@ def hub_folder(model_id: str, **download: Any) -> Path:
         raise DataError(f"no model folder {model_id} (give a folder saved with save_pretrained, "
                         "or a Hub repository id user/name)")  # fmt: skip
     return Path(snapshot_download(repo_id=model_id, allow_patterns=HUB_FILES, **download))
-
-
-def read_model_config(folder: Path) -> dict[str, Any]:
-    """The config.json of a diffusionblocks model folder; another file is refused."""
-    try:
-        saved = json.loads((folder / "config.json").read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise DataError(f"{folder}/config.json is missing or unreadable: {err}") from None
-    if not isinstance(saved, dict) or saved.get("format") != MODEL_FORMAT:
-        raise DataError(f"{folder} is not a diffusionblocks model folder (its config.json "
-                        f"has no 'format': '{MODEL_FORMAT}')")  # fmt: skip
-    return saved
-
-
-def strict_weights(folder: Path, task: Any, config: RunConfig) -> Any:
-    """Load ``folder``'s weights into ``task.model`` with every tensor present, none extra, every
-    shape right: the shared modules and blocks (``install_weights`` checks them), and the per-
-    block copies of the shared modules, exactly one per block with the shared state's keys (the
-    targets excepted) when the config's ``shared`` policy keeps copies, none otherwise."""
-    from .training.weights import CheckpointError, install_weights, model_folder_weights
-
-    weights = model_folder_weights(folder)
-    model = task.model
-    blocks = len(model.blocks)
-    copies = config.shared in ("block-copies", "per-block") and not config.end_to_end
-    found = sorted(weights.variants)
-    if found != (list(range(blocks)) if copies else []):
-        raise CheckpointError(
-            f"{folder}/model.safetensors holds per-block copies of the shared modules for blocks "
-            f"{found}; this model ({config.shared=!s}, {blocks} blocks) needs "
-            + (f"one for each of blocks 0..{blocks - 1}" if copies else "none")
-        )
-    if copies:
-        targets = tuple(task.target_prefixes())
-        layout = {k: v.shape for k, v in model.state_dict().items()
-                  if not k.startswith(("blocks.", *targets))}  # fmt: skip
-        for b, read in weights.variants.items():
-            state = read()
-            wrong = sorted(set(layout) ^ set(state)) or sorted(
-                k for k in layout if tuple(state[k].shape) != tuple(layout[k]))  # fmt: skip
-            if wrong:
-                raise CheckpointError(f"{folder}/model.safetensors: block {b}'s copy of the shared "
-                                      f"modules does not fit this model ({wrong[0]})")  # fmt: skip
-    install_weights(model, weights)
-    return weights
 
 
 def summary(task: Any, results: dict[str, Any] | None) -> dict[str, Any]:

@@ -4,12 +4,14 @@ checks that a moved data file is the one the run was trained on."""
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
 
 from .config import ConfigError, RunConfig, config_from_dict, flat_keys
 from .data.base import CARD_ONLY, DataError
+from .data.card import CARD_FORMAT, building_from
 from .registry import make_task, read_run_config, resolve_device
 from .runtime import running
 from .tasks.base import Task
@@ -166,3 +168,116 @@ def load_pretrained(path: str | os.PathLike, device: str | None = None) -> Task:
     """The task (data, network with weights) of an assembled model folder or a run folder."""
     task, _ = load_run(path, device)
     return task
+
+
+# -- model folders with a data card (saved with save_pretrained: hub.py) -----------------------
+MODEL_FORMAT = "diffusionblocks-model"  # config.json's "format", as dblocks assemble writes it
+
+
+def has_data_card(folder: str | os.PathLike) -> bool:
+    """Whether ``folder`` is a model folder whose config.json holds a data card."""
+    try:
+        saved = json.loads((Path(folder) / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    card = saved.get("data_card") if isinstance(saved, dict) else None
+    return isinstance(card, dict) and card.get("format") == CARD_FORMAT
+
+
+def load_card_folder(
+    folder: Path, device: str | None, options: dict[str, Any], what: str = "loading"
+) -> tuple[Task, SavedWeights, dict[str, Any]]:
+    """The task of a model folder built from its data card, without the data (``data/card.py``),
+    its weights loaded strictly (:func:`strict_weights`), and the folder's config.json.
+    ``options``: inference keys (:data:`INFERENCE_KEYS`); ``what`` names the caller in
+    refusals. A config naming code or files from elsewhere is refused before it is parsed."""
+    saved = read_model_config(folder)
+    card = saved.get("data_card")
+    if not isinstance(card, dict) or card.get("format") != CARD_FORMAT:
+        raise DataError(
+            f"{folder} has no data card (an assembled model folder, not one saved with "
+            "save_pretrained): load it with diffusionblocks.load, which reads its data"
+        )
+    raw = saved.get("config")
+    check_card_config(raw if isinstance(raw, dict) else {})  # before any key is even parsed
+    config = read_run_config(folder)
+    if options:
+        given = flat_keys(type(config), {k: str(v) for k, v in options.items()})
+        bad = sorted(k for k in given if k not in INFERENCE_KEYS)
+        if bad:
+            raise ConfigError(f"{what} has no option {', '.join(bad)} (it takes inference "
+                              f"keys: {', '.join(INFERENCE_KEYS)})")  # fmt: skip
+        config = config_from_dict(type(config), {**config.to_dict(), **given})
+    with building_from(card):
+        task = make_task(config, resolve_device(device or "cpu"))
+    weights = strict_weights(folder, task, config)
+    task.source = str(folder)
+    return task, weights, saved
+
+
+def check_card_config(config: dict[str, Any]) -> None:
+    """Refuse (naming the key) a config whose network a Hub folder cannot rebuild without code or
+    files from elsewhere: your own network (``model``), your own layers (``layer``: only the
+    built-in ones and ``hf:llama``), a ``pretrained`` folder. Checked when saving and, before
+    anything is built, when loading (a downloaded config.json never imports code)."""
+    if config.get("model"):  # the stack task always has one
+        raise ConfigError(
+            "invalid value for 'model': a run of your own network cannot be saved for the Hub "
+            "or loaded from it (the folder would need your network's code); use dblocks assemble"
+        )
+    if config.get("layer", "") not in ("", "hf:llama"):
+        raise ConfigError(
+            f"invalid value for 'layer': {config['layer']} is your own layer code, which a Hub "
+            "folder cannot carry (built-in layers and hf:llama can be); use dblocks assemble"
+        )
+    if config.get("pretrained"):
+        raise ConfigError(
+            "invalid value for 'pretrained': a fine-tuned pretrained model reads its "
+            "architecture from its pretrained folder and cannot be saved for the Hub or loaded "
+            "from it yet; use dblocks assemble"
+        )
+
+
+def read_model_config(folder: Path) -> dict[str, Any]:
+    """The config.json of a diffusionblocks model folder; another file is refused."""
+    try:
+        saved = json.loads((folder / "config.json").read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise DataError(f"{folder}/config.json is missing or unreadable: {err}") from None
+    if not isinstance(saved, dict) or saved.get("format") != MODEL_FORMAT:
+        raise DataError(f"{folder} is not a diffusionblocks model folder (its config.json "
+                        f"has no 'format': '{MODEL_FORMAT}')")  # fmt: skip
+    return saved
+
+
+def strict_weights(folder: Path, task: Any, config: RunConfig) -> Any:
+    """Load ``folder``'s weights into ``task.model`` with every tensor present, none extra, every
+    shape right: the shared modules and blocks (``install_weights`` checks them), and the per-
+    block copies of the shared modules, exactly one per block with the shared state's keys (the
+    targets excepted) when the config's ``shared`` policy keeps copies, none otherwise."""
+    from .training.weights import CheckpointError, install_weights, model_folder_weights
+
+    weights = model_folder_weights(folder)
+    model = task.model
+    blocks = len(model.blocks)
+    copies = config.shared in ("block-copies", "per-block") and not config.end_to_end
+    found = sorted(weights.variants)
+    if found != (list(range(blocks)) if copies else []):
+        raise CheckpointError(
+            f"{folder}/model.safetensors holds per-block copies of the shared modules for blocks "
+            f"{found}; this model ({config.shared=!s}, {blocks} blocks) needs "
+            + (f"one for each of blocks 0..{blocks - 1}" if copies else "none")
+        )
+    if copies:
+        targets = tuple(task.target_prefixes())
+        layout = {k: v.shape for k, v in model.state_dict().items()
+                  if not k.startswith(("blocks.", *targets))}  # fmt: skip
+        for b, read in weights.variants.items():
+            state = read()
+            wrong = sorted(set(layout) ^ set(state)) or sorted(
+                k for k in layout if tuple(state[k].shape) != tuple(layout[k]))  # fmt: skip
+            if wrong:
+                raise CheckpointError(f"{folder}/model.safetensors: block {b}'s copy of the shared "
+                                      f"modules does not fit this model ({wrong[0]})")  # fmt: skip
+    install_weights(model, weights)
+    return weights

@@ -50,6 +50,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     import torch
 
     from ..eval.png import image_grid, save_png
+    from ..loading import has_data_card, load_card_folder
     from ..runs import load_run
 
     if args.n is not None and args.n < 1:
@@ -58,7 +59,11 @@ def cmd_sample(args: argparse.Namespace) -> int:
         raise UsageError(f"--steps must be >= 1, got {args.steps}")
     if args.cfg is not None and not 0 <= args.cfg <= 100:
         raise UsageError(f"--cfg must be in [0, 100], got {args.cfg}")
-    task, _ = load_run(args.run, args.device, parse_assignments(args.set or []))
+    overrides = parse_assignments(args.set or [])
+    if has_data_card(args.run):  # saved with save_pretrained: it samples without its data
+        task, _, _ = load_card_folder(Path(args.run), args.device, overrides or {}, "sample --set")
+    else:
+        task, _ = load_run(args.run, args.device, overrides)
     if task.generates == "text":
         return sample_text(task, args)
     if task.generates != "images":
