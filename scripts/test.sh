@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Set up, then run the lint check, the type check and the default test suite (slow tests
 # excluded), in worker processes (pytest-xdist: one per core, at most 4) of one OpenMP thread
-# each, so that they do not oversubscribe the cores (OMP_NUM_THREADS set outside is kept). One
-# process: `.venv/bin/python -m pytest -q` (2-core machine: 15 min 48 s against 8 min 34 s).
+# each, so that they do not oversubscribe the cores (tests/conftest.py sets one thread in every
+# test anyway, for bitwise comparisons). One process: `.venv/bin/python -m pytest -q` (2-core
+# machine: 15 min 48 s against 8 min 34 s).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh

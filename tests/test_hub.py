@@ -356,6 +356,35 @@ def test_dblocks_sample_reads_a_hub_folder_without_its_data(tmp_path):
     before = sample(tmp_path / "run")
     corpus.unlink()
     assert sample(tmp_path / "hub") == before
+    args = ["--length", "24", "--seed", "4", "--set", "device=meta"]  # the run's device key
+    done = subprocess.run([*cmd, "sample", "--run", str(tmp_path / "hub"), *args],
+                          capture_output=True, text=True)  # fmt: skip
+    assert done.returncode != 0 and "device" in done.stderr, done.stderr
     done = subprocess.run([*cmd, "eval", "--run", str(tmp_path / "hub")], capture_output=True,
                           text=True)  # fmt: skip
     assert done.returncode != 0 and "'data'" in done.stderr, done.stderr
+
+
+def test_dblocks_sample_writes_the_same_images_from_a_hub_folder(tmp_path):
+    import subprocess
+    import sys
+
+    data = synthetic_images(tmp_path / "images.npz", n=160, size=16)
+    model = trained(tmp_path, "dit-tiny", data, patch_size=4, train_subset=0)
+    db.DiffusionBlocksModel.from_model(model).save_pretrained(tmp_path / "hub")
+    cmd = [sys.executable, "-m", "diffusionblocks", "sample", "--n", "2", "--seed", "3"]
+
+    def sample(folder, name):
+        out = tmp_path / f"{name}.png"
+        npz = str(tmp_path / f"{name}.npz")
+        done = subprocess.run([*cmd, "--run", str(folder), "--out", str(out), "--npz", npz],
+                              capture_output=True, text=True)  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        return np.load(tmp_path / f"{name}.npz")
+
+    before = sample(tmp_path / "run", "run")
+    (tmp_path / "images.npz").unlink()
+    after = sample(tmp_path / "hub", "hub")
+    assert sorted(before.files) == sorted(after.files)
+    for key in before.files:
+        assert np.array_equal(before[key], after[key]), key

@@ -13,7 +13,18 @@ import diffusionblocks
 ROOT = Path(diffusionblocks.__file__).parent
 PACKAGE = "diffusionblocks"
 CORE = ("diffusion", "networks", "tasks", "training", "data", "eval")
-TOP = ("runs", "cli", "assemble", "registry", "api", "loading", "commands", "reporting", "bench")
+TOP = (
+    "runs",
+    "cli",
+    "assemble",
+    "registry",
+    "api",
+    "loading",
+    "commands",
+    "reporting",
+    "bench",
+    "hub",
+)
 
 
 def module_name(path: Path) -> str:

@@ -85,7 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.set_defaults(func=cmd_eval)
 
     sm = sub.add_parser("sample", help="generate samples from a trained run")
-    sm.add_argument("--run", required=True, help="run folder")
+    sm.add_argument("--run", required=True,
+                    help="run folder or model folder (one saved with save_pretrained samples "
+                         "without its data)")  # fmt: skip
     sm.add_argument(
         "--n",
         type=int,

@@ -41,7 +41,7 @@ from .config import ConfigError, RunConfig
 from .data.base import CARD_ONLY
 from .data.card import data_card
 from .data.images import DataError
-from .loading import MODEL_FORMAT, check_card_config
+from .loading import MODEL_FORMAT, check_card_config, load_card_folder
 from .training.checkpoint import default_mode
 
 try:
@@ -166,16 +166,14 @@ class DiffusionBlocksModel(
                          **options: Any) -> DiffusionBlocksModel:  # fmt: skip
         """See :meth:`from_pretrained` (``map_location``: the mixin's name for ``device``;
         ``proxies`` and ``resume_download``: older huggingface_hub options, not used)."""
-        from .loading import load_card_folder
-
         if not strict:
             raise ConfigError("invalid value for 'strict': False (a model loads strictly: "
                               "every tensor present and of its shape)")  # fmt: skip
         folder = hub_folder(model_id, revision=revision, cache_dir=cache_dir,
                             force_download=force_download, token=token,
                             local_files_only=local_files_only)  # fmt: skip
-        task, weights, saved = load_card_folder(folder, device or map_location, options,
-                                                "from_pretrained")  # fmt: skip
+        task, weights, saved = load_card_folder(folder, device or map_location or "cpu",
+                                                options, "from_pretrained")  # fmt: skip
         results = saved.get("results") if not options else None
         return cls(task, folder, weights.step, results)
 

@@ -1,6 +1,8 @@
 """Run and model folders, loaded and evaluated: the task of a folder with its latest weights
-(:func:`load_run`), its full evaluation (:func:`evaluate_run`, :func:`evaluate_task`), and the
-checks that a moved data file is the one the run was trained on."""
+(:func:`load_run`), its full evaluation (:func:`evaluate_run`, :func:`evaluate_task`), the
+checks that a moved data file is the one the run was trained on, and a model folder saved with
+``save_pretrained`` built from its data card without the data (:func:`has_data_card`,
+:func:`load_card_folder`, loading its weights strictly: :func:`strict_weights`)."""
 
 from __future__ import annotations
 
@@ -185,12 +187,13 @@ def has_data_card(folder: str | os.PathLike) -> bool:
 
 
 def load_card_folder(
-    folder: Path, device: str | None, options: dict[str, Any], what: str = "loading"
+    folder: Path, device: str | None, options: dict[str, Any], what: str
 ) -> tuple[Task, SavedWeights, dict[str, Any]]:
     """The task of a model folder built from its data card, without the data (``data/card.py``),
-    its weights loaded strictly (:func:`strict_weights`), and the folder's config.json.
-    ``options``: inference keys (:data:`INFERENCE_KEYS`); ``what`` names the caller in
-    refusals. A config naming code or files from elsewhere is refused before it is parsed."""
+    on ``device`` (default: the config's, as :func:`load_run`), its weights loaded strictly
+    (:func:`strict_weights`), and the folder's config.json. ``options``: inference keys
+    (:data:`INFERENCE_KEYS`, ``device`` included); ``what`` names the caller in refusals. A
+    config naming code or files from elsewhere is refused before it is parsed."""
     saved = read_model_config(folder)
     card = saved.get("data_card")
     if not isinstance(card, dict) or card.get("format") != CARD_FORMAT:
@@ -209,7 +212,7 @@ def load_card_folder(
                               f"keys: {', '.join(INFERENCE_KEYS)})")  # fmt: skip
         config = config_from_dict(type(config), {**config.to_dict(), **given})
     with building_from(card):
-        task = make_task(config, resolve_device(device or "cpu"))
+        task = make_task(config, resolve_device(device or config.device))
     weights = strict_weights(folder, task, config)
     task.source = str(folder)
     return task, weights, saved

@@ -61,7 +61,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
         raise UsageError(f"--cfg must be in [0, 100], got {args.cfg}")
     overrides = parse_assignments(args.set or [])
     if has_data_card(args.run):  # saved with save_pretrained: it samples without its data
-        task, _, _ = load_card_folder(Path(args.run), args.device, overrides or {}, "sample --set")
+        task, _, _ = load_card_folder(Path(args.run), args.device, overrides, "sample --set")
     else:
         task, _ = load_run(args.run, args.device, overrides)
     if task.generates == "text":
