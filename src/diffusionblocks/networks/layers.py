@@ -419,3 +419,46 @@ class BlockStack(nn.Module):
         if variants and self._shared_current != block:
             self.load_state_dict(variants[block], strict=False)
             self._shared_current = block
+
+
+class TokenNetwork(BlockStack):
+    """What the token networks share (the built-in
+    :class:`~diffusionblocks.networks.token_transformer.TokenTransformer` and a user's
+    :class:`~diffusionblocks.networks.stack.TokenStackNetwork`): ids -> :meth:`embed` -> blocks
+    (each layer given the condition, an optional attention mask and the positions) ->
+    :meth:`output` -> logits. Subclasses set ``cond_embed`` and define ``embed`` and
+    ``output``."""
+
+    cond_embed: nn.Module
+
+    def embed(self, ids: torch.Tensor) -> torch.Tensor:
+        """ids (N, T) -> (N, T, C)."""
+        raise NotImplementedError
+
+    def output(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """(N, T, C) -> logits (N, T, V)."""
+        raise NotImplementedError
+
+    def run_block(
+        self,
+        block: int,
+        ids: torch.Tensor,
+        scalar: torch.Tensor,
+        mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """One block as a whole network: ids (N, T), scalar (N,) -> logits (N, T, V)."""
+        self.use_shared(block)
+        cond = self.cond_embed(scalar)
+        positions = torch.arange(ids.shape[1], device=ids.device)
+        return self.output(self.blocks[block](self.embed(ids), cond, mask, positions), cond)
+
+    def run_all(
+        self, ids: torch.Tensor, scalar: torch.Tensor, mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Every block in order (the end-to-end network)."""
+        cond = self.cond_embed(scalar)
+        x = self.embed(ids)
+        positions = torch.arange(ids.shape[1], device=ids.device)
+        for group in self.blocks:
+            x = group(x, cond, mask, positions)
+        return self.output(x, cond)

@@ -35,7 +35,15 @@ import torch
 from torch import nn
 
 from ..config import ConfigError
-from .layers import BlockStack, ScalarEmbedding, _per_token, _zero_linear, evaluating, modulate
+from .layers import (
+    BlockStack,
+    ScalarEmbedding,
+    TokenNetwork,
+    _per_token,
+    _zero_linear,
+    evaluating,
+    modulate,
+)
 
 TARGETS = ("classes", "continuous", "tokens")
 
@@ -482,7 +490,7 @@ def load_token_stack(reference: str, values: dict[str, int]) -> ResidualStack:
     return stack
 
 
-class TokenStackNetwork(BlockStack):
+class TokenStackNetwork(TokenNetwork):
     """A user's token network (``ResidualStack(target="tokens")``) with the interface of the
     built-in :class:`~diffusionblocks.networks.token_transformer.TokenTransformer`, so that the
     masked-diffusion LM trains, evaluates and samples it unchanged: the user's stem (ids (N, T)
@@ -590,26 +598,6 @@ class TokenStackNetwork(BlockStack):
         """ids (N, T) -> (N, T, C): the user's stem."""
         return self.stem(ids)
 
-    def run_block(
-        self,
-        block: int,
-        ids: torch.Tensor,
-        scalar: torch.Tensor,
-        mask: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """One block as a whole network: ids (N, T), scalar (N,) -> logits (N, T, V)."""
-        self.use_shared(block)
-        cond = self.cond_embed(scalar)
-        positions = torch.arange(ids.shape[1], device=ids.device)
-        return self.head(self.blocks[block](self.embed(ids), cond, mask, positions))
-
-    def run_all(
-        self, ids: torch.Tensor, scalar: torch.Tensor, mask: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """Every block in order (the end-to-end network)."""
-        cond = self.cond_embed(scalar)
-        x = self.embed(ids)
-        positions = torch.arange(ids.shape[1], device=ids.device)
-        for group in self.blocks:
-            x = group(x, cond, mask, positions)
+    def output(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """The user's head (it does not take the condition)."""
         return self.head(x)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .layers import AdaLNLayer, AdaLNOutput, BlockStack, ScalarEmbedding
+from .layers import AdaLNLayer, AdaLNOutput, ScalarEmbedding, TokenNetwork
 from .stack import conditioned_layers
 
 
@@ -42,7 +42,7 @@ class TokenShape:
     pretrained: str = ""
 
 
-class TokenTransformer(BlockStack):
+class TokenTransformer(TokenNetwork):
     """ids -> embeddings -> blocks of adaLN layers -> adaLN head -> logits."""
 
     def __init__(self, shape: TokenShape, materialize_blocks: bool = True):
@@ -83,28 +83,8 @@ class TokenTransformer(BlockStack):
         """ids (N, T) -> (N, T, C) with position embeddings."""
         return self.token_embed(ids) + self.pos_embed[:, : ids.shape[1]]
 
-    def run_block(
-        self,
-        block: int,
-        ids: torch.Tensor,
-        scalar: torch.Tensor,
-        mask: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """One block as a whole network: ids (N, T), scalar (N,) -> logits (N, T, vocab_out)."""
-        self.use_shared(block)
-        cond = self.cond_embed(scalar)
-        positions = torch.arange(ids.shape[1], device=ids.device)
-        return self.head(self.blocks[block](self.embed(ids), cond, mask, positions), cond)
-
-    def run_all(
-        self, ids: torch.Tensor, scalar: torch.Tensor, mask: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """Every block in order (the end-to-end network)."""
-        cond = self.cond_embed(scalar)
-        x = self.embed(ids)
-        positions = torch.arange(ids.shape[1], device=ids.device)
-        for group in self.blocks:
-            x = group(x, cond, mask, positions)
+    def output(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """The adaLN head: (N, T, C) and the condition -> logits (N, T, vocab_out)."""
         return self.head(x, cond)
 
 
