@@ -43,10 +43,6 @@ def assemble(run_dir: str | os.PathLike, out: str | os.PathLike | None = None) -
         raise AssembleError(f"{run_dir} has neither per-block checkpoints nor a checkpoint")
     state = weights.state_dict()
     card = {
-        "format": "diffusionblocks-model",
-        "version": __version__,
-        "config": config.to_dict(),
-        "config_hash": config.config_hash(),
         "data_sha256": recorded_fingerprint(run_dir),  # eval/sample check moved data against it
         "assembled_from": str(run_dir),
         "assembled": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -54,9 +50,7 @@ def assemble(run_dir: str | os.PathLike, out: str | os.PathLike | None = None) -
     }
     tmp = staging_folder(out)
     try:
-        save_file({k: v.contiguous() for k, v in state.items()}, str(tmp / "model.safetensors"))
-        os.chmod(tmp / "model.safetensors", default_mode())  # safetensors writes it private
-        (tmp / "config.json").write_text(json.dumps(card, indent=2) + "\n")
+        card = write_model_files(tmp, state, config, card)
         (tmp / "README.md").write_text(_model_card(card))
         if (run_dir / TOKENIZER_FILE).is_file():  # a subword run's tokenizer travels with it
             shutil.copyfile(run_dir / TOKENIZER_FILE, tmp / TOKENIZER_FILE)
@@ -65,6 +59,23 @@ def assemble(run_dir: str | os.PathLike, out: str | os.PathLike | None = None) -
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def write_model_files(
+    folder: Path, state: dict[str, Any], config: Any, extra: dict[str, Any]
+) -> dict[str, Any]:
+    """Write a model folder's ``model.safetensors`` (``state``'s tensors, readable as the umask
+    allows) and ``config.json`` (the format, version, ``config`` and its hash, then ``extra``);
+    returns what config.json holds. ``assemble`` and ``hub.py`` write model folders with it."""
+    from .loading import MODEL_FORMAT
+
+    card = {"format": MODEL_FORMAT, "version": __version__, "config": config.to_dict(),
+            "config_hash": config.config_hash(), **extra}  # fmt: skip
+    tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
+    save_file(tensors, str(folder / "model.safetensors"))
+    os.chmod(folder / "model.safetensors", default_mode())  # safetensors writes it private
+    (folder / "config.json").write_text(json.dumps(card, indent=2) + "\n")
+    return card
 
 
 def check_out(run_dir: Path, out: Path) -> None:

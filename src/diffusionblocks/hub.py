@@ -38,11 +38,9 @@ from torch import nn
 from . import __version__
 from .api import Model
 from .config import ConfigError, RunConfig
-from .data.base import CARD_ONLY
 from .data.card import data_card
 from .data.images import DataError
-from .loading import MODEL_FORMAT, check_card_config, load_card_folder
-from .training.checkpoint import default_mode
+from .loading import check_card_config, load_card_folder
 
 try:
     from huggingface_hub import ModelCard, PyTorchModelHubMixin, snapshot_download
@@ -103,27 +101,18 @@ class DiffusionBlocksModel(
 
     def _save_pretrained(self, save_directory: Path) -> None:
         """``model.safetensors`` and ``config.json`` (the mixin then writes the model card)."""
-        from safetensors.torch import save_file
+        from .assemble import write_model_files
 
-        state = {k: v.detach().cpu().contiguous() for k, v in self.network.state_dict().items()}
+        state = dict(self.network.state_dict())
         for b, copy in sorted(getattr(self.network, "_shared_variants", {}).items()):
-            state.update({f"shared_per_block.{b}.{k}": v.detach().cpu().contiguous()
-                          for k, v in copy.items()})  # fmt: skip
-        config = self.config
-        card = {
-            "format": MODEL_FORMAT,
-            "version": __version__,
-            "config": config.to_dict(),
-            "config_hash": config.config_hash(),
+            state.update({f"shared_per_block.{b}.{k}": v for k, v in copy.items()})
+        write_model_files(save_directory, state, self.config, {
             "data_card": self.card,
             "results": summary(self.task, self.results),
             "saved_from": self.path.name,  # the folder's name only: the card may be public
             "saved": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "step": self.step,
-        }
-        save_file(state, str(save_directory / "model.safetensors"))
-        os.chmod(save_directory / "model.safetensors", default_mode())  # not private (0o600)
-        (save_directory / "config.json").write_text(json.dumps(card, indent=2) + "\n")
+        })  # fmt: skip
         for stale in ("README.md", "tokenizer.json"):  # the card describes this model; an
             (save_directory / stale).unlink(missing_ok=True)  # assembled folder's tokenizer
 
@@ -176,14 +165,6 @@ class DiffusionBlocksModel(
                                                 options, "from_pretrained")  # fmt: skip
         results = saved.get("results") if not options else None
         return cls(task, folder, weights.step, results)
-
-    def evaluate(self, split: str | None = None, steps: list[int] | None = None,
-                 **options: Any) -> dict[str, Any]:  # fmt: skip
-        """As :meth:`Model.evaluate`; refused for a model loaded with ``from_pretrained``,
-        which has its data card, not its data."""
-        if self.task.from_card:
-            raise DataError(CARD_ONLY)
-        return Model.evaluate(self, split, steps, **options)
 
     def _apply(self, fn: Any, recurse: bool = True) -> Any:
         """``to(device)``, ``cuda()``, ``cpu()``: the task follows its network. Other dtypes
