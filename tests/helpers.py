@@ -72,6 +72,15 @@ def token_stack_task(**overrides):
     return make_task(make_config("mdm-tiny", values), torch.device("cpu"))
 
 
+def ar_stack_task(**overrides):
+    """The autoregressive model (``ar-tiny``) of a user's whole token network
+    (``model=FILE.py:ar_token_model``: ResidualStack(target="tokens"), encoder layers taking the
+    attention mask)."""
+    values = {"device": "cpu", "log_every": 1000,
+              "model": f"{FIXTURES}/stack_models.py:ar_token_model", **overrides}  # fmt: skip
+    return make_task(make_config("ar-tiny", values), torch.device("cpu"))
+
+
 def llama_ar_task(**overrides):
     """The autoregressive model (``ar-tiny``: two streams, causal and two-stream attention
     masks) with Llama decoder layers from transformers (``layer=hf:llama``)."""

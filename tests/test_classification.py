@@ -7,8 +7,7 @@ import torch
 import torch.nn.functional as F
 from helpers import count_layer_calls, tiny_task
 
-from diffusionblocks.diffusion import edm_preconditioning, weighted_loss
-from diffusionblocks.tasks.classification import soft_bridge
+from diffusionblocks.diffusion import edm_preconditioning, soft_bridge, weighted_loss
 
 
 def test_soft_bridge_uses_the_normalised_table():
@@ -44,7 +43,7 @@ def test_block_loss_equals_the_inline_formula(weighting):
     c_skip, c_out, c_in, c_noise = edm_preconditioning(sigma[:, None], 0.5)
     m = task.model
     cond = m.cond_embed(c_noise[:, 0])
-    x = torch.cat([(c_in * z)[:, None] + m.pos_embed[:, :1], m.embed_patches(images)], dim=1)
+    x = torch.cat([(c_in * z)[:, None] + m.pos_embed[:, :1], m.features(images)[0]], dim=1)
     for layer in m.blocks[1].layers:
         x = layer(x, cond)
     logits = m.head(c_skip * z + c_out * x[:, 0], cond)
@@ -144,7 +143,7 @@ def test_label_swap_builds_noisy_labels_around_other_classes_but_keeps_the_loss_
     sigma = task.partition.sample_sigma(1, 16, gen)
     y = task.model.label_table()[task._centres(batch_labels, gen)]
     z = y + sigma[:, None] * torch.randn(y.shape, generator=gen)
-    logits = task.block_logits(1, z, sigma, task.block_patches(1, images))
+    logits = task.block_output(1, z, sigma, task.block_features(1, images))
     assert stats["ce"] == pytest.approx(F.cross_entropy(logits, batch_labels).item(), rel=1e-5)
 
 
@@ -158,8 +157,8 @@ def test_ensemble_readout_averages_every_blocks_log_probabilities_at_sigma_max()
     images, _ = task.train_batch(torch.arange(8))
     mean, calls = task.predict(images, steps=5)  # steps belong to the chain: unused here
     s_max = torch.full((8,), task.schedule.sigma_max)
-    by_hand = [task.block_logits(b, torch.zeros(8, task.model.shape.hidden), s_max,
-                                 task.block_patches(b, images)).log_softmax(-1)
+    by_hand = [task.block_output(b, torch.zeros(8, task.model.shape.hidden), s_max,
+                                 task.block_features(b, images)).log_softmax(-1)
                for b in range(2)]  # fmt: skip
     s_max_value = task.schedule.sigma_max
     assert [(b, s) for b, s, _ in calls] == [(0, s_max_value), (1, s_max_value)]

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from helpers import count_layer_calls, tiny_task
 
 import diffusionblocks.tasks.autoregressive as ar_module
-import diffusionblocks.tasks.classification as cls_module
+import diffusionblocks.tasks.slot as slot_module
 from diffusionblocks.registry import make_config, make_task
 from diffusionblocks.training import Trainer
 
@@ -27,8 +27,9 @@ class _BridgeSpy:
         monkeypatch.setattr(module, "soft_bridge", spy)
 
 
-# the recurrent task's bridge is the language models' shared one (autoregressive.TokenTargets)
-@pytest.mark.parametrize("preset, module", [("tiny", cls_module), ("ar-tiny", ar_module),
+# classification bridges in tasks/slot.py (shared with a user's stack); the recurrent task's
+# bridge is the language models' shared one (autoregressive.TokenTargets)
+@pytest.mark.parametrize("preset, module", [("tiny", slot_module), ("ar-tiny", ar_module),
                                             ("recurrent-tiny", ar_module)])  # fmt: skip
 def test_the_chain_bridges_with_the_normalised_target_table(preset, module, monkeypatch):
     """The soft bridge must use the same unit-norm table the loss used as targets (the authors'

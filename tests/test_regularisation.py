@@ -111,13 +111,13 @@ def test_training_gives_a_share_of_the_examples_the_blocks_own_first_estimate():
     task = tiny_task(self_condition=0.5)
     Trainer(task, None, progress=False).fit(stop_at=6)
     seen = []
-    original = task.block_logits
+    original = task.block_output
 
     def record(block, z, sigma, patches, previous=None):
         seen.append(previous)
         return original(block, z, sigma, patches, previous)
 
-    task.block_logits = record
+    task.block_output = record
     images, labels = task.train_batch(torch.arange(64))
     task.loss(1, (images, labels), torch.Generator().manual_seed(0))
     first_pass, previous = seen  # the estimate without a previous one, then the one trained
@@ -135,21 +135,21 @@ def _zsp(task, images, labels):
     sigma = task.partition.sample_sigma(1, len(labels), gen)
     target = task.label_table()[labels]
     z = target + sigma[:, None] * torch.randn(target.shape, generator=gen)
-    return z, sigma, task.block_patches(1, images)
+    return z, sigma, task.block_features(1, images)
 
 
 def test_each_chain_call_reads_the_previous_calls_estimate():
     task = tiny_task(readout="chain", self_condition=0.5, num_blocks=2)
     Trainer(task, None, progress=False).fit(stop_at=6)
     seen = []
-    original = task.block_logits
+    original = task.block_output
 
     def record(block, z, sigma, patches, previous=None):
         logits = original(block, z, sigma, patches, previous)
         seen.append((previous, logits))
         return logits
 
-    task.block_logits = record
+    task.block_output = record
     task.predict(task.train_batch(torch.arange(8))[0], steps=3)
     assert len(seen) == 3 and seen[0][0] is None
     for (_, before), (previous, _) in zip(seen, seen[1:], strict=False):

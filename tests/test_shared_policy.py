@@ -118,9 +118,9 @@ def test_inference_runs_each_block_with_its_own_copy(tmp_path):
     sigma = torch.full((8,), 5.0)
     for block, other in ((0, 1), (1, 0)):
         task.model.use_shared(other)  # the live copy is the other block's
-        got = task.block_logits(block, z, sigma, task.block_patches(block, images))
+        got = task.block_output(block, z, sigma, task.block_features(block, images))
         ref = _model_as_block(task, block)
-        want = ref.block_logits(block, z, sigma, ref.model.embed_patches(images))
+        want = ref.block_output(block, z, sigma, ref.model.features(images))
         assert torch.equal(got, want)
 
 

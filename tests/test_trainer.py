@@ -3,6 +3,7 @@
 import pytest
 import torch
 from helpers import (
+    ar_stack_task,
     llama_ar_task,
     llama_masked_task,
     optimizer_snapshot,
@@ -29,8 +30,24 @@ from diffusionblocks.training.trainer import batch_indices
 # pass the same isolation and resume tests.
 TASKS = pytest.mark.parametrize(
     "make",
-    [tiny_task, stack_task, token_stack_task, llama_masked_task, llama_ar_task, pretrained_ar_task],
-    ids=["builtin", "your-model", "your-token-model", "hf-llama", "hf-llama-ar", "hf-pretrained"],
+    [
+        tiny_task,
+        stack_task,
+        token_stack_task,
+        ar_stack_task,
+        llama_masked_task,
+        llama_ar_task,
+        pretrained_ar_task,
+    ],
+    ids=[
+        "builtin",
+        "your-model",
+        "your-token-model",
+        "your-ar-model",
+        "hf-llama",
+        "hf-llama-ar",
+        "hf-pretrained",
+    ],
 )
 
 

@@ -12,14 +12,20 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import FIXTURES, stack_config, stack_data, stack_task
+from helpers import FIXTURES, stack_config, stack_data, stack_task, tiny_task
 from torch import nn
 
 import diffusionblocks as db
 from diffusionblocks.config import ConfigError
-from diffusionblocks.networks.stack import ResidualStack, SigmaConditioned
+from diffusionblocks.networks.stack import (
+    ResidualStack,
+    SigmaConditioned,
+    StackNetwork,
+    StackShape,
+)
 from diffusionblocks.registry import make_config, make_task
 from diffusionblocks.runs import train_run
+from diffusionblocks.tasks.slot import SlotEndToEnd
 from diffusionblocks.tasks.stack import load_stack
 from diffusionblocks.training import Trainer
 from diffusionblocks.training.checkpoint import CheckpointError
@@ -55,6 +61,59 @@ def test_the_network_starts_as_exactly_the_network_the_user_wrote():
         assert torch.equal(task.predict(x), m.head(h))
     # a layer that takes the condition is used as it is, without modulation
     assert not hasattr(stack_task("conditioned4").model.blocks[0].layers[0], "modulation")
+
+
+class _PatchStem(nn.Module):
+    """The built-in ViT's patch stem, written as a user would (its modules, not copies)."""
+
+    def __init__(self, vit):
+        super().__init__()
+        self.patch_embed, self.pos_embed = vit.patch_embed, vit.pos_embed
+
+    def forward(self, images):
+        return self.patch_embed(images).flatten(2).transpose(1, 2) + self.pos_embed[:, 1:]
+
+
+def test_the_built_in_vit_is_a_residual_stack_on_the_same_path():
+    """A user's ResidualStack made of the built-in ViT's parts (a patch stem, its adaLN-Zero
+    layers, which take the condition themselves, and its adaLN head, which takes it too) gives
+    exactly the built-in classification's block outputs, loss, chain, ensemble and end-to-end
+    logits: the built-in task and a user's stack run one code path."""
+    task = tiny_task(num_blocks=2, self_condition=0.0)
+    Trainer(task, None, progress=False).fit(stop_at=4)  # weights away from their initial values
+    vit = task.model
+    images, labels = task.train_batch(torch.arange(12))
+    layers = [layer for group in vit.blocks for layer in group.layers]
+    stack = ResidualStack(stem=_PatchStem(vit), layers=layers, head=vit.head)
+    shape = StackShape(num_classes=vit.shape.num_classes, target_size=0, depth=len(layers),
+                       num_blocks=2, seed=0)  # fmt: skip
+    net = StackNetwork(stack, shape, images)
+    assert net.head_takes_condition and all(
+        layer.own_condition for group in net.blocks for layer in group.layers
+    )
+    with torch.no_grad():  # what the library adds: the label table, sigma embedder, slot
+        net.label_embed.weight.copy_(vit.label_embed.weight)
+        net.cond_embed.load_state_dict(vit.cond_embed.state_dict())
+        net.slot.copy_(vit.pos_embed[:, 0])
+
+    def outputs():
+        task.model.eval()
+        gen = torch.Generator().manual_seed(3)
+        z, sigma = torch.randn(12, 32, generator=gen), torch.full((12,), 0.7)
+        return [
+            task.block_output(1, z, sigma, task.block_features(1, images)),
+            task.loss(0, (images, labels), torch.Generator().manual_seed(1))[0],
+            task.chain(images, 3, gen)[0],
+            task.ensemble(images)[0],
+            SlotEndToEnd.end_to_end(task, images),  # type: ignore[arg-type]
+        ]
+
+    with torch.no_grad():
+        built_in = outputs()
+        task.model = net
+        users = outputs()
+    for a, b in zip(built_in, users, strict=True):
+        assert torch.equal(a, b)
 
 
 def test_a_layer_function_builds_each_block_alone_with_the_same_weights():
@@ -342,3 +401,59 @@ def test_a_token_stack_is_refused_naming_the_key(overrides, key, words):
     with pytest.raises(ConfigError) as err:
         token_stack_task(**overrides)
     assert key in str(err.value) and words in str(err.value), str(err.value)
+
+
+# -- your whole token network as an autoregressive LM (target tokens) ----------------------------
+def test_an_ar_token_stack_starts_as_exactly_the_users_causal_network():
+    """The end-to-end AR model on a user's token stack is, at initialisation, exactly the user's
+    stem -> layers (under the causal mask) -> head: the stream offsets and the sigma
+    conditioning start at zero."""
+    from helpers import ar_stack_task
+
+    from diffusionblocks.tasks.autoregressive import causal_mask
+
+    task = ar_stack_task(method="e2e", depth=4)
+    net = task.model
+    assert type(net).__name__ == "TwoStreamStackNetwork"
+    ids = torch.randint(0, task.vocab.size, (3, 32), generator=torch.Generator().manual_seed(0))
+    plain = [wrapped.layer for group in net.blocks for wrapped in group.layers]
+    net.eval()
+    with torch.no_grad():
+        x = net.stem(ids)
+        for layer in plain:
+            x = layer(x, mask=causal_mask(32))
+        assert torch.equal(task.clean_logits(ids), net.head(x))
+
+
+@pytest.mark.parametrize(
+    "function, overrides",
+    [("ar_token_model", {}), ("ar_by_function", {"resident": "true"}),
+     ("ar_token_model", {"method": "e2e"})],
+    ids=["dblocks", "layer-function-resident", "e2e"],
+)  # fmt: skip
+def test_an_ar_token_stack_trains_generates_and_loads(tmp_path, function, overrides):
+    model = db.train("ar-tiny", out=tmp_path / "run", progress=False, device="cpu", threads=1,
+                     model=f"{FIXTURES}/stack_models.py:{function}", **overrides)  # fmt: skip
+    assert type(model.task.model).__name__ == "TwoStreamStackNetwork"
+    loaded = db.load(tmp_path / "run")
+    assert loaded.evaluate()["heldout_ce"] == model.results["eval"]["heldout_ce"]
+    # past the training context (seq_len 32): the window rolls
+    text = model.sample_text(40, seed=3)
+    assert len(text) == 40 and loaded.sample_text(40, seed=3) == text
+    with pytest.raises(ConfigError, match="'model'"):
+        db.DiffusionBlocksModel.from_model(model)
+
+
+@pytest.mark.parametrize(
+    "preset, overrides, key, words",
+    [("ar-tiny", {"model": "token_encoder"}, "model", "takes no attention mask"),
+     ("ar-tiny", {"model": "ar_token_model", "layer": "hf:llama"}, "layer", "model="),
+     ("ar-tiny", {"model": "ar_three"}, "depth", "3 layers"),
+     ("recurrent-tiny", {"model": "ar_token_model"}, "model", "autoregressive or masked")],
+    ids=["no-mask", "with-layer", "depth", "recurrent"],
+)  # fmt: skip
+def test_an_ar_token_stack_is_refused_naming_the_key(preset, overrides, key, words):
+    values = {"device": "cpu", **overrides}
+    values["model"] = f"{FIXTURES}/stack_models.py:{values['model']}"
+    with pytest.raises(ConfigError, match=f"'{key}'.*{words}"):
+        make_task(make_config(preset, values), torch.device("cpu"))

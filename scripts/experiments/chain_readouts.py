@@ -67,14 +67,14 @@ def readouts(run: Path) -> dict[str, float]:
             s_max = torch.full((n,), task.schedule.sigma_max, device=dev)
             noisy = []
             for b in range(B):
-                patches = task.block_patches(b, images)
+                patches = task.block_features(b, images)
                 z = task.schedule.sigma_max * torch.randn(n, task.model.shape.hidden, generator=gen)
                 z = z.to(dev)
-                logits = task.block_logits(b, z, s_max, patches)
+                logits = task.block_output(b, z, s_max, patches)
                 noisy.append(logits.log_softmax(-1))
                 add(f"block {b} alone at sigma_max, pure noise", logits, labels)
                 add(f"block {b} alone at sigma_max, z = 0",
-                    task.block_logits(b, torch.zeros_like(z), s_max, patches), labels)  # fmt: skip
+                    task.block_output(b, torch.zeros_like(z), s_max, patches), labels)  # fmt: skip
             add("every block at sigma_max, pure noise, mean log-prob", torch.stack(noisy).mean(0),
                 labels)  # fmt: skip
             add("every block at sigma_max, z = 0, mean log-prob (readout=ensemble)",

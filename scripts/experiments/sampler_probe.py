@@ -37,9 +37,9 @@ def denoise(
     task: Any, images: torch.Tensor, z: torch.Tensor, sigma: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The logits of the block owning ``sigma`` on z, and their soft bridge (its estimate D)."""
-    block = task._route(sigma)
+    block = task.route(sigma)
     sigmas = torch.full((len(z),), sigma, device=z.device)
-    logits = task.block_logits(block, z, sigmas, task.block_patches(block, images))
+    logits = task.block_output(block, z, sigmas, task.block_features(block, images))
     return logits, soft_bridge(logits, task.label_table(), task.config.bridge_temperature)
 
 

@@ -4,7 +4,7 @@ beside the chain's accuracy (``dblocks eval`` prints them per block)."""
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -21,10 +21,10 @@ class BlockClassifier(Protocol):
 
     def label_table(self) -> torch.Tensor: ...
 
-    def block_patches(self, block: int, images: torch.Tensor) -> torch.Tensor: ...
+    def block_features(self, block: int, inputs: torch.Tensor) -> Any: ...
 
-    def block_logits(
-        self, block: int, z: torch.Tensor, sigma: torch.Tensor, patches: torch.Tensor
+    def block_output(
+        self, block: int, z: torch.Tensor, sigma: torch.Tensor, features: Any
     ) -> torch.Tensor: ...
 
 
@@ -50,14 +50,14 @@ def block_diagnostics(
         total += n
         target = task.label_table()[labels]
         for b in range(num_blocks):
-            patches = task.block_patches(b, images)
+            features = task.block_features(b, images)
             s_max = torch.full((n,), task.schedule.sigma_max, device=task.device)
             z = s_max[:, None] * torch.randn(target.shape, generator=generator).to(task.device)
-            logits = task.block_logits(b, z, s_max, patches)
+            logits = task.block_output(b, z, s_max, features)
             ce_sigma_max[b] += float(F.cross_entropy(logits, labels, reduction="sum"))
             sigma = task.partition.sample_sigma(b, n, generator, task.device)
             noise = torch.randn(target.shape, generator=generator).to(task.device)
-            logits = task.block_logits(b, target + sigma[:, None] * noise, sigma, patches)
+            logits = task.block_output(b, target + sigma[:, None] * noise, sigma, features)
             denoise_ce[b] += float(F.cross_entropy(logits, labels, reduction="sum"))
     return [
         {"ce_at_sigma_max": ce_sigma_max[b] / total, "denoise_ce": denoise_ce[b] / total}

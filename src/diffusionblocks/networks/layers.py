@@ -462,3 +462,95 @@ class TokenNetwork(BlockStack):
         for group in self.blocks:
             x = group(x, cond, mask, positions)
         return self.output(x, cond)
+
+
+class SlotNetwork(BlockStack):
+    """What the networks that predict a target from an input share (the built-in
+    :class:`~diffusionblocks.networks.vit.ViT` and a user's
+    :class:`~diffusionblocks.networks.stack.StackNetwork`, both trained by
+    :class:`~diffusionblocks.tasks.slot.SlotDenoiser`): input -> :meth:`features` (tokens
+    (N, T, C) or a vector (N, C), and an optional condition (N, C)); the noisy target enters
+    through a *slot* (:meth:`enter`: a token before the tokens carrying a learned embedding, or
+    added to the vector); the blocks run on it with the condition; the output at the slot
+    (:meth:`leave`) goes to :meth:`output` (logits, or the target's values).
+
+    Subclasses set ``hidden``, ``token_stem``, ``cond_embed`` and ``label_embed`` (class
+    targets) and define :meth:`features`, :meth:`slot_embedding` and :meth:`output`. With a
+    ``self_cond`` projection (self-conditioning), the slot also reads an earlier estimate of the
+    target (a subclass registers it only then)."""
+
+    hidden: int
+    token_stem: bool = True
+    cond_embed: nn.Module
+    label_embed: nn.Embedding
+
+    def features(self, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The stem on ``inputs``: tokens (N, T, C) or a vector (N, C), and a condition (N, C)
+        of the input's own or None."""
+        raise NotImplementedError
+
+    def slot_embedding(self) -> torch.Tensor:
+        """The learned embedding (1, C) added to the slot token (token stems)."""
+        raise NotImplementedError
+
+    def output(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """The head: the slot's output (N, C) and the condition -> logits (N, K) (class
+        targets), or the target's values (N, D)."""
+        raise NotImplementedError
+
+    def target_entry(self, scaled: torch.Tensor) -> torch.Tensor:
+        """The scaled noisy target as the slot's input (N, C): a label embedding as it is."""
+        return scaled
+
+    def label_table(self) -> torch.Tensor:
+        """The L2-normalised label embeddings (K, C): the clean targets of class labels."""
+        return F.normalize(self.label_embed.weight, dim=-1)
+
+    def condition(
+        self, c_noise: torch.Tensor, features: tuple[torch.Tensor, torch.Tensor | None]
+    ) -> torch.Tensor:
+        """The conditioning vector (N, C): the noise level's embedding, plus the stem's own."""
+        cond = self.cond_embed(c_noise)
+        extra = features[1]
+        return cond if extra is None else cond + extra
+
+    def enter(self, tokens: torch.Tensor, slot: torch.Tensor) -> torch.Tensor:
+        """The slot (N, C) joined to the stem's output: a token (plus its learned embedding)
+        before the tokens, or added to the vector."""
+        if self.token_stem:
+            return torch.cat([(slot + self.slot_embedding())[:, None], tokens], dim=1)
+        return tokens + slot
+
+    @staticmethod
+    def leave(x: torch.Tensor) -> torch.Tensor:
+        """The output at the slot (N, C)."""
+        return x[:, 0] if x.dim() == 3 else x
+
+    def run_block(
+        self,
+        block: int,
+        slot: torch.Tensor,
+        features: tuple[torch.Tensor, torch.Tensor | None],
+        cond: torch.Tensor,
+        previous: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """One block on the slot ``slot`` (N, C) and the stem's ``features``; returns the output
+        at the slot (N, C). With ``self_cond``, ``previous`` (N, C) is an earlier estimate of
+        the target, projected into the slot (None = zeros: no estimate)."""
+        self.use_shared(block)
+        self_cond = self._modules.get("self_cond")  # a submodule only with self-conditioning
+        if self_cond is not None:
+            slot = slot + self_cond(torch.zeros_like(slot) if previous is None else previous)
+        return self.leave(self.blocks[block](self.enter(features[0], slot), cond))
+
+    def run_all(
+        self,
+        slot: torch.Tensor,
+        features: tuple[torch.Tensor, torch.Tensor | None],
+        cond: torch.Tensor,
+    ) -> torch.Tensor:
+        """Every block in order (the end-to-end network); the output at the slot (N, C)."""
+        x = self.enter(features[0], slot)
+        for group in self.blocks:
+            x = group(x, cond)
+        return self.leave(x)

@@ -4,7 +4,9 @@ DiffusionBlocks adds around them (``docs/your-model.md``).
 A user describes the network with :class:`ResidualStack`: a ``stem`` (input -> tokens (N, T, C)
 or a vector (N, C), optionally with a condition vector (N, C) as a second output), residual
 ``layers`` that keep that shape, and a ``head`` (a vector (N, C) -> logits (N, K) or the target's
-values). :class:`StackNetwork` adds:
+values; ``forward(x, cond)`` is given the condition). :class:`StackNetwork` adds (it is a
+:class:`~diffusionblocks.networks.layers.SlotNetwork`, as the built-in ViT, and trains by the same
+code, ``tasks/slot.py``):
 
 - sigma conditioning: every plain layer is wrapped in :class:`SigmaConditioned` (adaLN-Zero: a
   shift and scale of its input and a gate on its residual, all from the noise level's embedding
@@ -29,15 +31,16 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
 
 from ..config import ConfigError
 from .layers import (
-    BlockStack,
+    LayerGroup,
     ScalarEmbedding,
+    SlotNetwork,
     TokenNetwork,
     _per_token,
     _zero_linear,
@@ -94,7 +97,8 @@ class ResidualStack:
     ``forward(x)`` (the library adds sigma conditioning) or ``forward(x, cond)`` (cond: (N, C),
     used as it is); either a list of modules or a function ``layer(i)`` of the layer's index
     with ``depth`` layers (then block-resident training builds only the block it trains, where a
-    list is held whole). ``target``: "classes" (integer labels; the head gives (N, K) logits),
+    list is held whole). ``head``: ``forward(x)``, or ``forward(x, cond)`` to be given the
+    condition. ``target``: "classes" (integer labels; the head gives (N, K) logits),
     "continuous" (numbers; the head gives (N, *target_shape) values), or "tokens" (a masked-
     diffusion language model, ``model=`` of the masked-LM presets: the stem embeds token ids
     (N, T) -> (N, T, C), the head gives (N, T, V) logits; :class:`TokenStackNetwork`)."""
@@ -255,9 +259,22 @@ class SigmaConditioned(nn.Module):
         return out
 
 
-def check_layer_key(config: Any) -> None:
-    """A config's ``layer``: empty (the built-in layer), a layer of ``transformers``
-    (``hf:llama``), or ``FILE.py:NAME`` / ``package.module:NAME``; refused naming the key."""
+def head_takes_condition(head: nn.Module) -> bool:
+    """Whether the stack's ``head`` takes the condition: ``forward(x, cond)`` (a second
+    required argument, or one named ``cond``); ``forward(x)`` otherwise."""
+    params = _forward_parameters(head)
+    if params is None:
+        return False
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    required = [p for p in positional if p.default is p.empty]
+    return len(positional) >= 2 and (positional[1].name == "cond" or len(required) >= 2)
+
+
+def check_network_keys(config: Any) -> None:
+    """A language model config's ``layer``: empty (the built-in layer), a layer of
+    ``transformers`` (``hf:llama``), or ``FILE.py:NAME`` / ``package.module:NAME``; and its
+    ``model`` (your whole network): empty or ``FILE.py:NAME``, without ``layer`` or
+    ``pretrained`` beside it. Each refused naming the key."""
     from .hf import HF_LAYERS
 
     value = config.layer
@@ -267,6 +284,16 @@ def check_layer_key(config: Any) -> None:
             f"invalid value for 'layer': {value!r} (must be empty for the built-in layer, "
             f"{' or '.join(HF_LAYERS)}, or FILE.py:NAME)"
         )
+    model = config.model
+    if model and ":" not in model:
+        raise ConfigError(f"invalid value for 'model': {model!r} (FILE.py:NAME or "
+                          "package.module:NAME, a function returning a ResidualStack)")  # fmt: skip
+    if model and value:
+        raise ConfigError(f"invalid value for 'layer': {value!r} (empty with model=: your "
+                          "network brings its own layers)")  # fmt: skip
+    if model and getattr(config, "pretrained", ""):
+        raise ConfigError(f"invalid value for 'pretrained': {config.pretrained!r} (empty with "
+                          "model=: your network is the model)")  # fmt: skip
 
 
 def conditioned_layers(
@@ -326,10 +353,11 @@ class StackShape:
     seed: int = 0
 
 
-class StackNetwork(BlockStack):
+class StackNetwork(SlotNetwork):
     """The user's stem and head (shared by every block), the sigma embedder, the target's entry
     (a label table, or a linear map of continuous values) and a slot token (token stems), and
-    ``blocks[b]``: the user's layers of block b, sigma-conditioned."""
+    ``blocks[b]``: the user's layers of block b, sigma-conditioned. A head whose ``forward(x,
+    cond)`` takes the condition is given it (as the built-in ViT's adaLN head)."""
 
     def __init__(
         self,
@@ -342,6 +370,7 @@ class StackNetwork(BlockStack):
         self.stack_shape = shape
         self.stem = stack.stem
         self.head = stack.head
+        self.head_takes_condition = head_takes_condition(stack.head)
         with torch.no_grad(), evaluating(self.stem):  # a check: no running statistics move
             tokens, extra = self._stem_outputs(self.stem(example))
         self.token_stem = tokens.dim() == 3
@@ -411,7 +440,8 @@ class StackNetwork(BlockStack):
         s = self.stack_shape
         want = s.num_classes or s.target_size
         with torch.no_grad(), evaluating(self.head):
-            out = self.head(torch.zeros(len(example), self.hidden, device=example.device))
+            zeros = torch.zeros(len(example), self.hidden, device=example.device)
+            out = self.head(zeros, zeros) if self.head_takes_condition else self.head(zeros)
         if not isinstance(out, torch.Tensor) or out.flatten(1).shape[1:] != (want,):
             got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
             what = f"{want} logits" if s.num_classes else f"the target's {want} values"
@@ -424,40 +454,28 @@ class StackNetwork(BlockStack):
         """The stem on ``inputs``: tokens or vector, and its condition (or None)."""
         return self._stem_outputs(self.stem(inputs))
 
-    def condition(self, c_noise: torch.Tensor, extra: torch.Tensor | None) -> torch.Tensor:
-        """The conditioning vector (N, C): the noise level's embedding, plus the stem's own."""
-        cond = self.cond_embed(c_noise)
-        return cond if extra is None else cond + extra
+    def slot_embedding(self) -> torch.Tensor:
+        """The slot token's learned embedding (1, C)."""
+        return self.slot
 
-    def enter(self, tokens: torch.Tensor, slot: torch.Tensor) -> torch.Tensor:
-        """The noisy target's embedding ``slot`` (N, C) joined to the stem's output: a token
-        before the tokens, or added to the vector."""
-        if self.token_stem:
-            return torch.cat([(slot + self.slot)[:, None], tokens], dim=1)
-        return tokens + slot
+    def target_entry(self, scaled: torch.Tensor) -> torch.Tensor:
+        """A label embedding as it is; continuous values through a linear map to (N, C)."""
+        return scaled if self.stack_shape.num_classes else self.target_in(scaled)
 
-    @staticmethod
-    def leave(x: torch.Tensor) -> torch.Tensor:
-        """The output at the slot (N, C)."""
-        return x[:, 0] if x.dim() == 3 else x
-
-    def run_block(self, block: int, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        self.use_shared(block)
-        return self.leave(self.blocks[block](x, cond))
-
-    def run_all(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        for group in self.blocks:
-            x = group(x, cond)
-        return self.leave(x)
+    def output(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """The user's head on (N, C), given the condition if it takes it: (N, K) or (N, D)."""
+        out = self.head(x, cond) if self.head_takes_condition else self.head(x)
+        return out.flatten(1)
 
 
 STACK_PARAMETERS = ("vocab_size", "depth", "hidden", "heads", "seq_len")
 
 
 def load_token_stack(reference: str, values: dict[str, int]) -> ResidualStack:
-    """The masked-diffusion LM's ``model``: call the function ``reference`` names with the
-    values of :data:`STACK_PARAMETERS` its signature names (all of them to ``**kwargs``;
-    ``vocab_size``: the characters or tokens V; ids run 0..V, V being the mask token), and check
+    """A language model's ``model``: call the function ``reference`` names with the values of
+    :data:`STACK_PARAMETERS` its signature names (all of them to ``**kwargs``; ``vocab_size``:
+    the characters or tokens V; ids run 0..V, V being the mask token, in the masked-diffusion
+    LM, 0..V-1 in the autoregressive one), and check
     it returns a ``ResidualStack(target="tokens")``; every failure is one sentence naming
     ``model``."""
     function = load_function(reference, "model")
@@ -484,10 +502,28 @@ def load_token_stack(reference: str, values: dict[str, int]) -> ResidualStack:
         got = (f"a ResidualStack with target={stack.target!r}" if isinstance(stack, ResidualStack)
                else f"a {type(stack).__name__}")  # fmt: skip
         raise ConfigError(
-            f"invalid value for 'model': {reference} returned {got}; the masked-diffusion LM "
-            "needs a diffusionblocks.ResidualStack with target='tokens'"
+            f"invalid value for 'model': {reference} returned {got}; a language model (the "
+            "masked-diffusion and autoregressive presets) needs a diffusionblocks.ResidualStack "
+            "with target='tokens'"
         )
     return stack
+
+
+def token_stack_network(kind: type[TokenStackNetwork], config: Any, vocab_size: int) -> Any:
+    """A language model's network of ``model=`` (``kind``: :class:`TokenStackNetwork` for the
+    masked-diffusion LM, :class:`TwoStreamStackNetwork` for the autoregressive one) from the
+    run's ``config`` and the vocabulary's size V; a stack with another depth than the config's
+    is refused, naming ``depth``."""
+    values = {"vocab_size": vocab_size, "depth": config.depth, "hidden": config.hidden,
+              "heads": config.heads, "seq_len": config.seq_len}  # fmt: skip
+    stack = load_token_stack(config.model, values)
+    if stack.depth != config.depth:
+        raise ConfigError(
+            f"invalid value for 'depth': {config.depth} (your stack {config.model} has "
+            f"{stack.depth} layers; set depth={stack.depth}, or build depth layers)"
+        )
+    return kind(stack, vocab_size, config.seq_len, config.model_depth, config.num_model_blocks,
+                config.seed, config.block_sizes, not config.block_resident)  # fmt: skip
 
 
 class TokenStackNetwork(TokenNetwork):
@@ -500,6 +536,8 @@ class TokenStackNetwork(TokenNetwork):
     (:class:`SigmaConditioned`, zero-initialised: at initialisation the network is exactly the
     user's). Built, the stem, layers and head are run once on all-masked sequences of
     ``seq_len`` and of half of it, so that a wrong shape is refused now, naming ``model``."""
+
+    mask_token = True  # ids 0..V, V the mask token (the masked-diffusion LM)
 
     def __init__(
         self,
@@ -545,13 +583,17 @@ class TokenStackNetwork(TokenNetwork):
                               f"example ({type(err).__name__}: {err})") from None  # fmt: skip
 
     def _check_stem(self, length: int) -> torch.Tensor:
-        """The stem's output for two all-masked sequences of ``length``; refused unless it is
-        (2, length, C)."""
+        """The stem's output for two sequences of ``length`` (all masked, or all the largest id
+        without a mask token); refused unless it is (2, length, C)."""
         v = self.vocab_size
-        example = torch.full((2, length), v, dtype=torch.long)
+        if self.mask_token:  # all masked
+            example = torch.full((2, length), v, dtype=torch.long)
+            what = f"stem (ids 0..{v}, {v} the mask token: an embedding needs {v + 1} rows)"
+        else:  # the largest id
+            example = torch.full((2, length), v - 1, dtype=torch.long)
+            what = f"stem (ids 0..{v - 1}: an embedding needs {v} rows)"
         with evaluating(self.stem):
-            tokens = self._user(f"stem (ids 0..{v}, {v} the mask token: an embedding needs "
-                                f"{v + 1} rows)", lambda: self.stem(example))  # fmt: skip
+            tokens = self._user(what, lambda: self.stem(example))
         if (
             not isinstance(tokens, torch.Tensor)
             or tokens.dim() != 3
@@ -601,3 +643,53 @@ class TokenStackNetwork(TokenNetwork):
     def output(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         """The user's head (it does not take the condition)."""
         return self.head(x)
+
+
+class TwoStreamStackNetwork(TokenStackNetwork):
+    """A user's token network for the autoregressive model (``model=`` of the AR presets), with
+    the interface of the built-in
+    :class:`~diffusionblocks.networks.token_transformer.TwoStreamTransformer`: the clean stream
+    is the user's stem on ids 0..V-1 (no mask token); the library adds the noisy stream's entry
+    (the noisy target vectors plus a learned position embedding, as the built-in's), a learned
+    offset per stream (zero-initialised: the clean stream starts as the user's network), the
+    clean tokens' learned condition, and ``token_embed``, the table whose unit-norm rows are the
+    clean targets (the built-in reads them from its input embedding; a user's stem is opaque).
+    Every layer must take ``mask=`` (causal and two-stream attention); ``positions=`` (each
+    token's index, both streams 0..T-1) goes to layers that take it (rotary embeddings)."""
+
+    mask_token = False
+
+    def __init__(self, stack: ResidualStack, vocab_size: int, seq_len: int, *args: Any,
+                 **kwargs: Any):  # fmt: skip
+        """As :class:`TokenStackNetwork`'s."""
+        super().__init__(stack, vocab_size, seq_len, *args, **kwargs)
+        for group in self.blocks:
+            for wrapped in cast(list[SigmaConditioned], list(cast(LayerGroup, group).layers)):
+                if "mask" not in wrapped.takes:
+                    raise ConfigError(
+                        f"invalid value for 'model': layer {wrapped.index} of the stack "
+                        f"({type(wrapped.layer).__name__}) takes no attention mask; the "
+                        "autoregressive model needs one (causal and two-stream attention): "
+                        "give its forward a mask=None argument, a (L, L) bool tensor, True "
+                        "where attention is allowed"
+                    )
+        hidden = self.hidden
+        self.token_embed = nn.Embedding(vocab_size, hidden)  # the targets' table
+        nn.init.normal_(self.token_embed.weight, std=0.02)
+        self.noisy_pos = nn.Parameter(torch.zeros(1, seq_len, hidden))
+        nn.init.trunc_normal_(self.noisy_pos, std=0.02)
+        self.stream_embed = nn.Parameter(torch.zeros(2, hidden))
+        self.clean_cond = nn.Parameter(torch.zeros(hidden))
+
+    def clean_inputs(self, ids: torch.Tensor, start: int = 0) -> torch.Tensor:
+        """The user's stem on ids (N, T) plus the clean stream's offset (N, T, C); positions
+        are the stem's own (``start`` unused: the clean stream always starts at 0)."""
+        return self.stem(ids) + self.stream_embed[0]
+
+    def noisy_inputs(self, vectors: torch.Tensor, start: int = 0) -> torch.Tensor:
+        """Noisy vectors (N, T, C) (scaled by the task) for positions start.. start+T-1."""
+        t = vectors.shape[1]
+        return vectors + self.noisy_pos[:, start : start + t] + self.stream_embed[1]
+
+    def clean_condition(self, n: int, t: int) -> torch.Tensor:
+        return self.clean_cond.expand(n, t, -1)

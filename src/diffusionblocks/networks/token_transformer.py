@@ -49,6 +49,7 @@ class TokenTransformer(TokenNetwork):
         super().__init__()
         s = shape
         self.shape = s
+        self.hidden = s.hidden
         self.token_embed = nn.Embedding(s.vocab_in, s.hidden)
         self.pos_embed = nn.Parameter(torch.zeros(1, s.max_len, s.hidden))
         self.cond_embed = ScalarEmbedding(s.hidden)

@@ -11,10 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from .layers import AdaLNLayer, AdaLNOutput, BlockStack, ScalarEmbedding
+from .layers import AdaLNLayer, AdaLNOutput, ScalarEmbedding, SlotNetwork
 
 
 @dataclass(frozen=True)
@@ -44,11 +43,14 @@ class ViTShape:
         return (self.image_height // self.patch_size) * (self.image_width // self.patch_size)
 
 
-class ViT(BlockStack):
+class ViT(SlotNetwork):
     """Patch stem -> [slot token; patch tokens] -> blocks of adaLN layers -> adaLN head.
 
     Token 0 is the *slot*: the noisy label for DiffusionBlocks, nothing (zeros) end to end; its
-    learned position embedding plays the role of a CLS token.
+    learned position embedding plays the role of a CLS token. A
+    :class:`~diffusionblocks.networks.layers.SlotNetwork`: the user's
+    :class:`~diffusionblocks.networks.stack.StackNetwork` with a patch stem, adaLN-Zero layers
+    and an adaLN head (each taking the condition) computes the same (tests/test_your_model.py).
     """
 
     def __init__(self, shape: ViTShape, materialize_blocks: bool = True):
@@ -60,6 +62,7 @@ class ViT(BlockStack):
                 f"{s.image_height}x{s.image_width}"
             )
         self.shape = s
+        self.hidden = s.hidden
         self.patch_embed = nn.Conv2d(s.image_channels, s.hidden, s.patch_size, s.patch_size)
         self.pos_embed = nn.Parameter(torch.zeros(1, 1 + s.num_patches, s.hidden))
         self.label_embed = nn.Embedding(s.num_classes, s.hidden)
@@ -80,37 +83,16 @@ class ViT(BlockStack):
             nn.init.zeros_(self.self_cond.weight)
             nn.init.zeros_(self.self_cond.bias)
 
-    def embed_patches(self, images: torch.Tensor) -> torch.Tensor:
-        """images (N, C, H, W) -> patch tokens with position embedding (N, P, hidden)."""
-        x = self.patch_embed(images).flatten(2).transpose(1, 2)  # (N, P, hidden)
-        return x + self.pos_embed[:, 1:]
+    def features(self, inputs: torch.Tensor) -> tuple[torch.Tensor, None]:
+        """Images (N, C, H, W) -> patch tokens with position embedding (N, P, hidden); no
+        condition of their own."""
+        x = self.patch_embed(inputs).flatten(2).transpose(1, 2)  # (N, P, hidden)
+        return x + self.pos_embed[:, 1:], None
 
-    def label_table(self) -> torch.Tensor:
-        """The L2-normalised label embeddings (num_classes, hidden): the clean targets."""
-        return F.normalize(self.label_embed.weight, dim=-1)
+    def slot_embedding(self) -> torch.Tensor:
+        """The slot token's learned position embedding (1, hidden)."""
+        return self.pos_embed[:, 0]
 
-    def run_block(
-        self,
-        block: int,
-        slot: torch.Tensor,
-        patches: torch.Tensor,
-        cond: torch.Tensor,
-        previous: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """Run one block on [slot; patches]; return the output at the slot (N, hidden). With
-        ``self_condition``, ``previous`` (N, hidden) is an earlier estimate of the label
-        embedding, projected into the slot (None = zeros: no estimate)."""
-        self.use_shared(block)
-        if self.shape.self_condition:
-            slot = slot + self.self_cond(torch.zeros_like(slot) if previous is None else previous)
-        x = torch.cat([slot[:, None] + self.pos_embed[:, :1], patches], dim=1)  # (N, 1+P, C)
-        return self.blocks[block](x, cond)[:, 0]
-
-    def run_all(
-        self, slot: torch.Tensor, patches: torch.Tensor, cond: torch.Tensor
-    ) -> torch.Tensor:
-        """Run every block in order (end-to-end network); return the slot output (N, hidden)."""
-        x = torch.cat([slot[:, None] + self.pos_embed[:, :1], patches], dim=1)
-        for group in self.blocks:
-            x = group(x, cond)
-        return x[:, 0]
+    def output(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """The adaLN head: the slot's output (N, hidden) -> logits (N, classes)."""
+        return self.head(x, cond)

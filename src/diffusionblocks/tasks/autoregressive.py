@@ -38,6 +38,7 @@ from ..diffusion import (
 )
 from ..networks.layers import LayerGroup
 from ..networks.recurrent import RecurrentDepthLM
+from ..networks.stack import TwoStreamStackNetwork
 from ..networks.token_transformer import TwoStreamTransformer
 from .charlm import (  # noqa: F401 - the char-LM names, importable from here as before
     SIGMA_SAMPLING,
@@ -71,7 +72,7 @@ class EndToEndAR(CharLM):
     """The baseline: a causal transformer trained to predict the next character."""
 
     ce_is_likelihood = True
-    model: TwoStreamTransformer
+    model: TwoStreamTransformer | TwoStreamStackNetwork
 
     def clean_logits(self, ids: torch.Tensor) -> torch.Tensor:
         m = self.model
@@ -80,7 +81,7 @@ class EndToEndAR(CharLM):
         mask, positions = causal_mask(t, ids.device), torch.arange(t, device=ids.device)
         for group in m.blocks:
             x = group(x, cond, mask, positions)
-        return m.head(x, cond)  # (N, T, V): position i predicts character i+1
+        return m.output(x, cond)  # (N, T, V): position i predicts character i+1
 
     def loss(
         self, block: int, batch: torch.Tensor, generator: torch.Generator
@@ -122,7 +123,7 @@ class TokenTargets:
     unit-norm token table as the targets, the soft bridge over it, and the chain's noise levels.
     Needs ``self.model.token_embed``, ``self.schedule`` and ``self.config``."""
 
-    model: TwoStreamTransformer | RecurrentDepthLM
+    model: TwoStreamTransformer | TwoStreamStackNetwork | RecurrentDepthLM
     schedule: NoiseSchedule
     config: ARConfig
 
@@ -150,7 +151,7 @@ class TokenTargets:
 class BlockwiseAR(TokenTargets, CharLM):
     """DiffusionBlocks: block b denoises target embeddings for sigma in its interval."""
 
-    model: TwoStreamTransformer
+    model: TwoStreamTransformer | TwoStreamStackNetwork
     config: ARConfig
 
     def __init__(self, config: ARConfig, device: torch.device):
@@ -217,7 +218,7 @@ class BlockwiseAR(TokenTargets, CharLM):
         their log-probabilities (N, T-1, V): each block's estimate of the next character from
         the prefix alone, averaged (the classification task's ``readout=ensemble``)."""
         n, t = ids.shape
-        z = torch.zeros(n, t, self.model.shape.hidden, device=self.device)
+        z = torch.zeros(n, t, self.model.hidden, device=self.device)
         levels = torch.full((n, t), self.schedule.sigma_max, device=self.device)
         logits = [self.denoise_logits(b, ids, z, levels)[0] for b in range(len(self.model.blocks))]
         return mean_log_probs(logits).log_softmax(-1)[:, 1:]
@@ -249,7 +250,7 @@ class BlockwiseAR(TokenTargets, CharLM):
             return h[:, t:]  # F on the noisy positions
 
         denoised = edm_denoise(network, z, sigma[..., None], self.schedule.sigma_data)  # D
-        logits = m.head(denoised, kept[0])
+        logits = m.output(denoised, kept[0])
         return logits, kept[1][:, :t]
 
     def _noisy_context(self, batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -283,7 +284,7 @@ class BlockwiseAR(TokenTargets, CharLM):
         logs = {"ce": ce.mean().item()}
         if c.aux_ce > 0:
             m = self.model
-            aux_logits = m.head(clean[:, :-1], m.clean_condition(n, t - 1))
+            aux_logits = m.output(clean[:, :-1], m.clean_condition(n, t - 1))
             aux = F.cross_entropy(aux_logits.transpose(1, 2), batch[:, 1:])
             loss = loss + c.aux_ce * aux
             logs["aux_ce"] = aux.item()
@@ -305,9 +306,7 @@ class BlockwiseAR(TokenTargets, CharLM):
         """Every position at once: the chain from noise for each noisy token (they do not see
         each other); the last call's logits predict the character."""
         n, t = ids.shape
-        z = self.schedule.sigma_max * torch.randn(
-            n, t, self.model.shape.hidden, generator=generator
-        )
+        z = self.schedule.sigma_max * torch.randn(n, t, self.model.hidden, generator=generator)
 
         def call(z: torch.Tensor, sigma: float, block: int) -> torch.Tensor:
             levels = torch.full((n, t), sigma, device=self.device)
@@ -356,7 +355,7 @@ class BlockwiseAR(TokenTargets, CharLM):
 
         level = torch.tensor(sigma, device=self.device)
         denoised = edm_denoise(network, z, level, self.schedule.sigma_data)
-        return m.head(denoised, conds[0])[0, 0]
+        return m.output(denoised, conds[0])[0, 0]
 
     @torch.no_grad()
     def generate_text(
@@ -369,10 +368,10 @@ class BlockwiseAR(TokenTargets, CharLM):
         cache: bool = True,
     ) -> tuple[str, dict[str, Any]]:
         calls = [0] * len(self.model.blocks)
-        hidden = self.model.shape.hidden
+        hidden = self.model.hidden
         # the cached prefix needs the built-in layers (keys and values kept per layer); other
         # layers run the whole [prefix; noisy] sequence at every call
-        cache = cache and not (self.config.layer or self.config.pretrained)
+        cache = cache and not (self.config.layer or self.config.pretrained or self.config.model)
         if steps is not None and self.config.readout == "ensemble":
             raise ConfigError(
                 "steps counts the calls of the chain, but this run generates with "

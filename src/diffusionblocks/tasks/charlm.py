@@ -25,7 +25,7 @@ from ..eval.text import distinct_n, judge_perplexity, repetition
 from ..networks.layers import seeded
 from ..networks.placement import to_device
 from ..networks.recurrent import RecurrentDepthLM
-from ..networks.stack import check_layer_key
+from ..networks.stack import TwoStreamStackNetwork, check_network_keys, token_stack_network
 from ..networks.token_transformer import TokenShape, TwoStreamTransformer
 from .base import Task, TextTask, refuse_options
 
@@ -42,7 +42,7 @@ class ARConfig(RunConfig):
     task_groups = {
         "data": ("data", "tokenizer", "test_fraction", "val_fraction", "seq_len",
                  "train_subset"),
-        "model": ("depth", "hidden", "heads", "mlp_ratio", "layer", "pretrained"),
+        "model": ("depth", "hidden", "heads", "mlp_ratio", "layer", "pretrained", "model"),
         "noise": ("sigma_sampling",),
         "training": ("aux_ce", "context_noise"),
         "eval": ("bridge_temperature", "readout", "temperature", "eval_sequences",
@@ -85,6 +85,10 @@ class ARConfig(RunConfig):
     # its layers, embeddings and head, zero-initialised sigma conditioning around them; fills
     # depth, hidden, heads, mlp_ratio and tokenizer (its tokenizer.json) (docs/your-model.md)
     pretrained: str = ""  # a local Hugging Face causal-LM folder (docs/your-model.md)
+    # Your whole token network: FILE.py:NAME, a function returning a
+    # diffusionblocks.ResidualStack(target="tokens") given any of vocab_size, depth, hidden,
+    # heads, seq_len; its layers must take mask= and number depth (docs/your-model.md)
+    model: str = ""  # FILE.py:NAME: your whole token network (docs/your-model.md)
     sigma_sampling: str = "token"  # one sigma per noisy token, or one per sequence ("example")
     aux_ce: float = 0.0  # weight of the clean stream's next-token CE (0 = pure DiffusionBlocks)
     # DiffusionBlocks training: the probability that each character of the clean context is
@@ -114,7 +118,7 @@ class ARConfig(RunConfig):
         _check(self, "train_subset", self.train_subset >= 0, "an integer >= 0 (0 = all)")
         check_tokenizer_key(self)
         check_transformer(self)
-        check_layer_key(self)
+        check_network_keys(self)
         _check(self, "layer", not (self.pretrained and self.layer),
                "empty with pretrained (the pretrained model's layers are the layers)")  # fmt: skip
         if self.sigma_sampling not in SIGMA_SAMPLING:
@@ -150,7 +154,7 @@ class CharLM(TextTask):
     the judge; the autoregressive and recurrent-depth tasks build on it."""
 
     config: ARConfig
-    model: TwoStreamTransformer | RecurrentDepthLM  # the recurrent-depth tasks: RecurrentDepthLM
+    model: TwoStreamTransformer | TwoStreamStackNetwork | RecurrentDepthLM  # recurrent: the last
     # Is the held-out CE a likelihood (one deterministic prediction per prefix)? Not for the
     # DiffusionBlocks chains, whose final step depends on the noise they started from.
     ce_is_likelihood = False
@@ -244,8 +248,10 @@ class CharLM(TextTask):
             self.model = self.build_model()
         self.model.set_checkpointing(config.activation_checkpointing)
 
-    def build_model(self) -> TwoStreamTransformer | RecurrentDepthLM:
+    def build_model(self) -> TwoStreamTransformer | TwoStreamStackNetwork | RecurrentDepthLM:
         c = self.config
+        if c.model:  # your own network (docs/your-model.md)
+            return self._token_stack()
         model = TwoStreamTransformer(
             TokenShape(
                 vocab_in=self.vocab.size,
@@ -263,6 +269,13 @@ class CharLM(TextTask):
             ),
             materialize_blocks=not c.block_resident,
         )
+        to_device(model, self.device)  # blocks without storage stay on the meta device
+        return model
+
+    def _token_stack(self) -> TwoStreamStackNetwork:
+        """The network of ``model=``: the user's ResidualStack(target="tokens") as the clean
+        stream, with the noisy stream's entry added (``networks/stack.py``)."""
+        model = token_stack_network(TwoStreamStackNetwork, self.config, self.vocab.size)
         to_device(model, self.device)  # blocks without storage stay on the meta device
         return model
 

@@ -13,6 +13,9 @@ once at sigma_max and averages their log-probabilities (why: docs/method.md §6.
 
 End to end: the same ViT (all layers in one block, the slot token left empty, the conditioning
 embedder fed c_noise = 0) trained with plain cross-entropy.
+
+The diffusion itself (one block's denoiser, the training draw, the chain and the ensemble) is
+:mod:`diffusionblocks.tasks.slot`, the same code that trains a user's residual stack.
 """
 
 from __future__ import annotations
@@ -26,14 +29,7 @@ import torch.nn.functional as F
 
 from ..config import ConfigError, _check
 from ..data.images import ImageDataset, load_image_dataset
-from ..diffusion import (
-    chain,
-    chain_levels,
-    edm_denoise,
-    mean_log_probs,
-    soft_bridge,
-    weighted_loss,
-)
+from ..diffusion import weighted_loss
 from ..eval.classification import block_diagnostics
 from ..networks.layers import drawn_from, evaluating, seeded
 from ..networks.placement import to_device
@@ -48,6 +44,7 @@ from .images import (
     split_batches,
     validation_images,
 )
+from .slot import SlotDenoiser, SlotEndToEnd
 
 READOUTS = ("chain", "ensemble")
 FINAL_EVALS = ("full", "readout")
@@ -266,19 +263,13 @@ class _ImageClassification(Task):
             "parameters": sum(p.numel() for p in self.model.parameters()),
         }
 
-    def _null_cond(self, n: int) -> torch.Tensor:
-        return self.model.cond_embed(torch.zeros(n, device=self.device))
 
-
-class EndToEndClassification(_ImageClassification):
+class EndToEndClassification(_ImageClassification, SlotEndToEnd):
     """The baseline: all layers in one block, plain cross-entropy."""
 
     def logits(self, images: torch.Tensor) -> torch.Tensor:
-        m = self.model
-        patches = m.embed_patches(images)  # (N, P, C)
-        cond = self._null_cond(len(images))  # (N, C)
-        slot = torch.zeros(len(images), m.shape.hidden, device=images.device)
-        return m.head(m.run_all(slot, patches, cond), cond)  # (N, classes)
+        """Logits (N, classes) of the whole network on an empty slot."""
+        return self.end_to_end(images)
 
     def loss(
         self, block: int, batch: tuple[torch.Tensor, torch.Tensor], generator: torch.Generator
@@ -326,88 +317,36 @@ class EndToEndClassification(_ImageClassification):
         }
 
 
-class BlockwiseClassification(_ImageClassification):
-    """DiffusionBlocks: every block a denoiser of the label embedding over its sigma interval."""
+class BlockwiseClassification(_ImageClassification, SlotDenoiser):
+    """DiffusionBlocks: every block a denoiser of the label embedding over its sigma interval
+    (the one path of :class:`~diffusionblocks.tasks.slot.SlotDenoiser`)."""
 
     def __init__(self, config: ClassificationConfig, device: torch.device):
         super().__init__(config, device)
         self.partition = config.block_partition()
         self.schedule = self.partition.schedule
 
-    def block_logits(
-        self,
-        block: int,
-        z: torch.Tensor,
-        sigma: torch.Tensor,
-        patches: torch.Tensor,
-        previous: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """Logits of block ``block`` for noisy label embeddings z (N, C) at levels sigma (N,).
-        ``patches`` must come from :meth:`block_patches` of the same block (blocks may own
-        copies of the stem: ``shared=block-copies``). ``previous`` (N, C): an earlier estimate
-        of the label embedding, read with ``self_condition`` (None = zeros)."""
-        m = self.model
-        m.use_shared(block)
-        conds: list[torch.Tensor] = []
-
-        def network(scaled: torch.Tensor, c_noise: torch.Tensor) -> torch.Tensor:  # F: (N, C)
-            conds.append(m.cond_embed(c_noise[:, 0]))  # (N, C)
-            return m.run_block(block, scaled, patches, conds[0], previous)
-
-        denoised = edm_denoise(network, z, sigma[:, None], self.schedule.sigma_data)  # D
-        return m.head(denoised, conds[0])  # (N, classes)
-
-    def label_table(self) -> torch.Tensor:
-        """The unit-norm label embeddings: the denoising targets (and the soft bridge's table)."""
-        return self.model.label_table()
-
-    def block_patches(self, block: int, images: torch.Tensor) -> torch.Tensor:
-        """Patch tokens of ``images`` through the stem block ``block`` runs with."""
-        self.model.use_shared(block)
-        return self.model.embed_patches(images)
-
     def loss(
         self, block: int, batch: tuple[torch.Tensor, torch.Tensor], generator: torch.Generator
     ) -> tuple[torch.Tensor, dict[str, float]]:
         images, labels = batch
-        n = len(labels)
-        sigma = self.partition.sample_sigma(block, n, generator, self.device)  # (N,)
-        centres = self._centres(labels, generator)  # the labels, unless label_swap > 0
-        target = self.model.label_table()[centres]  # y: (N, C), unit norm
-        noise = torch.randn(target.shape, generator=generator).to(self.device)
-        z = target + sigma[:, None] * noise  # z = y + sigma * eps
+        sigma, _, logits = self.denoise(block, images, labels, generator)
         c = self.config
-        images = self._augmented(images, generator)
-        with drawn_from(generator, self.device, c.dropout > 0):
-            patches = self.block_patches(block, images)
-            previous = self._self_condition(block, z, sigma, patches, generator)
-            logits = self.block_logits(block, z, sigma, patches, previous)
         ce = F.cross_entropy(logits, labels, reduction="none")  # (N,)
         loss = weighted_loss(ce, sigma, c.weighting, c.sigma_data, c.weight_clamp)
         hint_acc = (logits.argmax(-1) == labels).float().mean()
         return loss, {"loss": loss.item(), "ce": ce.mean().item(),
                       "noisy_label_acc": hint_acc.item()}  # fmt: skip
 
-    def _self_condition(
-        self,
-        block: int,
-        z: torch.Tensor,
-        sigma: torch.Tensor,
-        patches: torch.Tensor,
-        generator: torch.Generator,
-    ) -> torch.Tensor | None:
-        """With ``self_condition`` = p > 0: the estimate each training example's slot reads,
-        the block's own first estimate (its soft bridge on zeros for ``previous``, no gradient)
-        for a share p of the examples and zeros for the rest (as the chain's first call);
-        None when off (nothing drawn)."""
-        p = self.config.self_condition
-        if p == 0:
-            return None
-        keep = (torch.rand(len(z), generator=generator) < p).to(self.device)
-        with torch.no_grad():
-            first = self.block_logits(block, z, sigma, patches)
-            estimate = soft_bridge(first, self.label_table(), self.config.bridge_temperature)
-        return torch.where(keep[:, None], estimate, torch.zeros_like(estimate))
+    def augmented(self, inputs: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        return self._augmented(inputs, generator)
+
+    def self_condition_share(self) -> float:
+        return self.config.self_condition
+
+    def clean_targets(self, targets: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """The label embeddings of :meth:`_centres` (the labels, unless label_swap > 0)."""
+        return self.label_table()[self._centres(targets, generator)]
 
     def _centres(self, labels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """The classes the noisy labels are built around: the true ones, each swapped with
@@ -441,67 +380,14 @@ class BlockwiseClassification(_ImageClassification):
         grid: str | None = None,
         readout: str | None = None,
     ) -> tuple[torch.Tensor, list[tuple[int, float, torch.Tensor]]]:
-        """Classify normalised images. ``readout`` (default: the config's) "chain": sample the
-        label embedding with a chain of ``steps`` block calls (default ``inference_steps``, i.e.
-        B: every block once, the cost of one forward pass) from pure noise at sigma_max, the soft
-        bridge between calls; "ensemble": see :meth:`ensemble` (``steps`` and ``generator``
-        unused).
-
-        Returns the prediction's logits (N, classes) (the last call's, or the ensemble's mean
-        log-probabilities) and, per call, (block, sigma, logits).
-        """
+        """Classify normalised images by ``readout`` (default: the config's): "chain"
+        (:meth:`~diffusionblocks.tasks.slot.SlotDenoiser.chain`: ``steps`` block calls from
+        pure noise, the soft bridge between calls) or "ensemble" (every block at sigma_max on
+        z = 0; ``steps``, ``generator`` and ``grid`` unused). Returns the prediction's logits
+        (N, classes) and, per call, (block, sigma, logits)."""
         if (readout or self.config.readout) == "ensemble":
             return self.ensemble(images)
-        c, m = self.config, self.model
-        steps = c.steps_at_inference if steps is None else steps
-        if generator is None:
-            generator = torch.Generator().manual_seed(c.seed + 1_000_003)
-        n = len(images)
-        # Patch tokens once, or once per block when blocks own copies of the stem (block-copies)
-        per_block = m.has_shared_variants
-        patches: dict[int, torch.Tensor] = {}
-        table = m.label_table()  # the same normalised table as training (soft bridge)
-        calls: list[tuple[int, float, torch.Tensor]] = []
-
-        def call(z: torch.Tensor, sigma: float, block: int) -> torch.Tensor:
-            key = block if per_block else -1
-            if key not in patches:
-                patches[key] = self.block_patches(block, images)
-            sigmas = torch.full((n,), sigma, device=z.device)
-            # self-conditioning: the previous call's estimate (the soft bridge the chain takes)
-            previous = (soft_bridge(calls[-1][2], table, c.bridge_temperature)
-                        if c.self_condition > 0 and calls else None)  # fmt: skip
-            logits = self.block_logits(block, z, sigmas, patches[key], previous)
-            calls.append((block, sigma, logits))
-            return logits
-
-        z = self.schedule.sigma_max * torch.randn(n, m.shape.hidden, generator=generator)
-        levels = chain_levels(steps, self.schedule, grid or c.grid)
-        final = chain(call, z.to(self.device), levels, self._route,
-                      lambda logits: soft_bridge(logits, table, c.bridge_temperature))  # fmt: skip
-        return final, calls
-
-    @torch.no_grad()
-    def ensemble(
-        self, images: torch.Tensor
-    ) -> tuple[torch.Tensor, list[tuple[int, float, torch.Tensor]]]:
-        """Every block called once at sigma_max on z = 0 (the mean of the chain's pure-noise
-        start, so no draw), each an estimate of the class posterior from the image alone (at
-        sigma_max z holds no label information; docs/method.md §6.1); returns the mean of their
-        log-probabilities (N, classes) and the calls. The cost of one forward pass, as the
-        default chain."""
-        n, s_max = len(images), self.schedule.sigma_max
-        sigmas = torch.full((n,), s_max, device=self.device)
-        z = torch.zeros(n, self.model.shape.hidden, device=self.device)
-        shared = None if self.model.has_shared_variants else self.block_patches(0, images)
-        calls = []
-        for b in range(self.config.num_blocks):  # the stem once, unless blocks own copies of it
-            patches = self.block_patches(b, images) if shared is None else shared
-            calls.append((b, s_max, self.block_logits(b, z, sigmas, patches)))
-        return mean_log_probs([logits for _, _, logits in calls]), calls
-
-    def _route(self, sigma: float) -> int:
-        return int(self.partition.block_of(sigma))
+        return self.chain(images, steps, generator, grid)
 
     @torch.no_grad()
     def evaluate(

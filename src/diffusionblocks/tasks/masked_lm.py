@@ -36,7 +36,7 @@ from ..diffusion.masking import (
 )
 from ..networks.layers import seeded
 from ..networks.placement import to_device
-from ..networks.stack import TokenStackNetwork, check_layer_key, load_token_stack
+from ..networks.stack import TokenStackNetwork, check_network_keys, token_stack_network
 from ..networks.token_transformer import TokenShape, TokenTransformer
 from .base import TextTask, refuse_options
 
@@ -110,15 +110,7 @@ class MaskedLMConfig(RunConfig):
         _check(self, "eval_subset", self.eval_subset >= 1, "an integer >= 1")
         _check(self, "inference_steps", self.inference_steps >= 1, "an integer >= 1")
         check_layer_split(self)
-        check_layer_key(self)
-        _check(
-            self,
-            "model",
-            not self.model or ":" in self.model,
-            "FILE.py:NAME or package.module:NAME (a function returning a ResidualStack)",
-        )
-        _check(self, "layer", not (self.model and self.layer),
-               "empty with model= (your network brings its own layers)")  # fmt: skip
+        check_network_keys(self)
 
 
 class _MaskedLM(TextTask):
@@ -192,18 +184,8 @@ class _MaskedLM(TextTask):
     def _token_stack(self, config: MaskedLMConfig, device: torch.device) -> Any:
         """The network of ``model=``: the user's ResidualStack(target="tokens"), its layers
         sigma-conditioned and grouped into blocks (``networks/stack.py``)."""
-        values = {"vocab_size": self.vocab.size, "depth": config.depth, "hidden": config.hidden,
-                  "heads": config.heads, "seq_len": config.seq_len}  # fmt: skip
         with seeded(config.seed):  # the user's stem, head and layers, then every block's seed
-            stack = load_token_stack(config.model, values)
-            if stack.depth != config.depth:
-                raise ConfigError(
-                    f"invalid value for 'depth': {config.depth} (your stack {config.model} has "
-                    f"{stack.depth} layers; set depth={stack.depth}, or build depth layers)"
-                )
-            model = TokenStackNetwork(stack, self.vocab.size, config.seq_len, config.model_depth,
-                                      config.num_model_blocks, config.seed, config.block_sizes,
-                                      not config.block_resident)  # fmt: skip
+            model = token_stack_network(TokenStackNetwork, config, self.vocab.size)
             to_device(model, device)  # blocks without storage stay on the meta device
         return model
 

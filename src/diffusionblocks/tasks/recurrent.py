@@ -60,6 +60,7 @@ class RecurrentConfig(ARConfig):
             "coda",
             "layer",
             "pretrained",
+            "model",
         ),
         "training": (
             "aux_ce",
@@ -143,6 +144,9 @@ class RecurrentConfig(ARConfig):
                "unset (the recurrent model is one block)")  # fmt: skip
         _check(self, "layer", not self.layer,
                "empty (the recurrent model keeps its own layers)")  # fmt: skip
+        _check(self, "model", not self.model,
+               "empty (your own network trains with the autoregressive or masked-diffusion "
+               "presets)")  # fmt: skip
         _check(self, "aux_ce", self.aux_ce == 0, "0 (aux_ce applies to the autoregressive task)")
         _check(self, "context_noise", self.context_noise == 0,
                "0 (context_noise applies to the autoregressive task)")  # fmt: skip

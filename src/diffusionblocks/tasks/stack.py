@@ -3,7 +3,8 @@ task. The config's ``model`` names a function (``FILE.py:NAME`` or ``package.mod
 returns a :class:`~diffusionblocks.networks.stack.ResidualStack`; the data is an ``.npz`` of
 inputs ``x`` and targets ``y`` (:mod:`diffusionblocks.data.arrays`).
 
-DiffusionBlocks (docs/method.md §2): block b is the denoiser ``D = c_skip * z + c_out * F(c_in *
+DiffusionBlocks (docs/method.md §2; the one path of :mod:`diffusionblocks.tasks.slot`, shared with
+the built-in image classification): block b is the denoiser ``D = c_skip * z + c_out * F(c_in *
 z, c_noise)`` of the target over its noise interval, given the input. Class targets: the
 clean target is the unit-norm label embedding, F is the block's output at the slot, and the
 user's head turns D into logits; loss: cross-entropy weighted over sigma (as the paper's
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, ClassVar, cast
 
 import torch
@@ -26,19 +28,13 @@ import torch.nn.functional as F
 
 from ..config import ConfigError, RunConfig, _check, _choice
 from ..data.arrays import TARGETS, ArrayDataset, load_arrays
-from ..diffusion import (
-    chain,
-    chain_levels,
-    edm_denoise,
-    mean_log_probs,
-    soft_bridge,
-    weighted_loss,
-)
+from ..diffusion import weighted_loss
 from ..networks.layers import evaluating, seeded
 from ..networks.placement import to_device
 from ..networks.stack import ResidualStack, StackNetwork, StackShape, load_function
 from .base import Task, refuse_options
 from .images import majority_baseline, split_batches, split_images, validation_images
+from .slot import SlotDenoiser, SlotEndToEnd
 
 READOUTS = ("auto", "ensemble", "chain")
 
@@ -301,16 +297,12 @@ class _StackTask(Task):
         return {**self._regression_scores(torch.cat(preds), torch.cat(ys)), "examples": total}
 
 
-class EndToEndStack(_StackTask):
+class EndToEndStack(_StackTask, SlotEndToEnd):
     """The baseline: the same network, all layers one block, plain cross-entropy or MSE."""
 
     def predict(self, inputs: torch.Tensor) -> torch.Tensor:
         """Logits (N, K), or scaled values (N, D)."""
-        m = self.model
-        tokens, extra = m.features(inputs)
-        cond = m.condition(torch.zeros(len(inputs), device=inputs.device), extra)
-        slot = torch.zeros(len(inputs), m.hidden, device=inputs.device)
-        return m.head(m.run_all(m.enter(tokens, slot), cond)).flatten(1)
+        return self.end_to_end(inputs)
 
     def loss(
         self, block: int, batch: tuple[torch.Tensor, torch.Tensor], generator: torch.Generator
@@ -342,70 +334,24 @@ class EndToEndStack(_StackTask):
         return {"task": "stack", "split": split, **scores, "layer_evals_per_example": self.depth}
 
 
-class BlockwiseStack(_StackTask):
-    """DiffusionBlocks: every block a denoiser of the target over its sigma interval."""
+class BlockwiseStack(_StackTask, SlotDenoiser):
+    """DiffusionBlocks: every block a denoiser of the target over its sigma interval (the one
+    path of :class:`~diffusionblocks.tasks.slot.SlotDenoiser`)."""
 
     def __init__(self, config: StackConfig, device: torch.device):
         super().__init__(config, device)
         self.partition = config.block_partition()
         self.schedule = self.partition.schedule
 
-    def label_table(self) -> torch.Tensor:
-        """The unit-norm label embeddings: the clean targets of class labels (y)."""
-        return F.normalize(self.model.label_embed.weight, dim=-1)
-
-    def block_features(
-        self,
-        block: int,
-        inputs: torch.Tensor,
-        cache: dict[int, tuple[torch.Tensor, torch.Tensor | None]] | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The stem's output on ``inputs`` as block ``block`` sees it; with a ``cache`` (one
-        inference pass), computed once, or once per block when blocks own copies of the stem
-        (``shared=block-copies`` or ``per-block``)."""
-        m = self.model
-        key = block if m.has_shared_variants else -1
-        if cache is not None and key in cache:
-            return cache[key]
-        m.use_shared(block)
-        features = m.features(inputs)
-        if cache is not None:
-            cache[key] = features
-        return features
-
-    def block_output(
-        self,
-        block: int,
-        z: torch.Tensor,
-        sigma: torch.Tensor,
-        features: tuple[torch.Tensor, torch.Tensor | None],
-    ) -> torch.Tensor:
-        """Block ``block``'s prediction for noisy targets z (N, D) at levels sigma (N,), given
-        the stem's output :meth:`block_features`: logits of the user's head on D (classes), or
-        D itself (continuous)."""
-        m = self.model
-        tokens, extra = features
-        conds: list[torch.Tensor] = []
-
-        def network(scaled: torch.Tensor, c_noise: torch.Tensor) -> torch.Tensor:  # F
-            conds.append(m.condition(c_noise[:, 0], extra))
-            slot = scaled if self.classes else m.target_in(scaled)
-            out = m.run_block(block, m.enter(tokens, slot), conds[0])
-            return out if self.classes else m.head(out).flatten(1)
-
-        denoised = edm_denoise(network, z, sigma[:, None], self.schedule.sigma_data)  # D
-        return m.head(denoised).flatten(1) if self.classes else denoised
+    @property
+    def target_width(self) -> int:
+        return self.model.hidden if self.classes else self.model.stack_shape.target_size
 
     def loss(
         self, block: int, batch: tuple[torch.Tensor, torch.Tensor], generator: torch.Generator
     ) -> tuple[torch.Tensor, dict[str, float]]:
         inputs, targets = batch
-        n = len(targets)
-        sigma = self.partition.sample_sigma(block, n, generator, self.device)  # (N,)
-        clean = self.label_table()[targets] if self.classes else targets  # y
-        noise = torch.randn(clean.shape, generator=generator).to(self.device)
-        z = clean + sigma[:, None] * noise
-        out = self.block_output(block, z, sigma, self.block_features(block, inputs))
+        sigma, clean, out = self.denoise(block, inputs, targets, generator)
         c = self.config
         if self.classes:
             per_example = F.cross_entropy(out, targets, reduction="none")
@@ -420,45 +366,9 @@ class BlockwiseStack(_StackTask):
         "unweighted": "the same, unweighted",
     }
 
-    @torch.no_grad()
-    def ensemble(self, inputs: torch.Tensor) -> torch.Tensor:
-        """Every block once at sigma_max on z = 0 (the mean of pure noise): the mean of their
-        log-probabilities (classes) or of their estimates (continuous)."""
-        n, s_max = len(inputs), self.schedule.sigma_max
-        sigmas = torch.full((n,), s_max, device=self.device)
-        z = torch.zeros(n, self._target_width(), device=self.device)
-        cache: dict[int, tuple[torch.Tensor, torch.Tensor | None]] = {}  # the stem once
-        outs = [self.block_output(b, z, sigmas, self.block_features(b, inputs, cache))
-                for b in range(self.config.num_blocks)]  # fmt: skip
-        return mean_log_probs(outs) if self.classes else torch.stack(outs).mean(0)
-
-    def _target_width(self) -> int:
-        return self.model.hidden if self.classes else self.model.stack_shape.target_size
-
-    @torch.no_grad()
-    def chain(
-        self, inputs: torch.Tensor, steps: int | None = None, seed: int | None = None
-    ) -> torch.Tensor:
-        """The paper's sampler (Eqs. 3-5): ``steps`` denoiser calls (default
-        ``inference_steps``: B) from pure noise at sigma_max, each through the block owning its
-        level; classes: the soft bridge between calls, the last call's logits."""
-        c = self.config
-        steps = c.steps_at_inference if steps is None else steps
-        generator = torch.Generator().manual_seed(c.seed + 1_000_003 if seed is None else seed)
-        n = len(inputs)
-        z = self.schedule.sigma_max * torch.randn(n, self._target_width(), generator=generator)
-
-        cache: dict[int, tuple[torch.Tensor, torch.Tensor | None]] = {}  # the stem once
-
-        def call(z: torch.Tensor, sigma: float, block: int) -> torch.Tensor:
-            sigmas = torch.full((n,), sigma, device=z.device)
-            return self.block_output(block, z, sigmas, self.block_features(block, inputs, cache))
-
-        bridge = ((lambda logits: soft_bridge(logits, self.label_table())) if self.classes
-                  else None)  # fmt: skip
-        levels = chain_levels(steps, self.schedule, c.grid)
-        route = lambda sigma: int(self.partition.block_of(sigma))  # noqa: E731
-        return chain(call, z.to(self.device), levels, route, bridge)
+    def chain_output(self, inputs: torch.Tensor, steps: int | None = None) -> torch.Tensor:
+        """The chain's prediction (:meth:`SlotDenoiser.chain`, its default generator)."""
+        return self.chain(inputs, steps)[0]
 
     @property
     def readout(self) -> str:
@@ -470,8 +380,8 @@ class BlockwiseStack(_StackTask):
     def predict(self, inputs: torch.Tensor, readout: str | None = None) -> torch.Tensor:
         """Logits (N, K) or scaled values (N, D) by ``readout`` (default: the config's)."""
         if (readout or self.readout) == "ensemble":
-            return self.ensemble(inputs)
-        return self.chain(inputs)
+            return self.ensemble(inputs)[0]
+        return self.chain_output(inputs)
 
     @torch.no_grad()
     def evaluate(
@@ -496,10 +406,9 @@ class BlockwiseStack(_StackTask):
                 scored = self._score(split, lambda x: self.predict(x, other), None)
                 result["readouts"] = {self.readout: scores[key], other: scored[key]}
                 if steps:
-                    result["steps_sweep"] = {
-                        str(s): self._score(split, lambda x, s=s: self.chain(x, s), None)[key]
-                        for s in steps
-                    }
+                    sweep = {s: partial(self.chain_output, steps=s) for s in steps}
+                    result["steps_sweep"] = {str(s): self._score(split, run, None)[key]
+                                             for s, run in sweep.items()}  # fmt: skip
         return result
 
 
