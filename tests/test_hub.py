@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import json
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from helpers import (
     FIXTURES,
-    llama_masked_task,
     pretrained_ar_task,
     stack_data,
     synthetic_images,
@@ -151,24 +151,73 @@ def test_a_hub_id_is_downloaded_with_the_models_files_only(tmp_path, monkeypatch
     monkeypatch.setattr("diffusionblocks.hub.snapshot_download", fake_download)
     loaded = db.DiffusionBlocksModel.from_pretrained("someone/tiny-digits", revision="v1")
     assert calls[0]["repo_id"] == "someone/tiny-digits" and calls[0]["revision"] == "v1"
-    assert sorted(calls[0]["allow_patterns"]) == ["README.md", "config.json", "model.safetensors"]
+    assert sorted(calls[0]["allow_patterns"]) == ["README.md", "code/*.py", "config.json",
+                                                  "model.safetensors"]  # fmt: skip
     x = torch.rand(4, 8, 8)
     assert torch.equal(loaded.probabilities(x), model.probabilities(x))
 
 
 def test_what_a_hub_folder_cannot_hold_is_refused_naming_the_key(tmp_path):
-    """Your own network (``model``) and layer file (``layer``): code the folder cannot carry; a
-    fine-tuned ``pretrained`` model: its architecture is read from its pretrained folder."""
-    run = db.train("your-model", out=tmp_path / "stack", progress=False, data=stack_data(),
-                   model=f"{FIXTURES}/stack_models.py:mlp4", epochs=0.2, num_blocks=2,
-                   **QUICK)  # fmt: skip
-    with pytest.raises(ConfigError, match="'model'"):
-        db.DiffusionBlocksModel.from_model(run)
-    layered = llama_masked_task(layer=f"{FIXTURES}/stack_models.py:token_layer")
+    """A fine-tuned ``pretrained`` model (its architecture is read from its pretrained folder);
+    your own network whose file is gone (nothing to copy into the folder)."""
     pretrained = pretrained_ar_task()
-    for key, task in (("layer", layered), ("pretrained", pretrained)):
-        with pytest.raises(ConfigError, match=f"'{key}'"):
-            db.DiffusionBlocksModel.from_model(db.api.Model(task, tmp_path, 0))
+    with pytest.raises(ConfigError, match="'pretrained'"):
+        db.DiffusionBlocksModel.from_model(db.api.Model(pretrained, tmp_path, 0))
+    code = tmp_path / "net.py"
+    code.write_text((Path(FIXTURES) / "stack_models.py").read_text())
+    run = db.train("your-model", out=tmp_path / "stack", progress=False, data=stack_data(),
+                   model=f"{code}:mlp4", epochs=0.2, num_blocks=2, **QUICK)  # fmt: skip
+    code.unlink()
+    with pytest.raises(ConfigError, match="'model'.*not there to copy"):
+        db.DiffusionBlocksModel.from_model(run)
+
+
+# your own network (model=) of each target kind, and your own layers (layer=)
+OWN_CODE = [
+    ("your-model", "model", "mlp4", {"num_blocks": 2}),
+    ("your-model", "model", "regression4", {"num_blocks": 2, "target": "continuous"}),
+    ("mdm-tiny", "model", "token_encoder", {}),
+    ("ar-tiny", "model", "ar_token_model", {}),
+    ("mdm-tiny", "layer", "token_layer", {}),
+]
+
+
+@pytest.mark.parametrize("preset, key, function, overrides", OWN_CODE,
+                         ids=["classes", "continuous", "masked-lm", "ar-lm", "layer"])  # fmt: skip
+def test_your_own_network_goes_to_the_hub_with_its_code_and_loads_only_when_trusted(
+    tmp_path, preset, key, function, overrides
+):
+    """The folder carries a copy of the network's file (code/) and the data card: with the
+    original file and the data deleted, ``trust_code=True`` loads a model that predicts (or
+    generates) exactly as the run; without it, loading is refused naming the key, before the
+    code runs."""
+    code = tmp_path / "my_net.py"
+    code.write_text((Path(FIXTURES) / "stack_models.py").read_text())
+    values = {key: f"{code}:{function}", **overrides, **QUICK}
+    if preset == "your-model":
+        data = tmp_path / "xy.npz"
+        data.write_bytes(Path(stack_data(overrides.get("target") == "continuous")).read_bytes())
+        values.update(data=str(data), epochs=0.5)
+    model = db.train(preset, out=tmp_path / "run", progress=False, **values)
+    x = torch.randn(6, 64) if preset == "your-model" else None
+    expected = model.predict(x) if x is not None else model.sample_text(12, seed=4)
+    db.DiffusionBlocksModel.from_model(model).save_pretrained(tmp_path / "hub")
+    code.unlink()  # from here on, only the folder has the code ...
+    if preset == "your-model":
+        data.unlink()  # ... and only the data card knows the data
+    saved = json.loads((tmp_path / "hub" / "config.json").read_text())
+    assert saved["config"][key] == f"code/my_net.py:{function}"
+    assert (tmp_path / "hub" / "code" / "my_net.py").is_file()
+    assert "trust_code=True" in (tmp_path / "hub" / "README.md").read_text()
+    with pytest.raises(ConfigError, match=f"'{key}'.*trust_code=True"):
+        db.DiffusionBlocksModel.from_pretrained(tmp_path / "hub")
+    loaded = db.DiffusionBlocksModel.from_pretrained(tmp_path / "hub", trust_code=True)
+    if x is not None:
+        assert torch.equal(loaded.predict(x), expected)
+        with pytest.raises(DataError, match="data card"):
+            loaded.evaluate()
+    else:
+        assert loaded.sample_text(12, seed=4) == expected
 
 
 @pytest.mark.parametrize("key", ["model", "layer", "pretrained"])
@@ -189,6 +238,9 @@ def test_a_downloaded_config_naming_code_or_files_is_refused_before_anything_run
     (tmp_path / "hub" / "config.json").write_text(json.dumps(saved))
     with pytest.raises(ConfigError, match=f"'{key}'"):
         db.DiffusionBlocksModel.from_pretrained(tmp_path / "hub")
+    if key != "pretrained":  # trusted, code outside the folder's code/ is still refused
+        with pytest.raises(ConfigError, match=f"'{key}'.*code/ folder"):
+            db.DiffusionBlocksModel.from_pretrained(tmp_path / "hub", trust_code=True)
     assert not marker.exists()
 
 
@@ -388,3 +440,31 @@ def test_dblocks_sample_writes_the_same_images_from_a_hub_folder(tmp_path):
     assert sorted(before.files) == sorted(after.files)
     for key in before.files:
         assert np.array_equal(before[key], after[key]), key
+
+
+def test_dblocks_sample_runs_a_folders_code_only_with_trust_code(tmp_path):
+    """A Hub folder of your own token network samples from the command line with --trust-code
+    (the same text as from the run), and is refused without it, naming the flag."""
+    import subprocess
+    import sys
+
+    code = tmp_path / "my_lm.py"
+    code.write_text((Path(FIXTURES) / "stack_models.py").read_text())
+    model = db.train("ar-tiny", out=tmp_path / "run", progress=False,
+                     model=f"{code}:ar_token_model", **QUICK)  # fmt: skip
+    db.DiffusionBlocksModel.from_model(model).save_pretrained(tmp_path / "hub")
+    cmd = [sys.executable, "-m", "diffusionblocks", "sample", "--length", "20", "--seed", "2"]
+
+    def sample(folder, *extra):
+        return subprocess.run([*cmd, "--run", str(folder), *extra], capture_output=True,
+                              text=True)  # fmt: skip
+
+    before = sample(tmp_path / "run")
+    assert before.returncode == 0, before.stderr
+    code.unlink()
+    refused = sample(tmp_path / "hub")
+    assert refused.returncode != 0 and "'model'" in refused.stderr
+    assert "--trust-code" in refused.stderr
+    trusted = sample(tmp_path / "hub", "--trust-code")
+    assert trusted.returncode == 0, trusted.stderr
+    assert trusted.stdout == before.stdout

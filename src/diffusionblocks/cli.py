@@ -99,6 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--steps", type=int, help="denoiser calls per sample (default: the run's inference_steps)"
     )
     sm.add_argument("--cfg", type=float, help="classifier-free guidance weight")
+    sm.add_argument("--trust-code", action="store_true",
+                    help="a model folder of your own network: run the code saved in its code/ "
+                         "(read it first)")  # fmt: skip
     sm.add_argument("--seed", type=int, default=0)
     sm.add_argument("--out", help="images: the grid (.png), one row per class")
     sm.add_argument("--npz", help="also write the raw samples here (x uint8, y labels)")

@@ -19,15 +19,19 @@ from the config and the data card, without the data, and loads the weights stric
 tensor present, every shape right). Such a model predicts and generates; ``evaluate`` needs the
 data (load the run or model folder with :func:`diffusionblocks.load`).
 
-Not saved (refused, naming the key): a run of your own network (``model``) or with your own
-layer file (``layer``), whose code the folder cannot carry, and a fine-tuned ``pretrained``
-model, whose architecture is read from its pretrained folder.
+A run of your own network (``model=FILE.py:NAME``) or your own layers (``layer=FILE.py:NAME``)
+saves a copy of that file in the folder's ``code/`` (one file: what it imports must be installed
+where the model loads; ``package.module:NAME`` is kept as it is); loading it runs that code, so
+``from_pretrained`` refuses it unless ``trust_code=True`` (read the file first). Not saved
+(refused, naming the key): a fine-tuned ``pretrained`` model, whose architecture is read from its
+pretrained folder.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -37,10 +41,10 @@ from torch import nn
 
 from . import __version__
 from .api import Model
-from .config import ConfigError, RunConfig
+from .config import ConfigError, RunConfig, config_from_dict
 from .data.card import data_card
 from .data.images import DataError
-from .loading import check_card_config, load_card_folder
+from .loading import CODE_FOLDER, check_card_config, code_key, load_card_folder
 
 try:
     from huggingface_hub import ModelCard, PyTorchModelHubMixin, snapshot_download
@@ -71,7 +75,7 @@ class DiffusionBlocksModel(
         nn.Module.__init__(self)
         Model.__init__(self, task, Path(source), int(weights_step), run_results)
         self.network = task.model
-        self.card = data_card(task)  # refuses a task without one (your own network)
+        self.card = data_card(task)
 
     def __repr__(self) -> str:
         return Model.__repr__(self).replace("Model(", "DiffusionBlocksModel(", 1)
@@ -92,6 +96,7 @@ class DiffusionBlocksModel(
         card when they were measured with the model's config (not after ``db.load`` changed an
         inference key such as ``readout``)."""
         check_card_config(model.config.to_dict())
+        code_for_folder(model.config)  # the code file of your own network must be there
         results = model.results
         if results is None and (model.path / "results.json").is_file():
             results = json.loads((model.path / "results.json").read_text())
@@ -106,7 +111,12 @@ class DiffusionBlocksModel(
         state = dict(self.network.state_dict())
         for b, copy in sorted(getattr(self.network, "_shared_variants", {}).items()):
             state.update({f"shared_per_block.{b}.{k}": v for k, v in copy.items()})
-        write_model_files(save_directory, state, self.config, {
+        config, code = code_for_folder(self.config)
+        shutil.rmtree(save_directory / CODE_FOLDER, ignore_errors=True)  # an earlier save's
+        for source, name in code:
+            (save_directory / CODE_FOLDER).mkdir(exist_ok=True)
+            shutil.copyfile(source, save_directory / CODE_FOLDER / name)
+        write_model_files(save_directory, state, config, {
             "data_card": self.card,
             "results": summary(self.task, self.results),
             "saved_from": self.path.name,  # the folder's name only: the card may be public
@@ -119,7 +129,8 @@ class DiffusionBlocksModel(
     def generate_model_card(self, *args: Any, **kwargs: Any) -> ModelCard:
         """The model card: what the model is, its results, how to load it, its config."""
         results = summary(self.task, self.results)
-        return ModelCard(model_card(self.config, self.card, results, self.task.generates))
+        config = code_for_folder(self.config)[0]
+        return ModelCard(model_card(config, self.card, results, self.task.generates))
 
     # -- in -----------------------------------------------------------------------------------
     @classmethod
@@ -133,6 +144,7 @@ class DiffusionBlocksModel(
         local_files_only: bool = False,
         revision: str | None = None,
         device: str | None = None,
+        trust_code: bool = False,
         **options: Any,
     ) -> DiffusionBlocksModel:
         """The model of a local folder saved with :meth:`save_pretrained`, or of a Hub
@@ -140,11 +152,13 @@ class DiffusionBlocksModel(
         ``README.md`` are downloaded once, into the Hub cache). ``device``: where it runs
         (default cpu). ``options``: inference keys (``readout="chain"``, ``inference_steps``,
         ``temperature``...: ``loading.INFERENCE_KEYS``), as :func:`diffusionblocks.load` takes
-        them; the remaining arguments are ``huggingface_hub``'s. Loading is always strict."""
+        them; the remaining arguments are ``huggingface_hub``'s. Loading is always strict.
+        ``trust_code``: a model of your own network (or layers) runs the code saved in its
+        ``code/`` when it is built; refused unless True (read the code first)."""
         return cls._from_pretrained(
             model_id=str(pretrained_model_name_or_path), revision=revision, cache_dir=cache_dir,
             force_download=force_download, local_files_only=local_files_only, token=token,
-            device=device, **options)  # fmt: skip
+            device=device, trust_code=trust_code, **options)  # fmt: skip
 
     @classmethod
     def _from_pretrained(cls, *, model_id: str, revision: str | None = None,
@@ -152,6 +166,7 @@ class DiffusionBlocksModel(
                          local_files_only: bool = False, token: str | bool | None = None,
                          device: str | None = None, map_location: str | None = None,
                          strict: bool = True, proxies: Any = None, resume_download: Any = None,
+                         trust_code: bool = False,
                          **options: Any) -> DiffusionBlocksModel:  # fmt: skip
         """See :meth:`from_pretrained` (``map_location``: the mixin's name for ``device``;
         ``proxies`` and ``resume_download``: older huggingface_hub options, not used)."""
@@ -162,7 +177,7 @@ class DiffusionBlocksModel(
                             force_download=force_download, token=token,
                             local_files_only=local_files_only)  # fmt: skip
         task, weights, saved = load_card_folder(folder, device or map_location or "cpu",
-                                                options, "from_pretrained")  # fmt: skip
+                                                options, "from_pretrained", trust_code)  # fmt: skip
         results = saved.get("results") if not options else None
         return cls(task, folder, weights.step, results)
 
@@ -199,7 +214,29 @@ def hub_folder(model_id: str, **download: Any) -> Path:
     if looks_like_path:
         raise DataError(f"no model folder {model_id} (give a folder saved with save_pretrained, "
                         "or a Hub repository id user/name)")  # fmt: skip
-    return Path(snapshot_download(repo_id=model_id, allow_patterns=HUB_FILES, **download))
+    patterns = [*HUB_FILES, f"{CODE_FOLDER}/*.py"]  # your network's code, if it has any
+    return Path(snapshot_download(repo_id=model_id, allow_patterns=patterns, **download))
+
+
+def code_for_folder(config: RunConfig) -> tuple[RunConfig, list[tuple[Path, str]]]:
+    """The config a Hub folder holds and the code files it carries: a ``FILE.py:NAME`` of
+    ``model`` or ``layer`` becomes ``code/FILE.py:NAME`` (the file copied there); a
+    ``package.module:NAME`` stays as it is. A file that is not there is refused, naming the
+    key."""
+    named = code_key(config.to_dict())
+    if named is None:
+        return config, []
+    key, value = named
+    where, _, name = value.rpartition(":")
+    if not where.endswith(".py"):
+        return config, []
+    source = Path(where).expanduser()
+    if not source.is_file():
+        raise ConfigError(f"invalid value for '{key}': {value} ({source} is not there to copy "
+                          "into the model folder)")  # fmt: skip
+    reference = f"{CODE_FOLDER}/{source.name}:{name}"
+    saved = config_from_dict(type(config), {**config.to_dict(), key: reference})
+    return saved, [(source, source.name)]
 
 
 def summary(task: Any, results: dict[str, Any] | None) -> dict[str, Any]:
@@ -234,10 +271,17 @@ def model_card(config: RunConfig, card: dict[str, Any], results: dict[str, Any],
                       f"{card.get('num_classes')} classes",
             "text": f"{card.get('name')} text, "
                     + ("subword tokens" if "tokenizer_json" in card else
-                       f"{len(card.get('chars', ''))} characters")}[card["kind"]]  # fmt: skip
+                       f"{len(card.get('chars', ''))} characters"),
+            "arrays": f"{card.get('name')} arrays, inputs {tuple(card.get('input_shape', ()))}, "
+                      + (f"{card.get('num_classes')} classes" if card.get("num_classes")
+                         else f"targets {tuple(card.get('target_shape', ()))}"),
+            }[card["kind"]]  # fmt: skip
     use = {"images": "model.classify(images)  # uint8 or [0, 1] images, (N, H, W) ...",
-           "text": "text = model.sample_text(200)  # or prompt=... in the model's vocabulary"
+           "text": "text = model.sample_text(200)  # or prompt=... in the model's vocabulary",
+           "arrays": "model.predict(x)  # class indices, or values in the data's units"
            }[card["kind"]]  # fmt: skip
+    named = code_key(config.to_dict())
+    trust = ", trust_code=True" if named else ""
     if generates == "images":
         use = "images = model.generate(labels=[0, 1, 2])  # (N, C, H, W) in [0, 1]"
     how = (f"DiffusionBlocks (Shing, Koyama, Akiba, ICLR 2026) in {config.num_model_blocks} "
@@ -269,12 +313,16 @@ def model_card(config: RunConfig, card: dict[str, Any], results: dict[str, Any],
         lines.append("")
     if results.get("command"):
         lines += [f"Trained with `{results['command']}`.", ""]
+    if named:
+        lines += ["## Code", "",
+                  f"The network is built by `{named[1]}` (`{named[0]}`), code that loading "
+                  "runs: read it, then load with `trust_code=True`.", ""]  # fmt: skip
     lines += [
         "## Use",
         "",
         "```python",
         "from diffusionblocks import DiffusionBlocksModel",
-        "model = DiffusionBlocksModel.from_pretrained('THIS_REPO_OR_FOLDER')",
+        f"model = DiffusionBlocksModel.from_pretrained('THIS_REPO_OR_FOLDER'{trust})",
         use,
         "```",
         "",

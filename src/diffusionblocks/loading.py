@@ -187,13 +187,18 @@ def has_data_card(folder: str | os.PathLike) -> bool:
 
 
 def load_card_folder(
-    folder: Path, device: str | None, options: dict[str, Any], what: str
+    folder: Path,
+    device: str | None,
+    options: dict[str, Any],
+    what: str,
+    trust_code: bool = False,
 ) -> tuple[Task, SavedWeights, dict[str, Any]]:
     """The task of a model folder built from its data card, without the data (``data/card.py``),
     on ``device`` (default: the config's, as :func:`load_run`), its weights loaded strictly
     (:func:`strict_weights`), and the folder's config.json. ``options``: inference keys
     (:data:`INFERENCE_KEYS`, ``device`` included); ``what`` names the caller in refusals. A
-    config naming code or files from elsewhere is refused before it is parsed."""
+    config naming code is refused before it is parsed unless ``trust_code``
+    (:func:`check_card_config`); one naming files from elsewhere always."""
     saved = read_model_config(folder)
     card = saved.get("data_card")
     if not isinstance(card, dict) or card.get("format") != CARD_FORMAT:
@@ -202,8 +207,11 @@ def load_card_folder(
             "save_pretrained): load it with diffusionblocks.load, which reads its data"
         )
     raw = saved.get("config")
-    check_card_config(raw if isinstance(raw, dict) else {})  # before any key is even parsed
+    # before any key is even parsed
+    code = check_card_config(raw if isinstance(raw, dict) else {}, folder, trust_code)
     config = read_run_config(folder)
+    if code:  # the trusted code, in this folder
+        config = config_from_dict(type(config), {**config.to_dict(), **code})
     if options:
         given = flat_keys(type(config), {k: str(v) for k, v in options.items()})
         bad = sorted(k for k in given if k not in INFERENCE_KEYS)
@@ -218,27 +226,57 @@ def load_card_folder(
     return task, weights, saved
 
 
-def check_card_config(config: dict[str, Any]) -> None:
-    """Refuse (naming the key) a config whose network a Hub folder cannot rebuild without code or
-    files from elsewhere: your own network (``model``), your own layers (``layer``: only the
-    built-in ones and ``hf:llama``), a ``pretrained`` folder. Checked when saving and, before
-    anything is built, when loading (a downloaded config.json never imports code)."""
-    if config.get("model"):  # the stack task always has one
-        raise ConfigError(
-            "invalid value for 'model': a run of your own network cannot be saved for the Hub "
-            "or loaded from it (the folder would need your network's code); use dblocks assemble"
-        )
-    if config.get("layer", "") not in ("", "hf:llama"):
-        raise ConfigError(
-            f"invalid value for 'layer': {config['layer']} is your own layer code, which a Hub "
-            "folder cannot carry (built-in layers and hf:llama can be); use dblocks assemble"
-        )
+# Where a Hub folder keeps the code of your own network or layers (``model=`` / ``layer=``)
+CODE_FOLDER = "code"
+
+
+def code_key(config: dict[str, Any]) -> tuple[str, str] | None:
+    """The key that names your code in a config (``model``, or ``layer`` other than the
+    built-in and ``hf:`` layers) and its value; None for a config of built-in parts."""
+    if config.get("model"):
+        return "model", str(config["model"])
+    layer = str(config.get("layer", "") or "")
+    if layer and not layer.startswith("hf:"):
+        return "layer", layer
+    return None
+
+
+def check_card_config(
+    config: dict[str, Any], folder: Path | None = None, trust_code: bool = False
+) -> dict[str, str]:
+    """Check a config a Hub folder holds, before anything is built. Always refused (naming the
+    key): a fine-tuned ``pretrained`` model (its architecture is read from its pretrained
+    folder). Saving (``folder`` None): a config naming your code passes (the folder gets a copy
+    of the file). Loading from ``folder``: a config naming code (``model``, ``layer``) is
+    refused unless ``trust_code``, so that a downloaded config.json never runs code nobody
+    asked for; trusted, the reference must be a file in the folder's ``code/`` (or an installed
+    ``package.module:NAME``), and the returned overrides point the key at that file."""
     if config.get("pretrained"):
         raise ConfigError(
             "invalid value for 'pretrained': a fine-tuned pretrained model reads its "
             "architecture from its pretrained folder and cannot be saved for the Hub or loaded "
             "from it yet; use dblocks assemble"
         )
+    named = code_key(config)
+    if folder is None or named is None:
+        return {}
+    key, value = named
+    where, _, name = value.rpartition(":")
+    if not trust_code:
+        raise ConfigError(
+            f"invalid value for '{key}': {value} is code that building this model runs (your "
+            "network's); read it, then load with trust_code=True (dblocks sample --trust-code)"
+        )
+    if not where.endswith(".py"):
+        return {}  # package.module:NAME: imported where the model loads
+    parts = Path(where).parts
+    file = folder / where
+    if len(parts) != 2 or parts[0] != CODE_FOLDER or not file.is_file():
+        raise ConfigError(
+            f"invalid value for '{key}': {value} (a model folder's code is a file in its "
+            f"{CODE_FOLDER}/ folder, saved with it)"
+        )
+    return {key: f"{file}:{name}"}
 
 
 def read_model_config(folder: Path) -> dict[str, Any]:

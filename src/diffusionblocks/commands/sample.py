@@ -61,7 +61,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
         raise UsageError(f"--cfg must be in [0, 100], got {args.cfg}")
     overrides = parse_assignments(args.set or [])
     if has_data_card(args.run):  # saved with save_pretrained: it samples without its data
-        task, _, _ = load_card_folder(Path(args.run), args.device, overrides, "sample --set")
+        task, _, _ = load_card_folder(Path(args.run), args.device, overrides, "sample --set",
+                                      args.trust_code)  # fmt: skip
     else:
         task, _ = load_run(args.run, args.device, overrides)
     if task.generates == "text":

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .base import DataError, ImageDataset
+from .base import ACTIVE_CARD, DataError, ImageDataset
 from .npz import _check_labels, read_xy, split_test
 
 TARGETS = ("classes", "continuous")
@@ -26,7 +26,11 @@ TARGETS = ("classes", "continuous")
 class ArrayDataset(ImageDataset):
     """Train/validation/test splits of inputs ``x`` (N, ...) and targets ``y``: class labels
     (N,) int64 (``num_classes`` > 0) or continuous targets (N, ...) float32 (``num_classes``
-    0). The split and subset logic is the image datasets'."""
+    0). The split and subset logic is the image datasets'. A data card's stand-in (``card.py``)
+    has no examples; ``pixel_stats`` holds the training inputs' (mean, std) and
+    ``target_stats`` the continuous targets' per-value (means, stds)."""
+
+    target_stats: tuple[list[float], list[float]] | None = None
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -41,9 +45,13 @@ class ArrayDataset(ImageDataset):
 
 def load_arrays(path: str | os.PathLike, target: str, test_fraction: float = 0.1) -> ArrayDataset:
     """The arrays of ``path`` (format in the module docstring) for a ``target`` of "classes" or
-    "continuous"; ``~`` is expanded."""
+    "continuous"; ``~`` is expanded. While a task is built from a data card (``card.py``), the
+    card's stand-in instead."""
     if target not in TARGETS:
         raise DataError(f"target must be one of {', '.join(TARGETS)}, got {target!r}")
+    card = ACTIVE_CARD.get()
+    if card is not None:  # building from a data card: its stand-in
+        return card.arrays()
     path = Path(path).expanduser()
     if not path.is_file():
         raise DataError(f"dataset file {os.path.abspath(path)} does not exist (an .npz with x, y)")

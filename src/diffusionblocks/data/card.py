@@ -9,9 +9,11 @@ Hub (``hub.py``) carries it in its ``config.json`` so that the model loads where
 
 While :func:`building_from` is active, the data loaders return a stand-in of the data from the
 card instead of reading files: the same shapes, classes, statistics and vocabulary, with no
-examples (an :class:`ImageDataset` with 0 images and its ``pixel_stats``; a :class:`TextCorpus`
-holding only the first training id). Such a task predicts and generates exactly as the task built
-from the data (tested); its evaluation is refused (``Task.from_card``, ``CARD_ONLY``).
+examples (an :class:`ImageDataset` with 0 images and its ``pixel_stats``; an
+:class:`ArrayDataset` of a user's network with 0 examples and its input and target statistics; a
+:class:`TextCorpus` holding only the first training id). Such a task predicts and generates
+exactly as the task built from the data (tested); its evaluation is refused (``Task.from_card``,
+``CARD_ONLY``).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from typing import Any
 
 import torch
 
+from .arrays import ArrayDataset
 from .base import ACTIVE_CARD, DataError, ImageDataset
 from .text import TextCorpus, Vocabulary
 from .tokens import TokenVocabulary
@@ -46,17 +49,28 @@ def data_card(task: Any) -> dict[str, Any]:
             text.update(tokenizer_json=vocab.json, tokenizer_source=vocab.source)
         return {**base, **text}
     data = getattr(task, "data", None)
+    if isinstance(data, ArrayDataset) and hasattr(task, "x_mean"):  # your own network's arrays
+        continuous = getattr(task, "y_mean", None) is not None
+        return {**base, "kind": "arrays", "name": data.name,
+                "input_shape": list(data.input_shape), "target_shape": list(data.target_shape),
+                "num_classes": data.num_classes,
+                "class_names": list(data.class_names) if data.class_names else None,
+                "x_mean": float(task.x_mean), "x_std": float(task.x_std),
+                "y_mean": task.y_mean.tolist() if continuous else None,
+                "y_std": task.y_std.tolist() if continuous else None}  # fmt: skip
     if isinstance(data, ImageDataset) and hasattr(task, "pixel_mean"):
         return {**base, "kind": "images", "name": data.name, "image_shape": list(data.image_shape),
                 "num_classes": data.num_classes,
                 "class_names": list(data.class_names) if data.class_names else None,
                 "pixel_mean": float(task.pixel_mean),
                 "pixel_std": float(task.pixel_std)}  # fmt: skip
-    raise DataError(f"a {type(task).__name__} has no data card (image and text tasks have)")
+    raise DataError(f"a {type(task).__name__} has no data card (image, array and text tasks "
+                    "have)")  # fmt: skip
 
 
 def check_card(card: Any, kind: str) -> dict[str, Any]:
-    """``card`` when it is a data card of ``kind`` (``images`` or ``text``); else a DataError."""
+    """``card`` when it is a data card of ``kind`` (``images``, ``arrays`` or ``text``); else a
+    DataError."""
     if not isinstance(card, dict) or card.get("format") != CARD_FORMAT:
         raise DataError("the model's config.json holds no data card (diffusionblocks-data-card)")
     if card.get("version") != CARD_VERSION:
@@ -79,6 +93,9 @@ class DataCard:
 
     def corpus(self) -> TextCorpus:
         return card_corpus(self.card)
+
+    def arrays(self) -> ArrayDataset:
+        return card_arrays(self.card)
 
 
 @contextmanager
@@ -104,6 +121,25 @@ def card_images(card: dict[str, Any]) -> ImageDataset:
         test_y=empty_y, num_classes=int(card["num_classes"]),
         class_names=tuple(names) if names else None,
         pixel_stats=(float(card["pixel_mean"]), float(card["pixel_std"])),
+    )  # fmt: skip
+
+
+def card_arrays(card: dict[str, Any]) -> ArrayDataset:
+    """The stand-in arrays of ``card``: no examples, the inputs' and targets' shapes, the
+    classes, and the statistics the task standardises with."""
+    card = check_card(card, "arrays")
+    classes = int(card["num_classes"])
+    x = torch.zeros(0, *(int(v) for v in card["input_shape"]))
+    y = torch.zeros(0, *(int(v) for v in card["target_shape"]),
+                    dtype=torch.long if classes else torch.float32)  # fmt: skip
+    names = card.get("class_names")
+    stats = None
+    if card.get("y_mean") is not None:
+        stats = ([float(v) for v in card["y_mean"]], [float(v) for v in card["y_std"]])
+    return ArrayDataset(
+        name=str(card["name"]), train_x=x, train_y=y, test_x=x, test_y=y, num_classes=classes,
+        class_names=tuple(names) if names else None,
+        pixel_stats=(float(card["x_mean"]), float(card["x_std"])), target_stats=stats,
     )  # fmt: skip
 
 

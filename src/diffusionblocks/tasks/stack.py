@@ -18,6 +18,7 @@ network, all layers one block, fed z = 0 and c_noise = 0, trained with plain cro
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import partial
@@ -124,17 +125,25 @@ class _StackTask(Task):
         held = full.hold_out(config.val_fraction).subset(config.train_subset, config.test_subset)
         self.data = data = cast(ArrayDataset, held)  # the split keeps the dataset's class
         self.splits = ("val", "test") if data.val_y is not None else ("test",)
-        if config.batch_size > len(data.train_y):
+        if config.batch_size > len(data.train_y) and not data.card:
             raise ConfigError(f"invalid value for 'batch_size': {config.batch_size} (larger than "
                               f"the {len(data.train_y)} training examples)")  # fmt: skip
         self.classes = config.target == "classes"
         self.per_block_shared = not self.classes  # class targets: every block shares the table
         # Inputs standardised with the training set's mean and std; continuous targets per value,
         # then scaled to std sigma_data (the preconditioning's assumption).
-        self.x_mean, self.x_std = float(data.train_x.mean()), float(data.train_x.std()) or 1.0
-        flat = data.train_y.reshape(len(data.train_y), -1).float() if not self.classes else None
-        self.y_mean = flat.mean(0) if flat is not None else None
-        self.y_std = flat.std(0).clamp_min(1e-8) if flat is not None else None
+        # (a data card's stand-in: the statistics it recorded)
+        if data.pixel_stats is not None:
+            self.x_mean, self.x_std = data.pixel_stats
+        else:
+            self.x_mean, self.x_std = float(data.train_x.mean()), float(data.train_x.std()) or 1.0
+        self.y_mean: torch.Tensor | None = None
+        self.y_std: torch.Tensor | None = None
+        if not self.classes and data.target_stats is not None:
+            self.y_mean, self.y_std = (torch.tensor(v) for v in data.target_stats)
+        elif not self.classes:
+            flat = data.train_y.reshape(len(data.train_y), -1).float()
+            self.y_mean, self.y_std = flat.mean(0), flat.std(0).clamp_min(1e-8)
         with seeded(config.seed):  # the user's stem and head, then every block from its seed
             stack = load_stack(config.model)
             if stack.target != config.target:
@@ -164,13 +173,14 @@ class _StackTask(Task):
                                   f"{stack.depth} layers leave none per block)")  # fmt: skip
             shape = StackShape(
                 num_classes=data.num_classes,
-                target_size=0 if self.classes else int(data.train_y[0].numel()),
+                target_size=0 if self.classes else math.prod(data.target_shape),
                 depth=depth,
                 num_blocks=config.num_model_blocks,
                 layers_per_block=config.block_sizes,
                 seed=config.seed,
             )
-            example = self._prepare(data.train_x[:2]).cpu()
+            inputs = data.train_x[:2] if not data.card else torch.zeros(2, *data.input_shape)
+            example = self._prepare(inputs).cpu()
             self.model = StackNetwork(stack, shape, example, not config.block_resident)
             to_device(self.model, device)
         self.depth = depth
