@@ -9,7 +9,7 @@ import sys
 
 import pytest
 import torch
-from helpers import FIXTURES, llama_ar_task, llama_masked_task
+from helpers import FIXTURES, ar_stack_task, llama_ar_task, llama_masked_task
 
 from diffusionblocks.config import ConfigError
 from diffusionblocks.networks.hf import LlamaLayer, llama_config
@@ -77,14 +77,16 @@ def test_without_transformers_the_error_says_how_to_install_it(monkeypatch):
     assert make_config("mdm-tiny", {"layer": "hf:llama"}).layer == "hf:llama"
 
 
-def test_the_autoregressive_model_with_llama_layers_never_sees_the_next_characters():
-    """Two streams with rotary positions: the logits for character i (the noisy stream) depend
-    on the characters before i only, through every block."""
-    task = llama_ar_task()
+@pytest.mark.parametrize("make", [llama_ar_task, ar_stack_task], ids=["hf-llama", "your-model"])
+def test_the_autoregressive_model_never_sees_the_next_characters(make):
+    """Two streams (Llama layers with rotary positions, or a user's whole token network): the
+    logits for character i (the noisy stream) depend on the characters before i only, through
+    every block."""
+    task = make()
     Trainer(task, None, progress=False).fit()  # past the zero-initialised head
     gen = torch.Generator().manual_seed(0)
     ids = torch.randint(0, task.vocab.size, (1, 12), generator=gen)
-    z = torch.randn(1, 12, task.model.shape.hidden, generator=gen)
+    z = torch.randn(1, 12, task.model.hidden, generator=gen)
     sigma = torch.full((1, 12), 1.0)
     k = 6
     changed = ids.clone()

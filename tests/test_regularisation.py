@@ -113,9 +113,9 @@ def test_training_gives_a_share_of_the_examples_the_blocks_own_first_estimate():
     seen = []
     original = task.block_output
 
-    def record(block, z, sigma, patches, previous=None):
+    def record(block, z, sigma, features, previous=None):
         seen.append(previous)
-        return original(block, z, sigma, patches, previous)
+        return original(block, z, sigma, features, previous)
 
     task.block_output = record
     images, labels = task.train_batch(torch.arange(64))
@@ -130,7 +130,7 @@ def test_training_gives_a_share_of_the_examples_the_blocks_own_first_estimate():
 
 
 def _zsp(task, images, labels):
-    """The (z, sigma, patches) the loss draws from generator seed 0 for block 1."""
+    """The (z, sigma, features) the loss draws from generator seed 0 for block 1."""
     gen = torch.Generator().manual_seed(0)
     sigma = task.partition.sample_sigma(1, len(labels), gen)
     target = task.label_table()[labels]
@@ -144,8 +144,8 @@ def test_each_chain_call_reads_the_previous_calls_estimate():
     seen = []
     original = task.block_output
 
-    def record(block, z, sigma, patches, previous=None):
-        logits = original(block, z, sigma, patches, previous)
+    def record(block, z, sigma, features, previous=None):
+        logits = original(block, z, sigma, features, previous)
         seen.append((previous, logits))
         return logits
 

@@ -433,6 +433,7 @@ def test_an_ar_token_stack_trains_generates_and_loads(tmp_path, function, overri
     model = db.train("ar-tiny", out=tmp_path / "run", progress=False, device="cpu", threads=1,
                      model=f"{FIXTURES}/stack_models.py:{function}", **overrides)  # fmt: skip
     assert type(model.task.model).__name__ == "TwoStreamStackNetwork"
+    assert model.results["task"]["model"].endswith(f"stack_models.py:{function}")
     loaded = db.load(tmp_path / "run")
     assert loaded.evaluate()["heldout_ce"] == model.results["eval"]["heldout_ce"]
     # past the training context (seq_len 32): the window rolls
@@ -445,8 +446,13 @@ def test_an_ar_token_stack_trains_generates_and_loads(tmp_path, function, overri
     [("ar-tiny", {"model": "token_encoder"}, "model", "takes no attention mask"),
      ("ar-tiny", {"model": "ar_token_model", "layer": "hf:llama"}, "layer", "model="),
      ("ar-tiny", {"model": "ar_three"}, "depth", "3 layers"),
-     ("recurrent-tiny", {"model": "ar_token_model"}, "model", "autoregressive or masked")],
-    ids=["no-mask", "with-layer", "depth", "recurrent"],
+     ("recurrent-tiny", {"model": "ar_token_model"}, "model", "autoregressive or masked"),
+     ("ar-tiny", {"model": "ar_own_mask"}, "model", "do not keep to the attention mask"),
+     ("ar-tiny", {"model": "ar_seq_len_layer"}, "model", "two streams.*RuntimeError"),
+     ("ar-tiny", {"model": "ar_token_model", "pretrained": "somewhere"}, "pretrained",
+      "empty with model=")],
+    ids=["no-mask", "with-layer", "depth", "recurrent", "own-mask", "seq-len-layer",
+         "with-pretrained"],
 )  # fmt: skip
 def test_an_ar_token_stack_is_refused_naming_the_key(preset, overrides, key, words):
     values = {"device": "cpu", **overrides}

@@ -67,6 +67,23 @@ def drawn_from(
         yield
 
 
+def causal_mask(t: int, device: torch.device | str | None = None) -> torch.Tensor:
+    """(t, t) bool, True where attention is allowed: position i sees j <= i."""
+    i = torch.arange(t, device=device)
+    return i[:, None] >= i[None, :]
+
+
+def two_stream_mask(t: int, device: torch.device | str | None = None) -> torch.Tensor:
+    """(2t, 2t) bool mask for [clean 0..t-1; noisy 0..t-1] (True = may attend):
+    clean i -> clean j <= i; noisy i -> clean j < i and noisy i; clean never -> noisy."""
+    i = torch.arange(t, device=device)
+    clean_clean = i[:, None] >= i[None, :]
+    noisy_clean = i[:, None] > i[None, :]
+    top = torch.cat([clean_clean, torch.zeros(t, t, dtype=torch.bool, device=device)], 1)
+    bottom = torch.cat([noisy_clean, torch.eye(t, dtype=torch.bool, device=device)], 1)
+    return torch.cat([top, bottom], 0)
+
+
 def _per_token(cond: torch.Tensor) -> torch.Tensor:
     """Conditioning (N, C) for a whole sequence becomes (N, 1, C); (N, T, C) is per token."""
     return cond[:, None, :] if cond.dim() == 2 else cond

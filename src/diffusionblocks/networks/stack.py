@@ -46,6 +46,7 @@ from .layers import (
     _zero_linear,
     evaluating,
     modulate,
+    two_stream_mask,
 )
 
 TARGETS = ("classes", "continuous", "tokens")
@@ -99,9 +100,10 @@ class ResidualStack:
     with ``depth`` layers (then block-resident training builds only the block it trains, where a
     list is held whole). ``head``: ``forward(x)``, or ``forward(x, cond)`` to be given the
     condition. ``target``: "classes" (integer labels; the head gives (N, K) logits),
-    "continuous" (numbers; the head gives (N, *target_shape) values), or "tokens" (a masked-
-    diffusion language model, ``model=`` of the masked-LM presets: the stem embeds token ids
-    (N, T) -> (N, T, C), the head gives (N, T, V) logits; :class:`TokenStackNetwork`)."""
+    "continuous" (numbers; the head gives (N, *target_shape) values), or "tokens" (a language
+    model, ``model=`` of the masked-diffusion and autoregressive presets: the stem embeds token
+    ids (N, T) -> (N, T, C), the head gives (N, T, V) logits; :class:`TokenStackNetwork`,
+    :class:`TwoStreamStackNetwork`)."""
 
     stem: nn.Module
     layers: Sequence[nn.Module] | Callable[[int], nn.Module]
@@ -535,7 +537,8 @@ class TokenStackNetwork(TokenNetwork):
     ``blocks[b]``: the user's layers of block b, each sigma-conditioned
     (:class:`SigmaConditioned`, zero-initialised: at initialisation the network is exactly the
     user's). Built, the stem, layers and head are run once on all-masked sequences of
-    ``seq_len`` and of half of it, so that a wrong shape is refused now, naming ``model``."""
+    ``seq_len`` and of half of it (the largest id where there is no mask token), so that a wrong
+    shape is refused now, naming ``model``."""
 
     mask_token = True  # ids 0..V, V the mask token (the masked-diffusion LM)
 
@@ -673,6 +676,7 @@ class TwoStreamStackNetwork(TokenStackNetwork):
                         "give its forward a mask=None argument, a (L, L) bool tensor, True "
                         "where attention is allowed"
                     )
+        self._check_two_streams(stack, seq_len)
         hidden = self.hidden
         self.token_embed = nn.Embedding(vocab_size, hidden)  # the targets' table
         nn.init.normal_(self.token_embed.weight, std=0.02)
@@ -680,6 +684,59 @@ class TwoStreamStackNetwork(TokenStackNetwork):
         nn.init.trunc_normal_(self.noisy_pos, std=0.02)
         self.stream_embed = nn.Parameter(torch.zeros(2, hidden))
         self.clean_cond = nn.Parameter(torch.zeros(hidden))
+
+    def _check_two_streams(self, stack: ResidualStack, seq_len: int) -> None:
+        """Run the layers (the blocks in memory, else the given list) on what training feeds
+        them, 2 x seq_len tokens with the two-stream mask and the positions, and refuse (naming
+        ``model``) layers that fail there or that do not keep to the mask: changing the last
+        clean token or the first noisy one must change no output that may not see it (a layer
+        with its own causal mask would let noisy token i see clean token i, its target)."""
+        t = seq_len
+        gen = torch.Generator().manual_seed(0)  # no draw of the global generator
+        x = torch.randn(2, 2 * t, self.hidden, generator=gen)
+        cond = torch.randn(2, 2 * t, self.hidden, generator=gen)
+        mask, positions = two_stream_mask(t), torch.arange(t).repeat(2)
+        groups = [g for g in self.blocks if not any(p.is_meta for p in g.parameters())]
+
+        def run(inputs: torch.Tensor) -> torch.Tensor:
+            if groups:
+                for group in groups:
+                    with evaluating(group):
+                        inputs = group(inputs, cond, mask, positions)
+                return inputs
+            for i, layer in enumerate(list(stack.layers)):  # type: ignore[arg-type]
+                extra = {k: v for k, v in (("mask", mask), ("positions", positions))
+                         if k in {p.name for p in _forward_parameters(layer) or []}}  # fmt: skip
+                with evaluating(layer):
+                    own = takes_condition(layer, i)
+                    inputs = layer(inputs, cond[:, 0], **extra) if own else layer(inputs, **extra)
+            return inputs
+
+        if not groups and stack.by_function:
+            return  # block-resident with a layer function: nothing built to check
+        out = self._user("layers on the two streams (2 x seq_len tokens, the two-stream mask)",
+                         lambda: run(x))  # fmt: skip
+        if not isinstance(out, torch.Tensor) or out.shape != x.shape:
+            got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise ConfigError(
+                f"invalid value for 'model': the stack's layers map the two streams "
+                f"{tuple(x.shape)} to {got}; the autoregressive model feeds them 2 x seq_len "
+                "tokens"
+            )
+        for changed, unseen in (
+            (t - 1, [*range(t - 1), *range(t, 2 * t)]),  # last clean
+            (t, [*range(t), *range(t + 1, 2 * t)]),
+        ):  # first noisy
+            y = x.clone()
+            y[:, changed] += 1.0
+            other = self._user("layers on the two streams", partial(run, y))
+            if not torch.allclose(out[:, unseen], other[:, unseen], rtol=0, atol=1e-5):
+                raise ConfigError(
+                    "invalid value for 'model': the stack's layers do not keep to the attention "
+                    "mask they are given (changing one token changed outputs that may not see "
+                    "it): use mask (True where attention is allowed) in place of any mask of "
+                    "the layer's own"
+                )
 
     def clean_inputs(self, ids: torch.Tensor, start: int = 0) -> torch.Tensor:
         """The user's stem on ids (N, T) plus the clean stream's offset (N, T, C); positions

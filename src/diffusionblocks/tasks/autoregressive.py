@@ -36,7 +36,7 @@ from ..diffusion import (
     unit_table,
     weighted_loss,
 )
-from ..networks.layers import LayerGroup
+from ..networks.layers import LayerGroup, causal_mask, two_stream_mask
 from ..networks.recurrent import RecurrentDepthLM
 from ..networks.stack import TwoStreamStackNetwork
 from ..networks.token_transformer import TwoStreamTransformer
@@ -48,23 +48,6 @@ from .charlm import (  # noqa: F401 - the char-LM names, importable from here as
     judge_perplexity,
     repetition,
 )
-
-
-def causal_mask(t: int, device: torch.device | str | None = None) -> torch.Tensor:
-    """(t, t) bool, True where attention is allowed: position i sees j <= i."""
-    i = torch.arange(t, device=device)
-    return i[:, None] >= i[None, :]
-
-
-def two_stream_mask(t: int, device: torch.device | str | None = None) -> torch.Tensor:
-    """(2t, 2t) bool mask for [clean 0..t-1; noisy 0..t-1] (True = may attend):
-    clean i -> clean j <= i; noisy i -> clean j < i and noisy i; clean never -> noisy."""
-    i = torch.arange(t, device=device)
-    clean_clean = i[:, None] >= i[None, :]
-    noisy_clean = i[:, None] > i[None, :]
-    top = torch.cat([clean_clean, torch.zeros(t, t, dtype=torch.bool, device=device)], 1)
-    bottom = torch.cat([noisy_clean, torch.eye(t, dtype=torch.bool, device=device)], 1)
-    return torch.cat([top, bottom], 0)
 
 
 # ---------------------------------------------------------------------- the tasks

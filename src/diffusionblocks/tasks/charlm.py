@@ -280,8 +280,11 @@ class CharLM(TextTask):
         return model
 
     def describe(self) -> dict[str, Any]:
+        c = self.config
+        mine = {"model": c.model, "hidden": self.model.hidden} if getattr(c, "model", "") else {}
         return {
             **self.describe_data(),
+            **mine,  # your network: its width is its stem's, whatever the config's hidden
             "parameters": sum(p.numel() for p in self.model.parameters() if not p.is_meta),
         }
 
@@ -465,6 +468,9 @@ def with_pretrained(values: dict[str, Any], given: dict[str, Any]) -> dict[str, 
     from ..networks.hf import pretrained_shape
 
     folder = str(values["pretrained"])
+    if values.get("model"):  # before the folder is read (check_network_keys says the same)
+        raise ConfigError(f"invalid value for 'pretrained': {folder!r} (empty with model=: your "
+                          "network is the model)")  # fmt: skip
     shape = pretrained_shape(folder)
     for key, value in shape.items():
         try:

@@ -147,8 +147,9 @@ class _StackTask(Task):
         with seeded(config.seed):  # the user's stem and head, then every block from its seed
             stack = load_stack(config.model)
             if stack.target != config.target:
-                hint = (" (a language model: train it with a masked-diffusion preset, e.g. "
-                        "mdm-text)" if stack.target == "tokens" else "")  # fmt: skip
+                hint = (" (a language model: train it with a masked-diffusion or autoregressive "
+                        "preset, e.g. mdm-text or ar-text)" if stack.target == "tokens"
+                        else "")  # fmt: skip
                 raise ConfigError(
                     f"invalid value for 'target': {config.target!r} (your stack {config.model} "
                     f"says target={stack.target!r}; set the same target{hint})"
