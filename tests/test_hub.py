@@ -151,18 +151,16 @@ def test_a_hub_id_is_downloaded_with_the_models_files_only(tmp_path, monkeypatch
     monkeypatch.setattr("diffusionblocks.hub.snapshot_download", fake_download)
     loaded = db.DiffusionBlocksModel.from_pretrained("someone/tiny-digits", revision="v1")
     assert calls[0]["repo_id"] == "someone/tiny-digits" and calls[0]["revision"] == "v1"
-    assert sorted(calls[0]["allow_patterns"]) == ["README.md", "code/*.py", "config.json",
-                                                  "model.safetensors"]  # fmt: skip
+    assert sorted(calls[0]["allow_patterns"]) == [
+        "README.md", "code/*.py", "config.json", "model.safetensors", "pretrained/config.json"
+    ]  # fmt: skip
     x = torch.rand(4, 8, 8)
     assert torch.equal(loaded.probabilities(x), model.probabilities(x))
 
 
 def test_what_a_hub_folder_cannot_hold_is_refused_naming_the_key(tmp_path):
-    """A fine-tuned ``pretrained`` model (its architecture is read from its pretrained folder);
-    your own network whose file is gone (nothing to copy into the folder)."""
-    pretrained = pretrained_ar_task()
-    with pytest.raises(ConfigError, match="'pretrained'"):
-        db.DiffusionBlocksModel.from_model(db.api.Model(pretrained, tmp_path, 0))
+    """Your own network whose file is gone, a fine-tuned model whose pretrained folder is gone:
+    nothing to copy into the folder."""
     code = tmp_path / "net.py"
     code.write_text((Path(FIXTURES) / "stack_models.py").read_text())
     run = db.train("your-model", out=tmp_path / "stack", progress=False, data=stack_data(),
@@ -170,6 +168,34 @@ def test_what_a_hub_folder_cannot_hold_is_refused_naming_the_key(tmp_path):
     code.unlink()
     with pytest.raises(ConfigError, match="'model'.*not there to copy"):
         db.DiffusionBlocksModel.from_model(run)
+    task = pretrained_ar_task()
+    task.config.pretrained = str(tmp_path / "moved")
+    with pytest.raises(ConfigError, match="'pretrained'.*not there to copy"):
+        db.DiffusionBlocksModel.from_model(db.api.Model(task, tmp_path, 0))
+
+
+def test_a_fine_tuned_pretrained_model_goes_to_the_hub_with_its_architecture(tmp_path):
+    """The folder carries the pretrained model's config.json (pretrained/) and every weight:
+    with the pretrained folder and the text deleted, it generates the same text as the run."""
+    import shutil
+
+    from helpers import _LLAMA, tiny_llama_folder
+
+    llama = tmp_path / "llama"
+    shutil.copytree(tiny_llama_folder(), llama)
+    data = tmp_path / "corpus.txt"
+    shutil.copyfile(_LLAMA["data"], data)
+    model = db.train("ar-tiny", out=tmp_path / "run", progress=False, pretrained=str(llama),
+                     data=str(data), train_subset=64, **QUICK)  # fmt: skip
+    expected = model.sample_text(12, seed=4)
+    db.DiffusionBlocksModel.from_model(model).save_pretrained(tmp_path / "hub")
+    shutil.rmtree(llama)
+    data.unlink()
+    saved = json.loads((tmp_path / "hub" / "config.json").read_text())
+    assert saved["config"]["pretrained"] == "pretrained"
+    assert sorted(p.name for p in (tmp_path / "hub" / "pretrained").iterdir()) == ["config.json"]
+    loaded = db.DiffusionBlocksModel.from_pretrained(tmp_path / "hub")
+    assert loaded.sample_text(12, seed=4) == expected
 
 
 # your own network (model=) of each target kind, and your own layers (layer=)

@@ -22,9 +22,9 @@ data (load the run or model folder with :func:`diffusionblocks.load`).
 A run of your own network (``model=FILE.py:NAME``) or your own layers (``layer=FILE.py:NAME``)
 saves a copy of that file in the folder's ``code/`` (one file: what it imports must be installed
 where the model loads; ``package.module:NAME`` is kept as it is); loading it runs that code, so
-``from_pretrained`` refuses it unless ``trust_code=True`` (read the file first). Not saved
-(refused, naming the key): a fine-tuned ``pretrained`` model, whose architecture is read from its
-pretrained folder.
+``from_pretrained`` refuses it unless ``trust_code=True`` (read the file first). A fine-tuned
+``pretrained`` model saves a copy of the pretrained model's ``config.json`` (its architecture) in
+``pretrained/``; its weights are all in ``model.safetensors``.
 """
 
 from __future__ import annotations
@@ -44,7 +44,13 @@ from .api import Model
 from .config import ConfigError, RunConfig, config_from_dict
 from .data.card import data_card
 from .data.images import DataError
-from .loading import CODE_FOLDER, check_card_config, code_key, load_card_folder
+from .loading import (
+    CODE_FOLDER,
+    PRETRAINED_FOLDER,
+    check_card_config,
+    code_key,
+    load_card_folder,
+)
 
 try:
     from huggingface_hub import ModelCard, PyTorchModelHubMixin, snapshot_download
@@ -96,7 +102,7 @@ class DiffusionBlocksModel(
         card when they were measured with the model's config (not after ``db.load`` changed an
         inference key such as ``readout``)."""
         check_card_config(model.config.to_dict())
-        code_for_folder(model.config)  # the code file of your own network must be there
+        files_for_folder(model.config)  # the code file of your own network must be there
         results = model.results
         if results is None and (model.path / "results.json").is_file():
             results = json.loads((model.path / "results.json").read_text())
@@ -111,11 +117,12 @@ class DiffusionBlocksModel(
         state = dict(self.network.state_dict())
         for b, copy in sorted(getattr(self.network, "_shared_variants", {}).items()):
             state.update({f"shared_per_block.{b}.{k}": v for k, v in copy.items()})
-        config, code = code_for_folder(self.config)
-        shutil.rmtree(save_directory / CODE_FOLDER, ignore_errors=True)  # an earlier save's
-        for source, name in code:
-            (save_directory / CODE_FOLDER).mkdir(exist_ok=True)
-            shutil.copyfile(source, save_directory / CODE_FOLDER / name)
+        config, files = files_for_folder(self.config)
+        for sub in (CODE_FOLDER, PRETRAINED_FOLDER):  # an earlier save's
+            shutil.rmtree(save_directory / sub, ignore_errors=True)
+        for source, name in files:
+            (save_directory / name).parent.mkdir(exist_ok=True)
+            shutil.copyfile(source, save_directory / name)
         write_model_files(save_directory, state, config, {
             "data_card": self.card,
             "results": summary(self.task, self.results),
@@ -129,7 +136,7 @@ class DiffusionBlocksModel(
     def generate_model_card(self, *args: Any, **kwargs: Any) -> ModelCard:
         """The model card: what the model is, its results, how to load it, its config."""
         results = summary(self.task, self.results)
-        config = code_for_folder(self.config)[0]
+        config = files_for_folder(self.config)[0]
         return ModelCard(model_card(config, self.card, results, self.task.generates))
 
     # -- in -----------------------------------------------------------------------------------
@@ -214,29 +221,38 @@ def hub_folder(model_id: str, **download: Any) -> Path:
     if looks_like_path:
         raise DataError(f"no model folder {model_id} (give a folder saved with save_pretrained, "
                         "or a Hub repository id user/name)")  # fmt: skip
-    patterns = [*HUB_FILES, f"{CODE_FOLDER}/*.py"]  # your network's code, if it has any
+    # your network's code, a fine-tuned model's pretrained architecture, if it has them
+    patterns = [*HUB_FILES, f"{CODE_FOLDER}/*.py", f"{PRETRAINED_FOLDER}/config.json"]
     return Path(snapshot_download(repo_id=model_id, allow_patterns=patterns, **download))
 
 
-def code_for_folder(config: RunConfig) -> tuple[RunConfig, list[tuple[Path, str]]]:
-    """The config a Hub folder holds and the code files it carries: a ``FILE.py:NAME`` of
-    ``model`` or ``layer`` becomes ``code/FILE.py:NAME`` (the file copied there); a
-    ``package.module:NAME`` stays as it is. A file that is not there is refused, naming the
-    key."""
+def files_for_folder(config: RunConfig) -> tuple[RunConfig, list[tuple[Path, str]]]:
+    """The config a Hub folder holds and the files it carries (source, path in the folder): a
+    ``FILE.py:NAME`` of ``model`` or ``layer`` becomes ``code/FILE.py:NAME`` (the file copied
+    there; a ``package.module:NAME`` stays as it is); a fine-tuned ``pretrained`` model becomes
+    ``pretrained`` (its config.json, the architecture, copied into ``pretrained/``). A file
+    that is not there is refused, naming the key."""
+    check_card_config(config.to_dict())  # the pretrained model's config.json is there
+    changes: dict[str, str] = {}
+    files: list[tuple[Path, str]] = []
+    if config.to_dict().get("pretrained"):
+        source = Path(str(config.to_dict()["pretrained"])).expanduser() / "config.json"
+        files.append((source, f"{PRETRAINED_FOLDER}/config.json"))
+        changes["pretrained"] = PRETRAINED_FOLDER
     named = code_key(config.to_dict())
-    if named is None:
+    if named is not None:
+        key, value = named
+        where, _, name = value.rpartition(":")
+        if where.endswith(".py"):
+            source = Path(where).expanduser()
+            if not source.is_file():
+                raise ConfigError(f"invalid value for '{key}': {value} ({source} is not there "
+                                  "to copy into the model folder)")  # fmt: skip
+            files.append((source, f"{CODE_FOLDER}/{source.name}"))
+            changes[key] = f"{CODE_FOLDER}/{source.name}:{name}"
+    if not changes:
         return config, []
-    key, value = named
-    where, _, name = value.rpartition(":")
-    if not where.endswith(".py"):
-        return config, []
-    source = Path(where).expanduser()
-    if not source.is_file():
-        raise ConfigError(f"invalid value for '{key}': {value} ({source} is not there to copy "
-                          "into the model folder)")  # fmt: skip
-    reference = f"{CODE_FOLDER}/{source.name}:{name}"
-    saved = config_from_dict(type(config), {**config.to_dict(), key: reference})
-    return saved, [(source, source.name)]
+    return config_from_dict(type(config), {**config.to_dict(), **changes}), files
 
 
 def summary(task: Any, results: dict[str, Any] | None) -> dict[str, Any]:

@@ -228,6 +228,8 @@ def load_card_folder(
 
 # Where a Hub folder keeps the code of your own network or layers (``model=`` / ``layer=``)
 CODE_FOLDER = "code"
+# Where a Hub folder of a fine-tuned pretrained model keeps that model's config.json
+PRETRAINED_FOLDER = "pretrained"
 
 
 def code_key(config: dict[str, Any]) -> tuple[str, str] | None:
@@ -244,22 +246,32 @@ def code_key(config: dict[str, Any]) -> tuple[str, str] | None:
 def check_card_config(
     config: dict[str, Any], folder: Path | None = None, trust_code: bool = False
 ) -> dict[str, str]:
-    """Check a config a Hub folder holds, before anything is built. Always refused (naming the
-    key): a fine-tuned ``pretrained`` model (its architecture is read from its pretrained
-    folder). Saving (``folder`` None): a config naming your code passes (the folder gets a copy
-    of the file). Loading from ``folder``: a config naming code (``model``, ``layer``) is
-    refused unless ``trust_code``, so that a downloaded config.json never runs code nobody
-    asked for; trusted, the reference must be a file in the folder's ``code/`` (or an installed
-    ``package.module:NAME``), and the returned overrides point the key at that file."""
-    if config.get("pretrained"):
-        raise ConfigError(
-            "invalid value for 'pretrained': a fine-tuned pretrained model reads its "
-            "architecture from its pretrained folder and cannot be saved for the Hub or loaded "
-            "from it yet; use dblocks assemble"
-        )
+    """Check a config a Hub folder holds, before anything is built; refusals name the key.
+    Saving (``folder`` None): a config naming your code passes (the folder gets a copy of the
+    file), and a fine-tuned ``pretrained`` model's config.json must be there (the folder gets a
+    copy). Loading from ``folder``: ``pretrained`` must be the folder's own ``pretrained/`` (no
+    other folder is read); a config naming code (``model``, ``layer``) is refused unless
+    ``trust_code``, so that a downloaded config.json never runs code nobody asked for; trusted,
+    the reference must be a file in the folder's ``code/`` (or an installed
+    ``package.module:NAME``). Returns the overrides that point those keys into the folder."""
+    overrides: dict[str, str] = {}
+    pretrained = str(config.get("pretrained", "") or "")
+    if pretrained and folder is None:  # saving: the folder gets its config.json
+        if not (Path(pretrained).expanduser() / "config.json").is_file():
+            raise ConfigError(f"invalid value for 'pretrained': {pretrained} (its config.json, "
+                              "the architecture, is not there to copy into the model folder; "
+                              "give its new place with --set pretrained=PATH)")  # fmt: skip
+    elif pretrained and folder is not None:  # loading: the folder's own pretrained/config.json
+        own = folder / PRETRAINED_FOLDER
+        if pretrained != PRETRAINED_FOLDER or not (own / "config.json").is_file():
+            raise ConfigError(
+                f"invalid value for 'pretrained': {pretrained} (a model folder's pretrained "
+                f"architecture is its own {PRETRAINED_FOLDER}/config.json, saved with it)"
+            )
+        overrides["pretrained"] = str(own)
     named = code_key(config)
     if folder is None or named is None:
-        return {}
+        return overrides
     key, value = named
     where, _, name = value.rpartition(":")
     if not trust_code:
@@ -268,7 +280,7 @@ def check_card_config(
             "network's); read it, then load with trust_code=True (dblocks sample --trust-code)"
         )
     if not where.endswith(".py"):
-        return {}  # package.module:NAME: imported where the model loads
+        return overrides  # package.module:NAME: imported where the model loads
     parts = Path(where).parts
     file = folder / where
     if len(parts) != 2 or parts[0] != CODE_FOLDER or not file.is_file():
@@ -276,7 +288,7 @@ def check_card_config(
             f"invalid value for '{key}': {value} (a model folder's code is a file in its "
             f"{CODE_FOLDER}/ folder, saved with it)"
         )
-    return {key: f"{file}:{name}"}
+    return {**overrides, key: f"{file}:{name}"}
 
 
 def read_model_config(folder: Path) -> dict[str, Any]:

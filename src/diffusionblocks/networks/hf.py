@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from ..config import ConfigError
+from ..data.base import ACTIVE_CARD
 
 HF_LAYERS = ("hf:llama",)
 
@@ -141,6 +142,13 @@ def pretrained_shape(folder: str) -> dict[str, Any]:
         raise _pretrained_error(folder, f"its config.json lacks {err}") from None
 
 
+def _has_weights(folder: str) -> bool:
+    root = Path(folder).expanduser()
+    return (root / "model.safetensors").is_file() or (
+        root / "model.safetensors.index.json"
+    ).is_file()
+
+
 class PretrainedWeights:
     """The tensors of a folder's ``model.safetensors`` (or the shards its
     ``model.safetensors.index.json`` names), read one by one on demand: building block b reads
@@ -219,7 +227,12 @@ class PretrainedModel:
     def __init__(self, folder: str):
         self.folder = folder
         self.config = pretrained_llama_config(folder)
-        self.weights = PretrainedWeights(folder)
+        # A Hub folder of a fine-tuned model keeps only the pretrained model's config.json: built
+        # from its data card, the network takes its architecture from it, and every weight from
+        # the Hub folder's own model.safetensors afterwards (hub.py)
+        self.weights: PretrainedWeights | None = None
+        if not (ACTIVE_CARD.get() is not None and not _has_weights(folder)):
+            self.weights = PretrainedWeights(folder)
 
     def layers(self, causal: bool) -> Any:
         """``layer(index)``: decoder layer ``index`` with its pretrained weights (read when the
@@ -227,7 +240,8 @@ class PretrainedModel:
 
         def build(index: int) -> LlamaLayer:
             layer = LlamaLayer(self.config, index, causal)
-            self.weights.load_into(layer.layer, f"model.layers.{index}.")
+            if self.weights is not None:
+                self.weights.load_into(layer.layer, f"model.layers.{index}.")
             return layer
 
         return build
@@ -238,6 +252,8 @@ class PretrainedModel:
     def load_embedding(self, embedding: nn.Embedding) -> None:
         """The first rows of the token embedding table into ``embedding`` (the run's vocabulary
         is the folder's tokenizer: its ids are the model's)."""
+        if self.weights is None:
+            return  # built from a data card: the Hub folder's weights replace it
         table = self.weights.get("model.embed_tokens.weight")
         rows = embedding.num_embeddings
         if table.shape[0] < rows:
@@ -255,7 +271,7 @@ class PretrainedHead(nn.Module):
     :class:`~.layers.AdaLNOutput` (shift and scale zero-initialised: at the start it is the
     pretrained head exactly). ``forward(x, cond)`` -> logits."""
 
-    def __init__(self, config: Any, weights: PretrainedWeights, vocab: int):
+    def __init__(self, config: Any, weights: PretrainedWeights | None, vocab: int):
         super().__init__()
         from transformers.models.llama.modeling_llama import LlamaRMSNorm
 
@@ -266,6 +282,8 @@ class PretrainedHead(nn.Module):
         nn.init.zeros_(modulation.bias)
         self.modulation = nn.Sequential(nn.SiLU(), modulation)
         self.linear = nn.Linear(hidden, vocab, bias=False)
+        if weights is None:
+            return  # built from a data card: the Hub folder's weights replace these
         weights.load_into(self.norm, "model.norm.")
         head = "lm_head.weight" if weights.has("lm_head.weight") else "model.embed_tokens.weight"
         with torch.no_grad():  # tied embeddings: the head is the embedding table
