@@ -246,28 +246,101 @@ def test_your_own_network_goes_to_the_hub_with_its_code_and_loads_only_when_trus
         assert loaded.sample_text(12, seed=4) == expected
 
 
-@pytest.mark.parametrize("key", ["model", "layer", "pretrained"])
-def test_a_downloaded_config_naming_code_or_files_is_refused_before_anything_runs(tmp_path, key):
-    """A config.json edited to name code (or a folder) is refused before the network is built:
-    the file it names is never imported."""
-    data = synthetic_images(tmp_path / "images.npz", n=120, size=8)
-    model = trained(tmp_path, "tiny", data)
-    db.DiffusionBlocksModel.from_model(model).save_pretrained(tmp_path / "hub")
+@pytest.fixture(scope="module")
+def lm_hub_folders(tmp_path_factory):
+    """Hub folders of a built-in masked-diffusion LM and autoregressive LM (made once)."""
+    root = tmp_path_factory.mktemp("lm-hubs")
+    corpus = text_file(root)
+    folders = {}
+    for preset in ("mdm-tiny", "ar-tiny"):
+        model = db.train(preset, out=root / f"{preset}-run", progress=False, data=str(corpus),
+                         **QUICK)  # fmt: skip
+        db.DiffusionBlocksModel.from_model(model).save_pretrained(root / preset)
+        folders[preset] = root / preset
+    return folders
+
+
+# (preset, the key the refusal names, its edit: the flat key, the grouped form "model.KEY" a
+# config also accepts, or an installed module's package.module:NAME)
+EDITS = [
+    ("mdm-tiny", "layer", "flat"), ("mdm-tiny", "layer", "grouped"),
+    ("mdm-tiny", "model", "flat"), ("mdm-tiny", "model", "grouped"),
+    ("mdm-tiny", "model", "package"), ("ar-tiny", "pretrained", "flat"),
+    ("ar-tiny", "pretrained", "grouped"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("preset, key, form", EDITS, ids=["-".join(e[1:]) for e in EDITS])
+def test_a_downloaded_config_naming_code_or_files_is_refused_before_anything_runs(
+    tmp_path, monkeypatch, lm_hub_folders, preset, key, form
+):
+    """A config.json edited to name code (a file, or an installed module) or another folder is
+    refused before the network is built, whichever form of the key it uses: the code is never
+    imported (trust_code=True still refuses a file outside the folder's code/)."""
+    import shutil
+
+    folder = tmp_path / "hub"
+    shutil.copytree(lm_hub_folders[preset], folder)
     marker = tmp_path / "imported"
-    code = tmp_path / "evil.py"
+    code = tmp_path / "evil_module.py"
     code.write_text(f"open({str(marker)!r}, 'w').close()\ndef build(*a):\n    pass\n")
-    saved = json.loads((tmp_path / "hub" / "config.json").read_text())
-    edits = {"model": {"task": "stack", "model": f"{code}:build"},
-             "layer": {"layer": f"{code}:build"},
-             "pretrained": {"pretrained": str(tmp_path)}}[key]  # fmt: skip
-    saved["config"].update(edits)
-    (tmp_path / "hub" / "config.json").write_text(json.dumps(saved))
-    with pytest.raises(ConfigError, match=f"'{key}'"):
-        db.DiffusionBlocksModel.from_pretrained(tmp_path / "hub")
-    if key != "pretrained":  # trusted, code outside the folder's code/ is still refused
+    monkeypatch.syspath_prepend(str(tmp_path))  # evil_module is an installed module too
+    value = {"layer": f"{code}:build", "model": f"{code}:build",
+             "pretrained": str(tmp_path)}[key]  # fmt: skip
+    if form == "package":
+        value = "evil_module:build"
+    saved = json.loads((folder / "config.json").read_text())
+    if form == "grouped":
+        saved["config"].pop(key)
+        saved["config"][f"model.{key}"] = value
+    else:
+        saved["config"][key] = value
+    (folder / "config.json").write_text(json.dumps(saved))
+    words = "own pretrained/config.json" if key == "pretrained" else "trust_code=True"
+    with pytest.raises(ConfigError, match=f"'{key}'.*{words}"):
+        db.DiffusionBlocksModel.from_pretrained(folder)
+    if key != "pretrained" and form != "package":  # trusted: a file outside code/ is refused
         with pytest.raises(ConfigError, match=f"'{key}'.*code/ folder"):
-            db.DiffusionBlocksModel.from_pretrained(tmp_path / "hub", trust_code=True)
+            db.DiffusionBlocksModel.from_pretrained(folder, trust_code=True)
     assert not marker.exists()
+
+
+def test_trusted_code_must_be_a_file_of_the_folders_code_not_a_link_out(tmp_path):
+    """A code/ file that is a link to a file elsewhere is refused even with trust_code=True;
+    db.load refuses a Hub folder that names code (it would resolve code/ against the current
+    directory), pointing at from_pretrained."""
+    code = tmp_path / "my_net.py"
+    code.write_text((Path(FIXTURES) / "stack_models.py").read_text())
+    model = db.train("mdm-tiny", out=tmp_path / "run", progress=False,
+                     data=str(text_file(tmp_path)), model=f"{code}:token_encoder",
+                     **QUICK)  # fmt: skip
+    db.DiffusionBlocksModel.from_model(model).save_pretrained(tmp_path / "hub")
+    with pytest.raises(ConfigError, match="'model'.*from_pretrained"):
+        db.load(tmp_path / "hub")
+    saved = tmp_path / "hub" / "code" / "my_net.py"
+    saved.unlink()
+    saved.symlink_to(code)
+    with pytest.raises(ConfigError, match="'model'.*code/ folder"):
+        db.DiffusionBlocksModel.from_pretrained(tmp_path / "hub", trust_code=True)
+
+
+def test_saving_a_loaded_model_back_into_its_own_folder_keeps_it_whole(tmp_path):
+    """A model loaded from a Hub folder of your own network saves into that same folder: its
+    code is read before anything is written, and the folder loads again the same."""
+    code = tmp_path / "my_lm.py"
+    code.write_text((Path(FIXTURES) / "stack_models.py").read_text())
+    model = db.train("ar-tiny", out=tmp_path / "run", progress=False,
+                     data=str(text_file(tmp_path)), model=f"{code}:ar_token_model",
+                     **QUICK)  # fmt: skip
+    db.DiffusionBlocksModel.from_model(model).save_pretrained(tmp_path / "hub")
+    code.unlink()
+    loaded = db.DiffusionBlocksModel.from_pretrained(tmp_path / "hub", trust_code=True)
+    expected = loaded.sample_text(10, seed=1)
+    loaded.save_pretrained(tmp_path / "hub")
+    again = db.DiffusionBlocksModel.from_pretrained(tmp_path / "hub", trust_code=True)
+    assert again.sample_text(10, seed=1) == expected
+    saved = json.loads((tmp_path / "hub" / "config.json").read_text())
+    assert saved["config"]["model"] == "code/my_lm.py:ar_token_model"
 
 
 def test_folders_that_are_not_complete_hub_models_are_refused(tmp_path):

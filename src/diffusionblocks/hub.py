@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -118,11 +117,10 @@ class DiffusionBlocksModel(
         for b, copy in sorted(getattr(self.network, "_shared_variants", {}).items()):
             state.update({f"shared_per_block.{b}.{k}": v for k, v in copy.items()})
         config, files = files_for_folder(self.config)
-        for sub in (CODE_FOLDER, PRETRAINED_FOLDER):  # an earlier save's
-            shutil.rmtree(save_directory / sub, ignore_errors=True)
-        for source, name in files:
+        contents = [(name, source.read_bytes()) for source, name in files]  # read before any
+        for name, data in contents:  # write: saving into the folder it was loaded from
             (save_directory / name).parent.mkdir(exist_ok=True)
-            shutil.copyfile(source, save_directory / name)
+            (save_directory / name).write_bytes(data)
         write_model_files(save_directory, state, config, {
             "data_card": self.card,
             "results": summary(self.task, self.results),
@@ -330,9 +328,10 @@ def model_card(config: RunConfig, card: dict[str, Any], results: dict[str, Any],
     if results.get("command"):
         lines += [f"Trained with `{results['command']}`.", ""]
     if named:
+        built = "The network is" if named[0] == "model" else "Its layers are"
         lines += ["## Code", "",
-                  f"The network is built by `{named[1]}` (`{named[0]}`), code that loading "
-                  "runs: read it, then load with `trust_code=True`.", ""]  # fmt: skip
+                  f"{built} built by `{named[1]}` (`{named[0]}`), code that loading runs: read "
+                  "it, then load with `trust_code=True`.", ""]  # fmt: skip
     lines += [
         "## Use",
         "",

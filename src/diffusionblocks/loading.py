@@ -92,6 +92,16 @@ def load_run(
     ``step`` and ``path``). ``overrides`` may change inference-only keys
     (:data:`INFERENCE_KEYS`)."""
     saved = config = read_run_config(run_dir)
+    if has_data_card(run_dir):  # a save_pretrained folder: its code/ and pretrained/ are its own
+        named = code_key(config.to_dict())
+        key = named[0] if named else ("pretrained" if getattr(config, "pretrained", "") else "")
+        if key:
+            raise ConfigError(
+                f"invalid value for '{key}': {getattr(config, key)} (a Hub folder of your own "
+                "network or of a fine-tuned pretrained model loads with "
+                "DiffusionBlocksModel.from_pretrained, which reads its code and architecture "
+                "from the folder)"
+            )
     if overrides:
         overrides = flat_keys(type(config), overrides)
         bad = [k for k in overrides if k not in INFERENCE_KEYS + DATA_KEYS]
@@ -206,12 +216,12 @@ def load_card_folder(
             f"{folder} has no data card (an assembled model folder, not one saved with "
             "save_pretrained): load it with diffusionblocks.load, which reads its data"
         )
-    raw = saved.get("config")
-    # before any key is even parsed
-    code = check_card_config(raw if isinstance(raw, dict) else {}, folder, trust_code)
+    # parsed (grouped and dotted keys resolved; parsing imports and reads nothing), then checked
+    # before anything is built
     config = read_run_config(folder)
-    if code:  # the trusted code, in this folder
-        config = config_from_dict(type(config), {**config.to_dict(), **code})
+    inside = check_card_config(config.to_dict(), folder, trust_code)
+    if inside:  # the folder's own code (trusted) and pretrained architecture
+        config = config_from_dict(type(config), {**config.to_dict(), **inside})
     if options:
         given = flat_keys(type(config), {k: str(v) for k, v in options.items()})
         bad = sorted(k for k in given if k not in INFERENCE_KEYS)
@@ -252,8 +262,10 @@ def check_card_config(
     copy). Loading from ``folder``: ``pretrained`` must be the folder's own ``pretrained/`` (no
     other folder is read); a config naming code (``model``, ``layer``) is refused unless
     ``trust_code``, so that a downloaded config.json never runs code nobody asked for; trusted,
-    the reference must be a file in the folder's ``code/`` (or an installed
-    ``package.module:NAME``). Returns the overrides that point those keys into the folder."""
+    a ``FILE.py`` reference must be a file of the folder's own ``code/`` (not a link out of it),
+    and a ``package.module:NAME`` is imported from the installed packages. ``config`` is the
+    parsed config (its ``to_dict()``: grouped keys resolved). Returns the overrides that point
+    those keys into the folder."""
     overrides: dict[str, str] = {}
     pretrained = str(config.get("pretrained", "") or "")
     if pretrained and folder is None:  # saving: the folder gets its config.json
@@ -280,10 +292,12 @@ def check_card_config(
             "network's); read it, then load with trust_code=True (dblocks sample --trust-code)"
         )
     if not where.endswith(".py"):
-        return overrides  # package.module:NAME: imported where the model loads
+        return overrides  # package.module:NAME: trusted, imported from the installed packages
     parts = Path(where).parts
     file = folder / where
-    if len(parts) != 2 or parts[0] != CODE_FOLDER or not file.is_file():
+    code_folder = (folder / CODE_FOLDER).resolve()
+    if (len(parts) != 2 or parts[0] != CODE_FOLDER or not file.is_file()
+            or file.resolve().parent != code_folder):  # fmt: skip
         raise ConfigError(
             f"invalid value for '{key}': {value} (a model folder's code is a file in its "
             f"{CODE_FOLDER}/ folder, saved with it)"

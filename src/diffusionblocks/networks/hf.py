@@ -142,13 +142,6 @@ def pretrained_shape(folder: str) -> dict[str, Any]:
         raise _pretrained_error(folder, f"its config.json lacks {err}") from None
 
 
-def _has_weights(folder: str) -> bool:
-    root = Path(folder).expanduser()
-    return (root / "model.safetensors").is_file() or (
-        root / "model.safetensors.index.json"
-    ).is_file()
-
-
 class PretrainedWeights:
     """The tensors of a folder's ``model.safetensors`` (or the shards its
     ``model.safetensors.index.json`` names), read one by one on demand: building block b reads
@@ -230,9 +223,8 @@ class PretrainedModel:
         # A Hub folder of a fine-tuned model keeps only the pretrained model's config.json: built
         # from its data card, the network takes its architecture from it, and every weight from
         # the Hub folder's own model.safetensors afterwards (hub.py)
-        self.weights: PretrainedWeights | None = None
-        if not (ACTIVE_CARD.get() is not None and not _has_weights(folder)):
-            self.weights = PretrainedWeights(folder)
+        building_from_card = ACTIVE_CARD.get() is not None
+        self.weights = None if building_from_card else PretrainedWeights(folder)
 
     def layers(self, causal: bool) -> Any:
         """``layer(index)``: decoder layer ``index`` with its pretrained weights (read when the

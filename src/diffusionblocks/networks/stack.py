@@ -23,6 +23,7 @@ code, ``tasks/slot.py``):
 from __future__ import annotations
 
 import copy
+import hashlib
 import importlib
 import importlib.util
 import inspect
@@ -62,7 +63,9 @@ def load_function(reference: str, key: str) -> Callable[..., Any]:
             if not path.is_file():
                 raise ConfigError(f"invalid value for '{key}': {reference} ({path} does not "
                                   "exist; give the file that defines your network)")  # fmt: skip
-            module_name = f"diffusionblocks_user_{abs(hash(str(path.resolve())))}"
+            # the file's content in the name: the same path with new code is imported afresh
+            digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+            module_name = f"diffusionblocks_user_{abs(hash(str(path.resolve())))}_{digest}"
             module = sys.modules.get(module_name)
             if module is None:
                 spec = importlib.util.spec_from_file_location(module_name, path)
