@@ -316,7 +316,7 @@ def test_every_logged_key_is_in_the_legend(preset, method, tmp_path):
     assert keys and not [k for k in keys if legend_entry(legend, k) is None]
 
 
-@pytest.mark.parametrize("readout", ["refine", "chain"])
+@pytest.mark.parametrize("readout", ["refine", pytest.param("chain", marks=pytest.mark.slow)])
 def test_compare_on_recurrent_depth_keeps_likelihoods_apart(tmp_path, capsys, readout):
     """The default readout (refine, no draw) is a likelihood and the headline; the paper's
     chain is not: it gets its own column and no headline."""
