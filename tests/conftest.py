@@ -16,3 +16,13 @@ def _single_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Remove the folders the helpers made for this session (data files, a saved Llama)."""
+    import shutil
+
+    from helpers import SESSION_FOLDERS
+
+    for folder in SESSION_FOLDERS:
+        shutil.rmtree(folder, ignore_errors=True)

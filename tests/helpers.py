@@ -21,6 +21,20 @@ def tiny_task(**overrides):
 
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
+# Folders the helpers make once per test session (per xdist worker); conftest.py removes them
+# when the session ends
+SESSION_FOLDERS: list[str] = []
+
+
+def session_folder(prefix: str) -> str:
+    """A new temporary folder, removed when the test session ends."""
+    import tempfile
+
+    folder = tempfile.mkdtemp(prefix=prefix)
+    SESSION_FOLDERS.append(folder)
+    return folder
+
+
 _STACK_DATA: dict[bool, str] = {}
 
 
@@ -28,12 +42,11 @@ def stack_data(continuous: bool = False) -> str:
     """scikit-learn's digits as a user's .npz (made once per test session)."""
     if continuous not in _STACK_DATA:
         import sys
-        import tempfile
 
         sys.path.insert(0, FIXTURES)
         from stack_models import digits_npz
 
-        folder = tempfile.mkdtemp(prefix="dblocks-stack-")
+        folder = session_folder("dblocks-stack-")
         _STACK_DATA[continuous] = digits_npz(os.path.join(folder, "digits.npz"), continuous)
     return _STACK_DATA[continuous]
 
@@ -97,8 +110,6 @@ def tiny_llama_folder() -> str:
     trained on Shakespeare's first 100,000 training characters as its tokenizer.json: what a
     user's pretrained folder holds, made once per test session, nothing downloaded."""
     if "folder" not in _LLAMA:
-        import tempfile
-
         from transformers import LlamaConfig, LlamaForCausalLM
 
         from diffusionblocks.data.text import load_shakespeare
@@ -109,7 +120,7 @@ def tiny_llama_folder() -> str:
         config = LlamaConfig(vocab_size=300, hidden_size=32, intermediate_size=64,
                              num_hidden_layers=6, num_attention_heads=2, num_key_value_heads=1,
                              max_position_embeddings=128, tie_word_embeddings=False)  # fmt: skip
-        folder = tempfile.mkdtemp(prefix="dblocks-llama-")
+        folder = session_folder("dblocks-llama-")
         with torch.random.fork_rng():
             torch.manual_seed(0)
             LlamaForCausalLM(config).save_pretrained(folder)
