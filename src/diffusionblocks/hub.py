@@ -100,8 +100,7 @@ class DiffusionBlocksModel(
         (naming the key) what a Hub folder cannot hold. The run's results go into the model
         card when they were measured with the model's config (not after ``db.load`` changed an
         inference key such as ``readout``)."""
-        check_card_config(model.config.to_dict())
-        files_for_folder(model.config)  # the code file of your own network must be there
+        files_for_folder(model.config)  # refuses what the folder cannot hold (naming the key)
         results = model.results
         if results is None and (model.path / "results.json").is_file():
             results = json.loads((model.path / "results.json").read_text())
@@ -230,14 +229,15 @@ def files_for_folder(config: RunConfig) -> tuple[RunConfig, list[tuple[Path, str
     there; a ``package.module:NAME`` stays as it is); a fine-tuned ``pretrained`` model becomes
     ``pretrained`` (its config.json, the architecture, copied into ``pretrained/``). A file
     that is not there is refused, naming the key."""
-    check_card_config(config.to_dict())  # the pretrained model's config.json is there
+    values = config.to_dict()
+    check_card_config(values)  # the pretrained model's config.json is there
     changes: dict[str, str] = {}
     files: list[tuple[Path, str]] = []
-    if config.to_dict().get("pretrained"):
-        source = Path(str(config.to_dict()["pretrained"])).expanduser() / "config.json"
+    if values.get("pretrained"):
+        source = Path(str(values["pretrained"])).expanduser() / "config.json"
         files.append((source, f"{PRETRAINED_FOLDER}/config.json"))
         changes["pretrained"] = PRETRAINED_FOLDER
-    named = code_key(config.to_dict())
+    named = code_key(values)
     if named is not None:
         key, value = named
         where, _, name = value.rpartition(":")
@@ -250,7 +250,7 @@ def files_for_folder(config: RunConfig) -> tuple[RunConfig, list[tuple[Path, str
             changes[key] = f"{CODE_FOLDER}/{source.name}:{name}"
     if not changes:
         return config, []
-    return config_from_dict(type(config), {**config.to_dict(), **changes}), files
+    return config_from_dict(type(config), {**values, **changes}), files
 
 
 def summary(task: Any, results: dict[str, Any] | None) -> dict[str, Any]:

@@ -467,10 +467,9 @@ def with_pretrained(values: dict[str, Any], given: dict[str, Any]) -> dict[str, 
     naming the key."""
     from ..networks.hf import pretrained_shape
 
+    if values.get("model"):  # nothing read: validation refuses pretrained beside model
+        return values
     folder = str(values["pretrained"])
-    if values.get("model"):  # before the folder is read (check_network_keys says the same)
-        raise ConfigError(f"invalid value for 'pretrained': {folder!r} (empty with model=: your "
-                          "network is the model)")  # fmt: skip
     shape = pretrained_shape(folder)
     for key, value in shape.items():
         try:
