@@ -193,6 +193,7 @@ def test_final_eval_readout_computes_only_the_readout_and_the_same_accuracy(tmp_
     reports for the run's readout, to the last digit, without the sweep and diagnostics."""
     from helpers import tiny_config
 
+    from diffusionblocks.loading import load_run
     from diffusionblocks.runs import evaluate_run, train_run
 
     run = tmp_path / "run"
@@ -209,6 +210,14 @@ def test_final_eval_readout_computes_only_the_readout_and_the_same_accuracy(tmp_
     # A sweep asked for still runs, and scores as the full evaluation's.
     asked = evaluate_run(run, steps=[4], overrides={"final_eval": "readout"})
     assert asked["steps_sweep"]["4"] == full["steps_sweep"]["4"]
+    # Split among processes by batches (a block-parallel run's ranks: each tallies every third
+    # batch and takes the chain's draws of the others), the same result to the last digit.
+    task, _ = load_run(run, overrides={"final_eval": "readout", "eval_batch_size": 16})
+    for split in ("val", "test"):
+        one = task.evaluate(steps=[1, 4], split=split)
+        tallies = [task.evaluation_tally(split, (i, 3), steps=[1, 4]) for i in range(3)]
+        assert min(t["examples"] for t in tallies) > 0
+        assert task.merged_evaluation(split, tallies, steps=[1, 4]) == one
 
 
 def test_a_run_with_final_eval_readout_ends_with_the_light_evaluation(tmp_path):

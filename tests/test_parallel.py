@@ -61,7 +61,7 @@ def test_parallel_equals_the_single_process_synchronous_run(two_block_run, tmp_p
     # Its evaluation, shared by the ranks (one split each), is the single process's.
     par = json.loads((two_block_run / "results.json").read_text())
     one = json.loads((single / "results.json").read_text())
-    assert par["parallel"]["evaluated_by_rank"] == {"test": 0, "val": 1}
+    assert par["parallel"]["evaluated_by_rank"] == {"test": [0], "val": [1]}
     for key in ("eval", "eval_val"):
         assert par[key]["split"] == one[key]["split"]
         assert par[key]["accuracy"] == one[key]["accuracy"]
@@ -200,7 +200,9 @@ def test_a_parallel_run_measures_the_flops_of_the_synchronous_run(two_block_run,
 
 def test_three_processes_and_a_bad_world_size(tmp_path):
     out = tmp_path / "three"
-    proc = torchrun(3, "--preset", "tiny", "--set", "depth=6", "--set", "num_blocks=3",
+    # The light evaluation of the chain readout, shared by the three ranks batch by batch.
+    light = ["--set", "final_eval=readout", "--set", "readout=chain", "--set", "eval_batch_size=32"]
+    proc = torchrun(3, "--preset", "tiny", "--set", "depth=6", "--set", "num_blocks=3", *light,
                     "--set", "parallel=true", "--set", "device=cpu", "--out", str(out))  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads((out / "results.json").read_text())
@@ -210,11 +212,16 @@ def test_three_processes_and_a_bad_world_size(tmp_path):
     # gradients are added in rank order, as one process adds its blocks' gradients)
     single = tmp_path / "single"
     assert main(["train", "--preset", "tiny", "--set", "depth=6", "--set", "num_blocks=3",
-                 "--set", "schedule=synchronous", "--set", "device=cpu", "--out", str(single),
-                 "--no-progress"]) == 0  # fmt: skip
+                 *light, "--set", "schedule=synchronous", "--set", "device=cpu", "--out",
+                 str(single), "--no-progress"]) == 0  # fmt: skip
     a = load_file(assemble(single) / "model.safetensors")
     b = load_file(out / "model" / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # ... and so is its evaluation, every split tallied by every rank and merged.
+    one = json.loads((single / "results.json").read_text())
+    assert results["parallel"]["evaluated_by_rank"] == {"test": [0, 1, 2], "val": [0, 1, 2]}
+    for key in ("eval", "eval_val"):
+        assert results[key] == one[key]
     proc = torchrun(3, "--preset", "tiny", "--set", "parallel=true", "--set", "device=cpu",
                     "--out", str(tmp_path / "bad"))  # fmt: skip
     assert proc.returncode != 0 and "needs a world size that is a multiple of 2" in proc.stderr

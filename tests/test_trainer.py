@@ -218,6 +218,24 @@ def test_e2e_trainer_learns_digits():
     assert task.evaluate()["accuracy"] > 0.7
 
 
+def test_a_trainer_without_a_run_folder_removes_its_swap_folder():
+    """Block-resident training without a run folder swaps blocks to a temporary folder; it goes
+    when the trainer does (it once stayed in /tmp for good)."""
+    import gc
+
+    task = tiny_task(schedule="sequential", epochs=1)
+    trainer = Trainer(task, None, progress=False)
+    assert trainer.resident
+    trainer.fit()
+    folder = trainer.residency.offload_dir
+    assert folder.name.startswith("dblocks-blocks-") and any(folder.iterdir())
+    trainer.prepare_evaluation()  # every block back in memory: the model outlives the folder
+    del trainer
+    gc.collect()
+    assert not folder.exists()
+    assert 0 <= task.evaluate()["accuracy"] <= 1
+
+
 @TASKS
 def test_resident_training_holds_only_the_active_block(tmp_path, make):
     task = make(num_blocks=3, depth=6, schedule="sequential")

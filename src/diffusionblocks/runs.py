@@ -398,11 +398,8 @@ def train_parallel(
                     "world": ctx.world,
                     "dp": ctx.dp,
                     "shared": config.shared_policy,
-                    # which rank evaluated each split of the assembled model
-                    "evaluated_by_rank": {
-                        "test": 0,
-                        **({"val": min(1, ctx.world - 1)} if "eval_val" in extra else {}),
-                    },
+                    # which ranks evaluated each split of the assembled model
+                    "evaluated_by_rank": _evaluated_by_rank(model_task, ctx.world, evaluated),
                 },
                 "ranks": gathered,
                 "accounting": _merge_accounting([r["accounting"] for r in gathered]),
@@ -430,19 +427,18 @@ def train_parallel(
         shutdown(ctx)
 
 
-class _NothingToDo(Exception):
-    pass
-
-
 def _evaluate_assembled(
     run_dir: Path, ctx: Any, config: RunConfig
 ) -> tuple[dict[str, Any], Task | None]:
     """A block-parallel run's last act on every rank: rank 0 assembles the blocks into one
-    model, then the ranks share its evaluation, one split each (rank 0 the test split, rank 1
-    the validation split, as a single process computes them: each split's evaluation draws from
-    its own generators). Returns every split's evaluation (on rank 0; others: their own) and the
-    loaded model on the ranks that evaluated. A failure on any rank is raised on rank 0 and the
-    others return, so that no rank waits for one that has stopped."""
+    model, then the ranks share its evaluation: where the task splits it by examples (the
+    light evaluation, ``final_eval=readout``) every rank tallies every split on its share of
+    the batches and rank 0 merges the counts; otherwise one split per rank (rank 0 the test
+    split, rank 1 the validation split). Either way the numbers are the ones a single process
+    computes (each split draws from its own generators, and a rank takes the draws of the
+    batches it leaves to the others). Returns every split's evaluation (on rank 0; others:
+    their own part) and the loaded model on the ranks that evaluated. A failure on any rank is
+    raised on rank 0 and the others return, so that no rank waits for one that has stopped."""
     import torch.distributed as dist
 
     def share(value: Any) -> list[Any]:
@@ -465,19 +461,24 @@ def _evaluate_assembled(
         return {}, None  # rank 0 raises the assembly's error
     model_task, mine, error = None, {}, None
     try:
-        if ctx.rank > 1:  # two splits at most: the other ranks have nothing to evaluate
-            raise _NothingToDo
         model_task, _ = load_run(shared[0], _rank_device(config))
         splits = ["test", *(["val"] if "val" in model_task.splits else [])]
         sweep = model_task.final_sweep()
-        options = with_judge({}, model_task)  # as a single process: the judge loaded once
-        threads, _ = threads_for(model_task, alone=len(splits) < 2 or ctx.world < 2)
-        with use_threads(threads), autocast(config.precision, model_task.device):
-            for split in splits[ctx.rank :: ctx.world]:
-                where = {"split": "val"} if split == "val" else {}
-                mine[split] = model_task.evaluate(quick=False, steps=sweep, **where, **options)
-    except _NothingToDo:
-        pass
+        if model_task.shards_evaluation():  # every rank a share of every split's batches
+            threads, _ = threads_for(model_task, alone=ctx.world < 2)
+            with use_threads(threads), autocast(config.precision, model_task.device):
+                for split in splits:
+                    mine[split] = model_task.evaluation_tally(split, (ctx.rank, ctx.world),
+                                                              steps=sweep)  # fmt: skip
+        elif ctx.rank < len(splits):  # one split per rank; the other ranks have nothing to do
+            options = with_judge({}, model_task)  # as a single process: the judge loaded once
+            threads, _ = threads_for(model_task, alone=len(splits) < 2 or ctx.world < 2)
+            with use_threads(threads), autocast(config.precision, model_task.device):
+                for split in splits[ctx.rank :: ctx.world]:
+                    where = {"split": "val"} if split == "val" else {}
+                    mine[split] = model_task.evaluate(quick=False, steps=sweep, **where, **options)
+        else:
+            model_task = None
     except Exception as err:
         error = err
     results = share((mine, None if error is None else repr(error)))
@@ -487,7 +488,23 @@ def _evaluate_assembled(
         failed = [e for _, e in results if e is not None]
         if failed:
             raise RuntimeError(f"the evaluation of the assembled model failed: {failed[0]}")
+    if ctx.rank != 0 or model_task is None:
+        return mine, model_task
+    if model_task.shards_evaluation():
+        return {
+            split: model_task.merged_evaluation(split, [part[split] for part, _ in results],
+                                                steps=model_task.final_sweep())
+            for split in mine
+        }, model_task  # fmt: skip
     return {k: v for part, _ in results for k, v in part.items()}, model_task
+
+
+def _evaluated_by_rank(task: Task, world: int, evaluated: dict[str, Any]) -> dict[str, list[int]]:
+    """Which ranks evaluated each split: all of them (a share of its batches each) where the
+    task splits its evaluation by examples, else one split per rank (test: rank 0)."""
+    if task.shards_evaluation():
+        return {split: list(range(world)) for split in evaluated}
+    return {split: [0 if split == "test" else min(1, world - 1)] for split in evaluated}
 
 
 def _merge_accounting(records: list[dict[str, Any]]) -> dict[str, Any]:

@@ -88,6 +88,37 @@ class Task:
 
     splits: tuple[str, ...] = ("test",)  # held-out splits ``evaluate(split=...)`` can read
 
+    # -- evaluation shared by processes (a block-parallel run's ranks) -------------------------
+    def shards_evaluation(self, quick: bool = False) -> bool:
+        """Whether :meth:`evaluate` (the final one, or ``quick``) can be split among processes
+        by examples: :meth:`evaluation_tally` on each process's share, then
+        :meth:`merged_evaluation`, giving exactly what one process computes. Default: no (a
+        block-parallel run then evaluates one split per rank)."""
+        return False
+
+    def evaluation_tally(
+        self,
+        split: str,
+        shard: tuple[int, int] = (0, 1),
+        quick: bool = False,
+        steps: list[int] | None = None,
+    ) -> dict[str, Any]:
+        """Counts of :meth:`evaluate` on ``split`` over shard ``(index, count)`` of its
+        batches (batch i belongs to shard i mod count), with every random draw of the other
+        batches still taken (so each batch sees the numbers it sees in one process). Only
+        where :meth:`shards_evaluation` says so."""
+        raise NotImplementedError
+
+    def merged_evaluation(
+        self,
+        split: str,
+        tallies: list[dict[str, Any]],
+        quick: bool = False,
+        steps: list[int] | None = None,
+    ) -> dict[str, Any]:
+        """:meth:`evaluate`'s result from the tallies of every shard of ``split``."""
+        raise NotImplementedError
+
     def trivial_baseline(self, split: str = "test") -> dict[str, float]:
         """The reference value a model must beat to have learned anything: the headline metric
         (:attr:`headline_metric`'s key, and maybe others) of the task's trivial predictor on

@@ -400,48 +400,105 @@ class BlockwiseClassification(_ImageClassification, SlotDenoiser):
         refuse_options("classification", options,
                        " (--fid and --inception apply to image generation runs)")  # fmt: skip
         split = split or self.default_split(quick)
+        tally = self.evaluation_tally(split, quick=quick, steps=steps)
+        diagnostics = None
+        if not self.shards_evaluation(quick):  # each block alone, its own generator
+            gen = torch.Generator().manual_seed(self.config.seed + 1_000_003)
+            with evaluating(self.model):
+                diagnostics = block_diagnostics(
+                    self, self._eval_batches(split), self.config.num_blocks, gen
+                )
+        return self._evaluation(split, [tally], quick, steps, diagnostics)
+
+    def _sweep(self, quick: bool, steps: list[int] | None) -> list[int]:
+        """The chain's step counts an evaluation scores: quick (the periodic evaluation while
+        training) and final_eval=readout score only the readout the run predicts with (and a
+        sweep asked for by ``steps``); the full evaluation also the default sweep."""
         c = self.config
-        B = c.num_blocks
         default = c.steps_at_inference
-        # quick (the periodic evaluation while training) or final_eval=readout: only the readout
-        # the run predicts with (a sweep asked for by ``steps`` still runs)
-        light = quick or c.final_eval == "readout"
         if quick:
-            sweep = [default] if c.readout == "chain" else []
-        elif light:
-            sweep = sorted({*([default] if c.readout == "chain" else []), *(steps or [])})
-        else:
-            sweep = sorted({default, *(steps or [])})
+            return [default] if c.readout == "chain" else []
+        if self.shards_evaluation(quick):
+            return sorted({*([default] if c.readout == "chain" else []), *(steps or [])})
+        return sorted({default, *(steps or [])})
+
+    def shards_evaluation(self, quick: bool = False) -> bool:
+        """The light evaluations (quick, and final_eval=readout) are counts over the examples;
+        the full one adds per-block diagnostics, which are not split."""
+        return quick or self.config.final_eval == "readout"
+
+    @torch.no_grad()
+    def evaluation_tally(
+        self,
+        split: str,
+        shard: tuple[int, int] = (0, 1),
+        quick: bool = False,
+        steps: list[int] | None = None,
+    ) -> dict[str, Any]:
+        c = self.config
+        default = c.steps_at_inference
+        sweep = self._sweep(quick, steps)
+        light = self.shards_evaluation(quick)
+        index, count = shard
+        # One generator per step count, so that a step count's accuracy does not depend on which
+        # other step counts are swept with it.
+        gens = {s: torch.Generator().manual_seed(c.seed + 1_000_003 + 7919 * s) for s in sweep}
+        correct = {str(s): 0 for s in sweep}
+        ensemble = 0  # the other readout, scored beside the chain (no draws: fixed z = 0)
+        after_block = [0] * c.num_blocks  # chain stopped after block b (default steps)
+        called: set[int] = set()
+        total = 0
+        limit = c.eval_subset if quick else None
         with evaluating(self.model):
-            # One generator per step count, so that a step count's accuracy does not depend on which
-            # other step counts are swept with it; another for the per-block diagnostics.
-            chain_gens = {
-                s: torch.Generator().manual_seed(c.seed + 1_000_003 + 7919 * s) for s in sweep
-            }
-            correct = dict.fromkeys(sweep, 0)
-            ensemble = 0  # the other readout, scored beside the chain (no draws: fixed z = 0)
-            after_block = [0] * B  # chain stopped after block b (default steps)
-            called: set[int] = set()
-            total = 0
-            for images, labels in self._eval_batches(split, c.eval_subset if quick else None):
+            for i, (x, y) in enumerate(split_batches(self.data, split, c.eval_batch_size, limit)):
+                if i % count != index:  # another shard's batch: only its draws
+                    for s in sweep:
+                        self.chain_start(len(y), gens[s])
+                    continue
+                images, labels = self._prepare(x), y.to(self.device)
                 total += len(labels)
                 if not light or c.readout == "ensemble":
                     ensemble += int((self.ensemble(images)[0].argmax(-1) == labels).sum())
                 for s in sweep:
-                    final, calls = self.predict(images, s, chain_gens[s], readout="chain")
-                    correct[s] += int((final.argmax(-1) == labels).sum())
+                    final, calls = self.predict(images, s, gens[s], readout="chain")
+                    correct[str(s)] += int((final.argmax(-1) == labels).sum())
                     if s == default:
-                        last: dict[int, torch.Tensor] = {}
-                        for block, _, logits in calls:
-                            last[block] = logits
+                        last = {block: logits for block, _, logits in calls}
                         called.update(last)
                         for block, logits in last.items():
                             after_block[block] += int((logits.argmax(-1) == labels).sum())
-            if not light:  # each block alone, its own generator (the chain's draws are unchanged)
-                gen = torch.Generator().manual_seed(c.seed + 1_000_003)
-                diagnostics = block_diagnostics(self, self._eval_batches(split), B, gen)
+        return {"examples": total, "correct": correct, "ensemble": ensemble,
+                "after_block": after_block, "called": sorted(called)}  # fmt: skip
+
+    def merged_evaluation(
+        self,
+        split: str,
+        tallies: list[dict[str, Any]],
+        quick: bool = False,
+        steps: list[int] | None = None,
+    ) -> dict[str, Any]:
+        return self._evaluation(split, tallies, quick, steps, None)
+
+    def _evaluation(
+        self,
+        split: str,
+        tallies: list[dict[str, Any]],
+        quick: bool,
+        steps: list[int] | None,
+        diagnostics: list[dict[str, Any]] | None,
+    ) -> dict[str, Any]:
+        """The evaluation's result from the tallies of its shards (one: a single process)."""
+        c = self.config
+        B, default = c.num_blocks, c.steps_at_inference
+        sweep = self._sweep(quick, steps)
+        light = self.shards_evaluation(quick)
+        total = sum(t["examples"] for t in tallies)
+        correct = {s: sum(t["correct"][str(s)] for t in tallies) for s in sweep}
+        after_block = [sum(t["after_block"][b] for t in tallies) for b in range(B)]
+        called = {b for t in tallies for b in t["called"]}
         chain_acc = correct[default] / total if default in correct else None
-        ensemble_acc = ensemble / total if not light or c.readout == "ensemble" else None
+        scored = not light or c.readout == "ensemble"
+        ensemble_acc = sum(t["ensemble"] for t in tallies) / total if scored else None
         result: dict[str, Any] = {
             "split": split,
             "accuracy": ensemble_acc if c.readout == "ensemble" else chain_acc,
@@ -454,7 +511,7 @@ class BlockwiseClassification(_ImageClassification, SlotDenoiser):
             result["final_eval"] = c.final_eval
             result["readouts"] = {"chain": chain_acc, "ensemble": ensemble_acc}
             result["steps_sweep"] = {str(s): correct[s] / total for s in sweep}
-        if not light:
+        if diagnostics is not None:
             result["per_block"] = [
                 {
                     "block": b,

@@ -193,6 +193,11 @@ class SlotDenoiser:
         outs = [out for _, _, out in calls]
         return (mean_log_probs(outs) if self.classes else torch.stack(outs).mean(0)), calls
 
+    def chain_start(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        """The chain's pure-noise start (n, D) at sigma_max on the CPU: its only draw (an
+        evaluation shared by processes takes it for the batches it leaves to the others)."""
+        return self.schedule.sigma_max * torch.randn(n, self.target_width, generator=generator)
+
     @torch.no_grad()
     def chain(
         self,
@@ -232,6 +237,6 @@ class SlotDenoiser:
         bridge = None
         if table is not None:
             bridge = lambda logits: soft_bridge(logits, table, temperature)  # noqa: E731
-        z = self.schedule.sigma_max * torch.randn(n, self.target_width, generator=generator)
+        z = self.chain_start(n, generator)
         levels = chain_levels(steps, self.schedule, grid or c.grid)
         return chain(call, z.to(self.device), levels, self.route, bridge), calls

@@ -10,7 +10,9 @@ Block-resident mode (``config.block_resident``) keeps only the active block's we
 and optimizer state in memory. The other blocks live in files (``run_dir/blocks/block-{b}.
 safetensors``, atomically replaced; a block swapped out before it finished takes its optimizer
 state to ``optimizer-{b}.pt``) and go into checkpoints as hard links, so the full B-fold saving of
-the paper's memory formula is realised, not only the activation part.
+the paper's memory formula is realised, not only the activation part. A trainer without a run
+folder swaps to a temporary folder, removed when the trainer is deleted or Python exits: bring
+the blocks back first (``Trainer.prepare_evaluation``).
 
 ``BlockResidency`` (a component of :class:`Trainer`) owns the offload folder, swapping blocks in
 and out, materialising every block for evaluation, and the accounting of the bytes held (params,
@@ -19,8 +21,10 @@ gradients, optimizer state).
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 import time
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final
@@ -109,8 +113,9 @@ class BlockResidency:
             if self.run_dir is not None:
                 self._offload_dir = self.run_dir / "blocks"
                 self._offload_dir.mkdir(parents=True, exist_ok=True)
-            else:
+            else:  # no run folder: a temporary one, removed with this object (or at exit)
                 self._offload_dir = Path(tempfile.mkdtemp(prefix="dblocks-blocks-"))
+                weakref.finalize(self, shutil.rmtree, self._offload_dir, ignore_errors=True)
         return self._offload_dir
 
     def block_path(self, block: int) -> Path:
