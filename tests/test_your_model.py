@@ -282,6 +282,32 @@ def test_continuous_predictions_come_back_in_the_targets_shape_and_units(tmp_pat
     assert one.predict(arrays["x"][:6]).shape == (6,)
 
 
+@pytest.mark.parametrize("method", ["dblocks", "e2e"])
+def test_a_users_network_with_dropout_repeats_and_resumes_exactly(tmp_path, method):
+    """Dropout in a user's network draws its masks from the training generator (saved with the
+    checkpoints), not from PyTorch's global one: runs agree whatever the global generator holds,
+    and a run resumed from a mid-training checkpoint ends as the uninterrupted one."""
+    from helpers import same_state, snapshot
+
+    def make():
+        return stack_task("dropout4", method=method)
+
+    assert make().unseeded_dropout and not stack_task("mlp4").unseeded_dropout
+    torch.manual_seed(1)
+    full_task = make()
+    Trainer(full_task, tmp_path / "full", progress=False).fit()
+    torch.manual_seed(2)
+    t1 = Trainer(make(), tmp_path / "split", progress=False)
+    stop = t1.total_steps // 2 + 1
+    t1.fit(stop_at=stop)
+    torch.manual_seed(3)
+    second = make()
+    t2 = Trainer(second, tmp_path / "split", progress=False)
+    assert t2.resume() and t2.step == stop
+    t2.fit()
+    assert same_state(snapshot(full_task.model), snapshot(second.model))
+
+
 def test_a_layer_function_trains_block_resident_holding_one_block(tmp_path):
     from diffusionblocks.training.residency import is_materialized
 

@@ -67,6 +67,21 @@ def drawn_from(
         yield
 
 
+def has_dropout(model: nn.Module) -> bool:
+    """Whether ``model`` drops anything while training, drawing from PyTorch's global generator:
+    a dropout module with p > 0, an ``nn.MultiheadAttention`` with dropout > 0, or a module with
+    a float ``attention_dropout`` > 0 (Hugging Face attention)."""
+    for m in model.modules():
+        if isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0:
+            return True
+        if isinstance(m, nn.MultiheadAttention) and m.dropout > 0:
+            return True
+        p = getattr(m, "attention_dropout", 0.0)
+        if isinstance(p, float) and p > 0:
+            return True
+    return False
+
+
 def causal_mask(t: int, device: torch.device | str | None = None) -> torch.Tensor:
     """(t, t) bool, True where attention is allowed: position i sees j <= i."""
     i = torch.arange(t, device=device)

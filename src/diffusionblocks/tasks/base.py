@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from ..config import ConfigError, RunConfig
+from ..networks.layers import has_dropout
 
 if TYPE_CHECKING:
     from ..data.text import TextCorpus
@@ -58,6 +59,18 @@ class Task:
         """Scalar loss for one step that trains ``block`` (end to end: 0, all layers), and
         floats to log. All randomness comes from ``generator`` (a CPU generator)."""
         raise NotImplementedError
+
+    @property
+    def unseeded_dropout(self) -> bool:
+        """Whether the training loss draws dropout masks that the task does not seed itself: a
+        user's network (or layers) with dropout. The trainer then draws them from the training
+        generator (:func:`~diffusionblocks.networks.layers.drawn_from`), so that such runs
+        repeat and resume exactly. A task that seeds its own (``config.dropout``) says no."""
+        if getattr(self.config, "dropout", 0.0) > 0:
+            return False
+        if "_unseeded_dropout" not in self.__dict__:
+            self.__dict__["_unseeded_dropout"] = has_dropout(self.model)
+        return bool(self.__dict__["_unseeded_dropout"])
 
     def layers_in_block(self, block: int) -> int:
         """Transformer layers one step of ``block`` runs forward (for compute accounting)."""

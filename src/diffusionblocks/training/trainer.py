@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from ..config import RunConfig
+from ..networks.layers import drawn_from
 from ..networks.placement import device_of
 from ..runtime import autocast, compile_block
 from ..tasks.base import Task
@@ -174,10 +175,14 @@ class Trainer:
     def _loss(
         self, block: int, batch: Any, generator: torch.Generator
     ) -> tuple[torch.Tensor, dict[str, float]]:
-        """``task.loss`` of ``block``, compiled and under autocast as the config asks."""
+        """``task.loss`` of ``block``, compiled and under autocast as the config asks; dropout
+        the task does not seed itself (a user's network) draws from ``generator``."""
         if self.settings.compile:
             compile_block(self.model.blocks[block])
-        with autocast(self.settings.precision, self.device):
+        with (
+            drawn_from(generator, self.device, self.task.unseeded_dropout),
+            autocast(self.settings.precision, self.device),
+        ):
             return self.task.loss(block, batch, generator)
 
     def synchronous_step(self, blocks: list[int], batch: Any) -> dict[str, float]:
