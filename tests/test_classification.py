@@ -212,12 +212,25 @@ def test_final_eval_readout_computes_only_the_readout_and_the_same_accuracy(tmp_
     assert asked["steps_sweep"]["4"] == full["steps_sweep"]["4"]
     # Split among processes by batches (a block-parallel run's ranks: each tallies every third
     # batch and takes the chain's draws of the others), the same result to the last digit.
+    # More processes than batches leaves some with none. A quick evaluation too (eval_subset).
     task, _ = load_run(run, overrides={"final_eval": "readout", "eval_batch_size": 16})
     for split in ("val", "test"):
         one = task.evaluate(steps=[1, 4], split=split)
-        tallies = [task.evaluation_tally(split, (i, 3), steps=[1, 4]) for i in range(3)]
-        assert min(t["examples"] for t in tallies) > 0
-        assert task.merged_evaluation(split, tallies, steps=[1, 4]) == one
+        batches = -(-one["examples"] // 16)
+        for count in (3, batches + 2):
+            tallies = [task.evaluation_tally(split, (i, count), steps=[1, 4])
+                       for i in range(count)]  # fmt: skip
+            assert [t["examples"] > 0 for t in tallies] == [i < batches for i in range(count)]
+            assert task.merged_evaluation(split, tallies, steps=[1, 4]) == one
+    quick = task.evaluate(quick=True)
+    tallies = [task.evaluation_tally(quick["split"], (i, 2), quick=True) for i in range(2)]
+    assert task.merged_evaluation(quick["split"], tallies, quick=True) == quick
+
+
+def test_a_quick_evaluation_scores_eval_subset_examples_exactly():
+    """The last batch stops at eval_subset (it once ran to a whole batch: 210 of 200)."""
+    task = tiny_task(eval_subset=100, eval_batch_size=64)
+    assert task.evaluate(quick=True)["examples"] == 100
 
 
 def test_a_run_with_final_eval_readout_ends_with_the_light_evaluation(tmp_path):

@@ -125,11 +125,16 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def make_task(config: RunConfig, device: torch.device | None = None) -> Task:
-    """Build the task (data and network) that ``config`` describes (the baseline's variants,
-    ``e2e-shallow`` and ``e2e-ckpt``, are the baseline's class built from their config)."""
+def task_class(config: RunConfig) -> type[Task]:
+    """The class of the task ``config`` describes (the baseline's variants, ``e2e-shallow`` and
+    ``e2e-ckpt``, are the baseline's class built from their config)."""
     _, methods = TASKS[config.task]
-    return methods[config.base_method](config, device or resolve_device(config.device))
+    return methods[config.base_method]
+
+
+def make_task(config: RunConfig, device: torch.device | None = None) -> Task:
+    """Build the task (data and network) that ``config`` describes (:func:`task_class`)."""
+    return task_class(config)(config, device or resolve_device(config.device))
 
 
 def read_run_config(run_dir: str | os.PathLike) -> RunConfig:

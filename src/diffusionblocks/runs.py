@@ -37,7 +37,7 @@ from .loading import (  # noqa: F401 - re-exported: the run-folder API in one pl
     with_judge,
 )
 from .networks.placement import device_of
-from .registry import make_task, read_run_config, resolve_device
+from .registry import make_task, read_run_config, resolve_device, task_class
 from .reporting import legend_entry, metrics_legend, run_warnings  # noqa: F401
 from .runtime import autocast, threads_for, use_threads
 from .tasks.base import Task
@@ -386,7 +386,7 @@ def train_parallel(
                 dist.all_gather_object(gathered, record)
             else:
                 gathered = [record]
-            evaluated, model_task = _evaluate_assembled(run_dir, ctx, config)
+            evaluated, model_task, by_rank = _evaluate_assembled(run_dir, ctx, config)
             if ctx.rank != 0:
                 return {"rank": ctx.rank, **record}
             assert model_task is not None  # rank 0 evaluates the test split
@@ -399,7 +399,7 @@ def train_parallel(
                     "dp": ctx.dp,
                     "shared": config.shared_policy,
                     # which ranks evaluated each split of the assembled model
-                    "evaluated_by_rank": _evaluated_by_rank(model_task, ctx.world, evaluated),
+                    "evaluated_by_rank": by_rank,
                 },
                 "ranks": gathered,
                 "accounting": _merge_accounting([r["accounting"] for r in gathered]),
@@ -429,7 +429,7 @@ def train_parallel(
 
 def _evaluate_assembled(
     run_dir: Path, ctx: Any, config: RunConfig
-) -> tuple[dict[str, Any], Task | None]:
+) -> tuple[dict[str, Any], Task | None, dict[str, list[int]]]:
     """A block-parallel run's last act on every rank: rank 0 assembles the blocks into one
     model, then the ranks share its evaluation: where the task splits it by examples (the
     light evaluation, ``final_eval=readout``) every rank tallies every split on its share of
@@ -437,8 +437,9 @@ def _evaluate_assembled(
     split, rank 1 the validation split). Either way the numbers are the ones a single process
     computes (each split draws from its own generators, and a rank takes the draws of the
     batches it leaves to the others). Returns every split's evaluation (on rank 0; others:
-    their own part) and the loaded model on the ranks that evaluated. A failure on any rank is
-    raised on rank 0 and the others return, so that no rank waits for one that has stopped."""
+    their own part), the loaded model on the ranks that evaluated, and (on rank 0) which ranks
+    scored examples of each split. A failure on any rank is raised on rank 0 and the others
+    return, so that no rank waits for one that has stopped."""
     import torch.distributed as dist
 
     def share(value: Any) -> list[Any]:
@@ -458,27 +459,28 @@ def _evaluate_assembled(
     if failure is not None:
         raise failure
     if shared[1] is not None:
-        return {}, None  # rank 0 raises the assembly's error
+        return {}, None, {}  # rank 0 raises the assembly's error
     model_task, mine, error = None, {}, None
+    sharded = task_class(config).shards_evaluation(config)
     try:
-        model_task, _ = load_run(shared[0], _rank_device(config))
-        splits = ["test", *(["val"] if "val" in model_task.splits else [])]
-        sweep = model_task.final_sweep()
-        if model_task.shards_evaluation():  # every rank a share of every split's batches
+        if sharded:  # every rank a share of every split's batches
+            model_task, _ = load_run(shared[0], _rank_device(config))
+            sweep = model_task.final_sweep()
             threads, _ = threads_for(model_task, alone=ctx.world < 2)
             with use_threads(threads), autocast(config.precision, model_task.device):
-                for split in splits:
+                for split in model_task.splits:
                     mine[split] = model_task.evaluation_tally(split, (ctx.rank, ctx.world),
                                                               steps=sweep)  # fmt: skip
-        elif ctx.rank < len(splits):  # one split per rank; the other ranks have nothing to do
+        elif ctx.rank < 2:  # one split per rank (two at most: the other ranks have nothing to do)
+            model_task, _ = load_run(shared[0], _rank_device(config))
+            splits = ["test", *(["val"] if "val" in model_task.splits else [])]
+            sweep = model_task.final_sweep()
             options = with_judge({}, model_task)  # as a single process: the judge loaded once
             threads, _ = threads_for(model_task, alone=len(splits) < 2 or ctx.world < 2)
             with use_threads(threads), autocast(config.precision, model_task.device):
                 for split in splits[ctx.rank :: ctx.world]:
                     where = {"split": "val"} if split == "val" else {}
                     mine[split] = model_task.evaluate(quick=False, steps=sweep, **where, **options)
-        else:
-            model_task = None
     except Exception as err:
         error = err
     results = share((mine, None if error is None else repr(error)))
@@ -489,22 +491,18 @@ def _evaluate_assembled(
         if failed:
             raise RuntimeError(f"the evaluation of the assembled model failed: {failed[0]}")
     if ctx.rank != 0 or model_task is None:
-        return mine, model_task
-    if model_task.shards_evaluation():
-        return {
-            split: model_task.merged_evaluation(split, [part[split] for part, _ in results],
-                                                steps=model_task.final_sweep())
-            for split in mine
-        }, model_task  # fmt: skip
-    return {k: v for part, _ in results for k, v in part.items()}, model_task
-
-
-def _evaluated_by_rank(task: Task, world: int, evaluated: dict[str, Any]) -> dict[str, list[int]]:
-    """Which ranks evaluated each split: all of them (a share of its batches each) where the
-    task splits its evaluation by examples, else one split per rank (test: rank 0)."""
-    if task.shards_evaluation():
-        return {split: list(range(world)) for split in evaluated}
-    return {split: [0 if split == "test" else min(1, world - 1)] for split in evaluated}
+        return mine, model_task, {}
+    if sharded:  # the ranks' tallies merged; the ranks that had batches of each split
+        parts = {split: [part[split] for part, _ in results] for split in mine}
+        sweep = model_task.final_sweep()
+        merged = {split: model_task.merged_evaluation(split, p, steps=sweep)
+                  for split, p in parts.items()}  # fmt: skip
+        by_rank = {split: [r for r, t in enumerate(p) if t["examples"]]
+                   for split, p in parts.items()}  # fmt: skip
+        return merged, model_task, by_rank
+    evaluated = {k: v for part, _ in results for k, v in part.items()}
+    by_rank = {s: [r] for r, (part, _) in enumerate(results) for s in part}
+    return evaluated, model_task, by_rank
 
 
 def _merge_accounting(records: list[dict[str, Any]]) -> dict[str, Any]:

@@ -102,11 +102,12 @@ class Task:
     splits: tuple[str, ...] = ("test",)  # held-out splits ``evaluate(split=...)`` can read
 
     # -- evaluation shared by processes (a block-parallel run's ranks) -------------------------
-    def shards_evaluation(self, quick: bool = False) -> bool:
-        """Whether :meth:`evaluate` (the final one, or ``quick``) can be split among processes
-        by examples: :meth:`evaluation_tally` on each process's share, then
-        :meth:`merged_evaluation`, giving exactly what one process computes. Default: no (a
-        block-parallel run then evaluates one split per rank)."""
+    @classmethod
+    def shards_evaluation(cls, config: Any, quick: bool = False) -> bool:
+        """Whether :meth:`evaluate` (the final one, or ``quick``) of a task of this class with
+        ``config`` can be split among processes by examples: :meth:`evaluation_tally` on each
+        process's share, then :meth:`merged_evaluation`, giving exactly what one process
+        computes. Default: no (a block-parallel run then evaluates one split per rank)."""
         return False
 
     def evaluation_tally(
@@ -119,7 +120,7 @@ class Task:
         """Counts of :meth:`evaluate` on ``split`` over shard ``(index, count)`` of its
         batches (batch i belongs to shard i mod count), with every random draw of the other
         batches still taken (so each batch sees the numbers it sees in one process). Only
-        where :meth:`shards_evaluation` says so."""
+        where :meth:`shards_evaluation` says so. The result's ``examples``: how many it scored."""
         raise NotImplementedError
 
     def merged_evaluation(

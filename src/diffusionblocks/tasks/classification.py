@@ -402,7 +402,7 @@ class BlockwiseClassification(_ImageClassification, SlotDenoiser):
         split = split or self.default_split(quick)
         tally = self.evaluation_tally(split, quick=quick, steps=steps)
         diagnostics = None
-        if not self.shards_evaluation(quick):  # each block alone, its own generator
+        if not self.shards_evaluation(self.config, quick):  # each block alone, its own generator
             gen = torch.Generator().manual_seed(self.config.seed + 1_000_003)
             with evaluating(self.model):
                 diagnostics = block_diagnostics(
@@ -418,14 +418,15 @@ class BlockwiseClassification(_ImageClassification, SlotDenoiser):
         default = c.steps_at_inference
         if quick:
             return [default] if c.readout == "chain" else []
-        if self.shards_evaluation(quick):
+        if self.shards_evaluation(self.config, quick):
             return sorted({*([default] if c.readout == "chain" else []), *(steps or [])})
         return sorted({default, *(steps or [])})
 
-    def shards_evaluation(self, quick: bool = False) -> bool:
+    @classmethod
+    def shards_evaluation(cls, config: Any, quick: bool = False) -> bool:
         """The light evaluations (quick, and final_eval=readout) are counts over the examples;
         the full one adds per-block diagnostics, which are not split."""
-        return quick or self.config.final_eval == "readout"
+        return quick or config.final_eval == "readout"
 
     @torch.no_grad()
     def evaluation_tally(
@@ -438,7 +439,7 @@ class BlockwiseClassification(_ImageClassification, SlotDenoiser):
         c = self.config
         default = c.steps_at_inference
         sweep = self._sweep(quick, steps)
-        light = self.shards_evaluation(quick)
+        light = self.shards_evaluation(self.config, quick)
         index, count = shard
         # One generator per step count, so that a step count's accuracy does not depend on which
         # other step counts are swept with it.
@@ -491,7 +492,7 @@ class BlockwiseClassification(_ImageClassification, SlotDenoiser):
         c = self.config
         B, default = c.num_blocks, c.steps_at_inference
         sweep = self._sweep(quick, steps)
-        light = self.shards_evaluation(quick)
+        light = self.shards_evaluation(self.config, quick)
         total = sum(t["examples"] for t in tallies)
         correct = {s: sum(t["correct"][str(s)] for t in tallies) for s in sweep}
         after_block = [sum(t["after_block"][b] for t in tallies) for b in range(B)]

@@ -124,7 +124,8 @@ def split_batches(
     x, y = split_images(data, split)
     n = len(y) if limit is None else min(limit, len(y))
     for start in range(0, n, batch_size):
-        yield x[start : start + batch_size], y[start : start + batch_size]
+        end = min(start + batch_size, n)  # the last batch stops at the limit
+        yield x[start:end], y[start:end]
 
 
 def validation_images(data: ImageDataset, n: int) -> tuple[torch.Tensor, torch.Tensor] | None:

@@ -56,7 +56,9 @@ def _read(part: str, name: str) -> Any:
 
 class Trainer:
     """Trains a task's blocks according to its config; writes metrics and checkpoints to
-    ``run_dir`` (or nothing when it is None). The keyword-only components default to a single
+    ``run_dir`` (or nothing when it is None: block-resident training then swaps blocks to a
+    temporary folder that goes with the trainer, so call :meth:`prepare_evaluation` before
+    dropping it). The keyword-only components default to a single
     process; a block-parallel rank (``parallel.ParallelTrainer``) passes its ``local_blocks``
     (each step a synchronous step of them), ``sync``, ``checkpoints`` and no evaluation."""
 
