@@ -8,6 +8,7 @@ trainer only ever calls the methods below; the command line asks the reporting o
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence, Sized
 from typing import TYPE_CHECKING, Any, ClassVar, cast
@@ -60,17 +61,13 @@ class Task:
         floats to log. All randomness comes from ``generator`` (a CPU generator)."""
         raise NotImplementedError
 
-    @property
+    @functools.cached_property
     def unseeded_dropout(self) -> bool:
         """Whether the training loss draws dropout masks that the task does not seed itself: a
         user's network (or layers) with dropout. The trainer then draws them from the training
         generator (:func:`~diffusionblocks.networks.layers.drawn_from`), so that such runs
         repeat and resume exactly. A task that seeds its own (``config.dropout``) says no."""
-        if getattr(self.config, "dropout", 0.0) > 0:
-            return False
-        if "_unseeded_dropout" not in self.__dict__:
-            self.__dict__["_unseeded_dropout"] = has_dropout(self.model)
-        return bool(self.__dict__["_unseeded_dropout"])
+        return getattr(self.config, "dropout", 0.0) == 0 and has_dropout(self.model)
 
     def layers_in_block(self, block: int) -> int:
         """Transformer layers one step of ``block`` runs forward (for compute accounting)."""

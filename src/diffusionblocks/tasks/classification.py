@@ -20,7 +20,7 @@ The diffusion itself (one block's denoiser, the training draw, the chain and the
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -227,11 +227,22 @@ class _ImageClassification(Task):
         return augment_images(images, c.augment_shift, c.augment_flip, background, generator)
 
     def _eval_batches(
-        self, split: str, limit: int | None = None
+        self,
+        split: str,
+        limit: int | None = None,
+        shard: tuple[int, int] = (0, 1),
+        skipped: Callable[[int], object] | None = None,
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """(images, labels) batches of the ``val`` or ``test`` split (the first ``limit``)."""
-        for x, y in split_batches(self.data, split, self.config.eval_batch_size, limit):
-            yield self._prepare(x), y.to(self.device)
+        """(images, labels) batches of the ``val`` or ``test`` split (the first ``limit``); with
+        ``shard`` (index, count) only batches i with i mod count = index, the size of each other
+        batch going to ``skipped`` (to take its random draws)."""
+        index, count = shard
+        for i, (x, y) in enumerate(split_batches(self.data, split, self.config.eval_batch_size,
+                                                 limit)):  # fmt: skip
+            if i % count == index:
+                yield self._prepare(x), y.to(self.device)
+            elif skipped is not None:
+                skipped(len(y))
 
     def target_prefixes(self) -> tuple[str, ...]:
         return ("label_embed.",)
@@ -440,7 +451,6 @@ class BlockwiseClassification(_ImageClassification, SlotDenoiser):
         default = c.steps_at_inference
         sweep = self._sweep(quick, steps)
         light = self.shards_evaluation(self.config, quick)
-        index, count = shard
         # One generator per step count, so that a step count's accuracy does not depend on which
         # other step counts are swept with it.
         gens = {s: torch.Generator().manual_seed(c.seed + 1_000_003 + 7919 * s) for s in sweep}
@@ -449,14 +459,14 @@ class BlockwiseClassification(_ImageClassification, SlotDenoiser):
         after_block = [0] * c.num_blocks  # chain stopped after block b (default steps)
         called: set[int] = set()
         total = 0
+
+        def skipped(n: int) -> None:  # another shard's batch: only its draws
+            for s in sweep:
+                self.chain_start(n, gens[s])
+
         limit = c.eval_subset if quick else None
         with evaluating(self.model):
-            for i, (x, y) in enumerate(split_batches(self.data, split, c.eval_batch_size, limit)):
-                if i % count != index:  # another shard's batch: only its draws
-                    for s in sweep:
-                        self.chain_start(len(y), gens[s])
-                    continue
-                images, labels = self._prepare(x), y.to(self.device)
+            for images, labels in self._eval_batches(split, limit, shard, skipped):
                 total += len(labels)
                 if not light or c.readout == "ensemble":
                     ensemble += int((self.ensemble(images)[0].argmax(-1) == labels).sum())
