@@ -5,7 +5,7 @@ operator), so that the extra work of the B calls (the noise-level embedding, the
 the head and the soft bridge per call) shows next to the layers'.
 
     OMP_NUM_THREADS=1 python scripts/experiments/profile_readout.py --preset vit-fmnist-quick \
-        --blocks 3 --threads 1 --repeats 60 [--json FILE]
+        --blocks 3 --threads 1 --repeats 60 [--json FILE] [--count-ops] [--no-profile]
 
 Untrained weights (speed does not depend on them); no data read (random images of the preset's
 shape). Prints the timings and the profiler tables; ``--json`` writes the timings.
@@ -19,11 +19,25 @@ import shlex
 import statistics
 import sys
 import time
+from collections import Counter
 
 import torch
 from torch.profiler import ProfilerActivity, profile
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from diffusionblocks.registry import make_config, make_task
+
+
+class _OpCounter(TorchDispatchMode):
+    """Counts the ATen operators dispatched inside it, by name."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops: Counter[str] = Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        self.ops[func.overloadpacket.__name__] += 1
+        return func(*args, **(kwargs or {}))
 
 
 def main() -> None:
@@ -35,6 +49,11 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--json", default=None)
     p.add_argument("--no-profile", action="store_true")
+    p.add_argument(
+        "--count-ops",
+        action="store_true",
+        help="also count the operators each case dispatches (one call each)",
+    )
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     common = {"device": "cpu", "train_subset": 256, "test_subset": 256}
@@ -77,6 +96,12 @@ def main() -> None:
         record["cases"][name] = {"median_ms": 1000 * statistics.median(ts),
                                  "median_paired_ratio": paired}  # fmt: skip
         print(f"{name:12s} {1000 * statistics.median(ts):7.2f} ms   {paired:.3f}x e2e")
+    if args.count_ops:
+        for name, fn in cases.items():
+            with torch.no_grad(), _OpCounter() as counter:
+                fn()
+            print(f"{name:12s} {sum(counter.ops.values())} operators: "
+                  f"{dict(counter.ops.most_common())}")  # fmt: skip
     if args.json:
         with open(args.json, "w") as f:
             json.dump(record, f, indent=1)
